@@ -1,0 +1,185 @@
+"""nbdkit plugin: a thin adapter from nbdkit's callbacks to the zramd package.
+
+Run it through ``zramd serve`` (which sets up PYTHONPATH and the options), or
+by hand: ``nbdkit -f --threads 1 -U SOCK python plugin/zramd_plugin.py size=1G``.
+
+All logic lives in ``zramd``; this file maps callbacks to store calls and
+errors to ``nbdkit.set_error(errno)``.  Global state: the one PageStore and
+the control server, created before any connection (get_ready/after_fork) and
+never replaced, so callbacks read them without locks.
+"""
+
+import os
+import sys
+
+import nbdkit
+
+try:
+    import zramd  # noqa: F401
+except ImportError:  # run from a checkout without PYTHONPATH
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from zramd import commands, pinning, swap
+from zramd import config as zconfig
+from zramd.codecs import make_codec
+from zramd.control import ControlServer
+from zramd.store import PageStore
+
+API_VERSION = 2
+
+MAX_REQUEST_BYTES = 32 * 1024 * 1024  # advertised maximum block size
+
+_params = {}
+_settings = None
+_store = None
+_control = None
+_pin = False
+
+
+def config(key, value):
+    if key in _params:
+        raise ValueError(f"{key} given twice")
+    _params[key] = value
+
+
+def config_complete():
+    global _settings, _pin
+    _settings = zconfig.from_plugin_params(_params)
+    _pin = _settings.pin_thread_state
+
+
+def config_help():
+    return ("size=SIZE  algorithm=lz4|zstd|none  level=N  mem_limit=SIZE  "
+            "control=PATH  pin_thread_state=on|off")
+
+
+def thread_model():
+    return nbdkit.THREAD_MODEL_PARALLEL
+
+
+def get_ready():
+    global _store
+    s = _settings
+    _store = PageStore(s.size_bytes, make_codec(s.algorithm, s.level), s.mem_limit_bytes)
+    nbdkit.debug(f"zramd: {zconfig.describe(s)}")
+    if s.swap:
+        why_not = swap.set_io_flusher()
+        if why_not:
+            print(f"zramd: warning: cannot mark the server as an I/O flusher: {why_not}",
+                  file=sys.stderr)
+
+
+def after_fork():
+    global _control
+    if _settings.control_path:
+        _control = ControlServer(_settings.control_path,
+                                 lambda request: commands.dispatch(_store, request))
+        _control.start()
+
+
+def cleanup():
+    if _control is not None:
+        _control.stop()
+
+
+def open(readonly):
+    if _pin:
+        pinning.pin()
+    return True
+
+
+def close(h):
+    if _pin:
+        pinning.unpin()
+
+
+def get_size(h):
+    return _store.size_bytes
+
+
+def block_size(h):
+    return (1, 4096, MAX_REQUEST_BYTES)
+
+
+def is_rotational(h):
+    return False
+
+
+def can_write(h):
+    return True
+
+
+def can_flush(h):
+    return True
+
+
+def can_trim(h):
+    return True
+
+
+def can_zero(h):
+    return True
+
+
+def can_fast_zero(h):
+    return True
+
+
+def can_extents(h):
+    return True
+
+
+def can_multi_conn(h):
+    return True
+
+
+def can_fua(h):
+    return nbdkit.FUA_NATIVE
+
+
+def pread(h, buf, offset, flags):
+    if _pin:
+        pinning.pin()
+    try:
+        _store.read(buf, offset)
+    except OSError as exc:
+        nbdkit.set_error(exc.errno)
+        raise
+
+
+def pwrite(h, buf, offset, flags):
+    if _pin:
+        pinning.pin()
+    try:
+        _store.write(buf, offset)
+    except OSError as exc:
+        nbdkit.set_error(exc.errno)
+        raise
+
+
+def trim(h, count, offset, flags):
+    try:
+        _store.discard(offset, count)
+    except OSError as exc:
+        nbdkit.set_error(exc.errno)
+        raise
+
+
+def zero(h, count, offset, flags):
+    try:
+        _store.discard(offset, count)
+    except OSError as exc:
+        nbdkit.set_error(exc.errno)
+        raise
+
+
+def flush(h, flags):
+    pass  # a RAM store: every acknowledged write is already in place
+
+
+def extents(h, count, offset, flags):
+    try:
+        return _store.extents(offset, count, bool(flags & nbdkit.FLAG_REQ_ONE))
+    except OSError as exc:
+        nbdkit.set_error(exc.errno)
+        raise

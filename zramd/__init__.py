@@ -1,0 +1,16 @@
+"""zramd: a userspace, zram-like compressed RAM block device served over NBD.
+
+The package holds all logic and imports without nbdkit:
+
+- ``units``    size parsing/formatting (``1G``, ``512M``, whole 4 KiB pages)
+- ``codecs``   compression backends behind one interface, keyed by name
+- ``store``    the page store: slot table, same/huge/compressed pages, stats
+- ``config``   validated settings shared by the CLI and the nbdkit plugin
+- ``control``  the owner-only control socket (server thread and client)
+- ``commands`` control commands (stats, ...) run against a store
+- ``pinning``  keeps nbdkit's per-thread Python thread state alive
+- ``server``   runs nbdkit with our plugin as a subprocess
+- ``cli``      the ``zramd`` command
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,152 @@
+"""Validated settings, shared by the CLI (``zramd serve``) and the plugin.
+
+``Settings`` is a plain dataclass.  The CLI builds it from options and checks
+it before starting nbdkit, so bad options fail with one clear line; it then
+passes the device part to the plugin as nbdkit ``key=value`` parameters
+(``plugin_params``), which the plugin parses back with the same checks
+(``from_plugin_params``).  No state, no locking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from .codecs import make_codec
+from .units import format_size, parse_device_size, parse_size
+
+DEFAULT_SIZE = "1G"
+DEFAULT_ALGORITHM = "lz4"
+# One request thread per connection is the fast shape for a GIL-bound plugin:
+# 16 threads were 3-5x slower than 1 (design.md section 4).
+DEFAULT_THREADS = 1
+MAX_THREADS = 64
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message is one line naming the problem."""
+
+
+def _bool(value: str, key: str) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key} must be on or off, not {value!r}")
+
+
+def default_socket_path() -> str:
+    """``$XDG_RUNTIME_DIR/zramd.sock`` if set, else ``./zramd.sock``."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.getcwd()
+    return os.path.join(base, "zramd.sock")
+
+
+@dataclasses.dataclass
+class Settings:
+    # the device (passed to the plugin)
+    size_bytes: int = parse_device_size(DEFAULT_SIZE)
+    algorithm: str = DEFAULT_ALGORITHM
+    level: int | None = None
+    mem_limit_bytes: int = 0
+    control_path: str | None = None
+    pin_thread_state: bool = True
+    # the server (nbdkit's own options)
+    socket_path: str | None = None
+    port: int | None = None
+    address: str = "127.0.0.1"
+    threads: int = DEFAULT_THREADS
+    verbose: bool = False
+    swap: bool = False
+
+    def validate(self) -> "Settings":
+        """Check every field; raise ConfigError naming the first bad one."""
+        try:
+            make_codec(self.algorithm, self.level)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.size_bytes <= 0 or self.size_bytes % 4096:
+            raise ConfigError(f"size must be a positive whole number of 4096-byte pages, "
+                              f"not {self.size_bytes}")
+        if self.mem_limit_bytes < 0:
+            raise ConfigError("mem_limit must not be negative")
+        if self.port is not None:
+            if self.socket_path is not None:
+                raise ConfigError("give either a Unix socket or a TCP port, not both")
+            if not 1 <= self.port <= 65535:
+                raise ConfigError(f"port must be 1..65535, not {self.port}")
+        if not 1 <= self.threads <= MAX_THREADS:
+            raise ConfigError(f"threads must be 1..{MAX_THREADS}, not {self.threads}")
+        for label, path in (("socket", self.socket_path), ("control socket", self.control_path)):
+            if path is not None:
+                parent = os.path.dirname(os.path.abspath(path))
+                if not os.path.isdir(parent):
+                    raise ConfigError(f"{label} directory does not exist: {parent}")
+                if not os.access(parent, os.W_OK | os.X_OK):
+                    raise ConfigError(f"{label} directory is not writable: {parent}")
+        return self
+
+    def with_defaults(self) -> "Settings":
+        """Fill in the socket and control paths the user left out."""
+        s = dataclasses.replace(self)
+        if s.port is None and s.socket_path is None:
+            s.socket_path = default_socket_path()
+        if s.control_path is None:
+            s.control_path = (s.socket_path or os.path.join(
+                os.environ.get("XDG_RUNTIME_DIR") or os.getcwd(), f"zramd-{s.port}.sock")) + ".ctl"
+        return s
+
+    def plugin_params(self) -> list[str]:
+        """The device part as nbdkit ``key=value`` plugin parameters."""
+        params = [f"size={self.size_bytes}", f"algorithm={self.algorithm}",
+                  f"mem_limit={self.mem_limit_bytes}",
+                  f"pin_thread_state={'on' if self.pin_thread_state else 'off'}"]
+        if self.level is not None:
+            params.append(f"level={self.level}")
+        if self.control_path:
+            params.append(f"control={self.control_path}")
+        if self.swap:
+            params.append("swap=on")
+        return params
+
+
+PLUGIN_KEYS = ("size", "algorithm", "level", "mem_limit", "control", "pin_thread_state", "swap")
+
+
+def from_plugin_params(params: dict[str, str]) -> Settings:
+    """Parse nbdkit plugin parameters back into Settings (same checks)."""
+    unknown = set(params) - set(PLUGIN_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown parameter {sorted(unknown)[0]!r} "
+                          f"(known: {', '.join(PLUGIN_KEYS)})")
+    s = Settings()
+    try:
+        if "size" in params:
+            s.size_bytes = parse_device_size(params["size"])
+        if "mem_limit" in params:
+            s.mem_limit_bytes = parse_size(params["mem_limit"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    s.algorithm = params.get("algorithm", s.algorithm)
+    if "level" in params:
+        s.level = parse_int(params["level"], "level")
+    s.control_path = params.get("control")
+    if "swap" in params:
+        s.swap = _bool(params["swap"], "swap")
+    if "pin_thread_state" in params:
+        s.pin_thread_state = _bool(params["pin_thread_state"], "pin_thread_state")
+    return s.validate()
+
+
+def parse_int(text: str, key: str) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a whole number, not {text!r}") from None
+
+
+def describe(settings: Settings) -> str:
+    """One line for logs: '1G lz4, no mem_limit'."""
+    algo = make_codec(settings.algorithm, settings.level).describe()
+    limit = format_size(settings.mem_limit_bytes) if settings.mem_limit_bytes else "no"
+    return f"{format_size(settings.size_bytes)} {algo}, {limit} mem_limit"
