@@ -5,12 +5,12 @@ PY      := $(VENV)/bin/python
 ZRAMD   := $(VENV)/bin/zramd
 ARGS    ?=
 
-.PHONY: all setup run test test-fast bench clean
+.PHONY: all setup run test test-fast clean
 
 all: setup
 
 setup:
-	@tools/bootstrap.sh $(VENV) test
+	@tools/bootstrap.sh $(VENV) test,bench
 
 run: setup
 	$(ZRAMD) serve $(ARGS)
@@ -20,6 +20,9 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -ra -m "not slow" $(ARGS)
+
+include bench/bench.mk
+include vm/vm.mk
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info zramd/__pycache__ tests/__pycache__

@@ -19,7 +19,7 @@ try:
 except ImportError:  # run from a checkout without PYTHONPATH
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zramd import commands, pinning, swap
+from zramd import commands, pinning, shutdown, swap
 from zramd import config as zconfig
 from zramd.codecs import make_codec
 from zramd.control import ControlServer
@@ -72,9 +72,15 @@ def get_ready():
 def after_fork():
     global _control
     if _settings.control_path:
-        _control = ControlServer(_settings.control_path,
-                                 lambda request: commands.dispatch(_store, request))
+        _control = ControlServer(_settings.control_path, _control_request)
         _control.start()
+
+
+def _control_request(request):
+    if request.get("cmd") == "shutdown":  # server life cycle, not a store knob
+        nbdkit.shutdown()
+        return {"disconnected": shutdown.disconnect_clients(_settings.control_path)}
+    return commands.dispatch(_store, request)
 
 
 def cleanup():

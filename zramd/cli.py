@@ -129,8 +129,7 @@ def cmd_serve(args) -> int:
 
     def on_signal(signum, frame):
         stopping.append(signum)
-        if server.running():
-            server.proc.terminate()
+        server.request_stop()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)

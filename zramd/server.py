@@ -30,6 +30,7 @@ import threading
 import time
 
 from .config import ConfigError, Settings
+from .control import ControlError, call
 
 log = logging.getLogger("zramd.server")
 
@@ -211,19 +212,35 @@ class Server:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def request_stop(self) -> None:
+        """Begin stopping, without waiting (safe in a signal handler).
+
+        nbdkit 1.32 on SIGTERM waits for connected clients to hang up (its
+        connection threads sit in a read() the signal does not interrupt),
+        so first ask the plugin to end client connections itself.
+        """
+        if not self.running():
+            return
+        try:
+            call(self.settings.control_path, "shutdown", timeout=2)
+        except ControlError:
+            pass
+        if self.running():
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
-        """SIGTERM, wait, then SIGKILL; remove the sockets.  Idempotent."""
+        """Stop nbdkit (then SIGKILL after ``timeout``); remove the sockets.
+        Idempotent."""
         proc = self.proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("nbdkit did not stop within %.0fs: killing it", timeout)
-                proc.kill()
-                proc.wait()
+        self.request_stop()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("nbdkit did not stop within %.0fs: killing it", timeout)
+            proc.kill()
+            proc.wait()
         if self._reader is not None:
             self._reader.join(2)
         for path in (self.settings.socket_path, self.settings.control_path, self._pidfile):

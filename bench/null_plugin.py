@@ -1,0 +1,127 @@
+# A null nbdkit Python plugin: the ceiling for any Python plugin (zramd's
+# included) on this machine, the way nbdkit's C `null` plugin is the ceiling
+# for the transport. Reads return zeroes, writes are dropped.
+#
+#   nbdkit -f --threads 1 -U SOCK python bench/null_plugin.py size=256M [pin=1]
+#
+# Run it with --threads 1 like zramd does (one request thread per connection
+# is the measured fast shape, see design.md section 4), so both pay the same
+# per-request Python cost.
+#
+# pin=1 keeps each nbdkit thread's Python thread state alive by taking one
+# extra PyGILState_Ensure() per OS thread (released in close()); without it
+# nbdkit's Ensure/Release around every callback creates and destroys a thread
+# state per request. This leans on CPython internals (cpython issue 146219)
+# and exists here only to show the ceiling with and without the pin.
+
+import ctypes
+import threading
+
+import nbdkit
+
+API_VERSION = 2
+
+_size_bytes = 0
+_pin = False
+_local = threading.local()
+_ZERO = memoryview(bytes(256 * 1024))
+
+
+def _parse_size(text):
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = text.strip().upper().rstrip("B").rstrip("I")
+    number = text.rstrip("KMGT")
+    return int(number) * units[text[len(number):]]
+
+
+def config(key, value):
+    global _size_bytes, _pin
+    if key == "size":
+        _size_bytes = _parse_size(value)
+    elif key == "pin":
+        _pin = value.lower() in ("1", "true", "yes", "on")
+    else:
+        raise RuntimeError("unknown parameter %r" % key)
+
+
+def config_complete():
+    if _size_bytes <= 0:
+        raise RuntimeError("size=N is required")
+
+
+def thread_model():
+    return nbdkit.THREAD_MODEL_PARALLEL
+
+
+def _pin_thread_state():
+    if not hasattr(_local, "gil_state"):
+        _local.gil_state = ctypes.pythonapi.PyGILState_Ensure()
+
+
+def open(readonly):
+    if _pin:
+        _pin_thread_state()
+    return 1
+
+
+def close(h):
+    state = getattr(_local, "gil_state", None)
+    if state is not None:
+        del _local.gil_state
+        ctypes.pythonapi.PyGILState_Release(state)
+
+
+def get_size(h):
+    return _size_bytes
+
+
+def can_write(h):
+    return True
+
+
+def can_flush(h):
+    return True
+
+
+def can_trim(h):
+    return True
+
+
+def can_zero(h):
+    return True
+
+
+def can_fua(h):
+    return nbdkit.FUA_NATIVE
+
+
+def can_multi_conn(h):
+    return True
+
+
+def block_size(h):
+    return (4096, 4096, 32 * 1024 * 1024)
+
+
+def pread(h, buf, offset, flags):
+    if _pin:
+        _pin_thread_state()
+    n = len(buf)
+    buf[:] = _ZERO[:n] if n <= len(_ZERO) else bytes(n)
+
+
+def pwrite(h, buf, offset, flags):
+    if _pin:
+        _pin_thread_state()
+
+
+def flush(h, flags):
+    pass
+
+
+def trim(h, count, offset, flags):
+    pass
+
+
+def zero(h, count, offset, flags):
+    pass

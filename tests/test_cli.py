@@ -1,0 +1,148 @@
+"""The zramd command as a user runs it: bad options, serve, stats, stop."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from helpers import nbd
+
+ZRAMD = [sys.executable, "-m", "zramd.cli"]
+
+
+def run(*args, **kwargs):
+    return subprocess.run(ZRAMD + list(args), capture_output=True, text=True, timeout=60,
+                          **kwargs)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--size", "0"], "size must be greater than 0"),
+    (["--size", "5000"], "not a whole number of 4096-byte pages"),
+    (["--size", "lots"], "not a size"),
+    (["--algorithm", "lzo"], "invalid choice: 'lzo'"),
+    (["--algorithm", "zstd", "--level", "30"], "zstd level must be 1..22"),
+    (["--algorithm", "zstd", "--level", "x"], "invalid int value"),
+    (["--level", "3"], "applies only to zstd"),
+    (["--mem-limit", "-5"], "not a size"),
+    (["--socket", "/nonexistent/dir/z.sock"], "socket directory does not exist"),
+    (["--port", "0"], "port must be 1..65535"),
+    (["--port", "10809", "--socket", "/tmp/x.sock"], "not allowed with argument"),
+    (["--address", "0.0.0.0"], "--address applies only with --port"),
+    (["--threads", "0"], "threads must be"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_options_exit_with_one_line(args, message):
+    result = run("serve", *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("zramd: error: ") and message in lines[0], lines[0]
+    assert result.stdout == ""
+
+
+def test_port_in_use(sockdir):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run("serve", "--port", str(port), "--control", os.path.join(sockdir, "c.ctl"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"zramd: error: port {port} on 127.0.0.1 is already in use"
+
+
+def test_stats_without_server(sockdir):
+    result = run("stats", "--socket", os.path.join(sockdir, "none.sock"))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "no zramd control socket" in result.stderr
+
+
+def test_python_version_mismatch_is_one_line(sockdir):
+    fake = os.path.join(sockdir, "nbdkit")
+    with open(fake, "w") as f:  # an nbdkit that embeds another Python
+        f.write("#!/bin/sh\necho python_version=3.9.2\n")
+    os.chmod(fake, 0o755)
+    env = dict(os.environ, PATH=sockdir + os.pathsep + os.environ["PATH"])
+    result = run("serve", "--socket", os.path.join(sockdir, "z.sock"), env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("zramd: error: nbdkit embeds Python 3.9.2 but zramd runs on Python 3.")
+
+
+def start_serve(sockdir, *args):
+    sock = os.path.join(sockdir, "z.sock")
+    proc = subprocess.Popen(ZRAMD + ["serve", "--socket", sock, "--size", "16M", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    banner = []
+    for line in proc.stdout:
+        banner.append(line)
+        if "Stop with Ctrl-C" in line:
+            break
+    return proc, sock, "".join(banner)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_serve_stats_and_clean_stop(sockdir, signum):
+    proc, sock, banner = start_serve(sockdir, "--algorithm", "zstd", "--level", "5")
+    try:
+        assert f"nbd+unix:///?socket={sock}" in banner
+        for hint in ("nbdinfo", "nbd-client", "qemu", "zramd stats"):
+            assert hint in banner
+        h = nbd.NBD()
+        h.connect_unix(sock)
+        h.pwrite(b"\x01" * 4096 + b"text " * 819 + b"!", 0)
+        out = run("stats", "--socket", sock).stdout.splitlines()
+        assert out[0].split()[0] == "mm_stat" and len(out[0].split()) == 10
+        assert out[1].split()[0] == "io_stat" and len(out[1].split()) == 5
+        mm = [int(x) for x in run("stats", "--socket", sock, "mm_stat").stdout.split()]
+        assert mm[0] == 2 * 4096 and mm[5] == 1  # orig_data_size, same_pages
+        js = json.loads(run("stats", "--socket", sock, "--json").stdout)
+        assert js["comp_algorithm"] == "zstd:5" and js["orig_data_size"] == 8192
+        # stop while a client is still connected: it must still stop cleanly
+        proc.send_signal(signum)
+        assert proc.wait(30) == 0
+        stderr = proc.stderr.read()
+        assert "killing" not in stderr and "zramd: stopped" in stderr, stderr
+        assert not os.path.exists(sock) and not os.path.exists(sock + ".ctl")
+        with pytest.raises(nbd.Error):  # the server ended the connection
+            h.pread(4096, 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_second_server_on_same_socket_is_refused(sockdir):
+    proc, sock, _ = start_serve(sockdir)
+    try:
+        result = run("serve", "--socket", sock)
+        assert result.returncode == 2
+        assert result.stderr.strip() == f"zramd: error: socket {sock} is in use by another server"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+
+
+def test_tcp_listens_on_loopback_only(sockdir):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(ZRAMD + ["serve", "--port", str(port), "--size", "8M",
+                                     "--control", os.path.join(sockdir, "t.ctl")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if "Stop with Ctrl-C" in line:
+                break
+        h = nbd.NBD()
+        h.connect_uri(f"nbd://127.0.0.1:{port}/")
+        assert h.get_size() == 8 << 20
+        h.shutdown()
+        listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True,
+                                   text=True).stdout
+        local_addresses = [line.split()[3] for line in listening.splitlines()]
+        assert local_addresses == [f"127.0.0.1:{port}"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)

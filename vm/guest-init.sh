@@ -1,0 +1,145 @@
+#!/bin/busybox sh
+# /init of the zramd swap-test guest (busybox, run by the kernel as PID 1).
+# vm/run.py boots it with parameters on the kernel command line:
+#   zramd.dev=vda|nbd|zram  swap device: qemu's NBD client as a virtio disk,
+#                           the kernel's nbd driver (nbd-client through qemu's
+#                           user-mode forwarding), or the guest's own zram
+#   zramd.hog_mib=N         memory the hog program fills and verifies
+#   zramd.passes=P          hog passes (each later pass rewrites every page)
+#   zramd.corrupt=I         self-test: hog flips a byte of page I (-1: off)
+#   zramd.zram_mib=N        zram disksize (dev=zram)
+#   zramd.nbd_conns=N       nbd-client connections (dev=nbd)
+# It prints machine-readable lines on the console:
+#   ZRAMD-PHASE name                       progress
+#   ZRAMD-RESULT key=value ...             measurements
+#   HOG-...                                the hog's own lines (vm/hog.c)
+#   ZRAMD-FAIL reason                      a step failed
+#   ZRAMD-DONE ok=0|1                      last line before power-off
+/bin/busybox mkdir -p /usr/bin /usr/sbin
+/bin/busybox --install -s
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+
+phase() { echo "ZRAMD-PHASE $*"; }
+result() { echo "ZRAMD-RESULT $*"; }
+finish() {
+    echo "ZRAMD-DONE ok=$1"
+    sync
+    poweroff -f
+    sleep 10
+}
+fail() {
+    echo "ZRAMD-FAIL $*"
+    dmesg | tail -n 30
+    finish 0
+}
+param() {  # param NAME DEFAULT: the value of zramd.NAME= on the kernel command line
+    v=$(tr ' ' '\n' < /proc/cmdline | sed -n "s/^zramd\.$1=//p" | tail -n 1)
+    echo "${v:-$2}"
+}
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+vmstat() { awk '$1 == "pswpin" || $1 == "pswpout" { printf "%s=%s ", $1, $2 }' /proc/vmstat; }
+load_group() {  # load_group NAME: insmod the modules of one group, in order
+    for m in $(cat /lib/modules/$1.order); do
+        [ -d /sys/module/$m ] && continue
+        insmod /lib/modules/$m.ko || fail "insmod $m"
+    done
+}
+wait_for() {  # wait_for PATH SECONDS
+    i=0
+    while [ ! -e "$1" ]; do
+        i=$((i + 1))
+        [ $i -gt $(($2 * 10)) ] && fail "timeout waiting for $1"
+        usleep 100000
+    done
+}
+
+dev_kind=$(param dev vda)
+hog_mib=$(param hog_mib 200)
+passes=$(param passes 2)
+corrupt=$(param corrupt -1)
+zram_mib=$(param zram_mib 512)
+nbd_conns=$(param nbd_conns 1)
+mem_kib=$(awk '$1 == "MemTotal:" { print $2 }' /proc/meminfo)
+result "boot_s=$(uptime_s) dev=$dev_kind mem_total_kib=$mem_kib hog_mib=$hog_mib passes=$passes kernel=$(uname -r)"
+
+phase attach
+case $dev_kind in
+vda)
+    load_group base
+    load_group blk
+    dev=/dev/vda
+    wait_for $dev 20
+    # virtio-blk says "rotational", and the kernel discards freed swap pages
+    # (swapon --discard=pages) only on non-rotational devices: tell it the
+    # truth, as an administrator would for any RAM- or flash-backed disk.
+    echo 0 > /sys/block/vda/queue/rotational
+    ;;
+nbd)
+    load_group base
+    load_group net
+    load_group nbd
+    wait_for /sys/class/net/eth0 20
+    ip link set lo up
+    ip link set eth0 up || fail "eth0 up"
+    ip addr add 10.0.2.15/24 dev eth0 || fail "eth0 address"
+    dev=/dev/nbd0
+    wait_for $dev 10
+    # 10.0.2.100:10809 exists only inside qemu: its guestfwd rule hands the
+    # connection to the host's Unix socket and nowhere else.
+    conns=""
+    [ "$nbd_conns" -gt 1 ] && conns="-C $nbd_conns"
+    nbd-client 10.0.2.100 10809 $dev -swap -b 4096 $conns || fail "nbd-client"
+    ;;
+zram)
+    load_group zram
+    dev=/dev/zram0
+    wait_for /sys/block/zram0/disksize 10
+    echo lz4 > /sys/block/zram0/comp_algorithm || fail "zram comp_algorithm"
+    echo "${zram_mib}M" > /sys/block/zram0/disksize || fail "zram disksize"
+    ;;
+*)
+    fail "unknown zramd.dev=$dev_kind"
+    ;;
+esac
+q=/sys/block/${dev#/dev/}/queue
+result "attach_s=$(uptime_s) dev_bytes=$(blockdev --getsize64 $dev) discard_max_bytes=$(cat $q/discard_max_bytes) rotational=$(cat $q/rotational) logical_block_size=$(cat $q/logical_block_size)"
+
+phase mkswap
+mkswap $dev > /dev/null || fail "mkswap $dev"
+phase swapon
+swapon -d $dev || fail "swapon -d $dev"
+result "swapon_s=$(uptime_s) $(vmstat | sed 's/=/_before=/g')"
+
+phase hog
+statfile=""
+[ "$dev_kind" = zram ] && statfile="-s /sys/block/zram0/mm_stat"
+t0=$(uptime_s)
+hog -p "$passes" -x "$corrupt" $statfile "$hog_mib"
+hog_rc=$?
+t1=$(uptime_s)
+result "hog_rc=$hog_rc hog_start_s=$t0 hog_end_s=$t1 $(vmstat | sed 's/=/_after=/g')"
+[ "$dev_kind" = zram ] && result "zram_mm_stat_after_hog=$(tr -s ' ' , < /sys/block/zram0/mm_stat | sed 's/^,//')"
+
+phase swapoff
+swapoff $dev || fail "swapoff $dev"
+result "swapoff_s=$(uptime_s) $(vmstat | sed 's/=/_swapoff=/g')"
+[ "$dev_kind" = zram ] && result "zram_mm_stat_after_swapoff=$(tr -s ' ' , < /sys/block/zram0/mm_stat | sed 's/^,//') zram_io_stat_after_swapoff=$(tr -s ' ' , < /sys/block/zram0/io_stat | sed 's/^,//')"
+# The host samples the server now: what the kernel's own discards returned.
+# (Swap slots freed after swapoff began are not discarded by the kernel.)
+phase swapped-off
+sleep 3
+if [ "$dev_kind" != zram ]; then
+    # Teardown: discard the whole device so the server returns every page.
+    phase blkdiscard
+    blkdiscard $dev || fail "blkdiscard $dev"
+fi
+if [ "$dev_kind" = nbd ]; then
+    phase disconnect
+    nbd-client -d $dev > /dev/null 2>&1 || fail "nbd-client -d"
+fi
+dmesg | grep -iE 'error|fail|oom|killed|corrupt|bad page' | grep -iv 'command line' | tail -n 10 | sed 's/^/ZRAMD-DMESG /'
+[ "$hog_rc" = 0 ] && finish 1
+finish 0

@@ -1,0 +1,22 @@
+# `make vm-test`: a real Linux kernel swaps onto zramd in a qemu guest (TCG),
+# through qemu's NBD client (virtio disk) and through the guest kernel's nbd
+# driver, with every byte verified; then the same workload on the reference
+# targets (nbdkit's memory plugin on both paths, the guest's own zram).
+# The guest is built from Debian packages and cached in vm/cache/ (not in git).
+# Included by the main Makefile, which defines VENV, PY and `setup`.
+#   make vm-test                          all targets, table + vm/cache/results.json
+#   make vm-test VM_TARGETS="zramd-nbd"   some of them (see vm/run.py --help)
+#   make vm-test VM_ARGS="--hog-mib 256"  other knobs
+VM_TARGETS ?=
+VM_ARGS    ?=
+
+.PHONY: vm-test vm-guest vm-clean
+
+vm-guest:
+	vm/build-guest.sh
+
+vm-test: setup vm-guest
+	ZRAMD_CLI=$(abspath $(VENV))/bin/zramd $(PY) vm/run.py --no-build $(VM_ARGS) $(VM_TARGETS)
+
+vm-clean:
+	rm -rf vm/cache
