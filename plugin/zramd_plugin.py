@@ -3,12 +3,13 @@
 Run it through ``zramd serve`` (which sets up PYTHONPATH and the options), or
 by hand: ``nbdkit -f --threads 1 -U SOCK python plugin/zramd_plugin.py size=1G``.
 
-All logic lives in ``zramd``; this file maps callbacks to store calls and
-errors to ``nbdkit.set_error(errno)``.  Global state: the one PageStore and
-the control server, created before any connection (get_ready/after_fork) and
+All logic lives in ``zramd``; this file maps callbacks to device calls and
+errors to ``nbdkit.set_error(errno)``.  Global state: the one Device and the
+control server, created before any connection (get_ready/after_fork) and
 never replaced, so callbacks read them without locks.
 """
 
+import json
 import os
 import sys
 
@@ -21,8 +22,10 @@ except ImportError:  # run from a checkout without PYTHONPATH
 
 from zramd import commands, pinning, shutdown, swap
 from zramd import config as zconfig
+from zramd.checksums import make_checksum
 from zramd.codecs import make_codec
 from zramd.control import ControlServer
+from zramd.device import Device
 from zramd.store import PageStore
 
 API_VERSION = 2
@@ -31,7 +34,7 @@ MAX_REQUEST_BYTES = 32 * 1024 * 1024  # advertised maximum block size
 
 _params = {}
 _settings = None
-_store = None
+_device = None
 _control = None
 _pin = False
 
@@ -49,8 +52,9 @@ def config_complete():
 
 
 def config_help():
-    return ("size=SIZE  algorithm=lz4|zstd|none  level=N  mem_limit=SIZE  "
-            "control=PATH  pin_thread_state=on|off")
+    return ("size=SIZE  algorithm=lz4|zstd|none  level=N  mem_limit=SIZE  control=PATH  "
+            "compress=inline|async|hybrid  workers=N  pending_limit=SIZE  "
+            "checksum=none|xxh3|crc32  pin_thread_state=on|off  swap=on|off")
 
 
 def thread_model():
@@ -58,9 +62,12 @@ def thread_model():
 
 
 def get_ready():
-    global _store
+    global _device
     s = _settings
-    _store = PageStore(s.size_bytes, make_codec(s.algorithm, s.level), s.mem_limit_bytes)
+    store = PageStore(s.size_bytes, make_codec(s.algorithm, s.level), s.mem_limit_bytes,
+                      make_checksum(s.checksum))
+    _device = Device(store, s.compress_mode, s.workers, s.pending_limit_bytes,
+                     stable_writes=s.fault_inject != "no-stable-writes")
     nbdkit.debug(f"zramd: {zconfig.describe(s)}")
     if s.swap:
         why_not = swap.set_io_flusher()
@@ -71,6 +78,7 @@ def get_ready():
 
 def after_fork():
     global _control
+    _device.start()  # threads: only after nbdkit's fork
     if _settings.control_path:
         _control = ControlServer(_settings.control_path, _control_request)
         _control.start()
@@ -80,12 +88,16 @@ def _control_request(request):
     if request.get("cmd") == "shutdown":  # server life cycle, not a store knob
         nbdkit.shutdown()
         return {"disconnected": shutdown.disconnect_clients(_settings.control_path)}
-    return commands.dispatch(_store, request)
+    return commands.dispatch(_device, request)
 
 
 def cleanup():
+    _device.stop()  # drains pending work first
     if _control is not None:
         _control.stop()
+    # The last word on what was stored, for logs and the shutdown tests.
+    print(f"zramd: stopped: {json.dumps(_device.stats(), sort_keys=True)}", file=sys.stderr,
+          flush=True)
 
 
 def open(readonly):
@@ -95,12 +107,13 @@ def open(readonly):
 
 
 def close(h):
+    _device.drain()  # a client that hangs up leaves nothing half-done
     if _pin:
         pinning.unpin()
 
 
 def get_size(h):
-    return _store.size_bytes
+    return _device.store.size_bytes
 
 
 def block_size(h):
@@ -147,7 +160,7 @@ def pread(h, buf, offset, flags):
     if _pin:
         pinning.pin()
     try:
-        _store.read(buf, offset)
+        _device.read(buf, offset)
     except OSError as exc:
         nbdkit.set_error(exc.errno)
         raise
@@ -157,7 +170,7 @@ def pwrite(h, buf, offset, flags):
     if _pin:
         pinning.pin()
     try:
-        _store.write(buf, offset)
+        _device.write(buf, offset, flags & nbdkit.FLAG_FUA)
     except OSError as exc:
         nbdkit.set_error(exc.errno)
         raise
@@ -165,7 +178,7 @@ def pwrite(h, buf, offset, flags):
 
 def trim(h, count, offset, flags):
     try:
-        _store.discard(offset, count)
+        _device.discard(offset, count)
     except OSError as exc:
         nbdkit.set_error(exc.errno)
         raise
@@ -173,19 +186,19 @@ def trim(h, count, offset, flags):
 
 def zero(h, count, offset, flags):
     try:
-        _store.discard(offset, count)
+        _device.discard(offset, count)
     except OSError as exc:
         nbdkit.set_error(exc.errno)
         raise
 
 
 def flush(h, flags):
-    pass  # a RAM store: every acknowledged write is already in place
+    _device.flush()  # every write acknowledged before this is installed
 
 
 def extents(h, count, offset, flags):
     try:
-        return _store.extents(offset, count, bool(flags & nbdkit.FLAG_REQ_ONE))
+        return _device.extents(offset, count, bool(flags & nbdkit.FLAG_REQ_ONE))
     except OSError as exc:
         nbdkit.set_error(exc.errno)
         raise

@@ -8,6 +8,7 @@ import pytest
 from zramd import commands
 from zramd.codecs import make_codec
 from zramd.control import ControlError, ControlServer, call
+from zramd.device import Device
 from zramd.store import PageStore
 
 
@@ -15,7 +16,8 @@ from zramd.store import PageStore
 def control(sockdir):
     store = PageStore(1 << 20, make_codec("lz4"))
     path = os.path.join(sockdir, "c.ctl")
-    srv = ControlServer(path, lambda request: commands.dispatch(store, request))
+    device = Device(store)
+    srv = ControlServer(path, lambda request: commands.dispatch(device, request))
     srv.start()
     yield store, path
     srv.stop()

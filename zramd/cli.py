@@ -15,8 +15,10 @@ import signal
 import sys
 
 from . import __version__
+from .checksums import CHECKSUMS
 from .codecs import CODECS
-from .config import ConfigError, Settings, default_socket_path
+from .config import FAULTS, ConfigError, Settings, default_socket_path, describe
+from .device import MODES
 from .control import ControlError, call
 from .server import Server, ServerError
 from .store import IO_STAT_FIELDS, MM_STAT_FIELDS
@@ -54,6 +56,22 @@ def build_parser() -> Parser:
     serve.add_argument("--mem-limit", type=_size_type(parse_size), default=0, metavar="SIZE",
                        help="most memory the compressed data may use; writes past it fail "
                             "with ENOSPC (default: no limit)")
+    serve.add_argument("--compress", choices=MODES, default="inline",
+                       help="where pages are compressed: in the request thread (inline), on "
+                            "worker threads after the reply (async), or async only for "
+                            "requests of 64 KiB and more (hybrid) (default inline)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="compression worker threads for async/hybrid (default 1)")
+    serve.add_argument("--pending-limit", type=_size_type(parse_size), default=64 << 20,
+                       metavar="SIZE", help="most uncompressed data waiting for workers; "
+                       "past it writes compress inline (default 64M)")
+    serve.add_argument("--checksum", choices=["none"] + sorted(CHECKSUMS), default="none",
+                       help="per-page checksums, verified on every read (default none)")
+    serve.add_argument("--fault-inject", choices=FAULTS,
+                       help="testing only: no-stable-writes hands nbdkit's own buffer to the "
+                            "workers (corrupts data); needs --unlock-fault-injection")
+    serve.add_argument("--unlock-fault-injection", action="store_true",
+                       help="really allow --fault-inject")
     where = serve.add_mutually_exclusive_group()
     where.add_argument("--socket", "-U", metavar="PATH",
                        help=f"Unix socket to listen on (default {default_socket_path()})")
@@ -94,10 +112,7 @@ def _control_path(args) -> str:
 def connect_help(server: Server) -> str:
     s = server.settings
     uri = server.uri
-    lines = [f"zramd: serving {s.size_bytes >> 20} MiB, {s.algorithm}"
-             f"{':' + str(s.level) if s.level else ''}, "
-             f"mem_limit {s.mem_limit_bytes >> 20 if s.mem_limit_bytes else 'none'}"
-             f"{' MiB' if s.mem_limit_bytes else ''}",
+    lines = [f"zramd: serving {describe(s)}",
              f"  NBD URI     {uri}",
              f"  nbdinfo     nbdinfo '{uri}'",
              f"  nbdsh       nbdsh -u '{uri}'",
@@ -120,6 +135,10 @@ def cmd_serve(args) -> int:
     settings = Settings(size_bytes=args.size, algorithm=args.algorithm, level=args.level,
                         mem_limit_bytes=args.mem_limit, control_path=args.control,
                         pin_thread_state=args.pin_thread_state, socket_path=args.socket,
+                        compress_mode=args.compress, workers=args.workers,
+                        pending_limit_bytes=args.pending_limit, checksum=args.checksum,
+                        fault_inject=args.fault_inject,
+                        unlock_fault_injection=args.unlock_fault_injection,
                         port=args.port, address=args.address, threads=args.threads,
                         verbose=args.verbose, swap=args.swap)
     if args.port is None and args.address != "127.0.0.1":

@@ -1,10 +1,10 @@
-"""Control commands, named after zram's sysfs knobs, run against a store.
+"""Control commands, named after zram's sysfs knobs, run against a device.
 
-``COMMANDS`` maps a name to ``fn(store, args) -> result``.  Each command
+``COMMANDS`` maps a name to ``fn(device, args) -> result``.  Each command
 validates all of its arguments before it changes anything, so a bad command
 changes nothing; it raises ControlError with a one-line reason.  Commands run
 on control-socket threads while I/O is in flight: they go through the
-store's own locked methods.
+device's and store's own locked methods.
 """
 
 from __future__ import annotations
@@ -37,30 +37,30 @@ def _size_arg(args: dict, key: str) -> int:
 
 
 @command("stats")
-def _stats(store, args):
+def _stats(device, args):
     _no_args(args, "stats")
-    return store.stats()
+    return device.stats()
 
 
 @command("mem_limit")
-def _mem_limit(store, args):
+def _mem_limit(device, args):
     """zram's ``echo SIZE > mem_limit`` (0: no limit)."""
     extra = set(args) - {"size"}
     if extra:
         raise ControlError(f"mem_limit takes only size, got {', '.join(sorted(extra))}")
-    store.set_mem_limit(_size_arg(args, "size"))
-    return store.stats()
+    device.store.set_mem_limit(_size_arg(args, "size"))
+    return device.stats()
 
 
 @command("reset_mem_used_max")
-def _reset_mem_used_max(store, args):
+def _reset_mem_used_max(device, args):
     """zram's ``echo 0 > mem_used_max``."""
     _no_args(args, "reset_mem_used_max")
-    store.reset_mem_used_max()
-    return store.stats()
+    device.store.reset_mem_used_max()
+    return device.stats()
 
 
-def dispatch(store, request: dict):
+def dispatch(device, request: dict):
     """Run one control request (``{"cmd": ..., "args": {...}}``)."""
     name = request.get("cmd")
     fn = COMMANDS.get(name)
@@ -69,4 +69,4 @@ def dispatch(store, request: dict):
     args = request.get("args") or {}
     if not isinstance(args, dict):
         raise ControlError("args must be an object")
-    return fn(store, args)
+    return fn(device, args)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from .checksums import make_checksum
 from .codecs import make_codec
+from .device import DEFAULT_PENDING_LIMIT_BYTES, MODES
 from .units import format_size, parse_device_size, parse_size
 
 DEFAULT_SIZE = "1G"
@@ -21,6 +23,11 @@ DEFAULT_ALGORITHM = "lz4"
 # 16 threads were 3-5x slower than 1 (design.md section 4).
 DEFAULT_THREADS = 1
 MAX_THREADS = 64
+# Compression mode and workers: see device.py and the benchmark in the README.
+DEFAULT_COMPRESS_MODE = "inline"
+DEFAULT_WORKERS = 1
+MAX_WORKERS = 64
+FAULTS = ("no-stable-writes",)
 
 
 class ConfigError(ValueError):
@@ -51,6 +58,12 @@ class Settings:
     mem_limit_bytes: int = 0
     control_path: str | None = None
     pin_thread_state: bool = True
+    compress_mode: str = DEFAULT_COMPRESS_MODE
+    workers: int = DEFAULT_WORKERS
+    pending_limit_bytes: int = DEFAULT_PENDING_LIMIT_BYTES
+    checksum: str = "none"
+    fault_inject: str | None = None
+    unlock_fault_injection: bool = False
     # the server (nbdkit's own options)
     socket_path: str | None = None
     port: int | None = None
@@ -70,6 +83,27 @@ class Settings:
                               f"not {self.size_bytes}")
         if self.mem_limit_bytes < 0:
             raise ConfigError("mem_limit must not be negative")
+        if self.compress_mode not in MODES:
+            raise ConfigError(f"unknown compression mode {self.compress_mode!r} "
+                              f"(choose from {', '.join(MODES)})")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"workers must be 1..{MAX_WORKERS}, not {self.workers}")
+        if self.pending_limit_bytes < 4096:
+            raise ConfigError("pending_limit must be at least one page (4096)")
+        try:
+            make_checksum(self.checksum)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.fault_inject is not None:
+            if self.fault_inject not in FAULTS:
+                raise ConfigError(f"unknown fault {self.fault_inject!r} (known: {', '.join(FAULTS)})")
+            if not self.unlock_fault_injection:
+                raise ConfigError(f"fault injection {self.fault_inject} corrupts data on purpose: "
+                                  f"it is refused unless explicitly unlocked "
+                                  f"(--unlock-fault-injection)")
+            if self.compress_mode == "inline":
+                raise ConfigError(f"fault injection {self.fault_inject} needs async or hybrid "
+                                  f"compression")
         if self.port is not None:
             if self.socket_path is not None:
                 raise ConfigError("give either a Unix socket or a TCP port, not both")
@@ -103,6 +137,12 @@ class Settings:
                   f"pin_thread_state={'on' if self.pin_thread_state else 'off'}"]
         if self.level is not None:
             params.append(f"level={self.level}")
+        params += [f"compress={self.compress_mode}", f"workers={self.workers}",
+                   f"pending_limit={self.pending_limit_bytes}", f"checksum={self.checksum}"]
+        if self.fault_inject:
+            params.append(f"fault_inject={self.fault_inject}")
+        if self.unlock_fault_injection:
+            params.append("unlock_fault_injection=on")
         if self.control_path:
             params.append(f"control={self.control_path}")
         if self.swap:
@@ -110,7 +150,9 @@ class Settings:
         return params
 
 
-PLUGIN_KEYS = ("size", "algorithm", "level", "mem_limit", "control", "pin_thread_state", "swap")
+PLUGIN_KEYS = ("size", "algorithm", "level", "mem_limit", "control", "pin_thread_state", "swap",
+               "compress", "workers", "pending_limit", "checksum", "fault_inject",
+               "unlock_fault_injection")
 
 
 def from_plugin_params(params: dict[str, str]) -> Settings:
@@ -125,12 +167,21 @@ def from_plugin_params(params: dict[str, str]) -> Settings:
             s.size_bytes = parse_device_size(params["size"])
         if "mem_limit" in params:
             s.mem_limit_bytes = parse_size(params["mem_limit"])
+        if "pending_limit" in params:
+            s.pending_limit_bytes = parse_size(params["pending_limit"])
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     s.algorithm = params.get("algorithm", s.algorithm)
     if "level" in params:
         s.level = parse_int(params["level"], "level")
     s.control_path = params.get("control")
+    s.compress_mode = params.get("compress", s.compress_mode)
+    if "workers" in params:
+        s.workers = parse_int(params["workers"], "workers")
+    s.checksum = params.get("checksum", s.checksum)
+    s.fault_inject = params.get("fault_inject")
+    if "unlock_fault_injection" in params:
+        s.unlock_fault_injection = _bool(params["unlock_fault_injection"], "unlock_fault_injection")
     if "swap" in params:
         s.swap = _bool(params["swap"], "swap")
     if "pin_thread_state" in params:
@@ -149,4 +200,7 @@ def describe(settings: Settings) -> str:
     """One line for logs: '1G lz4, no mem_limit'."""
     algo = make_codec(settings.algorithm, settings.level).describe()
     limit = format_size(settings.mem_limit_bytes) if settings.mem_limit_bytes else "no"
-    return f"{format_size(settings.size_bytes)} {algo}, {limit} mem_limit"
+    mode = settings.compress_mode
+    if mode != "inline":
+        mode += f" ({settings.workers} workers)"
+    return f"{format_size(settings.size_bytes)} {algo}, {limit} mem_limit, {mode} compression"

@@ -15,7 +15,13 @@ entry                  meaning                                          zram nam
                        word repeated 512 times (``0``: zero page)
 ``bytes``, len < 4096  compressed with the store's codec
 ``bytes``, len 4096    huge page: incompressible, stored raw            ZRAM_HUGE
+``Pending``            accepted, waiting for an async compression
+                       worker: holds the page's stable snapshot
 =====================  ==============================================  =========
+
+With per-page checksums on, ``_sums[index]`` holds the checksum of the page
+data (computed on the stable data at write time) for ``bytes`` and
+``Pending`` entries; a read verifies it after decompression.
 
 A stored compressed page costs its payload plus one ``bytes`` object header
 (33 bytes) plus one list pointer (8 bytes): about 49 bytes of metadata.
@@ -28,6 +34,10 @@ Invariants (whenever ``_lock`` is free)
 - ``mem_used_total`` = sum of ``len(entry) + BYTES_HEADER`` over ``bytes``
   entries (same pages cost nothing, as in zram);
 - ``same_pages`` / ``huge_pages`` = number of ``int`` / 4096-byte entries;
+- ``pending_pages`` = number of ``Pending`` entries, each counted as an
+  uncompressed page (4096 in ``compr_data_size``, 4096 + header in
+  ``mem_used_total``: the snapshot is in RAM), so ``mem_limit`` is reserved
+  for the worst case before the write is acknowledged;
 - ``mem_used_total <= mem_limit`` whenever a limit is set, except when the
   limit was lowered below current use at run time (as in zram).
 
@@ -40,11 +50,16 @@ the lock, after checking ``mem_limit`` for the request as a whole, so a
 request is installed entirely or not at all and a failed write changes
 nothing.  A partial-page write (read-modify-write) remembers the entry it
 read and installs only if the slot still holds that very object; otherwise
-it merges again with the newer entry.  Readers take no lock.
+it merges again with the newer entry.  Readers take no lock, except with
+checksums on, where an entry and its checksum are loaded together under it.
+A worker installs a compressed page only if the slot still holds the very
+``Pending`` object it compressed (identity is the generation check): a
+stale result never overwrites newer data.
 """
 
 from __future__ import annotations
 
+import array
 import errno
 import sys
 import threading
@@ -87,43 +102,80 @@ class StoreError(OSError):
     """An I/O error with the errno the NBD client should see."""
 
 
+class Pending:
+    """A page accepted for asynchronous compression.
+
+    ``data`` is a stable snapshot of the page (a 4096-byte bytes-like view),
+    unless the no-stable-writes fault injection put a view of nbdkit's own
+    buffer there.  ``gen`` numbers pending pages in order of acceptance.
+    """
+
+    __slots__ = ("data", "gen")
+
+    def __init__(self, data, gen: int):
+        self.data = data
+        self.gen = gen
+
+    def __repr__(self):
+        return f"Pending(gen={self.gen})"
+
+
 def same_filled_word(page) -> int | None:
     """The repeated 8-byte word if ``page`` is same-filled, else None.
 
     ``ZERO_PAGE.startswith(page)`` is a memcmp (~0.1 us, design.md 4); the
-    general case first rejects pages whose first and last words differ.
+    general case first rejects pages whose first and last words differ
+    (``startswith`` compares with a memoryview slice by memcmp; ``==``
+    would go element by element).
     """
     if ZERO_PAGE.startswith(page):
         return 0
     first = bytes(page[:WORD_SIZE])
-    if first != page[-WORD_SIZE:]:
+    if not first.startswith(page[-WORD_SIZE:]):
         return None
     if bytes(page) != first * WORDS_PER_PAGE:
         return None
     return int.from_bytes(first, "little")
 
 
+PENDING_COST = (1, PAGE_SIZE, PAGE_SIZE + BYTES_HEADER, 0, 0)
+
+
 def _entry_cost(entry) -> tuple[int, int, int, int, int]:
     """(stored, compr_bytes, mem_bytes, same, huge) that ``entry`` adds."""
     if entry is None:
         return 0, 0, 0, 0, 0
-    if type(entry) is int:
+    t = type(entry)
+    if t is int:
         return 1, 0, 0, 1, 0
+    if t is Pending:
+        return PENDING_COST
     n = len(entry)
     return 1, n, n + BYTES_HEADER, 0, 1 if n == PAGE_SIZE else 0
 
 
-class PageStore:
-    """A compressed RAM disk of ``size_bytes`` (whole pages); see module doc."""
+class ChecksumError(StoreError):
+    """A page's data does not match the checksum taken when it was written."""
 
-    def __init__(self, size_bytes: int, codec: Codec, mem_limit_bytes: int = 0):
+
+class PageStore:
+    """A compressed RAM disk of ``size_bytes`` (whole pages); see module doc.
+
+    ``checksum`` is None or a function page -> int (see ``checksums``).
+    """
+
+    def __init__(self, size_bytes: int, codec: Codec, mem_limit_bytes: int = 0,
+                 checksum=None):
         if size_bytes <= 0 or size_bytes & PAGE_MASK:
             raise ValueError(f"size must be a positive whole number of pages: {size_bytes}")
         self.size_bytes = size_bytes
         self.nr_pages = size_bytes >> PAGE_SHIFT
         self.codec = codec
+        self.checksum = checksum
         self._slots: list = [None] * self.nr_pages
+        self._sums = array.array("Q", bytes(8 * self.nr_pages)) if checksum else None
         self._lock = threading.Lock()
+        self._gen = 0
         # mm_stat
         self.pages_stored = 0
         self.compr_data_size = 0
@@ -142,6 +194,12 @@ class PageStore:
         self.num_reads = 0
         self.num_writes = 0
         self.num_discards = 0
+        # asynchronous compression and integrity
+        self.pending_pages = 0
+        self.pages_staged = 0        # pages handed to workers, ever
+        self.pages_superseded = 0    # worker results dropped: the page changed meanwhile
+        self.pages_compressed_async = 0  # worker results installed
+        self.checksum_errors = 0
 
     # ------------------------------------------------------------------
     # encoding
@@ -157,13 +215,35 @@ class PageStore:
         out = self.codec.compress(page, HUGE_THRESHOLD)
         return bytes(page) if out is None else out
 
-    def decode(self, entry) -> bytes:
-        """The 4 KiB page an entry stands for."""
-        if type(entry) is bytes:
+    def decode(self, entry):
+        """The 4 KiB page (bytes-like) an entry stands for."""
+        t = type(entry)
+        if t is bytes:
             return entry if len(entry) == PAGE_SIZE else self.codec.decompress(entry)
         if entry is None or entry == 0:
             return ZERO_PAGE
+        if t is Pending:
+            return entry.data
         return entry.to_bytes(WORD_SIZE, "little") * WORDS_PER_PAGE
+
+    def _load(self, index: int):
+        """(entry, page) of one slot; the page verified against its checksum."""
+        if self._sums is None:
+            entry = self._slots[index]
+            return entry, self.decode(entry)
+        with self._lock:
+            entry = self._slots[index]
+            expected = self._sums[index]
+        page = self.decode(entry)
+        t = type(entry)
+        if (t is bytes or t is Pending) and self.checksum(page) != expected:
+            with self._lock:
+                self.checksum_errors += 1
+            raise ChecksumError(errno.EIO, f"page {index}: data does not match its checksum")
+        return entry, page
+
+    def _sum(self, page) -> int:
+        return self.checksum(page) if self._sums is not None else 0
 
     # ------------------------------------------------------------------
     # I/O
@@ -178,52 +258,128 @@ class PageStore:
         """Fill the writable buffer ``buf`` from ``offset``."""
         length = len(buf)
         self._check_range(offset, length)
-        slots = self._slots
         try:
             if length == PAGE_SIZE and not offset & PAGE_MASK:
-                buf[:] = self.decode(slots[offset >> PAGE_SHIFT])
+                if self._sums is None:
+                    buf[:] = self.decode(self._slots[offset >> PAGE_SHIFT])
+                else:
+                    buf[:] = self._load(offset >> PAGE_SHIFT)[1]
             else:
                 pos = 0
                 while pos < length:
                     index, start = divmod(offset + pos, PAGE_SIZE)
                     n = min(PAGE_SIZE - start, length - pos)
-                    page = self.decode(slots[index])
+                    page = self._load(index)[1]
                     buf[pos:pos + n] = page if n == PAGE_SIZE else page[start:start + n]
                     pos += n
         except Exception as exc:
             with self._lock:
                 self.failed_reads += 1
                 self.num_reads += 1
+            if isinstance(exc, ChecksumError):
+                raise
             raise StoreError(errno.EIO, f"read failed at offset {offset}: {exc}") from exc
         with self._lock:
             self.num_reads += 1
 
     def write(self, data, offset: int) -> None:
-        """Store ``data`` (bytes-like) at ``offset``: all of it, or nothing."""
+        """Store ``data`` (bytes-like) at ``offset``, compressing in this
+        thread: all of it, or nothing."""
+        if len(data) == PAGE_SIZE and not offset & PAGE_MASK and 0 <= offset < self.size_bytes:
+            try:  # the 4 KiB hot path: one page, no loops
+                entry = self.encode(data)
+                checksum = self.checksum(data) if self._sums is not None else 0
+            except Exception as exc:
+                with self._lock:
+                    self.failed_writes += 1
+                raise StoreError(errno.EIO, f"write failed at offset {offset}: {exc}") from exc
+            self._install_one(offset >> PAGE_SHIFT, entry, checksum)
+        else:
+            self._write(data, offset, None)
+
+    def _install_one(self, index: int, new, checksum: int) -> None:
+        """``_install`` for one full-page write (the hot path), unrolled."""
+        with self._lock:
+            old = self._slots[index]
+            o_st, o_cb, o_mem, o_same, o_huge = _entry_cost(old)
+            n_st, n_cb, n_mem, n_same, n_huge = _entry_cost(new)
+            d_mem = n_mem - o_mem
+            if self.mem_limit and d_mem > 0 and self.mem_used_total + d_mem > self.mem_limit:
+                self.failed_writes += 1
+                raise StoreError(errno.ENOSPC, "mem_limit reached")
+            self._slots[index] = new
+            if self._sums is not None:
+                self._sums[index] = checksum
+            if type(old) is Pending:
+                self.pending_pages -= 1
+            self.pages_stored += n_st - o_st
+            self.compr_data_size += n_cb - o_cb
+            self.same_pages += n_same - o_same
+            self.huge_pages += n_huge - o_huge
+            self.huge_pages_since += n_huge
+            self.mem_used_total += d_mem
+            if self.mem_used_total > self.mem_used_max:
+                self.mem_used_max = self.mem_used_total
+            self.num_writes += 1
+
+    def stage(self, data, offset: int) -> list:
+        """Accept ``data`` for asynchronous compression: all of it, or nothing.
+
+        ``data`` must be stable (a snapshot): full pages are installed as
+        ``Pending`` entries that refer to it, after the same-page test; any
+        partial edge pages are merged and compressed here.  Returns the
+        ``[(index, pending)]`` a worker must ``complete``.
+        """
+        staged = []
+        self._write(data, offset, staged)
+        return staged
+
+    def _write(self, data, offset: int, staged: list | None) -> None:
         length = len(data)
         self._check_range(offset, length)
         try:
-            if length == PAGE_SIZE and not offset & PAGE_MASK:
-                self._install([(offset >> PAGE_SHIFT, self.encode(data), _ANY)], writes=1)
-                return
             full = []
             edges = []  # (index, start, data slice) of partial pages
             pos = 0
             while pos < length:
                 index, start = divmod(offset + pos, PAGE_SIZE)
                 n = min(PAGE_SIZE - start, length - pos)
-                if n == PAGE_SIZE:
-                    full.append((index, self.encode(data[pos:pos + n]), _ANY))
+                page = data[pos:pos + n]
+                if n < PAGE_SIZE:
+                    edges.append((index, start, page))
+                elif staged is None:
+                    full.append((index, self.encode(page), _ANY, self._sum(page)))
                 else:
-                    edges.append((index, start, data[pos:pos + n]))
+                    word = same_filled_word(page)
+                    if word is not None:
+                        full.append((index, word, _ANY, 0))
+                    else:
+                        self._gen += 1  # racy increments only make numbers repeat
+                        entry = Pending(page, self._gen)
+                        full.append((index, entry, _ANY, self._sum(page)))
+                        staged.append((index, entry))
                 pos += n
-            self._install_with_edges(full, edges, writes=1)
+            self._install_with_edges(full, edges, writes=1, staged=len(staged or ()))
         except StoreError:
             raise
         except Exception as exc:
             with self._lock:
                 self.failed_writes += 1
             raise StoreError(errno.EIO, f"write failed at offset {offset}: {exc}") from exc
+
+    def complete(self, index: int, pending: Pending) -> bool:
+        """Worker side: compress a staged page and install it if the slot
+        still holds ``pending``; return whether it was installed."""
+        if self._slots[index] is not pending:  # superseded already: skip the work
+            with self._lock:
+                self.pages_superseded += 1
+            return False
+        entry = self.encode(pending.data)
+        if self._install([(index, entry, pending, None)], compressed_async=1):
+            return True
+        with self._lock:
+            self.pages_superseded += 1
+        return False
 
     def discard(self, offset: int, length: int) -> None:
         """Trim / write-zeroes: free whole pages, zero the partial edges.
@@ -244,7 +400,7 @@ class PageStore:
                               bytes(PAGE_SIZE - (offset & PAGE_MASK))))
             if end & PAGE_MASK:
                 edges.append((end_full, 0, bytes(end & PAGE_MASK)))
-        full = [(index, None, _ANY) for index in range(first_full, end_full)]
+        full = [(index, None, _ANY, 0) for index in range(first_full, end_full)]
         self._install_with_edges(full, edges, discards=1, freed=len(full))
 
     # ------------------------------------------------------------------
@@ -258,70 +414,61 @@ class PageStore:
         while True:
             changes = list(full)
             for index, start, part in edges:
-                old = self._slots[index]
-                page = bytearray(self.decode(old))
+                old, page = self._load(index)
+                page = bytearray(page)
                 page[start:start + len(part)] = part
-                changes.append((index, self.encode(page), old))
+                changes.append((index, self.encode(page), old, self._sum(page)))
             if self._install(changes, **counters):
                 return
 
-    def _install(self, changes, writes=0, discards=0, freed=0) -> bool:
-        """Install ``[(index, new_entry, expected_old)]`` atomically.
+    def _install(self, changes, writes=0, discards=0, freed=0, staged=0,
+                 compressed_async=0) -> bool:
+        """Install ``[(index, new_entry, expected_old, checksum)]`` atomically.
 
         Returns False (installing nothing) if a slot no longer holds its
         expected entry; raises ENOSPC (installing nothing) if a write request
-        as a whole would take memory use over ``mem_limit``.  Discards are
-        not refused: zeroing a partial edge may grow a page by a few bytes,
-        and a trim must not fail for lack of memory.
+        as a whole would take memory use over ``mem_limit``.  Discards and
+        worker installs (which only shrink a page) are not refused: zeroing
+        a partial edge may grow a page by a few bytes, and a trim must not
+        fail for lack of memory.  A checksum of None keeps the slot's own.
         """
         slots = self._slots
+        sums = self._sums
         with self._lock:
-            if len(changes) == 1:  # the 4 KiB hot path, without a loop
-                index, new, expected = changes[0]
+            d_st = d_cb = d_mem = d_same = d_huge = new_huge = 0
+            for index, new, expected, _sum in changes:
                 old = slots[index]
                 if expected is not _ANY and old is not expected:
                     return False
                 o_st, o_cb, o_mem, o_same, o_huge = _entry_cost(old)
                 n_st, n_cb, n_mem, n_same, n_huge = _entry_cost(new)
-                d_mem = n_mem - o_mem
-                if writes and self.mem_limit and d_mem > 0 \
-                        and self.mem_used_total + d_mem > self.mem_limit:
-                    self.failed_writes += writes
-                    raise StoreError(errno.ENOSPC, "mem_limit reached")
+                d_st += n_st - o_st
+                d_cb += n_cb - o_cb
+                d_mem += n_mem - o_mem
+                d_same += n_same - o_same
+                d_huge += n_huge - o_huge
+                new_huge += n_huge
+            if writes and self.mem_limit and d_mem > 0 \
+                    and self.mem_used_total + d_mem > self.mem_limit:
+                self.failed_writes += writes
+                raise StoreError(errno.ENOSPC, "mem_limit reached")
+            d_pending = 0
+            for index, new, _, checksum in changes:
+                if type(slots[index]) is Pending:
+                    d_pending -= 1
+                if type(new) is Pending:
+                    d_pending += 1
                 slots[index] = new
-                self.pages_stored += n_st - o_st
-                self.compr_data_size += n_cb - o_cb
-                self.same_pages += n_same - o_same
-                self.huge_pages += n_huge - o_huge
-                self.huge_pages_since += n_huge
-            else:
-                d_mem = 0
-                olds = []
-                for index, new, expected in changes:
-                    old = slots[index]
-                    if expected is not _ANY and old is not expected:
-                        return False
-                    olds.append(old)
-                    d_mem += _entry_cost(new)[2] - _entry_cost(old)[2]
-                if writes and self.mem_limit and d_mem > 0 \
-                        and self.mem_used_total + d_mem > self.mem_limit:
-                    self.failed_writes += writes
-                    raise StoreError(errno.ENOSPC, "mem_limit reached")
-                d_st = d_cb = d_same = d_huge = new_huge = 0
-                for (index, new, _), old in zip(changes, olds):
-                    slots[index] = new
-                    o_st, o_cb, _m, o_same, o_huge = _entry_cost(old)
-                    n_st, n_cb, _m, n_same, n_huge = _entry_cost(new)
-                    d_st += n_st - o_st
-                    d_cb += n_cb - o_cb
-                    d_same += n_same - o_same
-                    d_huge += n_huge - o_huge
-                    new_huge += n_huge
-                self.pages_stored += d_st
-                self.compr_data_size += d_cb
-                self.same_pages += d_same
-                self.huge_pages += d_huge
-                self.huge_pages_since += new_huge
+                if sums is not None and checksum is not None:
+                    sums[index] = checksum
+            self.pages_stored += d_st
+            self.compr_data_size += d_cb
+            self.same_pages += d_same
+            self.huge_pages += d_huge
+            self.huge_pages_since += new_huge
+            self.pending_pages += d_pending
+            self.pages_staged += staged
+            self.pages_compressed_async += compressed_async
             self.mem_used_total += d_mem
             if self.mem_used_total > self.mem_used_max:
                 self.mem_used_max = self.mem_used_total
@@ -385,6 +532,11 @@ class PageStore:
                 "num_reads": self.num_reads,
                 "num_writes": self.num_writes,
                 "num_discards": self.num_discards,
+                "pending_pages": self.pending_pages,
+                "pages_staged": self.pages_staged,
+                "pages_superseded": self.pages_superseded,
+                "pages_compressed_async": self.pages_compressed_async,
+                "checksum_errors": self.checksum_errors,
                 "disksize": self.size_bytes,
                 "comp_algorithm": self.codec.describe(),
             }

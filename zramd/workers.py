@@ -1,0 +1,109 @@
+"""Asynchronous compression workers.
+
+Data structure
+--------------
+``_queue`` is a ``queue.SimpleQueue`` (C) of ``(seq, batch)`` items; a batch
+is a list of ``(index, Pending)`` pages that the store staged.  Workers take
+one item at a time, call ``store.complete`` for each page (which compresses
+and installs only if the page was not rewritten meanwhile) and mark the
+sequence number done.  ``None`` on the queue stops one worker.
+
+Flush bookkeeping: ``_submitted`` is the last sequence number handed out;
+``_watermark`` is the highest number such that every item up to it is done;
+``_done`` holds numbers done above the watermark (workers finish out of
+order).  ``wait(seq)`` blocks until ``_watermark >= seq``: a flush waits for
+exactly the work acknowledged before it, not for later writes.
+
+Locking
+-------
+``_cond`` (a Condition) guards ``_submitted``, ``_watermark`` and ``_done``.
+The store's own lock is taken inside ``store.complete``, never while holding
+``_cond``.  Workers block in C (``SimpleQueue.get``, codec calls) and never
+spin: one spinning thread cut IOPS from 49k to about 200 (design.md 4).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+log = logging.getLogger("zramd.workers")
+
+
+class CompressionWorkers:
+    def __init__(self, store, nworkers: int, name: str = "zramd-compress"):
+        if nworkers < 1:
+            raise ValueError("need at least one worker")
+        self.store = store
+        self.nworkers = nworkers
+        self.name = name
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._submitted = 0
+        self._watermark = 0
+        self._done: set[int] = set()
+        self._threads: list[threading.Thread] = []
+        self.worker_errors = 0
+
+    def start(self) -> None:
+        for i in range(self.nworkers):
+            t = threading.Thread(target=self._run, name=f"{self.name}-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def submit(self, batch: list) -> int:
+        """Queue a batch of staged pages; return its sequence number."""
+        with self._cond:
+            self._submitted += 1
+            seq = self._submitted
+        self._queue.put((seq, batch))
+        return seq
+
+    def wait(self, seq: int | None = None) -> None:
+        """Block until every batch up to ``seq`` (default: all submitted so
+        far) has been installed or superseded."""
+        with self._cond:
+            target = self._submitted if seq is None else seq
+            while self._watermark < target:
+                self._cond.wait()
+
+    def backlog(self) -> int:
+        """Batches submitted and not yet done."""
+        with self._cond:
+            return self._submitted - self._watermark - len(self._done)
+
+    def stop(self) -> None:
+        """Finish all queued work, then end the threads."""
+        self.wait()
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join()
+        self._threads.clear()
+
+    def _run(self) -> None:
+        complete = self.store.complete
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            seq, batch = item
+            for index, pending in batch:
+                try:
+                    complete(index, pending)
+                except Exception:  # the page stays pending: readable, not lost
+                    self.worker_errors += 1
+                    log.exception("compressing page %d failed", index)
+            self._mark_done(seq)
+
+    def _mark_done(self, seq: int) -> None:
+        with self._cond:
+            self._done.add(seq)
+            advanced = False
+            while self._watermark + 1 in self._done:
+                self._watermark += 1
+                self._done.remove(self._watermark)
+                advanced = True
+            if advanced:
+                self._cond.notify_all()
