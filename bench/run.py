@@ -76,6 +76,16 @@ SYSTEMS = [
     System("zramd-lz4", "zramd", ("--algorithm", "lz4"), "zramd, lz4, inline compression"),
     System("zramd-zstd", "zramd", ("--algorithm", "zstd"), "zramd, zstd (default level), inline compression"),
     System("zramd-none", "zramd", ("--algorithm", "none"), "zramd, no compression"),
+    System("zramd-lz4-async", "zramd", ("--algorithm", "lz4", "--compress", "async", "--workers", "1"),
+           "zramd, lz4, async compression (stable writes, 1 worker)"),
+    System("zramd-lz4-async2", "zramd", ("--algorithm", "lz4", "--compress", "async", "--workers", "2"),
+           "zramd, lz4, async compression (stable writes, 2 workers)"),
+    System("zramd-lz4-hybrid", "zramd", ("--algorithm", "lz4", "--compress", "hybrid", "--workers", "1"),
+           "zramd, lz4, hybrid: async for requests >= 64 KiB, inline below"),
+    System("zramd-lz4-xxh3", "zramd", ("--algorithm", "lz4", "--checksum", "xxh3"),
+           "zramd, lz4, inline, per-page xxh3 checksums"),
+    System("zramd-lz4-nopin", "zramd", ("--algorithm", "lz4", "--no-pin-thread-state"),
+           "zramd, lz4, inline, thread state not pinned"),
     System("nbdkit-memory", "nbdkit", ("memory", "{size}"), "nbdkit memory plugin (C, uncompressed)"),
     System("nbdkit-zstd", "nbdkit", ("memory", "{size}", "allocator=zstd"),
            "nbdkit memory allocator=zstd (C, compressed)"),
@@ -1013,7 +1023,7 @@ def parse_args(argv):
     p.add_argument("--workloads", help="comma-separated workload globs, e.g. 'randread-*,corpus/*' (fills always run)")
     p.add_argument("--datasets", default="fio,corpus", help="fio,corpus (default both)")
     p.add_argument("--size-mib", type=int, help="region written per system (default 256, quick 16)")
-    p.add_argument("--runtime", type=float, help="seconds per timed job (default 5, quick 0.5)")
+    p.add_argument("--runtime", type=float, help="seconds per timed job (default 4, quick 0.5)")
     p.add_argument("--ramp", type=float, help="ramp seconds before each timed job (default 1, quick 0)")
     p.add_argument("--corpus-dir", default=str(BENCH_DIR / "corpus"), help="where the corpus is kept (gitignored)")
     p.add_argument("--regenerate-corpus", action="store_true")
@@ -1024,7 +1034,7 @@ def parse_args(argv):
     a.workloads = [x for x in (a.workloads or "").split(",") if x]
     a.datasets = [x for x in a.datasets.split(",") if x]
     a.region_bytes = (a.size_mib or (16 if a.quick else 256)) << 20
-    a.runtime_s = a.runtime if a.runtime is not None else (0.5 if a.quick else 5.0)
+    a.runtime_s = a.runtime if a.runtime is not None else (0.5 if a.quick else 4.0)
     a.ramp_s = a.ramp if a.ramp is not None else (0.0 if a.quick else 1.0)
     a.update_latest = a.out is None
     if a.out is None:

@@ -25,8 +25,10 @@ from zramd import config as zconfig
 from zramd.checksums import make_checksum
 from zramd.codecs import make_codec
 from zramd.control import ControlServer
+from zramd.backing import BackingFile
 from zramd.device import Device
 from zramd.store import PageStore
+from zramd.writeback import Writeback
 
 API_VERSION = 2
 
@@ -64,10 +66,15 @@ def thread_model():
 def get_ready():
     global _device
     s = _settings
+    backing = BackingFile(s.backing_file, s.backing_size_bytes or s.size_bytes) \
+        if s.backing_file else None
+    recomp = make_codec(s.recomp_algorithm, s.recomp_level) if s.recomp_algorithm else None
     store = PageStore(s.size_bytes, make_codec(s.algorithm, s.level), s.mem_limit_bytes,
-                      make_checksum(s.checksum))
+                      make_checksum(s.checksum), recomp_codec=recomp, backing=backing)
+    writeback = Writeback(store, backing, s.high_watermark_bytes, s.low_watermark()) \
+        if backing else None
     _device = Device(store, s.compress_mode, s.workers, s.pending_limit_bytes,
-                     stable_writes=s.fault_inject != "no-stable-writes")
+                     stable_writes=s.fault_inject != "no-stable-writes", writeback=writeback)
     nbdkit.debug(f"zramd: {zconfig.describe(s)}")
     if s.swap:
         why_not = swap.set_io_flusher()

@@ -49,7 +49,7 @@ def test_mem_limit_command(control):
     ("stats", {"x": 1}, "takes no arguments"),
     ("mem_limit", {}, "missing argument size"),
     ("mem_limit", {"size": "huge"}, "not a size"),
-    ("mem_limit", {"size": "1M", "extra": 2}, "takes only size"),
+    ("mem_limit", {"size": "1M", "extra": 2}, "does not take extra"),
 ])
 def test_bad_commands_change_nothing(control, cmd, args, message):
     store, path = control

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 from . import __version__
 from .checksums import CHECKSUMS
@@ -21,10 +22,12 @@ from .config import FAULTS, ConfigError, Settings, default_socket_path, describe
 from .device import MODES
 from .control import ControlError, call
 from .server import Server, ServerError
-from .store import IO_STAT_FIELDS, MM_STAT_FIELDS
-from .units import parse_device_size, parse_size
+from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
+from .units import human_size, parse_device_size, parse_size
+from .writeback import KINDS as WRITEBACK_KINDS
 
-STAT_FILES = {"mm_stat": MM_STAT_FIELDS, "io_stat": IO_STAT_FIELDS}
+STAT_FILES = {"mm_stat": MM_STAT_FIELDS, "io_stat": IO_STAT_FIELDS, "bd_stat": BD_STAT_FIELDS}
+KNOBS = ("mem_limit", "mem_used_max", "writeback_limit", "writeback_limit_enable", "watermarks")
 
 
 class Parser(argparse.ArgumentParser):
@@ -72,6 +75,20 @@ def build_parser() -> Parser:
                             "workers (corrupts data); needs --unlock-fault-injection")
     serve.add_argument("--unlock-fault-injection", action="store_true",
                        help="really allow --fault-inject")
+    serve.add_argument("--backing-file", metavar="PATH",
+                       help="file or block device for written-back pages (created sparse "
+                            "if missing)")
+    serve.add_argument("--backing-size", type=_size_type(parse_size), default=0, metavar="SIZE",
+                       help="size of a new backing file (default: the device size)")
+    serve.add_argument("--high-watermark", type=_size_type(parse_size), default=0,
+                       metavar="SIZE", help="automatic writeback: above this much memory "
+                       "used, write back the coldest pages (needs --backing-file)")
+    serve.add_argument("--low-watermark", type=_size_type(parse_size), default=0,
+                       metavar="SIZE", help="...until memory used is below this "
+                       "(default 3/4 of the high watermark)")
+    serve.add_argument("--recomp-algorithm", choices=sorted(CODECS),
+                       help="secondary algorithm for `zramd recompress` (e.g. zstd)")
+    serve.add_argument("--recomp-level", type=int, help="level of the secondary algorithm")
     where = serve.add_mutually_exclusive_group()
     where.add_argument("--socket", "-U", metavar="PATH",
                        help=f"Unix socket to listen on (default {default_socket_path()})")
@@ -92,8 +109,40 @@ def build_parser() -> Parser:
     stats = sub.add_parser("stats", help="print a running device's zram statistics")
     _add_target(stats)
     stats.add_argument("--json", action="store_true", help="all counters as JSON")
+    stats.add_argument("--watch", action="store_true",
+                       help="a live view, one line per interval: ratio, memory, IOPS, writeback")
+    stats.add_argument("--interval", type=float, default=1.0, help="--watch interval (s)")
+    stats.add_argument("--count", type=int, help="--watch: stop after this many lines")
     stats.add_argument("files", nargs="*", choices=[[]] + sorted(STAT_FILES), metavar="FILE",
-                       help="mm_stat and/or io_stat (default: both, labelled)")
+                       help="mm_stat, io_stat and/or bd_stat (default: all, labelled)")
+
+    status = sub.add_parser("status", help="a zramctl-like table of the device")
+    _add_target(status)
+
+    wb = sub.add_parser("writeback", help="write pages back to the backing file (zram's "
+                                          "writeback knob)")
+    _add_target(wb)
+    wb.add_argument("type", choices=WRITEBACK_KINDS)
+    wb.add_argument("--limit", type=int, help="at most this many pages")
+
+    idle = sub.add_parser("idle", help="mark pages idle: all, or those not accessed for "
+                                       "SECONDS (zram's idle knob)")
+    _add_target(idle)
+    idle.add_argument("age", nargs="?", default="all", help="all (default) or SECONDS")
+
+    rc = sub.add_parser("recompress", help="compress pages again with the secondary algorithm")
+    _add_target(rc)
+    rc.add_argument("--type", default="all", choices=["all", "idle", "huge", "huge_idle"])
+    rc.add_argument("--threshold", type=int, default=0,
+                    help="only pages whose compressed size is at least this (bytes)")
+    rc.add_argument("--limit", type=int, help="at most this many pages")
+
+    knob = sub.add_parser("set", help="set a knob of the running device: mem_limit SIZE, "
+                          "mem_used_max 0, writeback_limit PAGES, writeback_limit_enable "
+                          "on|off, watermarks HIGH [LOW]")
+    _add_target(knob)
+    knob.add_argument("knob", choices=KNOBS)
+    knob.add_argument("values", nargs="+")
     return parser
 
 
@@ -139,6 +188,10 @@ def cmd_serve(args) -> int:
                         pending_limit_bytes=args.pending_limit, checksum=args.checksum,
                         fault_inject=args.fault_inject,
                         unlock_fault_injection=args.unlock_fault_injection,
+                        backing_file=args.backing_file, backing_size_bytes=args.backing_size,
+                        high_watermark_bytes=args.high_watermark,
+                        low_watermark_bytes=args.low_watermark,
+                        recomp_algorithm=args.recomp_algorithm, recomp_level=args.recomp_level,
                         port=args.port, address=args.address, threads=args.threads,
                         verbose=args.verbose, swap=args.swap)
     if args.port is None and args.address != "127.0.0.1":
@@ -172,6 +225,8 @@ def format_stats(stats: dict, files: list[str], labelled: bool) -> str:
 
 
 def cmd_stats(args) -> int:
+    if args.watch:
+        return watch(_control_path(args), args.interval, args.count)
     stats = call(_control_path(args), "stats")
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
@@ -181,7 +236,113 @@ def cmd_stats(args) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "stats": cmd_stats}
+WATCH_HEADER = (f"{'time':>8} {'data':>8} {'compr':>8} {'ratio':>6} {'mem_used':>8} "
+                f"{'limit':>7} {'read/s':>8} {'write/s':>8} {'pending':>7} {'bd_count':>8} "
+                f"{'bd_w/s':>7} {'bd_r/s':>7}")
+
+
+def watch_line(prev: dict, cur: dict, seconds: float) -> str:
+    def rate(key):
+        return (cur.get(key, 0) - prev.get(key, 0)) / seconds if seconds > 0 else 0.0
+    ratio = cur["orig_data_size"] / cur["compr_data_size"] if cur["compr_data_size"] else 0.0
+    limit = human_size(cur["mem_limit"]) if cur["mem_limit"] else "-"
+    return (f"{time.strftime('%H:%M:%S'):>8} {human_size(cur['orig_data_size']):>8} "
+            f"{human_size(cur['compr_data_size']):>8} {ratio:6.2f} "
+            f"{human_size(cur['mem_used_total']):>8} {limit:>7} {rate('num_reads'):8.0f} "
+            f"{rate('num_writes'):8.0f} {cur.get('pending_pages', 0):7d} "
+            f"{cur.get('bd_count', 0):8d} {rate('bd_writes'):7.0f} {rate('bd_reads'):7.0f}")
+
+
+def watch(path: str, interval: float, count: int | None) -> int:
+    """A vmstat-like live view: one line per interval (rates per second)."""
+    print(WATCH_HEADER, flush=True)
+    prev = call(path, "stats")
+    t_prev = time.monotonic()
+    lines = 0
+    while count is None or lines < count:
+        time.sleep(interval)
+        cur = call(path, "stats")
+        now = time.monotonic()
+        print(watch_line(prev, cur, now - t_prev), flush=True)
+        prev, t_prev = cur, now
+        lines += 1
+    return 0
+
+
+def cmd_status(args) -> int:
+    """zramctl's table, for this device."""
+    s = call(_control_path(args), "stats")
+    ratio = s["orig_data_size"] / s["compr_data_size"] if s["compr_data_size"] else 0.0
+    cols = [
+        ("NAME", args.socket or _control_path(args)[:-4]),
+        ("DISKSIZE", human_size(s["disksize"])),
+        ("DATA", human_size(s["orig_data_size"])),
+        ("COMPR", human_size(s["compr_data_size"])),
+        ("ALGORITHM", s["comp_algorithm"]),
+        ("MODE", s["compress_mode"]),
+        ("ZERO-PAGES", str(s["same_pages"])),
+        ("TOTAL", human_size(s["mem_used_total"])),
+        ("MEM-LIMIT", human_size(s["mem_limit"]) if s["mem_limit"] else "0B"),
+        ("MEM-USED", human_size(s["mem_used_max"])),
+        ("RATIO", f"{ratio:.2f}"),
+        ("WRITEBACK", human_size(s["bd_count"] * 4096) if s.get("backing_file") else "-"),
+    ]
+    widths = [max(len(h), len(v)) for h, v in cols]
+    print(" ".join(h.rjust(w) if i else h.ljust(w) for i, ((h, _), w) in enumerate(zip(cols, widths))))
+    print(" ".join(v.rjust(w) if i else v.ljust(w) for i, ((_, v), w) in enumerate(zip(cols, widths))))
+    return 0
+
+
+def cmd_writeback(args) -> int:
+    result = call(_control_path(args), "writeback", timeout=3600, type=args.type,
+                  limit=args.limit)
+    print(f"writeback {args.type}: {result['written']} pages written, "
+          f"{result['superseded']} rewritten meanwhile, of {result['candidates']} candidates")
+    if result.get("error"):
+        print(f"zramd: error: writeback stopped: {result['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_idle(args) -> int:
+    result = call(_control_path(args), "idle", age=args.age)
+    print(f"{result['idle_pages']} pages idle")
+    return 0
+
+
+def cmd_recompress(args) -> int:
+    r = call(_control_path(args), "recompress", timeout=3600, type=args.type,
+             threshold=args.threshold, limit=args.limit)
+    print(f"recompress {args.type}: {r['recompressed']} pages recompressed "
+          f"({human_size(r['saved_bytes'])} saved), {r['incompressible']} incompressible, "
+          f"{r['skipped']} skipped")
+    return 0
+
+
+def cmd_set(args) -> int:
+    path, v = _control_path(args), args.values
+    nargs = {"watermarks": (1, 2)}.get(args.knob, (1, 1))
+    if not nargs[0] <= len(v) <= nargs[1]:
+        raise ConfigError(f"set {args.knob} takes {nargs[0]}"
+                          f"{'-' + str(nargs[1]) if nargs[1] != nargs[0] else ''} value(s)")
+    if args.knob == "mem_limit":
+        call(path, "mem_limit", size=v[0])
+    elif args.knob == "mem_used_max":
+        if v[0] != "0":
+            raise ConfigError("mem_used_max can only be reset, with 0 (as in zram)")
+        call(path, "reset_mem_used_max")
+    elif args.knob == "writeback_limit":
+        call(path, "writeback_limit", pages=v[0])
+    elif args.knob == "writeback_limit_enable":
+        call(path, "writeback_limit", enable=v[0])
+    elif args.knob == "watermarks":
+        call(path, "watermarks", **dict(zip(("high", "low"), v)))
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "stats": cmd_stats, "status": cmd_status,
+            "writeback": cmd_writeback, "idle": cmd_idle, "recompress": cmd_recompress,
+            "set": cmd_set}
 
 
 def main(argv=None) -> int:

@@ -30,6 +30,8 @@ def _no_args(args: dict, name: str) -> None:
 def _size_arg(args: dict, key: str) -> int:
     if key not in args:
         raise ControlError(f"missing argument {key}")
+    if isinstance(args[key], bool) or not isinstance(args[key], (int, str)):
+        raise ControlError(f"{key} must be a size")
     try:
         return parse_size(args[key])
     except ValueError as exc:
@@ -45,9 +47,7 @@ def _stats(device, args):
 @command("mem_limit")
 def _mem_limit(device, args):
     """zram's ``echo SIZE > mem_limit`` (0: no limit)."""
-    extra = set(args) - {"size"}
-    if extra:
-        raise ControlError(f"mem_limit takes only size, got {', '.join(sorted(extra))}")
+    _check_args(args, "mem_limit", {"size"})
     device.store.set_mem_limit(_size_arg(args, "size"))
     return device.stats()
 
@@ -57,6 +57,109 @@ def _reset_mem_used_max(device, args):
     """zram's ``echo 0 > mem_used_max``."""
     _no_args(args, "reset_mem_used_max")
     device.store.reset_mem_used_max()
+    return device.stats()
+
+
+def _check_args(args: dict, name: str, allowed: set[str]) -> None:
+    extra = set(args) - allowed
+    if extra:
+        raise ControlError(f"{name} does not take {', '.join(sorted(extra))} "
+                           f"(takes: {', '.join(sorted(allowed)) or 'nothing'})")
+
+
+def _int_arg(args: dict, key: str, minimum: int = 0, default=None) -> int | None:
+    if key not in args or args[key] is None:
+        return default
+    value = args[key]
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ControlError(f"{key} must be a whole number")
+    try:
+        value = int(value)
+    except ValueError:
+        raise ControlError(f"{key} must be a whole number, not {args[key]!r}") from None
+    if value < minimum:
+        raise ControlError(f"{key} must be at least {minimum}, not {value}")
+    return value
+
+
+def _bool_arg(args: dict, key: str) -> bool:
+    value = args.get(key)
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("1", "on", "true", "yes"):
+        return True
+    if str(value).lower() in ("0", "off", "false", "no"):
+        return False
+    raise ControlError(f"{key} must be on or off, not {value!r}")
+
+
+def _writeback_of(device):
+    if device.writeback is None:
+        raise ControlError("no backing file: start the server with --backing-file PATH")
+    return device.writeback
+
+
+@command("writeback")
+def _writeback(device, args):
+    """zram's ``echo TYPE > writeback``, with an optional page budget."""
+    from .writeback import KINDS
+    _check_args(args, "writeback", {"type", "limit"})
+    kind = args.get("type")
+    if kind not in KINDS:
+        raise ControlError(f"writeback type must be one of {', '.join(KINDS)}, not {kind!r}")
+    limit = _int_arg(args, "limit", minimum=1)
+    return _writeback_of(device).request(kind, limit)
+
+
+@command("idle")
+def _idle(device, args):
+    """zram's ``echo all > idle`` or ``echo SECONDS > idle``."""
+    _check_args(args, "idle", {"age"})
+    age = args.get("age", "all")
+    if age != "all":
+        age = _int_arg(args, "age", minimum=0)
+    return {"idle_pages": device.store.mark_idle(None if age == "all" else age)}
+
+
+@command("recompress")
+def _recompress(device, args):
+    """zram's ``echo "type=... threshold=..." > recompress``."""
+    _check_args(args, "recompress", {"type", "threshold", "limit"})
+    kind = args.get("type", "all")
+    if kind not in ("all", "idle", "huge", "huge_idle"):
+        raise ControlError(f"recompress type must be one of all, idle, huge, huge_idle, "
+                           f"not {kind!r}")
+    threshold = _int_arg(args, "threshold", minimum=0, default=0)
+    if threshold > 4096:
+        raise ControlError(f"threshold must be at most 4096 bytes, not {threshold}")
+    limit = _int_arg(args, "limit", minimum=1)
+    if device.store.recomp_codec is None:
+        raise ControlError("no secondary algorithm: start the server with --recomp-algorithm")
+    return device.store.recompress(kind, threshold, limit)
+
+
+@command("writeback_limit")
+def _writeback_limit(device, args):
+    """zram's ``writeback_limit`` (pages) and ``writeback_limit_enable``."""
+    _check_args(args, "writeback_limit", {"pages", "enable"})
+    if not args:
+        raise ControlError("writeback_limit needs pages and/or enable")
+    pages = _int_arg(args, "pages", minimum=0)
+    enable = _bool_arg(args, "enable") if "enable" in args else None
+    _writeback_of(device).set_limit(enable, pages)
+    return device.stats()
+
+
+@command("watermarks")
+def _watermarks(device, args):
+    """Automatic writeback: above ``high`` bytes used, write back the
+    coldest pages until below ``low`` (0 0: off)."""
+    _check_args(args, "watermarks", {"high", "low"})
+    high = _size_arg(args, "high")
+    low = _size_arg(args, "low") if "low" in args else high * 3 // 4
+    if low > high:
+        raise ControlError("the low watermark must not be above the high watermark")
+    _writeback_of(device).set_watermarks(high, low)
     return device.stats()
 
 

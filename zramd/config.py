@@ -64,6 +64,12 @@ class Settings:
     checksum: str = "none"
     fault_inject: str | None = None
     unlock_fault_injection: bool = False
+    backing_file: str | None = None
+    backing_size_bytes: int = 0          # 0: the device size
+    high_watermark_bytes: int = 0        # 0: no automatic writeback
+    low_watermark_bytes: int = 0         # 0 with a high mark: 3/4 of it
+    recomp_algorithm: str | None = None
+    recomp_level: int | None = None
     # the server (nbdkit's own options)
     socket_path: str | None = None
     port: int | None = None
@@ -94,6 +100,18 @@ class Settings:
             make_checksum(self.checksum)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if self.recomp_algorithm is not None or self.recomp_level is not None:
+            try:
+                make_codec(self.recomp_algorithm or "zstd", self.recomp_level)
+            except ValueError as exc:
+                raise ConfigError(f"recompression: {exc}") from None
+        if self.high_watermark_bytes or self.low_watermark_bytes:
+            if not self.backing_file:
+                raise ConfigError("watermarks need a backing file (--backing-file)")
+            if self.low_watermark_bytes > self.high_watermark_bytes:
+                raise ConfigError("the low watermark must not be above the high watermark")
+        if self.backing_size_bytes and self.backing_size_bytes % 4096:
+            raise ConfigError("backing size must be a whole number of 4096-byte pages")
         if self.fault_inject is not None:
             if self.fault_inject not in FAULTS:
                 raise ConfigError(f"unknown fault {self.fault_inject!r} (known: {', '.join(FAULTS)})")
@@ -130,6 +148,9 @@ class Settings:
                 os.environ.get("XDG_RUNTIME_DIR") or os.getcwd(), f"zramd-{s.port}.sock")) + ".ctl"
         return s
 
+    def low_watermark(self) -> int:
+        return self.low_watermark_bytes or self.high_watermark_bytes * 3 // 4
+
     def plugin_params(self) -> list[str]:
         """The device part as nbdkit ``key=value`` plugin parameters."""
         params = [f"size={self.size_bytes}", f"algorithm={self.algorithm}",
@@ -141,6 +162,16 @@ class Settings:
                    f"pending_limit={self.pending_limit_bytes}", f"checksum={self.checksum}"]
         if self.fault_inject:
             params.append(f"fault_inject={self.fault_inject}")
+        if self.backing_file:
+            params += [f"backing_file={os.path.abspath(self.backing_file)}",
+                       f"backing_size={self.backing_size_bytes or self.size_bytes}"]
+        if self.high_watermark_bytes:
+            params += [f"high_watermark={self.high_watermark_bytes}",
+                       f"low_watermark={self.low_watermark()}"]
+        if self.recomp_algorithm or self.recomp_level is not None:
+            params.append(f"recomp_algorithm={self.recomp_algorithm or 'zstd'}")
+            if self.recomp_level is not None:
+                params.append(f"recomp_level={self.recomp_level}")
         if self.unlock_fault_injection:
             params.append("unlock_fault_injection=on")
         if self.control_path:
@@ -152,7 +183,8 @@ class Settings:
 
 PLUGIN_KEYS = ("size", "algorithm", "level", "mem_limit", "control", "pin_thread_state", "swap",
                "compress", "workers", "pending_limit", "checksum", "fault_inject",
-               "unlock_fault_injection")
+               "unlock_fault_injection", "backing_file", "backing_size", "high_watermark",
+               "low_watermark", "recomp_algorithm", "recomp_level")
 
 
 def from_plugin_params(params: dict[str, str]) -> Settings:
@@ -169,6 +201,11 @@ def from_plugin_params(params: dict[str, str]) -> Settings:
             s.mem_limit_bytes = parse_size(params["mem_limit"])
         if "pending_limit" in params:
             s.pending_limit_bytes = parse_size(params["pending_limit"])
+        for key, field in (("backing_size", "backing_size_bytes"),
+                           ("high_watermark", "high_watermark_bytes"),
+                           ("low_watermark", "low_watermark_bytes")):
+            if key in params:
+                setattr(s, field, parse_size(params[key]))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     s.algorithm = params.get("algorithm", s.algorithm)
@@ -179,6 +216,10 @@ def from_plugin_params(params: dict[str, str]) -> Settings:
     if "workers" in params:
         s.workers = parse_int(params["workers"], "workers")
     s.checksum = params.get("checksum", s.checksum)
+    s.backing_file = params.get("backing_file")
+    s.recomp_algorithm = params.get("recomp_algorithm")
+    if "recomp_level" in params:
+        s.recomp_level = parse_int(params["recomp_level"], "recomp_level")
     s.fault_inject = params.get("fault_inject")
     if "unlock_fault_injection" in params:
         s.unlock_fault_injection = _bool(params["unlock_fault_injection"], "unlock_fault_injection")

@@ -21,6 +21,9 @@ buffer instead of a snapshot, which nbdkit reuses for the next request: the
 2016 stable-pages bug, on purpose, for tests that prove the hazard.  It is
 refused unless explicitly unlocked (see config).
 
+With a backing file, ``writeback`` (see writeback.py) moves pages out of
+RAM; a write that finds memory above the high watermark first waits for it.
+
 Locking: none of its own; the store and the workers lock for themselves.
 Counters here are bumped by request threads without a lock and are only
 approximate under concurrency (they are diagnostics, not zram's stats).
@@ -46,7 +49,7 @@ DEFAULT_PENDING_LIMIT_BYTES = 64 << 20
 class Device:
     def __init__(self, store: PageStore, mode: str = "inline", workers: int = 1,
                  pending_limit_bytes: int = DEFAULT_PENDING_LIMIT_BYTES,
-                 stable_writes: bool = True):
+                 stable_writes: bool = True, writeback=None):
         if mode not in MODES:
             raise ValueError(f"unknown compression mode {mode!r} (choose from {', '.join(MODES)})")
         self.store = store
@@ -55,6 +58,7 @@ class Device:
         self.pending_limit_bytes = pending_limit_bytes
         self.workers = CompressionWorkers(store, workers) if mode != "inline" else None
         self.async_min_bytes = 0 if mode == "async" else HYBRID_MIN_BYTES
+        self.writeback = writeback
         self.backpressure_inline = 0
         self.fua_inline = 0
 
@@ -62,11 +66,15 @@ class Device:
     def start(self) -> None:
         if self.workers is not None:
             self.workers.start()
+        if self.writeback is not None:
+            self.writeback.start()
 
     def stop(self) -> None:
-        """Drain pending work and end the workers."""
+        """Drain pending work and end the workers and the writeback thread."""
         if self.workers is not None:
             self.workers.stop()
+        if self.writeback is not None:
+            self.writeback.stop()
 
     def drain(self) -> None:
         if self.workers is not None:
@@ -80,6 +88,9 @@ class Device:
         store = self.store
         workers = self.workers
         length = len(buf)
+        wb = self.writeback
+        if wb is not None and store.mem_used_total > wb.high_watermark > 0:
+            wb.throttle()
         if workers is None or length < self.async_min_bytes or length < PAGE_SIZE:
             store.write(buf, offset)
             return
@@ -119,4 +130,6 @@ class Device:
             "backpressure_inline": self.backpressure_inline,
             "fua_inline": self.fua_inline,
         })
+        if self.writeback is not None:
+            s.update(self.writeback.stats())
         return s

@@ -105,6 +105,19 @@ def check_endpoint_free(settings: Settings) -> None:
             probe.close()
 
 
+def check_backing_file(settings: Settings) -> None:
+    """Refuse an unwritable backing file, or one another zramd holds."""
+    if not settings.backing_file:
+        return
+    from .backing import BackingError, open_backing_fd
+    try:
+        fd, _ = open_backing_fd(settings.backing_file,
+                                settings.backing_size_bytes or settings.size_bytes)
+    except BackingError as exc:
+        raise ConfigError(exc.strerror) from None
+    os.close(fd)
+
+
 class Server:
     """One nbdkit process serving one zramd export.  Not started on creation."""
 
@@ -170,6 +183,7 @@ class Server:
     def start(self, timeout: float = START_TIMEOUT_SECONDS) -> "Server":
         check_python_version(self.nbdkit)
         check_endpoint_free(self.settings)
+        check_backing_file(self.settings)
         log.debug("starting %s", " ".join(self.command()))
         self.proc = subprocess.Popen(self.command(), env=self.environment(),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

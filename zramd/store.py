@@ -17,7 +17,15 @@ entry                  meaning                                          zram nam
 ``bytes``, len 4096    huge page: incompressible, stored raw            ZRAM_HUGE
 ``Pending``            accepted, waiting for an async compression
                        worker: holds the page's stable snapshot
+``Recompressed``       compressed again with the secondary codec        ZRAM_COMP_PRIORITY
+``Backed``             written back to the backing file, at a block     ZRAM_WB
 =====================  ==============================================  =========
+
+Beside the slot table, ``_flags`` (a bytearray: ``IDLE``, ``INCOMPRESSIBLE``,
+zram's names) and ``_atime`` (an ``array('I')`` of deciseconds since the
+store was made, zram's ac_time) describe each page; they are reset when a
+page is rewritten, and an access clears ``IDLE``.  Those updates take no lock
+(a racing reader can at worst leave a page marked idle a little longer).
 
 With per-page checksums on, ``_sums[index]`` holds the checksum of the page
 data (computed on the stable data at write time) for ``bytes`` and
@@ -52,6 +60,9 @@ nothing.  A partial-page write (read-modify-write) remembers the entry it
 read and installs only if the slot still holds that very object; otherwise
 it merges again with the newer entry.  Readers take no lock, except with
 checksums on, where an entry and its checksum are loaded together under it.
+A ``Backed`` page's file block is freed when the slot is rewritten (under
+the lock), so a reader that read a block checks afterwards that the slot
+still holds the same ``Backed`` object; if not, it loads the slot again.
 A worker installs a compressed page only if the slot still holds the very
 ``Pending`` object it compressed (identity is the generation check): a
 stale result never overwrites newer data.
@@ -63,6 +74,7 @@ import array
 import errno
 import sys
 import threading
+import time
 
 from .codecs import Codec
 from .units import PAGE_SHIFT, PAGE_SIZE
@@ -94,6 +106,7 @@ MM_STAT_FIELDS = (
     "huge_pages_since",
 )
 IO_STAT_FIELDS = ("failed_reads", "failed_writes", "invalid_io", "notify_free")
+BD_STAT_FIELDS = ("bd_count", "bd_reads", "bd_writes")
 
 _ANY = object()  # "install whatever the slot holds now" (full-page writes)
 
@@ -138,7 +151,31 @@ def same_filled_word(page) -> int | None:
     return int.from_bytes(first, "little")
 
 
+class Recompressed:
+    """A page compressed again with the store's secondary codec."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+
+class Backed:
+    """A page written back to the backing file, at ``block`` (4 KiB units)."""
+
+    __slots__ = ("block",)
+
+    def __init__(self, block: int):
+        self.block = block
+
+
+# page flags (zram's names)
+IDLE = 1
+INCOMPRESSIBLE = 2
+
 PENDING_COST = (1, PAGE_SIZE, PAGE_SIZE + BYTES_HEADER, 0, 0)
+BACKED_COST = (1, 0, 0, 0, 0)
+RECOMPRESSED_HEADER = BYTES_HEADER + sys.getsizeof(Recompressed(b""))
 
 
 def _entry_cost(entry) -> tuple[int, int, int, int, int]:
@@ -146,12 +183,17 @@ def _entry_cost(entry) -> tuple[int, int, int, int, int]:
     if entry is None:
         return 0, 0, 0, 0, 0
     t = type(entry)
+    if t is bytes:
+        n = len(entry)
+        return 1, n, n + BYTES_HEADER, 0, 1 if n == PAGE_SIZE else 0
     if t is int:
         return 1, 0, 0, 1, 0
     if t is Pending:
         return PENDING_COST
-    n = len(entry)
-    return 1, n, n + BYTES_HEADER, 0, 1 if n == PAGE_SIZE else 0
+    if t is Backed:
+        return BACKED_COST
+    n = len(entry.data)
+    return 1, n, n + RECOMPRESSED_HEADER, 0, 0
 
 
 class ChecksumError(StoreError):
@@ -162,10 +204,12 @@ class PageStore:
     """A compressed RAM disk of ``size_bytes`` (whole pages); see module doc.
 
     ``checksum`` is None or a function page -> int (see ``checksums``).
+    ``recomp_codec`` is the secondary codec for ``recompress``; ``backing``
+    a ``BackingFile`` for written-back pages (both optional).
     """
 
     def __init__(self, size_bytes: int, codec: Codec, mem_limit_bytes: int = 0,
-                 checksum=None):
+                 checksum=None, recomp_codec: Codec | None = None, backing=None):
         if size_bytes <= 0 or size_bytes & PAGE_MASK:
             raise ValueError(f"size must be a positive whole number of pages: {size_bytes}")
         self.size_bytes = size_bytes
@@ -174,8 +218,13 @@ class PageStore:
         self.checksum = checksum
         self._slots: list = [None] * self.nr_pages
         self._sums = array.array("Q", bytes(8 * self.nr_pages)) if checksum else None
+        self._flags = bytearray(self.nr_pages)
+        self._atime = array.array("I", bytes(4 * self.nr_pages))
+        self._t0 = time.monotonic()
         self._lock = threading.Lock()
         self._gen = 0
+        self.recomp_codec = recomp_codec
+        self.backing = backing
         # mm_stat
         self.pages_stored = 0
         self.compr_data_size = 0
@@ -200,6 +249,15 @@ class PageStore:
         self.pages_superseded = 0    # worker results dropped: the page changed meanwhile
         self.pages_compressed_async = 0  # worker results installed
         self.checksum_errors = 0
+        # bd_stat (4 KiB units) and the secondary codec
+        self.bd_count = 0
+        self.bd_reads = 0
+        self.bd_writes = 0
+        self.recompressed_pages = 0
+
+    def now(self) -> int:
+        """The store's clock for ``_atime``: deciseconds since creation."""
+        return int((time.monotonic() - self._t0) * 10)
 
     # ------------------------------------------------------------------
     # encoding
@@ -224,23 +282,35 @@ class PageStore:
             return ZERO_PAGE
         if t is Pending:
             return entry.data
+        if t is Recompressed:
+            return self.recomp_codec.decompress(entry.data)
+        if t is Backed:
+            return self.backing.read(entry.block)
         return entry.to_bytes(WORD_SIZE, "little") * WORDS_PER_PAGE
 
     def _load(self, index: int):
-        """(entry, page) of one slot; the page verified against its checksum."""
-        if self._sums is None:
-            entry = self._slots[index]
-            return entry, self.decode(entry)
-        with self._lock:
-            entry = self._slots[index]
-            expected = self._sums[index]
-        page = self.decode(entry)
-        t = type(entry)
-        if (t is bytes or t is Pending) and self.checksum(page) != expected:
-            with self._lock:
-                self.checksum_errors += 1
-            raise ChecksumError(errno.EIO, f"page {index}: data does not match its checksum")
-        return entry, page
+        """(entry, page) of one slot; the page verified against its checksum,
+        and a written-back page re-checked against a concurrent rewrite."""
+        while True:
+            if self._sums is None:
+                entry = self._slots[index]
+            else:
+                with self._lock:
+                    entry = self._slots[index]
+                    expected = self._sums[index]
+            page = self.decode(entry)
+            t = type(entry)
+            if t is Backed:
+                if self._slots[index] is not entry:
+                    continue  # rewritten while we read: the block may be reused
+                with self._lock:
+                    self.bd_reads += 1
+            if self._sums is not None and t is not int and entry is not None \
+                    and self.checksum(page) != expected:
+                with self._lock:
+                    self.checksum_errors += 1
+                raise ChecksumError(errno.EIO, f"page {index}: data does not match its checksum")
+            return entry, page
 
     def _sum(self, page) -> int:
         return self.checksum(page) if self._sums is not None else 0
@@ -258,12 +328,17 @@ class PageStore:
         """Fill the writable buffer ``buf`` from ``offset``."""
         length = len(buf)
         self._check_range(offset, length)
+        now = self.now()
         try:
             if length == PAGE_SIZE and not offset & PAGE_MASK:
-                if self._sums is None:
-                    buf[:] = self.decode(self._slots[offset >> PAGE_SHIFT])
+                index = offset >> PAGE_SHIFT
+                entry = self._slots[index]
+                if self._sums is None and type(entry) is bytes:
+                    buf[:] = entry if len(entry) == PAGE_SIZE else self.codec.decompress(entry)
                 else:
-                    buf[:] = self._load(offset >> PAGE_SHIFT)[1]
+                    buf[:] = self._load(index)[1]
+                self._atime[index] = now
+                self._flags[index] &= ~IDLE
             else:
                 pos = 0
                 while pos < length:
@@ -271,6 +346,8 @@ class PageStore:
                     n = min(PAGE_SIZE - start, length - pos)
                     page = self._load(index)[1]
                     buf[pos:pos + n] = page if n == PAGE_SIZE else page[start:start + n]
+                    self._atime[index] = now
+                    self._flags[index] &= ~IDLE
                     pos += n
         except Exception as exc:
             with self._lock:
@@ -308,10 +385,12 @@ class PageStore:
                 self.failed_writes += 1
                 raise StoreError(errno.ENOSPC, "mem_limit reached")
             self._slots[index] = new
+            self._flags[index] = 0
+            self._atime[index] = self.now()
             if self._sums is not None:
                 self._sums[index] = checksum
-            if type(old) is Pending:
-                self.pending_pages -= 1
+            if type(old) is not bytes and old is not None and type(old) is not int:
+                self._forget(old)
             self.pages_stored += n_st - o_st
             self.compr_data_size += n_cb - o_cb
             self.same_pages += n_same - o_same
@@ -421,6 +500,17 @@ class PageStore:
             if self._install(changes, **counters):
                 return
 
+    def _forget(self, old) -> None:
+        """Bookkeeping for a special entry leaving its slot (lock held)."""
+        t = type(old)
+        if t is Pending:
+            self.pending_pages -= 1
+        elif t is Backed:
+            self.bd_count -= 1
+            self.backing.free(old.block)
+        elif t is Recompressed:
+            self.recompressed_pages -= 1
+
     def _install(self, changes, writes=0, discards=0, freed=0, staged=0,
                  compressed_async=0) -> bool:
         """Install ``[(index, new_entry, expected_old, checksum)]`` atomically.
@@ -452,13 +542,26 @@ class PageStore:
                     and self.mem_used_total + d_mem > self.mem_limit:
                 self.failed_writes += writes
                 raise StoreError(errno.ENOSPC, "mem_limit reached")
-            d_pending = 0
+            now = self.now()
+            flags = self._flags
+            atime = self._atime
             for index, new, _, checksum in changes:
-                if type(slots[index]) is Pending:
-                    d_pending -= 1
-                if type(new) is Pending:
-                    d_pending += 1
+                old = slots[index]
+                if old is not None and type(old) is not bytes and type(old) is not int:
+                    self._forget(old)
+                t = type(new)
+                if t is Pending:
+                    self.pending_pages += 1
+                elif t is Backed:
+                    self.bd_count += 1
+                elif t is Recompressed:
+                    self.recompressed_pages += 1
                 slots[index] = new
+                if t is Backed:  # as zram: written-back pages are not idle
+                    flags[index] &= ~IDLE
+                elif t is not Recompressed:  # new data
+                    flags[index] = 0
+                    atime[index] = now
                 if sums is not None and checksum is not None:
                     sums[index] = checksum
             self.pages_stored += d_st
@@ -466,7 +569,6 @@ class PageStore:
             self.same_pages += d_same
             self.huge_pages += d_huge
             self.huge_pages_since += new_huge
-            self.pending_pages += d_pending
             self.pages_staged += staged
             self.pages_compressed_async += compressed_async
             self.mem_used_total += d_mem
@@ -511,11 +613,112 @@ class PageStore:
         return runs
 
     # ------------------------------------------------------------------
+    # idle pages, writeback and recompression (zram's knobs)
+    def mark_idle(self, older_than_s: float | None = None) -> int:
+        """zram's ``echo all > idle`` (None) or ``echo SECONDS > idle``:
+        mark stored pages idle (all, or those not accessed for that long);
+        an access clears the mark.  Returns how many pages are idle now."""
+        slots, flags, atime = self._slots, self._flags, self._atime
+        cutoff = None if older_than_s is None else self.now() - int(older_than_s * 10)
+        for index in range(self.nr_pages):
+            entry = slots[index]
+            t = type(entry)  # as zram: same and written-back pages are never idle
+            if entry is None or t is Pending or t is int or t is Backed:
+                continue
+            if cutoff is None or atime[index] <= cutoff:
+                flags[index] |= IDLE
+        return self.idle_pages()
+
+    def idle_pages(self) -> int:
+        return self._flags.count(IDLE) + self._flags.count(IDLE | INCOMPRESSIBLE)
+
+    def incompressible_pages(self) -> int:
+        return self._flags.count(INCOMPRESSIBLE) + self._flags.count(IDLE | INCOMPRESSIBLE)
+
+    def candidates(self, kind: str, limit: int | None = None) -> list:
+        """``[(index, entry)]`` of pages that ``kind`` selects, in page order
+        (or oldest access first for ``cold``), at most ``limit``.
+
+        kinds: ``idle``, ``huge``, ``huge_idle``, ``incompressible`` (zram's
+        writeback types), ``all`` and ``cold`` (every page that holds a
+        payload in RAM).  Same pages, pending and written-back pages never
+        qualify: they hold nothing worth moving.
+        """
+        slots, flags = self._slots, self._flags
+        out = []
+        for index in range(self.nr_pages):
+            entry = slots[index]
+            t = type(entry)
+            if t is bytes:
+                huge = len(entry) == PAGE_SIZE
+            elif t is Recompressed:
+                huge = False
+            else:
+                continue
+            f = flags[index]
+            if kind == "idle":
+                ok = f & IDLE
+            elif kind == "huge":
+                ok = huge
+            elif kind == "huge_idle":
+                ok = huge and f & IDLE
+            elif kind == "incompressible":
+                ok = f & INCOMPRESSIBLE
+            elif kind in ("all", "cold"):
+                ok = True
+            else:
+                raise ValueError(f"unknown page type {kind!r}")
+            if ok:
+                out.append((index, entry))
+        if kind == "cold":
+            atime = self._atime
+            out.sort(key=lambda item: atime[item[0]])
+        return out if limit is None else out[:limit]
+
+    def commit(self, index: int, expected, new) -> bool:
+        """Replace ``expected`` by ``new`` (a ``Backed`` or ``Recompressed``
+        form of the same data) if the slot still holds ``expected``."""
+        ok = self._install([(index, new, expected, None)])
+        if ok and type(new) is Backed:
+            with self._lock:
+                self.bd_writes += 1
+        return ok
+
+    def recompress(self, kind: str = "all", threshold: int = 0, limit: int | None = None) -> dict:
+        """zram's ``recompress``: compress selected pages again with the
+        secondary codec; only pages whose payload is at least ``threshold``
+        bytes.  A page that does not shrink is marked incompressible.
+        Returns counts."""
+        if self.recomp_codec is None:
+            raise ValueError("no secondary compression algorithm is configured")
+        done = {"recompressed": 0, "incompressible": 0, "skipped": 0, "saved_bytes": 0}
+        for index, entry in self.candidates(kind):
+            if limit is not None and done["recompressed"] + done["incompressible"] >= limit:
+                break
+            if type(entry) is Recompressed or self._flags[index] & INCOMPRESSIBLE \
+                    or len(entry) < threshold:
+                done["skipped"] += 1
+                continue
+            page = self.decode(entry)
+            out = self.recomp_codec.compress(page, min(len(entry), HUGE_THRESHOLD))
+            if out is None:
+                if self._slots[index] is entry:
+                    self._flags[index] |= INCOMPRESSIBLE
+                done["incompressible"] += 1
+            elif self.commit(index, entry, Recompressed(out)):
+                done["recompressed"] += 1
+                done["saved_bytes"] += len(entry) - len(out)
+        return done
+
+    # ------------------------------------------------------------------
     # stats and knobs
     def stats(self) -> dict:
         """A consistent snapshot of every counter, by zram's names."""
+        idle, incompressible = self.idle_pages(), self.incompressible_pages()
         with self._lock:
             return {
+                "idle_pages": idle,
+                "incompressible_pages": incompressible,
                 "orig_data_size": self.pages_stored << PAGE_SHIFT,
                 "compr_data_size": self.compr_data_size,
                 "mem_used_total": self.mem_used_total,
@@ -537,6 +740,11 @@ class PageStore:
                 "pages_superseded": self.pages_superseded,
                 "pages_compressed_async": self.pages_compressed_async,
                 "checksum_errors": self.checksum_errors,
+                "bd_count": self.bd_count,
+                "bd_reads": self.bd_reads,
+                "bd_writes": self.bd_writes,
+                "recompressed_pages": self.recompressed_pages,
+                "recomp_algorithm": self.recomp_codec.describe() if self.recomp_codec else None,
                 "disksize": self.size_bytes,
                 "comp_algorithm": self.codec.describe(),
             }

@@ -1,0 +1,247 @@
+"""Writeback: moving pages from RAM to the backing file (zram's
+CONFIG_ZRAM_WRITEBACK), on command and by an automatic policy.
+
+On command (zram's ``writeback`` knob): ``idle``, ``huge``, ``huge_idle``
+or ``incompressible`` pages, optionally at most N pages.  With
+``writeback_limit_enable`` on, ``writeback_limit`` (pages) is a budget that
+each written page uses up, as in zram.
+
+Automatic policy (zram has none): when ``mem_used_total`` passes the high
+watermark, the coldest pages (oldest access first) are written back until
+it is below the low watermark.  Writers that find memory above the high
+watermark wait (at most ``THROTTLE_MAX_S``) for the policy to catch up, so
+memory stays near the high watermark however fast the client writes; the
+hard cap remains ``mem_limit``.
+
+Each page is written raw to a freshly allocated block, then installed as
+``Backed`` only if its slot still holds the entry that was written (a page
+rewritten while under writeback keeps the new data; its block is freed).
+A failed write (disk full, I/O error) frees the block, leaves the page in
+RAM, is counted and ends that run; serving goes on.
+
+Data structure: one thread, ``zramd-writeback``, takes jobs from a
+``SimpleQueue`` (blocking in C; never spinning): ``("writeback", Job)``,
+``("policy", None)`` and ``None`` to stop.  ``_cond`` guards the counters,
+the limits and the watermarks, and wakes throttled writers.  Lock order:
+the store's lock and the backing file's are never taken while ``_cond``
+is held.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+from .backing import BackingFull
+from .store import Backed
+
+log = logging.getLogger("zramd.writeback")
+
+KINDS = ("idle", "huge", "huge_idle", "incompressible")
+# Pages per batch between checks of the watermark and the throttled
+# writers: 64 pages = 256 KiB of file writes (about 0.5 ms here).
+BATCH_PAGES = 64
+# Longest a writer waits above the high watermark before going on anyway
+# (when nothing can be written back: backing file full or failing).
+THROTTLE_MAX_S = 2.0
+
+
+class Job:
+    def __init__(self, kind: str, limit: int | None):
+        self.kind = kind
+        self.limit = limit
+        self.result: dict | None = None
+        self.done = threading.Event()
+
+
+class Writeback:
+    def __init__(self, store, backing, high_watermark: int = 0, low_watermark: int = 0):
+        self.store = store
+        self.backing = backing
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._policy_queued = False
+        self.high_watermark = high_watermark
+        self.low_watermark = low_watermark
+        self.writeback_limit_enable = False
+        self.writeback_limit = 0
+        # counters
+        self.wb_runs = 0
+        self.wb_superseded = 0
+        self.wb_failed = 0
+        self.wb_backing_full = 0
+        self.policy_runs = 0
+        self.throttled_writes = 0
+
+    # -- life cycle ------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="zramd-writeback", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        self.backing.close()
+
+    # -- requests ----------------------------------------------------------
+    def request(self, kind: str, limit: int | None = None, timeout: float | None = None) -> dict:
+        """Run a writeback of ``kind`` pages on the writeback thread; wait."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown writeback type {kind!r} (choose from {', '.join(KINDS)})")
+        job = Job(kind, limit)
+        self._queue.put(("writeback", job))
+        if not job.done.wait(timeout):
+            raise TimeoutError("writeback did not finish in time")
+        return job.result
+
+    def set_watermarks(self, high: int, low: int) -> None:
+        if high < 0 or low < 0 or low > high:
+            raise ValueError("watermarks need 0 <= low <= high")
+        with self._cond:
+            self.high_watermark, self.low_watermark = high, low
+        self.kick()
+
+    def set_limit(self, enable: bool | None = None, pages: int | None = None) -> None:
+        if pages is not None and pages < 0:
+            raise ValueError("writeback_limit must not be negative")
+        with self._cond:
+            if enable is not None:
+                self.writeback_limit_enable = enable
+            if pages is not None:
+                self.writeback_limit = pages
+
+    def kick(self) -> None:
+        """Ask for a policy run if memory is above the high watermark."""
+        high = self.high_watermark
+        if high and self.store.mem_used_total > high:
+            with self._cond:
+                if self._policy_queued:
+                    return
+                self._policy_queued = True
+            self._queue.put(("policy", None))
+
+    def throttle(self) -> None:
+        """Called by a writer that found memory above the high watermark."""
+        self.kick()
+        with self._cond:
+            self.throttled_writes += 1
+            self._cond.wait_for(lambda: not self.high_watermark
+                                or self.store.mem_used_total <= self.high_watermark,
+                                THROTTLE_MAX_S)
+
+    # -- the thread ------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            what, job = item
+            try:
+                if what == "writeback":
+                    job.result = self._writeback(self.store.candidates(job.kind), job.limit)
+                else:
+                    with self._cond:
+                        self._policy_queued = False
+                    self._policy()
+            except Exception as exc:  # keep serving; report to the caller
+                log.exception("writeback failed")
+                if job is not None:
+                    job.result = {"error": str(exc)}
+            finally:
+                if job is not None:
+                    job.done.set()
+                with self._cond:
+                    self._cond.notify_all()
+
+    def _budget(self, want: int | None) -> int | None:
+        with self._cond:
+            if self.writeback_limit_enable:
+                return self.writeback_limit if want is None else min(want, self.writeback_limit)
+        return want
+
+    def _writeback(self, candidates: list, limit: int | None, until_bytes: int | None = None) -> dict:
+        """Write back ``candidates`` in order; stop at ``limit`` pages, at the
+        writeback_limit budget, when memory is at most ``until_bytes``, or at
+        the first backing-file error."""
+        store, backing = self.store, self.backing
+        budget = self._budget(limit)
+        result = {"written": 0, "superseded": 0, "candidates": len(candidates), "error": None}
+        with self._cond:
+            self.wb_runs += 1
+        for start in range(0, len(candidates), BATCH_PAGES):
+            for index, entry in candidates[start:start + BATCH_PAGES]:
+                if budget is not None and result["written"] >= budget:
+                    return self._finish(result)
+                if store._slots[index] is not entry:
+                    result["superseded"] += 1
+                    continue
+                try:
+                    block = backing.alloc()
+                except BackingFull as exc:
+                    with self._cond:
+                        self.wb_backing_full += 1
+                    result["error"] = str(exc)
+                    return self._finish(result)
+                try:
+                    backing.write(block, store.decode(entry))
+                except OSError as exc:
+                    backing.free(block)
+                    with self._cond:
+                        self.wb_failed += 1
+                    result["error"] = f"backing file write failed: {exc.strerror or exc}"
+                    return self._finish(result)
+                if store.commit(index, entry, Backed(block)):
+                    result["written"] += 1
+                else:  # rewritten while under writeback: the new data wins
+                    backing.free(block)
+                    result["superseded"] += 1
+            with self._cond:
+                self._cond.notify_all()  # wake throttled writers between batches
+            if until_bytes is not None and store.mem_used_total <= until_bytes:
+                break
+        return self._finish(result)
+
+    def _finish(self, result: dict) -> dict:
+        with self._cond:
+            self.wb_superseded += result["superseded"]
+            if self.writeback_limit_enable:
+                self.writeback_limit = max(0, self.writeback_limit - result["written"])
+        return result
+
+    def _policy(self) -> None:
+        """Write back the coldest pages until memory is below the low mark."""
+        while True:
+            high, low = self.high_watermark, self.low_watermark
+            if not high or self.store.mem_used_total <= low:
+                return
+            with self._cond:
+                self.policy_runs += 1
+            result = self._writeback(self.store.candidates("cold"), None, until_bytes=low)
+            if result["written"] == 0 or result["error"]:
+                return  # nothing (more) can move: do not loop
+
+    def stats(self) -> dict:
+        used, touched = self.backing.used_blocks(), self.backing.touched_blocks()
+        with self._cond:
+            return {
+                "backing_file": self.backing.path,
+                "backing_blocks": self.backing.nr_blocks,
+                "backing_used_blocks": used,
+                "backing_touched_blocks": touched,
+                "bd_write_errors": self.backing.write_errors,
+                "bd_last_error": self.backing.last_error,
+                "bd_full_events": self.wb_backing_full,
+                "writeback_runs": self.wb_runs,
+                "writeback_superseded": self.wb_superseded,
+                "writeback_failed": self.wb_failed,
+                "writeback_limit": self.writeback_limit,
+                "writeback_limit_enable": self.writeback_limit_enable,
+                "high_watermark": self.high_watermark,
+                "low_watermark": self.low_watermark,
+                "policy_runs": self.policy_runs,
+                "throttled_writes": self.throttled_writes,
+            }
