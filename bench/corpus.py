@@ -98,7 +98,8 @@ def anonymous_pages(pid):
                     yield page
 
 
-def _descendants(pid):
+def descendants(pid):
+    """pid and every process below it."""
     children = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -118,7 +119,8 @@ def _descendants(pid):
     return out
 
 
-def _rss_bytes(pids):
+def rss_bytes(pids):
+    """The summed VmRSS of pids, in bytes."""
     total = 0
     for pid in pids:
         try:
@@ -133,7 +135,7 @@ def _rss_bytes(pids):
 
 def _snapshot(proc, name):
     """Stop proc and its descendants, copy their anonymous pages, kill them."""
-    pids = _descendants(proc.pid)
+    pids = descendants(proc.pid)
     for pid in pids:
         try:
             os.kill(pid, signal.SIGSTOP)
@@ -236,7 +238,7 @@ def _gcc_pages(workdir, functions, target_bytes):
     start = time.monotonic()
 
     def grown():
-        return proc.poll() is not None or _rss_bytes(_descendants(proc.pid)[1:]) >= target_bytes
+        return proc.poll() is not None or rss_bytes(descendants(proc.pid)[1:]) >= target_bytes
     _wait_until(grown, 20)
     if proc.poll() is not None:
         _log("gcc finished before the snapshot (%.1f s)" % (time.monotonic() - start))

@@ -149,39 +149,6 @@ class Progress:
         print("[%6.1fs] %s" % (self.elapsed(), msg), flush=True)
 
 
-def _descendants(pid):
-    children = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry) as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
-def rss_bytes(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open("/proc/%d/status" % pid) as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return total
-
-
 def size_arg(nbytes):
     if nbytes % (1 << 20) == 0:
         return "%dM" % (nbytes >> 20)
@@ -229,10 +196,10 @@ class Server:
             return ""
 
     def pids(self):
-        return _descendants(self.proc.pid) if self.proc and self.proc.poll() is None else []
+        return corpus_mod.descendants(self.proc.pid) if self.proc and self.proc.poll() is None else []
 
     def rss_bytes(self):
-        return rss_bytes(self.pids())
+        return corpus_mod.rss_bytes(self.pids())
 
     def stop(self):
         if self.proc is None:
@@ -899,7 +866,9 @@ def plot(report, out):
 
     systems = [s["name"] for s in report["systems"] if not s["skipped"]]
     results = report["results"]
-    colors = {n: "C%d" % (i % 10) for i, n in enumerate(systems)}
+    # tab20 keeps up to 20 systems apart (the default cycle repeats after 10)
+    palette = plt.get_cmap("tab20").colors
+    colors = {n: palette[i % len(palette)] for i, n in enumerate(systems)}
     written = []
     title = "%s, %d cores%s" % (report["meta"]["cpu"], report["meta"]["cores"],
                                 " (quick mode)" if report["meta"]["quick"] else "")

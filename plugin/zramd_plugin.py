@@ -37,6 +37,9 @@ MAX_REQUEST_BYTES = 32 * 1024 * 1024  # advertised maximum block size
 _params = {}
 _settings = None
 _device = None
+_read = None          # _device.read, bound once
+_direct_write = None  # the store's write when the device adds nothing per write
+_pin_each = False     # pin in every callback (more than one thread per connection)
 _control = None
 _pin = False
 
@@ -48,9 +51,12 @@ def config(key, value):
 
 
 def config_complete():
-    global _settings, _pin
+    global _settings, _pin, _pin_each
     _settings = zconfig.from_plugin_params(_params)
     _pin = _settings.pin_thread_state
+    # With --threads 1, nbdkit runs open, every request and close of a
+    # connection on one thread (checked), so pinning in open() is enough.
+    _pin_each = _pin and _settings.threads > 1
 
 
 def config_help():
@@ -64,7 +70,7 @@ def thread_model():
 
 
 def get_ready():
-    global _device
+    global _device, _read, _direct_write
     s = _settings
     backing = BackingFile(s.backing_file, s.backing_size_bytes or s.size_bytes) \
         if s.backing_file else None
@@ -75,6 +81,8 @@ def get_ready():
         if backing else None
     _device = Device(store, s.compress_mode, s.workers, s.pending_limit_bytes,
                      stable_writes=s.fault_inject != "no-stable-writes", writeback=writeback)
+    _read = _device.store.read
+    _direct_write = _device.direct_write
     nbdkit.debug(f"zramd: {zconfig.describe(s)}")
     if s.swap:
         why_not = swap.set_io_flusher()
@@ -164,20 +172,23 @@ def can_fua(h):
 
 
 def pread(h, buf, offset, flags):
-    if _pin:
+    if _pin_each:
         pinning.pin()
     try:
-        _device.read(buf, offset)
+        _read(buf, offset)
     except OSError as exc:
         nbdkit.set_error(exc.errno)
         raise
 
 
 def pwrite(h, buf, offset, flags):
-    if _pin:
+    if _pin_each:
         pinning.pin()
     try:
-        _device.write(buf, offset, flags & nbdkit.FLAG_FUA)
+        if _direct_write is not None:
+            _direct_write(buf, offset)  # inline: installed before we return, FUA or not
+        else:
+            _device.write(buf, offset, flags & nbdkit.FLAG_FUA)
     except OSError as exc:
         nbdkit.set_error(exc.errno)
         raise

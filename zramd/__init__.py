@@ -5,10 +5,17 @@ The package holds all logic and imports without nbdkit:
 - ``units``    size parsing/formatting (``1G``, ``512M``, whole 4 KiB pages)
 - ``codecs``   compression backends behind one interface, keyed by name
 - ``store``    the page store: slot table, same/huge/compressed pages, stats
+- ``checksums`` per-page checksum functions, keyed by name
+- ``device``   the front end: inline, async or hybrid compression
+- ``workers``  asynchronous compression threads
+- ``backing``  the backing file for written-back pages
+- ``writeback`` the writeback thread and its automatic policy
 - ``config``   validated settings shared by the CLI and the nbdkit plugin
 - ``control``  the owner-only control socket (server thread and client)
 - ``commands`` control commands (stats, ...) run against a store
 - ``pinning``  keeps nbdkit's per-thread Python thread state alive
+- ``shutdown`` ends client connections so that nbdkit can exit
+- ``swap``     defences for serving swap to the host itself
 - ``server``   runs nbdkit with our plugin as a subprocess
 - ``cli``      the ``zramd`` command
 """

@@ -19,7 +19,7 @@ from . import __version__
 from .checksums import CHECKSUMS
 from .codecs import CODECS
 from .config import FAULTS, ConfigError, Settings, default_socket_path, describe
-from .device import MODES
+from .device import DEFAULT_PENDING_LIMIT_BYTES, MODES
 from .control import ControlError, call
 from .server import Server, ServerError
 from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
@@ -65,9 +65,10 @@ def build_parser() -> Parser:
                             "requests of 64 KiB and more (hybrid) (default inline)")
     serve.add_argument("--workers", type=int, default=1,
                        help="compression worker threads for async/hybrid (default 1)")
-    serve.add_argument("--pending-limit", type=_size_type(parse_size), default=64 << 20,
-                       metavar="SIZE", help="most uncompressed data waiting for workers; "
-                       "past it writes compress inline (default 64M)")
+    serve.add_argument("--pending-limit", type=_size_type(parse_size),
+                       default=DEFAULT_PENDING_LIMIT_BYTES, metavar="SIZE",
+                       help="most uncompressed data waiting for workers; past it writes "
+                            "compress inline (default 16M)")
     serve.add_argument("--checksum", choices=["none"] + sorted(CHECKSUMS), default="none",
                        help="per-page checksums, verified on every read (default none)")
     serve.add_argument("--fault-inject", choices=FAULTS,

@@ -10,6 +10,13 @@ It decides, per write, where compression happens:
 ``hybrid``  requests of ``HYBRID_MIN_BYTES`` or more go async, smaller
             ones inline.
 
+Inline is the default, from ``make bench`` on this machine kind (2 cores,
+fio nbd engine, same run; docs/bench/results.md): 4 KiB randwrite qd16
+inline 79k IOPS, hybrid 80k, async 27k (1 worker) and 21k (2 workers);
+128 KiB sequential write inline 433 MB/s, hybrid 327, async 285 and 259.
+Under the GIL a worker only adds hand-offs: on two cores the request thread
+and fio already keep both busy.
+
 FUA writes are always inline (installed before the reply).  When staged
 (pending) data would pass ``pending_limit_bytes``, the write is compressed
 inline instead (back-pressure: memory stays bounded, the client slows down
@@ -39,11 +46,14 @@ MODES = ("inline", "async", "hybrid")
 # Pages per worker batch: parallel compression pays only at 64 KiB or more
 # per call (x1.9 with 2 threads), not at 4 KiB (x0.98) (design.md 4).
 BATCH_PAGES = 16
-# hybrid: requests at least this large go to the workers.  See the
-# benchmark numbers in the README (4 KiB random writes lose ~40% IOPS when
-# queued; 128 KiB sequential writes gain from replying before compressing).
+# hybrid: requests at least this large go to the workers, from the same
+# measurement (compression only pays on another thread at 64 KiB or more).
 HYBRID_MIN_BYTES = 64 * 1024
-DEFAULT_PENDING_LIMIT_BYTES = 64 << 20
+# Snapshots waiting for workers stay in the heap after they are freed (RSS
+# keeps the high-water mark).  128 KiB sequential writes, async, 256 MiB on
+# this machine kind: 64M limit 343-354 MB/s, 204 MB peak RSS; 16M 360-362
+# MB/s, 176 MB; 4M 310-314 MB/s, 166 MB.  16M keeps the speed for 28 MB less.
+DEFAULT_PENDING_LIMIT_BYTES = 16 << 20
 
 
 class Device:
@@ -58,6 +68,9 @@ class Device:
         self.pending_limit_bytes = pending_limit_bytes
         self.workers = CompressionWorkers(store, workers) if mode != "inline" else None
         self.async_min_bytes = 0 if mode == "async" else HYBRID_MIN_BYTES
+        # With nothing to decide per write (inline, no watermarks), the
+        # adapter calls the store directly: one Python call less per request.
+        self.direct_write = store.write if mode == "inline" and writeback is None else None
         self.writeback = writeback
         self.backpressure_inline = 0
         self.fua_inline = 0
