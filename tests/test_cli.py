@@ -146,3 +146,25 @@ def test_tcp_listens_on_loopback_only(sockdir):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
+
+
+def test_swap_mode_locks_memory(sockdir):
+    """--swap: nbdkit locks itself into RAM (mlockall) and zramd marks the
+    process as an I/O flusher (a warning says so when it cannot)."""
+    if os.geteuid() != 0:
+        pytest.skip("mlockall of the whole server needs root (or a raised RLIMIT_MEMLOCK)")
+    proc, sock, banner = start_serve(sockdir, "--swap")
+    try:
+        pid = int(subprocess.run(["pgrep", "-f", f"nbdkit -f.*{sock}"], capture_output=True,
+                                 text=True).stdout.split()[0])
+        with open(f"/proc/{pid}/status") as f:
+            locked_kb = next(int(line.split()[1]) for line in f if line.startswith("VmLck:"))
+        assert locked_kb > 1024, f"VmLck {locked_kb} kB"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    with open("/proc/self/status") as f:
+        cap_eff = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    can_flusher = bool(cap_eff & (1 << 24))  # CAP_SYS_RESOURCE (some sandboxes drop it)
+    warned = "cannot mark the server as an I/O flusher" in proc.stderr.read()
+    assert warned != can_flusher
