@@ -98,8 +98,9 @@ def test_writeback_limit_budget(wb_server):
 
 
 def test_rewrites_during_writeback_keep_the_new_data(wb_server):
-    """Writers rewrite pages while a writeback of all of them runs."""
-    with wb_server(size="32M") as server:
+    """Writers rewrite pages while a recompression and a writeback of all of
+    them run: control commands are safe with I/O in flight."""
+    with wb_server(size="32M", recomp_algorithm="zstd") as server:
         h = connect(server)
         npages = 2000
         h.pwrite(b"".join(text_page(i) for i in range(npages)), 0)
@@ -119,6 +120,8 @@ def test_rewrites_during_writeback_keep_the_new_data(wb_server):
 
         t = threading.Thread(target=rewriter)
         t.start()
+        assert ctl(server, "recompress", type="idle")["recompressed"] > 0
+        ctl(server, "idle")
         r = ctl(server, "writeback", type="idle")
         done.set()
         t.join()

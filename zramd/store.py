@@ -378,18 +378,20 @@ class PageStore:
             self._write(data, offset, None)
 
     def _install_one(self, index: int, new, checksum: int) -> None:
-        """``_install`` for one full-page write (the hot path), unrolled."""
+        """``_install`` for one full-page write (the hot path), unrolled;
+        what depends only on ``new`` is worked out before taking the lock."""
+        n_st, n_cb, n_mem, n_same, n_huge = _entry_cost(new)
+        now = self.now()
         with self._lock:
             old = self._slots[index]
             o_st, o_cb, o_mem, o_same, o_huge = _entry_cost(old)
-            n_st, n_cb, n_mem, n_same, n_huge = _entry_cost(new)
             d_mem = n_mem - o_mem
             if self.mem_limit and d_mem > 0 and self.mem_used_total + d_mem > self.mem_limit:
                 self.failed_writes += 1
                 raise StoreError(errno.ENOSPC, "mem_limit reached")
             self._slots[index] = new
             self._flags[index] = 0
-            self._atime[index] = self.now()
+            self._atime[index] = now
             if self._sums is not None:
                 self._sums[index] = checksum
             if type(old) is not bytes and old is not None and type(old) is not int:
