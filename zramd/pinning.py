@@ -13,6 +13,12 @@ state we keep alive, so it vanishes exactly when the pin does.
 This leans on CPython internals (cpython issue 146219): it is behind a
 switch (``pin_thread_state=off``), and when the Python version changes,
 verify with ``strace -c -f`` that mmap/munmap per request are gone.
+With ``--threads 1`` (the default) nbdkit runs a connection's open, every
+request and close on one thread, so the plugin pins in ``open()`` and
+releases in ``close()``.  With more threads per connection the plugin pins
+in every callback; nbdkit's extra worker threads then end with their pin
+still held, leaking one thread state per worker per connection.
+
 No locking: each thread touches only its own thread-local state.
 """
 
@@ -45,6 +51,3 @@ def unpin() -> None:
         del _local.gilstate
         _release(state)
 
-
-def is_pinned() -> bool:
-    return hasattr(_local, "gilstate")
