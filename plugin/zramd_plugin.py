@@ -9,6 +9,7 @@ control server, created before any connection (get_ready/after_fork) and
 never replaced, so callbacks read them without locks.
 """
 
+import builtins
 import json
 import os
 import sys
@@ -110,9 +111,15 @@ def cleanup():
     _device.stop()  # drains pending work first
     if _control is not None:
         _control.stop()
-    # The last word on what was stored, for logs and the shutdown tests.
-    print(f"zramd: stopped: {json.dumps(_device.stats(), sort_keys=True)}", file=sys.stderr,
-          flush=True)
+    # The last word on what was stored: a line for the log, and all of it as
+    # JSON for whoever asked (scripts, the shutdown tests).
+    stats = _device.stats()
+    print(f"zramd: stopped with {stats['orig_data_size'] >> 12} pages stored, "
+          f"{stats['pending_pages']} pending, {stats['compr_data_size']} bytes compressed",
+          file=sys.stderr, flush=True)
+    if _settings.final_stats_path:
+        with builtins.open(_settings.final_stats_path, "w") as f:
+            json.dump(stats, f, sort_keys=True)
 
 
 def open(readonly):

@@ -105,6 +105,8 @@ def build_parser() -> Parser:
                        help="do not keep nbdkit's Python thread states alive between calls")
     serve.add_argument("--swap", action="store_true",
                        help="serving swap to this host: lock memory, mark as I/O flusher")
+    serve.add_argument("--final-stats", metavar="PATH",
+                       help="write the last stats as JSON to PATH when the server stops")
     serve.add_argument("--verbose", "-v", action="store_true", help="nbdkit and zramd debug output")
 
     stats = sub.add_parser("stats", help="print a running device's zram statistics")
@@ -193,6 +195,7 @@ def cmd_serve(args) -> int:
                         high_watermark_bytes=args.high_watermark,
                         low_watermark_bytes=args.low_watermark,
                         recomp_algorithm=args.recomp_algorithm, recomp_level=args.recomp_level,
+                        final_stats_path=args.final_stats,
                         port=args.port, address=args.address, threads=args.threads,
                         verbose=args.verbose, swap=args.swap)
     if args.port is None and args.address != "127.0.0.1":

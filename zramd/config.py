@@ -72,6 +72,7 @@ class Settings:
     low_watermark_bytes: int = 0         # 0 with a high mark: 3/4 of it
     recomp_algorithm: str | None = None
     recomp_level: int | None = None
+    final_stats_path: str | None = None  # JSON of the last stats, written at exit
     # the server (nbdkit's own options)
     socket_path: str | None = None
     port: int | None = None
@@ -181,13 +182,15 @@ class Settings:
             params.append(f"control={self.control_path}")
         if self.swap:
             params.append("swap=on")
+        if self.final_stats_path:
+            params.append(f"final_stats={os.path.abspath(self.final_stats_path)}")
         return params
 
 
 PLUGIN_KEYS = ("size", "algorithm", "level", "mem_limit", "control", "pin_thread_state", "swap",
                "threads", "compress", "workers", "pending_limit", "checksum", "fault_inject",
                "unlock_fault_injection", "backing_file", "backing_size", "high_watermark",
-               "low_watermark", "recomp_algorithm", "recomp_level")
+               "low_watermark", "recomp_algorithm", "recomp_level", "final_stats")
 
 
 def from_plugin_params(params: dict[str, str]) -> Settings:
@@ -222,6 +225,7 @@ def from_plugin_params(params: dict[str, str]) -> Settings:
         s.threads = parse_int(params["threads"], "threads")
     s.checksum = params.get("checksum", s.checksum)
     s.backing_file = params.get("backing_file")
+    s.final_stats_path = params.get("final_stats")
     s.recomp_algorithm = params.get("recomp_algorithm")
     if "recomp_level" in params:
         s.recomp_level = parse_int(params["recomp_level"], "recomp_level")
