@@ -24,8 +24,8 @@ DEFAULT_ALGORITHM = "lz4"
 DEFAULT_THREADS = 1
 MAX_THREADS = 64
 # Compression mode and workers, from `make bench` (device.py has the numbers):
-# inline beats async 3x on 4 KiB writes and 1.5x on 128 KiB writes here, and
-# a second worker made async slower still (21k vs 27k IOPS, 259 vs 285 MB/s).
+# inline beats async 3x on 4 KiB writes and 1.6x on 128 KiB writes here, and
+# a second worker made async no faster (24k vs 28k IOPS, 302 vs 302 MB/s).
 DEFAULT_COMPRESS_MODE = "inline"
 DEFAULT_WORKERS = 1
 MAX_WORKERS = 64

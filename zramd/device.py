@@ -12,8 +12,9 @@ It decides, per write, where compression happens:
 
 Inline is the default, from ``make bench`` on this machine kind (2 cores,
 fio nbd engine, same run; docs/bench/results.md): 4 KiB randwrite qd16
-inline 79k IOPS, hybrid 80k, async 27k (1 worker) and 21k (2 workers);
-128 KiB sequential write inline 433 MB/s, hybrid 327, async 285 and 259.
+inline 80k IOPS, hybrid 82k, async 28k (1 worker) and 24k (2 workers);
+128 KiB sequential write inline 491 MB/s, hybrid 357, async 302 and 302.
+(An earlier run: 79k / 80k / 27k / 21k and 433 / 327 / 285 / 259 MB/s.)
 Under the GIL a worker only adds hand-offs: on two cores the request thread
 and fio already keep both busy.
 
