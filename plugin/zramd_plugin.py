@@ -38,7 +38,7 @@ MAX_REQUEST_BYTES = 32 * 1024 * 1024  # advertised maximum block size
 _params = {}
 _settings = None
 _device = None
-_read = None          # _device.read, bound once
+_read = None          # the store's read, bound once
 _direct_write = None  # the store's write when the device adds nothing per write
 _pin_each = False     # pin in every callback (more than one thread per connection)
 _control = None
@@ -82,7 +82,7 @@ def get_ready():
         if backing else None
     _device = Device(store, s.compress_mode, s.workers, s.pending_limit_bytes,
                      stable_writes=s.fault_inject != "no-stable-writes", writeback=writeback)
-    _read = _device.store.read
+    _read = _device.read
     _direct_write = _device.direct_write
     nbdkit.debug(f"zramd: {zconfig.describe(s)}")
     if s.swap:

@@ -32,7 +32,8 @@ class ControlError(RuntimeError):
     """The server refused a command, or could not be reached."""
 
 
-def _in_use(path: str) -> bool:
+def unix_socket_in_use(path: str) -> bool:
+    """Whether a server accepts connections on the Unix socket ``path``."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
@@ -52,7 +53,7 @@ class ControlServer:
 
     def start(self) -> None:
         if os.path.exists(self.path):
-            if _in_use(self.path):
+            if unix_socket_in_use(self.path):
                 raise ControlError(f"control socket {self.path} is in use by another server")
             os.unlink(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

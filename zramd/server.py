@@ -30,7 +30,7 @@ import threading
 import time
 
 from .config import ConfigError, Settings
-from .control import ControlError, call
+from .control import ControlError, call, unix_socket_in_use
 
 log = logging.getLogger("zramd.server")
 
@@ -70,26 +70,13 @@ def check_python_version(nbdkit: str = "nbdkit") -> None:
 
 def check_endpoint_free(settings: Settings) -> None:
     """Refuse a socket path or TCP port another server holds, with one line."""
-    if settings.socket_path:
-        path = settings.socket_path
-        if os.path.exists(path):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
-                raise ConfigError(f"socket {path} is in use by another server")
-            except OSError:
-                pass  # stale: nbdkit replaces it
-            finally:
-                probe.close()
+    if settings.socket_path and unix_socket_in_use(settings.socket_path):
+        raise ConfigError(f"socket {settings.socket_path} is in use by another server")
+    # (a stale NBD socket is replaced by nbdkit; a stale control socket we remove)
     if settings.control_path and os.path.exists(settings.control_path):
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(settings.control_path)
+        if unix_socket_in_use(settings.control_path):
             raise ConfigError(f"control socket {settings.control_path} is in use by another server")
-        except OSError:
-            os.unlink(settings.control_path)  # stale, from a server that died
-        finally:
-            probe.close()
+        os.unlink(settings.control_path)
     if settings.port is not None:
         family = socket.AF_INET6 if ":" in settings.address else socket.AF_INET
         probe = socket.socket(family, socket.SOCK_STREAM)
