@@ -140,6 +140,10 @@ def build_parser() -> Parser:
                     help="only pages whose compressed size is at least this (bytes)")
     rc.add_argument("--limit", type=int, help="at most this many pages")
 
+    compact = sub.add_parser("compact", help="move objects out of sparse blocks and give "
+                             "memory back (zram's compact knob)")
+    _add_target(compact)
+
     knob = sub.add_parser("set", help="set a knob of the running device: mem_limit SIZE, "
                           "mem_used_max 0, writeback_limit PAGES, writeback_limit_enable "
                           "on|off, watermarks HIGH [LOW]")
@@ -323,6 +327,14 @@ def cmd_recompress(args) -> int:
     return 0
 
 
+def cmd_compact(args) -> int:
+    r = call(_control_path(args), "compact", timeout=3600)
+    print(f"compact: {r['moved']} objects moved, {r['pages_freed']} pages "
+          f"({human_size(r['pages_freed'] * 4096)}) given back; "
+          f"pages_compacted {r['pages_compacted']}, mem_used_total {human_size(r['mem_used_total'])}")
+    return 0
+
+
 def cmd_set(args) -> int:
     path, v = _control_path(args), args.values
     nargs = {"watermarks": (1, 2)}.get(args.knob, (1, 1))
@@ -346,7 +358,7 @@ def cmd_set(args) -> int:
 
 COMMANDS = {"serve": cmd_serve, "stats": cmd_stats, "status": cmd_status,
             "writeback": cmd_writeback, "idle": cmd_idle, "recompress": cmd_recompress,
-            "set": cmd_set}
+            "compact": cmd_compact, "set": cmd_set}
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,9 @@ buffer instead of a snapshot, which nbdkit reuses for the next request: the
 2016 stable-pages bug, on purpose, for tests that prove the hazard.  It is
 refused unless explicitly unlocked (see config).
 
+Automatic compaction (compaction.py) runs on its own thread, started and
+stopped with the device.
+
 With a backing file, ``writeback`` (see writeback.py) moves pages out of
 RAM; a write that finds memory above the high watermark first waits for it.
 
@@ -39,6 +42,7 @@ approximate under concurrency (they are diagnostics, not zram's stats).
 
 from __future__ import annotations
 
+from .compaction import AutoCompactor
 from .store import PAGE_SIZE, PageStore
 from .workers import CompressionWorkers
 
@@ -60,7 +64,7 @@ DEFAULT_PENDING_LIMIT_BYTES = 16 << 20
 class Device:
     def __init__(self, store: PageStore, mode: str = "inline", workers: int = 1,
                  pending_limit_bytes: int = DEFAULT_PENDING_LIMIT_BYTES,
-                 stable_writes: bool = True, writeback=None):
+                 stable_writes: bool = True, writeback=None, auto_compact: bool = True):
         if mode not in MODES:
             raise ValueError(f"unknown compression mode {mode!r} (choose from {', '.join(MODES)})")
         self.store = store
@@ -78,6 +82,7 @@ class Device:
         self.discard = store.discard
         self.extents = store.extents
         self.writeback = writeback
+        self.compactor = AutoCompactor(store) if auto_compact else None
         self.backpressure_inline = 0
         self.fua_inline = 0
 
@@ -87,6 +92,8 @@ class Device:
             self.workers.start()
         if self.writeback is not None:
             self.writeback.start()
+        if self.compactor is not None:
+            self.compactor.start()
 
     def stop(self) -> None:
         """Drain pending work and end the workers and the writeback thread."""
@@ -94,6 +101,8 @@ class Device:
             self.workers.stop()
         if self.writeback is not None:
             self.writeback.stop()
+        if self.compactor is not None:
+            self.compactor.stop()
 
     def drain(self) -> None:
         if self.workers is not None:
