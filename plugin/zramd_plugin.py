@@ -65,6 +65,12 @@ def config_complete():
     # With --threads 1, nbdkit runs open, every request and close of a
     # connection on one thread (checked), so pinning in open() is enough.
     _pin_each = _pin and _settings.threads > 1
+    if _settings.swap:
+        # Lock now, before the store and the threads exist (zramd.swap says
+        # why this and not nbdkit's --swap).
+        warning = swap.lock_memory()
+        if warning:
+            print(f"zramd: warning: {warning}", file=sys.stderr)
 
 
 def config_help():
