@@ -115,6 +115,8 @@ def build_parser() -> Parser:
                        help="serving swap to this host: lock memory, mark as I/O flusher")
     serve.add_argument("--final-stats", metavar="PATH",
                        help="write the last stats as JSON to PATH when the server stops")
+    serve.add_argument("--log-file", metavar="PATH",
+                       help="append log lines to PATH (created mode 0600) instead of stderr")
     serve.add_argument("--verbose", "-v", action="store_true", help="nbdkit and zramd debug output")
 
     stats = sub.add_parser("stats", help="print a running device's zram statistics")
@@ -242,7 +244,7 @@ def cmd_serve(args) -> int:
                         high_watermark_bytes=args.high_watermark,
                         low_watermark_bytes=args.low_watermark,
                         recomp_algorithm=args.recomp_algorithm, recomp_level=args.recomp_level,
-                        final_stats_path=args.final_stats,
+                        final_stats_path=args.final_stats, log_file=args.log_file,
                         port=args.port, address=args.address, threads=args.threads,
                         verbose=args.verbose, swap=args.swap)
     if args.port is None and args.address != "127.0.0.1":

@@ -150,8 +150,8 @@ class Server:
             cmd += ["-p", str(s.port), "-i", s.address]
         if s.verbose:
             cmd.append("-v")
-        if s.swap:
-            cmd.append("--swap")
+        # --swap is not passed on: the plugin locks memory itself, without
+        # populating nbdkit's unused buffers (zramd/swap.py).
         cmd += self.extra_args
         cmd += ["python", PLUGIN_PATH] + s.plugin_params()
         return cmd
