@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from . import __version__
+from . import __version__, metrics
 from .checksums import CHECKSUMS
 from .codecs import CODECS
 from .config import FAULTS, ConfigError, Settings, default_socket_path, describe
@@ -115,13 +115,22 @@ def build_parser() -> Parser:
                        help="serving swap to this host: lock memory, mark as I/O flusher")
     serve.add_argument("--final-stats", metavar="PATH",
                        help="write the last stats as JSON to PATH when the server stops")
+    serve.add_argument("--metrics-address", metavar="HOST:PORT",
+                       help="serve Prometheus metrics over HTTP here (loopback only unless "
+                            "--metrics-insecure-address; port 0 picks a free one)")
+    serve.add_argument("--metrics-insecure-address", action="store_true",
+                       help="allow a --metrics-address that is not loopback")
     serve.add_argument("--log-file", metavar="PATH",
                        help="append log lines to PATH (created mode 0600) instead of stderr")
     serve.add_argument("--verbose", "-v", action="store_true", help="nbdkit and zramd debug output")
 
     stats = sub.add_parser("stats", help="print a running device's zram statistics")
     _add_target(stats)
-    stats.add_argument("--json", action="store_true", help="all counters as JSON")
+    stats.add_argument("--json", action="store_true", help="all counters as JSON "
+                       "(--format json)")
+    stats.add_argument("--format", choices=("text", "json", "prometheus"), default="text",
+                       help="text (zram's files), json (every counter), or prometheus "
+                            "(the text exposition, for node_exporter's textfile collector)")
     stats.add_argument("--per-instance", action="store_true",
                        help="striped instances: each instance's counters as well as the sum")
     stats.add_argument("--watch", action="store_true",
@@ -245,6 +254,8 @@ def cmd_serve(args) -> int:
                         low_watermark_bytes=args.low_watermark,
                         recomp_algorithm=args.recomp_algorithm, recomp_level=args.recomp_level,
                         final_stats_path=args.final_stats, log_file=args.log_file,
+                        metrics_address=args.metrics_address,
+                        metrics_insecure_address=args.metrics_insecure_address,
                         port=args.port, address=args.address, threads=args.threads,
                         verbose=args.verbose, swap=args.swap)
     if args.port is None and args.address != "127.0.0.1":
@@ -260,7 +271,20 @@ def cmd_serve(args) -> int:
     stripe.start()
     if stripe.stopping:  # a signal came while the instances were starting
         stripe.request_stop()
-    print(stripe_help(stripe.servers, base), flush=True)
+    exporter = None
+    if base.metrics_address:
+        host, port = metrics.parse_address(base.metrics_address, base.metrics_insecure_address)
+        try:
+            exporter = metrics.MetricsServer(host, port, [
+                (metrics.device_name(srv.control_path), srv.control_path)
+                for srv in stripe.servers])
+        except ConfigError:
+            stripe.stop()
+            raise
+    banner = stripe_help(stripe.servers, base).split("\n")
+    if exporter is not None:  # before the last line, "Stop with Ctrl-C."
+        banner.insert(-1, f"  metrics     curl {exporter.url}")
+    print("\n".join(banner), flush=True)
 
     def on_death(index, status):
         srv = stripe.servers[index]
@@ -272,6 +296,8 @@ def cmd_serve(args) -> int:
               file=sys.stderr, flush=True)
 
     stripe.wait(on_death)
+    if exporter is not None:
+        exporter.stop()
     stripe.stop()
     if stripe.died:
         return 1
@@ -297,8 +323,12 @@ def cmd_stats(args) -> int:
         return watch(lambda: aggregate(_all_stats(instances)) if len(instances) > 1
                      else call(instances[0][1], "stats"), args.interval, args.count)
     each = _all_stats(instances)
+    if args.format == "prometheus":
+        sys.stdout.write(metrics.exposition([(metrics.device_name(path), st) for
+                                             (_, path), st in zip(instances, each)]))
+        return 0
     total = aggregate(each) if len(each) > 1 else each[0]
-    if args.json:
+    if args.json or args.format == "json":
         doc = total
         if args.per_instance:
             doc = {"total": total,

@@ -74,6 +74,9 @@ class Settings:
     recomp_level: int | None = None
     final_stats_path: str | None = None  # JSON of the last stats, written at exit
     log_file: str | None = None          # None: stderr (docs/design.md#running-as-a-service)
+    # the wrapper's Prometheus endpoint (never passed to the plugin)
+    metrics_address: str | None = None   # HOST:PORT
+    metrics_insecure_address: bool = False
     # the server (nbdkit's own options)
     socket_path: str | None = None
     port: int | None = None
@@ -133,6 +136,11 @@ class Settings:
                 raise ConfigError(f"port must be 1..65535, not {self.port}")
         if not 1 <= self.threads <= MAX_THREADS:
             raise ConfigError(f"threads must be 1..{MAX_THREADS}, not {self.threads}")
+        if self.metrics_address is not None:
+            from .metrics import parse_address
+            parse_address(self.metrics_address, self.metrics_insecure_address)
+        elif self.metrics_insecure_address:
+            raise ConfigError("metrics_insecure_address applies only with a metrics address")
         for label, path in (("socket", self.socket_path), ("control socket", self.control_path)):
             if path is not None:
                 parent = os.path.dirname(os.path.abspath(path))
