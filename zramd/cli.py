@@ -18,6 +18,7 @@ import time
 from . import __version__
 from .config import ConfigError, Settings, default_socket_path, describe
 from .control import ControlError, call
+from .instances import Stripe, aggregate, discover, instance_settings, split_bytes
 from .server import Server, ServerError
 from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
 from .options import OPTIONS, Option
@@ -44,6 +45,8 @@ def build_parser() -> Parser:
     stats = sub.add_parser("stats", help="print a running device's zram statistics")
     _add_target(stats)
     stats.add_argument("--json", action="store_true", help="all counters as JSON")
+    stats.add_argument("--per-instance", action="store_true",
+                       help="striped instances: each instance's counters as well as the sum")
     stats.add_argument("--watch", action="store_true",
                        help="a live view, one line per interval: ratio, memory, IOPS, writeback")
     stats.add_argument("--interval", type=float, default=1.0, help="--watch interval (s)")
@@ -133,48 +136,94 @@ def _control_path(args) -> str:
     return (args.socket or default_socket_path()) + ".ctl"
 
 
-def connect_help(server: Server) -> str:
+def _instances(args) -> list[tuple[str, str]]:
+    """``[(name, control socket)]`` of every running instance the target
+    names: the device itself, or its striped instances PATH.0 ... PATH.N-1
+    (docs/design.md#scaling-past-one-core)."""
+    path = _control_path(args)
+    found = discover(path)
+    if not found:
+        raise ControlError(f"no zramd control socket at {path} or {path[:-4] if path.endswith('.ctl') else path}"
+                           f".N{'.ctl' if path.endswith('.ctl') else ''} (is the server running?)")
+    return found
+
+
+def connect_help(server: Server, index: int | None = None) -> str:
     s = server.settings
     uri = server.uri
-    lines = [f"zramd: serving {describe(s)}",
-             f"  NBD URI     {uri}",
-             f"  nbdinfo     nbdinfo '{uri}'",
-             f"  nbdsh       nbdsh -u '{uri}'",
-             f"  qemu-img    qemu-img info '{uri}'"]
+    nbd_dev = f"/dev/nbd{index or 0}"
+    drive = f"zd{'' if index is None else index}"
+    if index is None:
+        lines = [f"zramd: serving {describe(s)}"]
+    else:
+        lines = [f"instance {index}: {describe(s)}"]
+    lines += [f"  NBD URI     {uri}",
+              f"  nbdinfo     nbdinfo '{uri}'",
+              f"  nbdsh       nbdsh -u '{uri}'",
+              f"  qemu-img    qemu-img info '{uri}'"]
     if s.socket_path:
         path = os.path.abspath(s.socket_path)
-        lines += [f"  nbd-client  nbd-client -unix {path} /dev/nbd0 -b 4096",
+        lines += [f"  nbd-client  nbd-client -unix {path} {nbd_dev} -b 4096",
                   f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,server.type=unix,"
-                  f"server.path={path},if=none,id=zd -device virtio-blk-pci,drive=zd"]
+                  f"server.path={path},if=none,id={drive} -device virtio-blk-pci,drive={drive}"]
     else:
-        lines += [f"  nbd-client  nbd-client {s.address} {s.port} /dev/nbd0 -b 4096",
+        lines += [f"  nbd-client  nbd-client {s.address} {s.port} {nbd_dev} -b 4096",
                   f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,server.host={s.address},"
-                  f"server.port={s.port},if=none,id=zd -device virtio-blk-pci,drive=zd"]
-    lines += [f"  stats       zramd stats --control {s.control_path}",
+                  f"server.port={s.port},if=none,id={drive} -device virtio-blk-pci,drive={drive}"]
+    lines.append(f"  stats       zramd stats --control {s.control_path}")
+    return "\n".join(lines)
+
+
+def stripe_help(servers: list[Server], base: Settings) -> str:
+    """The start banner: each instance's attach commands, then how to read
+    them all at once and how to swap on them (equal priority)."""
+    if len(servers) == 1:
+        return connect_help(servers[0]) + "\n  Stop with Ctrl-C."
+    n = len(servers)
+    lines = [f"zramd: serving {n} instances, {describe(base)} in all"]
+    for i, srv in enumerate(servers):
+        lines.append(connect_help(srv, i))
+    target = (f"--socket {os.path.abspath(base.socket_path)}" if base.socket_path
+              else f"--control {base.control_path}")
+    devs = " ".join(f"/dev/nbd{i}" for i in range(n))
+    lines += [f"all {n}",
+              f"  stats       zramd stats {target}  (summed; --per-instance for each)",
+              f"  status      zramd status {target}",
+              f"  swap        mkswap and swapon --discard --priority 100 each of {devs}: "
+              f"equal priority stripes pages over them",
               "  Stop with Ctrl-C."]
     return "\n".join(lines)
 
 
 def cmd_serve(args) -> int:
-    settings = settings_from_args(args)
-    server = Server(settings)
-    stopping = []
+    base = settings_from_args(args).with_defaults().validate()
+    stripe = Stripe(Server(s) for s in instance_settings(base, base.instances))
 
     def on_signal(signum, frame):
-        stopping.append(signum)
-        server.request_stop()
+        stripe.request_stop()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    server.start()
-    print(connect_help(server), flush=True)
-    status = server.wait()
-    server.stop()
-    if stopping:
-        print("zramd: stopped", file=sys.stderr)
-        return 0
-    print(f"zramd: error: nbdkit exited unexpectedly with status {status}", file=sys.stderr)
-    return 1
+    stripe.start()
+    if stripe.stopping:  # a signal came while the instances were starting
+        stripe.request_stop()
+    print(stripe_help(stripe.servers, base), flush=True)
+
+    def on_death(index, status):
+        srv = stripe.servers[index]
+        what = "nbdkit" if len(stripe.servers) == 1 else \
+            f"instance {index} ({srv.socket_path or srv.settings.port})"
+        left = sum(other.running() for other in stripe.servers)
+        more = f"; {left} other instance(s) still serving" if left and len(stripe.servers) > 1 else ""
+        print(f"zramd: error: {what} exited unexpectedly with status {status}{more}",
+              file=sys.stderr, flush=True)
+
+    stripe.wait(on_death)
+    stripe.stop()
+    if stripe.died:
+        return 1
+    print("zramd: stopped", file=sys.stderr)
+    return 0
 
 
 def format_stats(stats: dict, files: list[str], labelled: bool) -> str:
@@ -185,15 +234,32 @@ def format_stats(stats: dict, files: list[str], labelled: bool) -> str:
     return "\n".join(lines)
 
 
+def _all_stats(instances) -> list[dict]:
+    return [call(path, "stats") for _, path in instances]
+
+
 def cmd_stats(args) -> int:
+    instances = _instances(args)
     if args.watch:
-        return watch(_control_path(args), args.interval, args.count)
-    stats = call(_control_path(args), "stats")
+        return watch(lambda: aggregate(_all_stats(instances)) if len(instances) > 1
+                     else call(instances[0][1], "stats"), args.interval, args.count)
+    each = _all_stats(instances)
+    total = aggregate(each) if len(each) > 1 else each[0]
     if args.json:
-        print(json.dumps(stats, indent=2, sort_keys=True))
-    else:
-        files = args.files or list(STAT_FILES)
-        print(format_stats(stats, files, labelled=not args.files))
+        doc = total
+        if args.per_instance:
+            doc = {"total": total,
+                   "instances": [{"name": name, "control": path, "stats": st}
+                                 for (name, path), st in zip(instances, each)]}
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
+    files = args.files or list(STAT_FILES)
+    if args.per_instance:
+        for (name, _), st in zip(instances, each):
+            print(f"# {name}")
+            print(format_stats(st, files, labelled=not args.files))
+        print(f"# total of {len(each)}")
+    print(format_stats(total, files, labelled=not args.files))
     return 0
 
 
@@ -214,15 +280,16 @@ def watch_line(prev: dict, cur: dict, seconds: float) -> str:
             f"{cur.get('bd_count', 0):8d} {rate('bd_writes'):7.0f} {rate('bd_reads'):7.0f}")
 
 
-def watch(path: str, interval: float, count: int | None) -> int:
-    """A vmstat-like live view: one line per interval (rates per second)."""
+def watch(fetch, interval: float, count: int | None) -> int:
+    """A vmstat-like live view: one line per interval (rates per second);
+    ``fetch()`` returns the stats (summed over striped instances)."""
     print(WATCH_HEADER, flush=True)
-    prev = call(path, "stats")
+    prev = fetch()
     t_prev = time.monotonic()
     lines = 0
     while count is None or lines < count:
         time.sleep(interval)
-        cur = call(path, "stats")
+        cur = fetch()
         now = time.monotonic()
         print(watch_line(prev, cur, now - t_prev), flush=True)
         prev, t_prev = cur, now
@@ -231,73 +298,137 @@ def watch(path: str, interval: float, count: int | None) -> int:
 
 
 def cmd_status(args) -> int:
-    """zramctl's table, for this device."""
-    s = call(_control_path(args), "stats")
-    ratio = s["orig_data_size"] / s["compr_data_size"] if s["compr_data_size"] else 0.0
-    cols = [
-        ("NAME", args.socket or _control_path(args)[:-4]),
-        ("DISKSIZE", human_size(s["disksize"])),
-        ("DATA", human_size(s["orig_data_size"])),
-        ("COMPR", human_size(s["compr_data_size"])),
-        ("ALGORITHM", s["comp_algorithm"]),
-        ("MODE", s["compress_mode"]),
-        ("ZERO-PAGES", str(s["same_pages"])),
-        ("TOTAL", human_size(s["mem_used_total"])),
-        ("MEM-LIMIT", human_size(s["mem_limit"]) if s["mem_limit"] else "0B"),
-        ("MEM-USED", human_size(s["mem_used_max"])),
-        ("RATIO", f"{ratio:.2f}"),
-        ("WRITEBACK", human_size(s["bd_count"] * 4096) if s.get("backing_file") else "-"),
-    ]
-    widths = [max(len(h), len(v)) for h, v in cols]
-    print(" ".join(h.rjust(w) if i else h.ljust(w) for i, ((h, _), w) in enumerate(zip(cols, widths))))
-    print(" ".join(v.rjust(w) if i else v.ljust(w) for i, ((_, v), w) in enumerate(zip(cols, widths))))
+    """zramctl's table: one row per device, here per running instance."""
+    rows = []
+    for name, path in _instances(args):
+        s = call(path, "stats")
+        ratio = s["orig_data_size"] / s["compr_data_size"] if s["compr_data_size"] else 0.0
+        rows.append([
+            ("NAME", name),
+            ("DISKSIZE", human_size(s["disksize"])),
+            ("DATA", human_size(s["orig_data_size"])),
+            ("COMPR", human_size(s["compr_data_size"])),
+            ("ALGORITHM", s["comp_algorithm"]),
+            ("MODE", s["compress_mode"]),
+            ("ZERO-PAGES", str(s["same_pages"])),
+            ("TOTAL", human_size(s["mem_used_total"])),
+            ("MEM-LIMIT", human_size(s["mem_limit"]) if s["mem_limit"] else "0B"),
+            ("MEM-USED", human_size(s["mem_used_max"])),
+            ("RATIO", f"{ratio:.2f}"),
+            ("WRITEBACK", human_size(s["bd_count"] * 4096) if s.get("backing_file") else "-"),
+        ])
+    heads = [h for h, _ in rows[0]]
+    widths = [max(len(h), *(len(r[i][1]) for r in rows)) for i, h in enumerate(heads)]
+
+    def line(cells):
+        return " ".join(c.rjust(w) if i else c.ljust(w)
+                        for i, (c, w) in enumerate(zip(cells, widths)))
+    print(line(heads))
+    for r in rows:
+        print(line([v for _, v in r]))
     return 0
+
+
+def _each(args):
+    """``[(label, control socket)]``: one unlabelled target, or every
+    striped instance labelled with its name."""
+    instances = _instances(args)
+    if len(instances) == 1:
+        return [("", instances[0][1])]
+    return [(f"{name}: ", path) for name, path in instances]
+
+
+def _split_count(value: int | None, n: int) -> list[int | None]:
+    """A page count (e.g. --limit) shared out like sizes are."""
+    if value is None:
+        return [None] * n
+    base, extra = divmod(value, n)
+    return [base + (1 if i < extra else 0) for i in range(n)]
 
 
 def cmd_writeback(args) -> int:
-    result = call(_control_path(args), "writeback", timeout=3600, type=args.type,
-                  limit=args.limit)
-    print(f"writeback {args.type}: {result['written']} pages written, "
-          f"{result['superseded']} rewritten meanwhile, of {result['candidates']} candidates")
-    if result.get("error"):
-        print(f"zramd: error: writeback stopped: {result['error']}", file=sys.stderr)
-        return 1
-    return 0
+    targets = _each(args)
+    failed = False
+    for (label, path), limit in zip(targets, _split_count(args.limit, len(targets))):
+        result = call(path, "writeback", timeout=3600, type=args.type, limit=limit)
+        print(f"{label}writeback {args.type}: {result['written']} pages written, "
+              f"{result['superseded']} rewritten meanwhile, of {result['candidates']} candidates")
+        if result.get("error"):
+            print(f"zramd: error: {label}writeback stopped: {result['error']}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
 
 
 def cmd_idle(args) -> int:
-    result = call(_control_path(args), "idle", age=args.age)
-    print(f"{result['idle_pages']} pages idle")
+    for label, path in _each(args):
+        result = call(path, "idle", age=args.age)
+        print(f"{label}{result['idle_pages']} pages idle")
     return 0
 
 
 def cmd_recompress(args) -> int:
-    r = call(_control_path(args), "recompress", timeout=3600, type=args.type,
-             threshold=args.threshold, limit=args.limit)
-    print(f"recompress {args.type}: {r['recompressed']} pages recompressed "
-          f"({human_size(r['saved_bytes'])} saved), {r['incompressible']} incompressible, "
-          f"{r['skipped']} skipped")
+    targets = _each(args)
+    for (label, path), limit in zip(targets, _split_count(args.limit, len(targets))):
+        r = call(path, "recompress", timeout=3600, type=args.type,
+                 threshold=args.threshold, limit=limit)
+        print(f"{label}recompress {args.type}: {r['recompressed']} pages recompressed "
+              f"({human_size(r['saved_bytes'])} saved), {r['incompressible']} incompressible, "
+              f"{r['skipped']} skipped")
     return 0
 
 
 def cmd_set(args) -> int:
-    path, v = _control_path(args), args.values
+    """A knob of the device; on striped instances, sizes and page counts
+    are split between them as ``serve --instances`` splits them."""
+    v = args.values
     nargs = {"watermarks": (1, 2)}.get(args.knob, (1, 1))
     if not nargs[0] <= len(v) <= nargs[1]:
         raise ConfigError(f"set {args.knob} takes {nargs[0]}"
                           f"{'-' + str(nargs[1]) if nargs[1] != nargs[0] else ''} value(s)")
+    if args.knob == "mem_used_max" and v[0] != "0":
+        raise ConfigError("mem_used_max can only be reset, with 0 (as in zram)")
+    targets = _each(args)
+    n = len(targets)
+
+    def split_size(text):
+        if n == 1:
+            return [text]
+        try:
+            total = parse_size(text)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if total and total < n * 4096:
+            raise ConfigError(f"{text} is too small for {n} instances (at least one "
+                              f"4096-byte page each)")
+        return split_bytes(total, n) if total else [0] * n
+
+    def split_pages(text):
+        if n == 1:
+            return [text]
+        try:
+            total = int(text)
+        except ValueError:
+            raise ConfigError(f"writeback_limit must be a whole number of pages, "
+                              f"not {text!r}") from None
+        if total < 0:
+            raise ConfigError("writeback_limit must not be negative")
+        return _split_count(total, n)
+
     if args.knob == "mem_limit":
-        call(path, "mem_limit", size=v[0])
+        per = [dict(size=x) for x in split_size(v[0])]
+        cmd = "mem_limit"
     elif args.knob == "mem_used_max":
-        if v[0] != "0":
-            raise ConfigError("mem_used_max can only be reset, with 0 (as in zram)")
-        call(path, "reset_mem_used_max")
+        per, cmd = [{}] * n, "reset_mem_used_max"
     elif args.knob == "writeback_limit":
-        call(path, "writeback_limit", pages=v[0])
+        per, cmd = [dict(pages=x) for x in split_pages(v[0])], "writeback_limit"
     elif args.knob == "writeback_limit_enable":
-        call(path, "writeback_limit", enable=v[0])
-    elif args.knob == "watermarks":
-        call(path, "watermarks", **dict(zip(("high", "low"), v)))
+        per, cmd = [dict(enable=v[0])] * n, "writeback_limit"
+    else:
+        cols = [split_size(x) for x in v]
+        per = [dict(zip(("high", "low"), parts)) for parts in zip(*cols)]
+        cmd = "watermarks"
+    for (_, path), kwargs in zip(targets, per):
+        call(path, cmd, **kwargs)
     return 0
 
 

@@ -172,6 +172,7 @@ DEFAULT_WORKERS = 1
 MAX_WORKERS = 64
 FAULTS = ("no-stable-writes",)
 DEFAULT_ADDRESS = "127.0.0.1"
+MAX_INSTANCES = 64
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -237,6 +238,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("final-stats", "final_stats_path", PATH, None,
            "write the last stats as JSON to PATH when the server stops",
            plugin_key="final_stats", metavar="PATH", example="final.json"),
+    Option("log-file", "log_file", PATH, None,
+           "append log lines to PATH (created mode 0600) instead of stderr",
+           plugin_key="log_file", metavar="PATH", default_help="stderr", example="zramd.log"),
     # the plugin needs the thread count too: it pins per call with more than one
     Option("threads", "threads", INT, DEFAULT_THREADS,
            "nbdkit request threads per connection (1 is fastest for a Python plugin)",
@@ -250,6 +254,12 @@ OPTIONS: tuple[Option, ...] = (
            group="endpoint", check=in_range("port", 1, 65535), example="10809"),
     Option("address", "address", STR, DEFAULT_ADDRESS, "address for --port", aliases=("-i",),
            example="::1"),
+    Option("instances", "instances", INT, 1,
+           f"serve N independent devices (1..{MAX_INSTANCES}) in N nbdkit processes, on "
+           f"PATH.0 ... PATH.N-1, the size and mem_limit split between them: enable them as "
+           f"swap at equal priority to use N cores", metavar="N",
+           check=in_range("instances", 1, MAX_INSTANCES), default_help="1: PATH itself",
+           example="2"),
     Option("verbose", "verbose", BOOL, False, "nbdkit and zramd debug output",
            aliases=("-v",), example="on"),
 )
