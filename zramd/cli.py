@@ -22,7 +22,7 @@ from .instances import Stripe, aggregate, discover, instance_settings, split_byt
 from .server import Server, ServerError
 from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
 from .options import OPTIONS, Option
-from .units import human_size
+from .units import human_size, parse_size
 from .writeback import KINDS as WRITEBACK_KINDS
 
 STAT_FILES = {"mm_stat": MM_STAT_FIELDS, "io_stat": IO_STAT_FIELDS, "bd_stat": BD_STAT_FIELDS}
@@ -85,16 +85,16 @@ def build_parser() -> Parser:
 
 
 def _argparse_type(opt: Option):
-    """argparse's ``type=`` for a row: ``int`` itself (argparse then says
-    "invalid int value"), or the row's parser with its one-line message."""
-    if opt.type.parse is int:
-        return int
-
+    """argparse's ``type=`` for a row: its parser and its own check, with
+    their one-line messages (argparse checks the choices itself)."""
     def convert(text):
         try:
-            return opt.type.parse(text)
-        except ValueError as exc:
+            value = opt.parse_text(text)
+            if opt.check is not None:
+                opt.check(value)
+        except ConfigError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
     return convert
 
 

@@ -90,10 +90,10 @@ class Option:
     def flags(self) -> tuple[str, ...]:
         return (self.cli_flag or f"--{self.name}",) + self.aliases
 
-    def from_text(self, text: str) -> Any:
-        """The value of ``text`` (CLI, plugin parameter, config file)."""
+    def parse_text(self, text: str) -> Any:
+        """The value ``text`` stands for, unchecked; ConfigError: one line."""
         try:
-            value = self.type.parse(text)
+            return self.type.parse(text)
         except ValueError as exc:
             if self.type.parse is int:
                 raise ConfigError(f"{self.label} must be a whole number, not {text!r}") from None
@@ -101,6 +101,10 @@ class Option:
             if message.startswith("must "):
                 message = f"{self.label} {message}"
             raise ConfigError(message) from None
+
+    def from_text(self, text: str) -> Any:
+        """The checked value of ``text`` (CLI, plugin parameter, config file)."""
+        value = self.parse_text(text)
         self.check_value(value)
         return value
 
