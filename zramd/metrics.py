@@ -25,14 +25,11 @@ Locking: none of its own.  prometheus_client's HTTP server calls
 
 from __future__ import annotations
 
-import ipaddress
-import socket
-
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 
-from .config import ConfigError
 from .control import ControlError, call
+from .options import ConfigError, parse_metrics_address
 
 PREFIX = "zramd_"
 GAUGE, COUNTER = "gauge", "counter"
@@ -214,31 +211,8 @@ def exposition(stats_by_device: list[tuple[str, dict | None]]) -> str:
 
 
 def parse_address(text: str, allow_remote: bool = False) -> tuple[str, int]:
-    """``HOST:PORT`` (``[V6]:PORT``) -> (host, port).  Only a loopback
-    address unless ``allow_remote``: the metrics tell anyone who can reach
-    them how much and how fast this machine swaps."""
-    host, sep, port_text = str(text).rpartition(":")
-    if not sep or not host:
-        raise ConfigError(f"metrics address must be HOST:PORT, not {text!r}")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"metrics port must be a number, not {port_text!r}") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"metrics port must be 0..65535, not {port}")
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        if host != "localhost":
-            raise ConfigError(f"metrics address must be an IP address (or localhost), "
-                              f"not {host!r}") from None
-        host, addr = "127.0.0.1", ipaddress.ip_address("127.0.0.1")
-    if not addr.is_loopback and not allow_remote:
-        raise ConfigError(f"metrics address {host} is not loopback: the metrics show how "
-                          f"much this machine swaps to anyone who can reach them; add "
-                          f"--metrics-insecure-address to allow it")
-    return host, port
+    """``HOST:PORT`` -> (host, port); see options.parse_metrics_address."""
+    return parse_metrics_address(text, allow_remote)
 
 
 class MetricsServer:
