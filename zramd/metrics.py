@@ -18,15 +18,15 @@ socket's ``stats`` command takes the store lock once, as ``zramd stats``
 does.  A device that does not answer yields ``zramd_up 0`` and no other
 samples for it, never an HTTP error.
 
+prometheus_client is imported only where it is used, so the rest of zramd
+(and nbdkit's interpreter) never loads it.
+
 Locking: none of its own.  prometheus_client's HTTP server calls
 ``collect()`` from its own thread, one scrape at a time per connection;
 ``collect`` keeps no state between calls.
 """
 
 from __future__ import annotations
-
-from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import generate_latest
 
 from .control import ControlError, call
 from .options import ConfigError, parse_metrics_address
@@ -146,6 +146,7 @@ def device_name(control_path: str) -> str:
 
 def families(stats_by_device: list[tuple[str, dict | None]]):
     """Metric families for ``[(device, stats or None if unreachable)]``."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     up = GaugeMetricFamily(PREFIX + "up", "1 if the device answered on its control socket",
                            labels=["device"])
     info = GaugeMetricFamily(PREFIX + "device_info",
@@ -191,7 +192,8 @@ class StatsCollector:
         yield from families(results)
 
 
-def registry_for(targets: list[tuple[str, str]]) -> CollectorRegistry:
+def registry_for(targets: list[tuple[str, str]]):
+    from prometheus_client.core import CollectorRegistry
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatsCollector(targets))
     return registry
@@ -200,6 +202,8 @@ def registry_for(targets: list[tuple[str, str]]) -> CollectorRegistry:
 def exposition(stats_by_device: list[tuple[str, dict | None]]) -> str:
     """The text exposition of already-read stats (``zramd stats --format
     prometheus``, for node_exporter's textfile collector)."""
+    from prometheus_client.core import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
 
     class _Once:
         def collect(self):

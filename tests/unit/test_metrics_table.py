@@ -4,7 +4,6 @@ metrics address rule."""
 from __future__ import annotations
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from zramd import metrics
 from zramd.backing import BackingFile
@@ -15,6 +14,10 @@ from zramd.store import PageStore
 from zramd.writeback import Writeback
 
 PAGE = 4096
+
+text_string_to_metric_families = pytest.importorskip(
+    "prometheus_client.parser", reason="prometheus_client missing: run make setup"
+).text_string_to_metric_families
 
 
 def full_stats(tmp_path) -> dict:
