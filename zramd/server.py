@@ -150,8 +150,8 @@ class Server:
             cmd += ["-p", str(s.port), "-i", s.address]
         if s.verbose:
             cmd.append("-v")
-        if s.swap:
-            cmd.append("--swap")
+        # --swap is not passed on: the plugin locks memory itself, without
+        # populating nbdkit's unused buffers (zramd/swap.py).
         cmd += self.extra_args
         cmd += ["python", PLUGIN_PATH] + s.plugin_params()
         return cmd
@@ -168,6 +168,12 @@ class Server:
 
     # -- life cycle ------------------------------------------------------
     def start(self, timeout: float = START_TIMEOUT_SECONDS) -> "Server":
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> "Server":
+        """Check the settings against the system and start nbdkit, without
+        waiting for it.  Call it from a thread that outlives the server:
+        ``--exit-with-parent`` is the parent *thread's* death signal."""
         check_python_version(self.nbdkit)
         check_endpoint_free(self.settings)
         check_backing_file(self.settings)
@@ -178,6 +184,10 @@ class Server:
         self._reader = threading.Thread(target=self._forward_stderr, name="nbdkit-stderr",
                                         daemon=True)
         self._reader.start()
+        return self
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_SECONDS) -> "Server":
+        """Wait until the launched nbdkit serves (or raise why not)."""
         deadline = time.monotonic() + timeout
         while not self._ready():
             if self.proc.poll() is not None:
