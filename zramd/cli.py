@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from . import __version__
+from . import __version__, metrics
 from .config import ConfigError, Settings, default_socket_path, describe
 from .control import ControlError, call
 from .instances import Stripe, aggregate, discover, instance_settings, split_bytes
@@ -44,7 +44,14 @@ def build_parser() -> Parser:
 
     stats = sub.add_parser("stats", help="print a running device's zram statistics")
     _add_target(stats)
-    stats.add_argument("--json", action="store_true", help="all counters as JSON")
+    stats.add_argument("--json", action="store_true", help="all counters as JSON (--format json)")
+    stats.add_argument(
+        "--format",
+        choices=("text", "json", "prometheus"),
+        default="text",
+        help="text (zram's files), json (every counter), or prometheus "
+        "(the text exposition, for node_exporter's textfile collector)",
+    )
     stats.add_argument(
         "--per-instance",
         action="store_true",
@@ -254,7 +261,25 @@ def cmd_serve(args) -> int:
     stripe.start()
     if stripe.stopping:  # a signal came while the instances were starting
         stripe.request_stop()
-    print(stripe_help(stripe.servers, base), flush=True)
+    exporter = None
+    if base.metrics_address:
+        host, port = metrics.parse_address(base.metrics_address, base.metrics_insecure_address)
+        try:
+            exporter = metrics.MetricsServer(
+                host,
+                port,
+                [
+                    (metrics.device_name(srv.control_path), srv.control_path)
+                    for srv in stripe.servers
+                ],
+            )
+        except ConfigError:
+            stripe.stop()
+            raise
+    banner = stripe_help(stripe.servers, base).split("\n")
+    if exporter is not None:  # before the last line, "Stop with Ctrl-C."
+        banner.insert(-1, f"  metrics     curl {exporter.url}")
+    print("\n".join(banner), flush=True)
 
     def on_death(index, status):
         srv = stripe.servers[index]
@@ -274,6 +299,8 @@ def cmd_serve(args) -> int:
         )
 
     stripe.wait(on_death)
+    if exporter is not None:
+        exporter.stop()
     stripe.stop()
     if stripe.died:
         return 1
@@ -306,8 +333,18 @@ def cmd_stats(args) -> int:
             args.count,
         )
     each = _all_stats(instances)
+    if args.format == "prometheus":
+        sys.stdout.write(
+            metrics.exposition(
+                [
+                    (metrics.device_name(path), st)
+                    for (_, path), st in zip(instances, each, strict=True)
+                ]
+            )
+        )
+        return 0
     total = aggregate(each) if len(each) > 1 else each[0]
-    if args.json:
+    if args.json or args.format == "json":
         doc = total
         if args.per_instance:
             doc = {

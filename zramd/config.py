@@ -26,6 +26,7 @@ from .options import (
     PLUGIN_KEYS,
     ConfigError,
     Option,
+    parse_metrics_address,
 )
 from .units import PAGE_SIZE, format_size
 
@@ -211,6 +212,14 @@ def _socket_directories(s: Settings) -> None:
                 raise ConfigError(f"{label} directory does not exist: {parent}")
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise ConfigError(f"{label} directory is not writable: {parent}")
+
+
+@cross_check
+def _metrics(s: Settings) -> None:
+    if s.metrics_address is not None:
+        parse_metrics_address(s.metrics_address, s.metrics_insecure_address)
+    elif s.metrics_insecure_address:
+        raise ConfigError("metrics_insecure_address applies only with a metrics address")
 
 
 def describe(settings: Settings) -> str:

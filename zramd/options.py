@@ -25,6 +25,7 @@ No state, no locking: the table is built at import and never changed.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Callable
 from typing import Any
@@ -166,6 +167,42 @@ def whole_pages(label: str) -> Callable[[int], None]:
             raise ConfigError(f"{label} must be a whole number of {PAGE_SIZE}-byte pages")
 
     return check
+
+
+def parse_metrics_address(text: str, allow_remote: bool = False) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT``) -> (host, port).  Only a loopback
+    address unless ``allow_remote``: the metrics tell anyone who can reach
+    them how much and how fast this machine swaps
+    (docs/design.md#running-as-a-service)."""
+    host, sep, port_text = str(text).rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"metrics_address must be HOST:PORT, not {text!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"metrics port must be a number, not {port_text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"metrics port must be 0..65535, not {port}")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(
+                f"metrics address must be an IP address (or localhost), not {host!r}"
+            ) from None
+        host, addr = "127.0.0.1", ipaddress.ip_address("127.0.0.1")
+    if not addr.is_loopback and not allow_remote:
+        raise ConfigError(
+            f"metrics address {host} is not loopback: the metrics show how "
+            f"much this machine swaps to anyone who can reach them; add "
+            f"--metrics-insecure-address to allow it"
+        )
+    return host, port
+
+
+def _metrics_address_syntax(value: str) -> None:
+    parse_metrics_address(value, allow_remote=True)  # loopback: a check across options
 
 
 # -- defaults that are choices, with their reasons -----------------------------
@@ -465,6 +502,27 @@ OPTIONS: tuple[Option, ...] = (
         check=in_range("instances", 1, MAX_INSTANCES),
         default_help="1: PATH itself",
         example="2",
+    ),
+    Option(
+        "metrics-address",
+        "metrics_address",
+        STR,
+        None,
+        "serve Prometheus metrics over HTTP on HOST:PORT (loopback only unless "
+        "--metrics-insecure-address; port 0 picks a free one)",
+        metavar="HOST:PORT",
+        check=_metrics_address_syntax,
+        default_help="off",
+        example="127.0.0.1:9711",
+    ),
+    Option(
+        "metrics-insecure-address",
+        "metrics_insecure_address",
+        BOOL,
+        False,
+        "allow a --metrics-address that is not loopback (the metrics show how much "
+        "this machine swaps)",
+        example="on",
     ),
     Option(
         "verbose",

@@ -22,6 +22,7 @@ COMPANIONS = {
     "high-watermark": ["--backing-file", "b.img"],
     "low-watermark": ["--backing-file", "b.img", "--high-watermark", "8M"],
     "address": ["--port", "10809"],
+    "metrics-insecure-address": ["--metrics-address", "0.0.0.0:9711"],
 }
 
 
