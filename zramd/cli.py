@@ -41,10 +41,13 @@ def build_parser() -> Parser:
 
     serve = sub.add_parser("serve", help="serve a compressed RAM device over NBD (foreground)")
     add_serve_options(serve)
-    serve.add_argument("--config", metavar="FILE",
-                       help="read options from this TOML file (keys: the long options "
-                            "with underscores, e.g. mem_limit = \"min(ram / 4, 2G)\"); "
-                            "options given here win over the file")
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read options from this TOML file (keys: the long options "
+        'with underscores, e.g. mem_limit = "min(ram / 4, 2G)"); '
+        "options given here win over the file",
+    )
 
     stats = sub.add_parser("stats", help="print a running device's zram statistics")
     _add_target(stats)
@@ -168,7 +171,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     values = {opt.field: getattr(args, opt.field) for opt in OPTIONS}
     path = getattr(args, "config", None)
     if path:
-        given = getattr(args, "given_fields", set())
+        given: set[str] = getattr(args, "given_fields", set())
         given_groups = {opt.group for opt in OPTIONS if opt.field in given and opt.group}
         for field, value in configfile.load(path).items():
             opt = BY_FIELD[field]
@@ -596,7 +599,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     if args.command == "serve":  # which options the file must not override
-        args.given_fields = given_fields(argv[argv.index("serve") + 1:])
+        args.given_fields = given_fields(argv[argv.index("serve") + 1 :])
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
         format="%(asctime)s %(levelname)s (%(threadName)s) %(name)s: %(message)s",

@@ -57,8 +57,11 @@ def machine_ram_bytes() -> int:
 
 
 # -- RAM-relative sizes ---------------------------------------------------------
-_TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d+)?\s*(?:[kmgtpe](?:i?b)?|b)?(?![a-z]))"
-                    r"|(?P<name>[a-z_]+)|(?P<op>[-+*/(),]))", re.IGNORECASE)
+_TOKEN = re.compile(
+    r"\s*(?:(?P<num>\d+(?:\.\d+)?\s*(?:[kmgtpe](?:i?b)?|b)?(?![a-z]))"
+    r"|(?P<name>[a-z_]+)|(?P<op>[-+*/(),]))",
+    re.IGNORECASE,
+)
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
@@ -68,7 +71,7 @@ def _tokens(text: str) -> list[tuple[str, str]]:
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
             raise ConfigError(f"unexpected {text[pos:].strip()[:10]!r} in {text!r}")
-        kind = m.lastgroup
+        kind = m.lastgroup or ""
         out.append((kind, m.group(kind).replace(" ", "").lower()))
         pos = m.end()
     return out
@@ -97,6 +100,11 @@ class _Parser:
     def peek(self) -> tuple[str, str] | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
 
+    def at(self, *values: str) -> bool:
+        """Whether the next token is one of ``values``."""
+        tok = self.peek()
+        return tok is not None and tok[1] in values
+
     def take(self, value: str | None = None) -> tuple[str, str]:
         tok = self.peek()
         if tok is None:
@@ -108,8 +116,9 @@ class _Parser:
 
     def parse(self) -> Fraction:
         value = self.expr()
-        if self.peek() is not None:
-            raise ConfigError(f"unexpected {self.peek()[1]!r} in {self.text!r}")
+        tok = self.peek()
+        if tok is not None:
+            raise ConfigError(f"unexpected {tok[1]!r} in {self.text!r}")
         return value
 
     def expr(self) -> Fraction:
@@ -117,7 +126,7 @@ class _Parser:
         if self.depth > MAX_NESTING:
             raise ConfigError(f"{self.text!r} is nested too deeply")
         value = self.term()
-        while self.peek() and self.peek()[1] in "+-":
+        while self.at("+", "-"):
             op = self.take()[1]
             rhs = self.term()
             value = value + rhs if op == "+" else value - rhs
@@ -126,7 +135,7 @@ class _Parser:
 
     def term(self) -> Fraction:
         value = self.unary()
-        while self.peek() and self.peek()[1] in "*/":
+        while self.at("*", "/"):
             op = self.take()[1]
             rhs = self.unary()
             if op == "*":
@@ -138,7 +147,7 @@ class _Parser:
         return value
 
     def unary(self) -> Fraction:
-        if self.peek() and self.peek()[1] == "-":
+        if self.at("-"):
             self.take()
             self.depth += 1
             if self.depth > MAX_NESTING:
@@ -158,7 +167,7 @@ class _Parser:
             if value in ("min", "max"):
                 self.take("(")
                 args = [self.expr()]
-                while self.peek() and self.peek()[1] == ",":
+                while self.at(","):
                     self.take()
                     args.append(self.expr())
                 self.take(")")
@@ -233,8 +242,11 @@ def _value(opt: Option, raw, base: str, ram_bytes: int | None):
     if opt.type.name == "size" and isinstance(raw, str) and is_expression(raw):
         raw = eval_size(raw, machine_ram_bytes() if ram_bytes is None else ram_bytes)
     value = opt.from_value(raw)
-    if isinstance(value, str) and (opt.metavar == "PATH" or opt.type.name == "path") \
-            and not os.path.isabs(value):
+    if (
+        isinstance(value, str)
+        and (opt.metavar == "PATH" or opt.type.name == "path")
+        and not os.path.isabs(value)
+    ):
         value = os.path.join(base, value)
     return value
 
