@@ -23,10 +23,10 @@ except ImportError:  # run from a checkout without PYTHONPATH
 
 from zramd import commands, logs, pinning, shutdown, swap
 from zramd import config as zconfig
+from zramd.backing import BackingFile
 from zramd.checksums import make_checksum
 from zramd.codecs import make_codec
 from zramd.control import ControlServer
-from zramd.backing import BackingFile
 from zramd.device import Device
 from zramd.store import PageStore
 from zramd.writeback import Writeback
@@ -40,12 +40,12 @@ logs.install_exception_format()
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # advertised maximum block size
 
-_params = {}
+_params: dict[str, str] = {}
 _settings = None
 _device = None
-_read = None          # the store's read, bound once
+_read = None  # the store's read, bound once
 _direct_write = None  # the store's write when the device adds nothing per write
-_pin_each = False     # pin in every callback (more than one thread per connection)
+_pin_each = False  # pin in every callback (more than one thread per connection)
 _control = None
 _pin = False
 _log_filter = None
@@ -84,16 +84,35 @@ def thread_model():
 def get_ready():
     global _device, _read, _direct_write
     s = _settings
-    backing = BackingFile(s.backing_file, s.backing_size_bytes or s.size_bytes) \
-        if s.backing_file else None
-    recomp = make_codec(s.recomp_algorithm or "zstd", s.recomp_level) \
-        if s.recomp_algorithm or s.recomp_level is not None else None
-    store = PageStore(s.size_bytes, make_codec(s.algorithm, s.level), s.mem_limit_bytes,
-                      make_checksum(s.checksum), recomp_codec=recomp, backing=backing)
-    writeback = Writeback(store, backing, s.high_watermark_bytes, s.low_watermark()) \
-        if backing else None
-    _device = Device(store, s.compress_mode, s.workers, s.pending_limit_bytes,
-                     stable_writes=s.fault_inject != "no-stable-writes", writeback=writeback)
+    backing = (
+        BackingFile(s.backing_file, s.backing_size_bytes or s.size_bytes)
+        if s.backing_file
+        else None
+    )
+    recomp = (
+        make_codec(s.recomp_algorithm or "zstd", s.recomp_level)
+        if s.recomp_algorithm or s.recomp_level is not None
+        else None
+    )
+    store = PageStore(
+        s.size_bytes,
+        make_codec(s.algorithm, s.level),
+        s.mem_limit_bytes,
+        make_checksum(s.checksum),
+        recomp_codec=recomp,
+        backing=backing,
+    )
+    writeback = (
+        Writeback(store, backing, s.high_watermark_bytes, s.low_watermark()) if backing else None
+    )
+    _device = Device(
+        store,
+        s.compress_mode,
+        s.workers,
+        s.pending_limit_bytes,
+        stable_writes=s.fault_inject != "no-stable-writes",
+        writeback=writeback,
+    )
     _read = _device.read
     _direct_write = _device.direct_write
     nbdkit.debug(f"zramd: {zconfig.describe(s)}")
@@ -131,9 +150,12 @@ def cleanup():
     # The last word on what was stored: a line for the log, and all of it as
     # JSON for whoever asked (scripts, the shutdown tests).
     stats = _device.stats()
-    logs.log("INFO", f"stopped with {stats['orig_data_size'] >> 12} pages stored, "
-                     f"{stats['pending_pages']} pending, "
-                     f"{stats['compr_data_size']} bytes compressed")
+    logs.log(
+        "INFO",
+        f"stopped with {stats['orig_data_size'] >> 12} pages stored, "
+        f"{stats['pending_pages']} pending, "
+        f"{stats['compr_data_size']} bytes compressed",
+    )
     if _settings.final_stats_path:
         with builtins.open(_settings.final_stats_path, "w") as f:
             json.dump(stats, f, sort_keys=True)

@@ -87,15 +87,20 @@ class ZstdCodec(Codec):
         # Imported here, not at the top: 1.1 MiB of RSS that an lz4 server
         # does not need (docs/design.md#page-arena-and-memory-accounting).
         import zstandard
+
         self._zstandard = zstandard
         self._cctx_pool: list = []
         self._dctx_pool: list = []
 
     def compress(self, page, max_len):
         pool = self._cctx_pool
-        cctx = pool.pop() if pool else self._zstandard.ZstdCompressor(
-            level=self.level, write_checksum=False, write_dict_id=False,
-            write_content_size=True)
+        cctx = (
+            pool.pop()
+            if pool
+            else self._zstandard.ZstdCompressor(
+                level=self.level, write_checksum=False, write_dict_id=False, write_content_size=True
+            )
+        )
         try:
             out = cctx.compress(page)
         finally:
@@ -128,7 +133,8 @@ def make_codec(name: str, level: int | None = None) -> Codec:
         cls = CODECS[name]
     except KeyError:
         raise ValueError(
-            f"unknown compression algorithm {name!r} (choose from {', '.join(CODECS)})") from None
+            f"unknown compression algorithm {name!r} (choose from {', '.join(CODECS)})"
+        ) from None
     if cls is ZstdCodec:
         return ZstdCodec(level)
     if level is not None:

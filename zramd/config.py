@@ -19,19 +19,27 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .codecs import make_codec
 from .options import (
+    BY_PLUGIN_KEY,
     DEFAULT_ADDRESS,
     FAULTS,
     OPTIONS,
     PLUGIN_KEYS,
-    BY_PLUGIN_KEY,
     ConfigError,
     Option,
     parse_metrics_address,
 )
 from .units import PAGE_SIZE, format_size
 
-__all__ = ["ConfigError", "FAULTS", "OPTIONS", "PLUGIN_KEYS", "Settings", "describe",
-           "from_plugin_params", "default_socket_path"]
+__all__ = [
+    "ConfigError",
+    "FAULTS",
+    "OPTIONS",
+    "PLUGIN_KEYS",
+    "Settings",
+    "describe",
+    "from_plugin_params",
+    "default_socket_path",
+]
 
 T = TypeVar("T")
 
@@ -44,6 +52,7 @@ def default_socket_path() -> str:
 
 def _fields_from(options: tuple[Option, ...]) -> Callable[[type[T]], type[T]]:
     """Make the decorated class a dataclass with one field per option row."""
+
     def decorate(cls: type[T]) -> type[T]:
         annotations = dict(cls.__dict__.get("__annotations__", {}))
         for opt in options:
@@ -52,6 +61,7 @@ def _fields_from(options: tuple[Option, ...]) -> Callable[[type[T]], type[T]]:
             setattr(cls, opt.field, opt.default)
         cls.__annotations__ = annotations
         return dataclasses.dataclass(cls)
+
     return decorate
 
 
@@ -74,6 +84,7 @@ class Settings:
 
         def __init__(self, **values: Any) -> None: ...
         def __getattr__(self, name: str) -> Any: ...
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
     def validate(self) -> Settings:
         """Check every field; raise ConfigError naming the first bad one."""
@@ -83,14 +94,18 @@ class Settings:
             check(self)
         return self
 
-    def with_defaults(self) -> "Settings":
+    def with_defaults(self) -> Settings:
         """Fill in the socket and control paths the user left out."""
         s = dataclasses.replace(self)
         if s.port is None and s.socket_path is None:
             s.socket_path = default_socket_path()
         if s.control_path is None:
-            s.control_path = (s.socket_path or os.path.join(
-                os.environ.get("XDG_RUNTIME_DIR") or os.getcwd(), f"zramd-{s.port}.sock")) + ".ctl"
+            s.control_path = (
+                s.socket_path
+                or os.path.join(
+                    os.environ.get("XDG_RUNTIME_DIR") or os.getcwd(), f"zramd-{s.port}.sock"
+                )
+            ) + ".ctl"
         return s
 
     def low_watermark(self) -> int:
@@ -99,19 +114,23 @@ class Settings:
     def plugin_params(self) -> list[str]:
         """The device part as nbdkit ``key=value`` plugin parameters: every
         option with a plugin key whose value is not its default."""
-        return [f"{opt.plugin_key}={opt.to_text(getattr(self, opt.field))}"
-                for opt in OPTIONS
-                if opt.plugin_key and getattr(self, opt.field) not in (None, opt.default)]
+        return [
+            f"{opt.plugin_key}={opt.to_text(getattr(self, opt.field))}"
+            for opt in OPTIONS
+            if opt.plugin_key and getattr(self, opt.field) not in (None, opt.default)
+        ]
 
 
 def from_plugin_params(params: dict[str, str]) -> Settings:
     """Parse nbdkit plugin parameters back into Settings (same checks)."""
     unknown = set(params) - set(PLUGIN_KEYS)
     if unknown:
-        raise ConfigError(f"unknown parameter {sorted(unknown)[0]!r} "
-                          f"(known: {', '.join(PLUGIN_KEYS)})")
-    values = {BY_PLUGIN_KEY[key].field: BY_PLUGIN_KEY[key].from_text(text)
-              for key, text in params.items()}
+        raise ConfigError(
+            f"unknown parameter {sorted(unknown)[0]!r} (known: {', '.join(PLUGIN_KEYS)})"
+        )
+    values = {
+        BY_PLUGIN_KEY[key].field: BY_PLUGIN_KEY[key].from_text(text) for key, text in params.items()
+    }
     return Settings(**values).validate()
 
 
@@ -120,8 +139,11 @@ def plugin_help() -> str:
     lines = []
     for opt in OPTIONS:
         if opt.plugin_key:
-            value = "|".join(opt.choices) if opt.choices else (
-                "on|off" if opt.type.python is bool else opt.metavar or opt.type.name.upper())
+            value = (
+                "|".join(opt.choices)
+                if opt.choices
+                else ("on|off" if opt.type.python is bool else opt.metavar or opt.type.name.upper())
+            )
             lines.append(f"{opt.plugin_key}={value}  {opt.help_text()}")
     return "\n".join(lines)
 
@@ -143,8 +165,9 @@ def _codecs(s: Settings) -> None:
 @cross_check
 def _device_size(s: Settings) -> None:
     if s.size_bytes <= 0 or s.size_bytes % PAGE_SIZE:
-        raise ConfigError(f"size must be a positive whole number of {PAGE_SIZE}-byte pages, "
-                          f"not {s.size_bytes}")
+        raise ConfigError(
+            f"size must be a positive whole number of {PAGE_SIZE}-byte pages, not {s.size_bytes}"
+        )
     if s.mem_limit_bytes < 0:
         raise ConfigError("mem_limit must not be negative")
 
@@ -163,12 +186,13 @@ def _fault_injection(s: Settings) -> None:
     if s.fault_inject is None:
         return
     if not s.unlock_fault_injection:
-        raise ConfigError(f"fault injection {s.fault_inject} corrupts data on purpose: "
-                          f"it is refused unless explicitly unlocked "
-                          f"(--unlock-fault-injection)")
+        raise ConfigError(
+            f"fault injection {s.fault_inject} corrupts data on purpose: "
+            f"it is refused unless explicitly unlocked "
+            f"(--unlock-fault-injection)"
+        )
     if s.compress_mode == "inline":
-        raise ConfigError(f"fault injection {s.fault_inject} needs async or hybrid "
-                          f"compression")
+        raise ConfigError(f"fault injection {s.fault_inject} needs async or hybrid compression")
 
 
 @cross_check
