@@ -73,10 +73,10 @@ from __future__ import annotations
 import mmap
 
 PAGE_SIZE = 4096
-MAX_CHAIN_PAGES = 8          # zsmalloc's CONFIG_ZSMALLOC_CHAIN_SIZE default
-MIN_CLASS_BYTES = 32         # zsmalloc's ZS_MIN_ALLOC_SIZE on x86-64
-CLASS_STEP_BYTES = 16        # zsmalloc's ZS_SIZE_CLASS_DELTA with 4 KiB pages
-HUGE_BLOCK_PAGES = 8         # huge pages per block (zsmalloc: 1)
+MAX_CHAIN_PAGES = 8  # zsmalloc's CONFIG_ZSMALLOC_CHAIN_SIZE default
+MIN_CLASS_BYTES = 32  # zsmalloc's ZS_MIN_ALLOC_SIZE on x86-64
+CLASS_STEP_BYTES = 16  # zsmalloc's ZS_SIZE_CLASS_DELTA with 4 KiB pages
+HUGE_BLOCK_PAGES = 8  # huge pages per block (zsmalloc: 1)
 
 TAG_MASK = 3
 TAG_OBJ = 1
@@ -112,8 +112,17 @@ def _chain_pages(size: int) -> int:
 
 
 class SizeClass:
-    __slots__ = ("index", "size", "pages", "objs", "block_bytes", "cur", "partial",
-                 "blocks", "live")
+    __slots__ = (
+        "index",
+        "size",
+        "pages",
+        "objs",
+        "block_bytes",
+        "cur",
+        "partial",
+        "blocks",
+        "live",
+    )
 
     def __init__(self, index: int, size: int, pages: int, objs: int):
         self.index = index
@@ -194,7 +203,7 @@ class Arena:
     def need_bytes(self, lengths) -> int:
         """Block bytes that allocating objects of these lengths would add
         (lock held): new blocks only when their classes run out of spots."""
-        want = {}
+        want: dict = {}
         for n in lengths:
             c = self.class_of[n]
             want[c] = want.get(c, 0) + 1
@@ -223,7 +232,7 @@ class Arena:
         off = fl.pop() * c.size
         if not fl:
             c.cur = -1
-        self.maps[b][off:off + n] = data
+        self.maps[b][off : off + n] = data
         c.live += 1
         self.live_objects += 1
         self.free_spot_bytes -= c.size
@@ -308,7 +317,7 @@ class Arena:
         """The object's bytes (no lock: see the module doc for the epoch
         check the caller does around it)."""
         off = (h >> OFF_SHIFT) & OFF_MASK
-        return self.maps[h >> BLOCK_SHIFT][off:off + ((h >> LEN_SHIFT) & LEN_MASK)]
+        return self.maps[h >> BLOCK_SHIFT][off : off + ((h >> LEN_SHIFT) & LEN_MASK)]
 
     _plan_freed = 0
 
@@ -353,7 +362,7 @@ class Arena:
             if nblocks - keep < 1:
                 continue
             order = sorted(c.blocks, key=lambda b: len(free[b]), reverse=True)
-            for b in order[:nblocks - keep]:
+            for b in order[: nblocks - keep]:
                 if len(free[b]) == c.objs:
                     continue  # already empty: release_empty / free will do it
                 sources.add(b)
@@ -386,7 +395,7 @@ class Arena:
                         todo.append((i, h))
                 for start in range(0, len(todo), COMPACT_BATCH):
                     with lock:
-                        m, p, k = self._move_batch(table, todo[start:start + COMPACT_BATCH])
+                        m, p, k = self._move_batch(table, todo[start : start + COMPACT_BATCH])
                     moved += m
                     freed += p
                     blocks += k
@@ -458,7 +467,7 @@ class Arena:
                 errors.append(f"class {c.size}: live {c.live}, counted {clive}")
             if c.cur >= 0 and c.cur in c.partial:
                 errors.append(f"class {c.size}: cur block also partial")
-        seen = {}
+        seen: dict = {}
         compr = 0
         for i, h in enumerate(table):
             if h & TAG_MASK != TAG_OBJ:
@@ -471,8 +480,7 @@ class Arena:
                 errors.append(f"slot {i}: handle into released block {b}")
                 continue
             c = self.owner[b]
-            if off % c.size or off // c.size >= c.objs or n > c.size \
-                    or self.class_of[n] is not c:
+            if off % c.size or off // c.size >= c.objs or n > c.size or self.class_of[n] is not c:
                 errors.append(f"slot {i}: bad handle {h:#x}")
             elif off // c.size in self.free[b]:
                 errors.append(f"slot {i}: handle to a free spot")
@@ -481,11 +489,20 @@ class Arena:
             seen[(b, off)] = i
         if table != () and len(seen) != live:
             errors.append(f"{len(seen)} handles for {live} live spots")
-        for name, value in (("nr_blocks", nr_blocks), ("block_bytes", block_bytes),
-                            ("free_spot_bytes", free_spot), ("live_objects", live)):
+        for name, value in (
+            ("nr_blocks", nr_blocks),
+            ("block_bytes", block_bytes),
+            ("free_spot_bytes", free_spot),
+            ("live_objects", live),
+        ):
             if getattr(self, name) != value:
                 errors.append(f"{name} is {getattr(self, name)}, recomputed {value}")
         if errors:
             raise AssertionError("arena audit: " + "; ".join(errors[:10]))
-        return {"nr_blocks": nr_blocks, "block_bytes": block_bytes,
-                "free_spot_bytes": free_spot, "live_objects": live, "compr_bytes": compr}
+        return {
+            "nr_blocks": nr_blocks,
+            "block_bytes": block_bytes,
+            "free_spot_bytes": free_spot,
+            "live_objects": live,
+            "compr_bytes": compr,
+        }

@@ -151,10 +151,13 @@ def _compact(device, args):
     give the emptied blocks back; returns what was freed."""
     _no_args(args, "compact")
     result = device.store.compact()
-    return {"moved": result["moved"], "pages_freed": result["pages_freed"],
-            "blocks_freed": result["blocks_freed"],
-            "pages_compacted": result["pages_compacted"],
-            "mem_used_total": result["mem_used_total"]}
+    return {
+        "moved": result["moved"],
+        "pages_freed": result["pages_freed"],
+        "blocks_freed": result["blocks_freed"],
+        "pages_compacted": result["pages_compacted"],
+        "mem_used_total": result["mem_used_total"],
+    }
 
 
 @command("writeback_limit")

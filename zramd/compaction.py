@@ -47,7 +47,8 @@ class AutoCompactor:
         arena = self.store._arena
         with self.store._lock:
             self.store._compact_trigger_bytes = arena.free_spot_bytes + max(
-                self.min_bytes, int(self.ratio * arena.block_bytes))
+                self.min_bytes, int(self.ratio * arena.block_bytes)
+            )
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="zramd-compact", daemon=True)

@@ -81,8 +81,19 @@ import sys
 import threading
 import time
 
-from .arena import (BLOCK_META_BYTES, BLOCK_SHIFT, FLAG_BIT, LEN_MASK, LEN_SHIFT, MAX_COMPRESSED_BYTES,
-                    OFF_MASK, OFF_SHIFT, TAG_MASK, TAG_OBJ, Arena)
+from .arena import (
+    BLOCK_META_BYTES,
+    BLOCK_SHIFT,
+    FLAG_BIT,
+    LEN_MASK,
+    LEN_SHIFT,
+    MAX_COMPRESSED_BYTES,
+    OFF_MASK,
+    OFF_SHIFT,
+    TAG_MASK,
+    TAG_OBJ,
+    Arena,
+)
 from .codecs import Codec
 from .units import PAGE_SHIFT, PAGE_SIZE
 
@@ -124,8 +135,14 @@ EXTENT_HOLE = 1
 EXTENT_ZERO = 2
 
 MM_STAT_FIELDS = (
-    "orig_data_size", "compr_data_size", "mem_used_total", "mem_limit",
-    "mem_used_max", "same_pages", "pages_compacted", "huge_pages",
+    "orig_data_size",
+    "compr_data_size",
+    "mem_used_total",
+    "mem_limit",
+    "mem_used_max",
+    "same_pages",
+    "pages_compacted",
+    "huge_pages",
     "huge_pages_since",
 )
 IO_STAT_FIELDS = ("failed_reads", "failed_writes", "invalid_io", "notify_free")
@@ -208,16 +225,6 @@ def same_filled_word(page) -> int | None:
     return int.from_bytes(first, "little")
 
 
-def _table(count: int, fmt: str, itemsize: int):
-    """A zero-filled per-page array in an anonymous mmap (pages cost memory
-    once touched): (the mmap, a memoryview cast to ``fmt``)."""
-    mm = mmap.mmap(-1, max(count * itemsize, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    view = memoryview(mm)
-    if count * itemsize != len(mm):
-        view = view[:count * itemsize]
-    return mm, view.cast(fmt)
-
-
 def handle_kind(h: int, side=None) -> str:
     """A name for what handle ``h`` holds (for tests and diagnostics)."""
     tag = h & TAG_MASK
@@ -240,23 +247,26 @@ class PageStore:
     a ``BackingFile`` for written-back pages (both optional).
     """
 
-    def __init__(self, size_bytes: int, codec: Codec, mem_limit_bytes: int = 0,
-                 checksum=None, recomp_codec: Codec | None = None, backing=None):
+    def __init__(
+        self,
+        size_bytes: int,
+        codec: Codec,
+        mem_limit_bytes: int = 0,
+        checksum=None,
+        recomp_codec: Codec | None = None,
+        backing=None,
+    ):
         if size_bytes <= 0 or size_bytes & PAGE_MASK:
             raise ValueError(f"size must be a positive whole number of pages: {size_bytes}")
         self.size_bytes = size_bytes
         self.nr_pages = n = size_bytes >> PAGE_SHIFT
         self.codec = codec
         self.checksum = checksum
-        self._maps = []  # keeps the tables' mmaps alive
-        for name, fmt, size in (("_handles", "Q", 8), ("_flags", "B", 1), ("_atime", "I", 4)) \
-                + ((("_sums", "Q", 8),) if checksum else ()):
-            mm, view = _table(n, fmt, size)
-            self._maps.append(mm)
-            setattr(self, name, view)
-        if not checksum:
-            self._sums = None
-        self._flags_map = self._maps[1]
+        self._maps: list[mmap.mmap] = []  # keeps the tables' mmaps alive
+        self._handles = self._table(n, "Q", 8)
+        self._flags = self._table(n, "B", 1)
+        self._atime = self._table(n, "I", 4)
+        self._sums = self._table(n, "Q", 8) if checksum else None
         self.slot_meta_bytes = 13 + (8 if checksum else 0)
         self._side: dict = {}
         self._t0 = time.monotonic()
@@ -288,8 +298,8 @@ class PageStore:
         self.num_discards = 0
         # asynchronous compression and integrity
         self.pending_pages = 0
-        self.pages_staged = 0        # pages handed to workers, ever
-        self.pages_superseded = 0    # worker results dropped: the page changed meanwhile
+        self.pages_staged = 0  # pages handed to workers, ever
+        self.pages_superseded = 0  # worker results dropped: the page changed meanwhile
         self.pages_compressed_async = 0  # worker results installed
         self.checksum_errors = 0
         self.read_retries = 0
@@ -298,6 +308,13 @@ class PageStore:
         self.bd_reads = 0
         self.bd_writes = 0
         self.recompressed_pages = 0
+
+    def _table(self, count: int, fmt: str, itemsize: int) -> memoryview:
+        """A zero-filled per-page array in an anonymous mmap (its pages cost
+        memory once touched), as a memoryview cast to ``fmt``."""
+        mm = mmap.mmap(-1, count * itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._maps.append(mm)
+        return memoryview(mm).cast(fmt)  # type: ignore[call-overload]
 
     def now(self) -> int:
         """The store's clock for ``_atime``: deciseconds since creation."""
@@ -418,8 +435,11 @@ class PageStore:
                     continue  # rewritten while we read: the block may be reused
                 with self._lock:
                     self.bd_reads += 1
-            if self._sums is not None and (t is tuple or t is Pending or t is Backed) \
-                    and self.checksum(page) != expected:
+            if (
+                self._sums is not None
+                and (t is tuple or t is Pending or t is Backed)
+                and self.checksum(page) != expected
+            ):
                 with self._lock:
                     self.checksum_errors += 1
                 raise ChecksumError(errno.EIO, f"page {index}: data does not match its checksum")
@@ -434,8 +454,9 @@ class PageStore:
         if offset < 0 or length < 0 or offset + length > self.size_bytes:
             with self._lock:
                 self.invalid_io += 1
-            raise StoreError(errno.EINVAL, f"I/O beyond the end of the device: "
-                                           f"offset {offset} length {length}")
+            raise StoreError(
+                errno.EINVAL, f"I/O beyond the end of the device: offset {offset} length {length}"
+            )
 
     def read(self, buf, offset: int) -> None:
         """Fill the writable buffer ``buf`` from ``offset``."""
@@ -453,7 +474,7 @@ class PageStore:
                     n = (h >> LEN_SHIFT) & LEN_MASK
                     off = (h >> OFF_SHIFT) & OFF_MASK
                     try:
-                        data = arena.maps[h >> BLOCK_SHIFT][off:off + n]
+                        data = arena.maps[h >> BLOCK_SHIFT][off : off + n]
                     except (TypeError, ValueError):
                         data = None
                     if arena.epoch == epoch and data is not None:
@@ -472,7 +493,7 @@ class PageStore:
                     index, start = divmod(offset + pos, PAGE_SIZE)
                     n = min(PAGE_SIZE - start, length - pos)
                     page = self._load(index)[1]
-                    buf[pos:pos + n] = page if n == PAGE_SIZE else page[start:start + n]
+                    buf[pos : pos + n] = page if n == PAGE_SIZE else page[start : start + n]
                     self._atime[index] = now
                     self._flags[index] &= ~IDLE
                     pos += n
@@ -515,8 +536,11 @@ class PageStore:
         with self._lock:
             if self.mem_limit:
                 c = self._class_of[n]
-                if c.cur < 0 and not c.partial and \
-                        self.mem_used_total + c.block_bytes > self.mem_limit:
+                if (
+                    c.cur < 0
+                    and not c.partial
+                    and self.mem_used_total + c.block_bytes > self.mem_limit
+                ):
                     self.failed_writes += 1
                     raise StoreError(errno.ENOSPC, "mem_limit reached")
             handles = self._handles
@@ -542,8 +566,12 @@ class PageStore:
                 self.pages_stored += 1
             else:
                 self._forget(index, old, self._side.get(index))
-            self.mem_used_total = used = arena.block_bytes + arena.nr_blocks * BLOCK_META_BYTES \
-                + self.pages_stored * self.slot_meta_bytes + self.pending_pages * PENDING_BYTES
+            self.mem_used_total = used = (
+                arena.block_bytes
+                + arena.nr_blocks * BLOCK_META_BYTES
+                + self.pages_stored * self.slot_meta_bytes
+                + self.pending_pages * PENDING_BYTES
+            )
             if used > self.mem_used_max:
                 self.mem_used_max = used
             self.num_writes += 1
@@ -582,7 +610,7 @@ class PageStore:
         partial edge pages are merged and compressed here.  Returns the
         ``[(index, pending)]`` a worker must ``complete``.
         """
-        staged = []
+        staged: list = []
         self._write(data, offset, staged)
         return staged
 
@@ -596,7 +624,7 @@ class PageStore:
             while pos < length:
                 index, start = divmod(offset + pos, PAGE_SIZE)
                 n = min(PAGE_SIZE - start, length - pos)
-                page = data[pos:pos + n]
+                page = data[pos : pos + n]
                 if n < PAGE_SIZE:
                     edges.append((index, start, page))
                 elif staged is None:
@@ -648,8 +676,13 @@ class PageStore:
             edges.append((offset >> PAGE_SHIFT, offset & PAGE_MASK, bytes(length)))
         else:
             if offset & PAGE_MASK:
-                edges.append((offset >> PAGE_SHIFT, offset & PAGE_MASK,
-                              bytes(PAGE_SIZE - (offset & PAGE_MASK))))
+                edges.append(
+                    (
+                        offset >> PAGE_SHIFT,
+                        offset & PAGE_MASK,
+                        bytes(PAGE_SIZE - (offset & PAGE_MASK)),
+                    )
+                )
             if end & PAGE_MASK:
                 edges.append((end_full, 0, bytes(end & PAGE_MASK)))
         full = [(index, None, _ANY, 0) for index in range(first_full, end_full)]
@@ -668,13 +701,14 @@ class PageStore:
             for index, start, part in edges:
                 old, page = self._load(index)
                 page = bytearray(page)
-                page[start:start + len(part)] = part
+                page[start : start + len(part)] = part
                 changes.append((index, self.encode(page), old, self._sum(page)))
             if self._install(changes, **counters):
                 return
 
-    def _install(self, changes, writes=0, discards=0, freed=0, staged=0,
-                 compressed_async=0) -> bool:
+    def _install(
+        self, changes, writes=0, discards=0, freed=0, staged=0, compressed_async=0
+    ) -> bool:
         """Install ``[(index, new, expected_old, checksum)]`` atomically.
 
         ``new`` is None (free), an int (same-filled word), bytes (an arena
@@ -690,13 +724,13 @@ class PageStore:
         arena = self._arena
         side = self._side
         with self._lock:
-            for index, new, expected, _sum in changes:
+            for index, _new, expected, _sum in changes:
                 if expected is not _ANY and not self._matches(index, expected):
                     return False
             if writes and self.mem_limit:
                 lengths = []
                 more = 0
-                for index, new, _, _ in changes:
+                for _index, new, _, _ in changes:
                     t = type(new)
                     if t is bytes:
                         lengths.append(len(new))
@@ -768,8 +802,12 @@ class PageStore:
                     sums[index] = checksum
             self.pages_staged += staged
             self.pages_compressed_async += compressed_async
-            self.mem_used_total = used = arena.block_bytes + arena.nr_blocks * BLOCK_META_BYTES \
-                + self.pages_stored * self.slot_meta_bytes + self.pending_pages * PENDING_BYTES
+            self.mem_used_total = used = (
+                arena.block_bytes
+                + arena.nr_blocks * BLOCK_META_BYTES
+                + self.pages_stored * self.slot_meta_bytes
+                + self.pending_pages * PENDING_BYTES
+            )
             if used > self.mem_used_max:
                 self.mem_used_max = used
             self.num_writes += writes
@@ -792,9 +830,9 @@ class PageStore:
         handles = self._handles
         first = offset >> PAGE_SHIFT
         end = (offset + length + PAGE_MASK) >> PAGE_SHIFT
-        runs = []
+        runs: list = []
         run_start = first
-        run_type = None
+        run_type: int | None = None
         for index in range(first, end):
             h = handles[index]
             if h == 0:
@@ -805,7 +843,9 @@ class PageStore:
                 kind = EXTENT_DATA
             if kind != run_type:
                 if run_type is not None:
-                    runs.append((run_start << PAGE_SHIFT, (index - run_start) << PAGE_SHIFT, run_type))
+                    runs.append(
+                        (run_start << PAGE_SHIFT, (index - run_start) << PAGE_SHIFT, run_type)
+                    )
                     if req_one:
                         return runs
                 run_start, run_type = index, kind
@@ -817,22 +857,27 @@ class PageStore:
     # live in scan.py; these keep the store's public interface.
     def mark_idle(self, older_than_s: float | None = None) -> int:
         from . import scan
+
         return scan.mark_idle(self, older_than_s)
 
     def idle_pages(self) -> int:
         from . import scan
+
         return scan.idle_pages(self)
 
     def incompressible_pages(self) -> int:
         from . import scan
+
         return scan.incompressible_pages(self)
 
     def candidates(self, kind: str, limit: int | None = None) -> list:
         from . import scan
+
         return scan.candidates(self, kind, limit)
 
     def recompress(self, kind: str = "all", threshold: int = 0, limit: int | None = None) -> dict:
         from . import scan
+
         return scan.recompress(self, kind, threshold, limit)
 
     def commit(self, index: int, expected, new) -> bool:
@@ -866,8 +911,12 @@ class PageStore:
 
     def _update_mem_locked(self) -> None:
         arena = self._arena
-        self.mem_used_total = used = arena.block_bytes + arena.nr_blocks * BLOCK_META_BYTES \
-            + self.pages_stored * self.slot_meta_bytes + self.pending_pages * PENDING_BYTES
+        self.mem_used_total = used = (
+            arena.block_bytes
+            + arena.nr_blocks * BLOCK_META_BYTES
+            + self.pages_stored * self.slot_meta_bytes
+            + self.pending_pages * PENDING_BYTES
+        )
         if used > self.mem_used_max:
             self.mem_used_max = used
 
@@ -882,8 +931,14 @@ class PageStore:
         the figures; raises AssertionError listing any difference."""
         with self._lock:
             a = self._arena.audit(self._handles)
-            counts = {"pages_stored": 0, "same_pages": 0, "huge_pages": 0, "pending_pages": 0,
-                      "bd_count": 0, "recompressed_pages": 0}
+            counts = {
+                "pages_stored": 0,
+                "same_pages": 0,
+                "huge_pages": 0,
+                "pending_pages": 0,
+                "bd_count": 0,
+                "recompressed_pages": 0,
+            }
             compr = a["compr_bytes"]
             side_seen = 0
             for index, h in enumerate(self._handles):
@@ -919,9 +974,12 @@ class PageStore:
                     errors.append(f"{name} is {getattr(self, name)}, recomputed {value}")
             if self.compr_data_size != compr:
                 errors.append(f"compr_data_size is {self.compr_data_size}, recomputed {compr}")
-            mem = a["block_bytes"] + a["nr_blocks"] * BLOCK_META_BYTES \
-                + counts["pages_stored"] * self.slot_meta_bytes \
+            mem = (
+                a["block_bytes"]
+                + a["nr_blocks"] * BLOCK_META_BYTES
+                + counts["pages_stored"] * self.slot_meta_bytes
                 + counts["pending_pages"] * PENDING_BYTES
+            )
             if self.mem_used_total != mem:
                 errors.append(f"mem_used_total is {self.mem_used_total}, recomputed {mem}")
             if errors:
