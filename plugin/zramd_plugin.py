@@ -73,8 +73,8 @@ def thread_model():
 def get_ready():
     global _device, _read, _direct_write
     s = _settings
-    backing = BackingFile(s.backing_file, s.backing_size_bytes or s.size_bytes) \
-        if s.backing_file else None
+    backing = BackingFile(s.backing_file, s.backing_size_bytes or s.size_bytes,
+                          cipher=s.backing_encrypt) if s.backing_file else None
     recomp = make_codec(s.recomp_algorithm, s.recomp_level) if s.recomp_algorithm else None
     store = PageStore(s.size_bytes, make_codec(s.algorithm, s.level), s.mem_limit_bytes,
                       make_checksum(s.checksum), recomp_codec=recomp, backing=backing)

@@ -81,6 +81,10 @@ def build_parser() -> Parser:
                             "if missing)")
     serve.add_argument("--backing-size", type=_size_type(parse_size), default=0, metavar="SIZE",
                        help="size of a new backing file (default: the device size)")
+    serve.add_argument("--backing-encrypt", nargs="?", const="aes-256-gcm",
+                       choices=["aes-256-gcm", "chacha20-poly1305"], metavar="CIPHER",
+                       help="encrypt written-back pages with a key made at start and kept only "
+                            "in memory: aes-256-gcm (default) or chacha20-poly1305")
     serve.add_argument("--high-watermark", type=_size_type(parse_size), default=0,
                        metavar="SIZE", help="automatic writeback: above this much memory "
                        "used, write back the coldest pages (needs --backing-file)")
@@ -192,6 +196,7 @@ def cmd_serve(args) -> int:
                         fault_inject=args.fault_inject,
                         unlock_fault_injection=args.unlock_fault_injection,
                         backing_file=args.backing_file, backing_size_bytes=args.backing_size,
+                        backing_encrypt=args.backing_encrypt,
                         high_watermark_bytes=args.high_watermark,
                         low_watermark_bytes=args.low_watermark,
                         recomp_algorithm=args.recomp_algorithm, recomp_level=args.recomp_level,

@@ -68,6 +68,7 @@ class Settings:
     unlock_fault_injection: bool = False
     backing_file: str | None = None
     backing_size_bytes: int = 0          # 0: the device size
+    backing_encrypt: str | None = None   # a cipher of backing.CIPHERS: encrypt at rest
     high_watermark_bytes: int = 0        # 0: no automatic writeback
     low_watermark_bytes: int = 0         # 0 with a high mark: 3/4 of it
     recomp_algorithm: str | None = None
@@ -113,6 +114,13 @@ class Settings:
                 raise ConfigError("watermarks need a backing file (--backing-file)")
             if self.low_watermark_bytes > self.high_watermark_bytes:
                 raise ConfigError("the low watermark must not be above the high watermark")
+        if self.backing_encrypt is not None:
+            from .backing import CIPHERS
+            if self.backing_encrypt not in CIPHERS:
+                raise ConfigError(f"unknown backing file cipher {self.backing_encrypt!r} "
+                                  f"(choose from {', '.join(CIPHERS)})")
+            if not self.backing_file:
+                raise ConfigError("backing file encryption needs a backing file (--backing-file)")
         if self.backing_size_bytes and self.backing_size_bytes % 4096:
             raise ConfigError("backing size must be a whole number of 4096-byte pages")
         if self.fault_inject is not None:
@@ -169,6 +177,8 @@ class Settings:
         if self.backing_file:
             params += [f"backing_file={os.path.abspath(self.backing_file)}",
                        f"backing_size={self.backing_size_bytes or self.size_bytes}"]
+            if self.backing_encrypt:
+                params.append(f"backing_encrypt={self.backing_encrypt}")
         if self.high_watermark_bytes:
             params += [f"high_watermark={self.high_watermark_bytes}",
                        f"low_watermark={self.low_watermark()}"]
@@ -189,7 +199,7 @@ class Settings:
 
 PLUGIN_KEYS = ("size", "algorithm", "level", "mem_limit", "control", "pin_thread_state", "swap",
                "threads", "compress", "workers", "pending_limit", "checksum", "fault_inject",
-               "unlock_fault_injection", "backing_file", "backing_size", "high_watermark",
+               "unlock_fault_injection", "backing_file", "backing_size", "backing_encrypt", "high_watermark",
                "low_watermark", "recomp_algorithm", "recomp_level", "final_stats")
 
 
@@ -225,6 +235,7 @@ def from_plugin_params(params: dict[str, str]) -> Settings:
         s.threads = parse_int(params["threads"], "threads")
     s.checksum = params.get("checksum", s.checksum)
     s.backing_file = params.get("backing_file")
+    s.backing_encrypt = params.get("backing_encrypt")
     s.final_stats_path = params.get("final_stats")
     s.recomp_algorithm = params.get("recomp_algorithm")
     if "recomp_level" in params:
