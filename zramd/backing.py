@@ -73,8 +73,8 @@ from .units import PAGE_SIZE
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
-BLKDISCARD = 0x1277   # _IO(0x12, 119)
-BLKZEROOUT = 0x127f   # _IO(0x12, 127)
+BLKDISCARD = 0x1277  # _IO(0x12, 119)
+BLKZEROOUT = 0x127F  # _IO(0x12, 127)
 CIPHERS = ("aes-256-gcm", "chacha20-poly1305")
 TAG_BYTES = 16
 ZERO_PAGE = bytes(PAGE_SIZE)
@@ -105,13 +105,17 @@ def make_aead(cipher: str):
     try:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
     except ImportError:  # pragma: no cover - a dependency of the package
-        raise BackingError(errno.EINVAL, "backing file encryption needs the cryptography "
-                                         "package (pip install cryptography)") from None
+        raise BackingError(
+            errno.EINVAL,
+            "backing file encryption needs the cryptography package (pip install cryptography)",
+        ) from None
     if cipher == "aes-256-gcm":
         return AESGCM(AESGCM.generate_key(256))
     if cipher == "chacha20-poly1305":
         return ChaCha20Poly1305(ChaCha20Poly1305.generate_key())
-    raise BackingError(errno.EINVAL, f"unknown cipher {cipher!r} (choose from {', '.join(CIPHERS)})")
+    raise BackingError(
+        errno.EINVAL, f"unknown cipher {cipher!r} (choose from {', '.join(CIPHERS)})"
+    )
 
 
 def _walk_to_parent(path: str) -> tuple[int, str]:
@@ -127,13 +131,15 @@ def _walk_to_parent(path: str) -> tuple[int, str]:
         for part in parts[:-1]:
             walked += "/" + part
             try:
-                fd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             dir_fd=dir_fd)
+                fd = os.open(
+                    part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+                )
             except OSError as exc:
                 if exc.errno == errno.ENOTDIR and _is_link(part, dir_fd):
                     raise BackingError(errno.ELOOP, _link_message(path, walked)) from None
-                raise BackingError(exc.errno, f"backing file {path} is not writable: "
-                                              f"{exc.strerror}") from None
+                raise BackingError(
+                    exc.errno, f"backing file {path} is not writable: {exc.strerror}"
+                ) from None
             os.close(dir_fd)
             dir_fd = fd
         return dir_fd, parts[-1]
@@ -151,20 +157,28 @@ def _is_link(name: str, dir_fd: int) -> bool:
 
 def _link_message(path: str, link: str) -> str:
     where = "is" if os.path.abspath(path) == link else f"goes through {link}, which is"
-    return (f"backing file {path} {where} a symbolic link: zramd never follows links here "
-            f"(give the real path, {os.path.realpath(path)})")
+    return (
+        f"backing file {path} {where} a symbolic link: zramd never follows links here "
+        f"(give the real path, {os.path.realpath(path)})"
+    )
 
 
 def check_owner_only(path: str, st: os.stat_result) -> None:
     """Refuse a file or device that is not ours alone (one line)."""
     uid = os.geteuid()
     if st.st_uid != uid:
-        raise BackingError(errno.EPERM, f"backing file {path} belongs to uid {st.st_uid}, "
-                                        f"not to this server's uid {uid}: refused")
+        raise BackingError(
+            errno.EPERM,
+            f"backing file {path} belongs to uid {st.st_uid}, "
+            f"not to this server's uid {uid}: refused",
+        )
     if st.st_mode & 0o077:
-        raise BackingError(errno.EPERM, f"backing file {path} is accessible to group or others "
-                                        f"(mode {stat.S_IMODE(st.st_mode):04o}): "
-                                        f"chmod 600 it first")
+        raise BackingError(
+            errno.EPERM,
+            f"backing file {path} is accessible to group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}): "
+            f"chmod 600 it first",
+        )
 
 
 class Opened:
@@ -183,6 +197,31 @@ class Opened:
         self.fd = self.dir_fd = -1
 
 
+def _not_writable(path: str, exc: OSError) -> BackingError:
+    return BackingError(exc.errno, f"backing file {path} is not writable: {exc.strerror}")
+
+
+def _open_existing(path: str, name: str, dir_fd: int, flags: int) -> int:
+    """Open an existing file or device, refusing what is not ours alone."""
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
+    except OSError as exc:
+        raise _not_writable(path, exc) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise BackingError(errno.ELOOP, _link_message(path, os.path.abspath(path)))
+    if stat.S_ISDIR(st.st_mode):
+        raise BackingError(errno.EISDIR, f"backing file {path} is not writable: Is a directory")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise BackingError(
+            errno.EINVAL, f"backing file {path} is neither a regular file nor a block device"
+        )
+    check_owner_only(path, st)  # before opening: opening a device can act
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        raise _not_writable(path, exc) from None
+
+
 def open_backing(path: str, size_bytes: int) -> Opened:
     """Open and lock ``path`` (creating an owner-only sparse file if missing)
     after the checks in the module docstring."""
@@ -195,38 +234,19 @@ def open_backing(path: str, size_bytes: int) -> Opened:
             fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)
             created = True
         except FileExistsError:
-            try:
-                st = os.lstat(name, dir_fd=dir_fd)
-            except OSError as exc:
-                raise BackingError(exc.errno, f"backing file {path} is not writable: "
-                                              f"{exc.strerror}") from None
-            if stat.S_ISLNK(st.st_mode):
-                raise BackingError(errno.ELOOP, _link_message(path, os.path.abspath(path))) \
-                    from None
-            if stat.S_ISDIR(st.st_mode):
-                raise BackingError(errno.EISDIR, f"backing file {path} is not writable: "
-                                                 f"Is a directory")
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-                raise BackingError(errno.EINVAL, f"backing file {path} is neither a regular "
-                                                 f"file nor a block device")
-            check_owner_only(path, st)  # before opening: opening a device can act
-            try:
-                fd = os.open(name, flags, dir_fd=dir_fd)
-            except OSError as exc:
-                raise BackingError(exc.errno, f"backing file {path} is not writable: "
-                                              f"{exc.strerror}") from None
+            pass
         except OSError as exc:
-            if isinstance(exc, BackingError):
-                raise
-            raise BackingError(exc.errno, f"backing file {path} is not writable: "
-                                          f"{exc.strerror}") from None
+            raise _not_writable(path, exc) from None
+        if not created:
+            fd = _open_existing(path, name, dir_fd, flags)
         st = os.fstat(fd)
         check_owner_only(path, st)  # the object we opened, whatever the name is now
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise BackingError(errno.EBUSY, f"backing file {path} is in use by another "
-                                            f"zramd") from None
+            raise BackingError(
+                errno.EBUSY, f"backing file {path} is in use by another zramd"
+            ) from None
         if stat.S_ISBLK(st.st_mode):
             capacity = os.lseek(fd, 0, os.SEEK_END)
         elif stat.S_ISREG(st.st_mode):
@@ -238,11 +258,13 @@ def open_backing(path: str, size_bytes: int) -> Opened:
                     pass
                 capacity = os.fstat(fd).st_size
                 if capacity < size_bytes:  # e.g. a file in /proc
-                    raise BackingError(errno.EINVAL, f"backing file {path} cannot be sized "
-                                                     f"to {size_bytes} bytes")
+                    raise BackingError(
+                        errno.EINVAL, f"backing file {path} cannot be sized to {size_bytes} bytes"
+                    )
         else:
-            raise BackingError(errno.EINVAL, f"backing file {path} is neither a regular file "
-                                             f"nor a block device")
+            raise BackingError(
+                errno.EINVAL, f"backing file {path} is neither a regular file nor a block device"
+            )
         if capacity < PAGE_SIZE:
             raise BackingError(errno.EINVAL, f"backing file {path} holds no whole 4 KiB block")
         return Opened(fd, capacity, created, stat.S_ISBLK(st.st_mode), dir_fd, name)
@@ -317,8 +339,9 @@ class BackingFile:
                 elif self._dirty and not attempt:
                     block = None
                 else:
-                    raise BackingFull(errno.ENOSPC, f"backing file {self.path} is full "
-                                                    f"({self.nr_blocks} blocks)")
+                    raise BackingFull(
+                        errno.ENOSPC, f"backing file {self.path} is full ({self.nr_blocks} blocks)"
+                    )
                 if block is not None:
                     self._used += 1
                     return block
@@ -422,14 +445,14 @@ class BackingFile:
         if aead is not None:
             with self._lock:
                 self._ctrs[block] = ctr
-                self._tags[block * TAG_BYTES:(block + 1) * TAG_BYTES] = sealed[PAGE_SIZE:]
+                self._tags[block * TAG_BYTES : (block + 1) * TAG_BYTES] = sealed[PAGE_SIZE:]
 
     def read(self, block: int) -> bytes:
         aead = self._aead
         if aead is not None:
             with self._lock:
                 ctr = self._ctrs[block] if block < len(self._ctrs) else 0
-                tag = bytes(self._tags[block * TAG_BYTES:(block + 1) * TAG_BYTES])
+                tag = bytes(self._tags[block * TAG_BYTES : (block + 1) * TAG_BYTES])
             if not ctr:
                 return ZERO_PAGE  # freed meanwhile: the store loads the slot again
         data = os.pread(self.fd, PAGE_SIZE, block * PAGE_SIZE)
@@ -445,8 +468,9 @@ class BackingFile:
                 if self._ctrs[block] != ctr:
                     return ZERO_PAGE  # freed or rewritten during our read: reload
                 self.auth_errors += 1
-            raise OSError(errno.EIO, f"backing block {block} failed authentication "
-                                     f"(changed outside zramd)") from None
+            raise OSError(
+                errno.EIO, f"backing block {block} failed authentication (changed outside zramd)"
+            ) from None
 
     # -- accounting ------------------------------------------------------------
     def used_blocks(self) -> int:

@@ -43,6 +43,7 @@ import logging
 import queue
 import threading
 import time
+from typing import Any
 
 from .backing import BackingFull
 from .store import Backed
@@ -90,9 +91,9 @@ class Writeback:
         self.throttled_writes = 0
         # stall (see module docstring); guarded by _cond
         self.stall_reason: str | None = None
-        self.stalls = 0              # times writeback became stalled
-        self.throttle_skipped = 0    # writers above the high mark that did not wait
-        self._stall_freed = 0        # backing.freed_total when the stall began
+        self.stalls = 0  # times writeback became stalled
+        self.throttle_skipped = 0  # writers above the high mark that did not wait
+        self._stall_freed = 0  # backing.freed_total when the stall began
         self._stall_retry_at = 0.0
 
     # -- life cycle ------------------------------------------------------
@@ -114,7 +115,7 @@ class Writeback:
             raise ValueError(f"unknown writeback type {kind!r} (choose from {', '.join(KINDS)})")
         job = Job(kind, limit)
         self._queue.put(("writeback", job))
-        if not job.done.wait(timeout):
+        if not job.done.wait(timeout) or job.result is None:
             raise TimeoutError("writeback did not finish in time")
         return job.result
 
@@ -167,10 +168,14 @@ class Writeback:
             return
         with self._cond:
             self.throttled_writes += 1
-            self._cond.wait_for(lambda: not self.high_watermark
-                                or self.store.mem_used_total <= self.high_watermark
-                                or self.stall_reason is not None,
-                                THROTTLE_MAX_S)
+            self._cond.wait_for(
+                lambda: (
+                    not self.high_watermark
+                    or self.store.mem_used_total <= self.high_watermark
+                    or self.stall_reason is not None
+                ),
+                THROTTLE_MAX_S,
+            )
 
     def _unstall(self) -> None:
         """Something changed: writers wait for writeback again (_cond held)."""
@@ -180,8 +185,10 @@ class Writeback:
         with self._cond:
             if self.stall_reason is None:
                 self.stalls += 1
-                log.warning("writeback stalled (%s): writers above the high watermark "
-                            "no longer wait", reason)
+                log.warning(
+                    "writeback stalled (%s): writers above the high watermark no longer wait",
+                    reason,
+                )
             self.stall_reason = reason
             self._stall_freed = self.backing.freed_total
             self._stall_retry_at = time.monotonic() + STALL_RETRY_S
@@ -217,17 +224,24 @@ class Writeback:
                 return self.writeback_limit if want is None else min(want, self.writeback_limit)
         return want
 
-    def _writeback(self, candidates: list, limit: int | None, until_bytes: int | None = None) -> dict:
+    def _writeback(
+        self, candidates: list, limit: int | None, until_bytes: int | None = None
+    ) -> dict:
         """Write back ``candidates`` in order; stop at ``limit`` pages, at the
         writeback_limit budget, when memory is at most ``until_bytes``, or at
         the first backing-file error."""
         store, backing = self.store, self.backing
         budget = self._budget(limit)
-        result = {"written": 0, "superseded": 0, "candidates": len(candidates), "error": None}
+        result: dict[str, Any] = {
+            "written": 0,
+            "superseded": 0,
+            "candidates": len(candidates),
+            "error": None,
+        }
         with self._cond:
             self.wb_runs += 1
         for start in range(0, len(candidates), BATCH_PAGES):
-            for index, entry in candidates[start:start + BATCH_PAGES]:
+            for index, entry in candidates[start : start + BATCH_PAGES]:
                 if budget is not None and result["written"] >= budget:
                     return self._finish(result)
                 if store._slots[index] is not entry:
@@ -285,10 +299,15 @@ class Writeback:
                 with self._cond:
                     self._unstall()
             if result["written"] == 0 or result["error"]:
-                if self.store.mem_used_total > self.high_watermark > 0 \
-                        and result["written"] == 0 and self.backing.freed_total == freed_before:
-                    self._stall(result["error"] or ("writeback_limit used up" if limited
-                                                    else "nothing to write back"))
+                if (
+                    self.store.mem_used_total > self.high_watermark > 0
+                    and result["written"] == 0
+                    and self.backing.freed_total == freed_before
+                ):
+                    self._stall(
+                        result["error"]
+                        or ("writeback_limit used up" if limited else "nothing to write back")
+                    )
                 return  # nothing (more) can move: do not loop
 
     def stats(self) -> dict:
