@@ -15,12 +15,12 @@ import signal
 import sys
 import time
 
-from . import __version__, metrics
+from . import __version__, configfile, metrics
 from .commands import RECOMPRESS_TYPES
 from .config import ConfigError, Settings, default_socket_path, describe
 from .control import ControlError, call
 from .instances import Stripe, aggregate, discover, instance_settings, split_bytes
-from .options import OPTIONS, Option
+from .options import BY_FIELD, OPTIONS, Option
 from .server import Server, ServerError
 from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
 from .units import PAGE_SIZE, human_size, parse_size
@@ -42,6 +42,13 @@ def build_parser() -> Parser:
 
     serve = sub.add_parser("serve", help="serve a compressed RAM device over NBD (foreground)")
     add_serve_options(serve)
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read options from this TOML file (keys: the long options "
+        'with underscores, e.g. mem_limit = "min(ram / 4, 2G)"); '
+        "options given here win over the file",
+    )
 
     stats = sub.add_parser("stats", help="print a running device's zram statistics")
     _add_target(stats)
@@ -158,8 +165,31 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """The Settings of a parsed ``zramd serve`` command line (not validated)."""
-    return Settings(**{opt.field: getattr(args, opt.field) for opt in OPTIONS})
+    """The Settings of a parsed ``zramd serve`` command line (not validated),
+    over the values of its ``--config`` file if it has one: an option given
+    on the command line wins over the file, also over the file's choice
+    from the same group (``--port`` over the file's ``socket``)."""
+    values = {opt.field: getattr(args, opt.field) for opt in OPTIONS}
+    path = getattr(args, "config", None)
+    if path:
+        given: set[str] = getattr(args, "given_fields", set())
+        given_groups = {opt.group for opt in OPTIONS if opt.field in given and opt.group}
+        for field, value in configfile.load(path).items():
+            opt = BY_FIELD[field]
+            if field not in given and (opt.group is None or opt.group not in given_groups):
+                values[field] = value
+    return Settings(**values)
+
+
+def given_fields(serve_argv: list[str]) -> set[str]:
+    """The Settings fields set by flags in ``serve_argv`` (not by defaults)."""
+    parser = Parser(prog="zramd serve", add_help=False)
+    add_serve_options(parser)
+    parser.add_argument("--config")
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    known, _ = parser.parse_known_args(serve_argv)
+    return set(vars(known)) - {"config"}
 
 
 def _add_target(parser) -> None:
@@ -570,7 +600,10 @@ SUBCOMMANDS = {
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.command == "serve":  # which options the file must not override
+        args.given_fields = given_fields(argv[argv.index("serve") + 1 :])
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
         format="%(asctime)s %(levelname)s (%(threadName)s) %(name)s: %(message)s",
