@@ -65,16 +65,14 @@ _TOKEN = re.compile(
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    pos = 0
+    out, pos = [], 0
     text = text.rstrip()
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
             raise ConfigError(f"unexpected {text[pos:].strip()[:10]!r} in {text!r}")
-        group = m.lastgroup
-        assert group is not None  # every alternative is a named group
-        out.append((group, m.group(group).replace(" ", "").lower()))
+        kind = m.lastgroup or ""
+        out.append((kind, m.group(kind).replace(" ", "").lower()))
         pos = m.end()
     return out
 
@@ -102,9 +100,10 @@ class _Parser:
     def peek(self) -> tuple[str, str] | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
 
-    def peek_value(self) -> str | None:
+    def at(self, *values: str) -> bool:
+        """Whether the next token is one of ``values``."""
         tok = self.peek()
-        return None if tok is None else tok[1]
+        return tok is not None and tok[1] in values
 
     def take(self, value: str | None = None) -> tuple[str, str]:
         tok = self.peek()
@@ -117,8 +116,9 @@ class _Parser:
 
     def parse(self) -> Fraction:
         value = self.expr()
-        if self.peek() is not None:
-            raise ConfigError(f"unexpected {self.peek_value()!r} in {self.text!r}")
+        tok = self.peek()
+        if tok is not None:
+            raise ConfigError(f"unexpected {tok[1]!r} in {self.text!r}")
         return value
 
     def expr(self) -> Fraction:
@@ -126,7 +126,7 @@ class _Parser:
         if self.depth > MAX_NESTING:
             raise ConfigError(f"{self.text!r} is nested too deeply")
         value = self.term()
-        while self.peek_value() in ("+", "-"):
+        while self.at("+", "-"):
             op = self.take()[1]
             rhs = self.term()
             value = value + rhs if op == "+" else value - rhs
@@ -135,7 +135,7 @@ class _Parser:
 
     def term(self) -> Fraction:
         value = self.unary()
-        while self.peek_value() in ("*", "/"):
+        while self.at("*", "/"):
             op = self.take()[1]
             rhs = self.unary()
             if op == "*":
@@ -147,7 +147,7 @@ class _Parser:
         return value
 
     def unary(self) -> Fraction:
-        if self.peek_value() == "-":
+        if self.at("-"):
             self.take()
             self.depth += 1
             if self.depth > MAX_NESTING:
@@ -167,7 +167,7 @@ class _Parser:
             if value in ("min", "max"):
                 self.take("(")
                 args = [self.expr()]
-                while self.peek_value() == ",":
+                while self.at(","):
                     self.take()
                     args.append(self.expr())
                 self.take(")")
