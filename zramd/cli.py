@@ -15,15 +15,16 @@ import signal
 import sys
 import time
 
-from . import __version__, metrics
+from . import __version__, configfile, metrics
+from .commands import RECOMPRESS_TYPES
 from .config import ConfigError, Settings, default_socket_path, describe
 from .control import ControlError, call
 from .instances import Stripe, aggregate, discover, instance_settings, split_bytes
-from .options import OPTIONS, Option
+from .options import BY_FIELD, OPTIONS, Option
 from .server import Server, ServerError
 from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
-from .units import human_size, parse_size
-from .writeback import KINDS as WRITEBACK_KINDS
+from .units import PAGE_SIZE, human_size, parse_size
+from .writeback import WRITEBACK_TYPES
 
 STAT_FILES = {"mm_stat": MM_STAT_FIELDS, "io_stat": IO_STAT_FIELDS, "bd_stat": BD_STAT_FIELDS}
 KNOBS = ("mem_limit", "mem_used_max", "writeback_limit", "writeback_limit_enable", "watermarks")
@@ -41,6 +42,13 @@ def build_parser() -> Parser:
 
     serve = sub.add_parser("serve", help="serve a compressed RAM device over NBD (foreground)")
     add_serve_options(serve)
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read options from this TOML file (keys: the long options "
+        'with underscores, e.g. mem_limit = "min(ram / 4, 2G)"); '
+        "options given here win over the file",
+    )
 
     stats = sub.add_parser("stats", help="print a running device's zram statistics")
     _add_target(stats)
@@ -79,7 +87,7 @@ def build_parser() -> Parser:
         "writeback", help="write pages back to the backing file (zram's writeback knob)"
     )
     _add_target(wb)
-    wb.add_argument("type", choices=WRITEBACK_KINDS)
+    wb.add_argument("type", choices=WRITEBACK_TYPES)
     wb.add_argument("--limit", type=int, help="at most this many pages")
 
     idle = sub.add_parser(
@@ -90,7 +98,7 @@ def build_parser() -> Parser:
 
     rc = sub.add_parser("recompress", help="compress pages again with the secondary algorithm")
     _add_target(rc)
-    rc.add_argument("--type", default="all", choices=["all", "idle", "huge", "huge_idle"])
+    rc.add_argument("--type", default="all", choices=RECOMPRESS_TYPES)
     rc.add_argument(
         "--threshold",
         type=int,
@@ -157,8 +165,31 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """The Settings of a parsed ``zramd serve`` command line (not validated)."""
-    return Settings(**{opt.field: getattr(args, opt.field) for opt in OPTIONS})
+    """The Settings of a parsed ``zramd serve`` command line (not validated),
+    over the values of its ``--config`` file if it has one: an option given
+    on the command line wins over the file, also over the file's choice
+    from the same group (``--port`` over the file's ``socket``)."""
+    values = {opt.field: getattr(args, opt.field) for opt in OPTIONS}
+    path = getattr(args, "config", None)
+    if path:
+        given: set[str] = getattr(args, "given_fields", set())
+        given_groups = {opt.group for opt in OPTIONS if opt.field in given and opt.group}
+        for field, value in configfile.load(path).items():
+            opt = BY_FIELD[field]
+            if field not in given and (opt.group is None or opt.group not in given_groups):
+                values[field] = value
+    return Settings(**values)
+
+
+def given_fields(serve_argv: list[str]) -> set[str]:
+    """The Settings fields set by flags in ``serve_argv`` (not by defaults)."""
+    parser = Parser(prog="zramd serve", add_help=False)
+    add_serve_options(parser)
+    parser.add_argument("--config")
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    known, _ = parser.parse_known_args(serve_argv)
+    return set(vars(known)) - {"config"}
 
 
 def _add_target(parser) -> None:
@@ -209,13 +240,13 @@ def connect_help(server: Server, index: int | None = None) -> str:
     if s.socket_path:
         path = os.path.abspath(s.socket_path)
         lines += [
-            f"  nbd-client  nbd-client -unix {path} {nbd_dev} -b 4096",
+            f"  nbd-client  nbd-client -unix {path} {nbd_dev} -b {PAGE_SIZE}",
             f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,server.type=unix,"
             f"server.path={path},if=none,id={drive} -device virtio-blk-pci,drive={drive}",
         ]
     else:
         lines += [
-            f"  nbd-client  nbd-client {s.address} {s.port} {nbd_dev} -b 4096",
+            f"  nbd-client  nbd-client {s.address} {s.port} {nbd_dev} -b {PAGE_SIZE}",
             f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,server.host={s.address},"
             f"server.port={s.port},if=none,id={drive} -device virtio-blk-pci,drive={drive}",
         ]
@@ -424,7 +455,10 @@ def cmd_status(args) -> int:
                 ("MEM-LIMIT", human_size(s["mem_limit"]) if s["mem_limit"] else "0B"),
                 ("MEM-USED", human_size(s["mem_used_max"])),
                 ("RATIO", f"{ratio:.2f}"),
-                ("WRITEBACK", human_size(s["bd_count"] * 4096) if s.get("backing_file") else "-"),
+                (
+                    "WRITEBACK",
+                    human_size(s["bd_count"] * PAGE_SIZE) if s.get("backing_file") else "-",
+                ),
             ]
         )
     heads = [h for h, _ in rows[0]]
@@ -517,9 +551,9 @@ def cmd_set(args) -> int:
             total = parse_size(text)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        if total and total < n * 4096:
+        if total and total < n * PAGE_SIZE:
             raise ConfigError(
-                f"{text} is too small for {n} instances (at least one 4096-byte page each)"
+                f"{text} is too small for {n} instances (at least one {PAGE_SIZE}-byte page each)"
             )
         return split_bytes(total, n) if total else [0] * n
 
@@ -554,7 +588,7 @@ def cmd_set(args) -> int:
     return 0
 
 
-COMMANDS = {
+SUBCOMMANDS = {
     "serve": cmd_serve,
     "stats": cmd_stats,
     "status": cmd_status,
@@ -566,13 +600,16 @@ COMMANDS = {
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.command == "serve":  # which options the file must not override
+        args.given_fields = given_fields(argv[argv.index("serve") + 1 :])
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
         format="%(asctime)s %(levelname)s (%(threadName)s) %(name)s: %(message)s",
     )
     try:
-        return COMMANDS[args.command](args)
+        return SUBCOMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"zramd: error: {exc}", file=sys.stderr)
         return 2
