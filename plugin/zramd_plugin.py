@@ -29,6 +29,7 @@ from zramd.codecs import make_codec
 from zramd.control import ControlServer
 from zramd.device import Device
 from zramd.store import PageStore
+from zramd.units import PAGE_SHIFT, PAGE_SIZE
 from zramd.writeback import Writeback
 
 API_VERSION = 2
@@ -85,7 +86,7 @@ def get_ready():
     global _device, _read, _direct_write
     s = _settings
     backing = (
-        BackingFile(s.backing_file, s.backing_size_bytes or s.size_bytes)
+        BackingFile(s.backing_file, s.backing_size_bytes or s.size_bytes, s.backing_encrypt)
         if s.backing_file
         else None
     )
@@ -152,7 +153,7 @@ def cleanup():
     stats = _device.stats()
     logs.log(
         "INFO",
-        f"stopped with {stats['orig_data_size'] >> 12} pages stored, "
+        f"stopped with {stats['orig_data_size'] >> PAGE_SHIFT} pages stored, "
         f"{stats['pending_pages']} pending, "
         f"{stats['compr_data_size']} bytes compressed",
     )
@@ -180,7 +181,7 @@ def get_size(h):
 
 
 def block_size(h):
-    return (1, 4096, MAX_REQUEST_BYTES)
+    return (1, PAGE_SIZE, MAX_REQUEST_BYTES)
 
 
 def is_rotational(h):
@@ -277,7 +278,7 @@ zero = trim
 
 
 def flush(h, flags):
-    _device.flush()  # every write acknowledged before this is installed
+    _device.drain()  # every write acknowledged before this is installed
 
 
 def extents(h, count, offset, flags):
