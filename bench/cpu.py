@@ -49,9 +49,17 @@ class ServerCpu:
     def run(self, ctx: Context) -> dict:
         a = ctx.args
         system = by_name(SYSTEM_NAME)
-        data: dict = {"system": SYSTEM_NAME, "description": system.description, "total_iodepth": TOTAL_IODEPTH,
-                      "rounds": a.rounds, "runtime_s": a.runtime_s, "cores": ctx.cores, "jobs": [],
-                      "instances": [], "left_out": {}}
+        data: dict = {
+            "system": SYSTEM_NAME,
+            "description": system.description,
+            "total_iodepth": TOTAL_IODEPTH,
+            "rounds": a.rounds,
+            "runtime_s": a.runtime_s,
+            "cores": ctx.cores,
+            "jobs": [],
+            "instances": [],
+            "left_out": {},
+        }
         if not ctx.zramd:
             data["left_out"]["all"] = "zramd CLI not found"
             return data
@@ -61,12 +69,14 @@ class ServerCpu:
                 data["left_out"][str(n)] = "this zramd has no `serve --instances`"
             else:
                 data["instances"].append(n)
-        ctx.progress(f"cpu: {SYSTEM_NAME} with {', '.join(map(str, data['instances']))} instance(s) x "
-                     f"{len(WORKLOADS)} workloads x {a.rounds} rounds of {a.runtime_s:.1f} s")
+        ctx.progress(
+            f"cpu: {SYSTEM_NAME} with {', '.join(map(str, data['instances']))} instance(s) x "
+            f"{len(WORKLOADS)} workloads x {a.rounds} rounds of {a.runtime_s:.1f} s"
+        )
         with open(ctx.logs / "cpu.fio.log", "a") as log:
             for rnd in range(a.rounds):
                 counts = data["instances"]
-                order = counts[rnd % len(counts):] + counts[:rnd % len(counts)]
+                order = counts[rnd % len(counts) :] + counts[: rnd % len(counts)]
                 for n in order:
                     self._round(ctx, data, system, n, rnd, log)
         data["summary"] = summarize(data)
@@ -78,8 +88,9 @@ class ServerCpu:
         extra = ("--instances", str(n)) if n > 1 else ()
         sockets = [f"{sock}.{i}" for i in range(n)] if n > 1 else [sock]
         try:
-            cmd = server_command(system, sock, ctx.region_bytes * n if n > 1 else ctx.region_bytes, ctx.zramd,
-                                 extra)
+            cmd = server_command(
+                system, sock, ctx.region_bytes * n if n > 1 else ctx.region_bytes, ctx.zramd, extra
+            )
         except SkipSystem as e:
             data["left_out"][str(n)] = str(e)
             return
@@ -88,12 +99,20 @@ class ServerCpu:
             server.start()
             measure.fill(ctx, server, log, f"cpu-{n}-r{rnd}")
             for w in WORKLOADS:
-                res = measure.job(ctx, server, w, log, f"cpu-{w.name}-i{n}-r{rnd}",
-                                  iodepth=max(1, TOTAL_IODEPTH // n))
+                res = measure.job(
+                    ctx,
+                    server,
+                    w,
+                    log,
+                    f"cpu-{w.name}-i{n}-r{rnd}",
+                    iodepth=max(1, TOTAL_IODEPTH // n),
+                )
                 data["jobs"].append({"instances": n, "workload": w.name, "round": rnd, **res})
-                ctx.progress(f"cpu round {rnd + 1}/{data['rounds']} {n} instance(s) {w.name:<12} "
-                             f"{res['iops']:9.0f} IOPS, server {_us(res['server_us_per_request'])} µs/request, "
-                             f"client {_us(res['client_us_per_request'])} µs/request")
+                ctx.progress(
+                    f"cpu round {rnd + 1}/{data['rounds']} {n} instance(s) {w.name:<12} "
+                    f"{res['iops']:9.0f} IOPS, server {_us(res['server_us_per_request'])} µs/request, "
+                    f"client {_us(res['client_us_per_request'])} µs/request"
+                )
         except (RuntimeError, OSError, ValueError) as e:
             ctx.progress(f"cpu {n} instance(s) round {rnd + 1}: FAILED: {e}")
             data.setdefault("errors", []).append(f"{n} instance(s), round {rnd + 1}: {e}")
@@ -101,23 +120,31 @@ class ServerCpu:
             server.stop()
 
     def markdown(self, data: dict) -> list[str]:
-        lines = [f"## {self.title}", "",
-                 f"{data['description']}, 4 KiB random I/O at total iodepth {data['total_iodepth']}, one connection "
-                 f"per instance; {data['rounds']} round(s) of {data['runtime_s']:.1f} s per job. Server: utime+stime "
-                 "of the nbdkit process(es) from /proc over the job / requests; client: fio's own CPU time / "
-                 f"requests. Median (min-max) over the rounds. **Measured on {data['cores']} cores shared by "
-                 "client and server.**", ""]
+        lines = [
+            f"## {self.title}",
+            "",
+            f"{data['description']}, 4 KiB random I/O at total iodepth {data['total_iodepth']}, one connection "
+            f"per instance; {data['rounds']} round(s) of {data['runtime_s']:.1f} s per job. Server: utime+stime "
+            "of the nbdkit process(es) from /proc over the job / requests; client: fio's own CPU time / "
+            f"requests. Median (min-max) over the rounds. **Measured on {data['cores']} cores shared by "
+            "client and server.**",
+            "",
+        ]
         for n, why in data.get("left_out", {}).items():
             lines.append(f"- {n} instance(s) not measured: {why}.")
         if data.get("left_out"):
             lines.append("")
         if not data.get("summary"):
             return lines + ["No measurement."]
-        lines += ["| instances | workload | IOPS | server µs/request | client µs/request |",
-                  "|---:|---|---:|---:|---:|"]
+        lines += [
+            "| instances | workload | IOPS | server µs/request | client µs/request |",
+            "|---:|---|---:|---:|---:|",
+        ]
         for row in data["summary"]:
-            lines.append(f"| {row['instances']} | {row['workload']} | {with_spread(row['iops'])} | "
-                         f"{with_spread(row['server_us'], _us)} | {with_spread(row['client_us'], _us)} |")
+            lines.append(
+                f"| {row['instances']} | {row['workload']} | {with_spread(row['iops'])} | "
+                f"{with_spread(row['server_us'], _us)} | {with_spread(row['client_us'], _us)} |"
+            )
         lines += ["", *projection_markdown(data)]
         for err in data.get("errors", []):
             lines.append(f"\n- failed: {err}")
@@ -127,10 +154,18 @@ class ServerCpu:
         if not data.get("summary"):
             return []
         groups = [f"{r['instances']} instance(s)\n{r['workload']}" for r in data["summary"]]
-        series = {"server (nbdkit)": [r["server_us"] for r in data["summary"]],
-                  "client (fio)": [r["client_us"] for r in data["summary"]]}
-        plots.medians_by_group(out / "cpu.png", groups, series, "CPU µs per 4 KiB request (median, bars: min-max)",
-                               "CPU time per request", title)
+        series = {
+            "server (nbdkit)": [r["server_us"] for r in data["summary"]],
+            "client (fio)": [r["client_us"] for r in data["summary"]],
+        }
+        plots.medians_by_group(
+            out / "cpu.png",
+            groups,
+            series,
+            "CPU µs per 4 KiB request (median, bars: min-max)",
+            "CPU time per request",
+            title,
+        )
         return ["cpu.png"]
 
     def summary(self, data: dict) -> list[str]:
@@ -149,10 +184,15 @@ def summarize(data: dict) -> list[dict]:
         for w in WORKLOADS:
             mine = [j for j in data["jobs"] if j["instances"] == n and j["workload"] == w.name]
             if mine:
-                rows.append({"instances": n, "workload": w.name,
-                             "iops": spread([j["iops"] for j in mine]),
-                             "server_us": spread([j["server_us_per_request"] for j in mine]),
-                             "client_us": spread([j["client_us_per_request"] for j in mine])})
+                rows.append(
+                    {
+                        "instances": n,
+                        "workload": w.name,
+                        "iops": spread([j["iops"] for j in mine]),
+                        "server_us": spread([j["server_us_per_request"] for j in mine]),
+                        "client_us": spread([j["client_us_per_request"] for j in mine]),
+                    }
+                )
     return rows
 
 
@@ -165,9 +205,14 @@ def project(summary: list[dict]) -> list[dict]:
         server_us = row["server_us"]["median"]
         client_us = row["client_us"]["median"] or 0.0
         for cores in PROJECTED_CORES:
-            rows.append({"workload": row["workload"], "cores": cores,
-                         "client_elsewhere_iops": cores * 1e6 / server_us,
-                         "client_sharing_iops": cores * 1e6 / (server_us + client_us)})
+            rows.append(
+                {
+                    "workload": row["workload"],
+                    "cores": cores,
+                    "client_elsewhere_iops": cores * 1e6 / server_us,
+                    "client_sharing_iops": cores * 1e6 / (server_us + client_us),
+                }
+            )
     return rows
 
 
@@ -176,12 +221,17 @@ def projection_markdown(data: dict) -> list[str]:
     if not proj:
         return []
     workloads = list(dict.fromkeys(p["workload"] for p in proj))
-    lines = ["**Projection, not a measurement**: IOPS on N cores with N zramd instances (one per core, "
-             "swap striped over them), from one instance's median server CPU time per request "
-             f"(measured here on {data['cores']} cores shared with the client). \"client elsewhere\" = "
-             "N x 1e6 / server µs; \"sharing\" = N x 1e6 / (server + client µs).", "",
-             "| cores = instances | " + " | ".join(f"{w} client elsewhere | {w} sharing" for w in workloads) + " |",
-             "|---:|" + "---:|---:|" * len(workloads)]
+    lines = [
+        "**Projection, not a measurement**: IOPS on N cores with N zramd instances (one per core, "
+        "swap striped over them), from one instance's median server CPU time per request "
+        f'(measured here on {data["cores"]} cores shared with the client). "client elsewhere" = '
+        'N x 1e6 / server µs; "sharing" = N x 1e6 / (server + client µs).',
+        "",
+        "| cores = instances | "
+        + " | ".join(f"{w} client elsewhere | {w} sharing" for w in workloads)
+        + " |",
+        "|---:|" + "---:|---:|" * len(workloads),
+    ]
     for cores in PROJECTED_CORES:
         cells = []
         for w in workloads:

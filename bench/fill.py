@@ -32,9 +32,20 @@ def corpus_over_nbd(sock: str, corpus_path: str, chunk_bytes: int) -> tuple[int,
         h.shutdown()
         method = f"libnbd pwrite {chunk_bytes >> 10} KiB, one at a time"
     else:
-        subprocess.run(["nbdcopy", "--no-extents", "--connections=1", "--requests=1",
-                        f"--request-size={chunk_bytes}", "--flush", corpus_path,
-                        f"nbd+unix:///?socket={sock}"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "nbdcopy",
+                "--no-extents",
+                "--connections=1",
+                "--requests=1",
+                f"--request-size={chunk_bytes}",
+                "--flush",
+                corpus_path,
+                f"nbd+unix:///?socket={sock}",
+            ],
+            check=True,
+            capture_output=True,
+        )
         offset = os.path.getsize(corpus_path)
         method = f"nbdcopy {chunk_bytes >> 10} KiB requests, one at a time"
     return offset, time.monotonic() - t0, method
@@ -42,6 +53,21 @@ def corpus_over_nbd(sock: str, corpus_path: str, chunk_bytes: int) -> tuple[int,
 
 def corpus_onto_device(dev: str, corpus_path: str, chunk_bytes: int) -> tuple[int, float, str]:
     t0 = time.monotonic()
-    subprocess.run(["dd", f"if={corpus_path}", f"of={dev}", f"bs={chunk_bytes}", "oflag=direct",
-                    "conv=fsync", "status=none"], check=True, capture_output=True)
-    return os.path.getsize(corpus_path), time.monotonic() - t0, f"dd oflag=direct bs={chunk_bytes >> 10}K"
+    subprocess.run(
+        [
+            "dd",
+            f"if={corpus_path}",
+            f"of={dev}",
+            f"bs={chunk_bytes}",
+            "oflag=direct",
+            "conv=fsync",
+            "status=none",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return (
+        os.path.getsize(corpus_path),
+        time.monotonic() - t0,
+        f"dd oflag=direct bs={chunk_bytes >> 10}K",
+    )

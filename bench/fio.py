@@ -33,15 +33,31 @@ def block_target(dev: str) -> list[str]:
     return ["--ioengine=libaio", "--direct=1", f"--filename={dev}"]
 
 
-def job_command(targets: list[list[str]], w: Workload, region_bytes: int, runtime_s: float, ramp_s: float,
-                json_path: Path, numjobs: int = 1, iodepth: int | None = None) -> list[str]:
+def job_command(
+    targets: list[list[str]],
+    w: Workload,
+    region_bytes: int,
+    runtime_s: float,
+    ramp_s: float,
+    json_path: Path,
+    numjobs: int = 1,
+    iodepth: int | None = None,
+) -> list[str]:
     """fio's command line; `iodepth` (per job) overrides the workload's."""
-    cmd = ["fio", "--output-format=json", f"--output={json_path}",
-           f"--size={region_bytes}", f"--bs={w.bs_bytes}", f"--rw={w.rw}",
-           f"--iodepth={iodepth or w.iodepth}", f"--numjobs={numjobs}",
-           # Percentiles of the whole latency (submit to completion): libaio on
-           # zram completes inside io_submit, where completion latency alone is ~0.
-           "--lat_percentiles=1", "--clat_percentiles=0"]
+    cmd = [
+        "fio",
+        "--output-format=json",
+        f"--output={json_path}",
+        f"--size={region_bytes}",
+        f"--bs={w.bs_bytes}",
+        f"--rw={w.rw}",
+        f"--iodepth={iodepth or w.iodepth}",
+        f"--numjobs={numjobs}",
+        # Percentiles of the whole latency (submit to completion): libaio on
+        # zram completes inside io_submit, where completion latency alone is ~0.
+        "--lat_percentiles=1",
+        "--clat_percentiles=0",
+    ]
     if len(targets) > 1 or numjobs > 1:
         cmd += ["--group_reporting"]
     if w.rw.startswith("rand"):
@@ -76,15 +92,23 @@ def run(cmd: list[str], log: IO[str], timeout_s: float) -> dict:
     json_path = next(a for a in cmd if a.startswith("--output=")).split("=", 1)[1]
     try:
         text = Path(json_path).read_text()
-        data = json.loads(text[text.index("{"):])  # the nbd engine may print a line first
+        data = json.loads(text[text.index("{") :])  # the nbd engine may print a line first
     except (OSError, ValueError) as e:
-        raise RuntimeError(f"fio failed (rc {out.returncode}): {out.stderr.strip()[-400:]} {e}") from e
+        raise RuntimeError(
+            f"fio failed (rc {out.returncode}): {out.stderr.strip()[-400:]} {e}"
+        ) from e
     job = data["jobs"][0]
     if out.returncode != 0 or job.get("error"):
-        raise RuntimeError(f"fio failed (rc {out.returncode}, error {job.get('error')}): "
-                           f"{out.stderr.strip()[-400:]}")
-    result: dict = {"elapsed_s": round(time.monotonic() - t0, 2), "usr_cpu": job.get("usr_cpu"),
-                    "sys_cpu": job.get("sys_cpu"), "client_cpu_s": round(client_cpu_s, 3)}
+        raise RuntimeError(
+            f"fio failed (rc {out.returncode}, error {job.get('error')}): "
+            f"{out.stderr.strip()[-400:]}"
+        )
+    result: dict = {
+        "elapsed_s": round(time.monotonic() - t0, 2),
+        "usr_cpu": job.get("usr_cpu"),
+        "sys_cpu": job.get("sys_cpu"),
+        "client_cpu_s": round(client_cpu_s, 3),
+    }
     total_iops = total_bw = 0.0
     total_ios = 0
     for direction in ("read", "write"):

@@ -22,8 +22,17 @@ from typing import IO
 from bench.servers import SkipSystem
 
 ZRAM_CONTROL = Path("/sys/class/zram-control")
-MM_STAT_FIELDS = ["orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max",
-                  "same_pages", "pages_compacted", "huge_pages", "huge_pages_since"]
+MM_STAT_FIELDS = [
+    "orig_data_size",
+    "compr_data_size",
+    "mem_used_total",
+    "mem_limit",
+    "mem_used_max",
+    "same_pages",
+    "pages_compacted",
+    "huge_pages",
+    "huge_pages_since",
+]
 
 
 class ZramDevice:
@@ -57,7 +66,9 @@ class ZramDevice:
         if reason:
             raise SkipSystem(reason)
         if self.lock_path:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(
+                self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
             self._lock = os.fdopen(fd, "r+b")
             fcntl.flock(self._lock, fcntl.LOCK_EX)
         try:
@@ -74,13 +85,19 @@ class ZramDevice:
             self.index = 0
             if int(self.sys.joinpath("disksize").read_text()) != 0:
                 self.index = None
-                raise SkipSystem("/dev/zram0 is in use (disksize set) and no new device can be added; "
-                                 "not touching it")
+                raise SkipSystem(
+                    "/dev/zram0 is in use (disksize set) and no new device can be added; "
+                    "not touching it"
+                ) from None
         try:
             (self.sys / "reset").write_text("1")
-            algorithms = (self.sys / "comp_algorithm").read_text().replace("[", "").replace("]", "").split()
+            algorithms = (
+                (self.sys / "comp_algorithm").read_text().replace("[", "").replace("]", "").split()
+            )
             if self.algorithm not in algorithms:
-                raise SkipSystem(f"kernel zram has no {self.algorithm} (has: {' '.join(algorithms)})")
+                raise SkipSystem(
+                    f"kernel zram has no {self.algorithm} (has: {' '.join(algorithms)})"
+                )
             (self.sys / "comp_algorithm").write_text(self.algorithm)
             (self.sys / "disksize").write_text(str(self.size_bytes))
         except OSError as e:
@@ -91,7 +108,7 @@ class ZramDevice:
 
     def mm_stat(self) -> dict[str, int]:
         values = [int(v) for v in (self.sys / "mm_stat").read_text().split()]
-        return dict(zip(MM_STAT_FIELDS, values))
+        return dict(zip(MM_STAT_FIELDS, values, strict=False))
 
     def teardown(self) -> None:
         if self.index is not None:

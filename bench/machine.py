@@ -9,7 +9,6 @@ import platform
 import subprocess
 
 
-
 def _cmd_out(cmd: list[str]) -> str:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -22,7 +21,7 @@ def _first(path: str, prefix: str) -> str:
         with open(path) as f:
             for line in f:
                 if line.startswith(prefix):
-                    return line[len(prefix):].strip()
+                    return line[len(prefix) :].strip()
     except OSError:
         pass
     return ""

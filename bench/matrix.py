@@ -25,9 +25,15 @@ from typing import IO
 from bench import corpus, fill, fio, plots, storage, targets
 from bench.context import Context
 from bench.kernel_zram import ZramDevice
-from bench.servers import ServerProcess, SkipSystem, display_command, server_command, zramd_stats_settled
+from bench.servers import (
+    ServerProcess,
+    SkipSystem,
+    display_command,
+    server_command,
+    zramd_stats_settled,
+)
 from bench.stats import kilo, num, times
-from bench.systems import FIO_DATA_OPTIONS, SYSTEMS, WORKLOADS, System, Workload, select
+from bench.systems import FIO_DATA_OPTIONS, WORKLOADS, System, Workload, select
 
 
 class Matrix:
@@ -40,8 +46,10 @@ class Matrix:
         for w in WORKLOADS:
             if w.dataset not in a.datasets or (w.dataset == "corpus" and not system.stores):
                 continue
-            wanted = not a.workloads or any(fnmatch.fnmatch(w.name, p) or fnmatch.fnmatch(f"{w.dataset}/{w.name}", p)
-                                            for p in a.workloads)
+            wanted = not a.workloads or any(
+                fnmatch.fnmatch(w.name, p) or fnmatch.fnmatch(f"{w.dataset}/{w.name}", p)
+                for p in a.workloads
+            )
             if wanted or w.fill:
                 out.append(w)
         return out
@@ -60,31 +68,52 @@ class Matrix:
             raise SystemExit(f"no system matches {','.join(a.systems)} (see --list)")
         jobs = sum(1 for s in chosen for w in self.workloads(ctx, s) if not w.fill)
         fills = sum(1 for s in chosen for w in self.workloads(ctx, s) if w.fill)
-        ctx.progress(f"matrix: {len(chosen)} systems, {jobs} timed jobs of {a.runtime_s:.1f}+{a.ramp_s:.1f} s, "
-                     f"{fills} fills of {a.region_bytes >> 20} MiB")
-        data: dict = {"systems": [], "results": [], "storage": [], "corpus": None,
-                      "fio_data_options": FIO_DATA_OPTIONS,
-                      "workloads": [dataclasses.asdict(w) for w in WORKLOADS if w.dataset in a.datasets]}
+        ctx.progress(
+            f"matrix: {len(chosen)} systems, {jobs} timed jobs of {a.runtime_s:.1f}+{a.ramp_s:.1f} s, "
+            f"{fills} fills of {a.region_bytes >> 20} MiB"
+        )
+        data: dict = {
+            "systems": [],
+            "results": [],
+            "storage": [],
+            "corpus": None,
+            "fio_data_options": FIO_DATA_OPTIONS,
+            "workloads": [dataclasses.asdict(w) for w in WORKLOADS if w.dataset in a.datasets],
+        }
         corpus_path = None
         if "corpus" in a.datasets and any(s.stores for s in chosen):
             ctx.progress(f"corpus: {a.region_bytes >> 20} MiB swap-like corpus in {a.corpus_dir}")
-            corpus_path, data["corpus"] = corpus.ensure(a.corpus_dir, a.region_bytes, a.regenerate_corpus)
+            corpus_path, data["corpus"] = corpus.ensure(
+                a.corpus_dir, a.region_bytes, a.regenerate_corpus
+            )
         for system in chosen:
             self._run_system(ctx, system, data, corpus_path)
         targets.add_ratios(data)
         data["targets"] = targets.evaluate(data)
         return data
 
-    def _run_system(self, ctx: Context, system: System, data: dict, corpus_path: str | None) -> None:
-        entry: dict = {"name": system.name, "kind": system.kind, "description": system.description,
-                       "args": list(system.args), "skipped": None, "error": None,
-                       "loadavg_at_start": os.getloadavg()}
+    def _run_system(
+        self, ctx: Context, system: System, data: dict, corpus_path: str | None
+    ) -> None:
+        entry: dict = {
+            "name": system.name,
+            "kind": system.kind,
+            "description": system.description,
+            "args": list(system.args),
+            "skipped": None,
+            "error": None,
+            "loadavg_at_start": os.getloadavg(),
+        }
         data["systems"].append(entry)
         if system.kind == "zram":
-            entry["command"] = f"fio --ioengine=libaio --direct=1 --filename=/dev/zramN (comp_algorithm={system.args[0]})"
+            entry["command"] = (
+                f"fio --ioengine=libaio --direct=1 --filename=/dev/zramN (comp_algorithm={system.args[0]})"
+            )
         else:
             try:
-                entry["command"] = display_command(server_command(system, "SOCK", ctx.region_bytes, ctx.zramd))
+                entry["command"] = display_command(
+                    server_command(system, "SOCK", ctx.region_bytes, ctx.zramd)
+                )
             except SkipSystem as e:
                 entry["skipped"] = str(e)
                 ctx.progress(f"{system.name:<18} SKIPPED: {e}")
@@ -105,8 +134,16 @@ class Matrix:
                     entry["error"] = f"{dataset}: {e}"
                     ctx.progress(f"{system.name:<18} FAILED ({dataset}): {e}")
 
-    def _run_dataset(self, ctx: Context, system: System, dataset: str, workloads: list[Workload], data: dict,
-                     corpus_path: str | None, log: IO[str]) -> None:
+    def _run_dataset(
+        self,
+        ctx: Context,
+        system: System,
+        dataset: str,
+        workloads: list[Workload],
+        data: dict,
+        corpus_path: str | None,
+        log: IO[str],
+    ) -> None:
         """Fresh target, fill, storage stats, then the timed workloads."""
         a = ctx.args
         name = system.name
@@ -119,8 +156,11 @@ class Matrix:
                 zram.setup()
                 target = fio.block_target(zram.dev)
             else:
-                server = ServerProcess(server_command(system, sock, a.region_bytes, ctx.zramd), [sock],
-                                       ctx.logs / f"{name}.server.log")
+                server = ServerProcess(
+                    server_command(system, sock, a.region_bytes, ctx.zramd),
+                    [sock],
+                    ctx.logs / f"{name}.server.log",
+                )
                 server.start()
                 target = fio.nbd_target(server.uris[0])
             time.sleep(0.2)
@@ -131,19 +171,40 @@ class Matrix:
                 if w.rw == "corpus-fill":
                     assert corpus_path is not None
                     if zram:
-                        nbytes, secs, method = fill.corpus_onto_device(zram.dev, corpus_path, w.bs_bytes)
+                        nbytes, secs, method = fill.corpus_onto_device(
+                            zram.dev, corpus_path, w.bs_bytes
+                        )
                     else:
                         nbytes, secs, method = fill.corpus_over_nbd(sock, corpus_path, w.bs_bytes)
-                    res = {"iops": nbytes / w.bs_bytes / secs, "mb_per_s": nbytes / 1e6 / secs,
-                           "p50_us": None, "p99_us": None, "elapsed_s": round(secs, 2), "method": method}
+                    res = {
+                        "iops": nbytes / w.bs_bytes / secs,
+                        "mb_per_s": nbytes / 1e6 / secs,
+                        "p50_us": None,
+                        "p99_us": None,
+                        "elapsed_s": round(secs, 2),
+                        "method": method,
+                    }
                 else:
                     json_path = ctx.logs / f"{name}.{dataset}.{w.name}.json"
-                    cmd = fio.job_command([target], w, a.region_bytes, a.runtime_s, a.ramp_s, json_path)
+                    cmd = fio.job_command(
+                        [target], w, a.region_bytes, a.runtime_s, a.ramp_s, json_path
+                    )
                     res = fio.run(cmd, log, timeout_s=ctx.fio_timeout_s())
-                rec = {"system": name, "dataset": dataset, "workload": w.name, "rw": w.rw,
-                       "bs_bytes": w.bs_bytes, "iodepth": w.iodepth, **res}
+                rec = {
+                    "system": name,
+                    "dataset": dataset,
+                    "workload": w.name,
+                    "rw": w.rw,
+                    "bs_bytes": w.bs_bytes,
+                    "iodepth": w.iodepth,
+                    **res,
+                }
                 data["results"].append(rec)
-                lat = "" if rec["p50_us"] is None else f"  p50 {rec['p50_us']:7.1f} µs  p99 {rec['p99_us']:8.1f} µs"
+                lat = (
+                    ""
+                    if rec["p50_us"] is None
+                    else f"  p50 {rec['p50_us']:7.1f} µs  p99 {rec['p99_us']:8.1f} µs"
+                )
                 ctx.progress(f"{label} {rec['iops']:9.0f} IOPS {rec['mb_per_s']:8.1f} MB/s{lat}")
                 if w.fill and system.stores:
                     stats = None
@@ -153,13 +214,20 @@ class Matrix:
                         assert ctx.zramd is not None
                         stats = zramd_stats_settled(ctx.zramd, sock)
                     rss_after = server.rss_bytes() if server else None
-                    rss_delta = None if server is None or rss_after is None or rss_before is None \
+                    rss_delta = (
+                        None
+                        if server is None or rss_after is None or rss_before is None
                         else rss_after - rss_before
-                    srec = storage.record(system, dataset, a.region_bytes, stats, rss_delta, rss_after)
+                    )
+                    srec = storage.record(
+                        system, dataset, a.region_bytes, stats, rss_delta, rss_after
+                    )
                     data["storage"].append(srec)
-                    ctx.progress(f"{name:<18} {dataset:<6} stored {srec['orig_bytes'] / 2**20:.0f} MiB: "
-                                 f"ratio {num(srec['ratio'], '.2f')}, memory {num(srec['bytes_per_page'])} B/page "
-                                 f"({srec['memory_source']}), overhead {num(srec['overhead_bytes_per_page'])} B/page")
+                    ctx.progress(
+                        f"{name:<18} {dataset:<6} stored {srec['orig_bytes'] / 2**20:.0f} MiB: "
+                        f"ratio {num(srec['ratio'], '.2f')}, memory {num(srec['bytes_per_page'])} B/page "
+                        f"({srec['memory_source']}), overhead {num(srec['overhead_bytes_per_page'])} B/page"
+                    )
         finally:
             if server:
                 server.stop()
@@ -185,9 +253,11 @@ class Matrix:
             "|---|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for r in data["results"]:
-            lines.append(f"| {r['system']} | {r['dataset']} | {r['workload']} | {num(r['iops'])} | "
-                         f"{num(r['mb_per_s'], '.1f')} | {_lat(r, 'p50_us')} | {_lat(r, 'p99_us')} | "
-                         f"{times(r.get('vs_kernel_zram'))} | {times(r.get('vs_nbdkit_zstd'))} |")
+            lines.append(
+                f"| {r['system']} | {r['dataset']} | {r['workload']} | {num(r['iops'])} | "
+                f"{num(r['mb_per_s'], '.1f')} | {_lat(r, 'p50_us')} | {_lat(r, 'p99_us')} | "
+                f"{times(r.get('vs_kernel_zram'))} | {times(r.get('vs_nbdkit_zstd'))} |"
+            )
         lines += [
             "",
             "Mixed rows show read/write latency. Ratio columns compare MB/s (= IOPS at equal block size) "
@@ -202,11 +272,13 @@ class Matrix:
         ]
         for s in data["storage"]:
             memory = "-" if s["memory_bytes"] is None else f"{s['memory_bytes'] / 2**20:.1f} MiB"
-            lines.append(f"| {s['system']} | {s['dataset']} | {s['orig_bytes'] / 2**20:.0f} | {num(s['ratio'], '.2f')} | "
-                         f"{times(s.get('ratio_vs_kernel_zram'))} | {memory} | {s['memory_source'] or '-'} | "
-                         f"{num(s['bytes_per_page'])} | {num(s['overhead_bytes_per_page'])} | "
-                         f"{num(s['stats_overhead_bytes_per_page'])} | {num(s.get('same_pages'))} | "
-                         f"{num(s.get('huge_pages'))} |")
+            lines.append(
+                f"| {s['system']} | {s['dataset']} | {s['orig_bytes'] / 2**20:.0f} | {num(s['ratio'], '.2f')} | "
+                f"{times(s.get('ratio_vs_kernel_zram'))} | {memory} | {s['memory_source'] or '-'} | "
+                f"{num(s['bytes_per_page'])} | {num(s['overhead_bytes_per_page'])} | "
+                f"{num(s['stats_overhead_bytes_per_page'])} | {num(s.get('same_pages'))} | "
+                f"{num(s.get('huge_pages'))} |"
+            )
         lines += [
             "",
             "ratio = orig_data_size / compr_data_size (payload only; same-filled pages count as free). "
@@ -222,11 +294,16 @@ class Matrix:
         if notes:
             lines += ["", "## Skipped or failed", ""]
             for s in notes:
-                lines.append(f"- {s['name']}: " + (f"skipped: {s['skipped']}" if s["skipped"] else f"failed: {s['error']}"))
+                lines.append(
+                    f"- {s['name']}: "
+                    + (f"skipped: {s['skipped']}" if s["skipped"] else f"failed: {s['error']}")
+                )
         lines += ["", "## Systems", ""]
         for s in data["systems"]:
-            lines.append(f"- **{s['name']}**: {s['description']} (`{s.get('command', '')}`); "
-                         f"load average at its start {s.get('loadavg_at_start', (0,))[0]:.2f}")
+            lines.append(
+                f"- **{s['name']}**: {s['description']} (`{s.get('command', '')}`); "
+                f"load average at its start {s.get('loadavg_at_start', (0,))[0]:.2f}"
+            )
         return lines
 
     def plots(self, data: dict, out: Path, title: str) -> list[str]:
@@ -236,27 +313,40 @@ class Matrix:
         """README's table: 4 KiB QD16 IOPS and 128 KiB writes on fio data,
         ratio and overhead on the corpus, one row per system that ran."""
         res, sto = data["results"], data["storage"]
-        lines = ["| system | randwrite IOPS | randread IOPS | 128 KiB write MB/s | ratio (corpus) "
-                 "| bytes/page beyond payload (corpus) |",
-                 "|---|---:|---:|---:|---:|---:|"]
+        lines = [
+            "| system | randwrite IOPS | randread IOPS | 128 KiB write MB/s | ratio (corpus) "
+            "| bytes/page beyond payload (corpus) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for s in data["systems"]:
             if s["skipped"]:
                 continue
             w = targets.lookup(res, s["name"], "fio", "randwrite-4k-qd16")
             r = targets.lookup(res, s["name"], "fio", "randread-4k-qd16")
             f = targets.lookup(res, s["name"], "fio", "seqwrite-128k")
-            st = next((x for x in sto if x["system"] == s["name"] and x["dataset"] == "corpus"), None)
+            st = next(
+                (x for x in sto if x["system"] == s["name"] and x["dataset"] == "corpus"), None
+            )
             ratio = num(st["ratio"], ".2f") if st and st["ratio"] else "-"
             if st and not st["ratio"] and st["memory_ratio"]:
                 ratio = f"{st['memory_ratio']:.2f} (by RSS)"
             overhead = num(st["overhead_bytes_per_page"]) if st else "-"
-            lines.append(f"| {s['description']} | {kilo(w and w['iops'])} | {kilo(r and r['iops'])} | "
-                         f"{num(f and f['mb_per_s'])} | {ratio} | {overhead} |")
+            lines.append(
+                f"| {s['description']} | {kilo(w and w['iops'])} | {kilo(r and r['iops'])} | "
+                f"{num(f and f['mb_per_s'])} | {ratio} | {overhead} |"
+            )
         met = [t for t in data.get("targets", []) if t["system"] == "zramd-lz4"]
         if met:
-            lines += ["", "zramd-lz4 against its targets: " + "; ".join(
-                f"{t['target']} {t['measured'] or '-'} (want {t['want']}"
-                f"{', met' if t['met'] else (', missed' if t['met'] is False else '')})" for t in met) + "."]
+            lines += [
+                "",
+                "zramd-lz4 against its targets: "
+                + "; ".join(
+                    f"{t['target']} {t['measured'] or '-'} (want {t['want']}"
+                    f"{', met' if t['met'] else (', missed' if t['met'] is False else '')})"
+                    for t in met
+                )
+                + ".",
+            ]
         return lines
 
 

@@ -20,12 +20,27 @@ from bench.servers import ServerProcess
 from bench.systems import FILL_WORKLOAD, Workload
 
 
-def job(ctx: Context, server: ServerProcess, w: Workload, log: IO[str], label: str, numjobs: int = 1,
-        iodepth: int | None = None) -> dict:
+def job(
+    ctx: Context,
+    server: ServerProcess,
+    w: Workload,
+    log: IO[str],
+    label: str,
+    numjobs: int = 1,
+    iodepth: int | None = None,
+) -> dict:
     """Runs w on every socket of `server` (numjobs connections each)."""
     json_path = ctx.logs / f"{label}.json"
-    cmd = fio.job_command([fio.nbd_target(u) for u in server.uris], w, ctx.region_bytes, ctx.args.runtime_s, 0,
-                          json_path, numjobs=numjobs, iodepth=iodepth)
+    cmd = fio.job_command(
+        [fio.nbd_target(u) for u in server.uris],
+        w,
+        ctx.region_bytes,
+        ctx.args.runtime_s,
+        0,
+        json_path,
+        numjobs=numjobs,
+        iodepth=iodepth,
+    )
     cpu0 = server.cpu_seconds()
     res = fio.run(cmd, log, timeout_s=ctx.fio_timeout_s())
     server_cpu_s = server.cpu_seconds() - cpu0
@@ -41,7 +56,9 @@ def fill(ctx: Context, server: ServerProcess, log: IO[str], label: str) -> None:
     that reads hit stored pages."""
     json_path = ctx.logs / f"{label}.fill.json"
     w = dataclasses.replace(FILL_WORKLOAD, name=f"{label}.fill")
-    cmd = fio.job_command([fio.nbd_target(u) for u in server.uris], w, ctx.region_bytes, 0, 0, json_path)
+    cmd = fio.job_command(
+        [fio.nbd_target(u) for u in server.uris], w, ctx.region_bytes, 0, 0, json_path
+    )
     fio.run(cmd, log, timeout_s=ctx.fio_timeout_s())
 
 

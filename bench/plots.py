@@ -7,8 +7,8 @@ line (machine and mode), writes its files and returns their names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def _pyplot():
@@ -32,8 +32,13 @@ def matrix(data: dict, out: Path, title: str) -> list[str]:
     colors = {n: palette[i % len(palette)] for i, n in enumerate(systems)}
     written: list[str] = []
 
-    def grouped(path: str, groups: list[tuple[str, str]], value: Callable[[dict], float], ylabel: str,
-                heading: str) -> None:
+    def grouped(
+        path: str,
+        groups: list[tuple[str, str]],
+        value: Callable[[dict], float],
+        ylabel: str,
+        heading: str,
+    ) -> None:
         fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(groups) + 4), 5.5))
         width = 0.8 / max(1, len(systems))
         for i, name in enumerate(systems):
@@ -45,7 +50,9 @@ def matrix(data: dict, out: Path, title: str) -> list[str]:
                     ys.append(value(r))
             ax.bar(xs, ys, width, label=name, color=colors[name])
         ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([f"{w}\n({d} data)" for d, w in groups], rotation=30, ha="right", fontsize=8)
+        ax.set_xticklabels(
+            [f"{w}\n({d} data)" for d, w in groups], rotation=30, ha="right", fontsize=8
+        )
         ax.set_ylabel(ylabel)
         ax.set_yscale("log")
         ax.grid(axis="y", alpha=0.3, which="both")
@@ -66,7 +73,9 @@ def matrix(data: dict, out: Path, title: str) -> list[str]:
     if small:
         grouped("iops.png", small, lambda r: r["iops"], "IOPS (log scale)", "4 KiB random I/O")
     if large:
-        grouped("throughput.png", large, lambda r: r["mb_per_s"], "MB/s (log scale)", "Large requests")
+        grouped(
+            "throughput.png", large, lambda r: r["mb_per_s"], "MB/s (log scale)", "Large requests"
+        )
     if data["storage"]:
         _storage(plt, data, systems, out, title)
         written.append("storage.png")
@@ -102,11 +111,28 @@ def _storage(plt, data: dict, systems: list[str], out: Path, title: str) -> None
                 payload.append(pay)
                 overhead.append(s["bytes_per_page"] - pay)
         ax1.bar(xs, mem_ratio, width, color=dcolors[d], label=f"{d} data: stored / memory used")
-        ax1.scatter(xr, payload_ratio, marker="_", s=400, color="black", zorder=3,
-                    label="payload ratio (orig / compr_data_size)" if i == 0 else None)
-        ax2.bar(xb, payload, width, color=dcolors[d], label=f"{d} data: payload (all, where unknown)")
-        ax2.bar(xb, overhead, width, bottom=payload, color=dcolors[d], alpha=0.45, hatch="//",
-                label=f"{d} data: overhead beyond payload")
+        ax1.scatter(
+            xr,
+            payload_ratio,
+            marker="_",
+            s=400,
+            color="black",
+            zorder=3,
+            label="payload ratio (orig / compr_data_size)" if i == 0 else None,
+        )
+        ax2.bar(
+            xb, payload, width, color=dcolors[d], label=f"{d} data: payload (all, where unknown)"
+        )
+        ax2.bar(
+            xb,
+            overhead,
+            width,
+            bottom=payload,
+            color=dcolors[d],
+            alpha=0.45,
+            hatch="//",
+            label=f"{d} data: overhead beyond payload",
+        )
     ax2.axhline(4096, color="gray", lw=0.8, ls=":")
     for ax in (ax1, ax2):
         ax.set_xticks(range(len(names)))
@@ -123,8 +149,14 @@ def _storage(plt, data: dict, systems: list[str], out: Path, title: str) -> None
     plt.close(fig)
 
 
-def medians_by_group(path: Path, groups: list[str], series: dict[str, list[dict]], ylabel: str,
-                     heading: str, title: str) -> None:
+def medians_by_group(
+    path: Path,
+    groups: list[str],
+    series: dict[str, list[dict]],
+    ylabel: str,
+    heading: str,
+    title: str,
+) -> None:
     """Grouped bars of medians with min-max error bars.
 
     series: label -> one stats.spread() dict per group (None entries skipped).

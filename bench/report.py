@@ -29,13 +29,17 @@ def title_line(meta: dict) -> str:
 
 def markdown(report: dict, sections: list) -> str:
     m = report["meta"]
-    lines = [f"# zramd benchmark{' (quick mode)' if m['quick'] else ''}", "",
-             f"Run {m['started']}, {m['duration_s']:.0f} s. Machine: {m['cpu']}, {m['cores']} cores, "
-             f"{m['mem_bytes'] / 2**30:.0f} GiB RAM, {m['os']}, kernel {m['kernel']}; load average at start "
-             f"{' '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}. {m['fio']}, nbdkit "
-             f"{m['nbdkit'].replace('nbdkit ', '')} (embedded Python {m['nbdkit_python']}). Region "
-             f"{m['region_bytes'] >> 20} MiB per system; timed jobs {m['runtime_s']:.1f} s "
-             f"(after a {m['ramp_s']:.1f} s ramp in the matrix). Re-measure with `make bench`.", ""]
+    lines = [
+        f"# zramd benchmark{' (quick mode)' if m['quick'] else ''}",
+        "",
+        f"Run {m['started']}, {m['duration_s']:.0f} s. Machine: {m['cpu']}, {m['cores']} cores, "
+        f"{m['mem_bytes'] / 2**30:.0f} GiB RAM, {m['os']}, kernel {m['kernel']}; load average at start "
+        f"{' '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}. {m['fio']}, nbdkit "
+        f"{m['nbdkit'].replace('nbdkit ', '')} (embedded Python {m['nbdkit_python']}). Region "
+        f"{m['region_bytes'] >> 20} MiB per system; timed jobs {m['runtime_s']:.1f} s "
+        f"(after a {m['ramp_s']:.1f} s ramp in the matrix). Re-measure with `make bench`.",
+        "",
+    ]
     for section in sections:
         if section.name in report["errors"]:
             lines += [f"## {section.title}", "", f"Failed: {report['errors'][section.name]}", ""]
@@ -52,13 +56,17 @@ def markdown(report: dict, sections: list) -> str:
 
 def readme_block(report: dict, sections: list) -> str:
     m = report["meta"]
-    lines = [README_BEGIN, "",
-             f"Latest run ({m['started'][:10]}; {m['cpu']}, {m['cores']} cores shared by client and server, "
-             f"{m['mem_bytes'] / 2**30:.0f} GiB, {m['os']}, kernel {m['kernel']}; {m['fio']}, "
-             f"{m['nbdkit']}; {m['region_bytes'] >> 20} MiB region, {m['runtime_s']:.0f} s per job). "
-             "4 KiB random I/O at iodepth 16 and 128 KiB sequential writes on fio data; compression ratio "
-             "and memory on the swap-like corpus. Every row, the targets and the charts: "
-             "[docs/bench/results.md](docs/bench/results.md).", ""]
+    lines = [
+        README_BEGIN,
+        "",
+        f"Latest run ({m['started'][:10]}; {m['cpu']}, {m['cores']} cores shared by client and server, "
+        f"{m['mem_bytes'] / 2**30:.0f} GiB, {m['os']}, kernel {m['kernel']}; {m['fio']}, "
+        f"{m['nbdkit']}; {m['region_bytes'] >> 20} MiB region, {m['runtime_s']:.0f} s per job). "
+        "4 KiB random I/O at iodepth 16 and 128 KiB sequential writes on fio data; compression ratio "
+        "and memory on the swap-like corpus. Every row, the targets and the charts: "
+        "[docs/bench/results.md](docs/bench/results.md).",
+        "",
+    ]
     for section in sections:
         data = report["sections"].get(section.name)
         if data is None:
@@ -80,7 +88,7 @@ def replace_block(text: str, block: str) -> str:
     end = text.find(README_END)
     if start < 0 or end < start:
         raise ValueError(f"README.md has no {README_BEGIN!r} ... {README_END!r} block")
-    return text[:start] + block + text[end + len(README_END):]
+    return text[:start] + block + text[end + len(README_END) :]
 
 
 def write(report: dict, sections: list, out: Path) -> str:
@@ -91,7 +99,9 @@ def write(report: dict, sections: list, out: Path) -> str:
     return md
 
 
-def publish(report: dict, sections: list, out: Path, docs_dir: Path = DOCS_BENCH, readme: Path = README) -> None:
+def publish(
+    report: dict, sections: list, out: Path, docs_dir: Path = DOCS_BENCH, readme: Path = README
+) -> None:
     """Replaces docs/bench/ with this run's results and charts, and README's block."""
     docs_dir.mkdir(parents=True, exist_ok=True)
     for old in docs_dir.iterdir():

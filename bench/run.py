@@ -42,29 +42,70 @@ from bench.systems import FIO_DATA_OPTIONS, SYSTEMS, WORKLOADS  # noqa: E402
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="zramd benchmark suite (see the module docstring)")
-    p.add_argument("--quick", action="store_true", help="tiny region and short jobs: proves the pipeline (CI)")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny region and short jobs: proves the pipeline (CI)"
+    )
     p.add_argument("--out", help="output directory (default bench/results/<timestamp>/)")
-    p.add_argument("--sections", help=f"comma-separated sections (default all: {','.join(s.name for s in SECTIONS)})")
-    p.add_argument("--systems", help="comma-separated names or globs, e.g. 'zramd-*,kernel-zram-lz4'")
-    p.add_argument("--workloads", help="matrix workload globs, e.g. 'randread-*,corpus/*' (fills always run)")
-    p.add_argument("--datasets", default="fio,corpus", help="matrix datasets: fio,corpus (default both)")
+    p.add_argument(
+        "--sections",
+        help=f"comma-separated sections (default all: {','.join(s.name for s in SECTIONS)})",
+    )
+    p.add_argument(
+        "--systems", help="comma-separated names or globs, e.g. 'zramd-*,kernel-zram-lz4'"
+    )
+    p.add_argument(
+        "--workloads", help="matrix workload globs, e.g. 'randread-*,corpus/*' (fills always run)"
+    )
+    p.add_argument(
+        "--datasets", default="fio,corpus", help="matrix datasets: fio,corpus (default both)"
+    )
     p.add_argument("--size-mib", type=int, help="region written per system (default 256, quick 16)")
     p.add_argument("--runtime", type=float, help="seconds per timed job (default 4, quick 0.5)")
-    p.add_argument("--ramp", type=float, help="matrix: ramp seconds before each timed job (default 1, quick 0)")
-    p.add_argument("--rounds", type=int, help="rounds of the interleaved sections (default 3, quick 1)")
-    p.add_argument("--corpus-dir", default=str(BENCH_DIR / "corpus"), help="where the corpus is kept (gitignored)")
+    p.add_argument(
+        "--ramp", type=float, help="matrix: ramp seconds before each timed job (default 1, quick 0)"
+    )
+    p.add_argument(
+        "--rounds", type=int, help="rounds of the interleaved sections (default 3, quick 1)"
+    )
+    p.add_argument(
+        "--corpus-dir",
+        default=str(BENCH_DIR / "corpus"),
+        help="where the corpus is kept (gitignored)",
+    )
     p.add_argument("--regenerate-corpus", action="store_true")
-    p.add_argument("--zramd", help="path of the zramd CLI (default: next to this Python, or .venv/bin/zramd)")
-    p.add_argument("--zram-lock", default=os.environ.get("ZRAMD_BENCH_ZRAM_LOCK"),
-                   help="hold flock(2) on this file while using a kernel zram device "
-                        "(default $ZRAMD_BENCH_ZRAM_LOCK; for machines whose zram others use too)")
-    p.add_argument("--publish", action=argparse.BooleanOptionalAction, default=None,
-                   help="replace docs/bench/ and README's block with this run "
-                        "(default: only for a full default run)")
-    p.add_argument("--list", action="store_true", help="list sections, systems and workloads, then exit")
+    p.add_argument(
+        "--zramd", help="path of the zramd CLI (default: next to this Python, or .venv/bin/zramd)"
+    )
+    p.add_argument(
+        "--zram-lock",
+        default=os.environ.get("ZRAMD_BENCH_ZRAM_LOCK"),
+        help="hold flock(2) on this file while using a kernel zram device "
+        "(default $ZRAMD_BENCH_ZRAM_LOCK; for machines whose zram others use too)",
+    )
+    p.add_argument(
+        "--publish",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="replace docs/bench/ and README's block with this run "
+        "(default: only for a full default run)",
+    )
+    p.add_argument(
+        "--list", action="store_true", help="list sections, systems and workloads, then exit"
+    )
     a = p.parse_args(argv)
-    selected = any((a.systems, a.workloads, a.sections, a.out, a.size_mib, a.runtime, a.ramp, a.rounds,
-                    a.datasets != "fio,corpus"))
+    selected = any(
+        (
+            a.systems,
+            a.workloads,
+            a.sections,
+            a.out,
+            a.size_mib,
+            a.runtime,
+            a.ramp,
+            a.rounds,
+            a.datasets != "fio,corpus",
+        )
+    )
     a.sections = [x for x in (a.sections or "").split(",") if x]
     a.systems = [x for x in (a.systems or "").split(",") if x]
     a.workloads = [x for x in (a.workloads or "").split(",") if x]
@@ -88,8 +129,10 @@ def list_all() -> None:
     for system in SYSTEMS:
         print(f"system   {system.name:<20} {system.description}")
     for w in WORKLOADS:
-        print(f"workload {w.dataset:<6} {w.name:<18} rw={w.rw} bs={w.bs_bytes} iodepth={w.iodepth}"
-              f"{' (fill)' if w.fill else ''}")
+        print(
+            f"workload {w.dataset:<6} {w.name:<18} rw={w.rw} bs={w.bs_bytes} iodepth={w.iodepth}"
+            f"{' (fill)' if w.fill else ''}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,10 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now()
     rep: dict = {"meta": {}, "sections": {}, "charts": {}, "errors": {}}
     with tempfile.TemporaryDirectory(prefix="zramd-bench-") as tmp:
-        ctx = Context(args=a, out=out, logs=out / "logs", tmp=Path(tmp), zramd=zramd, progress=progress)
+        ctx = Context(
+            args=a, out=out, logs=out / "logs", tmp=Path(tmp), zramd=zramd, progress=progress
+        )
         estimate = sum(s.estimate_s(ctx) for s in sections)
-        progress(f"zramd bench: sections {', '.join(s.name for s in sections)}; estimated about {estimate:.0f} s; "
-                 f"out {out}")
+        progress(
+            f"zramd bench: sections {', '.join(s.name for s in sections)}; estimated about {estimate:.0f} s; "
+            f"out {out}"
+        )
         for section in sections:
             progress(f"== {section.title}")
             try:
@@ -122,17 +169,28 @@ def main(argv: list[str] | None = None) -> int:
                 rep["errors"][section.name] = f"{type(e).__name__}: {e}"
                 progress(f"{section.name} FAILED: {e}")
     progress(f"done in {progress.elapsed():.0f} s")
-    rep["meta"] = {**machine.info(zramd), "started": started.isoformat(timespec="seconds"),
-                   "duration_s": round(progress.elapsed(), 1), "quick": a.quick, "region_bytes": a.region_bytes,
-                   "runtime_s": a.runtime_s, "ramp_s": a.ramp_s, "rounds": a.rounds,
-                   "fio_data_options": FIO_DATA_OPTIONS}
+    rep["meta"] = {
+        **machine.info(zramd),
+        "started": started.isoformat(timespec="seconds"),
+        "duration_s": round(progress.elapsed(), 1),
+        "quick": a.quick,
+        "region_bytes": a.region_bytes,
+        "runtime_s": a.runtime_s,
+        "ramp_s": a.ramp_s,
+        "rounds": a.rounds,
+        "fio_data_options": FIO_DATA_OPTIONS,
+    }
     title = report.title_line(rep["meta"])
     for section in sections:
         if section.name in rep["sections"]:
             try:
-                rep["charts"][section.name] = section.plots(rep["sections"][section.name], out, title)
+                rep["charts"][section.name] = section.plots(
+                    rep["sections"][section.name], out, title
+                )
             except ImportError as e:
-                print(f"charts skipped: matplotlib missing ({e}); install the bench extra", flush=True)
+                print(
+                    f"charts skipped: matplotlib missing ({e}); install the bench extra", flush=True
+                )
     md = report.write(rep, sections, out)
     print()
     print(md)

@@ -36,19 +36,34 @@ class ConnectionScaling:
 
     def estimate_s(self, ctx: Context) -> float:
         n = len(select(ctx.args.systems, [by_name(s) for s in SYSTEM_NAMES]))
-        return ctx.args.rounds * n * (len(CONNECTIONS) * len(WORKLOADS) * (ctx.args.runtime_s + 0.5) + 3)
+        return (
+            ctx.args.rounds
+            * n
+            * (len(CONNECTIONS) * len(WORKLOADS) * (ctx.args.runtime_s + 0.5) + 3)
+        )
 
     def run(self, ctx: Context) -> dict:
         a = ctx.args
         systems = select(a.systems, [by_name(s) for s in SYSTEM_NAMES])
-        data: dict = {"connections": list(CONNECTIONS), "total_iodepth": TOTAL_IODEPTH, "rounds": a.rounds,
-                      "runtime_s": a.runtime_s, "systems": [s.name for s in systems],
-                      "descriptions": {s.name: s.description for s in systems}, "jobs": [], "skipped": {}}
-        ctx.progress(f"scaling: {len(systems)} systems x {len(CONNECTIONS)} connection counts x "
-                     f"{len(WORKLOADS)} workloads x {a.rounds} rounds of {a.runtime_s:.1f} s")
+        data: dict = {
+            "connections": list(CONNECTIONS),
+            "total_iodepth": TOTAL_IODEPTH,
+            "rounds": a.rounds,
+            "runtime_s": a.runtime_s,
+            "systems": [s.name for s in systems],
+            "descriptions": {s.name: s.description for s in systems},
+            "jobs": [],
+            "skipped": {},
+        }
+        ctx.progress(
+            f"scaling: {len(systems)} systems x {len(CONNECTIONS)} connection counts x "
+            f"{len(WORKLOADS)} workloads x {a.rounds} rounds of {a.runtime_s:.1f} s"
+        )
         with open(ctx.logs / "scaling.fio.log", "a") as log:
             for rnd in range(a.rounds):
-                order = systems[rnd % len(systems):] + systems[:rnd % len(systems)] if systems else []
+                order = (
+                    systems[rnd % len(systems) :] + systems[: rnd % len(systems)] if systems else []
+                )
                 for system in order:
                     if system.name in data["skipped"]:
                         continue
@@ -59,7 +74,9 @@ class ConnectionScaling:
                         data["skipped"][system.name] = str(e)
                         ctx.progress(f"scaling {system.name}: SKIPPED: {e}")
                         continue
-                    server = ServerProcess(cmd, [sock], ctx.logs / f"scaling-{system.name}.server.log")
+                    server = ServerProcess(
+                        cmd, [sock], ctx.logs / f"scaling-{system.name}.server.log"
+                    )
                     try:
                         server.start()
                         if system.stores:
@@ -67,15 +84,30 @@ class ConnectionScaling:
                         for w in WORKLOADS:
                             for conns in CONNECTIONS:
                                 label = f"scaling-{system.name}-{w.name}-c{conns}-r{rnd}"
-                                res = measure.job(ctx, server, w, log, label, numjobs=conns,
-                                                  iodepth=max(1, TOTAL_IODEPTH // conns))
-                                data["jobs"].append({"system": system.name, "workload": w.name, "round": rnd,
-                                                     "connections": conns,
-                                                     "iodepth_per_connection": max(1, TOTAL_IODEPTH // conns),
-                                                     **res})
-                                ctx.progress(f"scaling round {rnd + 1}/{a.rounds} {system.name:<18} {w.name:<12} "
-                                             f"{conns} conn: {res['iops']:9.0f} IOPS, server "
-                                             f"{_us(res['server_us_per_request'])} µs/request")
+                                res = measure.job(
+                                    ctx,
+                                    server,
+                                    w,
+                                    log,
+                                    label,
+                                    numjobs=conns,
+                                    iodepth=max(1, TOTAL_IODEPTH // conns),
+                                )
+                                data["jobs"].append(
+                                    {
+                                        "system": system.name,
+                                        "workload": w.name,
+                                        "round": rnd,
+                                        "connections": conns,
+                                        "iodepth_per_connection": max(1, TOTAL_IODEPTH // conns),
+                                        **res,
+                                    }
+                                )
+                                ctx.progress(
+                                    f"scaling round {rnd + 1}/{a.rounds} {system.name:<18} {w.name:<12} "
+                                    f"{conns} conn: {res['iops']:9.0f} IOPS, server "
+                                    f"{_us(res['server_us_per_request'])} µs/request"
+                                )
                     except (RuntimeError, OSError, ValueError) as e:
                         ctx.progress(f"scaling {system.name} round {rnd + 1}: FAILED: {e}")
                         data.setdefault("errors", []).append(f"{system.name} round {rnd + 1}: {e}")
@@ -88,23 +120,35 @@ class ConnectionScaling:
         conns = data["connections"]
         depth = data["total_iodepth"]
         shapes = ", ".join(f"{c} x {max(1, depth // c)}" for c in conns)
-        lines = [f"## {self.title}", "",
-                 f"4 KiB random I/O over 1, 2 and 4 NBD connections (fio `ioengine=nbd`, one connection per "
-                 f"fio job) at the same total iodepth {depth} ({shapes}); "
-                 f"{data['rounds']} round(s) of {data['runtime_s']:.1f} s per job, systems interleaved. "
-                 "IOPS: median (min-max) over the rounds; \"N vs 1\": median (min-max) of the per-round "
-                 "ratio to one connection. Server µs/request: utime+stime of the server's nbdkit "
-                 "process over the job / requests. The client (fio) runs on the same 2 cores.",
-                 "",
-                 "| system | workload | " + " | ".join(f"{c} conn IOPS" for c in conns) + " | "
-                 + " | ".join(f"{c} vs 1" for c in conns[1:]) + " | "
-                 + " | ".join(f"server µs/req, {c} conn" for c in conns) + " |",
-                 "|---|---|" + "---:|" * (2 * len(conns) + len(conns) - 1)]
+        lines = [
+            f"## {self.title}",
+            "",
+            f"4 KiB random I/O over 1, 2 and 4 NBD connections (fio `ioengine=nbd`, one connection per "
+            f"fio job) at the same total iodepth {depth} ({shapes}); "
+            f"{data['rounds']} round(s) of {data['runtime_s']:.1f} s per job, systems interleaved. "
+            'IOPS: median (min-max) over the rounds; "N vs 1": median (min-max) of the per-round '
+            "ratio to one connection. Server µs/request: utime+stime of the server's nbdkit "
+            "process over the job / requests. The client (fio) runs on the same 2 cores.",
+            "",
+            "| system | workload | "
+            + " | ".join(f"{c} conn IOPS" for c in conns)
+            + " | "
+            + " | ".join(f"{c} vs 1" for c in conns[1:])
+            + " | "
+            + " | ".join(f"server µs/req, {c} conn" for c in conns)
+            + " |",
+            "|---|---|" + "---:|" * (2 * len(conns) + len(conns) - 1),
+        ]
         for row in data["summary"]:
-            lines.append(f"| {row['system']} | {row['workload']} | "
-                         + " | ".join(with_spread(row["iops"][str(c)]) for c in conns) + " | "
-                         + " | ".join(with_spread(row["vs_one"][str(c)], times) for c in conns[1:]) + " | "
-                         + " | ".join(with_spread(row["server_us"][str(c)], _us) for c in conns) + " |")
+            lines.append(
+                f"| {row['system']} | {row['workload']} | "
+                + " | ".join(with_spread(row["iops"][str(c)]) for c in conns)
+                + " | "
+                + " | ".join(with_spread(row["vs_one"][str(c)], times) for c in conns[1:])
+                + " | "
+                + " | ".join(with_spread(row["server_us"][str(c)], _us) for c in conns)
+                + " |"
+            )
         for name, why in data.get("skipped", {}).items():
             lines.append(f"\n- {name}: skipped: {why}")
         for err in data.get("errors", []):
@@ -115,23 +159,37 @@ class ConnectionScaling:
         if not data["summary"]:
             return []
         groups = [f"{r['system']}\n{r['workload']}" for r in data["summary"]]
-        series = {f"{c} connection{'s' if c > 1 else ''}": [r["iops"][str(c)] for r in data["summary"]]
-                  for c in data["connections"]}
-        plots.medians_by_group(out / "scaling.png", groups, series, "IOPS (median, bars: min-max)",
-                               f"4 KiB random I/O, total iodepth {data['total_iodepth']}", title)
+        series = {
+            f"{c} connection{'s' if c > 1 else ''}": [r["iops"][str(c)] for r in data["summary"]]
+            for c in data["connections"]
+        }
+        plots.medians_by_group(
+            out / "scaling.png",
+            groups,
+            series,
+            "IOPS (median, bars: min-max)",
+            f"4 KiB random I/O, total iodepth {data['total_iodepth']}",
+            title,
+        )
         return ["scaling.png"]
 
     def summary(self, data: dict) -> list[str]:
         if not data["summary"]:
             return []
         conns = data["connections"]
-        lines = [f"Connections (4 KiB random, total iodepth {data['total_iodepth']}, IOPS median (min-max) "
-                 f"over {data['rounds']} rounds; client and server share 2 cores):", "",
-                 "| system | workload | " + " | ".join(f"{c} conn" for c in conns) + " |",
-                 "|---|---|" + "---:|" * len(conns)]
+        lines = [
+            f"Connections (4 KiB random, total iodepth {data['total_iodepth']}, IOPS median (min-max) "
+            f"over {data['rounds']} rounds; client and server share 2 cores):",
+            "",
+            "| system | workload | " + " | ".join(f"{c} conn" for c in conns) + " |",
+            "|---|---|" + "---:|" * len(conns),
+        ]
         for row in data["summary"]:
-            lines.append(f"| {data['descriptions'].get(row['system'], row['system'])} | {row['workload']} | "
-                         + " | ".join(with_spread(row["iops"][str(c)]) for c in conns) + " |")
+            lines.append(
+                f"| {data['descriptions'].get(row['system'], row['system'])} | {row['workload']} | "
+                + " | ".join(with_spread(row["iops"][str(c)]) for c in conns)
+                + " |"
+            )
         return lines
 
 
@@ -147,14 +205,23 @@ def summarize(data: dict) -> list[dict]:
             mine = [j for j in jobs if j["system"] == system and j["workload"] == w.name]
             if not mine:
                 continue
-            row: dict = {"system": system, "workload": w.name, "iops": {}, "vs_one": {}, "server_us": {}}
+            row: dict = {
+                "system": system,
+                "workload": w.name,
+                "iops": {},
+                "vs_one": {},
+                "server_us": {},
+            }
             for c in data["connections"]:
                 at_c = [j for j in mine if j["connections"] == c]
                 row["iops"][str(c)] = spread([j["iops"] for j in at_c])
                 row["server_us"][str(c)] = spread([j["server_us_per_request"] for j in at_c])
                 ratios = []
                 for j in at_c:
-                    one = next((x for x in mine if x["connections"] == 1 and x["round"] == j["round"]), None)
+                    one = next(
+                        (x for x in mine if x["connections"] == 1 and x["round"] == j["round"]),
+                        None,
+                    )
                     if one and one["iops"]:
                         ratios.append(j["iops"] / one["iops"])
                 row["vs_one"][str(c)] = spread(ratios)

@@ -57,8 +57,9 @@ def zramd_serve_has(zramd: str, option: str) -> bool:
     return option in out.stdout
 
 
-def server_command(system: System, sock: str, region_bytes: int, zramd: str | None,
-                   extra: tuple[str, ...] = ()) -> list[str]:
+def server_command(
+    system: System, sock: str, region_bytes: int, zramd: str | None, extra: tuple[str, ...] = ()
+) -> list[str]:
     """The command line serving `system` on `sock`; SkipSystem if it cannot run."""
     size = size_arg(region_bytes)
     if system.kind == "zramd":
@@ -102,8 +103,13 @@ class ServerProcess:
         self._log = open(self.log_path, "ab")
         self._log.write(f"$ {' '.join(map(str, self.cmd))}\n".encode())
         self._log.flush()
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -113,8 +119,10 @@ class ServerProcess:
                 return
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"server did not listen on {' '.join(self.sockets)} within {timeout_s} s: "
-                           f"{self.log_tail()}")
+        raise RuntimeError(
+            f"server did not listen on {' '.join(self.sockets)} within {timeout_s} s: "
+            f"{self.log_tail()}"
+        )
 
     def log_tail(self, nbytes: int = 600) -> str:
         try:
@@ -171,14 +179,16 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    comm = text[text.index("(") + 1:text.rindex(")")]
-    fields = text[text.rindex(")") + 2:].split()
+    comm = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
     return comm, int(fields[11]) + int(fields[12])
 
 
 def zramd_stats(zramd: str, sock: str) -> dict:
-    out = subprocess.run([zramd, "stats", "--socket", sock, "--json"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [zramd, "stats", "--socket", sock, "--json"], capture_output=True, text=True, timeout=30
+    )
     if out.returncode != 0:
         raise RuntimeError(f"zramd stats failed: {out.stderr.strip() or out.stdout.strip()}")
     return json.loads(out.stdout)

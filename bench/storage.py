@@ -13,8 +13,14 @@ from __future__ import annotations
 from bench.systems import PAGE_BYTES, System
 
 
-def record(system: System, dataset: str, stored_bytes: int, stats: dict | None = None,
-           rss_delta_bytes: int | None = None, rss_after_bytes: int | None = None) -> dict:
+def record(
+    system: System,
+    dataset: str,
+    stored_bytes: int,
+    stats: dict | None = None,
+    rss_delta_bytes: int | None = None,
+    rss_after_bytes: int | None = None,
+) -> dict:
     rec: dict = {"system": system.name, "dataset": dataset}
     orig = stored_bytes
     if stats:
@@ -34,13 +40,18 @@ def record(system: System, dataset: str, stored_bytes: int, stats: dict | None =
         rec["huge_pages"] = stats.get("huge_pages")
     memory = rss_delta_bytes if rss_delta_bytes is not None else mem_stats
     rec["memory_bytes"] = memory
-    rec["memory_source"] = ("RSS delta" if rss_delta_bytes is not None
-                            else ("mem_used_total" if mem_stats else None))
+    rec["memory_source"] = (
+        "RSS delta" if rss_delta_bytes is not None else ("mem_used_total" if mem_stats else None)
+    )
     rec["ratio"] = orig / compr if compr else None
     rec["memory_ratio"] = orig / memory if memory and memory > 0 else None
     rec["bytes_per_page"] = memory / pages if memory is not None and pages else None
-    rec["overhead_bytes_per_page"] = ((memory - compr) / pages
-                                      if memory is not None and compr is not None and pages else None)
-    rec["stats_overhead_bytes_per_page"] = ((mem_stats - compr) / pages
-                                            if mem_stats is not None and compr is not None and pages else None)
+    rec["overhead_bytes_per_page"] = (
+        (memory - compr) / pages if memory is not None and compr is not None and pages else None
+    )
+    rec["stats_overhead_bytes_per_page"] = (
+        (mem_stats - compr) / pages
+        if mem_stats is not None and compr is not None and pages
+        else None
+    )
     return rec

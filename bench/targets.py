@@ -26,12 +26,20 @@ def add_ratios(data: dict) -> None:
             p = lookup(results, peer, r["dataset"], r["workload"])
             r[key] = r["mb_per_s"] / p["mb_per_s"] if p and p["mb_per_s"] else None
     for s in storage:
-        zram = next((x for x in storage if x["system"] == ZRAM_PEER and x["dataset"] == s["dataset"]), None)
-        s["ratio_vs_kernel_zram"] = s["ratio"] / zram["ratio"] if zram and zram["ratio"] and s["ratio"] else None
-        zstd = next((x for x in storage if x["system"] == ZSTD_PEER and x["dataset"] == s["dataset"]), None)
-        s["memory_vs_nbdkit_zstd"] = (s["bytes_per_page"] / zstd["bytes_per_page"]
-                                      if zstd and zstd["bytes_per_page"] and s["bytes_per_page"] is not None
-                                      else None)
+        zram = next(
+            (x for x in storage if x["system"] == ZRAM_PEER and x["dataset"] == s["dataset"]), None
+        )
+        s["ratio_vs_kernel_zram"] = (
+            s["ratio"] / zram["ratio"] if zram and zram["ratio"] and s["ratio"] else None
+        )
+        zstd = next(
+            (x for x in storage if x["system"] == ZSTD_PEER and x["dataset"] == s["dataset"]), None
+        )
+        s["memory_vs_nbdkit_zstd"] = (
+            s["bytes_per_page"] / zstd["bytes_per_page"]
+            if zstd and zstd["bytes_per_page"] and s["bytes_per_page"] is not None
+            else None
+        )
 
 
 # (workload, peer, at least, what)
@@ -61,30 +69,54 @@ def evaluate(data: dict) -> list[dict]:
         n = s["name"]
         for workload, peer, want, what in SPEED_TARGETS:
             v = ratio(n, workload, peer)
-            targets.append({"system": n, "target": what, "want": f">= {want:.1f}x",
-                            "measured": None if v is None else f"{v:.2f}x", "met": None if v is None else v >= want})
+            targets.append(
+                {
+                    "system": n,
+                    "target": what,
+                    "want": f">= {want:.1f}x",
+                    "measured": None if v is None else f"{v:.2f}x",
+                    "met": None if v is None else v >= want,
+                }
+            )
         for rec in (x for x in sto if x["system"] == n):
             v = rec["overhead_bytes_per_page"]
-            targets.append({"system": n, "target": f"overhead beyond payload, {rec['dataset']} data (RSS)",
-                            "want": f"<= {OVERHEAD_MAX_BYTES_PER_PAGE} B/page",
-                            "measured": None if v is None else f"{v:.0f} B/page",
-                            "met": None if v is None else v <= OVERHEAD_MAX_BYTES_PER_PAGE})
+            targets.append(
+                {
+                    "system": n,
+                    "target": f"overhead beyond payload, {rec['dataset']} data (RSS)",
+                    "want": f"<= {OVERHEAD_MAX_BYTES_PER_PAGE} B/page",
+                    "measured": None if v is None else f"{v:.0f} B/page",
+                    "met": None if v is None else v <= OVERHEAD_MAX_BYTES_PER_PAGE,
+                }
+            )
             if n.startswith("zramd-lz4"):
                 v = rec.get("ratio_vs_kernel_zram")
-                targets.append({"system": n, "target": f"compression ratio vs kernel zram lz4, {rec['dataset']} data",
-                                "want": f"within {RATIO_WITHIN:.0%}",
-                                "measured": None if v is None else f"{(v - 1) * 100:+.1f}%",
-                                "met": None if v is None else abs(v - 1) <= RATIO_WITHIN})
+                targets.append(
+                    {
+                        "system": n,
+                        "target": f"compression ratio vs kernel zram lz4, {rec['dataset']} data",
+                        "want": f"within {RATIO_WITHIN:.0%}",
+                        "measured": None if v is None else f"{(v - 1) * 100:+.1f}%",
+                        "met": None if v is None else abs(v - 1) <= RATIO_WITHIN,
+                    }
+                )
     return targets
 
 
 def markdown(targets: list[dict]) -> list[str]:
     if not targets:
         return []
-    lines = ["## Targets", "",
-             "Ratios against peers measured in the same run (see the tables above).", "",
-             "| system | target | want | measured | met |", "|---|---|---|---:|---|"]
+    lines = [
+        "## Targets",
+        "",
+        "Ratios against peers measured in the same run (see the tables above).",
+        "",
+        "| system | target | want | measured | met |",
+        "|---|---|---|---:|---|",
+    ]
     for t in targets:
         met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
-        lines.append(f"| {t['system']} | {t['target']} | {t['want']} | {t['measured'] or '-'} | {met} |")
+        lines.append(
+            f"| {t['system']} | {t['target']} | {t['want']} | {t['measured'] or '-'} | {met} |"
+        )
     return lines

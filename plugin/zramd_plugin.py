@@ -21,28 +21,34 @@ try:
 except ImportError:  # run from a checkout without PYTHONPATH
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zramd import commands, pinning, shutdown, swap
+from zramd import commands, logs, pinning, shutdown, swap
 from zramd import config as zconfig
+from zramd.backing import BackingFile
 from zramd.checksums import make_checksum
 from zramd.codecs import make_codec
 from zramd.control import ControlServer
-from zramd.backing import BackingFile
 from zramd.device import Device
 from zramd.store import PageStore
 from zramd.writeback import Writeback
 
 API_VERSION = 2
 
+# nbdkit prints every exception a callback raises: expected errors (ENOSPC,
+# EIO, a bad setting) as one line, not a traceback
+# (docs/design.md#running-as-a-service).
+logs.install_exception_format()
+
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # advertised maximum block size
 
-_params = {}
+_params: dict[str, str] = {}
 _settings = None
 _device = None
-_read = None          # the store's read, bound once
+_read = None  # the store's read, bound once
 _direct_write = None  # the store's write when the device adds nothing per write
-_pin_each = False     # pin in every callback (more than one thread per connection)
+_pin_each = False  # pin in every callback (more than one thread per connection)
 _control = None
 _pin = False
+_log_filter = None
 
 
 def config(key, value):
@@ -54,16 +60,21 @@ def config(key, value):
 def config_complete():
     global _settings, _pin, _pin_each
     _settings = zconfig.from_plugin_params(_params)
+    logs.configure_plugin()
     _pin = _settings.pin_thread_state
     # With --threads 1, nbdkit runs open, every request and close of a
     # connection on one thread (checked), so pinning in open() is enough.
     _pin_each = _pin and _settings.threads > 1
+    if _settings.swap:
+        # Lock now, before the store and the threads exist (zramd.swap says
+        # why this and not nbdkit's --swap).
+        warning = swap.lock_memory()
+        if warning:
+            print(f"zramd: warning: {warning}", file=sys.stderr)
 
 
 def config_help():
-    return ("size=SIZE  algorithm=lz4|zstd|none  level=N  mem_limit=SIZE  control=PATH  "
-            "compress=inline|async|hybrid  workers=N  pending_limit=SIZE  "
-            "checksum=none|xxh3|crc32  pin_thread_state=on|off  swap=on|off")
+    return zconfig.plugin_help()
 
 
 def thread_model():
@@ -73,27 +84,52 @@ def thread_model():
 def get_ready():
     global _device, _read, _direct_write
     s = _settings
-    backing = BackingFile(s.backing_file, s.backing_size_bytes or s.size_bytes) \
-        if s.backing_file else None
-    recomp = make_codec(s.recomp_algorithm, s.recomp_level) if s.recomp_algorithm else None
-    store = PageStore(s.size_bytes, make_codec(s.algorithm, s.level), s.mem_limit_bytes,
-                      make_checksum(s.checksum), recomp_codec=recomp, backing=backing)
-    writeback = Writeback(store, backing, s.high_watermark_bytes, s.low_watermark()) \
-        if backing else None
-    _device = Device(store, s.compress_mode, s.workers, s.pending_limit_bytes,
-                     stable_writes=s.fault_inject != "no-stable-writes", writeback=writeback)
+    backing = (
+        BackingFile(s.backing_file, s.backing_size_bytes or s.size_bytes)
+        if s.backing_file
+        else None
+    )
+    recomp = (
+        make_codec(s.recomp_algorithm or "zstd", s.recomp_level)
+        if s.recomp_algorithm or s.recomp_level is not None
+        else None
+    )
+    store = PageStore(
+        s.size_bytes,
+        make_codec(s.algorithm, s.level),
+        s.mem_limit_bytes,
+        make_checksum(s.checksum),
+        recomp_codec=recomp,
+        backing=backing,
+    )
+    writeback = (
+        Writeback(store, backing, s.high_watermark_bytes, s.low_watermark()) if backing else None
+    )
+    _device = Device(
+        store,
+        s.compress_mode,
+        s.workers,
+        s.pending_limit_bytes,
+        stable_writes=s.fault_inject != "no-stable-writes",
+        writeback=writeback,
+    )
     _read = _device.read
     _direct_write = _device.direct_write
     nbdkit.debug(f"zramd: {zconfig.describe(s)}")
     if s.swap:
         why_not = swap.set_io_flusher()
         if why_not:
-            print(f"zramd: warning: cannot mark the server as an I/O flusher: {why_not}",
-                  file=sys.stderr)
+            logs.log("WARNING", f"cannot mark the server as an I/O flusher: {why_not}")
 
 
 def after_fork():
-    global _control
+    global _control, _log_filter
+    # From here on nbdkit's stderr goes through the rate-limiting filter:
+    # a burst of failed requests is a few lines, and no request thread
+    # ever waits for whoever reads the log.
+    dest = logs.open_log_file(_settings.log_file) if _settings.log_file else None
+    _log_filter = logs.StderrFilter(dest)
+    _log_filter.install()
     _device.start()  # threads: only after nbdkit's fork
     if _settings.control_path:
         _control = ControlServer(_settings.control_path, _control_request)
@@ -114,12 +150,17 @@ def cleanup():
     # The last word on what was stored: a line for the log, and all of it as
     # JSON for whoever asked (scripts, the shutdown tests).
     stats = _device.stats()
-    print(f"zramd: stopped with {stats['orig_data_size'] >> 12} pages stored, "
-          f"{stats['pending_pages']} pending, {stats['compr_data_size']} bytes compressed",
-          file=sys.stderr, flush=True)
+    logs.log(
+        "INFO",
+        f"stopped with {stats['orig_data_size'] >> 12} pages stored, "
+        f"{stats['pending_pages']} pending, "
+        f"{stats['compr_data_size']} bytes compressed",
+    )
     if _settings.final_stats_path:
         with builtins.open(_settings.final_stats_path, "w") as f:
             json.dump(stats, f, sort_keys=True)
+    if _log_filter is not None:
+        _log_filter.uninstall()
 
 
 def open(readonly):

@@ -23,8 +23,17 @@ import dataclasses
 import re
 from pathlib import Path
 
-MM_STAT_FIELDS = ["orig_data_size", "compr_data_size", "mem_used_total", "mem_limit", "mem_used_max",
-                  "same_pages", "pages_compacted", "huge_pages", "huge_pages_since"]
+MM_STAT_FIELDS = [
+    "orig_data_size",
+    "compr_data_size",
+    "mem_used_total",
+    "mem_limit",
+    "mem_used_max",
+    "same_pages",
+    "pages_compacted",
+    "huge_pages",
+    "huge_pages_since",
+]
 _ZRAM_MM_STAT = "/zram0/mm_stat "
 
 
@@ -108,7 +117,9 @@ def parse_line(line: str) -> Event | None:
         nums = line.split(_ZRAM_MM_STAT, 1)[1].split()
         if len(nums) < len(MM_STAT_FIELDS) or not all(n.isdigit() for n in nums):
             return None  # "unreadable", or a truncated line
-        return GuestZramStat(kv(rest).get("pass"), dict(zip(MM_STAT_FIELDS, map(int, nums))))
+        return GuestZramStat(
+            kv(rest).get("pass"), dict(zip(MM_STAT_FIELDS, map(int, nums), strict=False))
+        )
     if tag == "HOG-MISMATCH":
         return HogMismatch(line)
     if tag == "HOG-RESULT":

@@ -36,28 +36,56 @@ def build_guest(force: bool = False) -> None:
 
 def kernel_append(dev: str, hog_mib: int, passes: int, corrupt_page: int) -> str:
     """The kernel command line: console, and the scenario for guest-init.sh."""
-    return (f"console=ttyS0 loglevel=4 panic=-1 mitigations=off "
-            f"zramd.dev={dev} zramd.hog_mib={hog_mib} zramd.passes={passes} zramd.corrupt={corrupt_page}")
+    return (
+        f"console=ttyS0 loglevel=4 panic=-1 mitigations=off "
+        f"zramd.dev={dev} zramd.hog_mib={hog_mib} zramd.passes={passes} zramd.corrupt={corrupt_page}"
+    )
 
 
-def qemu_command(dev: str, sock: Path | None, console: Path, mem_mib: int, append: str) -> list[str]:
-    cmd = [qemu_binary() or "qemu-system-x86_64",
-           "-accel", "tcg", "-m", f"{mem_mib}M", "-smp", "1",
-           "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot",
-           "-serial", f"file:{console}",
-           "-kernel", str(CACHE / "vmlinuz"), "-initrd", str(CACHE / "initramfs.cpio.gz"),
-           "-append", append]
+def qemu_command(
+    dev: str, sock: Path | None, console: Path, mem_mib: int, append: str
+) -> list[str]:
+    cmd = [
+        qemu_binary() or "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-m",
+        f"{mem_mib}M",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-serial",
+        f"file:{console}",
+        "-kernel",
+        str(CACHE / "vmlinuz"),
+        "-initrd",
+        str(CACHE / "initramfs.cpio.gz"),
+        "-append",
+        append,
+    ]
     if dev == "vda":
         # Path 1: qemu's own NBD client, a virtio disk in the guest. discard=unmap
         # passes the guest's discards on as NBD trims.
-        cmd += ["-drive", f"driver=nbd,server.type=unix,server.path={sock},if=none,id=d0,discard=unmap",
-                "-device", "virtio-blk-pci,drive=d0"]
+        cmd += [
+            "-drive",
+            f"driver=nbd,server.type=unix,server.path={sock},if=none,id=d0,discard=unmap",
+            "-device",
+            "virtio-blk-pci,drive=d0",
+        ]
     elif dev == "nbd":
         # Path 2: the guest's nbd driver. restrict=on cuts the guest off from
         # everything but the guestfwd rule, which qemu itself connects to SOCK.
-        cmd += ["-netdev", f"user,id=n0,restrict=on,"
-                           f"guestfwd=tcp:{GUEST_FWD_ADDR}:{GUEST_FWD_PORT}-unix:{sock}",
-                "-device", "virtio-net-pci,netdev=n0"]
+        cmd += [
+            "-netdev",
+            f"user,id=n0,restrict=on,guestfwd=tcp:{GUEST_FWD_ADDR}:{GUEST_FWD_PORT}-unix:{sock}",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ]
     return cmd
 
 

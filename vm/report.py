@@ -16,8 +16,19 @@ def _mib(nbytes: int | None) -> str:
 
 
 def report(results: list[Result]) -> str:
-    head = ["target", "ok", "pages out", "pages in", "hog s", "total s", "swap-in/s", "ratio",
-            "peak used MiB", "used after swapoff MiB", "after blkdiscard MiB"]
+    head = [
+        "target",
+        "ok",
+        "pages out",
+        "pages in",
+        "hog s",
+        "total s",
+        "swap-in/s",
+        "ratio",
+        "peak used MiB",
+        "used after swapoff MiB",
+        "after blkdiscard MiB",
+    ]
     rows = []
     for r in results:
         peak = r.peak.get("mem_used_total") if r.peak else None
@@ -29,12 +40,24 @@ def report(results: list[Result]) -> str:
             final = None
         else:  # nbdkit memory: allocated (non-hole) bytes as nbdinfo --map sees them
             swapoff, final = r.allocated_after_swapoff_bytes, r.allocated_after_bytes
-        rows.append([r.target, "PASS" if r.ok else "FAIL", _fmt(r.pages_out), _fmt(r.pages_in),
-                     _fmt(r.hog_s), _fmt(r.elapsed_s), _fmt(r.swap_in_rate), _fmt(r.ratio),
-                     _mib(peak), _mib(swapoff), _mib(final)])
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+        rows.append(
+            [
+                r.target,
+                "PASS" if r.ok else "FAIL",
+                _fmt(r.pages_out),
+                _fmt(r.pages_in),
+                _fmt(r.hog_s),
+                _fmt(r.elapsed_s),
+                _fmt(r.swap_in_rate),
+                _fmt(r.ratio),
+                _mib(peak),
+                _mib(swapoff),
+                _mib(final),
+            ]
+        )
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
 
     def line(cells: list) -> str:
-        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False))
 
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])

@@ -29,27 +29,27 @@ class Result:
     target: str
     server: str | None
     dev: str
-    mem_mib: int                    # the workload's guest RAM (the 2x check uses it)
+    mem_mib: int  # the workload's guest RAM (the 2x check uses it)
     hog_mib: int
     passes: int
-    guest_ram_mib: int = 0          # qemu -m: mem_mib, plus room for guest-zram's store
+    guest_ram_mib: int = 0  # qemu -m: mem_mib, plus room for guest-zram's store
     ok: bool = False
     failures: list = dataclasses.field(default_factory=list)
-    elapsed_s: float = 0.0          # qemu start to exit, host clock
-    hog_s: float | None = None      # the hog's run, guest clock
-    pages_out: int | None = None    # /proc/vmstat pswpout delta over the hog
-    pages_in: int | None = None     # pswpin delta over the hog
+    elapsed_s: float = 0.0  # qemu start to exit, host clock
+    hog_s: float | None = None  # the hog's run, guest clock
+    pages_out: int | None = None  # /proc/vmstat pswpout delta over the hog
+    pages_in: int | None = None  # pswpin delta over the hog
     pages_in_swapoff: int | None = None  # pswpin during swapoff
-    swap_in_rate: float | None = None    # pages_in / hog_s
+    swap_in_rate: float | None = None  # pages_in / hog_s
     swap_out_rate: float | None = None
-    ratio: float | None = None      # orig_data_size / compr_data_size at the peak
-    peak: dict | None = None        # server stats sample with the largest orig_data_size
+    ratio: float | None = None  # orig_data_size / compr_data_size at the peak
+    peak: dict | None = None  # server stats sample with the largest orig_data_size
     after_swapoff: dict | None = None  # server stats right after swapoff (kernel discards only)
-    final: dict | None = None       # server stats after the guest's blkdiscard and power-off
+    final: dict | None = None  # server stats after the guest's blkdiscard and power-off
     allocated_after_swapoff_bytes: int | None = None  # nbdinfo --map data bytes (non-zramd)
     allocated_after_bytes: int | None = None
     guest: dict = dataclasses.field(default_factory=dict)  # ZRAMD-RESULT keys
-    hog: dict = dataclasses.field(default_factory=dict)    # HOG-RESULT keys
+    hog: dict = dataclasses.field(default_factory=dict)  # HOG-RESULT keys
     samples: list = dataclasses.field(default_factory=list)
     console_log: str = ""
     server_log: str = ""
@@ -85,7 +85,9 @@ def check(res: Result, min_ratio: float = MIN_RATIO) -> None:
     if not h:
         f.append("hog printed no result")
     elif h.get("ok") != 1 or h.get("bad_pages") != 0:
-        f.append(f"verification failed: {h.get('bad_pages')} bad pages, {h.get('bad_bytes')} bad bytes")
+        f.append(
+            f"verification failed: {h.get('bad_pages')} bad pages, {h.get('bad_bytes')} bad bytes"
+        )
     if g.get("hog_rc") not in (0, None) and h.get("ok") == 1:
         f.append(f"hog exited with status {g.get('hog_rc')}")
     if res.pages_out is None:
@@ -93,8 +95,10 @@ def check(res: Result, min_ratio: float = MIN_RATIO) -> None:
     else:
         ram_pages = res.mem_mib * (1 << 20) // PAGE_BYTES
         if res.pages_out < 2 * ram_pages:
-            f.append(f"only {res.pages_out} pages swapped out, less than twice the guest's RAM "
-                     f"({2 * ram_pages} pages)")
+            f.append(
+                f"only {res.pages_out} pages swapped out, less than twice the guest's RAM "
+                f"({2 * ram_pages} pages)"
+            )
         if res.pages_in <= 0:
             f.append("no page was swapped in")
     if res.server != "zramd":
@@ -133,13 +137,19 @@ def check(res: Result, min_ratio: float = MIN_RATIO) -> None:
         f.append("no zramd stats right after swapoff")
     elif res.peak is not None:
         if a.get("notify_free", 0) <= res.peak.get("notify_free", 0):
-            f.append(f"zramd freed no page between the peak and swapoff (notify_free "
-                     f"{res.peak.get('notify_free')} -> {a.get('notify_free')}): discards did not arrive")
+            f.append(
+                f"zramd freed no page between the peak and swapoff (notify_free "
+                f"{res.peak.get('notify_free')} -> {a.get('notify_free')}): discards did not arrive"
+            )
         if a.get("orig_data_size", 0) > res.peak["orig_data_size"] * AFTER_SWAPOFF_MAX_FRACTION:
-            f.append(f"after swapoff zramd still holds orig_data_size={a.get('orig_data_size')}, more "
-                     f"than {AFTER_SWAPOFF_MAX_FRACTION:.0%} of its peak {res.peak['orig_data_size']}: "
-                     f"the kernel's discards did not return the memory")
+            f.append(
+                f"after swapoff zramd still holds orig_data_size={a.get('orig_data_size')}, more "
+                f"than {AFTER_SWAPOFF_MAX_FRACTION:.0%} of its peak {res.peak['orig_data_size']}: "
+                f"the kernel's discards did not return the memory"
+            )
     for key in ("orig_data_size", "mem_used_total"):
         if last.get(key, 0) > MAX_LEFT_AFTER_TEARDOWN_BYTES:
-            f.append(f"after the guest discarded the whole device zramd still has {key}={last[key]} "
-                     f"(> {MAX_LEFT_AFTER_TEARDOWN_BYTES})")
+            f.append(
+                f"after the guest discarded the whole device zramd still has {key}={last[key]} "
+                f"(> {MAX_LEFT_AFTER_TEARDOWN_BYTES})"
+            )

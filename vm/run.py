@@ -82,7 +82,9 @@ class GuestRun:
     console events that fill ``res``. Driven by one thread, in the order
     start_server(), boot(), watch(), collect(), cleanup()."""
 
-    def __init__(self, target: str, res: Result, server_kind: str | None, device_size: str, quiet: bool):
+    def __init__(
+        self, target: str, res: Result, server_kind: str | None, device_size: str, quiet: bool
+    ):
         self.target = target
         self.res = res
         self.quiet = quiet
@@ -92,7 +94,11 @@ class GuestRun:
         self.server_log = self.tmp / "server.log"
         self.qemu_log = self.tmp / "qemu.log"
         self.t0 = time.monotonic()
-        self.server = TargetServer(server_kind, self.sock, self.server_log, device_size) if server_kind else None
+        self.server = (
+            TargetServer(server_kind, self.sock, self.server_log, device_size)
+            if server_kind
+            else None
+        )
         self.sampler: StatsSampler | None = None
         self.qemu: subprocess.Popen | None = None
         self.timed_out = False
@@ -112,11 +118,17 @@ class GuestRun:
 
     def boot(self, append: str) -> None:
         r = self.res
-        cmd = qemu_command(r.dev, self.sock if self.server else None, self.console, r.guest_ram_mib, append)
-        self.stamp(f"booting guest ({r.guest_ram_mib} MiB RAM, hog {r.hog_mib} MiB x {r.passes} passes, TCG)")
+        cmd = qemu_command(
+            r.dev, self.sock if self.server else None, self.console, r.guest_ram_mib, append
+        )
+        self.stamp(
+            f"booting guest ({r.guest_ram_mib} MiB RAM, hog {r.hog_mib} MiB x {r.passes} passes, TCG)"
+        )
         self.console.touch()
         with open(self.qemu_log, "wb") as qlog:
-            self.qemu = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT)
+            self.qemu = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT
+            )
 
     def watch(self, timeout_s: float) -> None:
         """Follows the console until qemu exits, the server dies or time runs out."""
@@ -133,8 +145,10 @@ class GuestRun:
                 return
             if self.server and not self.server.alive():
                 # The guest would wait for its swap device forever.
-                self.res.failures.append(f"server exited with status {self.server.returncode} while the "
-                                         f"guest was running")
+                self.res.failures.append(
+                    f"server exited with status {self.server.returncode} while the "
+                    f"guest was running"
+                )
                 self._kill_qemu()
                 return
             if time.monotonic() > deadline:
@@ -160,13 +174,20 @@ class GuestRun:
             res.guest.update(event.values)
         elif isinstance(event, console.HogPass):
             v = event.values
-            self.stamp(f"hog pass {v.get('pass')} ({v.get('action')}) done in {v.get('seconds')} s, "
-                       f"bad pages {v.get('bad_pages')}")
+            self.stamp(
+                f"hog pass {v.get('pass')} ({v.get('action')}) done in {v.get('seconds')} s, "
+                f"bad pages {v.get('bad_pages')}"
+            )
             if self.sampler is not None:
                 self.sampler.poke()
         elif isinstance(event, console.GuestZramStat):
-            res.samples.append(dict(event.mm_stat, t_s=round(time.monotonic() - self.t0, 2),
-                                    label=f"guest-zram-pass-{event.pass_no}"))
+            res.samples.append(
+                dict(
+                    event.mm_stat,
+                    t_s=round(time.monotonic() - self.t0, 2),
+                    label=f"guest-zram-pass-{event.pass_no}",
+                )
+            )
         elif isinstance(event, console.HogResult):
             res.hog = event.values
         elif isinstance(event, console.HogMismatch):
@@ -183,18 +204,28 @@ class GuestRun:
         assert self.qemu is not None
         res.elapsed_s = round(time.monotonic() - self.t0, 1)
         self.stamp(f"guest exited (qemu status {self.qemu.returncode})")
-        if self.qemu.returncode != 0 and not self.timed_out and (not self.server or self.server.alive()):
-            res.failures.append(f"qemu exited with status {self.qemu.returncode}: {tail(self.qemu_log, 5)}")
+        if (
+            self.qemu.returncode != 0
+            and not self.timed_out
+            and (not self.server or self.server.alive())
+        ):
+            res.failures.append(
+                f"qemu exited with status {self.qemu.returncode}: {tail(self.qemu_log, 5)}"
+            )
         if self.sampler is not None:
             self.sampler.stop()
             res.final = self.sampler.sample("final")
             res.samples += self.sampler.samples
             if self.sampler.errors:
-                res.failures.append(f"zramd stats failed {len(self.sampler.errors)} times: {self.sampler.errors[-1]}")
+                res.failures.append(
+                    f"zramd stats failed {len(self.sampler.errors)} times: {self.sampler.errors[-1]}"
+                )
         if self.server:
             if not self.server.alive():
                 if not any("server exited" in x for x in res.failures):
-                    res.failures.append(f"server died during the run (status {self.server.returncode})")
+                    res.failures.append(
+                        f"server died during the run (status {self.server.returncode})"
+                    )
             elif self.server.kind != "zramd":
                 res.allocated_after_bytes = self.server.allocated_bytes()
 
@@ -213,7 +244,11 @@ class GuestRun:
             rc = self.server.stop()
             if rc not in (0, -signal.SIGTERM, None) and not res.failures:
                 res.failures.append(f"server exited with status {rc} on SIGTERM")
-        for src, name in ((self.console, "console"), (self.server_log, "server"), (self.qemu_log, "qemu")):
+        for src, name in (
+            (self.console, "console"),
+            (self.server_log, "server"),
+            (self.qemu_log, "qemu"),
+        ):
             if src.exists():
                 shutil.copy(src, LOGS / f"{self.target}.{name}.log")
         res.console_log = str(LOGS / f"{self.target}.console.log")
@@ -221,11 +256,19 @@ class GuestRun:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def run_target(target: str, *, mem_mib: int = DEFAULT_MEM_MIB, hog_mib: int = DEFAULT_HOG_MIB,
-               passes: int = DEFAULT_PASSES, timeout_s: float = DEFAULT_TIMEOUT_S,
-               corrupt_page: int = -1, device_size: str = DEFAULT_DEVICE_SIZE,
-               min_ratio: float = MIN_RATIO, zram_extra_mib: int | None = None,
-               quiet: bool = False) -> Result:
+def run_target(
+    target: str,
+    *,
+    mem_mib: int = DEFAULT_MEM_MIB,
+    hog_mib: int = DEFAULT_HOG_MIB,
+    passes: int = DEFAULT_PASSES,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    corrupt_page: int = -1,
+    device_size: str = DEFAULT_DEVICE_SIZE,
+    min_ratio: float = MIN_RATIO,
+    zram_extra_mib: int | None = None,
+    quiet: bool = False,
+) -> Result:
     """Boots the guest against one target and returns what it measured and
     which checks failed (Result.failures empty and Result.ok True when all
     passed). The guest must have been built (build_guest()).
@@ -238,8 +281,15 @@ def run_target(target: str, *, mem_mib: int = DEFAULT_MEM_MIB, hog_mib: int = DE
     if zram_extra_mib is None:
         zram_extra_mib = hog_mib // 2
     guest_ram_mib = mem_mib + (zram_extra_mib if dev == "zram" else 0)
-    res = Result(target=target, server=server_kind, dev=dev, mem_mib=mem_mib,
-                 hog_mib=hog_mib, passes=passes, guest_ram_mib=guest_ram_mib)
+    res = Result(
+        target=target,
+        server=server_kind,
+        dev=dev,
+        mem_mib=mem_mib,
+        hog_mib=hog_mib,
+        passes=passes,
+        guest_ram_mib=guest_ram_mib,
+    )
     LOGS.mkdir(parents=True, exist_ok=True)
     run = GuestRun(target, res, server_kind, device_size, quiet)
     try:
@@ -256,23 +306,39 @@ def run_target(target: str, *, mem_mib: int = DEFAULT_MEM_MIB, hog_mib: int = DE
     res.ok = not res.failures
     if not res.ok and not quiet:
         log(f"---- {target} FAILED:\n  " + "\n  ".join(res.failures))
-        log(f"---- {target}: guest console tail ({res.console_log}):\n{tail(Path(res.console_log))}")
+        log(
+            f"---- {target}: guest console tail ({res.console_log}):\n{tail(Path(res.console_log))}"
+        )
         if res.server_log:
-            log(f"---- {target}: server log tail ({res.server_log}):\n{tail(Path(res.server_log), 20)}")
+            log(
+                f"---- {target}: server log tail ({res.server_log}):\n{tail(Path(res.server_log), 20)}"
+            )
     return res
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("targets", nargs="*", metavar="TARGET",
-                    help=f"targets to run (default: all): {', '.join(TARGETS)}")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "targets",
+        nargs="*",
+        metavar="TARGET",
+        help=f"targets to run (default: all): {', '.join(TARGETS)}",
+    )
     ap.add_argument("--mem-mib", type=int, default=DEFAULT_MEM_MIB, help="guest RAM")
     ap.add_argument("--hog-mib", type=int, default=DEFAULT_HOG_MIB, help="memory the hog fills")
     ap.add_argument("--passes", type=int, default=DEFAULT_PASSES, help="hog passes")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per target")
-    ap.add_argument("--corrupt-page", type=int, default=-1,
-                    help="self-test: the hog corrupts this page, so verification must fail")
-    ap.add_argument("--json", type=Path, default=CACHE / "results.json", help="where to write results")
+    ap.add_argument(
+        "--corrupt-page",
+        type=int,
+        default=-1,
+        help="self-test: the hog corrupts this page, so verification must fail",
+    )
+    ap.add_argument(
+        "--json", type=Path, default=CACHE / "results.json", help="where to write results"
+    )
     ap.add_argument("--no-build", action="store_true", help="do not run build-guest.sh first")
     args = ap.parse_args(argv)
     targets = args.targets or list(TARGETS)
@@ -284,8 +350,17 @@ def main(argv: list[str] | None = None) -> int:
     if not qemu_binary():
         log("qemu-system-x86_64 is missing")
         return 2
-    results = [run_target(t, mem_mib=args.mem_mib, hog_mib=args.hog_mib, passes=args.passes,
-                          timeout_s=args.timeout, corrupt_page=args.corrupt_page) for t in targets]
+    results = [
+        run_target(
+            t,
+            mem_mib=args.mem_mib,
+            hog_mib=args.hog_mib,
+            passes=args.passes,
+            timeout_s=args.timeout,
+            corrupt_page=args.corrupt_page,
+        )
+        for t in targets
+    ]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
     log("")

@@ -47,7 +47,10 @@ def zramd_available() -> tuple[bool, str]:
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, f"{' '.join(cmd)} serve --help: {e}"
     if p.returncode != 0:
-        return False, f"{' '.join(cmd)} serve --help failed: {(p.stderr or p.stdout).strip()[-400:]}"
+        return (
+            False,
+            f"{' '.join(cmd)} serve --help failed: {(p.stderr or p.stdout).strip()[-400:]}",
+        )
     return True, ""
 
 
@@ -71,18 +74,27 @@ class TargetServer:
 
     def start(self, timeout_s: float = 60) -> None:
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
         deadline = time.monotonic() + timeout_s
         # zramd's control socket (stats) comes up just after the NBD socket.
         ready = [self.sock] + ([Path(f"{self.sock}.ctl")] if self.kind == "zramd" else [])
         while not all(p.exists() for p in ready):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.kind} server exited with {self.proc.returncode} before its "
-                                   f"socket appeared:\n{tail(self.log_path)}")
+                raise RuntimeError(
+                    f"{self.kind} server exited with {self.proc.returncode} before its "
+                    f"socket appeared:\n{tail(self.log_path)}"
+                )
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.kind} server: no {' and '.join(map(str, ready))} "
-                                   f"after {timeout_s} s:\n{tail(self.log_path)}")
+                raise RuntimeError(
+                    f"{self.kind} server: no {' and '.join(map(str, ready))} "
+                    f"after {timeout_s} s:\n{tail(self.log_path)}"
+                )
             time.sleep(0.05)
 
     def alive(self) -> bool:
@@ -96,8 +108,12 @@ class TargetServer:
         """zramd's counters (zram names), or None for servers without any."""
         if self.kind != "zramd":
             return None
-        p = subprocess.run(zramd_command() + ["stats", "--socket", str(self.sock), "--json"],
-                           capture_output=True, text=True, timeout=30)
+        p = subprocess.run(
+            zramd_command() + ["stats", "--socket", str(self.sock), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         if p.returncode != 0:
             raise RuntimeError(f"zramd stats failed: {(p.stderr or p.stdout).strip()[-300:]}")
         return json.loads(p.stdout)
@@ -107,8 +123,12 @@ class TargetServer:
         if not shutil.which("nbdinfo"):
             return None
         uri = f"nbd+unix:///?socket={self.sock}"
-        p = subprocess.run(["nbdinfo", "--map", "--totals", "--json", uri],
-                           capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            ["nbdinfo", "--map", "--totals", "--json", uri],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if p.returncode != 0:
             log(f"nbdinfo --map failed: {p.stderr.strip()[-300:]}")
             return None

@@ -27,5 +27,6 @@ def make_checksum(name: str | None):
     try:
         return CHECKSUMS[name]
     except KeyError:
-        raise ValueError(f"unknown checksum {name!r} (choose from none, "
-                         f"{', '.join(CHECKSUMS)})") from None
+        raise ValueError(
+            f"unknown checksum {name!r} (choose from none, {', '.join(CHECKSUMS)})"
+        ) from None

@@ -15,15 +15,14 @@ import signal
 import sys
 import time
 
-from . import __version__
-from .checksums import CHECKSUMS
-from .codecs import CODECS
-from .config import FAULTS, ConfigError, Settings, default_socket_path, describe
-from .device import DEFAULT_PENDING_LIMIT_BYTES, MODES
+from . import __version__, configfile, metrics
+from .config import ConfigError, Settings, default_socket_path, describe
 from .control import ControlError, call
+from .instances import Stripe, aggregate, discover, instance_settings, split_bytes
+from .options import BY_FIELD, OPTIONS, Option
 from .server import Server, ServerError
 from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
-from .units import human_size, parse_device_size, parse_size
+from .units import human_size, parse_size
 from .writeback import KINDS as WRITEBACK_KINDS
 
 STAT_FILES = {"mm_stat": MM_STAT_FIELDS, "io_stat": IO_STAT_FIELDS, "bd_stat": BD_STAT_FIELDS}
@@ -35,123 +34,170 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"zramd: error: {message}\n")
 
 
-def _size_type(parse):
-    def convert(text):
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    return convert
-
-
 def build_parser() -> Parser:
     parser = Parser(prog="zramd", description="A zram-like compressed RAM block device over NBD.")
     parser.add_argument("--version", action="version", version=f"zramd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     serve = sub.add_parser("serve", help="serve a compressed RAM device over NBD (foreground)")
-    serve.add_argument("--size", "--disksize", type=_size_type(parse_device_size),
-                       default=parse_device_size("1G"), metavar="SIZE",
-                       help="device size, whole 4 KiB pages (default 1G)")
-    serve.add_argument("--algorithm", "--comp-algorithm", choices=sorted(CODECS), default="lz4",
-                       help="compression algorithm (default lz4)")
-    serve.add_argument("--level", type=int, help="zstd compression level, 1-22 (default 3)")
-    serve.add_argument("--mem-limit", type=_size_type(parse_size), default=0, metavar="SIZE",
-                       help="most memory the compressed data may use; writes past it fail "
-                            "with ENOSPC (default: no limit)")
-    serve.add_argument("--compress", choices=MODES, default="inline",
-                       help="where pages are compressed: in the request thread (inline), on "
-                            "worker threads after the reply (async), or async only for "
-                            "requests of 64 KiB and more (hybrid) (default inline)")
-    serve.add_argument("--workers", type=int, default=1,
-                       help="compression worker threads for async/hybrid (default 1)")
-    serve.add_argument("--pending-limit", type=_size_type(parse_size),
-                       default=DEFAULT_PENDING_LIMIT_BYTES, metavar="SIZE",
-                       help="most uncompressed data waiting for workers; past it writes "
-                            "compress inline (default 16M)")
-    serve.add_argument("--checksum", choices=["none"] + sorted(CHECKSUMS), default="none",
-                       help="per-page checksums, verified on every read (default none)")
-    serve.add_argument("--fault-inject", choices=FAULTS,
-                       help="testing only: no-stable-writes hands nbdkit's own buffer to the "
-                            "workers (corrupts data); needs --unlock-fault-injection")
-    serve.add_argument("--unlock-fault-injection", action="store_true",
-                       help="really allow --fault-inject")
-    serve.add_argument("--backing-file", metavar="PATH",
-                       help="file or block device for written-back pages (created sparse "
-                            "if missing)")
-    serve.add_argument("--backing-size", type=_size_type(parse_size), default=0, metavar="SIZE",
-                       help="size of a new backing file (default: the device size)")
-    serve.add_argument("--high-watermark", type=_size_type(parse_size), default=0,
-                       metavar="SIZE", help="automatic writeback: above this much memory "
-                       "used, write back the coldest pages (needs --backing-file)")
-    serve.add_argument("--low-watermark", type=_size_type(parse_size), default=0,
-                       metavar="SIZE", help="...until memory used is below this "
-                       "(default 3/4 of the high watermark)")
-    serve.add_argument("--recomp-algorithm", choices=sorted(CODECS),
-                       help="secondary algorithm for `zramd recompress` (e.g. zstd)")
-    serve.add_argument("--recomp-level", type=int, help="level of the secondary algorithm")
-    where = serve.add_mutually_exclusive_group()
-    where.add_argument("--socket", "-U", metavar="PATH",
-                       help=f"Unix socket to listen on (default {default_socket_path()})")
-    where.add_argument("--port", "-p", type=int, help="TCP port to listen on instead")
-    serve.add_argument("--address", "-i", default="127.0.0.1",
-                       help="address for --port (default 127.0.0.1)")
-    serve.add_argument("--control", metavar="PATH",
-                       help="control socket (default: the NBD socket path + .ctl)")
-    serve.add_argument("--threads", "-t", type=int, default=1,
-                       help="nbdkit request threads per connection (default 1: fastest "
-                            "for a Python plugin)")
-    serve.add_argument("--no-pin-thread-state", dest="pin_thread_state", action="store_false",
-                       help="do not keep nbdkit's Python thread states alive between calls")
-    serve.add_argument("--swap", action="store_true",
-                       help="serving swap to this host: lock memory, mark as I/O flusher")
-    serve.add_argument("--final-stats", metavar="PATH",
-                       help="write the last stats as JSON to PATH when the server stops")
-    serve.add_argument("--verbose", "-v", action="store_true", help="nbdkit and zramd debug output")
+    add_serve_options(serve)
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read options from this TOML file (keys: the long options "
+        'with underscores, e.g. mem_limit = "min(ram / 4, 2G)"); '
+        "options given here win over the file",
+    )
 
     stats = sub.add_parser("stats", help="print a running device's zram statistics")
     _add_target(stats)
-    stats.add_argument("--json", action="store_true", help="all counters as JSON")
-    stats.add_argument("--watch", action="store_true",
-                       help="a live view, one line per interval: ratio, memory, IOPS, writeback")
+    stats.add_argument("--json", action="store_true", help="all counters as JSON (--format json)")
+    stats.add_argument(
+        "--format",
+        choices=("text", "json", "prometheus"),
+        default="text",
+        help="text (zram's files), json (every counter), or prometheus "
+        "(the text exposition, for node_exporter's textfile collector)",
+    )
+    stats.add_argument(
+        "--per-instance",
+        action="store_true",
+        help="striped instances: each instance's counters as well as the sum",
+    )
+    stats.add_argument(
+        "--watch",
+        action="store_true",
+        help="a live view, one line per interval: ratio, memory, IOPS, writeback",
+    )
     stats.add_argument("--interval", type=float, default=1.0, help="--watch interval (s)")
     stats.add_argument("--count", type=int, help="--watch: stop after this many lines")
-    stats.add_argument("files", nargs="*", choices=[[]] + sorted(STAT_FILES), metavar="FILE",
-                       help="mm_stat, io_stat and/or bd_stat (default: all, labelled)")
+    stats.add_argument(
+        "files",
+        nargs="*",
+        choices=[[]] + sorted(STAT_FILES),
+        metavar="FILE",
+        help="mm_stat, io_stat and/or bd_stat (default: all, labelled)",
+    )
 
     status = sub.add_parser("status", help="a zramctl-like table of the device")
     _add_target(status)
 
-    wb = sub.add_parser("writeback", help="write pages back to the backing file (zram's "
-                                          "writeback knob)")
+    wb = sub.add_parser(
+        "writeback", help="write pages back to the backing file (zram's writeback knob)"
+    )
     _add_target(wb)
     wb.add_argument("type", choices=WRITEBACK_KINDS)
     wb.add_argument("--limit", type=int, help="at most this many pages")
 
-    idle = sub.add_parser("idle", help="mark pages idle: all, or those not accessed for "
-                                       "SECONDS (zram's idle knob)")
+    idle = sub.add_parser(
+        "idle", help="mark pages idle: all, or those not accessed for SECONDS (zram's idle knob)"
+    )
     _add_target(idle)
     idle.add_argument("age", nargs="?", default="all", help="all (default) or SECONDS")
 
     rc = sub.add_parser("recompress", help="compress pages again with the secondary algorithm")
     _add_target(rc)
     rc.add_argument("--type", default="all", choices=["all", "idle", "huge", "huge_idle"])
-    rc.add_argument("--threshold", type=int, default=0,
-                    help="only pages whose compressed size is at least this (bytes)")
+    rc.add_argument(
+        "--threshold",
+        type=int,
+        default=0,
+        help="only pages whose compressed size is at least this (bytes)",
+    )
     rc.add_argument("--limit", type=int, help="at most this many pages")
 
-    knob = sub.add_parser("set", help="set a knob of the running device: mem_limit SIZE, "
-                          "mem_used_max 0, writeback_limit PAGES, writeback_limit_enable "
-                          "on|off, watermarks HIGH [LOW]")
+    knob = sub.add_parser(
+        "set",
+        help="set a knob of the running device: mem_limit SIZE, "
+        "mem_used_max 0, writeback_limit PAGES, writeback_limit_enable "
+        "on|off, watermarks HIGH [LOW]",
+    )
     _add_target(knob)
     knob.add_argument("knob", choices=KNOBS)
     knob.add_argument("values", nargs="+")
     return parser
 
 
+def _argparse_type(opt: Option):
+    """argparse's ``type=`` for a row: its parser and its own check, with
+    their one-line messages (argparse checks the choices itself)."""
+
+    def convert(text):
+        try:
+            value = opt.parse_text(text)
+            if opt.check is not None:
+                opt.check(value)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return convert
+
+
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """One argument per row of the option table (options.py)."""
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for opt in OPTIONS:
+        target: argparse._ActionsContainer = parser
+        if opt.group:
+            if opt.group not in groups:
+                groups[opt.group] = parser.add_mutually_exclusive_group()
+            target = groups[opt.group]
+        if opt.type.python is bool:
+            target.add_argument(
+                *opt.flags,
+                dest=opt.field,
+                default=opt.default,
+                action="store_false" if opt.default else "store_true",
+                help=opt.help_text(),
+            )
+        else:
+            target.add_argument(
+                *opt.flags,
+                dest=opt.field,
+                default=opt.default,
+                type=_argparse_type(opt),
+                choices=opt.choices,
+                metavar=opt.metavar or (None if opt.choices else opt.type.name.upper()),
+                help=opt.help_text(),
+            )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The Settings of a parsed ``zramd serve`` command line (not validated),
+    over the values of its ``--config`` file if it has one: an option given
+    on the command line wins over the file, also over the file's choice
+    from the same group (``--port`` over the file's ``socket``)."""
+    values = {opt.field: getattr(args, opt.field) for opt in OPTIONS}
+    path = getattr(args, "config", None)
+    if path:
+        given: set[str] = getattr(args, "given_fields", set())
+        given_groups = {opt.group for opt in OPTIONS if opt.field in given and opt.group}
+        for field, value in configfile.load(path).items():
+            opt = BY_FIELD[field]
+            if field not in given and (opt.group is None or opt.group not in given_groups):
+                values[field] = value
+    return Settings(**values)
+
+
+def given_fields(serve_argv: list[str]) -> set[str]:
+    """The Settings fields set by flags in ``serve_argv`` (not by defaults)."""
+    parser = Parser(prog="zramd serve", add_help=False)
+    add_serve_options(parser)
+    parser.add_argument("--config")
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    known, _ = parser.parse_known_args(serve_argv)
+    return set(vars(known)) - {"config"}
+
+
 def _add_target(parser) -> None:
-    parser.add_argument("--socket", "-U", metavar="PATH",
-                        help=f"the server's NBD socket (default {default_socket_path()})")
+    parser.add_argument(
+        "--socket",
+        "-U",
+        metavar="PATH",
+        help=f"the server's NBD socket (default {default_socket_path()})",
+    )
     parser.add_argument("--control", metavar="PATH", help="the server's control socket")
 
 
@@ -161,63 +207,135 @@ def _control_path(args) -> str:
     return (args.socket or default_socket_path()) + ".ctl"
 
 
-def connect_help(server: Server) -> str:
+def _instances(args) -> list[tuple[str, str]]:
+    """``[(name, control socket)]`` of every running instance the target
+    names: the device itself, or its striped instances PATH.0 ... PATH.N-1
+    (docs/design.md#scaling-past-one-core)."""
+    path = _control_path(args)
+    found = discover(path)
+    if not found:
+        raise ControlError(
+            f"no zramd control socket at {path} or {path[:-4] if path.endswith('.ctl') else path}"
+            f".N{'.ctl' if path.endswith('.ctl') else ''} (is the server running?)"
+        )
+    return found
+
+
+def connect_help(server: Server, index: int | None = None) -> str:
     s = server.settings
     uri = server.uri
-    lines = [f"zramd: serving {describe(s)}",
-             f"  NBD URI     {uri}",
-             f"  nbdinfo     nbdinfo '{uri}'",
-             f"  nbdsh       nbdsh -u '{uri}'",
-             f"  qemu-img    qemu-img info '{uri}'"]
+    nbd_dev = f"/dev/nbd{index or 0}"
+    drive = f"zd{'' if index is None else index}"
+    if index is None:
+        lines = [f"zramd: serving {describe(s)}"]
+    else:
+        lines = [f"instance {index}: {describe(s)}"]
+    lines += [
+        f"  NBD URI     {uri}",
+        f"  nbdinfo     nbdinfo '{uri}'",
+        f"  nbdsh       nbdsh -u '{uri}'",
+        f"  qemu-img    qemu-img info '{uri}'",
+    ]
     if s.socket_path:
         path = os.path.abspath(s.socket_path)
-        lines += [f"  nbd-client  nbd-client -unix {path} /dev/nbd0 -b 4096",
-                  f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,server.type=unix,"
-                  f"server.path={path},if=none,id=zd -device virtio-blk-pci,drive=zd"]
+        lines += [
+            f"  nbd-client  nbd-client -unix {path} {nbd_dev} -b 4096",
+            f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,server.type=unix,"
+            f"server.path={path},if=none,id={drive} -device virtio-blk-pci,drive={drive}",
+        ]
     else:
-        lines += [f"  nbd-client  nbd-client {s.address} {s.port} /dev/nbd0 -b 4096",
-                  f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,server.host={s.address},"
-                  f"server.port={s.port},if=none,id=zd -device virtio-blk-pci,drive=zd"]
-    lines += [f"  stats       zramd stats --control {s.control_path}",
-              "  Stop with Ctrl-C."]
+        lines += [
+            f"  nbd-client  nbd-client {s.address} {s.port} {nbd_dev} -b 4096",
+            f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,server.host={s.address},"
+            f"server.port={s.port},if=none,id={drive} -device virtio-blk-pci,drive={drive}",
+        ]
+    lines.append(f"  stats       zramd stats --control {s.control_path}")
+    return "\n".join(lines)
+
+
+def stripe_help(servers: list[Server], base: Settings) -> str:
+    """The start banner: each instance's attach commands, then how to read
+    them all at once and how to swap on them (equal priority)."""
+    if len(servers) == 1:
+        return connect_help(servers[0]) + "\n  Stop with Ctrl-C."
+    n = len(servers)
+    lines = [f"zramd: serving {n} instances, {describe(base)} in all"]
+    for i, srv in enumerate(servers):
+        lines.append(connect_help(srv, i))
+    target = (
+        f"--socket {os.path.abspath(base.socket_path)}"
+        if base.socket_path
+        else f"--control {base.control_path}"
+    )
+    devs = " ".join(f"/dev/nbd{i}" for i in range(n))
+    lines += [
+        f"all {n}",
+        f"  stats       zramd stats {target}  (summed; --per-instance for each)",
+        f"  status      zramd status {target}",
+        f"  swap        mkswap and swapon --discard --priority 100 each of {devs}: "
+        f"equal priority stripes pages over them",
+        "  Stop with Ctrl-C.",
+    ]
     return "\n".join(lines)
 
 
 def cmd_serve(args) -> int:
-    settings = Settings(size_bytes=args.size, algorithm=args.algorithm, level=args.level,
-                        mem_limit_bytes=args.mem_limit, control_path=args.control,
-                        pin_thread_state=args.pin_thread_state, socket_path=args.socket,
-                        compress_mode=args.compress, workers=args.workers,
-                        pending_limit_bytes=args.pending_limit, checksum=args.checksum,
-                        fault_inject=args.fault_inject,
-                        unlock_fault_injection=args.unlock_fault_injection,
-                        backing_file=args.backing_file, backing_size_bytes=args.backing_size,
-                        high_watermark_bytes=args.high_watermark,
-                        low_watermark_bytes=args.low_watermark,
-                        recomp_algorithm=args.recomp_algorithm, recomp_level=args.recomp_level,
-                        final_stats_path=args.final_stats,
-                        port=args.port, address=args.address, threads=args.threads,
-                        verbose=args.verbose, swap=args.swap)
-    if args.port is None and args.address != "127.0.0.1":
-        raise ConfigError("--address applies only with --port")
-    server = Server(settings)
-    stopping = []
+    base = settings_from_args(args).with_defaults().validate()
+    stripe = Stripe(Server(s) for s in instance_settings(base, base.instances))
 
     def on_signal(signum, frame):
-        stopping.append(signum)
-        server.request_stop()
+        stripe.request_stop()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    server.start()
-    print(connect_help(server), flush=True)
-    status = server.wait()
-    server.stop()
-    if stopping:
-        print("zramd: stopped", file=sys.stderr)
-        return 0
-    print(f"zramd: error: nbdkit exited unexpectedly with status {status}", file=sys.stderr)
-    return 1
+    stripe.start()
+    if stripe.stopping:  # a signal came while the instances were starting
+        stripe.request_stop()
+    exporter = None
+    if base.metrics_address:
+        host, port = metrics.parse_address(base.metrics_address, base.metrics_insecure_address)
+        try:
+            exporter = metrics.MetricsServer(
+                host,
+                port,
+                [
+                    (metrics.device_name(srv.control_path), srv.control_path)
+                    for srv in stripe.servers
+                ],
+            )
+        except ConfigError:
+            stripe.stop()
+            raise
+    banner = stripe_help(stripe.servers, base).split("\n")
+    if exporter is not None:  # before the last line, "Stop with Ctrl-C."
+        banner.insert(-1, f"  metrics     curl {exporter.url}")
+    print("\n".join(banner), flush=True)
+
+    def on_death(index, status):
+        srv = stripe.servers[index]
+        what = (
+            "nbdkit"
+            if len(stripe.servers) == 1
+            else f"instance {index} ({srv.socket_path or srv.settings.port})"
+        )
+        left = sum(other.running() for other in stripe.servers)
+        more = (
+            f"; {left} other instance(s) still serving" if left and len(stripe.servers) > 1 else ""
+        )
+        print(
+            f"zramd: error: {what} exited unexpectedly with status {status}{more}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    stripe.wait(on_death)
+    if exporter is not None:
+        exporter.stop()
+    stripe.stop()
+    if stripe.died:
+        return 1
+    print("zramd: stopped", file=sys.stderr)
+    return 0
 
 
 def format_stats(stats: dict, files: list[str], labelled: bool) -> str:
@@ -228,44 +346,88 @@ def format_stats(stats: dict, files: list[str], labelled: bool) -> str:
     return "\n".join(lines)
 
 
+def _all_stats(instances) -> list[dict]:
+    return [call(path, "stats") for _, path in instances]
+
+
 def cmd_stats(args) -> int:
+    instances = _instances(args)
     if args.watch:
-        return watch(_control_path(args), args.interval, args.count)
-    stats = call(_control_path(args), "stats")
-    if args.json:
-        print(json.dumps(stats, indent=2, sort_keys=True))
-    else:
-        files = args.files or list(STAT_FILES)
-        print(format_stats(stats, files, labelled=not args.files))
+        return watch(
+            lambda: (
+                aggregate(_all_stats(instances))
+                if len(instances) > 1
+                else call(instances[0][1], "stats")
+            ),
+            args.interval,
+            args.count,
+        )
+    each = _all_stats(instances)
+    if args.format == "prometheus":
+        sys.stdout.write(
+            metrics.exposition(
+                [
+                    (metrics.device_name(path), st)
+                    for (_, path), st in zip(instances, each, strict=True)
+                ]
+            )
+        )
+        return 0
+    total = aggregate(each) if len(each) > 1 else each[0]
+    if args.json or args.format == "json":
+        doc = total
+        if args.per_instance:
+            doc = {
+                "total": total,
+                "instances": [
+                    {"name": name, "control": path, "stats": st}
+                    for (name, path), st in zip(instances, each, strict=True)
+                ],
+            }
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
+    files = args.files or list(STAT_FILES)
+    if args.per_instance:
+        for (name, _), st in zip(instances, each, strict=True):
+            print(f"# {name}")
+            print(format_stats(st, files, labelled=not args.files))
+        print(f"# total of {len(each)}")
+    print(format_stats(total, files, labelled=not args.files))
     return 0
 
 
-WATCH_HEADER = (f"{'time':>8} {'data':>8} {'compr':>8} {'ratio':>6} {'mem_used':>8} "
-                f"{'limit':>7} {'read/s':>8} {'write/s':>8} {'pending':>7} {'bd_count':>8} "
-                f"{'bd_w/s':>7} {'bd_r/s':>7}")
+WATCH_HEADER = (
+    f"{'time':>8} {'data':>8} {'compr':>8} {'ratio':>6} {'mem_used':>8} "
+    f"{'limit':>7} {'read/s':>8} {'write/s':>8} {'pending':>7} {'bd_count':>8} "
+    f"{'bd_w/s':>7} {'bd_r/s':>7}"
+)
 
 
 def watch_line(prev: dict, cur: dict, seconds: float) -> str:
     def rate(key):
         return (cur.get(key, 0) - prev.get(key, 0)) / seconds if seconds > 0 else 0.0
+
     ratio = cur["orig_data_size"] / cur["compr_data_size"] if cur["compr_data_size"] else 0.0
     limit = human_size(cur["mem_limit"]) if cur["mem_limit"] else "-"
-    return (f"{time.strftime('%H:%M:%S'):>8} {human_size(cur['orig_data_size']):>8} "
-            f"{human_size(cur['compr_data_size']):>8} {ratio:6.2f} "
-            f"{human_size(cur['mem_used_total']):>8} {limit:>7} {rate('num_reads'):8.0f} "
-            f"{rate('num_writes'):8.0f} {cur.get('pending_pages', 0):7d} "
-            f"{cur.get('bd_count', 0):8d} {rate('bd_writes'):7.0f} {rate('bd_reads'):7.0f}")
+    return (
+        f"{time.strftime('%H:%M:%S'):>8} {human_size(cur['orig_data_size']):>8} "
+        f"{human_size(cur['compr_data_size']):>8} {ratio:6.2f} "
+        f"{human_size(cur['mem_used_total']):>8} {limit:>7} {rate('num_reads'):8.0f} "
+        f"{rate('num_writes'):8.0f} {cur.get('pending_pages', 0):7d} "
+        f"{cur.get('bd_count', 0):8d} {rate('bd_writes'):7.0f} {rate('bd_reads'):7.0f}"
+    )
 
 
-def watch(path: str, interval: float, count: int | None) -> int:
-    """A vmstat-like live view: one line per interval (rates per second)."""
+def watch(fetch, interval: float, count: int | None) -> int:
+    """A vmstat-like live view: one line per interval (rates per second);
+    ``fetch()`` returns the stats (summed over striped instances)."""
     print(WATCH_HEADER, flush=True)
-    prev = call(path, "stats")
+    prev = fetch()
     t_prev = time.monotonic()
     lines = 0
     while count is None or lines < count:
         time.sleep(interval)
-        cur = call(path, "stats")
+        cur = fetch()
         now = time.monotonic()
         print(watch_line(prev, cur, now - t_prev), flush=True)
         prev, t_prev = cur, now
@@ -274,85 +436,174 @@ def watch(path: str, interval: float, count: int | None) -> int:
 
 
 def cmd_status(args) -> int:
-    """zramctl's table, for this device."""
-    s = call(_control_path(args), "stats")
-    ratio = s["orig_data_size"] / s["compr_data_size"] if s["compr_data_size"] else 0.0
-    cols = [
-        ("NAME", args.socket or _control_path(args)[:-4]),
-        ("DISKSIZE", human_size(s["disksize"])),
-        ("DATA", human_size(s["orig_data_size"])),
-        ("COMPR", human_size(s["compr_data_size"])),
-        ("ALGORITHM", s["comp_algorithm"]),
-        ("MODE", s["compress_mode"]),
-        ("ZERO-PAGES", str(s["same_pages"])),
-        ("TOTAL", human_size(s["mem_used_total"])),
-        ("MEM-LIMIT", human_size(s["mem_limit"]) if s["mem_limit"] else "0B"),
-        ("MEM-USED", human_size(s["mem_used_max"])),
-        ("RATIO", f"{ratio:.2f}"),
-        ("WRITEBACK", human_size(s["bd_count"] * 4096) if s.get("backing_file") else "-"),
-    ]
-    widths = [max(len(h), len(v)) for h, v in cols]
-    print(" ".join(h.rjust(w) if i else h.ljust(w) for i, ((h, _), w) in enumerate(zip(cols, widths))))
-    print(" ".join(v.rjust(w) if i else v.ljust(w) for i, ((_, v), w) in enumerate(zip(cols, widths))))
+    """zramctl's table: one row per device, here per running instance."""
+    rows = []
+    for name, path in _instances(args):
+        s = call(path, "stats")
+        ratio = s["orig_data_size"] / s["compr_data_size"] if s["compr_data_size"] else 0.0
+        rows.append(
+            [
+                ("NAME", name),
+                ("DISKSIZE", human_size(s["disksize"])),
+                ("DATA", human_size(s["orig_data_size"])),
+                ("COMPR", human_size(s["compr_data_size"])),
+                ("ALGORITHM", s["comp_algorithm"]),
+                ("MODE", s["compress_mode"]),
+                ("ZERO-PAGES", str(s["same_pages"])),
+                ("TOTAL", human_size(s["mem_used_total"])),
+                ("MEM-LIMIT", human_size(s["mem_limit"]) if s["mem_limit"] else "0B"),
+                ("MEM-USED", human_size(s["mem_used_max"])),
+                ("RATIO", f"{ratio:.2f}"),
+                ("WRITEBACK", human_size(s["bd_count"] * 4096) if s.get("backing_file") else "-"),
+            ]
+        )
+    heads = [h for h, _ in rows[0]]
+    widths = [max(len(h), *(len(r[i][1]) for r in rows)) for i, h in enumerate(heads)]
+
+    def line(cells):
+        return " ".join(
+            c.rjust(w) if i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    print(line(heads))
+    for r in rows:
+        print(line([v for _, v in r]))
     return 0
+
+
+def _each(args):
+    """``[(label, control socket)]``: one unlabelled target, or every
+    striped instance labelled with its name."""
+    instances = _instances(args)
+    if len(instances) == 1:
+        return [("", instances[0][1])]
+    return [(f"{name}: ", path) for name, path in instances]
+
+
+def _split_count(value: int | None, n: int) -> list[int | None]:
+    """A page count (e.g. --limit) shared out like sizes are."""
+    if value is None:
+        return [None] * n
+    base, extra = divmod(value, n)
+    return [base + (1 if i < extra else 0) for i in range(n)]
 
 
 def cmd_writeback(args) -> int:
-    result = call(_control_path(args), "writeback", timeout=3600, type=args.type,
-                  limit=args.limit)
-    print(f"writeback {args.type}: {result['written']} pages written, "
-          f"{result['superseded']} rewritten meanwhile, of {result['candidates']} candidates")
-    if result.get("error"):
-        print(f"zramd: error: writeback stopped: {result['error']}", file=sys.stderr)
-        return 1
-    return 0
+    targets = _each(args)
+    failed = False
+    for (label, path), limit in zip(targets, _split_count(args.limit, len(targets)), strict=True):
+        result = call(path, "writeback", timeout=3600, type=args.type, limit=limit)
+        print(
+            f"{label}writeback {args.type}: {result['written']} pages written, "
+            f"{result['superseded']} rewritten meanwhile, of {result['candidates']} candidates"
+        )
+        if result.get("error"):
+            print(f"zramd: error: {label}writeback stopped: {result['error']}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
 
 
 def cmd_idle(args) -> int:
-    result = call(_control_path(args), "idle", age=args.age)
-    print(f"{result['idle_pages']} pages idle")
+    for label, path in _each(args):
+        result = call(path, "idle", age=args.age)
+        print(f"{label}{result['idle_pages']} pages idle")
     return 0
 
 
 def cmd_recompress(args) -> int:
-    r = call(_control_path(args), "recompress", timeout=3600, type=args.type,
-             threshold=args.threshold, limit=args.limit)
-    print(f"recompress {args.type}: {r['recompressed']} pages recompressed "
-          f"({human_size(r['saved_bytes'])} saved), {r['incompressible']} incompressible, "
-          f"{r['skipped']} skipped")
+    targets = _each(args)
+    for (label, path), limit in zip(targets, _split_count(args.limit, len(targets)), strict=True):
+        r = call(
+            path, "recompress", timeout=3600, type=args.type, threshold=args.threshold, limit=limit
+        )
+        print(
+            f"{label}recompress {args.type}: {r['recompressed']} pages recompressed "
+            f"({human_size(r['saved_bytes'])} saved), {r['incompressible']} incompressible, "
+            f"{r['skipped']} skipped"
+        )
     return 0
 
 
 def cmd_set(args) -> int:
-    path, v = _control_path(args), args.values
+    """A knob of the device; on striped instances, sizes and page counts
+    are split between them as ``serve --instances`` splits them."""
+    v = args.values
     nargs = {"watermarks": (1, 2)}.get(args.knob, (1, 1))
     if not nargs[0] <= len(v) <= nargs[1]:
-        raise ConfigError(f"set {args.knob} takes {nargs[0]}"
-                          f"{'-' + str(nargs[1]) if nargs[1] != nargs[0] else ''} value(s)")
+        raise ConfigError(
+            f"set {args.knob} takes {nargs[0]}"
+            f"{'-' + str(nargs[1]) if nargs[1] != nargs[0] else ''} value(s)"
+        )
+    if args.knob == "mem_used_max" and v[0] != "0":
+        raise ConfigError("mem_used_max can only be reset, with 0 (as in zram)")
+    targets = _each(args)
+    n = len(targets)
+
+    def split_size(text):
+        if n == 1:
+            return [text]
+        try:
+            total = parse_size(text)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if total and total < n * 4096:
+            raise ConfigError(
+                f"{text} is too small for {n} instances (at least one 4096-byte page each)"
+            )
+        return split_bytes(total, n) if total else [0] * n
+
+    def split_pages(text):
+        if n == 1:
+            return [text]
+        try:
+            total = int(text)
+        except ValueError:
+            raise ConfigError(
+                f"writeback_limit must be a whole number of pages, not {text!r}"
+            ) from None
+        if total < 0:
+            raise ConfigError("writeback_limit must not be negative")
+        return _split_count(total, n)
+
     if args.knob == "mem_limit":
-        call(path, "mem_limit", size=v[0])
+        per = [dict(size=x) for x in split_size(v[0])]
+        cmd = "mem_limit"
     elif args.knob == "mem_used_max":
-        if v[0] != "0":
-            raise ConfigError("mem_used_max can only be reset, with 0 (as in zram)")
-        call(path, "reset_mem_used_max")
+        per, cmd = [{}] * n, "reset_mem_used_max"
     elif args.knob == "writeback_limit":
-        call(path, "writeback_limit", pages=v[0])
+        per, cmd = [dict(pages=x) for x in split_pages(v[0])], "writeback_limit"
     elif args.knob == "writeback_limit_enable":
-        call(path, "writeback_limit", enable=v[0])
-    elif args.knob == "watermarks":
-        call(path, "watermarks", **dict(zip(("high", "low"), v)))
+        per, cmd = [dict(enable=v[0])] * n, "writeback_limit"
+    else:
+        cols = [split_size(x) for x in v]
+        per = [dict(zip(("high", "low"), parts, strict=False)) for parts in zip(*cols, strict=True)]
+        cmd = "watermarks"
+    for (_, path), kwargs in zip(targets, per, strict=True):
+        call(path, cmd, **kwargs)
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "stats": cmd_stats, "status": cmd_status,
-            "writeback": cmd_writeback, "idle": cmd_idle, "recompress": cmd_recompress,
-            "set": cmd_set}
+COMMANDS = {
+    "serve": cmd_serve,
+    "stats": cmd_stats,
+    "status": cmd_status,
+    "writeback": cmd_writeback,
+    "idle": cmd_idle,
+    "recompress": cmd_recompress,
+    "set": cmd_set,
+}
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
-                        format="%(asctime)s %(levelname)s (%(threadName)s) %(name)s: %(message)s")
+    if args.command == "serve":  # which options the file must not override
+        args.given_fields = given_fields(argv[argv.index("serve") + 1 :])
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(asctime)s %(levelname)s (%(threadName)s) %(name)s: %(message)s",
+    )
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

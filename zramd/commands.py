@@ -9,16 +9,19 @@ device's and store's own locked methods.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .control import ControlError
 from .units import parse_size
 
-COMMANDS = {}
+COMMANDS: dict[str, Callable[..., dict]] = {}
 
 
 def command(name):
     def register(fn):
         COMMANDS[name] = fn
         return fn
+
     return register
 
 
@@ -63,8 +66,10 @@ def _reset_mem_used_max(device, args):
 def _check_args(args: dict, name: str, allowed: set[str]) -> None:
     extra = set(args) - allowed
     if extra:
-        raise ControlError(f"{name} does not take {', '.join(sorted(extra))} "
-                           f"(takes: {', '.join(sorted(allowed)) or 'nothing'})")
+        raise ControlError(
+            f"{name} does not take {', '.join(sorted(extra))} "
+            f"(takes: {', '.join(sorted(allowed)) or 'nothing'})"
+        )
 
 
 def _int_arg(args: dict, key: str, minimum: int = 0, default=None) -> int | None:
@@ -103,6 +108,7 @@ def _writeback_of(device):
 def _writeback(device, args):
     """zram's ``echo TYPE > writeback``, with an optional page budget."""
     from .writeback import KINDS
+
     _check_args(args, "writeback", {"type", "limit"})
     kind = args.get("type")
     if kind not in KINDS:
@@ -127,8 +133,9 @@ def _recompress(device, args):
     _check_args(args, "recompress", {"type", "threshold", "limit"})
     kind = args.get("type", "all")
     if kind not in ("all", "idle", "huge", "huge_idle"):
-        raise ControlError(f"recompress type must be one of all, idle, huge, huge_idle, "
-                           f"not {kind!r}")
+        raise ControlError(
+            f"recompress type must be one of all, idle, huge, huge_idle, not {kind!r}"
+        )
     threshold = _int_arg(args, "threshold", minimum=0, default=0)
     if threshold > 4096:
         raise ControlError(f"threshold must be at most 4096 bytes, not {threshold}")
@@ -166,7 +173,7 @@ def _watermarks(device, args):
 def dispatch(device, request: dict):
     """Run one control request (``{"cmd": ..., "args": {...}}``)."""
     name = request.get("cmd")
-    fn = COMMANDS.get(name)
+    fn = COMMANDS.get(name) if isinstance(name, str) else None
     if fn is None:
         raise ControlError(f"unknown command {name!r} (known: {', '.join(sorted(COMMANDS))})")
     args = request.get("args") or {}

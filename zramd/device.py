@@ -58,9 +58,15 @@ DEFAULT_PENDING_LIMIT_BYTES = 16 << 20
 
 
 class Device:
-    def __init__(self, store: PageStore, mode: str = "inline", workers: int = 1,
-                 pending_limit_bytes: int = DEFAULT_PENDING_LIMIT_BYTES,
-                 stable_writes: bool = True, writeback=None):
+    def __init__(
+        self,
+        store: PageStore,
+        mode: str = "inline",
+        workers: int = 1,
+        pending_limit_bytes: int = DEFAULT_PENDING_LIMIT_BYTES,
+        stable_writes: bool = True,
+        writeback=None,
+    ):
         if mode not in MODES:
             raise ValueError(f"unknown compression mode {mode!r} (choose from {', '.join(MODES)})")
         self.store = store
@@ -121,7 +127,7 @@ class Device:
         data = memoryview(bytes(buf)) if self.stable_writes else buf
         staged = store.stage(data, offset)
         for i in range(0, len(staged), BATCH_PAGES):
-            workers.submit(staged[i:i + BATCH_PAGES])
+            workers.submit(staged[i : i + BATCH_PAGES])
 
     def flush(self) -> None:
         if self.workers is not None:
@@ -130,16 +136,18 @@ class Device:
     # -- stats -------------------------------------------------------------
     def stats(self) -> dict:
         s = self.store.stats()
-        s.update({
-            "compress_mode": self.mode,
-            "stable_writes": self.stable_writes,
-            "workers": self.workers.nworkers if self.workers else 0,
-            "pending_limit": self.pending_limit_bytes if self.workers else 0,
-            "worker_backlog": self.workers.backlog() if self.workers else 0,
-            "worker_errors": self.workers.worker_errors if self.workers else 0,
-            "backpressure_inline": self.backpressure_inline,
-            "fua_inline": self.fua_inline,
-        })
+        s.update(
+            {
+                "compress_mode": self.mode,
+                "stable_writes": self.stable_writes,
+                "workers": self.workers.nworkers if self.workers else 0,
+                "pending_limit": self.pending_limit_bytes if self.workers else 0,
+                "worker_backlog": self.workers.backlog() if self.workers else 0,
+                "worker_errors": self.workers.worker_errors if self.workers else 0,
+                "backpressure_inline": self.backpressure_inline,
+                "fua_inline": self.fua_inline,
+            }
+        )
         if self.writeback is not None:
             s.update(self.writeback.stats())
         return s

@@ -38,9 +38,7 @@ _release.argtypes = [ctypes.c_int]
 
 def pin() -> None:
     """Pin this OS thread's thread state (idempotent, cheap when pinned)."""
-    try:
-        _local.gilstate
-    except AttributeError:
+    if not hasattr(_local, "gilstate"):
         _local.gilstate = _ensure()
 
 
@@ -50,4 +48,3 @@ def unpin() -> None:
     if state is not None:
         del _local.gilstate
         _release(state)
-

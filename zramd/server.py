@@ -47,11 +47,13 @@ class ServerError(RuntimeError):
 def embedded_python_version(nbdkit: str = "nbdkit") -> str:
     """The Python version nbdkit's python plugin embeds, e.g. '3.11.1'."""
     try:
-        out = subprocess.run([nbdkit, "python", "--dump-plugin"], capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            [nbdkit, "python", "--dump-plugin"], capture_output=True, text=True, check=True
+        ).stdout
     except FileNotFoundError:
-        raise ServerError(f"{nbdkit} not found: install nbdkit and nbdkit-plugin-python "
-                          f"(make setup does)") from None
+        raise ServerError(
+            f"{nbdkit} not found: install nbdkit and nbdkit-plugin-python (make setup does)"
+        ) from None
     except subprocess.CalledProcessError as exc:
         raise ServerError(f"nbdkit has no python plugin: {exc.stderr.strip()}") from None
     for line in out.splitlines():
@@ -62,10 +64,12 @@ def embedded_python_version(nbdkit: str = "nbdkit") -> str:
 
 def check_python_version(nbdkit: str = "nbdkit") -> None:
     embedded = embedded_python_version(nbdkit)
-    ours = "%d.%d" % sys.version_info[:2]
+    ours = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if ".".join(embedded.split(".")[:2]) != ours:
-        raise ServerError(f"nbdkit embeds Python {embedded} but zramd runs on Python {ours}: "
-                          f"rebuild the venv with python{'.'.join(embedded.split('.')[:2])}")
+        raise ServerError(
+            f"nbdkit embeds Python {embedded} but zramd runs on Python {ours}: "
+            f"rebuild the venv with python{'.'.join(embedded.split('.')[:2])}"
+        )
 
 
 def check_endpoint_free(settings: Settings) -> None:
@@ -85,9 +89,12 @@ def check_endpoint_free(settings: Settings) -> None:
             probe.bind((settings.address, settings.port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise ConfigError(f"port {settings.port} on {settings.address} is already in use") from None
-            raise ConfigError(f"cannot listen on {settings.address}:{settings.port}: "
-                              f"{exc.strerror}") from None
+                raise ConfigError(
+                    f"port {settings.port} on {settings.address} is already in use"
+                ) from None
+            raise ConfigError(
+                f"cannot listen on {settings.address}:{settings.port}: {exc.strerror}"
+            ) from None
         finally:
             probe.close()
 
@@ -97,9 +104,11 @@ def check_backing_file(settings: Settings) -> None:
     if not settings.backing_file:
         return
     from .backing import BackingError, open_backing_fd
+
     try:
-        fd, _ = open_backing_fd(settings.backing_file,
-                                settings.backing_size_bytes or settings.size_bytes)
+        fd, _ = open_backing_fd(
+            settings.backing_file, settings.backing_size_bytes or settings.size_bytes
+        )
     except BackingError as exc:
         raise ConfigError(exc.strerror) from None
     os.close(fd)
@@ -108,8 +117,13 @@ def check_backing_file(settings: Settings) -> None:
 class Server:
     """One nbdkit process serving one zramd export.  Not started on creation."""
 
-    def __init__(self, settings: Settings, nbdkit: str = "nbdkit", log_file=None,
-                 extra_args: list[str] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        nbdkit: str = "nbdkit",
+        log_file=None,
+        extra_args: list[str] | None = None,
+    ):
         self.settings = settings.with_defaults().validate()
         self.nbdkit = nbdkit
         self.log_file = log_file
@@ -142,16 +156,23 @@ class Server:
     # -- command line ----------------------------------------------------
     def command(self) -> list[str]:
         s = self.settings
-        cmd = [self.nbdkit, "-f", "--exit-with-parent", "--threads", str(s.threads),
-               "-P", self._pidfile]
+        cmd = [
+            self.nbdkit,
+            "-f",
+            "--exit-with-parent",
+            "--threads",
+            str(s.threads),
+            "-P",
+            self._pidfile,
+        ]
         if s.socket_path:
             cmd += ["-U", s.socket_path]
         else:
             cmd += ["-p", str(s.port), "-i", s.address]
         if s.verbose:
             cmd.append("-v")
-        if s.swap:
-            cmd.append("--swap")
+        # --swap is not passed on: the plugin locks memory itself, without
+        # populating nbdkit's unused buffers (zramd/swap.py).
         cmd += self.extra_args
         cmd += ["python", PLUGIN_PATH] + s.plugin_params()
         return cmd
@@ -167,21 +188,40 @@ class Server:
         return env
 
     # -- life cycle ------------------------------------------------------
-    def start(self, timeout: float = START_TIMEOUT_SECONDS) -> "Server":
+    def start(self, timeout: float = START_TIMEOUT_SECONDS) -> Server:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> Server:
+        """Check the settings against the system and start nbdkit, without
+        waiting for it.  Call it from a thread that outlives the server:
+        ``--exit-with-parent`` is the parent *thread's* death signal."""
         check_python_version(self.nbdkit)
         check_endpoint_free(self.settings)
         check_backing_file(self.settings)
         log.debug("starting %s", " ".join(self.command()))
-        self.proc = subprocess.Popen(self.command(), env=self.environment(),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, errors="replace")
-        self._reader = threading.Thread(target=self._forward_stderr, name="nbdkit-stderr",
-                                        daemon=True)
+        self.proc = subprocess.Popen(
+            self.command(),
+            env=self.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+        )
+        self._reader = threading.Thread(
+            target=self._forward_stderr, name="nbdkit-stderr", daemon=True
+        )
         self._reader.start()
+        return self
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_SECONDS) -> Server:
+        """Wait until the launched nbdkit serves (or raise why not)."""
         deadline = time.monotonic() + timeout
+        proc = self._started()
         while not self._ready():
-            if self.proc.poll() is not None:
-                self._reader.join(2)
+            if proc.poll() is not None:
+                if self._reader is not None:
+                    self._reader.join(2)
                 raise ServerError(self._failure_reason())
             if time.monotonic() > deadline:
                 self.stop()
@@ -192,10 +232,18 @@ class Server:
     def _ready(self) -> bool:
         s = self.settings
         return os.path.exists(self._pidfile) and (
-            not s.control_path or os.path.exists(s.control_path))
+            not s.control_path or os.path.exists(s.control_path)
+        )
+
+    def _started(self) -> subprocess.Popen:
+        if self.proc is None:
+            raise ServerError("nbdkit was not started")
+        return self.proc
 
     def _forward_stderr(self) -> None:
-        for line in self.proc.stderr:
+        stream = self._started().stderr
+        assert stream is not None  # stderr=PIPE
+        for line in stream:
             self._tail.append(line.rstrip("\n"))
             out = self.log_file or sys.stderr
             try:
@@ -208,7 +256,7 @@ class Server:
         errors = [line for line in self._tail if "error" in line.lower()]
         lines = errors or list(self._tail)
         detail = lines[-1].strip() if lines else "no message"
-        return f"nbdkit exited with status {self.proc.returncode}: {detail}"
+        return f"nbdkit exited with status {self._started().returncode}: {detail}"
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -227,7 +275,7 @@ class Server:
         except ControlError:
             pass
         if self.running():
-            self.proc.send_signal(signal.SIGTERM)
+            self._started().send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
         """Stop nbdkit (then SIGKILL after ``timeout``); remove the sockets.
@@ -257,13 +305,13 @@ class Server:
         return proc.returncode
 
     def wait(self) -> int:
-        return self.proc.wait()
+        return self._started().wait()
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         if self.proc is None:
             self.start()
         return self

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from typing import Any
 
 from .backing import BackingFull
 from .store import Backed
@@ -94,7 +95,7 @@ class Writeback:
             raise ValueError(f"unknown writeback type {kind!r} (choose from {', '.join(KINDS)})")
         job = Job(kind, limit)
         self._queue.put(("writeback", job))
-        if not job.done.wait(timeout):
+        if not job.done.wait(timeout) or job.result is None:
             raise TimeoutError("writeback did not finish in time")
         return job.result
 
@@ -129,9 +130,10 @@ class Writeback:
         self.kick()
         with self._cond:
             self.throttled_writes += 1
-            self._cond.wait_for(lambda: not self.high_watermark
-                                or self.store.mem_used_total <= self.high_watermark,
-                                THROTTLE_MAX_S)
+            self._cond.wait_for(
+                lambda: not self.high_watermark or self.store.mem_used_total <= self.high_watermark,
+                THROTTLE_MAX_S,
+            )
 
     # -- the thread ------------------------------------------------------
     def _run(self) -> None:
@@ -163,17 +165,24 @@ class Writeback:
                 return self.writeback_limit if want is None else min(want, self.writeback_limit)
         return want
 
-    def _writeback(self, candidates: list, limit: int | None, until_bytes: int | None = None) -> dict:
+    def _writeback(
+        self, candidates: list, limit: int | None, until_bytes: int | None = None
+    ) -> dict:
         """Write back ``candidates`` in order; stop at ``limit`` pages, at the
         writeback_limit budget, when memory is at most ``until_bytes``, or at
         the first backing-file error."""
         store, backing = self.store, self.backing
         budget = self._budget(limit)
-        result = {"written": 0, "superseded": 0, "candidates": len(candidates), "error": None}
+        result: dict[str, Any] = {
+            "written": 0,
+            "superseded": 0,
+            "candidates": len(candidates),
+            "error": None,
+        }
         with self._cond:
             self.wb_runs += 1
         for start in range(0, len(candidates), BATCH_PAGES):
-            for index, entry in candidates[start:start + BATCH_PAGES]:
+            for index, entry in candidates[start : start + BATCH_PAGES]:
                 if budget is not None and result["written"] >= budget:
                     return self._finish(result)
                 if store._slots[index] is not entry:

@@ -22,13 +22,23 @@ def test_spread_ignores_missing_values():
 
 
 def _job(system, workload, conns, rnd, iops):
-    return {"system": system, "workload": workload, "connections": conns, "round": rnd, "iops": iops,
-            "server_us_per_request": 10.0}
+    return {
+        "system": system,
+        "workload": workload,
+        "connections": conns,
+        "round": rnd,
+        "iops": iops,
+        "server_us_per_request": 10.0,
+    }
 
 
 def test_scaling_ratio_is_taken_within_each_round():
-    jobs = [_job("s", "randread-4k", 1, 0, 100.0), _job("s", "randread-4k", 2, 0, 50.0),
-            _job("s", "randread-4k", 1, 1, 200.0), _job("s", "randread-4k", 2, 1, 150.0)]
+    jobs = [
+        _job("s", "randread-4k", 1, 0, 100.0),
+        _job("s", "randread-4k", 2, 0, 50.0),
+        _job("s", "randread-4k", 1, 1, 200.0),
+        _job("s", "randread-4k", 2, 1, 150.0),
+    ]
     rows = scaling.summarize({"systems": ["s"], "connections": [1, 2], "jobs": jobs})
     assert len(rows) == 1
     assert rows[0]["vs_one"]["2"] == {"median": 0.625, "min": 0.5, "max": 0.75, "n": 2}
@@ -36,8 +46,15 @@ def test_scaling_ratio_is_taken_within_each_round():
 
 
 def test_projection_scales_one_instance_cost():
-    summary = [{"instances": 1, "workload": "randwrite-4k", "iops": stats.spread([1.0]),
-                "server_us": stats.spread([20.0]), "client_us": stats.spread([5.0])}]
+    summary = [
+        {
+            "instances": 1,
+            "workload": "randwrite-4k",
+            "iops": stats.spread([1.0]),
+            "server_us": stats.spread([20.0]),
+            "client_us": stats.spread([5.0]),
+        }
+    ]
     proj = {p["cores"]: p for p in cpu.project(summary)}
     assert proj[1]["client_elsewhere_iops"] == pytest.approx(50_000)
     assert proj[4]["client_elsewhere_iops"] == pytest.approx(200_000)
@@ -59,21 +76,59 @@ def test_publish_replaces_docs_and_readme_block(tmp_path):
     (docs / "keep.txt").write_text("not ours")
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n{report.README_BEGIN}\nold\n{report.README_END}\n## After\n")
-    meta = {"started": "2026-01-01T00:00:00", "duration_s": 1.0, "cpu": "CPU", "cores": 2, "mem_bytes": 2**30,
-            "os": "OS", "kernel": "k", "loadavg_at_start": [0.0, 0.0, 0.0], "fio": "fio-3", "nbdkit": "nbdkit 1",
-            "nbdkit_python": "3.11", "region_bytes": 16 << 20, "runtime_s": 1.0, "ramp_s": 0.0, "quick": False}
-    jobs = [_job("zramd-lz4", w.name, c, 0, 1000.0 * c) for w in scaling.WORKLOADS for c in scaling.CONNECTIONS]
-    data = {"systems": ["zramd-lz4"], "connections": list(scaling.CONNECTIONS), "jobs": jobs, "rounds": 1,
-            "runtime_s": 1.0, "total_iodepth": 16, "descriptions": {"zramd-lz4": "zramd"}, "skipped": {}}
+    meta = {
+        "started": "2026-01-01T00:00:00",
+        "duration_s": 1.0,
+        "cpu": "CPU",
+        "cores": 2,
+        "mem_bytes": 2**30,
+        "os": "OS",
+        "kernel": "k",
+        "loadavg_at_start": [0.0, 0.0, 0.0],
+        "fio": "fio-3",
+        "nbdkit": "nbdkit 1",
+        "nbdkit_python": "3.11",
+        "region_bytes": 16 << 20,
+        "runtime_s": 1.0,
+        "ramp_s": 0.0,
+        "quick": False,
+    }
+    jobs = [
+        _job("zramd-lz4", w.name, c, 0, 1000.0 * c)
+        for w in scaling.WORKLOADS
+        for c in scaling.CONNECTIONS
+    ]
+    data = {
+        "systems": ["zramd-lz4"],
+        "connections": list(scaling.CONNECTIONS),
+        "jobs": jobs,
+        "rounds": 1,
+        "runtime_s": 1.0,
+        "total_iodepth": 16,
+        "descriptions": {"zramd-lz4": "zramd"},
+        "skipped": {},
+    }
     data["summary"] = scaling.summarize(data)
     (out / "scaling.png").write_bytes(b"png")
-    rep = {"meta": meta, "sections": {"scaling": data}, "charts": {"scaling": ["scaling.png"]}, "errors": {}}
+    rep = {
+        "meta": meta,
+        "sections": {"scaling": data},
+        "charts": {"scaling": ["scaling.png"]},
+        "errors": {},
+    }
     sections = by_names(["scaling"])
     report.write(rep, sections, out)
     report.publish(rep, sections, out, docs_dir=docs, readme=readme)
-    assert sorted(p.name for p in docs.iterdir()) == ["keep.txt", "results.json", "results.md", "scaling.png"]
+    assert sorted(p.name for p in docs.iterdir()) == [
+        "keep.txt",
+        "results.json",
+        "results.md",
+        "scaling.png",
+    ]
     text = readme.read_text()
-    assert text.startswith("# x\n<!-- bench:begin") and text.endswith(f"{report.README_END}\n## After\n")
+    assert text.startswith("# x\n<!-- bench:begin") and text.endswith(
+        f"{report.README_END}\n## After\n"
+    )
     assert "| zramd | randread-4k | 1.0k | 2.0k | 4.0k |" in text
     assert "old" not in text
 

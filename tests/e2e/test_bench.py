@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from bench import cpu, scaling, systems  # noqa: E402
 from bench.targets import lookup  # noqa: E402
@@ -29,9 +29,20 @@ def quick_run(tmp_path_factory):
     out = tmp / "out"
     readme_before = (ROOT / "README.md").read_text()
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(out),
-         "--corpus-dir", str(tmp / "corpus")],
-        capture_output=True, text=True, timeout=420, cwd=str(ROOT))
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--out",
+            str(out),
+            "--corpus-dir",
+            str(tmp / "corpus"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        cwd=str(ROOT),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (ROOT / "README.md").read_text() == readme_before, "a quick run must not publish"
     report = json.loads((out / "results.json").read_text())
@@ -50,7 +61,11 @@ def test_quick_run_covers_every_system(quick_run):
         assert s["error"] is None, s
         if s["skipped"]:
             assert s["name"] in MAY_SKIP, s
-    ran = [s for s in systems.SYSTEMS if not next(x for x in matrix["systems"] if x["name"] == s.name)["skipped"]]
+    ran = [
+        s
+        for s in systems.SYSTEMS
+        if not next(x for x in matrix["systems"] if x["name"] == s.name)["skipped"]
+    ]
     assert any(s.kind == "zramd" for s in ran)
     for system in ran:
         for w in systems.WORKLOADS:
@@ -77,7 +92,14 @@ def test_quick_run_storage_stats(quick_run):
         if not system.stores or system.name in skipped:
             continue
         for dataset in ("fio", "corpus"):
-            rec = next((x for x in matrix["storage"] if x["system"] == system.name and x["dataset"] == dataset), None)
+            rec = next(
+                (
+                    x
+                    for x in matrix["storage"]
+                    if x["system"] == system.name and x["dataset"] == dataset
+                ),
+                None,
+            )
             assert rec is not None, (system.name, dataset)
             assert rec["orig_bytes"] == region, rec
             assert rec["memory_bytes"] and rec["memory_bytes"] > 0, rec
@@ -94,11 +116,17 @@ def test_quick_run_storage_stats(quick_run):
 def test_quick_run_connection_scaling(quick_run):
     out, report, _ = quick_run
     data = report["sections"]["scaling"]
-    assert data["systems"] == scaling.SYSTEM_NAMES and not data["skipped"] and not data.get("errors")
+    assert (
+        data["systems"] == scaling.SYSTEM_NAMES and not data["skipped"] and not data.get("errors")
+    )
     for name in scaling.SYSTEM_NAMES:
         for w in scaling.WORKLOADS:
             for conns in scaling.CONNECTIONS:
-                jobs = [j for j in data["jobs"] if (j["system"], j["workload"], j["connections"]) == (name, w.name, conns)]
+                jobs = [
+                    j
+                    for j in data["jobs"]
+                    if (j["system"], j["workload"], j["connections"]) == (name, w.name, conns)
+                ]
                 assert len(jobs) == data["rounds"], (name, w.name, conns)
                 for j in jobs:
                     assert j["iops"] > 0 and j["ios"] > 0, j
@@ -120,7 +148,9 @@ def test_quick_run_server_cpu_and_projection(quick_run):
         assert row["server_us"]["median"] > 0 and row["client_us"]["median"] > 0, row
     one = {r["workload"]: r for r in data["summary"] if r["instances"] == 1}
     for p in data["projection"]:
-        assert p["client_elsewhere_iops"] == pytest.approx(p["cores"] * 1e6 / one[p["workload"]]["server_us"]["median"])
+        assert p["client_elsewhere_iops"] == pytest.approx(
+            p["cores"] * 1e6 / one[p["workload"]]["server_us"]["median"]
+        )
         assert p["client_sharing_iops"] < p["client_elsewhere_iops"]
     md = (out / "results.md").read_text()
     assert "Projection, not a measurement" in md and "shared by client and server" in md
@@ -131,7 +161,10 @@ def test_quick_run_server_cpu_and_projection(quick_run):
 def test_quick_run_markdown_and_charts(quick_run):
     out, report, stdout = quick_run
     md = (out / "results.md").read_text()
-    assert "| system | data | workload | IOPS | MB/s | p50 µs | p99 µs | vs kernel zram | vs nbdkit zstd |" in md
+    assert (
+        "| system | data | workload | IOPS | MB/s | p50 µs | p99 µs | vs kernel zram | vs nbdkit zstd |"
+        in md
+    )
     assert "## Compression and memory" in md and "## Connection scaling" in md
     assert "issue" not in md.lower() and str(ROOT) not in md
     for s in report["sections"]["matrix"]["systems"]:
@@ -146,5 +179,8 @@ def test_quick_run_markdown_and_charts(quick_run):
         assert f"![{chart}]({chart})" in md
     # progress lines: [elapsed] system dataset workload
     lines = stdout.splitlines()
-    assert any(line.startswith("[") and "zramd-lz4" in line and "randwrite-4k-qd16" in line for line in lines)
+    assert any(
+        line.startswith("[") and "zramd-lz4" in line and "randwrite-4k-qd16" in line
+        for line in lines
+    )
     assert any(line.startswith("[") and "scaling round" in line for line in lines)
