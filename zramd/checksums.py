@@ -17,7 +17,6 @@ CHECKSUMS = {
     "xxh3": xxhash.xxh3_64_intdigest,
     "crc32": zlib.crc32,
 }
-DEFAULT_CHECKSUM = "xxh3"
 
 
 def make_checksum(name: str | None):

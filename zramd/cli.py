@@ -15,16 +15,18 @@ import signal
 import sys
 import time
 
-from . import __version__, configfile, metrics
+from . import __version__, configfile, logs, metrics
+from .commands import RECOMPRESS_TYPES
 from .config import ConfigError, Settings, default_socket_path, describe
 from .control import ControlError, call
 from .instances import Stripe, aggregate, discover, instance_settings, split_bytes
 from .options import BY_FIELD, OPTIONS, Option
 from .server import Server, ServerError
 from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
-from .units import human_size, parse_size
-from .writeback import KINDS as WRITEBACK_KINDS
+from .units import PAGE_SIZE, human_size, parse_size
+from .writeback import WRITEBACK_TYPES
 
+log = logging.getLogger("zramd")
 STAT_FILES = {"mm_stat": MM_STAT_FIELDS, "io_stat": IO_STAT_FIELDS, "bd_stat": BD_STAT_FIELDS}
 KNOBS = ("mem_limit", "mem_used_max", "writeback_limit", "writeback_limit_enable", "watermarks")
 
@@ -86,7 +88,7 @@ def build_parser() -> Parser:
         "writeback", help="write pages back to the backing file (zram's writeback knob)"
     )
     _add_target(wb)
-    wb.add_argument("type", choices=WRITEBACK_KINDS)
+    wb.add_argument("type", choices=WRITEBACK_TYPES)
     wb.add_argument("--limit", type=int, help="at most this many pages")
 
     idle = sub.add_parser(
@@ -97,7 +99,7 @@ def build_parser() -> Parser:
 
     rc = sub.add_parser("recompress", help="compress pages again with the secondary algorithm")
     _add_target(rc)
-    rc.add_argument("--type", default="all", choices=["all", "idle", "huge", "huge_idle"])
+    rc.add_argument("--type", default="all", choices=RECOMPRESS_TYPES)
     rc.add_argument(
         "--threshold",
         type=int,
@@ -239,13 +241,13 @@ def connect_help(server: Server, index: int | None = None) -> str:
     if s.socket_path:
         path = os.path.abspath(s.socket_path)
         lines += [
-            f"  nbd-client  nbd-client -unix {path} {nbd_dev} -b 4096",
+            f"  nbd-client  nbd-client -unix {path} {nbd_dev} -b {PAGE_SIZE}",
             f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,server.type=unix,"
             f"server.path={path},if=none,id={drive} -device virtio-blk-pci,drive={drive}",
         ]
     else:
         lines += [
-            f"  nbd-client  nbd-client {s.address} {s.port} {nbd_dev} -b 4096",
+            f"  nbd-client  nbd-client {s.address} {s.port} {nbd_dev} -b {PAGE_SIZE}",
             f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,server.host={s.address},"
             f"server.port={s.port},if=none,id={drive} -device virtio-blk-pci,drive={drive}",
         ]
@@ -281,6 +283,11 @@ def stripe_help(servers: list[Server], base: Settings) -> str:
 
 def cmd_serve(args) -> int:
     base = settings_from_args(args).with_defaults().validate()
+    # from here on, one levelled line per event (docs/design.md#running-as-a-service)
+    try:
+        logs.configure_wrapper(base.log_file, base.verbose)
+    except logs.LogFileError as exc:
+        raise ConfigError(exc.strerror) from None
     stripe = Stripe(Server(s) for s in instance_settings(base, base.instances))
 
     def on_signal(signum, frame):
@@ -322,11 +329,7 @@ def cmd_serve(args) -> int:
         more = (
             f"; {left} other instance(s) still serving" if left and len(stripe.servers) > 1 else ""
         )
-        print(
-            f"zramd: error: {what} exited unexpectedly with status {status}{more}",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.error("%s exited unexpectedly with status %s%s", what, status, more)
 
     stripe.wait(on_death)
     if exporter is not None:
@@ -334,7 +337,7 @@ def cmd_serve(args) -> int:
     stripe.stop()
     if stripe.died:
         return 1
-    print("zramd: stopped", file=sys.stderr)
+    log.info("stopped")
     return 0
 
 
@@ -454,7 +457,10 @@ def cmd_status(args) -> int:
                 ("MEM-LIMIT", human_size(s["mem_limit"]) if s["mem_limit"] else "0B"),
                 ("MEM-USED", human_size(s["mem_used_max"])),
                 ("RATIO", f"{ratio:.2f}"),
-                ("WRITEBACK", human_size(s["bd_count"] * 4096) if s.get("backing_file") else "-"),
+                (
+                    "WRITEBACK",
+                    human_size(s["bd_count"] * PAGE_SIZE) if s.get("backing_file") else "-",
+                ),
             ]
         )
     heads = [h for h, _ in rows[0]]
@@ -547,9 +553,9 @@ def cmd_set(args) -> int:
             total = parse_size(text)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        if total and total < n * 4096:
+        if total and total < n * PAGE_SIZE:
             raise ConfigError(
-                f"{text} is too small for {n} instances (at least one 4096-byte page each)"
+                f"{text} is too small for {n} instances (at least one {PAGE_SIZE}-byte page each)"
             )
         return split_bytes(total, n) if total else [0] * n
 
@@ -584,7 +590,7 @@ def cmd_set(args) -> int:
     return 0
 
 
-COMMANDS = {
+SUBCOMMANDS = {
     "serve": cmd_serve,
     "stats": cmd_stats,
     "status": cmd_status,
@@ -605,7 +611,7 @@ def main(argv=None) -> int:
         format="%(asctime)s %(levelname)s (%(threadName)s) %(name)s: %(message)s",
     )
     try:
-        return COMMANDS[args.command](args)
+        return SUBCOMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"zramd: error: {exc}", file=sys.stderr)
         return 2

@@ -16,8 +16,7 @@ atomic under the GIL, so no lock is needed, and unlike ``threading.local``
 the pool survives nbdkit's per-call thread-state churn.  Both libraries
 release the GIL while (de)compressing.
 
-Measured on this machine kind (design.md section 4): lz4 0.7-1.5 us to
-compress a page, 0.4-2 us to decompress; zstd level 1-3 3-15 us.
+What each costs per page is in docs/design.md#tuning-constants.
 """
 
 from __future__ import annotations
@@ -107,8 +106,8 @@ class ZstdCodec(Codec):
             pool.append(cctx)
         if len(out) >= max_len:
             return None
-        # python-zstandard's result keeps its worst-case allocation (about
-        # 98% overhead for a 4 KiB page, design.md section 4): store a copy.
+        # python-zstandard's result keeps its worst-case allocation (nearly
+        # twice a 4 KiB page, docs/design.md#tuning-constants): store a copy.
         return bytes(memoryview(out))
 
     def decompress(self, data):

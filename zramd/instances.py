@@ -86,7 +86,7 @@ def instance_settings(settings: Settings, n: int) -> list[Settings]:
     if size_pages < n:
         raise ConfigError(
             f"size {format_size(s.size_bytes)} is too small for {n} instances "
-            f"(at least one 4096-byte page each)"
+            f"(at least one {PAGE_SIZE}-byte page each)"
         )
     for label, value in (
         ("mem_limit", s.mem_limit_bytes),
@@ -99,7 +99,7 @@ def instance_settings(settings: Settings, n: int) -> list[Settings]:
         if value and value < n * PAGE_SIZE:
             raise ConfigError(
                 f"{label} {format_size(value)} is too small for {n} instances "
-                f"(at least one 4096-byte page each)"
+                f"(at least one {PAGE_SIZE}-byte page each)"
             )
     if s.port is not None and s.port + n - 1 > 65535:
         raise ConfigError(f"ports {s.port}..{s.port + n - 1} for {n} instances go past 65535")

@@ -103,15 +103,12 @@ def check_backing_file(settings: Settings) -> None:
     """Refuse an unwritable backing file, or one another zramd holds."""
     if not settings.backing_file:
         return
-    from .backing import BackingError, open_backing_fd
+    from .backing import BackingError, check_backing
 
     try:
-        fd, _ = open_backing_fd(
-            settings.backing_file, settings.backing_size_bytes or settings.size_bytes
-        )
+        check_backing(settings.backing_file, settings.backing_size_bytes or settings.size_bytes)
     except BackingError as exc:
         raise ConfigError(exc.strerror) from None
-    os.close(fd)
 
 
 class Server:
@@ -122,12 +119,10 @@ class Server:
         settings: Settings,
         nbdkit: str = "nbdkit",
         log_file=None,
-        extra_args: list[str] | None = None,
     ):
         self.settings = settings.with_defaults().validate()
         self.nbdkit = nbdkit
         self.log_file = log_file
-        self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=40)
         self._reader: threading.Thread | None = None
@@ -173,13 +168,13 @@ class Server:
             cmd.append("-v")
         # --swap is not passed on: the plugin locks memory itself, without
         # populating nbdkit's unused buffers (zramd/swap.py).
-        cmd += self.extra_args
         cmd += ["python", PLUGIN_PATH] + s.plugin_params()
         return cmd
 
     def environment(self) -> dict:
         """Our environment, with the package and its dependencies importable
-        by nbdkit's embedded interpreter (design.md section 5)."""
+        by nbdkit's embedded interpreter
+        (docs/design.md#architecture-where-a-request-goes)."""
         env = dict(os.environ)
         paths = [REPO_ROOT, sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
         if env.get("PYTHONPATH"):
