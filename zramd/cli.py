@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from . import __version__, configfile, metrics
+from . import __version__, configfile, logs, metrics
 from .commands import RECOMPRESS_TYPES
 from .config import ConfigError, Settings, default_socket_path, describe
 from .control import ControlError, call
@@ -26,6 +26,7 @@ from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
 from .units import PAGE_SIZE, human_size, parse_size
 from .writeback import WRITEBACK_TYPES
 
+log = logging.getLogger("zramd")
 STAT_FILES = {"mm_stat": MM_STAT_FIELDS, "io_stat": IO_STAT_FIELDS, "bd_stat": BD_STAT_FIELDS}
 KNOBS = ("mem_limit", "mem_used_max", "writeback_limit", "writeback_limit_enable", "watermarks")
 
@@ -282,6 +283,11 @@ def stripe_help(servers: list[Server], base: Settings) -> str:
 
 def cmd_serve(args) -> int:
     base = settings_from_args(args).with_defaults().validate()
+    # from here on, one levelled line per event (docs/design.md#running-as-a-service)
+    try:
+        logs.configure_wrapper(base.log_file, base.verbose)
+    except logs.LogFileError as exc:
+        raise ConfigError(exc.strerror) from None
     stripe = Stripe(Server(s) for s in instance_settings(base, base.instances))
 
     def on_signal(signum, frame):
@@ -323,11 +329,7 @@ def cmd_serve(args) -> int:
         more = (
             f"; {left} other instance(s) still serving" if left and len(stripe.servers) > 1 else ""
         )
-        print(
-            f"zramd: error: {what} exited unexpectedly with status {status}{more}",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.error("%s exited unexpectedly with status %s%s", what, status, more)
 
     stripe.wait(on_death)
     if exporter is not None:
@@ -335,7 +337,7 @@ def cmd_serve(args) -> int:
     stripe.stop()
     if stripe.died:
         return 1
-    print("zramd: stopped", file=sys.stderr)
+    log.info("stopped")
     return 0
 
 

@@ -203,14 +203,48 @@ METRICS: dict[str, tuple[str, str, str]] = {
     ),
     "policy_runs": ("policy_runs", COUNTER, "automatic writeback passes"),
     "throttled_writes": ("throttled_writes", COUNTER, "writes that waited for automatic writeback"),
+    "throttle_skipped": (
+        "throttle_skipped_writes",
+        COUNTER,
+        "writes above the high watermark that did not wait: writeback was stalled",
+    ),
+    "writeback_stalled": (
+        "writeback_stalled",
+        GAUGE,
+        "1 while automatic writeback cannot progress (backing file full, writeback_limit "
+        "used up, write errors)",
+    ),
+    "writeback_stalls": ("writeback_stalls", COUNTER, "times automatic writeback stalled"),
+    "backing_discarded_blocks": (
+        "backing_discarded_blocks",
+        COUNTER,
+        "freed backing blocks punched out (discarded) before reuse",
+    ),
+    "backing_discard_errors": (
+        "backing_discard_errors",
+        COUNTER,
+        "backing blocks that could not be discarded",
+    ),
+    "bd_auth_errors": (
+        "bd_auth_errors",
+        COUNTER,
+        "encrypted backing blocks that failed authentication on read (EIO)",
+    ),
 }
 
 # Text stats: labels of zramd_device_info.
-INFO_LABELS = ("comp_algorithm", "compress_mode", "recomp_algorithm", "backing_file")
+INFO_LABELS = (
+    "comp_algorithm",
+    "compress_mode",
+    "recomp_algorithm",
+    "backing_file",
+    "backing_encryption",
+)
 # Stats deliberately not exported, and why.
 NOT_EXPORTED = {
     "bd_last_error": "free text (the last backing-file error): in zramd stats --json",
     "instances": "a count added by zramd stats when it sums striped instances",
+    "writeback_stall_reason": "free text (why writeback is stalled): see writeback_stalled",
 }
 
 

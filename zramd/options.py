@@ -351,6 +351,18 @@ OPTIONS: tuple[Option, ...] = (
         example="128M",
     ),
     Option(
+        "backing-encrypt",
+        "backing_encrypt",
+        STR,
+        None,
+        "encrypt written-back pages (AEAD) with a key made at start and kept only in memory",
+        plugin_key="backing_encrypt",
+        metavar="CIPHER",
+        choices=("aes-256-gcm", "chacha20-poly1305"),
+        default_help="off",
+        example="aes-256-gcm",
+    ),
+    Option(
         "high-watermark",
         "high_watermark_bytes",
         SIZE,

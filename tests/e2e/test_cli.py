@@ -79,7 +79,7 @@ def test_serve_stats_and_clean_stop(sockdir, signum):
         proc.send_signal(signum)
         assert proc.wait(30) == 0
         stderr = proc.stderr.read()
-        assert "killing" not in stderr and "zramd: stopped" in stderr, stderr
+        assert "killing" not in stderr and "INFO stopped" in stderr, stderr
         assert not os.path.exists(sock) and not os.path.exists(sock + ".ctl")
         with pytest.raises(nbd.Error):  # the server ended the connection
             h.pread(4096, 0)

@@ -273,7 +273,8 @@ def test_backing_file_errors_are_one_line(wb_server, make_server, sockdir):
         make_server(backing_file="/nonexistent/b.img").start()
     with pytest.raises(ConfigError, match="is not writable: Is a directory"):
         make_server(backing_file=sockdir).start()
-    with pytest.raises(ConfigError, match="cannot be sized"):
+    with pytest.raises(ConfigError, match=r"/proc/version is accessible to group or others "
+                                          r"\(mode 0444\): chmod 600 it first"):
         make_server(backing_file="/proc/version").start()
     with pytest.raises(ConfigError, match="watermarks need a backing file"):
         make_server(high_watermark_bytes=1 << 20)
