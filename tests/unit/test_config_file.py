@@ -223,3 +223,17 @@ def test_the_example_config_in_docs_is_valid(tmp_path):
     for line in commented:
         path = write(tmp_path, line + "\n")
         configfile.load(path, ram_bytes=8 * G)
+
+
+def test_config_examples_in_the_docs_load(tmp_path):
+    """Every ```toml block of README.md and docs/swap.md is a valid config."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    blocks = []
+    for doc in ("README.md", "docs/swap.md"):
+        blocks += re.findall(r"```toml\n(.*?)```", (root / doc).read_text(), re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        configfile.load(write(tmp_path, block), ram_bytes=8 * G)
