@@ -22,6 +22,9 @@ from .config import FAULTS, ConfigError, Settings, default_socket_path, describe
 from .device import DEFAULT_PENDING_LIMIT_BYTES, MODES
 from .control import ControlError, call
 from .server import Server, ServerError
+from .sockets import sd_notify, socket_state
+from .swap import lock_memory, set_oom_score_adj
+from .tls import TLS_MODES, qemu_object
 from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
 from .units import human_size, parse_device_size, parse_size
 from .writeback import KINDS as WRITEBACK_KINDS
@@ -96,6 +99,27 @@ def build_parser() -> Parser:
     where.add_argument("--port", "-p", type=int, help="TCP port to listen on instead")
     serve.add_argument("--address", "-i", default="127.0.0.1",
                        help="address for --port (default 127.0.0.1)")
+    serve.add_argument("--tls", choices=TLS_MODES,
+                       help="nbdkit's TLS: require (the default with credentials), on "
+                            "(TLS optional) or off")
+    creds = serve.add_mutually_exclusive_group()
+    creds.add_argument("--tls-psk", metavar="FILE",
+                       help="TLS with pre-shared keys: FILE has lines username:hexkey, "
+                            "mode 0600")
+    creds.add_argument("--tls-certificates", metavar="DIR",
+                       help="TLS with X.509: DIR has server-cert.pem, server-key.pem "
+                            "(ca-cert.pem for --tls-verify-peer)")
+    serve.add_argument("--tls-verify-peer", action="store_true",
+                       help="require a client certificate signed by DIR/ca-cert.pem")
+    serve.add_argument("--insecure-tcp", action="store_true",
+                       help="allow --port without TLS: anyone who reaches the port reads "
+                            "and writes the device")
+    serve.add_argument("--pid-file", metavar="PATH",
+                       help="write our pid to PATH (created exclusively, mode 0600) once "
+                            "the sockets listen")
+    serve.add_argument("--force", dest="force_stop", action="store_true",
+                       help="SIGTERM/Ctrl-C stops even with clients connected and pages "
+                            "stored (default: refuse once)")
     serve.add_argument("--control", metavar="PATH",
                        help="control socket (default: the NBD socket path + .ctl)")
     serve.add_argument("--threads", "-t", type=int, default=1,
@@ -118,6 +142,14 @@ def build_parser() -> Parser:
     stats.add_argument("--count", type=int, help="--watch: stop after this many lines")
     stats.add_argument("files", nargs="*", choices=[[]] + sorted(STAT_FILES), metavar="FILE",
                        help="mm_stat, io_stat and/or bd_stat (default: all, labelled)")
+
+    stop = sub.add_parser("stop", help="stop a running server (refused while clients are "
+                                       "connected and pages stored, unless --force)")
+    _add_target(stop)
+    stop.add_argument("--force", action="store_true",
+                      help="stop even while in use: stored pages are lost")
+    stop.add_argument("--timeout", type=float, default=30.0,
+                      help="seconds to wait for the server to go (default 30)")
 
     status = sub.add_parser("status", help="a zramctl-like table of the device")
     _add_target(status)
@@ -162,25 +194,64 @@ def _control_path(args) -> str:
 
 
 def connect_help(server: Server) -> str:
+    """The start banner: how to attach with each client, TLS included."""
     s = server.settings
     uri = server.uri
+    tls = s.tls_mode() == "require"
     lines = [f"zramd: serving {describe(s)}",
              f"  NBD URI     {uri}",
-             f"  nbdinfo     nbdinfo '{uri}'",
-             f"  nbdsh       nbdsh -u '{uri}'",
-             f"  qemu-img    qemu-img info '{uri}'"]
+             f"  nbdinfo     nbdinfo '{uri}'"]
+    if tls and s.tls_psk:  # libnbd refuses tls-psk-file in a URI unless allowed
+        lines.append(f"  nbdsh       nbdsh -c 'h.set_uri_allow_local_file(True)' "
+                     f"-c 'h.connect_uri(\"{uri}\")' -c 'print(h.get_size())'")
+    else:
+        lines.append(f"  nbdsh       nbdsh -u '{uri}'")
     if s.socket_path:
         path = os.path.abspath(s.socket_path)
-        lines += [f"  nbd-client  nbd-client -unix {path} /dev/nbd0 -b 4096",
-                  f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,server.type=unix,"
-                  f"server.path={path},if=none,id=zd -device virtio-blk-pci,drive=zd"]
+        server_opts = f"server.type=unix,server.path={path}"
     else:
-        lines += [f"  nbd-client  nbd-client {s.address} {s.port} /dev/nbd0 -b 4096",
-                  f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,server.host={s.address},"
-                  f"server.port={s.port},if=none,id=zd -device virtio-blk-pci,drive=zd"]
+        server_opts = f"server.type=inet,server.host={s.address},server.port={s.port}"
+    if tls:
+        obj = qemu_object(s.tls_psk, s.tls_user(), s.tls_certificates)
+        lines += [f"  qemu-img    qemu-img info --object {obj} --image-opts "
+                  f"driver=nbd,{server_opts},tls-creds=tls0",
+                  f"  qemu        qemu-system-x86_64 ... -object {obj} -drive driver=nbd,"
+                  f"{server_opts},tls-creds=tls0,if=none,id=zd -device virtio-blk-pci,drive=zd"]
+        if s.tls_psk and os.path.basename(s.tls_psk) != "keys.psk":
+            lines.append(f"              (qemu reads the key from keys.psk in "
+                         f"{os.path.dirname(os.path.abspath(s.tls_psk))})")
+    else:
+        lines += [f"  qemu-img    qemu-img info '{uri}'",
+                  f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,{server_opts},"
+                  f"if=none,id=zd -device virtio-blk-pci,drive=zd"]
+    if s.socket_path and not tls:
+        lines.append(f"  nbd-client  nbd-client -unix {os.path.abspath(s.socket_path)} "
+                     f"/dev/nbd0 -b 4096")
+    elif not tls:
+        lines.append(f"  nbd-client  nbd-client {s.address} {s.port} /dev/nbd0 -b 4096")
+    elif s.tls_certificates:
+        where = (f"-unix {os.path.abspath(s.socket_path)}" if s.socket_path
+                 else f"{s.address} {s.port}")
+        certs = os.path.abspath(s.tls_certificates)
+        lines.append(f"  nbd-client  nbd-client {where} /dev/nbd0 -b 4096 -enable-tls "
+                     f"-cacertfile {certs}/ca-cert.pem -tlshostname {s.address}"
+                     + (" -certfile CLIENT-cert.pem -keyfile CLIENT-key.pem"
+                        if s.tls_verify_peer else ""))
+    else:
+        lines.append("  nbd-client  (no PSK support in nbd-client: use --tls-certificates "
+                     "for the kernel's nbd driver)")
     lines += [f"  stats       zramd stats --control {s.control_path}",
-              "  Stop with Ctrl-C."]
+              f"  stop        zramd stop --control {s.control_path}   (or Ctrl-C)"]
+    if not tls and s.port is not None:
+        lines.append("  WARNING     no TLS: anyone who can reach the port reads and writes "
+                     "the device")
+    lines.append("  Stop with Ctrl-C.")
     return "\n".join(lines)
+
+
+# A second SIGTERM/SIGINT within this many seconds of a refused one stops the
+# server even while in use (docs/design.md#security).
+STOP_CONFIRM_SECONDS = 5.0
 
 
 def cmd_serve(args) -> int:
@@ -197,27 +268,79 @@ def cmd_serve(args) -> int:
                         recomp_algorithm=args.recomp_algorithm, recomp_level=args.recomp_level,
                         final_stats_path=args.final_stats,
                         port=args.port, address=args.address, threads=args.threads,
-                        verbose=args.verbose, swap=args.swap)
+                        verbose=args.verbose, swap=args.swap, tls=args.tls,
+                        tls_psk=args.tls_psk, tls_certificates=args.tls_certificates,
+                        tls_verify_peer=args.tls_verify_peer, insecure_tcp=args.insecure_tcp,
+                        pid_file=args.pid_file, force_stop=args.force_stop)
     if args.port is None and args.address != "127.0.0.1":
         raise ConfigError("--address applies only with --port")
     server = Server(settings)
+    if settings.swap:
+        protect_wrapper()
     stopping = []
+    refused_at = []
 
     def on_signal(signum, frame):
-        stopping.append(signum)
-        server.request_stop()
+        now = time.monotonic()
+        force = settings.force_stop or bool(refused_at and now - refused_at[-1]
+                                            <= STOP_CONFIRM_SECONDS)
+        why_not = server.request_stop(force=force)
+        if why_not:
+            refused_at.append(now)
+            print(f"zramd: not stopping: {why_not}, or send the signal again within "
+                  f"{STOP_CONFIRM_SECONDS:.0f}s", file=sys.stderr, flush=True)
+        else:
+            stopping.append(signum)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    server.start()
-    print(connect_help(server), flush=True)
-    status = server.wait()
-    server.stop()
-    if stopping:
+    try:
+        server.start()
+        if settings.port is not None and server.settings.tls_mode() != "require":
+            print(f"zramd: warning: --insecure-tcp: port {settings.port} serves the device "
+                  f"without TLS to anyone who can reach it", file=sys.stderr, flush=True)
+        print(connect_help(server), flush=True)
+        why_not = sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {server.uri}")
+        if why_not:
+            print(f"zramd: warning: cannot notify systemd: {why_not}", file=sys.stderr)
+        status = server.wait()
+    finally:
+        server.stop()
+    sd_notify("STOPPING=1")
+    if stopping or status == 0:  # a signal, or `zramd stop`
         print("zramd: stopped", file=sys.stderr)
         return 0
     print(f"zramd: error: nbdkit exited unexpectedly with status {status}", file=sys.stderr)
     return 1
+
+
+def protect_wrapper() -> None:
+    """--swap: lock this process into RAM too, and keep the OOM killer away
+    from it and (inherited) from nbdkit; one warning line per refusal."""
+    why_not = lock_memory()
+    if why_not:
+        print(f"zramd: warning: cannot lock zramd serve into memory: {why_not}",
+              file=sys.stderr, flush=True)
+    why_not = set_oom_score_adj()
+    if why_not:
+        print(f"zramd: warning: cannot set oom_score_adj -1000: {why_not}",
+              file=sys.stderr, flush=True)
+
+
+def cmd_stop(args) -> int:
+    """Ask the server to stop; refused while in use unless --force.  Waits
+    until its control socket is gone."""
+    path = _control_path(args)
+    call(path, "stop", force=args.force)
+    deadline = time.monotonic() + args.timeout
+    while socket_state(path) == "live":
+        if time.monotonic() > deadline:
+            print(f"zramd: error: the server at {path} did not stop within "
+                  f"{args.timeout:.0f}s", file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    print("zramd: stopped")
+    return 0
 
 
 def format_stats(stats: dict, files: list[str], labelled: bool) -> str:
@@ -344,7 +467,7 @@ def cmd_set(args) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "stats": cmd_stats, "status": cmd_status,
+COMMANDS = {"serve": cmd_serve, "stop": cmd_stop, "stats": cmd_stats, "status": cmd_status,
             "writeback": cmd_writeback, "idle": cmd_idle, "recompress": cmd_recompress,
             "set": cmd_set}
 

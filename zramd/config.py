@@ -15,6 +15,7 @@ import os
 from .checksums import make_checksum
 from .codecs import make_codec
 from .device import DEFAULT_PENDING_LIMIT_BYTES, MODES
+from .tls import TLS_MODES, TLSError, check_certificates, psk_username
 from .units import format_size, parse_device_size, parse_size
 
 DEFAULT_SIZE = "1G"
@@ -80,6 +81,15 @@ class Settings:
     threads: int = DEFAULT_THREADS
     verbose: bool = False
     swap: bool = False
+    # who may reach the device (docs/design.md#security)
+    tls: str | None = None               # off|on|require; None: require with credentials
+    tls_psk: str | None = None           # nbdkit --tls-psk FILE
+    tls_certificates: str | None = None  # nbdkit --tls-certificates DIR
+    tls_verify_peer: bool = False
+    insecure_tcp: bool = False           # TCP without TLS, asked for explicitly
+    # the wrapper process
+    pid_file: str | None = None          # written once the sockets listen
+    force_stop: bool = False             # SIGTERM stops even while in use
 
     def validate(self) -> "Settings":
         """Check every field; raise ConfigError naming the first bad one."""
@@ -130,9 +140,11 @@ class Settings:
                 raise ConfigError("give either a Unix socket or a TCP port, not both")
             if not 1 <= self.port <= 65535:
                 raise ConfigError(f"port must be 1..65535, not {self.port}")
+        self._validate_tls()
         if not 1 <= self.threads <= MAX_THREADS:
             raise ConfigError(f"threads must be 1..{MAX_THREADS}, not {self.threads}")
-        for label, path in (("socket", self.socket_path), ("control socket", self.control_path)):
+        for label, path in (("socket", self.socket_path), ("control socket", self.control_path),
+                            ("pid file", self.pid_file)):
             if path is not None:
                 parent = os.path.dirname(os.path.abspath(path))
                 if not os.path.isdir(parent):
@@ -140,6 +152,45 @@ class Settings:
                 if not os.access(parent, os.W_OK | os.X_OK):
                     raise ConfigError(f"{label} directory is not writable: {parent}")
         return self
+
+    def tls_mode(self) -> str:
+        """nbdkit's --tls: require when credentials are given, unless told."""
+        if self.tls is not None:
+            return self.tls
+        return "require" if (self.tls_psk or self.tls_certificates) else "off"
+
+    def tls_user(self) -> str | None:
+        """The first PSK username (for URIs), or None."""
+        return psk_username(self.tls_psk) if self.tls_psk else None
+
+    def _validate_tls(self) -> None:
+        """TLS credentials exist and are private; TCP only with TLS required
+        unless --insecure-tcp (docs/design.md#security)."""
+        mode = self.tls_mode()
+        if mode not in TLS_MODES:
+            raise ConfigError(f"tls must be one of {', '.join(TLS_MODES)}, not {mode!r}")
+        if self.tls_psk and self.tls_certificates:
+            raise ConfigError("give either --tls-psk or --tls-certificates, not both")
+        if mode != "off" and not (self.tls_psk or self.tls_certificates):
+            raise ConfigError(f"--tls={mode} needs --tls-psk FILE or --tls-certificates DIR")
+        if mode == "off" and (self.tls_psk or self.tls_certificates):
+            raise ConfigError("--tls=off with TLS credentials: drop one of them")
+        if self.tls_verify_peer and not self.tls_certificates:
+            raise ConfigError("--tls-verify-peer needs --tls-certificates DIR "
+                              "(client certificates)")
+        try:
+            if self.tls_psk:
+                psk_username(self.tls_psk)
+            if self.tls_certificates:
+                check_certificates(self.tls_certificates, self.tls_verify_peer)
+        except TLSError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.insecure_tcp and self.port is None:
+            raise ConfigError("--insecure-tcp applies only with --port")
+        if self.port is not None and mode != "require" and not self.insecure_tcp:
+            raise ConfigError("TCP serves the device to anyone who can reach the port: give "
+                              "--tls-psk FILE or --tls-certificates DIR (TLS required), or "
+                              "--insecure-tcp to serve it without TLS")
 
     def with_defaults(self) -> "Settings":
         """Fill in the socket and control paths the user left out."""
