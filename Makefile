@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 ZRAMD   := $(VENV)/bin/zramd
 ARGS    ?=
 
-.PHONY: all setup run test test-fast clean
+.PHONY: all setup run test test-fast test-unit test-e2e clean
 
 all: setup
 
@@ -18,8 +18,14 @@ run: setup
 test: setup
 	$(PY) -m pytest -ra $(ARGS)
 
-test-fast: setup
-	$(PY) -m pytest -ra -m "not slow" $(ARGS)
+# The layers (tests/conftest.py marks each folder): unit runs in seconds
+# without nbdkit; e2e starts real nbdkit servers; tests/vm boots a qemu
+# guest (`make test ARGS=tests/vm`; `make vm-test` is the full comparison).
+test-fast test-unit: setup
+	$(PY) -m pytest -ra tests/unit $(ARGS)
+
+test-e2e: setup
+	$(PY) -m pytest -ra tests/e2e $(ARGS)
 
 include bench/bench.mk
 include vm/vm.mk

@@ -22,7 +22,7 @@ try:
 except ImportError:  # run from a checkout without PYTHONPATH
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zramd import commands, pinning, shutdown, swap
+from zramd import commands, logs, pinning, shutdown, swap
 from zramd import config as zconfig
 from zramd.checksums import make_checksum
 from zramd.codecs import make_codec
@@ -33,6 +33,11 @@ from zramd.store import PageStore
 from zramd.writeback import Writeback
 
 API_VERSION = 2
+
+# nbdkit prints every exception a callback raises: expected errors (ENOSPC,
+# EIO, a bad setting) as one line, not a traceback
+# (docs/design.md#running-as-a-service).
+logs.install_exception_format()
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # advertised maximum block size
 
@@ -46,6 +51,7 @@ _control = None
 _pin = False
 _connections = 0      # NBD clients connected now (open minus close)
 _connections_lock = threading.Lock()
+_log_filter = None
 
 
 def config(key, value):
@@ -57,10 +63,17 @@ def config(key, value):
 def config_complete():
     global _settings, _pin, _pin_each
     _settings = zconfig.from_plugin_params(_params)
+    logs.configure_plugin()
     _pin = _settings.pin_thread_state
     # With --threads 1, nbdkit runs open, every request and close of a
     # connection on one thread (checked), so pinning in open() is enough.
     _pin_each = _pin and _settings.threads > 1
+    if _settings.swap:
+        # Lock now, before the store and the threads exist (zramd.swap says
+        # why this and not nbdkit's --swap).
+        warning = swap.lock_memory()
+        if warning:
+            print(f"zramd: warning: {warning}", file=sys.stderr)
 
 
 def config_help():
@@ -91,25 +104,32 @@ def get_ready():
     if s.swap:
         why_not = swap.set_io_flusher()
         if why_not:
-            print(f"zramd: warning: cannot mark the server as an I/O flusher: {why_not}",
-                  file=sys.stderr)
+            logs.log("WARNING", f"cannot mark the server as an I/O flusher: {why_not}")
 
 
 def after_fork():
-    global _control
+    global _control, _log_filter
+    # From here on nbdkit's stderr goes through the rate-limiting filter:
+    # a burst of failed requests is a few lines, and no request thread
+    # ever waits for whoever reads the log.
+    dest = logs.open_log_file(_settings.log_file) if _settings.log_file else None
+    _log_filter = logs.StderrFilter(dest)
+    _log_filter.install()
     _device.start()  # threads: only after nbdkit's fork
     if _settings.control_path:
         _control = ControlServer(_settings.control_path, _control_request)
         _control.start()
     if _settings.swap:  # nbdkit outlives the wrapper: say so when it goes
-        swap.watch_parent(_wrapper_gone)
+        why_not = swap.watch_parent(_wrapper_gone)
+        if isinstance(why_not, str):
+            logs.log("WARNING", why_not)
 
 
 def _wrapper_gone(pid):
-    print(f"zramd: warning: the zramd serve process (pid {pid}) is gone; nbdkit (pid "
-          f"{os.getpid()}) keeps serving {_device.stats()['orig_data_size'] >> 12} stored "
-          f"pages: stop it with `zramd stop --control {_settings.control_path}`",
-          file=sys.stderr, flush=True)
+    logs.log("WARNING", f"the zramd serve process (pid {pid}) is gone; nbdkit (pid "
+                        f"{os.getpid()}) keeps serving "
+                        f"{_device.stats()['orig_data_size'] >> 12} stored pages: stop it "
+                        f"with `zramd stop --control {_settings.control_path}`")
 
 
 def _control_request(request):
@@ -119,6 +139,8 @@ def _control_request(request):
         force = cmd == "shutdown" or args.get("force") is True
         if not force:
             _refuse_stop_in_use()
+        if args.get("check") is True:  # only asking whether a stop would go ahead
+            return {"in_use": False}
         nbdkit.shutdown()
         return {"disconnected": shutdown.disconnect_clients(_settings.control_path)}
     return commands.dispatch(_device, request)
@@ -144,12 +166,14 @@ def cleanup():
     # The last word on what was stored: a line for the log, and all of it as
     # JSON for whoever asked (scripts, the shutdown tests).
     stats = _device.stats()
-    print(f"zramd: stopped with {stats['orig_data_size'] >> 12} pages stored, "
-          f"{stats['pending_pages']} pending, {stats['compr_data_size']} bytes compressed",
-          file=sys.stderr, flush=True)
+    logs.log("INFO", f"stopped with {stats['orig_data_size'] >> 12} pages stored, "
+                     f"{stats['pending_pages']} pending, "
+                     f"{stats['compr_data_size']} bytes compressed")
     if _settings.final_stats_path:
         with builtins.open(_settings.final_stats_path, "w") as f:
             json.dump(stats, f, sort_keys=True)
+    if _log_filter is not None:
+        _log_filter.uninstall()
 
 
 def open(readonly):

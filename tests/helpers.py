@@ -1,6 +1,12 @@
-"""Helpers for the end-to-end tests (importable as ``helpers``)."""
+"""Helpers shared by the test layers (importable as ``helpers``)."""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
 
 from zramd.control import call
 from zramd.server import Server
@@ -13,7 +19,8 @@ except ImportError:  # pragma: no cover - make setup installs it
 
 def connect(server: Server, meta_context: bool = False):
     """A libnbd handle connected to ``server``'s Unix socket."""
-    assert nbd is not None, "libnbd Python bindings missing (apt-get install python3-libnbd)"
+    if nbd is None:
+        pytest.skip("libnbd Python bindings missing (apt-get install python3-libnbd)")
     h = nbd.NBD()
     if meta_context:
         h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
@@ -23,3 +30,29 @@ def connect(server: Server, meta_context: bool = False):
 
 def stats(server: Server) -> dict:
     return call(server.control_path, "stats")
+
+
+def run_threads(target: Callable[..., Any], args: Iterable[Any]) -> None:
+    """Run ``target(arg)`` on one thread per arg, all at once, and wait.
+
+    A barrier lines the threads up so they really overlap.  The first
+    exception raised in any thread is raised here, after every thread ended.
+    """
+    args = list(args)
+    barrier = threading.Barrier(len(args))
+    errors: list[BaseException] = []
+
+    def body(arg):
+        try:
+            barrier.wait()
+            target(arg)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(arg,)) for arg in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]

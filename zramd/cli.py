@@ -21,9 +21,12 @@ from .codecs import CODECS
 from .config import FAULTS, ConfigError, Settings, default_socket_path, describe
 from .device import DEFAULT_PENDING_LIMIT_BYTES, MODES
 from .control import ControlError, call
+from .instances import MAX_INSTANCES, Stripe, aggregate, discover, instance_settings, \
+    parse_instances, split_bytes
 from .server import Server, ServerError
-from .sockets import sd_notify, socket_state
-from .swap import lock_memory, set_oom_score_adj
+from .sockets import PathError, claim_pid_file, remove_pid_file, sd_notify, socket_state, \
+    write_pid_file
+from .swap import LockError, lock_memory, set_oom_score_adj
 from .tls import TLS_MODES, qemu_object
 from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
 from .units import human_size, parse_device_size, parse_size
@@ -122,6 +125,12 @@ def build_parser() -> Parser:
                             "stored (default: refuse once)")
     serve.add_argument("--control", metavar="PATH",
                        help="control socket (default: the NBD socket path + .ctl)")
+    serve.add_argument("--instances", type=_size_type(parse_instances), default=1,
+                       metavar="N",
+                       help=f"serve N independent devices (1..{MAX_INSTANCES}) in N nbdkit "
+                            f"processes, on PATH.0 ... PATH.N-1, the size and mem_limit split "
+                            f"between them: enable them as swap at equal priority to use N "
+                            f"cores (default 1: PATH itself)")
     serve.add_argument("--threads", "-t", type=int, default=1,
                        help="nbdkit request threads per connection (default 1: fastest "
                             "for a Python plugin)")
@@ -131,11 +140,15 @@ def build_parser() -> Parser:
                        help="serving swap to this host: lock memory, mark as I/O flusher")
     serve.add_argument("--final-stats", metavar="PATH",
                        help="write the last stats as JSON to PATH when the server stops")
+    serve.add_argument("--log-file", metavar="PATH",
+                       help="append log lines to PATH (created mode 0600) instead of stderr")
     serve.add_argument("--verbose", "-v", action="store_true", help="nbdkit and zramd debug output")
 
     stats = sub.add_parser("stats", help="print a running device's zram statistics")
     _add_target(stats)
     stats.add_argument("--json", action="store_true", help="all counters as JSON")
+    stats.add_argument("--per-instance", action="store_true",
+                       help="striped instances: each instance's counters as well as the sum")
     stats.add_argument("--watch", action="store_true",
                        help="a live view, one line per interval: ratio, memory, IOPS, writeback")
     stats.add_argument("--interval", type=float, default=1.0, help="--watch interval (s)")
@@ -193,12 +206,27 @@ def _control_path(args) -> str:
     return (args.socket or default_socket_path()) + ".ctl"
 
 
-def connect_help(server: Server) -> str:
-    """The start banner: how to attach with each client, TLS included."""
+def _instances(args) -> list[tuple[str, str]]:
+    """``[(name, control socket)]`` of every running instance the target
+    names: the device itself, or its striped instances PATH.0 ... PATH.N-1
+    (docs/design.md#scaling-past-one-core)."""
+    path = _control_path(args)
+    found = discover(path)
+    if not found:
+        raise ControlError(f"no zramd control socket at {path} or {path[:-4] if path.endswith('.ctl') else path}"
+                           f".N{'.ctl' if path.endswith('.ctl') else ''} (is the server running?)")
+    return found
+
+
+def connect_help(server: Server, index: int | None = None) -> str:
+    """One device's banner: how to attach with each client, TLS included."""
     s = server.settings
     uri = server.uri
     tls = s.tls_mode() == "require"
-    lines = [f"zramd: serving {describe(s)}",
+    nbd_dev = f"/dev/nbd{index or 0}"
+    drive = f"zd{'' if index is None else index}"
+    lines = [f"zramd: serving {describe(s)}" if index is None
+             else f"instance {index}: {describe(s)}",
              f"  NBD URI     {uri}",
              f"  nbdinfo     nbdinfo '{uri}'"]
     if tls and s.tls_psk:  # libnbd refuses tls-psk-file in a URI unless allowed
@@ -216,36 +244,60 @@ def connect_help(server: Server) -> str:
         lines += [f"  qemu-img    qemu-img info --object {obj} --image-opts "
                   f"driver=nbd,{server_opts},tls-creds=tls0",
                   f"  qemu        qemu-system-x86_64 ... -object {obj} -drive driver=nbd,"
-                  f"{server_opts},tls-creds=tls0,if=none,id=zd -device virtio-blk-pci,drive=zd"]
+                  f"{server_opts},tls-creds=tls0,if=none,id={drive} "
+                  f"-device virtio-blk-pci,drive={drive}"]
         if s.tls_psk and os.path.basename(s.tls_psk) != "keys.psk":
             lines.append(f"              (qemu reads the key from keys.psk in "
                          f"{os.path.dirname(os.path.abspath(s.tls_psk))})")
     else:
         lines += [f"  qemu-img    qemu-img info '{uri}'",
                   f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,{server_opts},"
-                  f"if=none,id=zd -device virtio-blk-pci,drive=zd"]
+                  f"if=none,id={drive} -device virtio-blk-pci,drive={drive}"]
     if s.socket_path and not tls:
         lines.append(f"  nbd-client  nbd-client -unix {os.path.abspath(s.socket_path)} "
-                     f"/dev/nbd0 -b 4096")
+                     f"{nbd_dev} -b 4096")
     elif not tls:
-        lines.append(f"  nbd-client  nbd-client {s.address} {s.port} /dev/nbd0 -b 4096")
+        lines.append(f"  nbd-client  nbd-client {s.address} {s.port} {nbd_dev} -b 4096")
     elif s.tls_certificates:
         where = (f"-unix {os.path.abspath(s.socket_path)}" if s.socket_path
                  else f"{s.address} {s.port}")
         certs = os.path.abspath(s.tls_certificates)
-        lines.append(f"  nbd-client  nbd-client {where} /dev/nbd0 -b 4096 -enable-tls "
+        lines.append(f"  nbd-client  nbd-client {where} {nbd_dev} -b 4096 -enable-tls "
                      f"-cacertfile {certs}/ca-cert.pem -tlshostname {s.address}"
                      + (" -certfile CLIENT-cert.pem -keyfile CLIENT-key.pem"
                         if s.tls_verify_peer else ""))
     else:
         lines.append("  nbd-client  (no PSK support in nbd-client: use --tls-certificates "
                      "for the kernel's nbd driver)")
-    lines += [f"  stats       zramd stats --control {s.control_path}",
-              f"  stop        zramd stop --control {s.control_path}   (or Ctrl-C)"]
+    lines.append(f"  stats       zramd stats --control {s.control_path}")
     if not tls and s.port is not None:
         lines.append("  WARNING     no TLS: anyone who can reach the port reads and writes "
                      "the device")
-    lines.append("  Stop with Ctrl-C.")
+    return "\n".join(lines)
+
+
+def stripe_help(servers: list[Server], base: Settings) -> str:
+    """The start banner: each instance's attach commands, then how to read
+    them all at once and how to swap on them (equal priority)."""
+    if len(servers) == 1:
+        s = servers[0].settings
+        return (connect_help(servers[0]) + f"\n  stop        zramd stop --control "
+                f"{s.control_path}   (refused while in use, unless --force)"
+                "\n  Stop with Ctrl-C.")
+    n = len(servers)
+    lines = [f"zramd: serving {n} instances, {describe(base)} in all"]
+    for i, srv in enumerate(servers):
+        lines.append(connect_help(srv, i))
+    target = (f"--socket {os.path.abspath(base.socket_path)}" if base.socket_path
+              else f"--control {base.control_path}")
+    devs = " ".join(f"/dev/nbd{i}" for i in range(n))
+    lines += [f"all {n}",
+              f"  stats       zramd stats {target}  (summed; --per-instance for each)",
+              f"  status      zramd status {target}",
+              f"  swap        mkswap and swapon --discard --priority 100 each of {devs}: "
+              f"equal priority stripes pages over them",
+              f"  stop        zramd stop {target}   (refused while in use, unless --force)",
+              "  Stop with Ctrl-C."]
     return "\n".join(lines)
 
 
@@ -266,7 +318,7 @@ def cmd_serve(args) -> int:
                         high_watermark_bytes=args.high_watermark,
                         low_watermark_bytes=args.low_watermark,
                         recomp_algorithm=args.recomp_algorithm, recomp_level=args.recomp_level,
-                        final_stats_path=args.final_stats,
+                        final_stats_path=args.final_stats, log_file=args.log_file,
                         port=args.port, address=args.address, threads=args.threads,
                         verbose=args.verbose, swap=args.swap, tls=args.tls,
                         tls_psk=args.tls_psk, tls_certificates=args.tls_certificates,
@@ -274,50 +326,76 @@ def cmd_serve(args) -> int:
                         pid_file=args.pid_file, force_stop=args.force_stop)
     if args.port is None and args.address != "127.0.0.1":
         raise ConfigError("--address applies only with --port")
-    server = Server(settings)
-    if settings.swap:
+    base = settings.with_defaults().validate()
+    if base.pid_file:
+        try:  # a stale pid file is removed, a live one or anything else refuses
+            claim_pid_file(base.pid_file)
+        except PathError as exc:
+            raise ConfigError(str(exc)) from None
+    stripe = Stripe(Server(s) for s in instance_settings(base, args.instances))
+    if base.swap:
         protect_wrapper()
-    stopping = []
-    refused_at = []
+    refused_at: list[float] = []
+    pid_written = False
 
     def on_signal(signum, frame):
         now = time.monotonic()
-        force = settings.force_stop or bool(refused_at and now - refused_at[-1]
-                                            <= STOP_CONFIRM_SECONDS)
-        why_not = server.request_stop(force=force)
+        force = base.force_stop or bool(refused_at and now - refused_at[-1]
+                                        <= STOP_CONFIRM_SECONDS)
+        why_not = stripe.request_stop(force=force)
         if why_not:
             refused_at.append(now)
             print(f"zramd: not stopping: {why_not}, or send the signal again within "
                   f"{STOP_CONFIRM_SECONDS:.0f}s", file=sys.stderr, flush=True)
-        else:
-            stopping.append(signum)
+
+    def on_death(index, status):
+        srv = stripe.servers[index]
+        what = "nbdkit" if len(stripe.servers) == 1 else \
+            f"instance {index} ({srv.socket_path or srv.settings.port})"
+        left = sum(other.running() for other in stripe.servers)
+        more = f"; {left} other instance(s) still serving" if left and len(stripe.servers) > 1 else ""
+        print(f"zramd: error: {what} exited unexpectedly with status {status}{more}",
+              file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        server.start()
-        if settings.port is not None and server.settings.tls_mode() != "require":
-            print(f"zramd: warning: --insecure-tcp: port {settings.port} serves the device "
+        stripe.start()
+        if stripe.stopping:  # a signal came while the instances were starting
+            stripe.request_stop()
+        if base.port is not None and base.tls_mode() != "require":
+            print(f"zramd: warning: --insecure-tcp: port {base.port} serves the device "
                   f"without TLS to anyone who can reach it", file=sys.stderr, flush=True)
-        print(connect_help(server), flush=True)
-        why_not = sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {server.uri}")
+        if base.pid_file:  # readiness: written once every socket listens
+            try:
+                write_pid_file(base.pid_file, os.getpid())
+            except PathError as exc:
+                raise ServerError(str(exc)) from None
+            pid_written = True
+        print(stripe_help(stripe.servers, base), flush=True)
+        why_not = sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving "
+                            f"{stripe.servers[0].uri}")
         if why_not:
             print(f"zramd: warning: cannot notify systemd: {why_not}", file=sys.stderr)
-        status = server.wait()
+        stripe.wait(on_death)
     finally:
-        server.stop()
+        stripe.stop()
+        if pid_written:
+            remove_pid_file(base.pid_file, os.getpid())
     sd_notify("STOPPING=1")
-    if stopping or status == 0:  # a signal, or `zramd stop`
-        print("zramd: stopped", file=sys.stderr)
-        return 0
-    print(f"zramd: error: nbdkit exited unexpectedly with status {status}", file=sys.stderr)
-    return 1
+    if stripe.died:
+        return 1
+    print("zramd: stopped", file=sys.stderr)
+    return 0
 
 
 def protect_wrapper() -> None:
     """--swap: lock this process into RAM too, and keep the OOM killer away
     from it and (inherited) from nbdkit; one warning line per refusal."""
-    why_not = lock_memory()
+    try:
+        why_not = lock_memory()
+    except LockError as exc:
+        why_not = exc.strerror
     if why_not:
         print(f"zramd: warning: cannot lock zramd serve into memory: {why_not}",
               file=sys.stderr, flush=True)
@@ -328,17 +406,28 @@ def protect_wrapper() -> None:
 
 
 def cmd_stop(args) -> int:
-    """Ask the server to stop; refused while in use unless --force.  Waits
-    until its control socket is gone."""
-    path = _control_path(args)
-    call(path, "stop", force=args.force)
+    """Ask the server (every instance) to stop; refused while in use unless
+    --force.  Waits until the control sockets are gone."""
+    instances = _instances(args)
+    if not args.force:
+        reasons = []
+        for name, path in instances:
+            try:
+                call(path, "stop", check=True)
+            except ControlError as exc:
+                reasons.append(str(exc) if len(instances) == 1 else f"{name}: {exc}")
+        if reasons:
+            raise ControlError("; ".join(reasons))
+    for _, path in instances:
+        call(path, "stop", force=True)
     deadline = time.monotonic() + args.timeout
-    while socket_state(path) == "live":
-        if time.monotonic() > deadline:
-            print(f"zramd: error: the server at {path} did not stop within "
-                  f"{args.timeout:.0f}s", file=sys.stderr)
-            return 1
-        time.sleep(0.05)
+    for _, path in instances:
+        while socket_state(path) == "live":
+            if time.monotonic() > deadline:
+                print(f"zramd: error: the server at {path} did not stop within "
+                      f"{args.timeout:.0f}s", file=sys.stderr)
+                return 1
+            time.sleep(0.05)
     print("zramd: stopped")
     return 0
 
@@ -351,15 +440,32 @@ def format_stats(stats: dict, files: list[str], labelled: bool) -> str:
     return "\n".join(lines)
 
 
+def _all_stats(instances) -> list[dict]:
+    return [call(path, "stats") for _, path in instances]
+
+
 def cmd_stats(args) -> int:
+    instances = _instances(args)
     if args.watch:
-        return watch(_control_path(args), args.interval, args.count)
-    stats = call(_control_path(args), "stats")
+        return watch(lambda: aggregate(_all_stats(instances)) if len(instances) > 1
+                     else call(instances[0][1], "stats"), args.interval, args.count)
+    each = _all_stats(instances)
+    total = aggregate(each) if len(each) > 1 else each[0]
     if args.json:
-        print(json.dumps(stats, indent=2, sort_keys=True))
-    else:
-        files = args.files or list(STAT_FILES)
-        print(format_stats(stats, files, labelled=not args.files))
+        doc = total
+        if args.per_instance:
+            doc = {"total": total,
+                   "instances": [{"name": name, "control": path, "stats": st}
+                                 for (name, path), st in zip(instances, each)]}
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
+    files = args.files or list(STAT_FILES)
+    if args.per_instance:
+        for (name, _), st in zip(instances, each):
+            print(f"# {name}")
+            print(format_stats(st, files, labelled=not args.files))
+        print(f"# total of {len(each)}")
+    print(format_stats(total, files, labelled=not args.files))
     return 0
 
 
@@ -380,15 +486,16 @@ def watch_line(prev: dict, cur: dict, seconds: float) -> str:
             f"{cur.get('bd_count', 0):8d} {rate('bd_writes'):7.0f} {rate('bd_reads'):7.0f}")
 
 
-def watch(path: str, interval: float, count: int | None) -> int:
-    """A vmstat-like live view: one line per interval (rates per second)."""
+def watch(fetch, interval: float, count: int | None) -> int:
+    """A vmstat-like live view: one line per interval (rates per second);
+    ``fetch()`` returns the stats (summed over striped instances)."""
     print(WATCH_HEADER, flush=True)
-    prev = call(path, "stats")
+    prev = fetch()
     t_prev = time.monotonic()
     lines = 0
     while count is None or lines < count:
         time.sleep(interval)
-        cur = call(path, "stats")
+        cur = fetch()
         now = time.monotonic()
         print(watch_line(prev, cur, now - t_prev), flush=True)
         prev, t_prev = cur, now
@@ -397,73 +504,137 @@ def watch(path: str, interval: float, count: int | None) -> int:
 
 
 def cmd_status(args) -> int:
-    """zramctl's table, for this device."""
-    s = call(_control_path(args), "stats")
-    ratio = s["orig_data_size"] / s["compr_data_size"] if s["compr_data_size"] else 0.0
-    cols = [
-        ("NAME", args.socket or _control_path(args)[:-4]),
-        ("DISKSIZE", human_size(s["disksize"])),
-        ("DATA", human_size(s["orig_data_size"])),
-        ("COMPR", human_size(s["compr_data_size"])),
-        ("ALGORITHM", s["comp_algorithm"]),
-        ("MODE", s["compress_mode"]),
-        ("ZERO-PAGES", str(s["same_pages"])),
-        ("TOTAL", human_size(s["mem_used_total"])),
-        ("MEM-LIMIT", human_size(s["mem_limit"]) if s["mem_limit"] else "0B"),
-        ("MEM-USED", human_size(s["mem_used_max"])),
-        ("RATIO", f"{ratio:.2f}"),
-        ("WRITEBACK", human_size(s["bd_count"] * 4096) if s.get("backing_file") else "-"),
-    ]
-    widths = [max(len(h), len(v)) for h, v in cols]
-    print(" ".join(h.rjust(w) if i else h.ljust(w) for i, ((h, _), w) in enumerate(zip(cols, widths))))
-    print(" ".join(v.rjust(w) if i else v.ljust(w) for i, ((_, v), w) in enumerate(zip(cols, widths))))
+    """zramctl's table: one row per device, here per running instance."""
+    rows = []
+    for name, path in _instances(args):
+        s = call(path, "stats")
+        ratio = s["orig_data_size"] / s["compr_data_size"] if s["compr_data_size"] else 0.0
+        rows.append([
+            ("NAME", name),
+            ("DISKSIZE", human_size(s["disksize"])),
+            ("DATA", human_size(s["orig_data_size"])),
+            ("COMPR", human_size(s["compr_data_size"])),
+            ("ALGORITHM", s["comp_algorithm"]),
+            ("MODE", s["compress_mode"]),
+            ("ZERO-PAGES", str(s["same_pages"])),
+            ("TOTAL", human_size(s["mem_used_total"])),
+            ("MEM-LIMIT", human_size(s["mem_limit"]) if s["mem_limit"] else "0B"),
+            ("MEM-USED", human_size(s["mem_used_max"])),
+            ("RATIO", f"{ratio:.2f}"),
+            ("WRITEBACK", human_size(s["bd_count"] * 4096) if s.get("backing_file") else "-"),
+        ])
+    heads = [h for h, _ in rows[0]]
+    widths = [max(len(h), *(len(r[i][1]) for r in rows)) for i, h in enumerate(heads)]
+
+    def line(cells):
+        return " ".join(c.rjust(w) if i else c.ljust(w)
+                        for i, (c, w) in enumerate(zip(cells, widths)))
+    print(line(heads))
+    for r in rows:
+        print(line([v for _, v in r]))
     return 0
+
+
+def _each(args):
+    """``[(label, control socket)]``: one unlabelled target, or every
+    striped instance labelled with its name."""
+    instances = _instances(args)
+    if len(instances) == 1:
+        return [("", instances[0][1])]
+    return [(f"{name}: ", path) for name, path in instances]
+
+
+def _split_count(value: int | None, n: int) -> list[int | None]:
+    """A page count (e.g. --limit) shared out like sizes are."""
+    if value is None:
+        return [None] * n
+    base, extra = divmod(value, n)
+    return [base + (1 if i < extra else 0) for i in range(n)]
 
 
 def cmd_writeback(args) -> int:
-    result = call(_control_path(args), "writeback", timeout=3600, type=args.type,
-                  limit=args.limit)
-    print(f"writeback {args.type}: {result['written']} pages written, "
-          f"{result['superseded']} rewritten meanwhile, of {result['candidates']} candidates")
-    if result.get("error"):
-        print(f"zramd: error: writeback stopped: {result['error']}", file=sys.stderr)
-        return 1
-    return 0
+    targets = _each(args)
+    failed = False
+    for (label, path), limit in zip(targets, _split_count(args.limit, len(targets))):
+        result = call(path, "writeback", timeout=3600, type=args.type, limit=limit)
+        print(f"{label}writeback {args.type}: {result['written']} pages written, "
+              f"{result['superseded']} rewritten meanwhile, of {result['candidates']} candidates")
+        if result.get("error"):
+            print(f"zramd: error: {label}writeback stopped: {result['error']}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
 
 
 def cmd_idle(args) -> int:
-    result = call(_control_path(args), "idle", age=args.age)
-    print(f"{result['idle_pages']} pages idle")
+    for label, path in _each(args):
+        result = call(path, "idle", age=args.age)
+        print(f"{label}{result['idle_pages']} pages idle")
     return 0
 
 
 def cmd_recompress(args) -> int:
-    r = call(_control_path(args), "recompress", timeout=3600, type=args.type,
-             threshold=args.threshold, limit=args.limit)
-    print(f"recompress {args.type}: {r['recompressed']} pages recompressed "
-          f"({human_size(r['saved_bytes'])} saved), {r['incompressible']} incompressible, "
-          f"{r['skipped']} skipped")
+    targets = _each(args)
+    for (label, path), limit in zip(targets, _split_count(args.limit, len(targets))):
+        r = call(path, "recompress", timeout=3600, type=args.type,
+                 threshold=args.threshold, limit=limit)
+        print(f"{label}recompress {args.type}: {r['recompressed']} pages recompressed "
+              f"({human_size(r['saved_bytes'])} saved), {r['incompressible']} incompressible, "
+              f"{r['skipped']} skipped")
     return 0
 
 
 def cmd_set(args) -> int:
-    path, v = _control_path(args), args.values
+    """A knob of the device; on striped instances, sizes and page counts
+    are split between them as ``serve --instances`` splits them."""
+    v = args.values
     nargs = {"watermarks": (1, 2)}.get(args.knob, (1, 1))
     if not nargs[0] <= len(v) <= nargs[1]:
         raise ConfigError(f"set {args.knob} takes {nargs[0]}"
                           f"{'-' + str(nargs[1]) if nargs[1] != nargs[0] else ''} value(s)")
+    if args.knob == "mem_used_max" and v[0] != "0":
+        raise ConfigError("mem_used_max can only be reset, with 0 (as in zram)")
+    targets = _each(args)
+    n = len(targets)
+
+    def split_size(text):
+        if n == 1:
+            return [text]
+        try:
+            total = parse_size(text)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if total and total < n * 4096:
+            raise ConfigError(f"{text} is too small for {n} instances (at least one "
+                              f"4096-byte page each)")
+        return split_bytes(total, n) if total else [0] * n
+
+    def split_pages(text):
+        if n == 1:
+            return [text]
+        try:
+            total = int(text)
+        except ValueError:
+            raise ConfigError(f"writeback_limit must be a whole number of pages, "
+                              f"not {text!r}") from None
+        if total < 0:
+            raise ConfigError("writeback_limit must not be negative")
+        return _split_count(total, n)
+
     if args.knob == "mem_limit":
-        call(path, "mem_limit", size=v[0])
+        per = [dict(size=x) for x in split_size(v[0])]
+        cmd = "mem_limit"
     elif args.knob == "mem_used_max":
-        if v[0] != "0":
-            raise ConfigError("mem_used_max can only be reset, with 0 (as in zram)")
-        call(path, "reset_mem_used_max")
+        per, cmd = [{}] * n, "reset_mem_used_max"
     elif args.knob == "writeback_limit":
-        call(path, "writeback_limit", pages=v[0])
+        per, cmd = [dict(pages=x) for x in split_pages(v[0])], "writeback_limit"
     elif args.knob == "writeback_limit_enable":
-        call(path, "writeback_limit", enable=v[0])
-    elif args.knob == "watermarks":
-        call(path, "watermarks", **dict(zip(("high", "low"), v)))
+        per, cmd = [dict(enable=v[0])] * n, "writeback_limit"
+    else:
+        cols = [split_size(x) for x in v]
+        per = [dict(zip(("high", "low"), parts)) for parts in zip(*cols)]
+        cmd = "watermarks"
+    for (_, path), kwargs in zip(targets, per):
+        call(path, cmd, **kwargs)
     return 0
 
 

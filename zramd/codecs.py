@@ -23,7 +23,6 @@ compress a page, 0.4-2 us to decompress; zstd level 1-3 3-15 us.
 from __future__ import annotations
 
 import lz4.block
-import zstandard
 
 from .units import PAGE_SIZE
 
@@ -85,12 +84,16 @@ class ZstdCodec(Codec):
         if not self.MIN_LEVEL <= level <= self.MAX_LEVEL:
             raise ValueError(f"zstd level must be {self.MIN_LEVEL}..{self.MAX_LEVEL}, not {level}")
         self.level = level
+        # Imported here, not at the top: 1.1 MiB of RSS that an lz4 server
+        # does not need (docs/design.md#page-arena-and-memory-accounting).
+        import zstandard
+        self._zstandard = zstandard
         self._cctx_pool: list = []
         self._dctx_pool: list = []
 
     def compress(self, page, max_len):
         pool = self._cctx_pool
-        cctx = pool.pop() if pool else zstandard.ZstdCompressor(
+        cctx = pool.pop() if pool else self._zstandard.ZstdCompressor(
             level=self.level, write_checksum=False, write_dict_id=False,
             write_content_size=True)
         try:
@@ -105,7 +108,7 @@ class ZstdCodec(Codec):
 
     def decompress(self, data):
         pool = self._dctx_pool
-        dctx = pool.pop() if pool else zstandard.ZstdDecompressor()
+        dctx = pool.pop() if pool else self._zstandard.ZstdDecompressor()
         try:
             return dctx.decompress(data, max_output_size=PAGE_SIZE)
         finally:

@@ -74,6 +74,7 @@ class Settings:
     recomp_algorithm: str | None = None
     recomp_level: int | None = None
     final_stats_path: str | None = None  # JSON of the last stats, written at exit
+    log_file: str | None = None          # None: stderr (docs/design.md#running-as-a-service)
     # the server (nbdkit's own options)
     socket_path: str | None = None
     port: int | None = None
@@ -235,13 +236,15 @@ class Settings:
             params.append("swap=on")
         if self.final_stats_path:
             params.append(f"final_stats={os.path.abspath(self.final_stats_path)}")
+        if self.log_file:
+            params.append(f"log_file={os.path.abspath(self.log_file)}")
         return params
 
 
 PLUGIN_KEYS = ("size", "algorithm", "level", "mem_limit", "control", "pin_thread_state", "swap",
                "threads", "compress", "workers", "pending_limit", "checksum", "fault_inject",
                "unlock_fault_injection", "backing_file", "backing_size", "high_watermark",
-               "low_watermark", "recomp_algorithm", "recomp_level", "final_stats")
+               "low_watermark", "recomp_algorithm", "recomp_level", "final_stats", "log_file")
 
 
 def from_plugin_params(params: dict[str, str]) -> Settings:
@@ -277,6 +280,7 @@ def from_plugin_params(params: dict[str, str]) -> Settings:
     s.checksum = params.get("checksum", s.checksum)
     s.backing_file = params.get("backing_file")
     s.final_stats_path = params.get("final_stats")
+    s.log_file = params.get("log_file")
     s.recomp_algorithm = params.get("recomp_algorithm")
     if "recomp_level" in params:
         s.recomp_level = parse_int(params["recomp_level"], "recomp_level")

@@ -1,10 +1,9 @@
 """Run nbdkit with the zramd plugin as a subprocess.
 
 ``Server`` (after ovirt-imageio's helper-process wrapper) builds nbdkit's
-command line from ``Settings``, claims the socket and pid-file paths (a
+command line from ``Settings``, claims the socket paths (a
 stale socket is removed, anything else refuses the start: ``sockets``),
-starts nbdkit, waits for its sockets with a monotonic deadline, writes the
-pid file, and stops it through the control socket, then SIGTERM, then
+starts nbdkit, waits for its sockets with a monotonic deadline, and stops it through the control socket, then SIGTERM, then
 SIGKILL.  The CLI, the tests and the benchmarks all use it.
 
 nbdkit runs in the foreground (``-f``) in its own process group (a Ctrl-C
@@ -74,16 +73,14 @@ def check_python_version(nbdkit: str = "nbdkit") -> None:
 
 
 def check_endpoint_free(settings: Settings) -> None:
-    """Claim the socket and pid-file paths (a stale socket or pid file is
-    removed; a live one, or anything that is not ours, refuses the start)
-    and refuse a TCP port another server holds, with one line."""
+    """Claim the socket paths (a stale socket is removed; a live one, or
+    anything that is not a socket, refuses the start) and refuse a TCP port
+    another server holds, with one line."""
     try:
         if settings.socket_path:
             sockets.claim_socket_path(settings.socket_path, "socket")
         if settings.control_path:
             sockets.claim_socket_path(settings.control_path, "control socket")
-        if settings.pid_file:
-            sockets.claim_pid_file(settings.pid_file)
     except sockets.PathError as exc:
         raise ConfigError(str(exc)) from None
     if settings.port is not None:
@@ -128,7 +125,6 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self._log_fd: int | None = None       # our descriptor for nbdkit's stderr
         self._log_offset = 0                  # where this run's lines begin
-        self._pid_written: int | None = None  # the pid in settings.pid_file
         # nbdkit writes its pidfile once it accepts connections: our
         # readiness signal, without probe connections (which nbdkit logs).
         self._rundir = tempfile.mkdtemp(prefix="zramd-")
@@ -170,8 +166,8 @@ class Server:
             cmd.append("--tls-verify-peer")
         if s.verbose:
             cmd.append("-v")
-        if s.swap:
-            cmd.append("--swap")
+        # --swap is not passed on: the plugin locks memory itself, without
+        # populating nbdkit's unused buffers (zramd/swap.py).
         cmd += self.extra_args
         cmd += ["python", PLUGIN_PATH] + s.plugin_params()
         return cmd
@@ -189,6 +185,12 @@ class Server:
 
     # -- life cycle ------------------------------------------------------
     def start(self, timeout: float = START_TIMEOUT_SECONDS) -> "Server":
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> "Server":
+        """Check the settings against the system and start nbdkit, without
+        waiting for it.  Call it from a thread that outlives the server:
+        ``--exit-with-parent`` is the parent *thread's* death signal."""
         check_python_version(self.nbdkit)
         check_endpoint_free(self.settings)
         check_backing_file(self.settings)
@@ -197,6 +199,10 @@ class Server:
         self.proc = subprocess.Popen(self.command(), env=self.environment(),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self._log_fd, umask=0o077, process_group=0)
+        return self
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_SECONDS) -> "Server":
+        """Wait until the launched nbdkit serves (or raise why not)."""
         deadline = time.monotonic() + timeout
         while not self._ready():
             if self.proc.poll() is not None:
@@ -205,13 +211,6 @@ class Server:
                 self.stop()
                 raise ServerError(f"nbdkit did not start listening within {timeout:.0f}s")
             time.sleep(0.02)
-        if self.settings.pid_file:
-            try:
-                sockets.write_pid_file(self.settings.pid_file, os.getpid())
-            except sockets.PathError as exc:
-                self.stop()
-                raise ServerError(str(exc)) from None
-            self._pid_written = os.getpid()
         return self
 
     def _open_log(self) -> None:
@@ -254,6 +253,18 @@ class Server:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def check_stop(self) -> str | None:
+        """Why a stop without force would be refused (clients connected and
+        pages stored), or None.  Changes nothing."""
+        if not self.running():
+            return None
+        try:
+            call(self.settings.control_path, "stop", timeout=2, check=True)
+        except ControlError as exc:
+            if str(exc).startswith("in use"):
+                return str(exc)
+        return None
 
     def request_stop(self, force: bool = True) -> str | None:
         """Begin stopping, without waiting (safe in a signal handler).
@@ -302,9 +313,6 @@ class Server:
             os.unlink(self._pidfile)
         except FileNotFoundError:
             pass
-        if self._pid_written is not None:
-            sockets.remove_pid_file(self.settings.pid_file, self._pid_written)
-            self._pid_written = None
         try:
             os.rmdir(self._rundir)
         except OSError:

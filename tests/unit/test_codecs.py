@@ -2,10 +2,10 @@
 
 import os
 import random
-import threading
 
 import pytest
 
+from helpers import run_threads
 from zramd.codecs import CODECS, ZstdCodec, make_codec
 from zramd.units import PAGE_SIZE
 
@@ -47,7 +47,6 @@ def test_incompressible_is_not_worth_compressing(name):
 @pytest.mark.parametrize("name", CODEC_NAMES)
 def test_threaded_round_trip(name):
     codec = make_codec(name)
-    errors = []
 
     def worker(seed):
         rng = random.Random(seed)
@@ -56,15 +55,9 @@ def test_threaded_round_trip(name):
             page = bytes([seed]) * n + rng.randbytes(64) + bytes(PAGE_SIZE - n - 64 if n < PAGE_SIZE - 64 else 0)
             page = page[:PAGE_SIZE].ljust(PAGE_SIZE, b"\0")
             out = codec.compress(page, PAGE_SIZE)
-            if out is not None and codec.decompress(out) != page:
-                errors.append(seed)
+            assert out is None or codec.decompress(out) == page, f"thread {seed}"
 
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(1, 9)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    run_threads(worker, range(1, 9))
 
 
 def test_zstd_levels():

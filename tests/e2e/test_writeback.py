@@ -1,6 +1,6 @@
 """Writeback to a backing file, idle tracking, recompression and the
-control commands, through NBD and the control socket (and, for the races
-that NBD cannot time, the writeback engine directly)."""
+control commands, through NBD and the control socket (the races that NBD
+cannot time are in tests/unit/test_writeback_engine.py)."""
 
 import errno
 import json
@@ -14,12 +14,8 @@ import threading
 import pytest
 
 from helpers import connect, nbd, stats
-from zramd.backing import BackingFile
-from zramd.codecs import make_codec
 from zramd.config import ConfigError
 from zramd.control import ControlError, call
-from zramd.store import Backed, PageStore
-from zramd.writeback import Writeback
 
 PAGE = 4096
 TEXT = (b"cold pages flow to disk on their own. " * 120)[:PAGE]
@@ -131,28 +127,6 @@ def test_rewrites_during_writeback_keep_the_new_data(wb_server):
         assert r["written"] > 0 and s["failed_reads"] == 0
         assert s["bd_count"] == s["backing_used_blocks"]  # no leaked file slots
         h.shutdown()
-
-
-def test_rewrite_under_writeback_engine_level(tmp_path):
-    """The commit is a compare-and-swap: a page rewritten between being
-    read for writeback and being installed keeps the new data, and its
-    file block goes back to the free list."""
-    store = PageStore(16 * PAGE, make_codec("lz4"), backing=None)
-    backing = BackingFile(str(tmp_path / "b.img"), 16 * PAGE)
-    store.backing = backing
-    wb = Writeback(store, backing)
-    store.write(TEXT, 0)
-    store.write(TEXT, PAGE)
-    candidates = store.candidates("all")
-    store.write(text_page(7), 0)  # rewritten after selection, before writeback
-    result = wb._writeback(candidates, None)
-    assert result["written"] == 1 and result["superseded"] == 1
-    assert type(store._slots[0]) is bytes and type(store._slots[1]) is Backed
-    assert backing.used_blocks() == 1
-    buf = bytearray(2 * PAGE)
-    store.read(memoryview(buf), 0)
-    assert bytes(buf) == text_page(7) + TEXT
-    backing.close()
 
 
 def test_full_backing_file_loses_nothing(wb_server):

@@ -9,11 +9,10 @@ import random
 import shutil
 import struct
 import subprocess
-import threading
 
 import pytest
 
-from helpers import connect, nbd, stats
+from helpers import connect, nbd, run_threads, stats
 
 PAGE = 4096
 TEXT = (b"compressible swap-like text page with some numbers 0123456789 " * 100)[:PAGE]
@@ -185,7 +184,6 @@ def test_concurrent_connections_overlapping_writes(make_server):
         handles = [connect(server) for _ in range(nconn)]
         span = PAGE // 16
         last_partial = {}
-        errors = []
 
         def page_for(conn, seq):
             head = struct.pack("<II", conn, seq)
@@ -193,34 +191,26 @@ def test_concurrent_connections_overlapping_writes(make_server):
             return head + body[:PAGE - 8]
 
         def worker(conn):
-            try:
-                h = handles[conn]
-                rng = random.Random(conn)
-                for seq in range(rounds):
-                    cookies = []
-                    for k in range(8):  # 8 requests in flight
-                        index = rng.randrange(pages)
-                        if k % 2:
-                            cookies.append(h.aio_pwrite(nbd.Buffer.from_bytearray(
-                                bytearray(page_for(conn, seq * 8 + k))), index * PAGE))
-                        else:  # sub-page: this connection's own range of page 'index'
-                            fill = bytes([conn + 1]) * span
-                            cookies.append(h.aio_pwrite(nbd.Buffer.from_bytearray(
-                                bytearray(fill)), pages * PAGE + index * PAGE + conn * span))
-                            last_partial[(conn, index)] = fill
-                    while h.aio_in_flight() > 0:
-                        h.poll(-1)
-                    for c in cookies:
-                        assert h.aio_command_completed(c)
-            except Exception as exc:  # pragma: no cover - reported below
-                errors.append(exc)
+            h = handles[conn]
+            rng = random.Random(conn)
+            for seq in range(rounds):
+                cookies = []
+                for k in range(8):  # 8 requests in flight
+                    index = rng.randrange(pages)
+                    if k % 2:
+                        cookies.append(h.aio_pwrite(nbd.Buffer.from_bytearray(
+                            bytearray(page_for(conn, seq * 8 + k))), index * PAGE))
+                    else:  # sub-page: this connection's own range of page 'index'
+                        fill = bytes([conn + 1]) * span
+                        cookies.append(h.aio_pwrite(nbd.Buffer.from_bytearray(
+                            bytearray(fill)), pages * PAGE + index * PAGE + conn * span))
+                        last_partial[(conn, index)] = fill
+                while h.aio_in_flight() > 0:
+                    h.poll(-1)
+                for c in cookies:
+                    assert h.aio_command_completed(c)
 
-        threads = [threading.Thread(target=worker, args=(c,)) for c in range(nconn)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
+        run_threads(worker, range(nconn))
         h = handles[0]
         data = h.pread(pages * PAGE, 0)
         for index in range(pages):

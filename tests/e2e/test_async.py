@@ -253,7 +253,7 @@ def test_shutdown_under_load_drains_pending_work(make_server, sockdir):
     with open(final_path) as f:
         final = json.load(f)
     server.log_file.flush()
-    assert "zramd: stopped with" in open(server.log_file.name).read()
+    assert "INFO stopped with" in open(server.log_file.name).read()
     assert final["pending_pages"] == 0 and final["worker_backlog"] == 0
     assert final["pages_staged"] == final["pages_compressed_async"] + final["pages_superseded"]
     assert final["pages_staged"] >= 200 * 32  # at least every flushed write was staged

@@ -4,10 +4,10 @@ sub-page I/O, discard, mem_limit, extents and concurrent read-modify-write."""
 import errno
 import os
 import random
-import threading
 
 import pytest
 
+from helpers import run_threads
 from zramd.codecs import make_codec
 from zramd.store import (BYTES_HEADER, EXTENT_DATA, EXTENT_HOLE, EXTENT_ZERO, HUGE_THRESHOLD,
                          PageStore, StoreError, same_filled_word)
@@ -223,11 +223,7 @@ def test_concurrent_partial_writes_never_lose_an_update():
             store.write(fill, offset)
             last[(t, page)] = fill
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(nthreads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker, range(nthreads))
     for (t, page), fill in last.items():
         offset = page * PAGE_SIZE + t * span
         assert read(store, offset, span) == fill
@@ -251,11 +247,7 @@ def test_stats_stay_exact_under_concurrency():
             else:
                 store.discard(index * PAGE_SIZE, PAGE_SIZE * r.randrange(1, 3) if index < 31 else PAGE_SIZE)
 
-    threads = [threading.Thread(target=worker, args=(rng.random(),)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker, [rng.random() for _ in range(4)])
     # recompute every counter from the slot table
     s = store.stats()
     entries = [e for e in store._slots if e is not None]

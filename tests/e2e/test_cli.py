@@ -19,31 +19,6 @@ def run(*args, **kwargs):
                           **kwargs)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--size", "0"], "size must be greater than 0"),
-    (["--size", "5000"], "not a whole number of 4096-byte pages"),
-    (["--size", "lots"], "not a size"),
-    (["--algorithm", "lzo"], "invalid choice: 'lzo'"),
-    (["--algorithm", "zstd", "--level", "30"], "zstd level must be 1..22"),
-    (["--algorithm", "zstd", "--level", "x"], "invalid int value"),
-    (["--level", "3"], "applies only to zstd"),
-    (["--mem-limit", "-5"], "not a size"),
-    (["--socket", "/nonexistent/dir/z.sock"], "socket directory does not exist"),
-    (["--port", "0"], "port must be 1..65535"),
-    (["--port", "10809", "--socket", "/tmp/x.sock"], "not allowed with argument"),
-    (["--address", "0.0.0.0"], "--address applies only with --port"),
-    (["--threads", "0"], "threads must be"),
-    (["--bogus"], "unrecognized arguments: --bogus"),
-])
-def test_bad_options_exit_with_one_line(args, message):
-    result = run("serve", *args)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("zramd: error: ") and message in lines[0], lines[0]
-    assert result.stdout == ""
-
-
 def test_port_in_use(sockdir):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -1,0 +1,49 @@
+"""Fixtures for the end-to-end layer: real nbdkit servers on short-lived
+Unix sockets, and libnbd handles connected to them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from helpers import connect
+from zramd.config import Settings
+from zramd.server import Server
+from zramd.units import parse_size
+
+
+@pytest.fixture
+def make_server(sockdir):
+    """Factory for servers that are not started yet: make_server(size="64M", ...)."""
+    if not shutil.which("nbdkit"):
+        pytest.skip("nbdkit not installed (apt-get install nbdkit nbdkit-plugin-python)")
+    servers = []
+
+    def factory(size="64M", mem_limit="0", **kwargs) -> Server:
+        name = f"s{len(servers)}.sock"
+        settings = Settings(size_bytes=parse_size(size), mem_limit_bytes=parse_size(mem_limit),
+                            socket_path=os.path.join(sockdir, name), **kwargs)
+        log = open(os.path.join(sockdir, name + ".log"), "w")
+        server = Server(settings, log_file=log)
+        servers.append((server, log))
+        return server
+
+    yield factory
+    for server, log in servers:
+        server.stop()
+        log.close()
+
+
+@pytest.fixture
+def server(make_server):
+    with make_server() as srv:
+        yield srv
+
+
+@pytest.fixture
+def h(server):
+    handle = connect(server, meta_context=True)
+    yield handle
+    handle.shutdown()

@@ -1,0 +1,35 @@
+"""``zramd serve`` option checking, in process: every bad option is one
+line on stderr and exit status 2, before anything starts."""
+
+import sys
+
+import pytest
+
+from zramd import cli
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--size", "0"], "size must be greater than 0"),
+    (["--size", "5000"], "not a whole number of 4096-byte pages"),
+    (["--size", "lots"], "not a size"),
+    (["--algorithm", "lzo"], "invalid choice: 'lzo'"),
+    (["--algorithm", "zstd", "--level", "30"], "zstd level must be 1..22"),
+    (["--algorithm", "zstd", "--level", "x"], "invalid int value"),
+    (["--level", "3"], "applies only to zstd"),
+    (["--mem-limit", "-5"], "not a size"),
+    (["--socket", "/nonexistent/dir/z.sock"], "socket directory does not exist"),
+    (["--port", "0"], "port must be 1..65535"),
+    (["--port", "10809", "--socket", "/tmp/x.sock"], "not allowed with argument"),
+    (["--address", "0.0.0.0"], "--address applies only with --port"),
+    (["--threads", "0"], "threads must be"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_options_exit_with_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        sys.exit(cli.main(["serve", *args]))
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("zramd: error: ") and message in lines[0], lines[0]
+    assert out == ""

@@ -1,0 +1,257 @@
+"""Striped instances: N independent devices served by N nbdkit processes.
+
+One device's Python work runs under one GIL, so it never uses more than one
+core; N devices in N processes can (docs/design.md#scaling-past-one-core).
+The kernel stripes swap over them when they are enabled at equal priority,
+as it did over the one-zram-device-per-CPU set-ups of old.
+
+Data structures:
+
+- ``split_bytes(total, n)``: how a size is shared out in whole 4 KiB pages.
+  Instance ``i`` gets ``total_pages // n`` pages, the first
+  ``total_pages % n`` instances one page more, and instance 0 also any
+  sub-page tail; the parts always add up to ``total`` exactly.
+- ``instance_settings(settings, n)``: one ``Settings`` per instance.  Socket
+  ``PATH`` becomes ``PATH.0 ... PATH.{n-1}``, control socket ``CTL`` becomes
+  ``CTL.0 ...`` (the default ``PATH.ctl`` so becomes ``PATH.0.ctl``), TCP
+  port ``P`` becomes ``P ... P+n-1``; size, mem_limit, backing size and the
+  watermarks are split; the backing file and final-stats paths get the same
+  ``.i`` suffix.  ``n == 1`` returns the settings unchanged (no suffix).
+- ``discover(control_path)``: the control sockets of every running instance
+  of a base path: the path itself if it exists, then ``BASE.i.ctl`` in index
+  order.  The naming convention is the instance list; nothing else is
+  written (a file could go stale, a socket that is gone cannot).
+- ``aggregate(stats_list)``: counters summed exactly, equal strings kept,
+  differing ones listed.
+
+``Stripe`` supervises the N ``Server`` objects: start all (in parallel,
+stopping those started if one fails), wait until every one has stopped,
+stop all.  An instance that dies is reported, and the others keep serving:
+they may hold the only copy of swapped-out pages.
+
+Locking: a Stripe is driven by one thread (``request_stop`` may come from a
+signal handler in that thread); its watcher threads only wait on their
+process and then put its index on a queue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import queue
+import re
+import threading
+
+from .config import ConfigError, Settings
+from .units import PAGE_SIZE, format_size
+
+# Far more than the cores of any machine this runs on, few enough that a
+# typo (--instances 1000) is caught rather than starting 1000 interpreters.
+MAX_INSTANCES = 64
+
+
+def parse_instances(text: str) -> int:
+    """The --instances value: a whole number 1..MAX_INSTANCES."""
+    try:
+        n = int(str(text).strip(), 10)
+    except ValueError:
+        raise ConfigError(f"instances must be a whole number, not {text!r}") from None
+    if not 1 <= n <= MAX_INSTANCES:
+        raise ConfigError(f"instances must be 1..{MAX_INSTANCES}, not {n}")
+    return n
+
+
+def split_bytes(total: int, n: int) -> list[int]:
+    """``total`` shared out over ``n`` instances in whole pages (see the
+    module docstring); the parts add up to ``total``."""
+    pages, tail = divmod(total, PAGE_SIZE)
+    base, extra = divmod(pages, n)
+    parts = [(base + (1 if i < extra else 0)) * PAGE_SIZE for i in range(n)]
+    parts[0] += tail
+    return parts
+
+
+def suffixed(path: str | None, index: int) -> str | None:
+    return None if path is None else f"{path}.{index}"
+
+
+def instance_settings(settings: Settings, n: int) -> list[Settings]:
+    """One Settings per instance (``settings`` must have its defaults filled
+    in and be valid).  Raises ConfigError when a size cannot be split."""
+    if n == 1:
+        return [settings]
+    s = settings
+    size_pages = s.size_bytes // PAGE_SIZE
+    if size_pages < n:
+        raise ConfigError(f"size {format_size(s.size_bytes)} is too small for {n} instances "
+                          f"(at least one 4096-byte page each)")
+    for label, value in (("mem_limit", s.mem_limit_bytes),
+                         ("high watermark", s.high_watermark_bytes),
+                         ("low watermark", s.low_watermark_bytes),
+                         ("backing size", s.backing_size_bytes)):
+        # 0 means "none" (or "the default"): a part of 0 would silently
+        # mean no limit, so every part must hold a page at least.
+        if value and value < n * PAGE_SIZE:
+            raise ConfigError(f"{label} {format_size(value)} is too small for {n} instances "
+                              f"(at least one 4096-byte page each)")
+    if s.port is not None and s.port + n - 1 > 65535:
+        raise ConfigError(f"ports {s.port}..{s.port + n - 1} for {n} instances go past 65535")
+
+    def parts(value: int) -> list[int]:
+        return split_bytes(value, n) if value else [0] * n
+
+    sizes, limits = split_bytes(s.size_bytes, n), parts(s.mem_limit_bytes)
+    highs, lows = parts(s.high_watermark_bytes), parts(s.low_watermark_bytes)
+    backing = parts(s.backing_size_bytes)
+    out = []
+    for i in range(n):
+        out.append(dataclasses.replace(
+            s, size_bytes=sizes[i], mem_limit_bytes=limits[i],
+            high_watermark_bytes=highs[i], low_watermark_bytes=lows[i],
+            backing_size_bytes=backing[i],
+            socket_path=suffixed(s.socket_path, i),
+            port=None if s.port is None else s.port + i,
+            control_path=instance_control_path(s.control_path, i),
+            backing_file=suffixed(s.backing_file, i),
+            final_stats_path=suffixed(s.final_stats_path, i)))
+    return out
+
+
+def instance_control_path(control_path: str, index: int) -> str:
+    """``X.ctl`` -> ``X.I.ctl`` (so that ``PATH.I``'s default control socket
+    is ``PATH.I.ctl``); any other name gets ``.I`` appended."""
+    if control_path.endswith(".ctl"):
+        return f"{control_path[:-4]}.{index}.ctl"
+    return f"{control_path}.{index}"
+
+
+def discover(control_path: str) -> list[tuple[str, str]]:
+    """``[(name, control socket)]`` of every instance of ``control_path``:
+    the path itself if it exists, then its numbered instances in index
+    order.  Names are the NBD socket paths where the convention gives them."""
+    found = []
+    if os.path.exists(control_path):
+        found.append((_name(control_path), control_path))
+    stem, tail = (control_path[:-4], ".ctl") if control_path.endswith(".ctl") else (control_path, "")
+    pattern = re.compile(re.escape(stem) + r"\.(\d+)" + re.escape(tail) + "$")
+    numbered = []
+    for path in glob.glob(glob.escape(stem) + ".*" + tail):
+        m = pattern.match(path)
+        if m:
+            numbered.append((int(m.group(1)), path))
+    for _, path in sorted(numbered):
+        found.append((_name(path), path))
+    return found
+
+
+def _name(control_path: str) -> str:
+    return control_path[:-4] if control_path.endswith(".ctl") else control_path
+
+
+def aggregate(stats_list: list[dict]) -> dict:
+    """The instances' stats as one device's: numbers summed exactly (also
+    ``mem_limit``, ``disksize`` and ``mem_used_max``, which then is the sum
+    of each instance's peak); a text field the instances agree on is kept,
+    one they differ on becomes the list of their values."""
+    out: dict = {}
+    keys = list(dict.fromkeys(k for s in stats_list for k in s))
+    for key in keys:
+        values = [s.get(key) for s in stats_list]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            out[key] = sum(values)
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            out[key] = sum(values)
+        elif all(v == values[0] for v in values):
+            out[key] = values[0]
+        else:
+            out[key] = values
+    out["instances"] = len(stats_list)
+    return out
+
+
+class Stripe:
+    """N Servers started, watched and stopped together."""
+
+    def __init__(self, servers):
+        self.servers = list(servers)
+        self._exited: queue.Queue[int] = queue.Queue()
+        self._watchers: list[threading.Thread] = []
+        self.stopping = False
+        self.died: list[tuple[int, int]] = []  # (index, status) of instances that died
+
+    def start(self) -> "Stripe":
+        """Launch every instance, then wait until all serve; if any fails,
+        stop the others and raise its error, naming the instance.  nbdkit
+        is launched from this thread (its --exit-with-parent follows the
+        launching thread), and the instances start side by side."""
+        errors: list[tuple[int, Exception]] = []
+        for i, srv in enumerate(self.servers):
+            try:
+                srv.launch()
+            except Exception as exc:  # reported below, naming the instance
+                errors.append((i, exc))
+                break
+        if not errors:
+            for i, srv in enumerate(self.servers):
+                try:
+                    srv.wait_ready()
+                except Exception as exc:
+                    errors.append((i, exc))
+        if errors:
+            for srv in self.servers:
+                srv.stop()
+            i, exc = errors[0]
+            if len(self.servers) > 1:
+                raise type(exc)(f"instance {i}: {exc}") from None
+            raise exc
+        for i, srv in enumerate(self.servers):
+            t = threading.Thread(target=self._watch, args=(i, srv), name=f"watch-{i}",
+                                 daemon=True)
+            t.start()
+            self._watchers.append(t)
+        return self
+
+    def _watch(self, index, server) -> None:
+        server.wait()
+        self._exited.put(index)
+
+    def request_stop(self, force: bool = True) -> str | None:
+        """Begin stopping every instance (safe in a signal handler).  Without
+        ``force``, refuse (and return why) if any instance is in use: all
+        go, or none (docs/design.md#security)."""
+        if not force:
+            reasons = [(i, srv.check_stop()) for i, srv in enumerate(self.servers)]
+            reasons = [(i, why) for i, why in reasons if why]
+            if reasons:
+                if len(self.servers) == 1:
+                    return reasons[0][1]
+                return "; ".join(f"instance {i}: {why}" for i, why in reasons)
+        self.stopping = True
+        for srv in self.servers:
+            srv.request_stop()
+        return None
+
+    def wait(self, on_death=None) -> None:
+        """Return when every instance has exited.  An instance that exits
+        while no stop was requested is recorded in ``died``, its sockets are
+        removed, and ``on_death(index, status)`` is called; the others go on."""
+        remaining = len(self.servers)
+        while remaining:
+            index = self._exited.get()
+            remaining -= 1
+            if not self.stopping:
+                server = self.servers[index]
+                status = server.stop()  # already exited: removes its sockets
+                if status == 0:  # stopped through its control socket (zramd stop)
+                    continue
+                self.died.append((index, status))
+                if on_death is not None:
+                    on_death(index, status)
+
+    def stop(self) -> None:
+        self.stopping = True
+        for srv in self.servers:
+            srv.request_stop()
+        for srv in self.servers:
+            srv.stop()
