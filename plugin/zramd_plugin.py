@@ -77,9 +77,7 @@ def config_complete():
 
 
 def config_help():
-    return ("size=SIZE  algorithm=lz4|zstd|none  level=N  mem_limit=SIZE  control=PATH  "
-            "compress=inline|async|hybrid  workers=N  pending_limit=SIZE  "
-            "checksum=none|xxh3|crc32  pin_thread_state=on|off  swap=on|off")
+    return zconfig.plugin_help()
 
 
 def thread_model():
@@ -91,7 +89,8 @@ def get_ready():
     s = _settings
     backing = BackingFile(s.backing_file, s.backing_size_bytes or s.size_bytes) \
         if s.backing_file else None
-    recomp = make_codec(s.recomp_algorithm, s.recomp_level) if s.recomp_algorithm else None
+    recomp = make_codec(s.recomp_algorithm or "zstd", s.recomp_level) \
+        if s.recomp_algorithm or s.recomp_level is not None else None
     store = PageStore(s.size_bytes, make_codec(s.algorithm, s.level), s.mem_limit_bytes,
                       make_checksum(s.checksum), recomp_codec=recomp, backing=backing)
     writeback = Writeback(store, backing, s.high_watermark_bytes, s.low_watermark()) \

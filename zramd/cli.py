@@ -15,21 +15,18 @@ import signal
 import sys
 import time
 
-from . import __version__
-from .checksums import CHECKSUMS
-from .codecs import CODECS
-from .config import FAULTS, ConfigError, Settings, default_socket_path, describe
-from .device import DEFAULT_PENDING_LIMIT_BYTES, MODES
+from . import __version__, metrics
+from .config import ConfigError, Settings, default_socket_path, describe
 from .control import ControlError, call
-from .instances import MAX_INSTANCES, Stripe, aggregate, discover, instance_settings, \
-    parse_instances, split_bytes
+from .instances import Stripe, aggregate, discover, instance_settings, split_bytes
 from .server import Server, ServerError
 from .sockets import PathError, claim_pid_file, remove_pid_file, sd_notify, socket_state, \
     write_pid_file
 from .swap import LockError, lock_memory, set_oom_score_adj
-from .tls import TLS_MODES, qemu_object
+from .tls import qemu_object
 from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
-from .units import human_size, parse_device_size, parse_size
+from .options import OPTIONS, Option
+from .units import human_size, parse_size
 from .writeback import KINDS as WRITEBACK_KINDS
 
 STAT_FILES = {"mm_stat": MM_STAT_FIELDS, "io_stat": IO_STAT_FIELDS, "bd_stat": BD_STAT_FIELDS}
@@ -41,112 +38,21 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"zramd: error: {message}\n")
 
 
-def _size_type(parse):
-    def convert(text):
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    return convert
-
-
 def build_parser() -> Parser:
     parser = Parser(prog="zramd", description="A zram-like compressed RAM block device over NBD.")
     parser.add_argument("--version", action="version", version=f"zramd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     serve = sub.add_parser("serve", help="serve a compressed RAM device over NBD (foreground)")
-    serve.add_argument("--size", "--disksize", type=_size_type(parse_device_size),
-                       default=parse_device_size("1G"), metavar="SIZE",
-                       help="device size, whole 4 KiB pages (default 1G)")
-    serve.add_argument("--algorithm", "--comp-algorithm", choices=sorted(CODECS), default="lz4",
-                       help="compression algorithm (default lz4)")
-    serve.add_argument("--level", type=int, help="zstd compression level, 1-22 (default 3)")
-    serve.add_argument("--mem-limit", type=_size_type(parse_size), default=0, metavar="SIZE",
-                       help="most memory the compressed data may use; writes past it fail "
-                            "with ENOSPC (default: no limit)")
-    serve.add_argument("--compress", choices=MODES, default="inline",
-                       help="where pages are compressed: in the request thread (inline), on "
-                            "worker threads after the reply (async), or async only for "
-                            "requests of 64 KiB and more (hybrid) (default inline)")
-    serve.add_argument("--workers", type=int, default=1,
-                       help="compression worker threads for async/hybrid (default 1)")
-    serve.add_argument("--pending-limit", type=_size_type(parse_size),
-                       default=DEFAULT_PENDING_LIMIT_BYTES, metavar="SIZE",
-                       help="most uncompressed data waiting for workers; past it writes "
-                            "compress inline (default 16M)")
-    serve.add_argument("--checksum", choices=["none"] + sorted(CHECKSUMS), default="none",
-                       help="per-page checksums, verified on every read (default none)")
-    serve.add_argument("--fault-inject", choices=FAULTS,
-                       help="testing only: no-stable-writes hands nbdkit's own buffer to the "
-                            "workers (corrupts data); needs --unlock-fault-injection")
-    serve.add_argument("--unlock-fault-injection", action="store_true",
-                       help="really allow --fault-inject")
-    serve.add_argument("--backing-file", metavar="PATH",
-                       help="file or block device for written-back pages (created sparse "
-                            "if missing)")
-    serve.add_argument("--backing-size", type=_size_type(parse_size), default=0, metavar="SIZE",
-                       help="size of a new backing file (default: the device size)")
-    serve.add_argument("--high-watermark", type=_size_type(parse_size), default=0,
-                       metavar="SIZE", help="automatic writeback: above this much memory "
-                       "used, write back the coldest pages (needs --backing-file)")
-    serve.add_argument("--low-watermark", type=_size_type(parse_size), default=0,
-                       metavar="SIZE", help="...until memory used is below this "
-                       "(default 3/4 of the high watermark)")
-    serve.add_argument("--recomp-algorithm", choices=sorted(CODECS),
-                       help="secondary algorithm for `zramd recompress` (e.g. zstd)")
-    serve.add_argument("--recomp-level", type=int, help="level of the secondary algorithm")
-    where = serve.add_mutually_exclusive_group()
-    where.add_argument("--socket", "-U", metavar="PATH",
-                       help=f"Unix socket to listen on (default {default_socket_path()})")
-    where.add_argument("--port", "-p", type=int, help="TCP port to listen on instead")
-    serve.add_argument("--address", "-i", default="127.0.0.1",
-                       help="address for --port (default 127.0.0.1)")
-    serve.add_argument("--tls", choices=TLS_MODES,
-                       help="nbdkit's TLS: require (the default with credentials), on "
-                            "(TLS optional) or off")
-    creds = serve.add_mutually_exclusive_group()
-    creds.add_argument("--tls-psk", metavar="FILE",
-                       help="TLS with pre-shared keys: FILE has lines username:hexkey, "
-                            "mode 0600")
-    creds.add_argument("--tls-certificates", metavar="DIR",
-                       help="TLS with X.509: DIR has server-cert.pem, server-key.pem "
-                            "(ca-cert.pem for --tls-verify-peer)")
-    serve.add_argument("--tls-verify-peer", action="store_true",
-                       help="require a client certificate signed by DIR/ca-cert.pem")
-    serve.add_argument("--insecure-tcp", action="store_true",
-                       help="allow --port without TLS: anyone who reaches the port reads "
-                            "and writes the device")
-    serve.add_argument("--pid-file", metavar="PATH",
-                       help="write our pid to PATH (created exclusively, mode 0600) once "
-                            "the sockets listen")
-    serve.add_argument("--force", dest="force_stop", action="store_true",
-                       help="SIGTERM/Ctrl-C stops even with clients connected and pages "
-                            "stored (default: refuse once)")
-    serve.add_argument("--control", metavar="PATH",
-                       help="control socket (default: the NBD socket path + .ctl)")
-    serve.add_argument("--instances", type=_size_type(parse_instances), default=1,
-                       metavar="N",
-                       help=f"serve N independent devices (1..{MAX_INSTANCES}) in N nbdkit "
-                            f"processes, on PATH.0 ... PATH.N-1, the size and mem_limit split "
-                            f"between them: enable them as swap at equal priority to use N "
-                            f"cores (default 1: PATH itself)")
-    serve.add_argument("--threads", "-t", type=int, default=1,
-                       help="nbdkit request threads per connection (default 1: fastest "
-                            "for a Python plugin)")
-    serve.add_argument("--no-pin-thread-state", dest="pin_thread_state", action="store_false",
-                       help="do not keep nbdkit's Python thread states alive between calls")
-    serve.add_argument("--swap", action="store_true",
-                       help="serving swap to this host: lock memory, mark as I/O flusher")
-    serve.add_argument("--final-stats", metavar="PATH",
-                       help="write the last stats as JSON to PATH when the server stops")
-    serve.add_argument("--log-file", metavar="PATH",
-                       help="append log lines to PATH (created mode 0600) instead of stderr")
-    serve.add_argument("--verbose", "-v", action="store_true", help="nbdkit and zramd debug output")
+    add_serve_options(serve)
 
     stats = sub.add_parser("stats", help="print a running device's zram statistics")
     _add_target(stats)
-    stats.add_argument("--json", action="store_true", help="all counters as JSON")
+    stats.add_argument("--json", action="store_true", help="all counters as JSON "
+                       "(--format json)")
+    stats.add_argument("--format", choices=("text", "json", "prometheus"), default="text",
+                       help="text (zram's files), json (every counter), or prometheus "
+                            "(the text exposition, for node_exporter's textfile collector)")
     stats.add_argument("--per-instance", action="store_true",
                        help="striped instances: each instance's counters as well as the sum")
     stats.add_argument("--watch", action="store_true",
@@ -192,6 +98,46 @@ def build_parser() -> Parser:
     knob.add_argument("knob", choices=KNOBS)
     knob.add_argument("values", nargs="+")
     return parser
+
+
+def _argparse_type(opt: Option):
+    """argparse's ``type=`` for a row: its parser and its own check, with
+    their one-line messages (argparse checks the choices itself)."""
+    def convert(text):
+        try:
+            value = opt.parse_text(text)
+            if opt.check is not None:
+                opt.check(value)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+    return convert
+
+
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """One argument per row of the option table (options.py)."""
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    for opt in OPTIONS:
+        target: argparse._ActionsContainer = parser
+        if opt.group:
+            if opt.group not in groups:
+                groups[opt.group] = parser.add_mutually_exclusive_group()
+            target = groups[opt.group]
+        if opt.type.python is bool:
+            target.add_argument(*opt.flags, dest=opt.field, default=opt.default,
+                                action="store_false" if opt.default else "store_true",
+                                help=opt.help_text())
+        else:
+            target.add_argument(*opt.flags, dest=opt.field, default=opt.default,
+                                type=_argparse_type(opt), choices=opt.choices,
+                                metavar=opt.metavar or (None if opt.choices else
+                                                        opt.type.name.upper()),
+                                help=opt.help_text())
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The Settings of a parsed ``zramd serve`` command line (not validated)."""
+    return Settings(**{opt.field: getattr(args, opt.field) for opt in OPTIONS})
 
 
 def _add_target(parser) -> None:
@@ -307,36 +253,18 @@ STOP_CONFIRM_SECONDS = 5.0
 
 
 def cmd_serve(args) -> int:
-    settings = Settings(size_bytes=args.size, algorithm=args.algorithm, level=args.level,
-                        mem_limit_bytes=args.mem_limit, control_path=args.control,
-                        pin_thread_state=args.pin_thread_state, socket_path=args.socket,
-                        compress_mode=args.compress, workers=args.workers,
-                        pending_limit_bytes=args.pending_limit, checksum=args.checksum,
-                        fault_inject=args.fault_inject,
-                        unlock_fault_injection=args.unlock_fault_injection,
-                        backing_file=args.backing_file, backing_size_bytes=args.backing_size,
-                        high_watermark_bytes=args.high_watermark,
-                        low_watermark_bytes=args.low_watermark,
-                        recomp_algorithm=args.recomp_algorithm, recomp_level=args.recomp_level,
-                        final_stats_path=args.final_stats, log_file=args.log_file,
-                        port=args.port, address=args.address, threads=args.threads,
-                        verbose=args.verbose, swap=args.swap, tls=args.tls,
-                        tls_psk=args.tls_psk, tls_certificates=args.tls_certificates,
-                        tls_verify_peer=args.tls_verify_peer, insecure_tcp=args.insecure_tcp,
-                        pid_file=args.pid_file, force_stop=args.force_stop)
-    if args.port is None and args.address != "127.0.0.1":
-        raise ConfigError("--address applies only with --port")
-    base = settings.with_defaults().validate()
+    base = settings_from_args(args).with_defaults().validate()
     if base.pid_file:
         try:  # a stale pid file is removed, a live one or anything else refuses
             claim_pid_file(base.pid_file)
         except PathError as exc:
             raise ConfigError(str(exc)) from None
-    stripe = Stripe(Server(s) for s in instance_settings(base, args.instances))
+    stripe = Stripe(Server(s) for s in instance_settings(base, base.instances))
     if base.swap:
         protect_wrapper()
     refused_at: list[float] = []
     pid_written = False
+    exporter = None
 
     def on_signal(signum, frame):
         now = time.monotonic()
@@ -363,6 +291,12 @@ def cmd_serve(args) -> int:
         stripe.start()
         if stripe.stopping:  # a signal came while the instances were starting
             stripe.request_stop()
+        if base.metrics_address:
+            host, port = metrics.parse_address(base.metrics_address,
+                                               base.metrics_insecure_address)
+            exporter = metrics.MetricsServer(host, port, [
+                (metrics.device_name(srv.control_path), srv.control_path)
+                for srv in stripe.servers])
         if base.port is not None and base.tls_mode() != "require":
             print(f"zramd: warning: --insecure-tcp: port {base.port} serves the device "
                   f"without TLS to anyone who can reach it", file=sys.stderr, flush=True)
@@ -372,13 +306,18 @@ def cmd_serve(args) -> int:
             except PathError as exc:
                 raise ServerError(str(exc)) from None
             pid_written = True
-        print(stripe_help(stripe.servers, base), flush=True)
+        banner = stripe_help(stripe.servers, base).split("\n")
+        if exporter is not None:  # before the last line, "Stop with Ctrl-C."
+            banner.insert(-1, f"  metrics     curl {exporter.url}")
+        print("\n".join(banner), flush=True)
         why_not = sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving "
                             f"{stripe.servers[0].uri}")
         if why_not:
             print(f"zramd: warning: cannot notify systemd: {why_not}", file=sys.stderr)
         stripe.wait(on_death)
     finally:
+        if exporter is not None:
+            exporter.stop()
         stripe.stop()
         if pid_written:
             remove_pid_file(base.pid_file, os.getpid())
@@ -450,8 +389,12 @@ def cmd_stats(args) -> int:
         return watch(lambda: aggregate(_all_stats(instances)) if len(instances) > 1
                      else call(instances[0][1], "stats"), args.interval, args.count)
     each = _all_stats(instances)
+    if args.format == "prometheus":
+        sys.stdout.write(metrics.exposition([(metrics.device_name(path), st) for
+                                             (_, path), st in zip(instances, each)]))
+        return 0
     total = aggregate(each) if len(each) > 1 else each[0]
-    if args.json:
+    if args.json or args.format == "json":
         doc = total
         if args.per_instance:
             doc = {"total": total,

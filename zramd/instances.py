@@ -44,11 +44,11 @@ import re
 import threading
 
 from .config import ConfigError, Settings
+from .options import MAX_INSTANCES
 from .units import PAGE_SIZE, format_size
 
 # Far more than the cores of any machine this runs on, few enough that a
 # typo (--instances 1000) is caught rather than starting 1000 interpreters.
-MAX_INSTANCES = 64
 
 
 def parse_instances(text: str) -> int:

@@ -34,7 +34,7 @@ import time
 from . import sockets
 from .config import ConfigError, Settings
 from .control import ControlError, call
-from .tls import nbd_uri
+from .tls import TLSError, check_certificates, nbd_uri, psk_username
 
 log = logging.getLogger("zramd.server")
 
@@ -96,6 +96,17 @@ def check_endpoint_free(settings: Settings) -> None:
                               f"{exc.strerror}") from None
         finally:
             probe.close()
+
+
+def check_tls(settings: Settings) -> None:
+    """The TLS credentials exist and nobody else can read them (tls.py)."""
+    try:
+        if settings.tls_psk:
+            psk_username(settings.tls_psk)
+        if settings.tls_certificates:
+            check_certificates(settings.tls_certificates, settings.tls_verify_peer)
+    except TLSError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_backing_file(settings: Settings) -> None:
@@ -192,6 +203,7 @@ class Server:
         waiting for it.  Call it from a thread that outlives the server:
         ``--exit-with-parent`` is the parent *thread's* death signal."""
         check_python_version(self.nbdkit)
+        check_tls(self.settings)
         check_endpoint_free(self.settings)
         check_backing_file(self.settings)
         log.debug("starting %s", " ".join(self.command()))

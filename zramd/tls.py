@@ -20,7 +20,6 @@ import re
 import stat
 from urllib.parse import quote
 
-TLS_MODES = ("off", "on", "require")
 _PSK_LINE = re.compile(r"^([^:\s]+):([0-9a-fA-F]+)$")
 CERT_FILES = ("server-cert.pem", "server-key.pem")
 

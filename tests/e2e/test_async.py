@@ -10,7 +10,6 @@
 - flush / FUA / shutdown ordering, and back-pressure bounding memory.
 """
 
-import errno
 import hashlib
 import json
 import os

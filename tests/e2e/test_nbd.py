@@ -1,7 +1,6 @@
 """End to end through a real nbdkit and real NBD clients (libnbd, nbdinfo,
 qemu-img): from connecting up to concurrency, in that order."""
 
-import errno
 import hashlib
 import json
 import os

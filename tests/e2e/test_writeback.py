@@ -2,7 +2,6 @@
 control commands, through NBD and the control socket (the races that NBD
 cannot time are in tests/unit/test_writeback_engine.py)."""
 
-import errno
 import json
 import os
 import random
@@ -13,7 +12,7 @@ import threading
 
 import pytest
 
-from helpers import connect, nbd, stats
+from helpers import connect, stats
 from zramd.config import ConfigError
 from zramd.control import ControlError, call
 

@@ -14,7 +14,7 @@ from zramd import cli
     (["--size", "lots"], "not a size"),
     (["--algorithm", "lzo"], "invalid choice: 'lzo'"),
     (["--algorithm", "zstd", "--level", "30"], "zstd level must be 1..22"),
-    (["--algorithm", "zstd", "--level", "x"], "invalid int value"),
+    (["--algorithm", "zstd", "--level", "x"], "level must be a whole number, not 'x'"),
     (["--level", "3"], "applies only to zstd"),
     (["--mem-limit", "-5"], "not a size"),
     (["--socket", "/nonexistent/dir/z.sock"], "socket directory does not exist"),

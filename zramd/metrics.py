@@ -1,0 +1,243 @@
+"""Prometheus metrics: zram's counters in the text exposition format.
+
+Data structure: ``METRICS`` is the one table from a stat (a key of the
+``stats`` control command, zram's names) to its metric: name under the
+``zramd_`` prefix with its unit (``_bytes``, ``_pages``, ``_blocks``),
+type, and HELP text.  Counters (only ever grow while the device lives) are
+exposed as Prometheus counters (``..._total``); levels as gauges.  Text
+stats (algorithm, mode, backing file) are labels of ``zramd_device_info``.
+Every sample has a ``device`` label: the NBD socket path (the control
+socket path without ``.ctl``), so several devices, or the instances of a
+striped one, are told apart on one scrape and across scrapes.
+
+Where it runs (docs/design.md#running-as-a-service): ``StatsCollector``
+reads the stats over the control socket at each scrape, in the wrapper
+process (``zramd serve --metrics-address``) or in ``zramd stats --format
+prometheus``.  nbdkit's request threads never see a scrape: the control
+socket's ``stats`` command takes the store lock once, as ``zramd stats``
+does.  A device that does not answer yields ``zramd_up 0`` and no other
+samples for it, never an HTTP error.
+
+prometheus_client is imported only where it is used, so the rest of zramd
+(and nbdkit's interpreter) never loads it.
+
+Locking: none of its own.  prometheus_client's HTTP server calls
+``collect()`` from its own thread, one scrape at a time per connection;
+``collect`` keeps no state between calls.
+"""
+
+from __future__ import annotations
+
+from .control import ControlError, call
+from .options import ConfigError, parse_metrics_address
+
+PREFIX = "zramd_"
+GAUGE, COUNTER = "gauge", "counter"
+
+# stat key -> (metric name without prefix (counters: without _total), type, HELP)
+METRICS: dict[str, tuple[str, str, str]] = {
+    # mm_stat
+    "orig_data_size": ("orig_data_size_bytes", GAUGE,
+                       "mm_stat orig_data_size: uncompressed size of the stored pages "
+                       "(same-filled pages included)"),
+    "compr_data_size": ("compr_data_size_bytes", GAUGE,
+                        "mm_stat compr_data_size: compressed size of the stored pages "
+                        "(a huge page counts 4096)"),
+    "mem_used_total": ("mem_used_total_bytes", GAUGE,
+                       "mm_stat mem_used_total: memory the stored pages cost"),
+    "mem_limit": ("mem_limit_bytes", GAUGE,
+                  "mm_stat mem_limit: most memory the stored pages may cost, 0 for no limit"),
+    "mem_used_max": ("mem_used_max_bytes", GAUGE,
+                     "mm_stat mem_used_max: peak of mem_used_total since start or reset"),
+    "same_pages": ("same_pages", GAUGE,
+                   "mm_stat same_pages: pages stored as one repeated 8-byte word"),
+    "pages_compacted": ("pages_compacted", COUNTER,
+                        "mm_stat pages_compacted: pages freed by compaction"),
+    "huge_pages": ("huge_pages", GAUGE,
+                   "mm_stat huge_pages: incompressible pages stored raw"),
+    "huge_pages_since": ("huge_pages_since", COUNTER,
+                         "mm_stat huge_pages_since: huge pages stored since start"),
+    # io_stat
+    "failed_reads": ("failed_reads", COUNTER, "io_stat failed_reads: read requests that failed"),
+    "failed_writes": ("failed_writes", COUNTER,
+                      "io_stat failed_writes: write requests that failed (ENOSPC at mem_limit "
+                      "included)"),
+    "invalid_io": ("invalid_io", COUNTER,
+                   "io_stat invalid_io: requests beyond the end of the device"),
+    "notify_free": ("notify_free_pages", COUNTER,
+                    "io_stat notify_free: pages freed by trim or write-zeroes"),
+    # bd_stat
+    "bd_count": ("bd_count_pages", GAUGE, "bd_stat bd_count: pages in the backing file"),
+    "bd_reads": ("bd_reads_pages", COUNTER, "bd_stat bd_reads: pages read from the backing file"),
+    "bd_writes": ("bd_writes_pages", COUNTER,
+                  "bd_stat bd_writes: pages written to the backing file"),
+    # requests
+    "num_reads": ("num_reads", COUNTER, "read requests served"),
+    "num_writes": ("num_writes", COUNTER, "write requests served"),
+    "num_discards": ("num_discards", COUNTER, "trim and write-zeroes requests served"),
+    # the device
+    "disksize": ("disksize_bytes", GAUGE, "disksize: size of the device"),
+    "idle_pages": ("idle_pages", GAUGE, "stored pages marked idle"),
+    "incompressible_pages": ("incompressible_pages", GAUGE,
+                             "pages the secondary algorithm could not shrink"),
+    "recompressed_pages": ("recompressed_pages", GAUGE,
+                           "pages stored compressed by the secondary algorithm"),
+    "checksum_errors": ("checksum_errors", COUNTER,
+                        "reads whose page did not match its checksum (answered EIO)"),
+    "stable_writes": ("stable_writes", GAUGE,
+                      "1 if writes are snapshotted before an asynchronous compression"),
+    # async compression
+    "workers": ("workers", GAUGE, "compression worker threads"),
+    "pending_pages": ("pending_pages", GAUGE,
+                      "pages accepted and waiting for a compression worker"),
+    "pending_limit": ("pending_limit_bytes", GAUGE,
+                      "most uncompressed data waiting for workers, 0 when inline"),
+    "pages_staged": ("pages_staged", COUNTER, "pages handed to compression workers"),
+    "pages_superseded": ("pages_superseded", COUNTER,
+                         "staged pages overwritten before a worker installed them"),
+    "pages_compressed_async": ("pages_compressed_async", COUNTER,
+                               "pages compressed and installed by workers"),
+    "worker_backlog": ("worker_backlog_batches", GAUGE,
+                       "write batches submitted to workers and not done"),
+    "worker_errors": ("worker_errors", COUNTER, "batches a compression worker failed on"),
+    "backpressure_inline": ("backpressure_inline", COUNTER,
+                            "writes compressed inline because pending_limit was reached"),
+    "fua_inline": ("fua_inline", COUNTER, "FUA writes compressed inline"),
+    # writeback
+    "backing_blocks": ("backing_blocks", GAUGE, "4 KiB blocks in the backing file"),
+    "backing_used_blocks": ("backing_used_blocks", GAUGE,
+                            "backing file blocks holding a page"),
+    "backing_touched_blocks": ("backing_touched_blocks", GAUGE,
+                               "backing file blocks ever written"),
+    "bd_write_errors": ("bd_write_errors", COUNTER, "failed writes to the backing file"),
+    "bd_full_events": ("bd_full_events", COUNTER,
+                       "writebacks that found the backing file full"),
+    "writeback_runs": ("writeback_runs", COUNTER, "writeback commands and policy passes run"),
+    "writeback_superseded": ("writeback_superseded_pages", COUNTER,
+                             "pages rewritten while being written back (kept in RAM)"),
+    "writeback_failed": ("writeback_failed_pages", COUNTER,
+                         "pages a writeback could not write (kept in RAM)"),
+    "writeback_limit": ("writeback_limit_pages", GAUGE,
+                        "writeback_limit: pages writeback may still write, when enabled"),
+    "writeback_limit_enable": ("writeback_limit_enable", GAUGE,
+                               "1 if writeback_limit is enforced"),
+    "high_watermark": ("high_watermark_bytes", GAUGE,
+                       "automatic writeback starts above this mem_used_total, 0 for off"),
+    "low_watermark": ("low_watermark_bytes", GAUGE,
+                      "automatic writeback stops below this mem_used_total"),
+    "policy_runs": ("policy_runs", COUNTER, "automatic writeback passes"),
+    "throttled_writes": ("throttled_writes", COUNTER,
+                         "writes that waited for automatic writeback"),
+}
+
+# Text stats: labels of zramd_device_info.
+INFO_LABELS = ("comp_algorithm", "compress_mode", "recomp_algorithm", "backing_file")
+# Stats deliberately not exported, and why.
+NOT_EXPORTED = {
+    "bd_last_error": "free text (the last backing-file error): in zramd stats --json",
+    "instances": "a count added by zramd stats when it sums striped instances",
+}
+
+
+def device_name(control_path: str) -> str:
+    """The ``device`` label: the NBD socket path (control path minus .ctl)."""
+    return control_path[:-4] if control_path.endswith(".ctl") else control_path
+
+
+def families(stats_by_device: list[tuple[str, dict | None]]):
+    """Metric families for ``[(device, stats or None if unreachable)]``."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    up = GaugeMetricFamily(PREFIX + "up", "1 if the device answered on its control socket",
+                           labels=["device"])
+    info = GaugeMetricFamily(PREFIX + "device_info",
+                             "the device's algorithms, mode and backing file (always 1)",
+                             labels=["device", *INFO_LABELS])
+    fams: dict[str, object] = {}
+    for key, (name, kind, text) in METRICS.items():
+        cls = CounterMetricFamily if kind == COUNTER else GaugeMetricFamily
+        fams[key] = cls(PREFIX + name, text, labels=["device"])
+    for device, stats in stats_by_device:
+        up.add_metric([device], 1 if stats is not None else 0)
+        if stats is None:
+            continue
+        info.add_metric([device, *(str(stats.get(k) or "") for k in INFO_LABELS)], 1)
+        for key, fam in fams.items():
+            value = stats.get(key)
+            if isinstance(value, bool):
+                value = int(value)
+            if isinstance(value, (int, float)):
+                fam.add_metric([device], value)
+    yield up
+    yield info
+    for fam in fams.values():
+        if fam.samples:
+            yield fam
+
+
+class StatsCollector:
+    """A prometheus_client collector: at each scrape, the stats of every
+    control socket in ``targets`` ([(device label, control path)])."""
+
+    def __init__(self, targets: list[tuple[str, str]], timeout: float = 5.0):
+        self.targets = list(targets)
+        self.timeout = timeout
+
+    def collect(self):
+        results = []
+        for device, path in self.targets:
+            try:
+                results.append((device, call(path, "stats", timeout=self.timeout)))
+            except (ControlError, ValueError):
+                results.append((device, None))
+        yield from families(results)
+
+
+def registry_for(targets: list[tuple[str, str]]):
+    from prometheus_client.core import CollectorRegistry
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(targets))
+    return registry
+
+
+def exposition(stats_by_device: list[tuple[str, dict | None]]) -> str:
+    """The text exposition of already-read stats (``zramd stats --format
+    prometheus``, for node_exporter's textfile collector)."""
+    from prometheus_client.core import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+
+    class _Once:
+        def collect(self):
+            yield from families(stats_by_device)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Once())
+    return generate_latest(registry).decode()
+
+
+def parse_address(text: str, allow_remote: bool = False) -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port); see options.parse_metrics_address."""
+    return parse_metrics_address(text, allow_remote)
+
+
+class MetricsServer:
+    """The HTTP endpoint (prometheus_client's server, in its own thread)."""
+
+    def __init__(self, host: str, port: int, targets: list[tuple[str, str]]):
+        from prometheus_client import start_http_server
+        self.registry = registry_for(targets)
+        try:
+            self._server, self._thread = start_http_server(port, host, self.registry)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on {host}:{port}: "
+                              f"{exc.strerror or exc}") from None
+        self.host = host
+        self.port = self._server.server_port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,339 @@
+"""Every ``zramd serve`` option, declared once.
+
+``OPTIONS`` is a table with one ``Option`` row per setting.  Everything else
+is derived from it:
+
+- the ``Settings`` dataclass in config.py (one field per row, its default),
+- the ``zramd serve`` arguments in cli.py (flags, aliases, help, defaults),
+- the nbdkit plugin parameters (``plugin_key``): ``Settings.plugin_params``
+  writes them, ``config.from_plugin_params`` reads them back, and the
+  plugin's ``config_help`` lists them,
+- reading values from any other source (a config file, the environment):
+  ``Option.from_text`` for text and ``Option.from_value`` for typed values
+  (TOML gives ints and bools), both raising ``ConfigError`` with one line.
+
+A value is checked in two steps, whatever its source: the row's ``check``
+(this value alone, e.g. a range) and then ``config.Settings.validate``'s
+cross-field checks (e.g. a zstd level needs zstd).  Adding an option is one
+row here plus, if it depends on other options, one cross-field check in
+config.py; CONTRIBUTING.md walks through it.  tests/unit/test_options.py
+round-trips every row CLI -> plugin params -> Settings using its ``example``.
+
+No state, no locking: the table is built at import and never changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Callable
+from typing import Any
+
+from .checksums import CHECKSUMS
+from .codecs import CODECS
+from .device import DEFAULT_PENDING_LIMIT_BYTES, MODES
+from .units import PAGE_SIZE, format_size, parse_device_size, parse_size
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message is one line naming the problem."""
+
+
+def parse_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be on or off, not {text!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueType:
+    """How a value is read from text and written as text."""
+
+    name: str                                   # for messages: "size", "int", ...
+    python: type                                # the Settings field's type
+    parse: Callable[[str], Any]                 # text -> value; ValueError: one line
+    format: Callable[[Any], str] = str          # value -> text (plugin parameters)
+
+
+SIZE = ValueType("size", int, parse_size, str)
+DEVICE_SIZE = ValueType("size", int, parse_device_size, str)
+INT = ValueType("int", int, int)
+STR = ValueType("str", str, str)
+PATH = ValueType("path", str, str, os.path.abspath)   # absolute for nbdkit
+BOOL = ValueType("bool", bool, parse_bool, lambda v: "on" if v else "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting: its field, type, default, CLI flags and plugin key."""
+
+    name: str                        # the long flag without "--", e.g. "mem-limit"
+    field: str                       # the Settings attribute, e.g. "mem_limit_bytes"
+    type: ValueType
+    default: Any
+    help: str
+    plugin_key: str | None = None    # nbdkit plugin parameter; None: the wrapper's own
+    runtime: str | None = None       # `zramd set` knob that changes it while serving
+    aliases: tuple[str, ...] = ()    # more CLI flags, e.g. ("--disksize",) or ("-U",)
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    check: Callable[[Any], None] | None = None   # this value alone; raise ConfigError
+    group: str | None = None         # CLI: options of one group exclude each other
+    default_help: str | None = None  # how --help shows the default, when not the value
+    cli_flag: str | None = None      # CLI flag of a bool defaulting on, e.g. "--no-pin-..."
+    example: str | None = None       # a valid non-default value (text), for the tests
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return (self.cli_flag or f"--{self.name}",) + self.aliases
+
+    def parse_text(self, text: str) -> Any:
+        """The value ``text`` stands for, unchecked; ConfigError: one line."""
+        try:
+            return self.type.parse(text)
+        except ValueError as exc:
+            if self.type.parse is int:
+                raise ConfigError(f"{self.label} must be a whole number, not {text!r}") from None
+            message = str(exc)
+            if message.startswith("must "):
+                message = f"{self.label} {message}"
+            raise ConfigError(message) from None
+
+    def from_text(self, text: str) -> Any:
+        """The checked value of ``text`` (CLI, plugin parameter, config file)."""
+        value = self.parse_text(text)
+        self.check_value(value)
+        return value
+
+    def from_value(self, value: Any) -> Any:
+        """A typed value (e.g. from TOML): text is parsed, other types must match."""
+        if isinstance(value, str) and self.type.python is not str:
+            return self.from_text(value)
+        if value is not None and (type(value) is not self.type.python):
+            article = "an" if self.type.name[0] in "aeiou" else "a"
+            raise ConfigError(f"{self.label} must be {article} {self.type.name}, not {value!r}")
+        self.check_value(value)
+        return value
+
+    def check_value(self, value: Any) -> None:
+        if value is None:
+            return
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{self.label} must be one of {', '.join(self.choices)}, "
+                              f"not {value!r}")
+        if self.check is not None:
+            self.check(value)
+
+    def to_text(self, value: Any) -> str:
+        return self.type.format(value)
+
+    @property
+    def label(self) -> str:
+        """The option's name in messages (the plugin key, zram's spelling)."""
+        return self.plugin_key or self.name.replace("-", "_")
+
+    def help_text(self) -> str:
+        shown = self.default_help
+        if shown is None and self.default is not None and self.type is not BOOL:
+            shown = format_size(self.default) if self.type.name == "size" else str(self.default)
+        return f"{self.help} (default {shown})" if shown else self.help
+
+
+# -- checks of one value ------------------------------------------------------
+def in_range(label: str, low: int, high: int) -> Callable[[int], None]:
+    def check(value: int) -> None:
+        if not low <= value <= high:
+            raise ConfigError(f"{label} must be {low}..{high}, not {value}")
+    return check
+
+
+def at_least(label: str, low: int, unit: str = "") -> Callable[[int], None]:
+    def check(value: int) -> None:
+        if value < low:
+            raise ConfigError(f"{label} must be at least {low}{unit}, not {value}")
+    return check
+
+
+def whole_pages(label: str) -> Callable[[int], None]:
+    def check(value: int) -> None:
+        if value % PAGE_SIZE:
+            raise ConfigError(f"{label} must be a whole number of {PAGE_SIZE}-byte pages")
+    return check
+
+
+def parse_metrics_address(text: str, allow_remote: bool = False) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT``) -> (host, port).  Only a loopback
+    address unless ``allow_remote``: the metrics tell anyone who can reach
+    them how much and how fast this machine swaps
+    (docs/design.md#running-as-a-service)."""
+    host, sep, port_text = str(text).rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"metrics_address must be HOST:PORT, not {text!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"metrics port must be a number, not {port_text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"metrics port must be 0..65535, not {port}")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(f"metrics address must be an IP address (or localhost), "
+                              f"not {host!r}") from None
+        host, addr = "127.0.0.1", ipaddress.ip_address("127.0.0.1")
+    if not addr.is_loopback and not allow_remote:
+        raise ConfigError(f"metrics address {host} is not loopback: the metrics show how "
+                          f"much this machine swaps to anyone who can reach them; add "
+                          f"--metrics-insecure-address to allow it")
+    return host, port
+
+
+def _metrics_address_syntax(value: str) -> None:
+    parse_metrics_address(value, allow_remote=True)  # loopback: a check across options
+
+
+# -- defaults that are choices, with their reasons -----------------------------
+# One request thread per connection is the fast shape for a GIL-bound plugin
+# (docs/design.md#tuning-constants).
+DEFAULT_THREADS = 1
+MAX_THREADS = 64
+# Inline compression beats async on this machine kind
+# (docs/design.md#compression-modes, docs/design.md#tuning-constants).
+DEFAULT_COMPRESS_MODE = "inline"
+DEFAULT_WORKERS = 1
+MAX_WORKERS = 64
+FAULTS = ("no-stable-writes",)
+DEFAULT_ADDRESS = "127.0.0.1"
+MAX_INSTANCES = 64
+TLS_MODES = ("off", "on", "require")
+
+
+OPTIONS: tuple[Option, ...] = (
+    # -- the device ------------------------------------------------------------
+    Option("size", "size_bytes", DEVICE_SIZE, parse_device_size("1G"),
+           "device size, whole 4 KiB pages", plugin_key="size", aliases=("--disksize",),
+           metavar="SIZE", example="64M"),
+    Option("algorithm", "algorithm", STR, "lz4", "compression algorithm", plugin_key="algorithm",
+           aliases=("--comp-algorithm",), choices=tuple(sorted(CODECS)), example="zstd"),
+    Option("level", "level", INT, None, "zstd compression level, 1-22", plugin_key="level",
+           default_help="3", example="9"),
+    Option("mem-limit", "mem_limit_bytes", SIZE, 0,
+           "most memory the compressed data may use; writes past it fail with ENOSPC",
+           plugin_key="mem_limit", runtime="mem_limit", metavar="SIZE",
+           default_help="no limit", example="32M"),
+    Option("compress", "compress_mode", STR, DEFAULT_COMPRESS_MODE,
+           "where pages are compressed: in the request thread (inline), on worker threads "
+           "after the reply (async), or async only for requests of 64 KiB and more (hybrid)",
+           plugin_key="compress", choices=MODES, example="async"),
+    Option("workers", "workers", INT, DEFAULT_WORKERS,
+           "compression worker threads for async/hybrid", plugin_key="workers",
+           check=in_range("workers", 1, MAX_WORKERS), example="2"),
+    Option("pending-limit", "pending_limit_bytes", SIZE, DEFAULT_PENDING_LIMIT_BYTES,
+           "most uncompressed data waiting for workers; past it writes compress inline",
+           plugin_key="pending_limit", metavar="SIZE",
+           check=at_least("pending_limit", PAGE_SIZE, " (one page)"), example="4M"),
+    Option("checksum", "checksum", STR, "none", "per-page checksums, verified on every read",
+           plugin_key="checksum", choices=("none", *sorted(CHECKSUMS)), example="xxh3"),
+    Option("fault-inject", "fault_inject", STR, None,
+           "testing only: no-stable-writes hands nbdkit's own buffer to the workers "
+           "(corrupts data); needs --unlock-fault-injection", plugin_key="fault_inject",
+           choices=FAULTS, example="no-stable-writes"),
+    Option("unlock-fault-injection", "unlock_fault_injection", BOOL, False,
+           "really allow --fault-inject", plugin_key="unlock_fault_injection", example="on"),
+    Option("backing-file", "backing_file", PATH, None,
+           "file or block device for written-back pages (created sparse if missing)",
+           plugin_key="backing_file", metavar="PATH", example="backing.img"),
+    Option("backing-size", "backing_size_bytes", SIZE, 0,
+           "size of a new backing file", plugin_key="backing_size", metavar="SIZE",
+           check=whole_pages("backing size"), default_help="the device size", example="128M"),
+    Option("high-watermark", "high_watermark_bytes", SIZE, 0,
+           "automatic writeback: above this much memory used, write back the coldest pages "
+           "(needs --backing-file)", plugin_key="high_watermark", runtime="watermarks",
+           metavar="SIZE", default_help="off", example="8M"),
+    Option("low-watermark", "low_watermark_bytes", SIZE, 0,
+           "...until memory used is below this", plugin_key="low_watermark",
+           runtime="watermarks", metavar="SIZE", default_help="3/4 of the high watermark",
+           example="4M"),
+    Option("recomp-algorithm", "recomp_algorithm", STR, None,
+           "secondary algorithm for `zramd recompress` (e.g. zstd)",
+           plugin_key="recomp_algorithm", choices=tuple(sorted(CODECS)), example="zstd"),
+    Option("recomp-level", "recomp_level", INT, None, "level of the secondary algorithm",
+           plugin_key="recomp_level", example="19"),
+    Option("control", "control_path", PATH, None, "control socket (mode 0600)",
+           plugin_key="control", metavar="PATH", default_help="the NBD socket path + .ctl",
+           example="z.ctl"),
+    Option("pin-thread-state", "pin_thread_state", BOOL, True,
+           "do not keep nbdkit's Python thread states alive between calls",
+           plugin_key="pin_thread_state", cli_flag="--no-pin-thread-state", example="off"),
+    Option("swap", "swap", BOOL, False,
+           "serving swap to this host: lock memory, mark as I/O flusher", plugin_key="swap",
+           example="on"),
+    Option("final-stats", "final_stats_path", PATH, None,
+           "write the last stats as JSON to PATH when the server stops",
+           plugin_key="final_stats", metavar="PATH", example="final.json"),
+    Option("log-file", "log_file", PATH, None,
+           "append log lines to PATH (created mode 0600) instead of stderr",
+           plugin_key="log_file", metavar="PATH", default_help="stderr", example="zramd.log"),
+    # the plugin needs the thread count too: it pins per call with more than one
+    Option("threads", "threads", INT, DEFAULT_THREADS,
+           "nbdkit request threads per connection (1 is fastest for a Python plugin)",
+           plugin_key="threads", aliases=("-t",), check=in_range("threads", 1, MAX_THREADS),
+           example="2"),
+    # -- the wrapper and nbdkit's own options (not plugin parameters) ---------
+    Option("socket", "socket_path", STR, None, "Unix socket to listen on", aliases=("-U",),
+           metavar="PATH", group="endpoint",
+           default_help="$XDG_RUNTIME_DIR/zramd.sock, else ./zramd.sock", example="z.sock"),
+    Option("port", "port", INT, None, "TCP port to listen on instead", aliases=("-p",),
+           group="endpoint", check=in_range("port", 1, 65535), example="10809"),
+    Option("address", "address", STR, DEFAULT_ADDRESS, "address for --port", aliases=("-i",),
+           example="::1"),
+    # -- who may reach the device (docs/design.md#security) -------------------
+    Option("tls", "tls", STR, None,
+           "nbdkit's TLS: require, on (TLS optional) or off", choices=TLS_MODES,
+           default_help="require with --tls-psk or --tls-certificates, else off",
+           example="require"),
+    Option("tls-psk", "tls_psk", PATH, None,
+           "TLS with pre-shared keys: FILE has lines username:hexkey, mode 0600",
+           metavar="FILE", group="tls-credentials", example="keys.psk"),
+    Option("tls-certificates", "tls_certificates", PATH, None,
+           "TLS with X.509: DIR has server-cert.pem, server-key.pem (and ca-cert.pem for "
+           "--tls-verify-peer)", metavar="DIR", group="tls-credentials", example="pki"),
+    Option("tls-verify-peer", "tls_verify_peer", BOOL, False,
+           "require a client certificate signed by DIR/ca-cert.pem", example="on"),
+    Option("insecure-tcp", "insecure_tcp", BOOL, False,
+           "allow --port without TLS: anyone who reaches the port reads and writes the "
+           "device", example="on"),
+    # -- the wrapper process ---------------------------------------------------
+    Option("pid-file", "pid_file", PATH, None,
+           "write the pid of zramd serve to PATH (created exclusively, mode 0600) once "
+           "every socket listens", metavar="PATH", example="zramd.pid"),
+    Option("force", "force_stop", BOOL, False,
+           "SIGTERM/Ctrl-C stops at once even with clients connected and pages stored "
+           "(default: refuse once)", example="on"),
+    Option("instances", "instances", INT, 1,
+           f"serve N independent devices (1..{MAX_INSTANCES}) in N nbdkit processes, on "
+           f"PATH.0 ... PATH.N-1, the size and mem_limit split between them: enable them as "
+           f"swap at equal priority to use N cores", metavar="N",
+           check=in_range("instances", 1, MAX_INSTANCES), default_help="1: PATH itself",
+           example="2"),
+    Option("metrics-address", "metrics_address", STR, None,
+           "serve Prometheus metrics over HTTP on HOST:PORT (loopback only unless "
+           "--metrics-insecure-address; port 0 picks a free one)", metavar="HOST:PORT",
+           check=_metrics_address_syntax, default_help="off", example="127.0.0.1:9711"),
+    Option("metrics-insecure-address", "metrics_insecure_address", BOOL, False,
+           "allow a --metrics-address that is not loopback (the metrics show how much "
+           "this machine swaps)", example="on"),
+    Option("verbose", "verbose", BOOL, False, "nbdkit and zramd debug output",
+           aliases=("-v",), example="on"),
+)
+
+BY_NAME = {opt.name: opt for opt in OPTIONS}
+BY_FIELD = {opt.field: opt for opt in OPTIONS}
+BY_PLUGIN_KEY = {opt.plugin_key: opt for opt in OPTIONS if opt.plugin_key}
+PLUGIN_KEYS = tuple(BY_PLUGIN_KEY)
