@@ -42,6 +42,7 @@ import os
 import queue
 import re
 import threading
+import time
 
 from .config import ConfigError, Settings
 from .options import MAX_INSTANCES
@@ -170,6 +171,9 @@ def aggregate(stats_list: list[dict]) -> dict:
     return out
 
 
+STOP_GRACE_SECONDS = 1.0
+
+
 class Stripe:
     """N Servers started, watched and stopped together."""
 
@@ -221,8 +225,15 @@ class Stripe:
         ``force``, refuse (and return why) if any instance is in use: all
         go, or none (docs/design.md#security)."""
         if not force:
-            reasons = [(i, srv.check_stop()) for i, srv in enumerate(self.servers)]
-            reasons = [(i, why) for i, why in reasons if why]
+            # A client that has just hung up may not be closed in nbdkit yet:
+            # ask again for up to STOP_GRACE_SECONDS before refusing.
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            while True:
+                reasons = [(i, srv.check_stop()) for i, srv in enumerate(self.servers)]
+                reasons = [(i, why) for i, why in reasons if why]
+                if not reasons or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
             if reasons:
                 if len(self.servers) == 1:
                     return reasons[0][1]
