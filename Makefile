@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 ZRAMD   := $(VENV)/bin/zramd
 ARGS    ?=
 
-.PHONY: all setup run test test-fast test-unit test-e2e clean
+.PHONY: all setup run lint format test test-fast test-unit test-e2e clean
 
 all: setup
 
@@ -14,6 +14,17 @@ setup:
 
 run: setup
 	$(ZRAMD) serve $(ARGS)
+
+# Must pass before landing (CONTRIBUTING.md); .ci/run runs it before the tests.
+lint: setup
+	$(VENV)/bin/ruff check zramd plugin
+	$(VENV)/bin/ruff format --check zramd plugin
+	$(VENV)/bin/mypy
+
+# Rewrites zramd/ and plugin/ into the shape `make lint` wants.
+format: setup
+	$(VENV)/bin/ruff check --fix-only zramd plugin
+	$(VENV)/bin/ruff format zramd plugin
 
 test: setup
 	$(PY) -m pytest -ra $(ARGS)

@@ -5,13 +5,13 @@
 #   nbdkit -f --threads 1 -U SOCK python bench/null_plugin.py size=256M [pin=1]
 #
 # Run it with --threads 1 like zramd does (one request thread per connection
-# is the measured fast shape, see design.md section 4), so both pay the same
+# is the measured fast shape, see docs/design.md#tuning-constants), so both pay the same
 # per-request Python cost.
 #
 # pin=1 keeps each nbdkit thread's Python thread state alive by taking one
 # extra PyGILState_Ensure() per OS thread (released in close()); without it
 # nbdkit's Ensure/Release around every callback creates and destroys a thread
-# state per request. This leans on CPython internals (cpython issue 146219)
+# state per request. This leans on CPython internals (CPython gh-146219)
 # and exists here only to show the ceiling with and without the pin.
 
 import ctypes

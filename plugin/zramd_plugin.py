@@ -24,12 +24,13 @@ except ImportError:  # run from a checkout without PYTHONPATH
 
 from zramd import commands, logs, pinning, shutdown, swap
 from zramd import config as zconfig
+from zramd.backing import BackingFile
 from zramd.checksums import make_checksum
 from zramd.codecs import make_codec
 from zramd.control import ControlError, ControlServer
-from zramd.backing import BackingFile
 from zramd.device import Device
 from zramd.store import PageStore
+from zramd.units import PAGE_SHIFT, PAGE_SIZE
 from zramd.writeback import Writeback
 
 API_VERSION = 2
@@ -41,15 +42,15 @@ logs.install_exception_format()
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # advertised maximum block size
 
-_params = {}
+_params: dict[str, str] = {}
 _settings = None
 _device = None
-_read = None          # the store's read, bound once
+_read = None  # the store's read, bound once
 _direct_write = None  # the store's write when the device adds nothing per write
-_pin_each = False     # pin in every callback (more than one thread per connection)
+_pin_each = False  # pin in every callback (more than one thread per connection)
 _control = None
 _pin = False
-_connections = 0      # NBD clients connected now (open minus close)
+_connections = 0  # NBD clients connected now (open minus close)
 _connections_lock = threading.Lock()
 _log_filter = None
 
@@ -87,16 +88,35 @@ def thread_model():
 def get_ready():
     global _device, _read, _direct_write
     s = _settings
-    backing = BackingFile(s.backing_file, s.backing_size_bytes or s.size_bytes) \
-        if s.backing_file else None
-    recomp = make_codec(s.recomp_algorithm or "zstd", s.recomp_level) \
-        if s.recomp_algorithm or s.recomp_level is not None else None
-    store = PageStore(s.size_bytes, make_codec(s.algorithm, s.level), s.mem_limit_bytes,
-                      make_checksum(s.checksum), recomp_codec=recomp, backing=backing)
-    writeback = Writeback(store, backing, s.high_watermark_bytes, s.low_watermark()) \
-        if backing else None
-    _device = Device(store, s.compress_mode, s.workers, s.pending_limit_bytes,
-                     stable_writes=s.fault_inject != "no-stable-writes", writeback=writeback)
+    backing = (
+        BackingFile(s.backing_file, s.backing_size_bytes or s.size_bytes, s.backing_encrypt)
+        if s.backing_file
+        else None
+    )
+    recomp = (
+        make_codec(s.recomp_algorithm or "zstd", s.recomp_level)
+        if s.recomp_algorithm or s.recomp_level is not None
+        else None
+    )
+    store = PageStore(
+        s.size_bytes,
+        make_codec(s.algorithm, s.level),
+        s.mem_limit_bytes,
+        make_checksum(s.checksum),
+        recomp_codec=recomp,
+        backing=backing,
+    )
+    writeback = (
+        Writeback(store, backing, s.high_watermark_bytes, s.low_watermark()) if backing else None
+    )
+    _device = Device(
+        store,
+        s.compress_mode,
+        s.workers,
+        s.pending_limit_bytes,
+        stable_writes=s.fault_inject != "no-stable-writes",
+        writeback=writeback,
+    )
     _read = _device.read
     _direct_write = _device.direct_write
     nbdkit.debug(f"zramd: {zconfig.describe(s)}")
@@ -125,10 +145,12 @@ def after_fork():
 
 
 def _wrapper_gone(pid):
-    logs.log("WARNING", f"the zramd serve process (pid {pid}) is gone; nbdkit (pid "
-                        f"{os.getpid()}) keeps serving "
-                        f"{_device.stats()['orig_data_size'] >> 12} stored pages: stop it "
-                        f"with `zramd stop --control {_settings.control_path}`")
+    logs.log(
+        "WARNING",
+        f"the zramd serve process (pid {pid}) is gone; nbdkit (pid {os.getpid()}) keeps "
+        f"serving {_device.stats()['orig_data_size'] >> PAGE_SHIFT} stored pages: stop it "
+        f"with `zramd stop --control {_settings.control_path}`",
+    )
 
 
 def _control_request(request):
@@ -150,12 +172,13 @@ def _refuse_stop_in_use():
     clients connected and pages stored loses the only copy of those pages
     (docs/design.md#security)."""
     stats = _device.stats()
-    pages = stats["orig_data_size"] >> 12  # same pages and written-back ones too
+    pages = stats["orig_data_size"] >> PAGE_SHIFT  # same pages and written-back ones too
     if _connections and pages:
         raise ControlError(
             f"in use: {_connections} client{'s' if _connections != 1 else ''} connected and "
-            f"{pages} pages stored (swapoff and disconnect them first); "
-            f"force with `zramd stop --force`")
+            f"{pages} page{'s' if pages != 1 else ''} stored (swapoff and disconnect them "
+            f"first); force with `zramd stop --force`"
+        )
 
 
 def cleanup():
@@ -165,9 +188,12 @@ def cleanup():
     # The last word on what was stored: a line for the log, and all of it as
     # JSON for whoever asked (scripts, the shutdown tests).
     stats = _device.stats()
-    logs.log("INFO", f"stopped with {stats['orig_data_size'] >> 12} pages stored, "
-                     f"{stats['pending_pages']} pending, "
-                     f"{stats['compr_data_size']} bytes compressed")
+    logs.log(
+        "INFO",
+        f"stopped with {stats['orig_data_size'] >> PAGE_SHIFT} pages stored, "
+        f"{stats['pending_pages']} pending, "
+        f"{stats['compr_data_size']} bytes compressed",
+    )
     if _settings.final_stats_path:
         with builtins.open(_settings.final_stats_path, "w") as f:
             json.dump(stats, f, sort_keys=True)
@@ -198,7 +224,7 @@ def get_size(h):
 
 
 def block_size(h):
-    return (1, 4096, MAX_REQUEST_BYTES)
+    return (1, PAGE_SIZE, MAX_REQUEST_BYTES)
 
 
 def is_rotational(h):
@@ -274,7 +300,7 @@ zero = trim
 
 
 def flush(h, flags):
-    _device.flush()  # every write acknowledged before this is installed
+    _device.drain()  # every write acknowledged before this is installed
 
 
 def extents(h, count, offset, flags):

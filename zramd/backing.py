@@ -44,14 +44,16 @@ def open_backing_fd(path: str, size_bytes: int) -> tuple[int, int]:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise BackingError(exc.errno, f"backing file {path} is not writable: "
-                                      f"{exc.strerror}") from None
+        raise BackingError(
+            exc.errno, f"backing file {path} is not writable: {exc.strerror}"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise BackingError(errno.EBUSY, f"backing file {path} is in use by another "
-                                            f"zramd") from None
+            raise BackingError(
+                errno.EBUSY, f"backing file {path} is in use by another zramd"
+            ) from None
         st = os.fstat(fd)
         if stat.S_ISBLK(st.st_mode):
             capacity = os.lseek(fd, 0, os.SEEK_END)
@@ -61,11 +63,13 @@ def open_backing_fd(path: str, size_bytes: int) -> tuple[int, int]:
                 os.ftruncate(fd, size_bytes)  # sparse: blocks are allocated as written
                 capacity = os.fstat(fd).st_size
                 if capacity < size_bytes:  # e.g. a file in /proc
-                    raise BackingError(errno.EINVAL, f"backing file {path} cannot be sized "
-                                                     f"to {size_bytes} bytes")
+                    raise BackingError(
+                        errno.EINVAL, f"backing file {path} cannot be sized to {size_bytes} bytes"
+                    )
         else:
-            raise BackingError(errno.EINVAL, f"backing file {path} is neither a regular file "
-                                             f"nor a block device")
+            raise BackingError(
+                errno.EINVAL, f"backing file {path} is neither a regular file nor a block device"
+            )
         if capacity < PAGE_SIZE:
             raise BackingError(errno.EINVAL, f"backing file {path} holds no whole 4 KiB block")
         return fd, capacity
@@ -94,8 +98,9 @@ class BackingFile:
                 block = self._next
                 self._next += 1
             else:
-                raise BackingFull(errno.ENOSPC, f"backing file {self.path} is full "
-                                                f"({self.nr_blocks} blocks)")
+                raise BackingFull(
+                    errno.ENOSPC, f"backing file {self.path} is full ({self.nr_blocks} blocks)"
+                )
             self._used += 1
             return block
 

@@ -17,7 +17,6 @@ CHECKSUMS = {
     "xxh3": xxhash.xxh3_64_intdigest,
     "crc32": zlib.crc32,
 }
-DEFAULT_CHECKSUM = "xxh3"
 
 
 def make_checksum(name: str | None):
@@ -27,5 +26,6 @@ def make_checksum(name: str | None):
     try:
         return CHECKSUMS[name]
     except KeyError:
-        raise ValueError(f"unknown checksum {name!r} (choose from none, "
-                         f"{', '.join(CHECKSUMS)})") from None
+        raise ValueError(
+            f"unknown checksum {name!r} (choose from none, {', '.join(CHECKSUMS)})"
+        ) from None

@@ -15,19 +15,26 @@ import signal
 import sys
 import time
 
-from . import __version__, metrics
+from . import __version__, configfile, metrics
+from .commands import RECOMPRESS_TYPES
 from .config import ConfigError, Settings, default_socket_path, describe
 from .control import ControlError, call
 from .instances import Stripe, aggregate, discover, instance_settings, split_bytes
+from .options import BY_FIELD, OPTIONS, Option
 from .server import Server, ServerError
-from .sockets import PathError, claim_pid_file, remove_pid_file, sd_notify, socket_state, \
-    write_pid_file
+from .sockets import (
+    PathError,
+    claim_pid_file,
+    remove_pid_file,
+    sd_notify,
+    socket_state,
+    write_pid_file,
+)
 from .swap import LockError, lock_memory, set_oom_score_adj
 from .tls import qemu_object
 from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
-from .options import OPTIONS, Option
-from .units import human_size, parse_size
-from .writeback import KINDS as WRITEBACK_KINDS
+from .units import PAGE_SIZE, human_size, parse_size
+from .writeback import WRITEBACK_TYPES
 
 STAT_FILES = {"mm_stat": MM_STAT_FIELDS, "io_stat": IO_STAT_FIELDS, "bd_stat": BD_STAT_FIELDS}
 KNOBS = ("mem_limit", "mem_used_max", "writeback_limit", "writeback_limit_enable", "watermarks")
@@ -45,22 +52,43 @@ def build_parser() -> Parser:
 
     serve = sub.add_parser("serve", help="serve a compressed RAM device over NBD (foreground)")
     add_serve_options(serve)
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read options from this TOML file (keys: the long options "
+        'with underscores, e.g. mem_limit = "min(ram / 4, 2G)"); '
+        "options given here win over the file",
+    )
 
     stats = sub.add_parser("stats", help="print a running device's zram statistics")
     _add_target(stats)
-    stats.add_argument("--json", action="store_true", help="all counters as JSON "
-                       "(--format json)")
-    stats.add_argument("--format", choices=("text", "json", "prometheus"), default="text",
-                       help="text (zram's files), json (every counter), or prometheus "
-                            "(the text exposition, for node_exporter's textfile collector)")
-    stats.add_argument("--per-instance", action="store_true",
-                       help="striped instances: each instance's counters as well as the sum")
-    stats.add_argument("--watch", action="store_true",
-                       help="a live view, one line per interval: ratio, memory, IOPS, writeback")
+    stats.add_argument("--json", action="store_true", help="all counters as JSON (--format json)")
+    stats.add_argument(
+        "--format",
+        choices=("text", "json", "prometheus"),
+        default="text",
+        help="text (zram's files), json (every counter), or prometheus "
+        "(the text exposition, for node_exporter's textfile collector)",
+    )
+    stats.add_argument(
+        "--per-instance",
+        action="store_true",
+        help="striped instances: each instance's counters as well as the sum",
+    )
+    stats.add_argument(
+        "--watch",
+        action="store_true",
+        help="a live view, one line per interval: ratio, memory, IOPS, writeback",
+    )
     stats.add_argument("--interval", type=float, default=1.0, help="--watch interval (s)")
     stats.add_argument("--count", type=int, help="--watch: stop after this many lines")
-    stats.add_argument("files", nargs="*", choices=[[]] + sorted(STAT_FILES), metavar="FILE",
-                       help="mm_stat, io_stat and/or bd_stat (default: all, labelled)")
+    stats.add_argument(
+        "files",
+        nargs="*",
+        choices=[[]] + sorted(STAT_FILES),
+        metavar="FILE",
+        help="mm_stat, io_stat and/or bd_stat (default: all, labelled)",
+    )
 
     stop = sub.add_parser("stop", help="stop a running server (refused while clients are "
                                        "connected and pages stored, unless --force)")
@@ -73,27 +101,36 @@ def build_parser() -> Parser:
     status = sub.add_parser("status", help="a zramctl-like table of the device")
     _add_target(status)
 
-    wb = sub.add_parser("writeback", help="write pages back to the backing file (zram's "
-                                          "writeback knob)")
+    wb = sub.add_parser(
+        "writeback", help="write pages back to the backing file (zram's writeback knob)"
+    )
     _add_target(wb)
-    wb.add_argument("type", choices=WRITEBACK_KINDS)
+    wb.add_argument("type", choices=WRITEBACK_TYPES)
     wb.add_argument("--limit", type=int, help="at most this many pages")
 
-    idle = sub.add_parser("idle", help="mark pages idle: all, or those not accessed for "
-                                       "SECONDS (zram's idle knob)")
+    idle = sub.add_parser(
+        "idle", help="mark pages idle: all, or those not accessed for SECONDS (zram's idle knob)"
+    )
     _add_target(idle)
     idle.add_argument("age", nargs="?", default="all", help="all (default) or SECONDS")
 
     rc = sub.add_parser("recompress", help="compress pages again with the secondary algorithm")
     _add_target(rc)
-    rc.add_argument("--type", default="all", choices=["all", "idle", "huge", "huge_idle"])
-    rc.add_argument("--threshold", type=int, default=0,
-                    help="only pages whose compressed size is at least this (bytes)")
+    rc.add_argument("--type", default="all", choices=RECOMPRESS_TYPES)
+    rc.add_argument(
+        "--threshold",
+        type=int,
+        default=0,
+        help="only pages whose compressed size is at least this (bytes)",
+    )
     rc.add_argument("--limit", type=int, help="at most this many pages")
 
-    knob = sub.add_parser("set", help="set a knob of the running device: mem_limit SIZE, "
-                          "mem_used_max 0, writeback_limit PAGES, writeback_limit_enable "
-                          "on|off, watermarks HIGH [LOW]")
+    knob = sub.add_parser(
+        "set",
+        help="set a knob of the running device: mem_limit SIZE, "
+        "mem_used_max 0, writeback_limit PAGES, writeback_limit_enable "
+        "on|off, watermarks HIGH [LOW]",
+    )
     _add_target(knob)
     knob.add_argument("knob", choices=KNOBS)
     knob.add_argument("values", nargs="+")
@@ -103,6 +140,7 @@ def build_parser() -> Parser:
 def _argparse_type(opt: Option):
     """argparse's ``type=`` for a row: its parser and its own check, with
     their one-line messages (argparse checks the choices itself)."""
+
     def convert(text):
         try:
             value = opt.parse_text(text)
@@ -111,6 +149,7 @@ def _argparse_type(opt: Option):
         except ConfigError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
         return value
+
     return convert
 
 
@@ -124,25 +163,60 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
                 groups[opt.group] = parser.add_mutually_exclusive_group()
             target = groups[opt.group]
         if opt.type.python is bool:
-            target.add_argument(*opt.flags, dest=opt.field, default=opt.default,
-                                action="store_false" if opt.default else "store_true",
-                                help=opt.help_text())
+            target.add_argument(
+                *opt.flags,
+                dest=opt.field,
+                default=opt.default,
+                action="store_false" if opt.default else "store_true",
+                help=opt.help_text(),
+            )
         else:
-            target.add_argument(*opt.flags, dest=opt.field, default=opt.default,
-                                type=_argparse_type(opt), choices=opt.choices,
-                                metavar=opt.metavar or (None if opt.choices else
-                                                        opt.type.name.upper()),
-                                help=opt.help_text())
+            target.add_argument(
+                *opt.flags,
+                dest=opt.field,
+                default=opt.default,
+                type=_argparse_type(opt),
+                choices=opt.choices,
+                metavar=opt.metavar or (None if opt.choices else opt.type.name.upper()),
+                help=opt.help_text(),
+            )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """The Settings of a parsed ``zramd serve`` command line (not validated)."""
-    return Settings(**{opt.field: getattr(args, opt.field) for opt in OPTIONS})
+    """The Settings of a parsed ``zramd serve`` command line (not validated),
+    over the values of its ``--config`` file if it has one: an option given
+    on the command line wins over the file, also over the file's choice
+    from the same group (``--port`` over the file's ``socket``)."""
+    values = {opt.field: getattr(args, opt.field) for opt in OPTIONS}
+    path = getattr(args, "config", None)
+    if path:
+        given: set[str] = getattr(args, "given_fields", set())
+        given_groups = {opt.group for opt in OPTIONS if opt.field in given and opt.group}
+        for field, value in configfile.load(path).items():
+            opt = BY_FIELD[field]
+            if field not in given and (opt.group is None or opt.group not in given_groups):
+                values[field] = value
+    return Settings(**values)
+
+
+def given_fields(serve_argv: list[str]) -> set[str]:
+    """The Settings fields set by flags in ``serve_argv`` (not by defaults)."""
+    parser = Parser(prog="zramd serve", add_help=False)
+    add_serve_options(parser)
+    parser.add_argument("--config")
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    known, _ = parser.parse_known_args(serve_argv)
+    return set(vars(known)) - {"config"}
 
 
 def _add_target(parser) -> None:
-    parser.add_argument("--socket", "-U", metavar="PATH",
-                        help=f"the server's NBD socket (default {default_socket_path()})")
+    parser.add_argument(
+        "--socket",
+        "-U",
+        metavar="PATH",
+        help=f"the server's NBD socket (default {default_socket_path()})",
+    )
     parser.add_argument("--control", metavar="PATH", help="the server's control socket")
 
 
@@ -159,8 +233,10 @@ def _instances(args) -> list[tuple[str, str]]:
     path = _control_path(args)
     found = discover(path)
     if not found:
-        raise ControlError(f"no zramd control socket at {path} or {path[:-4] if path.endswith('.ctl') else path}"
-                           f".N{'.ctl' if path.endswith('.ctl') else ''} (is the server running?)")
+        raise ControlError(
+            f"no zramd control socket at {path} or {path[:-4] if path.endswith('.ctl') else path}"
+            f".N{'.ctl' if path.endswith('.ctl') else ''} (is the server running?)"
+        )
     return found
 
 
@@ -386,25 +462,42 @@ def _all_stats(instances) -> list[dict]:
 def cmd_stats(args) -> int:
     instances = _instances(args)
     if args.watch:
-        return watch(lambda: aggregate(_all_stats(instances)) if len(instances) > 1
-                     else call(instances[0][1], "stats"), args.interval, args.count)
+        return watch(
+            lambda: (
+                aggregate(_all_stats(instances))
+                if len(instances) > 1
+                else call(instances[0][1], "stats")
+            ),
+            args.interval,
+            args.count,
+        )
     each = _all_stats(instances)
     if args.format == "prometheus":
-        sys.stdout.write(metrics.exposition([(metrics.device_name(path), st) for
-                                             (_, path), st in zip(instances, each)]))
+        sys.stdout.write(
+            metrics.exposition(
+                [
+                    (metrics.device_name(path), st)
+                    for (_, path), st in zip(instances, each, strict=True)
+                ]
+            )
+        )
         return 0
     total = aggregate(each) if len(each) > 1 else each[0]
     if args.json or args.format == "json":
         doc = total
         if args.per_instance:
-            doc = {"total": total,
-                   "instances": [{"name": name, "control": path, "stats": st}
-                                 for (name, path), st in zip(instances, each)]}
+            doc = {
+                "total": total,
+                "instances": [
+                    {"name": name, "control": path, "stats": st}
+                    for (name, path), st in zip(instances, each, strict=True)
+                ],
+            }
         print(json.dumps(doc, indent=2, sort_keys=True))
         return 0
     files = args.files or list(STAT_FILES)
     if args.per_instance:
-        for (name, _), st in zip(instances, each):
+        for (name, _), st in zip(instances, each, strict=True):
             print(f"# {name}")
             print(format_stats(st, files, labelled=not args.files))
         print(f"# total of {len(each)}")
@@ -412,21 +505,26 @@ def cmd_stats(args) -> int:
     return 0
 
 
-WATCH_HEADER = (f"{'time':>8} {'data':>8} {'compr':>8} {'ratio':>6} {'mem_used':>8} "
-                f"{'limit':>7} {'read/s':>8} {'write/s':>8} {'pending':>7} {'bd_count':>8} "
-                f"{'bd_w/s':>7} {'bd_r/s':>7}")
+WATCH_HEADER = (
+    f"{'time':>8} {'data':>8} {'compr':>8} {'ratio':>6} {'mem_used':>8} "
+    f"{'limit':>7} {'read/s':>8} {'write/s':>8} {'pending':>7} {'bd_count':>8} "
+    f"{'bd_w/s':>7} {'bd_r/s':>7}"
+)
 
 
 def watch_line(prev: dict, cur: dict, seconds: float) -> str:
     def rate(key):
         return (cur.get(key, 0) - prev.get(key, 0)) / seconds if seconds > 0 else 0.0
+
     ratio = cur["orig_data_size"] / cur["compr_data_size"] if cur["compr_data_size"] else 0.0
     limit = human_size(cur["mem_limit"]) if cur["mem_limit"] else "-"
-    return (f"{time.strftime('%H:%M:%S'):>8} {human_size(cur['orig_data_size']):>8} "
-            f"{human_size(cur['compr_data_size']):>8} {ratio:6.2f} "
-            f"{human_size(cur['mem_used_total']):>8} {limit:>7} {rate('num_reads'):8.0f} "
-            f"{rate('num_writes'):8.0f} {cur.get('pending_pages', 0):7d} "
-            f"{cur.get('bd_count', 0):8d} {rate('bd_writes'):7.0f} {rate('bd_reads'):7.0f}")
+    return (
+        f"{time.strftime('%H:%M:%S'):>8} {human_size(cur['orig_data_size']):>8} "
+        f"{human_size(cur['compr_data_size']):>8} {ratio:6.2f} "
+        f"{human_size(cur['mem_used_total']):>8} {limit:>7} {rate('num_reads'):8.0f} "
+        f"{rate('num_writes'):8.0f} {cur.get('pending_pages', 0):7d} "
+        f"{cur.get('bd_count', 0):8d} {rate('bd_writes'):7.0f} {rate('bd_reads'):7.0f}"
+    )
 
 
 def watch(fetch, interval: float, count: int | None) -> int:
@@ -452,26 +550,34 @@ def cmd_status(args) -> int:
     for name, path in _instances(args):
         s = call(path, "stats")
         ratio = s["orig_data_size"] / s["compr_data_size"] if s["compr_data_size"] else 0.0
-        rows.append([
-            ("NAME", name),
-            ("DISKSIZE", human_size(s["disksize"])),
-            ("DATA", human_size(s["orig_data_size"])),
-            ("COMPR", human_size(s["compr_data_size"])),
-            ("ALGORITHM", s["comp_algorithm"]),
-            ("MODE", s["compress_mode"]),
-            ("ZERO-PAGES", str(s["same_pages"])),
-            ("TOTAL", human_size(s["mem_used_total"])),
-            ("MEM-LIMIT", human_size(s["mem_limit"]) if s["mem_limit"] else "0B"),
-            ("MEM-USED", human_size(s["mem_used_max"])),
-            ("RATIO", f"{ratio:.2f}"),
-            ("WRITEBACK", human_size(s["bd_count"] * 4096) if s.get("backing_file") else "-"),
-        ])
+        rows.append(
+            [
+                ("NAME", name),
+                ("DISKSIZE", human_size(s["disksize"])),
+                ("DATA", human_size(s["orig_data_size"])),
+                ("COMPR", human_size(s["compr_data_size"])),
+                ("ALGORITHM", s["comp_algorithm"]),
+                ("MODE", s["compress_mode"]),
+                ("ZERO-PAGES", str(s["same_pages"])),
+                ("TOTAL", human_size(s["mem_used_total"])),
+                ("MEM-LIMIT", human_size(s["mem_limit"]) if s["mem_limit"] else "0B"),
+                ("MEM-USED", human_size(s["mem_used_max"])),
+                ("RATIO", f"{ratio:.2f}"),
+                (
+                    "WRITEBACK",
+                    human_size(s["bd_count"] * PAGE_SIZE) if s.get("backing_file") else "-",
+                ),
+            ]
+        )
     heads = [h for h, _ in rows[0]]
     widths = [max(len(h), *(len(r[i][1]) for r in rows)) for i, h in enumerate(heads)]
 
     def line(cells):
-        return " ".join(c.rjust(w) if i else c.ljust(w)
-                        for i, (c, w) in enumerate(zip(cells, widths)))
+        return " ".join(
+            c.rjust(w) if i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
     print(line(heads))
     for r in rows:
         print(line([v for _, v in r]))
@@ -498,10 +604,12 @@ def _split_count(value: int | None, n: int) -> list[int | None]:
 def cmd_writeback(args) -> int:
     targets = _each(args)
     failed = False
-    for (label, path), limit in zip(targets, _split_count(args.limit, len(targets))):
+    for (label, path), limit in zip(targets, _split_count(args.limit, len(targets)), strict=True):
         result = call(path, "writeback", timeout=3600, type=args.type, limit=limit)
-        print(f"{label}writeback {args.type}: {result['written']} pages written, "
-              f"{result['superseded']} rewritten meanwhile, of {result['candidates']} candidates")
+        print(
+            f"{label}writeback {args.type}: {result['written']} pages written, "
+            f"{result['superseded']} rewritten meanwhile, of {result['candidates']} candidates"
+        )
         if result.get("error"):
             print(f"zramd: error: {label}writeback stopped: {result['error']}", file=sys.stderr)
             failed = True
@@ -517,12 +625,15 @@ def cmd_idle(args) -> int:
 
 def cmd_recompress(args) -> int:
     targets = _each(args)
-    for (label, path), limit in zip(targets, _split_count(args.limit, len(targets))):
-        r = call(path, "recompress", timeout=3600, type=args.type,
-                 threshold=args.threshold, limit=limit)
-        print(f"{label}recompress {args.type}: {r['recompressed']} pages recompressed "
-              f"({human_size(r['saved_bytes'])} saved), {r['incompressible']} incompressible, "
-              f"{r['skipped']} skipped")
+    for (label, path), limit in zip(targets, _split_count(args.limit, len(targets)), strict=True):
+        r = call(
+            path, "recompress", timeout=3600, type=args.type, threshold=args.threshold, limit=limit
+        )
+        print(
+            f"{label}recompress {args.type}: {r['recompressed']} pages recompressed "
+            f"({human_size(r['saved_bytes'])} saved), {r['incompressible']} incompressible, "
+            f"{r['skipped']} skipped"
+        )
     return 0
 
 
@@ -532,8 +643,10 @@ def cmd_set(args) -> int:
     v = args.values
     nargs = {"watermarks": (1, 2)}.get(args.knob, (1, 1))
     if not nargs[0] <= len(v) <= nargs[1]:
-        raise ConfigError(f"set {args.knob} takes {nargs[0]}"
-                          f"{'-' + str(nargs[1]) if nargs[1] != nargs[0] else ''} value(s)")
+        raise ConfigError(
+            f"set {args.knob} takes {nargs[0]}"
+            f"{'-' + str(nargs[1]) if nargs[1] != nargs[0] else ''} value(s)"
+        )
     if args.knob == "mem_used_max" and v[0] != "0":
         raise ConfigError("mem_used_max can only be reset, with 0 (as in zram)")
     targets = _each(args)
@@ -546,9 +659,10 @@ def cmd_set(args) -> int:
             total = parse_size(text)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        if total and total < n * 4096:
-            raise ConfigError(f"{text} is too small for {n} instances (at least one "
-                              f"4096-byte page each)")
+        if total and total < n * PAGE_SIZE:
+            raise ConfigError(
+                f"{text} is too small for {n} instances (at least one {PAGE_SIZE}-byte page each)"
+            )
         return split_bytes(total, n) if total else [0] * n
 
     def split_pages(text):
@@ -557,8 +671,9 @@ def cmd_set(args) -> int:
         try:
             total = int(text)
         except ValueError:
-            raise ConfigError(f"writeback_limit must be a whole number of pages, "
-                              f"not {text!r}") from None
+            raise ConfigError(
+                f"writeback_limit must be a whole number of pages, not {text!r}"
+            ) from None
         if total < 0:
             raise ConfigError("writeback_limit must not be negative")
         return _split_count(total, n)
@@ -574,24 +689,36 @@ def cmd_set(args) -> int:
         per, cmd = [dict(enable=v[0])] * n, "writeback_limit"
     else:
         cols = [split_size(x) for x in v]
-        per = [dict(zip(("high", "low"), parts)) for parts in zip(*cols)]
+        per = [dict(zip(("high", "low"), parts, strict=False)) for parts in zip(*cols, strict=True)]
         cmd = "watermarks"
-    for (_, path), kwargs in zip(targets, per):
+    for (_, path), kwargs in zip(targets, per, strict=True):
         call(path, cmd, **kwargs)
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "stop": cmd_stop, "stats": cmd_stats, "status": cmd_status,
-            "writeback": cmd_writeback, "idle": cmd_idle, "recompress": cmd_recompress,
-            "set": cmd_set}
+SUBCOMMANDS = {
+    "serve": cmd_serve,
+    "stop": cmd_stop,
+    "stats": cmd_stats,
+    "status": cmd_status,
+    "writeback": cmd_writeback,
+    "idle": cmd_idle,
+    "recompress": cmd_recompress,
+    "set": cmd_set,
+}
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
-                        format="%(asctime)s %(levelname)s (%(threadName)s) %(name)s: %(message)s")
+    if args.command == "serve":  # which options the file must not override
+        args.given_fields = given_fields(argv[argv.index("serve") + 1 :])
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(asctime)s %(levelname)s (%(threadName)s) %(name)s: %(message)s",
+    )
     try:
-        return COMMANDS[args.command](args)
+        return SUBCOMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"zramd: error: {exc}", file=sys.stderr)
         return 2

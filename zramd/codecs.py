@@ -16,8 +16,7 @@ atomic under the GIL, so no lock is needed, and unlike ``threading.local``
 the pool survives nbdkit's per-call thread-state churn.  Both libraries
 release the GIL while (de)compressing.
 
-Measured on this machine kind (design.md section 4): lz4 0.7-1.5 us to
-compress a page, 0.4-2 us to decompress; zstd level 1-3 3-15 us.
+What each costs per page is in docs/design.md#tuning-constants.
 """
 
 from __future__ import annotations
@@ -87,23 +86,28 @@ class ZstdCodec(Codec):
         # Imported here, not at the top: 1.1 MiB of RSS that an lz4 server
         # does not need (docs/design.md#page-arena-and-memory-accounting).
         import zstandard
+
         self._zstandard = zstandard
         self._cctx_pool: list = []
         self._dctx_pool: list = []
 
     def compress(self, page, max_len):
         pool = self._cctx_pool
-        cctx = pool.pop() if pool else self._zstandard.ZstdCompressor(
-            level=self.level, write_checksum=False, write_dict_id=False,
-            write_content_size=True)
+        cctx = (
+            pool.pop()
+            if pool
+            else self._zstandard.ZstdCompressor(
+                level=self.level, write_checksum=False, write_dict_id=False, write_content_size=True
+            )
+        )
         try:
             out = cctx.compress(page)
         finally:
             pool.append(cctx)
         if len(out) >= max_len:
             return None
-        # python-zstandard's result keeps its worst-case allocation (about
-        # 98% overhead for a 4 KiB page, design.md section 4): store a copy.
+        # python-zstandard's result keeps its worst-case allocation (nearly
+        # twice a 4 KiB page, docs/design.md#tuning-constants): store a copy.
         return bytes(memoryview(out))
 
     def decompress(self, data):
@@ -128,7 +132,8 @@ def make_codec(name: str, level: int | None = None) -> Codec:
         cls = CODECS[name]
     except KeyError:
         raise ValueError(
-            f"unknown compression algorithm {name!r} (choose from {', '.join(CODECS)})") from None
+            f"unknown compression algorithm {name!r} (choose from {', '.join(CODECS)})"
+        ) from None
     if cls is ZstdCodec:
         return ZstdCodec(level)
     if level is not None:

@@ -9,16 +9,20 @@ device's and store's own locked methods.
 
 from __future__ import annotations
 
-from .control import ControlError
-from .units import parse_size
+from collections.abc import Callable
 
-COMMANDS = {}
+from .control import ControlError
+from .units import PAGE_SIZE, parse_size
+
+COMMANDS: dict[str, Callable[..., dict]] = {}
+RECOMPRESS_TYPES = ("all", "idle", "huge", "huge_idle")  # zram's recompress type=
 
 
 def command(name):
     def register(fn):
         COMMANDS[name] = fn
         return fn
+
     return register
 
 
@@ -63,8 +67,10 @@ def _reset_mem_used_max(device, args):
 def _check_args(args: dict, name: str, allowed: set[str]) -> None:
     extra = set(args) - allowed
     if extra:
-        raise ControlError(f"{name} does not take {', '.join(sorted(extra))} "
-                           f"(takes: {', '.join(sorted(allowed)) or 'nothing'})")
+        raise ControlError(
+            f"{name} does not take {', '.join(sorted(extra))} "
+            f"(takes: {', '.join(sorted(allowed)) or 'nothing'})"
+        )
 
 
 def _int_arg(args: dict, key: str, minimum: int = 0, default=None) -> int | None:
@@ -102,13 +108,16 @@ def _writeback_of(device):
 @command("writeback")
 def _writeback(device, args):
     """zram's ``echo TYPE > writeback``, with an optional page budget."""
-    from .writeback import KINDS
+    from .writeback import WRITEBACK_TYPES
+
     _check_args(args, "writeback", {"type", "limit"})
-    kind = args.get("type")
-    if kind not in KINDS:
-        raise ControlError(f"writeback type must be one of {', '.join(KINDS)}, not {kind!r}")
+    wb_type = args.get("type")
+    if wb_type not in WRITEBACK_TYPES:
+        raise ControlError(
+            f"writeback type must be one of {', '.join(WRITEBACK_TYPES)}, not {wb_type!r}"
+        )
     limit = _int_arg(args, "limit", minimum=1)
-    return _writeback_of(device).request(kind, limit)
+    return _writeback_of(device).request(wb_type, limit)
 
 
 @command("idle")
@@ -125,17 +134,18 @@ def _idle(device, args):
 def _recompress(device, args):
     """zram's ``echo "type=... threshold=..." > recompress``."""
     _check_args(args, "recompress", {"type", "threshold", "limit"})
-    kind = args.get("type", "all")
-    if kind not in ("all", "idle", "huge", "huge_idle"):
-        raise ControlError(f"recompress type must be one of all, idle, huge, huge_idle, "
-                           f"not {kind!r}")
+    recomp_type = args.get("type", "all")
+    if recomp_type not in RECOMPRESS_TYPES:
+        raise ControlError(
+            f"recompress type must be one of {', '.join(RECOMPRESS_TYPES)}, not {recomp_type!r}"
+        )
     threshold = _int_arg(args, "threshold", minimum=0, default=0)
-    if threshold > 4096:
-        raise ControlError(f"threshold must be at most 4096 bytes, not {threshold}")
+    if threshold > PAGE_SIZE:
+        raise ControlError(f"threshold must be at most {PAGE_SIZE} bytes, not {threshold}")
     limit = _int_arg(args, "limit", minimum=1)
     if device.store.recomp_codec is None:
         raise ControlError("no secondary algorithm: start the server with --recomp-algorithm")
-    return device.store.recompress(kind, threshold, limit)
+    return device.store.recompress(recomp_type, threshold, limit)
 
 
 @command("writeback_limit")
@@ -166,7 +176,7 @@ def _watermarks(device, args):
 def dispatch(device, request: dict):
     """Run one control request (``{"cmd": ..., "args": {...}}``)."""
     name = request.get("cmd")
-    fn = COMMANDS.get(name)
+    fn = COMMANDS.get(name) if isinstance(name, str) else None
     if fn is None:
         raise ControlError(f"unknown command {name!r} (known: {', '.join(sorted(COMMANDS))})")
     args = request.get("args") or {}

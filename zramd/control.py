@@ -66,8 +66,7 @@ class ControlServer:
         os.chmod(self.path, 0o600)
         sock.listen(16)
         self._sock = sock
-        self._thread = threading.Thread(target=self._accept_loop, name="zramd-control",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._accept_loop, name="zramd-control", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -95,8 +94,9 @@ class ControlServer:
                 conn, _ = sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve_client, args=(conn,),
-                             name="zramd-control-client", daemon=True).start()
+            threading.Thread(
+                target=self._serve_client, args=(conn,), name="zramd-control-client", daemon=True
+            ).start()
 
     def _peer_allowed(self, conn: socket.socket) -> bool:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -121,7 +121,10 @@ class ControlServer:
         except ValueError:
             return {"ok": False, "error": "malformed request: not JSON"}
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-            return {"ok": False, "error": "malformed request: expected {\"cmd\": NAME, \"args\": {...}}"}
+            return {
+                "ok": False,
+                "error": 'malformed request: expected {"cmd": NAME, "args": {...}}',
+            }
         try:
             return {"ok": True, "result": self.handler(request)}
         except ControlError as exc:

@@ -85,17 +85,23 @@ def instance_settings(settings: Settings, n: int) -> list[Settings]:
     s = settings
     size_pages = s.size_bytes // PAGE_SIZE
     if size_pages < n:
-        raise ConfigError(f"size {format_size(s.size_bytes)} is too small for {n} instances "
-                          f"(at least one 4096-byte page each)")
-    for label, value in (("mem_limit", s.mem_limit_bytes),
-                         ("high watermark", s.high_watermark_bytes),
-                         ("low watermark", s.low_watermark_bytes),
-                         ("backing size", s.backing_size_bytes)):
+        raise ConfigError(
+            f"size {format_size(s.size_bytes)} is too small for {n} instances "
+            f"(at least one {PAGE_SIZE}-byte page each)"
+        )
+    for label, value in (
+        ("mem_limit", s.mem_limit_bytes),
+        ("high watermark", s.high_watermark_bytes),
+        ("low watermark", s.low_watermark_bytes),
+        ("backing size", s.backing_size_bytes),
+    ):
         # 0 means "none" (or "the default"): a part of 0 would silently
         # mean no limit, so every part must hold a page at least.
         if value and value < n * PAGE_SIZE:
-            raise ConfigError(f"{label} {format_size(value)} is too small for {n} instances "
-                              f"(at least one 4096-byte page each)")
+            raise ConfigError(
+                f"{label} {format_size(value)} is too small for {n} instances "
+                f"(at least one {PAGE_SIZE}-byte page each)"
+            )
     if s.port is not None and s.port + n - 1 > 65535:
         raise ConfigError(f"ports {s.port}..{s.port + n - 1} for {n} instances go past 65535")
 
@@ -107,15 +113,21 @@ def instance_settings(settings: Settings, n: int) -> list[Settings]:
     backing = parts(s.backing_size_bytes)
     out = []
     for i in range(n):
-        out.append(dataclasses.replace(
-            s, size_bytes=sizes[i], mem_limit_bytes=limits[i],
-            high_watermark_bytes=highs[i], low_watermark_bytes=lows[i],
-            backing_size_bytes=backing[i],
-            socket_path=suffixed(s.socket_path, i),
-            port=None if s.port is None else s.port + i,
-            control_path=instance_control_path(s.control_path, i),
-            backing_file=suffixed(s.backing_file, i),
-            final_stats_path=suffixed(s.final_stats_path, i)))
+        out.append(
+            dataclasses.replace(
+                s,
+                size_bytes=sizes[i],
+                mem_limit_bytes=limits[i],
+                high_watermark_bytes=highs[i],
+                low_watermark_bytes=lows[i],
+                backing_size_bytes=backing[i],
+                socket_path=suffixed(s.socket_path, i),
+                port=None if s.port is None else s.port + i,
+                control_path=instance_control_path(s.control_path, i),
+                backing_file=suffixed(s.backing_file, i),
+                final_stats_path=suffixed(s.final_stats_path, i),
+            )
+        )
     return out
 
 
@@ -134,7 +146,9 @@ def discover(control_path: str) -> list[tuple[str, str]]:
     found = []
     if os.path.exists(control_path):
         found.append((_name(control_path), control_path))
-    stem, tail = (control_path[:-4], ".ctl") if control_path.endswith(".ctl") else (control_path, "")
+    stem, tail = (
+        (control_path[:-4], ".ctl") if control_path.endswith(".ctl") else (control_path, "")
+    )
     pattern = re.compile(re.escape(stem) + r"\.(\d+)" + re.escape(tail) + "$")
     numbered = []
     for path in glob.glob(glob.escape(stem) + ".*" + tail):
@@ -184,7 +198,7 @@ class Stripe:
         self.stopping = False
         self.died: list[tuple[int, int]] = []  # (index, status) of instances that died
 
-    def start(self) -> "Stripe":
+    def start(self) -> Stripe:
         """Launch every instance, then wait until all serve; if any fails,
         stop the others and raise its error, naming the instance.  nbdkit
         is launched from this thread (its --exit-with-parent follows the
@@ -205,13 +219,12 @@ class Stripe:
         if errors:
             for srv in self.servers:
                 srv.stop()
-            i, exc = errors[0]
+            i, first = errors[0]
             if len(self.servers) > 1:
-                raise type(exc)(f"instance {i}: {exc}") from None
-            raise exc
+                raise type(first)(f"instance {i}: {first}") from None
+            raise first
         for i, srv in enumerate(self.servers):
-            t = threading.Thread(target=self._watch, args=(i, srv), name=f"watch-{i}",
-                                 daemon=True)
+            t = threading.Thread(target=self._watch, args=(i, srv), name=f"watch-{i}", daemon=True)
             t.start()
             self._watchers.append(t)
         return self

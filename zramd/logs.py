@@ -42,10 +42,10 @@ import time
 import traceback
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-BURST = 5                # lines of one kind passed per interval...
-INTERVAL_S = 10.0        # ...then one "suppressed N similar" line per interval
-MAX_KEYS = 1024          # kinds remembered at once (a bound on memory)
-MAX_LINE_BYTES = 4096    # a longer line is cut (PIPE_BUF: one atomic write)
+BURST = 5  # lines of one kind passed per interval...
+INTERVAL_S = 10.0  # ...then one "suppressed N similar" line per interval
+MAX_KEYS = 1024  # kinds remembered at once (a bound on memory)
+MAX_LINE_BYTES = 4096  # a longer line is cut (PIPE_BUF: one atomic write)
 _DIGITS = re.compile(r"\d+")
 
 
@@ -77,8 +77,7 @@ def open_log_file(path: str) -> int:
     return fd
 
 
-def format_line(level: str, message: str, pid: int | None = None,
-                timestamp: bool = False) -> str:
+def format_line(level: str, message: str, pid: int | None = None, timestamp: bool = False) -> str:
     """``zramd[PID]: LEVEL message`` on one line (newlines become ' | ')."""
     message = " | ".join(part for part in message.splitlines() if part.strip()) or message
     line = f"zramd[{pid or os.getpid()}]: {level} {message}"
@@ -98,8 +97,13 @@ class RateLimiter:
     ``clock`` is injectable for tests.
     """
 
-    def __init__(self, burst: int = BURST, interval_s: float = INTERVAL_S,
-                 clock=time.monotonic, max_keys: int = MAX_KEYS):
+    def __init__(
+        self,
+        burst: int = BURST,
+        interval_s: float = INTERVAL_S,
+        clock=time.monotonic,
+        max_keys: int = MAX_KEYS,
+    ):
         self.burst = burst
         self.interval_s = interval_s
         self.clock = clock
@@ -152,13 +156,13 @@ def classify(line: str) -> tuple[str, str]:
         return m.group(1), m.group(2)
     if line.startswith("nbdkit: "):
         head, _, _ = line.partition(": ")
-        rest = line[len(head) + 2:]
+        rest = line[len(head) + 2 :]
         parts = rest.split(": ", 2)
         for i, word in enumerate(parts[:2]):
             level = {"error": "ERROR", "debug": "DEBUG", "warning": "WARNING"}.get(word)
             if level:
                 where = ": ".join(parts[:i])
-                msg = ": ".join(parts[i + 1:])
+                msg = ": ".join(parts[i + 1 :])
                 return level, f"nbdkit: {where + ': ' if where else ''}{msg}"
         return "INFO", line
     return "INFO", line
@@ -176,24 +180,26 @@ def rate_key(level: str, message: str) -> str:
 def short_request_error(message: str) -> str:
     """``nbdkit: python.3: /x/zramd_plugin.py: pwrite: error: ENOSPC: mem_limit
     reached`` -> ``pwrite failed: ENOSPC: mem_limit reached``."""
-    m = re.search(r": (pread|pwrite|trim|zero|flush|extents|cache): error: (E[A-Z0-9]+: .*)$",
-                  message)
+    m = re.search(
+        r": (pread|pwrite|trim|zero|flush|extents|cache): error: (E[A-Z0-9]+: .*)$", message
+    )
     return f"{m.group(1)} failed: {m.group(2)}" if m else message
 
 
 class StderrFilter:
     """Between nbdkit's fd 2 and the log destination (see the module doc)."""
 
-    def __init__(self, dest_fd: int | None = None, burst: int = BURST,
-                 interval_s: float = INTERVAL_S):
-        self.dest_fd = dest_fd      # None: where fd 2 pointed before install()
+    def __init__(
+        self, dest_fd: int | None = None, burst: int = BURST, interval_s: float = INTERVAL_S
+    ):
+        self.dest_fd = dest_fd  # None: where fd 2 pointed before install()
         self.timestamps = False
         self.limiter = RateLimiter(burst, interval_s)
         self.pid = os.getpid()
         self._saved_fd2: int | None = None
         self._r: int | None = None
         self._thread: threading.Thread | None = None
-        self._continuing = False   # the last head line was passed (continuations follow it)
+        self._continuing = False  # the last head line was passed (continuations follow it)
         self._last_level = "INFO"
 
     def install(self) -> None:
@@ -221,18 +227,20 @@ class StderrFilter:
         if self._thread is not None:
             self._thread.join(timeout)
         if self._thread is None or not self._thread.is_alive():
-            if self.dest_fd != self._saved_fd2:
+            if self.dest_fd is not None and self.dest_fd != self._saved_fd2:
                 os.close(self.dest_fd)
             os.close(self._saved_fd2)
         self._saved_fd2 = None
 
     # -- the drain thread -------------------------------------------------
     def _drain(self) -> None:
+        r = self._r
+        assert r is not None  # set by install() before the thread starts
         buf = b""
         while True:
-            ready, _, _ = select.select([self._r], [], [], 1.0)
+            ready, _, _ = select.select([r], [], [], 1.0)
             if ready:
-                chunk = os.read(self._r, 65536)
+                chunk = os.read(r, 65536)
                 if not chunk:
                     break
                 buf += chunk
@@ -246,7 +254,7 @@ class StderrFilter:
         if buf:
             self.handle(buf.decode("utf-8", "replace"))
         self._report_suppressed(force=True)
-        os.close(self._r)
+        os.close(r)
 
     def handle(self, line: str) -> None:
         if not line.strip():
@@ -275,12 +283,16 @@ class StderrFilter:
             self._emit_suppressed(count, sample)
 
     def _emit_suppressed(self, count: int, sample: str) -> None:
-        self._emit("WARNING", f"suppressed {count} similar messages in "
-                              f"{self.limiter.interval_s:.0f}s: {sample}")
+        self._emit(
+            "WARNING",
+            f"suppressed {count} similar messages in {self.limiter.interval_s:.0f}s: {sample}",
+        )
 
     def _emit(self, level: str, message: str) -> None:
         line = format_line(level, message, self.pid, self.timestamps)
-        data = line.encode("utf-8", "replace")[:MAX_LINE_BYTES - 1] + b"\n"
+        data = line.encode("utf-8", "replace")[: MAX_LINE_BYTES - 1] + b"\n"
+        if self.dest_fd is None:  # not installed
+            return
         try:
             os.write(self.dest_fd, data)  # may block: only this thread waits
         except OSError:
@@ -320,7 +332,7 @@ class _LineWriter:
 
 
 def _write_fd2(line: str) -> None:
-    data = line.encode("utf-8", "replace")[:MAX_LINE_BYTES - 1] + b"\n"
+    data = line.encode("utf-8", "replace")[: MAX_LINE_BYTES - 1] + b"\n"
     try:
         os.write(2, data)
     except (BlockingIOError, OSError):
@@ -340,6 +352,7 @@ _original_format_exception = traceback.format_exception
 def one_line(exc: BaseException) -> str | None:
     """The one line for an expected exception, or None for a bug."""
     from .config import ConfigError
+
     if isinstance(exc, ConfigError):
         return f"{exc}"
     if isinstance(exc, OSError) and exc.errno is not None:
@@ -367,6 +380,7 @@ def install_exception_format() -> None:
 
 
 # -- the wrapper ------------------------------------------------------------
+
 
 class _Formatter(logging.Formatter):
     def __init__(self, timestamps: bool):

@@ -28,6 +28,8 @@ Locking: none of its own.  prometheus_client's HTTP server calls
 
 from __future__ import annotations
 
+from typing import Any
+
 from .control import ControlError, call
 from .options import ConfigError, parse_metrics_address
 
@@ -37,40 +39,73 @@ GAUGE, COUNTER = "gauge", "counter"
 # stat key -> (metric name without prefix (counters: without _total), type, HELP)
 METRICS: dict[str, tuple[str, str, str]] = {
     # mm_stat
-    "orig_data_size": ("orig_data_size_bytes", GAUGE,
-                       "mm_stat orig_data_size: uncompressed size of the stored pages "
-                       "(same-filled pages included)"),
-    "compr_data_size": ("compr_data_size_bytes", GAUGE,
-                        "mm_stat compr_data_size: compressed size of the stored pages "
-                        "(a huge page counts 4096)"),
-    "mem_used_total": ("mem_used_total_bytes", GAUGE,
-                       "mm_stat mem_used_total: memory the stored pages cost"),
-    "mem_limit": ("mem_limit_bytes", GAUGE,
-                  "mm_stat mem_limit: most memory the stored pages may cost, 0 for no limit"),
-    "mem_used_max": ("mem_used_max_bytes", GAUGE,
-                     "mm_stat mem_used_max: peak of mem_used_total since start or reset"),
-    "same_pages": ("same_pages", GAUGE,
-                   "mm_stat same_pages: pages stored as one repeated 8-byte word"),
-    "pages_compacted": ("pages_compacted", COUNTER,
-                        "mm_stat pages_compacted: pages freed by compaction"),
-    "huge_pages": ("huge_pages", GAUGE,
-                   "mm_stat huge_pages: incompressible pages stored raw"),
-    "huge_pages_since": ("huge_pages_since", COUNTER,
-                         "mm_stat huge_pages_since: huge pages stored since start"),
+    "orig_data_size": (
+        "orig_data_size_bytes",
+        GAUGE,
+        "mm_stat orig_data_size: uncompressed size of the stored pages "
+        "(same-filled pages included)",
+    ),
+    "compr_data_size": (
+        "compr_data_size_bytes",
+        GAUGE,
+        "mm_stat compr_data_size: compressed size of the stored pages (a huge page counts 4096)",
+    ),
+    "mem_used_total": (
+        "mem_used_total_bytes",
+        GAUGE,
+        "mm_stat mem_used_total: memory the stored pages cost",
+    ),
+    "mem_limit": (
+        "mem_limit_bytes",
+        GAUGE,
+        "mm_stat mem_limit: most memory the stored pages may cost, 0 for no limit",
+    ),
+    "mem_used_max": (
+        "mem_used_max_bytes",
+        GAUGE,
+        "mm_stat mem_used_max: peak of mem_used_total since start or reset",
+    ),
+    "same_pages": (
+        "same_pages",
+        GAUGE,
+        "mm_stat same_pages: pages stored as one repeated 8-byte word",
+    ),
+    "pages_compacted": (
+        "pages_compacted",
+        COUNTER,
+        "mm_stat pages_compacted: pages freed by compaction",
+    ),
+    "huge_pages": ("huge_pages", GAUGE, "mm_stat huge_pages: incompressible pages stored raw"),
+    "huge_pages_since": (
+        "huge_pages_since",
+        COUNTER,
+        "mm_stat huge_pages_since: huge pages stored since start",
+    ),
     # io_stat
     "failed_reads": ("failed_reads", COUNTER, "io_stat failed_reads: read requests that failed"),
-    "failed_writes": ("failed_writes", COUNTER,
-                      "io_stat failed_writes: write requests that failed (ENOSPC at mem_limit "
-                      "included)"),
-    "invalid_io": ("invalid_io", COUNTER,
-                   "io_stat invalid_io: requests beyond the end of the device"),
-    "notify_free": ("notify_free_pages", COUNTER,
-                    "io_stat notify_free: pages freed by trim or write-zeroes"),
+    "failed_writes": (
+        "failed_writes",
+        COUNTER,
+        "io_stat failed_writes: write requests that failed (ENOSPC at mem_limit included)",
+    ),
+    "invalid_io": (
+        "invalid_io",
+        COUNTER,
+        "io_stat invalid_io: requests beyond the end of the device",
+    ),
+    "notify_free": (
+        "notify_free_pages",
+        COUNTER,
+        "io_stat notify_free: pages freed by trim or write-zeroes",
+    ),
     # bd_stat
     "bd_count": ("bd_count_pages", GAUGE, "bd_stat bd_count: pages in the backing file"),
     "bd_reads": ("bd_reads_pages", COUNTER, "bd_stat bd_reads: pages read from the backing file"),
-    "bd_writes": ("bd_writes_pages", COUNTER,
-                  "bd_stat bd_writes: pages written to the backing file"),
+    "bd_writes": (
+        "bd_writes_pages",
+        COUNTER,
+        "bd_stat bd_writes: pages written to the backing file",
+    ),
     # requests
     "num_reads": ("num_reads", COUNTER, "read requests served"),
     "num_writes": ("num_writes", COUNTER, "write requests served"),
@@ -78,56 +113,96 @@ METRICS: dict[str, tuple[str, str, str]] = {
     # the device
     "disksize": ("disksize_bytes", GAUGE, "disksize: size of the device"),
     "idle_pages": ("idle_pages", GAUGE, "stored pages marked idle"),
-    "incompressible_pages": ("incompressible_pages", GAUGE,
-                             "pages the secondary algorithm could not shrink"),
-    "recompressed_pages": ("recompressed_pages", GAUGE,
-                           "pages stored compressed by the secondary algorithm"),
-    "checksum_errors": ("checksum_errors", COUNTER,
-                        "reads whose page did not match its checksum (answered EIO)"),
-    "stable_writes": ("stable_writes", GAUGE,
-                      "1 if writes are snapshotted before an asynchronous compression"),
+    "incompressible_pages": (
+        "incompressible_pages",
+        GAUGE,
+        "pages the secondary algorithm could not shrink",
+    ),
+    "recompressed_pages": (
+        "recompressed_pages",
+        GAUGE,
+        "pages stored compressed by the secondary algorithm",
+    ),
+    "checksum_errors": (
+        "checksum_errors",
+        COUNTER,
+        "reads whose page did not match its checksum (answered EIO)",
+    ),
+    "stable_writes": (
+        "stable_writes",
+        GAUGE,
+        "1 if writes are snapshotted before an asynchronous compression",
+    ),
     # async compression
     "workers": ("workers", GAUGE, "compression worker threads"),
-    "pending_pages": ("pending_pages", GAUGE,
-                      "pages accepted and waiting for a compression worker"),
-    "pending_limit": ("pending_limit_bytes", GAUGE,
-                      "most uncompressed data waiting for workers, 0 when inline"),
+    "pending_pages": (
+        "pending_pages",
+        GAUGE,
+        "pages accepted and waiting for a compression worker",
+    ),
+    "pending_limit": (
+        "pending_limit_bytes",
+        GAUGE,
+        "most uncompressed data waiting for workers, 0 when inline",
+    ),
     "pages_staged": ("pages_staged", COUNTER, "pages handed to compression workers"),
-    "pages_superseded": ("pages_superseded", COUNTER,
-                         "staged pages overwritten before a worker installed them"),
-    "pages_compressed_async": ("pages_compressed_async", COUNTER,
-                               "pages compressed and installed by workers"),
-    "worker_backlog": ("worker_backlog_batches", GAUGE,
-                       "write batches submitted to workers and not done"),
+    "pages_superseded": (
+        "pages_superseded",
+        COUNTER,
+        "staged pages overwritten before a worker installed them",
+    ),
+    "pages_compressed_async": (
+        "pages_compressed_async",
+        COUNTER,
+        "pages compressed and installed by workers",
+    ),
+    "worker_backlog": (
+        "worker_backlog_batches",
+        GAUGE,
+        "write batches submitted to workers and not done",
+    ),
     "worker_errors": ("worker_errors", COUNTER, "batches a compression worker failed on"),
-    "backpressure_inline": ("backpressure_inline", COUNTER,
-                            "writes compressed inline because pending_limit was reached"),
+    "backpressure_inline": (
+        "backpressure_inline",
+        COUNTER,
+        "writes compressed inline because pending_limit was reached",
+    ),
     "fua_inline": ("fua_inline", COUNTER, "FUA writes compressed inline"),
     # writeback
     "backing_blocks": ("backing_blocks", GAUGE, "4 KiB blocks in the backing file"),
-    "backing_used_blocks": ("backing_used_blocks", GAUGE,
-                            "backing file blocks holding a page"),
-    "backing_touched_blocks": ("backing_touched_blocks", GAUGE,
-                               "backing file blocks ever written"),
+    "backing_used_blocks": ("backing_used_blocks", GAUGE, "backing file blocks holding a page"),
+    "backing_touched_blocks": ("backing_touched_blocks", GAUGE, "backing file blocks ever written"),
     "bd_write_errors": ("bd_write_errors", COUNTER, "failed writes to the backing file"),
-    "bd_full_events": ("bd_full_events", COUNTER,
-                       "writebacks that found the backing file full"),
+    "bd_full_events": ("bd_full_events", COUNTER, "writebacks that found the backing file full"),
     "writeback_runs": ("writeback_runs", COUNTER, "writeback commands and policy passes run"),
-    "writeback_superseded": ("writeback_superseded_pages", COUNTER,
-                             "pages rewritten while being written back (kept in RAM)"),
-    "writeback_failed": ("writeback_failed_pages", COUNTER,
-                         "pages a writeback could not write (kept in RAM)"),
-    "writeback_limit": ("writeback_limit_pages", GAUGE,
-                        "writeback_limit: pages writeback may still write, when enabled"),
-    "writeback_limit_enable": ("writeback_limit_enable", GAUGE,
-                               "1 if writeback_limit is enforced"),
-    "high_watermark": ("high_watermark_bytes", GAUGE,
-                       "automatic writeback starts above this mem_used_total, 0 for off"),
-    "low_watermark": ("low_watermark_bytes", GAUGE,
-                      "automatic writeback stops below this mem_used_total"),
+    "writeback_superseded": (
+        "writeback_superseded_pages",
+        COUNTER,
+        "pages rewritten while being written back (kept in RAM)",
+    ),
+    "writeback_failed": (
+        "writeback_failed_pages",
+        COUNTER,
+        "pages a writeback could not write (kept in RAM)",
+    ),
+    "writeback_limit": (
+        "writeback_limit_pages",
+        GAUGE,
+        "writeback_limit: pages writeback may still write, when enabled",
+    ),
+    "writeback_limit_enable": ("writeback_limit_enable", GAUGE, "1 if writeback_limit is enforced"),
+    "high_watermark": (
+        "high_watermark_bytes",
+        GAUGE,
+        "automatic writeback starts above this mem_used_total, 0 for off",
+    ),
+    "low_watermark": (
+        "low_watermark_bytes",
+        GAUGE,
+        "automatic writeback stops below this mem_used_total",
+    ),
     "policy_runs": ("policy_runs", COUNTER, "automatic writeback passes"),
-    "throttled_writes": ("throttled_writes", COUNTER,
-                         "writes that waited for automatic writeback"),
+    "throttled_writes": ("throttled_writes", COUNTER, "writes that waited for automatic writeback"),
 }
 
 # Text stats: labels of zramd_device_info.
@@ -147,12 +222,16 @@ def device_name(control_path: str) -> str:
 def families(stats_by_device: list[tuple[str, dict | None]]):
     """Metric families for ``[(device, stats or None if unreachable)]``."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-    up = GaugeMetricFamily(PREFIX + "up", "1 if the device answered on its control socket",
-                           labels=["device"])
-    info = GaugeMetricFamily(PREFIX + "device_info",
-                             "the device's algorithms, mode and backing file (always 1)",
-                             labels=["device", *INFO_LABELS])
-    fams: dict[str, object] = {}
+
+    up = GaugeMetricFamily(
+        PREFIX + "up", "1 if the device answered on its control socket", labels=["device"]
+    )
+    info = GaugeMetricFamily(
+        PREFIX + "device_info",
+        "the device's algorithms, mode and backing file (always 1)",
+        labels=["device", *INFO_LABELS],
+    )
+    fams: dict[str, Any] = {}
     for key, (name, kind, text) in METRICS.items():
         cls = CounterMetricFamily if kind == COUNTER else GaugeMetricFamily
         fams[key] = cls(PREFIX + name, text, labels=["device"])
@@ -194,6 +273,7 @@ class StatsCollector:
 
 def registry_for(targets: list[tuple[str, str]]):
     from prometheus_client.core import CollectorRegistry
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatsCollector(targets))
     return registry
@@ -224,12 +304,14 @@ class MetricsServer:
 
     def __init__(self, host: str, port: int, targets: list[tuple[str, str]]):
         from prometheus_client import start_http_server
+
         self.registry = registry_for(targets)
         try:
             self._server, self._thread = start_http_server(port, host, self.registry)
         except OSError as exc:
-            raise ConfigError(f"cannot serve metrics on {host}:{port}: "
-                              f"{exc.strerror or exc}") from None
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+            ) from None
         self.host = host
         self.port = self._server.server_port
 

@@ -53,17 +53,17 @@ def parse_bool(text: str) -> bool:
 class ValueType:
     """How a value is read from text and written as text."""
 
-    name: str                                   # for messages: "size", "int", ...
-    python: type                                # the Settings field's type
-    parse: Callable[[str], Any]                 # text -> value; ValueError: one line
-    format: Callable[[Any], str] = str          # value -> text (plugin parameters)
+    name: str  # for messages: "size", "int", ...
+    python: type  # the Settings field's type
+    parse: Callable[[str], Any]  # text -> value; ValueError: one line
+    format: Callable[[Any], str] = str  # value -> text (plugin parameters)
 
 
 SIZE = ValueType("size", int, parse_size, str)
 DEVICE_SIZE = ValueType("size", int, parse_device_size, str)
 INT = ValueType("int", int, int)
 STR = ValueType("str", str, str)
-PATH = ValueType("path", str, str, os.path.abspath)   # absolute for nbdkit
+PATH = ValueType("path", str, str, os.path.abspath)  # absolute for nbdkit
 BOOL = ValueType("bool", bool, parse_bool, lambda v: "on" if v else "off")
 
 
@@ -71,21 +71,21 @@ BOOL = ValueType("bool", bool, parse_bool, lambda v: "on" if v else "off")
 class Option:
     """One setting: its field, type, default, CLI flags and plugin key."""
 
-    name: str                        # the long flag without "--", e.g. "mem-limit"
-    field: str                       # the Settings attribute, e.g. "mem_limit_bytes"
+    name: str  # the long flag without "--", e.g. "mem-limit"
+    field: str  # the Settings attribute, e.g. "mem_limit_bytes"
     type: ValueType
     default: Any
     help: str
-    plugin_key: str | None = None    # nbdkit plugin parameter; None: the wrapper's own
-    runtime: str | None = None       # `zramd set` knob that changes it while serving
-    aliases: tuple[str, ...] = ()    # more CLI flags, e.g. ("--disksize",) or ("-U",)
+    plugin_key: str | None = None  # nbdkit plugin parameter; None: the wrapper's own
+    runtime: str | None = None  # `zramd set` knob that changes it while serving
+    aliases: tuple[str, ...] = ()  # more CLI flags, e.g. ("--disksize",) or ("-U",)
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
-    check: Callable[[Any], None] | None = None   # this value alone; raise ConfigError
-    group: str | None = None         # CLI: options of one group exclude each other
+    check: Callable[[Any], None] | None = None  # this value alone; raise ConfigError
+    group: str | None = None  # CLI: options of one group exclude each other
     default_help: str | None = None  # how --help shows the default, when not the value
-    cli_flag: str | None = None      # CLI flag of a bool defaulting on, e.g. "--no-pin-..."
-    example: str | None = None       # a valid non-default value (text), for the tests
+    cli_flag: str | None = None  # CLI flag of a bool defaulting on, e.g. "--no-pin-..."
+    example: str | None = None  # a valid non-default value (text), for the tests
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -123,8 +123,9 @@ class Option:
         if value is None:
             return
         if self.choices is not None and value not in self.choices:
-            raise ConfigError(f"{self.label} must be one of {', '.join(self.choices)}, "
-                              f"not {value!r}")
+            raise ConfigError(
+                f"{self.label} must be one of {', '.join(self.choices)}, not {value!r}"
+            )
         if self.check is not None:
             self.check(value)
 
@@ -148,6 +149,7 @@ def in_range(label: str, low: int, high: int) -> Callable[[int], None]:
     def check(value: int) -> None:
         if not low <= value <= high:
             raise ConfigError(f"{label} must be {low}..{high}, not {value}")
+
     return check
 
 
@@ -155,6 +157,7 @@ def at_least(label: str, low: int, unit: str = "") -> Callable[[int], None]:
     def check(value: int) -> None:
         if value < low:
             raise ConfigError(f"{label} must be at least {low}{unit}, not {value}")
+
     return check
 
 
@@ -162,6 +165,7 @@ def whole_pages(label: str) -> Callable[[int], None]:
     def check(value: int) -> None:
         if value % PAGE_SIZE:
             raise ConfigError(f"{label} must be a whole number of {PAGE_SIZE}-byte pages")
+
     return check
 
 
@@ -184,13 +188,16 @@ def parse_metrics_address(text: str, allow_remote: bool = False) -> tuple[str, i
         addr = ipaddress.ip_address(host)
     except ValueError:
         if host != "localhost":
-            raise ConfigError(f"metrics address must be an IP address (or localhost), "
-                              f"not {host!r}") from None
+            raise ConfigError(
+                f"metrics address must be an IP address (or localhost), not {host!r}"
+            ) from None
         host, addr = "127.0.0.1", ipaddress.ip_address("127.0.0.1")
     if not addr.is_loopback and not allow_remote:
-        raise ConfigError(f"metrics address {host} is not loopback: the metrics show how "
-                          f"much this machine swaps to anyone who can reach them; add "
-                          f"--metrics-insecure-address to allow it")
+        raise ConfigError(
+            f"metrics address {host} is not loopback: the metrics show how "
+            f"much this machine swaps to anyone who can reach them; add "
+            f"--metrics-insecure-address to allow it"
+        )
     return host, port
 
 
@@ -216,83 +223,286 @@ TLS_MODES = ("off", "on", "require")
 
 OPTIONS: tuple[Option, ...] = (
     # -- the device ------------------------------------------------------------
-    Option("size", "size_bytes", DEVICE_SIZE, parse_device_size("1G"),
-           "device size, whole 4 KiB pages", plugin_key="size", aliases=("--disksize",),
-           metavar="SIZE", example="64M"),
-    Option("algorithm", "algorithm", STR, "lz4", "compression algorithm", plugin_key="algorithm",
-           aliases=("--comp-algorithm",), choices=tuple(sorted(CODECS)), example="zstd"),
-    Option("level", "level", INT, None, "zstd compression level, 1-22", plugin_key="level",
-           default_help="3", example="9"),
-    Option("mem-limit", "mem_limit_bytes", SIZE, 0,
-           "most memory the compressed data may use; writes past it fail with ENOSPC",
-           plugin_key="mem_limit", runtime="mem_limit", metavar="SIZE",
-           default_help="no limit", example="32M"),
-    Option("compress", "compress_mode", STR, DEFAULT_COMPRESS_MODE,
-           "where pages are compressed: in the request thread (inline), on worker threads "
-           "after the reply (async), or async only for requests of 64 KiB and more (hybrid)",
-           plugin_key="compress", choices=MODES, example="async"),
-    Option("workers", "workers", INT, DEFAULT_WORKERS,
-           "compression worker threads for async/hybrid", plugin_key="workers",
-           check=in_range("workers", 1, MAX_WORKERS), example="2"),
-    Option("pending-limit", "pending_limit_bytes", SIZE, DEFAULT_PENDING_LIMIT_BYTES,
-           "most uncompressed data waiting for workers; past it writes compress inline",
-           plugin_key="pending_limit", metavar="SIZE",
-           check=at_least("pending_limit", PAGE_SIZE, " (one page)"), example="4M"),
-    Option("checksum", "checksum", STR, "none", "per-page checksums, verified on every read",
-           plugin_key="checksum", choices=("none", *sorted(CHECKSUMS)), example="xxh3"),
-    Option("fault-inject", "fault_inject", STR, None,
-           "testing only: no-stable-writes hands nbdkit's own buffer to the workers "
-           "(corrupts data); needs --unlock-fault-injection", plugin_key="fault_inject",
-           choices=FAULTS, example="no-stable-writes"),
-    Option("unlock-fault-injection", "unlock_fault_injection", BOOL, False,
-           "really allow --fault-inject", plugin_key="unlock_fault_injection", example="on"),
-    Option("backing-file", "backing_file", PATH, None,
-           "file or block device for written-back pages (created sparse if missing)",
-           plugin_key="backing_file", metavar="PATH", example="backing.img"),
-    Option("backing-size", "backing_size_bytes", SIZE, 0,
-           "size of a new backing file", plugin_key="backing_size", metavar="SIZE",
-           check=whole_pages("backing size"), default_help="the device size", example="128M"),
-    Option("high-watermark", "high_watermark_bytes", SIZE, 0,
-           "automatic writeback: above this much memory used, write back the coldest pages "
-           "(needs --backing-file)", plugin_key="high_watermark", runtime="watermarks",
-           metavar="SIZE", default_help="off", example="8M"),
-    Option("low-watermark", "low_watermark_bytes", SIZE, 0,
-           "...until memory used is below this", plugin_key="low_watermark",
-           runtime="watermarks", metavar="SIZE", default_help="3/4 of the high watermark",
-           example="4M"),
-    Option("recomp-algorithm", "recomp_algorithm", STR, None,
-           "secondary algorithm for `zramd recompress` (e.g. zstd)",
-           plugin_key="recomp_algorithm", choices=tuple(sorted(CODECS)), example="zstd"),
-    Option("recomp-level", "recomp_level", INT, None, "level of the secondary algorithm",
-           plugin_key="recomp_level", example="19"),
-    Option("control", "control_path", PATH, None, "control socket (mode 0600)",
-           plugin_key="control", metavar="PATH", default_help="the NBD socket path + .ctl",
-           example="z.ctl"),
-    Option("pin-thread-state", "pin_thread_state", BOOL, True,
-           "do not keep nbdkit's Python thread states alive between calls",
-           plugin_key="pin_thread_state", cli_flag="--no-pin-thread-state", example="off"),
-    Option("swap", "swap", BOOL, False,
-           "serving swap to this host: lock memory, mark as I/O flusher", plugin_key="swap",
-           example="on"),
-    Option("final-stats", "final_stats_path", PATH, None,
-           "write the last stats as JSON to PATH when the server stops",
-           plugin_key="final_stats", metavar="PATH", example="final.json"),
-    Option("log-file", "log_file", PATH, None,
-           "append log lines to PATH (created mode 0600) instead of stderr",
-           plugin_key="log_file", metavar="PATH", default_help="stderr", example="zramd.log"),
+    Option(
+        "size",
+        "size_bytes",
+        DEVICE_SIZE,
+        parse_device_size("1G"),
+        "device size, whole 4 KiB pages",
+        plugin_key="size",
+        aliases=("--disksize",),
+        metavar="SIZE",
+        example="64M",
+    ),
+    Option(
+        "algorithm",
+        "algorithm",
+        STR,
+        "lz4",
+        "compression algorithm",
+        plugin_key="algorithm",
+        aliases=("--comp-algorithm",),
+        choices=tuple(sorted(CODECS)),
+        example="zstd",
+    ),
+    Option(
+        "level",
+        "level",
+        INT,
+        None,
+        "zstd compression level, 1-22",
+        plugin_key="level",
+        default_help="3",
+        example="9",
+    ),
+    Option(
+        "mem-limit",
+        "mem_limit_bytes",
+        SIZE,
+        0,
+        "most memory the compressed data may use; writes past it fail with ENOSPC",
+        plugin_key="mem_limit",
+        runtime="mem_limit",
+        metavar="SIZE",
+        default_help="no limit",
+        example="32M",
+    ),
+    Option(
+        "compress",
+        "compress_mode",
+        STR,
+        DEFAULT_COMPRESS_MODE,
+        "where pages are compressed: in the request thread (inline), on worker threads "
+        "after the reply (async), or async only for requests of 64 KiB and more (hybrid)",
+        plugin_key="compress",
+        choices=MODES,
+        example="async",
+    ),
+    Option(
+        "workers",
+        "workers",
+        INT,
+        DEFAULT_WORKERS,
+        "compression worker threads for async/hybrid",
+        plugin_key="workers",
+        check=in_range("workers", 1, MAX_WORKERS),
+        example="2",
+    ),
+    Option(
+        "pending-limit",
+        "pending_limit_bytes",
+        SIZE,
+        DEFAULT_PENDING_LIMIT_BYTES,
+        "most uncompressed data waiting for workers; past it writes compress inline",
+        plugin_key="pending_limit",
+        metavar="SIZE",
+        check=at_least("pending_limit", PAGE_SIZE, " (one page)"),
+        example="4M",
+    ),
+    Option(
+        "checksum",
+        "checksum",
+        STR,
+        "none",
+        "per-page checksums, verified on every read",
+        plugin_key="checksum",
+        choices=("none", *sorted(CHECKSUMS)),
+        example="xxh3",
+    ),
+    Option(
+        "fault-inject",
+        "fault_inject",
+        STR,
+        None,
+        "testing only: no-stable-writes hands nbdkit's own buffer to the workers "
+        "(corrupts data); needs --unlock-fault-injection",
+        plugin_key="fault_inject",
+        choices=FAULTS,
+        example="no-stable-writes",
+    ),
+    Option(
+        "unlock-fault-injection",
+        "unlock_fault_injection",
+        BOOL,
+        False,
+        "really allow --fault-inject",
+        plugin_key="unlock_fault_injection",
+        example="on",
+    ),
+    Option(
+        "backing-file",
+        "backing_file",
+        PATH,
+        None,
+        "file or block device for written-back pages (created sparse if missing)",
+        plugin_key="backing_file",
+        metavar="PATH",
+        example="backing.img",
+    ),
+    Option(
+        "backing-size",
+        "backing_size_bytes",
+        SIZE,
+        0,
+        "size of a new backing file",
+        plugin_key="backing_size",
+        metavar="SIZE",
+        check=whole_pages("backing size"),
+        default_help="the device size",
+        example="128M",
+    ),
+    Option(
+        "backing-encrypt",
+        "backing_encrypt",
+        STR,
+        None,
+        "encrypt written-back pages (AEAD) with a key made at start and kept only in memory",
+        plugin_key="backing_encrypt",
+        metavar="CIPHER",
+        choices=("aes-256-gcm", "chacha20-poly1305"),
+        default_help="off",
+        example="aes-256-gcm",
+    ),
+    Option(
+        "high-watermark",
+        "high_watermark_bytes",
+        SIZE,
+        0,
+        "automatic writeback: above this much memory used, write back the coldest pages "
+        "(needs --backing-file)",
+        plugin_key="high_watermark",
+        runtime="watermarks",
+        metavar="SIZE",
+        default_help="off",
+        example="8M",
+    ),
+    Option(
+        "low-watermark",
+        "low_watermark_bytes",
+        SIZE,
+        0,
+        "...until memory used is below this",
+        plugin_key="low_watermark",
+        runtime="watermarks",
+        metavar="SIZE",
+        default_help="3/4 of the high watermark",
+        example="4M",
+    ),
+    Option(
+        "recomp-algorithm",
+        "recomp_algorithm",
+        STR,
+        None,
+        "secondary algorithm for `zramd recompress` (e.g. zstd)",
+        plugin_key="recomp_algorithm",
+        choices=tuple(sorted(CODECS)),
+        example="zstd",
+    ),
+    Option(
+        "recomp-level",
+        "recomp_level",
+        INT,
+        None,
+        "level of the secondary algorithm",
+        plugin_key="recomp_level",
+        example="19",
+    ),
+    Option(
+        "control",
+        "control_path",
+        PATH,
+        None,
+        "control socket (mode 0600)",
+        plugin_key="control",
+        metavar="PATH",
+        default_help="the NBD socket path + .ctl",
+        example="z.ctl",
+    ),
+    Option(
+        "pin-thread-state",
+        "pin_thread_state",
+        BOOL,
+        True,
+        "do not keep nbdkit's Python thread states alive between calls",
+        plugin_key="pin_thread_state",
+        cli_flag="--no-pin-thread-state",
+        example="off",
+    ),
+    Option(
+        "swap",
+        "swap",
+        BOOL,
+        False,
+        "serving swap to this host: lock memory, mark as I/O flusher",
+        plugin_key="swap",
+        example="on",
+    ),
+    Option(
+        "final-stats",
+        "final_stats_path",
+        PATH,
+        None,
+        "write the last stats as JSON to PATH when the server stops",
+        plugin_key="final_stats",
+        metavar="PATH",
+        example="final.json",
+    ),
+    Option(
+        "log-file",
+        "log_file",
+        PATH,
+        None,
+        "append log lines to PATH (created mode 0600) instead of stderr",
+        plugin_key="log_file",
+        metavar="PATH",
+        default_help="stderr",
+        example="zramd.log",
+    ),
     # the plugin needs the thread count too: it pins per call with more than one
-    Option("threads", "threads", INT, DEFAULT_THREADS,
-           "nbdkit request threads per connection (1 is fastest for a Python plugin)",
-           plugin_key="threads", aliases=("-t",), check=in_range("threads", 1, MAX_THREADS),
-           example="2"),
+    Option(
+        "threads",
+        "threads",
+        INT,
+        DEFAULT_THREADS,
+        "nbdkit request threads per connection (1 is fastest for a Python plugin)",
+        plugin_key="threads",
+        aliases=("-t",),
+        check=in_range("threads", 1, MAX_THREADS),
+        example="2",
+    ),
     # -- the wrapper and nbdkit's own options (not plugin parameters) ---------
-    Option("socket", "socket_path", STR, None, "Unix socket to listen on", aliases=("-U",),
-           metavar="PATH", group="endpoint",
-           default_help="$XDG_RUNTIME_DIR/zramd.sock, else ./zramd.sock", example="z.sock"),
-    Option("port", "port", INT, None, "TCP port to listen on instead", aliases=("-p",),
-           group="endpoint", check=in_range("port", 1, 65535), example="10809"),
-    Option("address", "address", STR, DEFAULT_ADDRESS, "address for --port", aliases=("-i",),
-           example="::1"),
+    Option(
+        "socket",
+        "socket_path",
+        STR,
+        None,
+        "Unix socket to listen on",
+        aliases=("-U",),
+        metavar="PATH",
+        group="endpoint",
+        default_help="$XDG_RUNTIME_DIR/zramd.sock, else ./zramd.sock",
+        example="z.sock",
+    ),
+    Option(
+        "port",
+        "port",
+        INT,
+        None,
+        "TCP port to listen on instead",
+        aliases=("-p",),
+        group="endpoint",
+        check=in_range("port", 1, 65535),
+        example="10809",
+    ),
+    Option(
+        "address",
+        "address",
+        STR,
+        DEFAULT_ADDRESS,
+        "address for --port",
+        aliases=("-i",),
+        example="::1",
+    ),
     # -- who may reach the device (docs/design.md#security) -------------------
     Option("tls", "tls", STR, None,
            "nbdkit's TLS: require, on (TLS optional) or off", choices=TLS_MODES,
@@ -316,21 +526,49 @@ OPTIONS: tuple[Option, ...] = (
     Option("force", "force_stop", BOOL, False,
            "SIGTERM/Ctrl-C stops at once even with clients connected and pages stored "
            "(default: refuse once)", example="on"),
-    Option("instances", "instances", INT, 1,
-           f"serve N independent devices (1..{MAX_INSTANCES}) in N nbdkit processes, on "
-           f"PATH.0 ... PATH.N-1, the size and mem_limit split between them: enable them as "
-           f"swap at equal priority to use N cores", metavar="N",
-           check=in_range("instances", 1, MAX_INSTANCES), default_help="1: PATH itself",
-           example="2"),
-    Option("metrics-address", "metrics_address", STR, None,
-           "serve Prometheus metrics over HTTP on HOST:PORT (loopback only unless "
-           "--metrics-insecure-address; port 0 picks a free one)", metavar="HOST:PORT",
-           check=_metrics_address_syntax, default_help="off", example="127.0.0.1:9711"),
-    Option("metrics-insecure-address", "metrics_insecure_address", BOOL, False,
-           "allow a --metrics-address that is not loopback (the metrics show how much "
-           "this machine swaps)", example="on"),
-    Option("verbose", "verbose", BOOL, False, "nbdkit and zramd debug output",
-           aliases=("-v",), example="on"),
+    Option(
+        "instances",
+        "instances",
+        INT,
+        1,
+        f"serve N independent devices (1..{MAX_INSTANCES}) in N nbdkit processes, on "
+        f"PATH.0 ... PATH.N-1, the size and mem_limit split between them: enable them as "
+        f"swap at equal priority to use N cores",
+        metavar="N",
+        check=in_range("instances", 1, MAX_INSTANCES),
+        default_help="1: PATH itself",
+        example="2",
+    ),
+    Option(
+        "metrics-address",
+        "metrics_address",
+        STR,
+        None,
+        "serve Prometheus metrics over HTTP on HOST:PORT (loopback only unless "
+        "--metrics-insecure-address; port 0 picks a free one)",
+        metavar="HOST:PORT",
+        check=_metrics_address_syntax,
+        default_help="off",
+        example="127.0.0.1:9711",
+    ),
+    Option(
+        "metrics-insecure-address",
+        "metrics_insecure_address",
+        BOOL,
+        False,
+        "allow a --metrics-address that is not loopback (the metrics show how much "
+        "this machine swaps)",
+        example="on",
+    ),
+    Option(
+        "verbose",
+        "verbose",
+        BOOL,
+        False,
+        "nbdkit and zramd debug output",
+        aliases=("-v",),
+        example="on",
+    ),
 )
 
 BY_NAME = {opt.name: opt for opt in OPTIONS}

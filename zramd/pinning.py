@@ -4,13 +4,13 @@ nbdkit's python plugin wraps every callback in PyGILState_Ensure/Release.
 Its threads are not Python's, so Release destroys the thread state on every
 call (an mmap+munmap per request, and ``threading.local`` resets).  One
 extra ``PyGILState_Ensure()`` per OS thread keeps the state alive: 2-3x IOPS
-(design.md section 4).  ``close()`` of the connection releases it.
+(docs/design.md#tuning-constants).  ``close()`` of the connection releases it.
 
 The pin is flagged with a ``threading.local`` attribute, never a thread id
 (ids are reused across connections).  The attribute lives in the very thread
 state we keep alive, so it vanishes exactly when the pin does.
 
-This leans on CPython internals (cpython issue 146219): it is behind a
+This leans on CPython internals (CPython gh-146219): it is behind a
 switch (``pin_thread_state=off``), and when the Python version changes,
 verify with ``strace -c -f`` that mmap/munmap per request are gone.
 With ``--threads 1`` (the default) nbdkit runs a connection's open, every
@@ -38,9 +38,7 @@ _release.argtypes = [ctypes.c_int]
 
 def pin() -> None:
     """Pin this OS thread's thread state (idempotent, cheap when pinned)."""
-    try:
-        _local.gilstate
-    except AttributeError:
+    if not hasattr(_local, "gilstate"):
         _local.gilstate = _ensure()
 
 
@@ -50,4 +48,3 @@ def unpin() -> None:
     if state is not None:
         del _local.gilstate
         _release(state)
-

@@ -125,14 +125,12 @@ def check_backing_file(settings: Settings) -> None:
 class Server:
     """One nbdkit process serving one zramd export.  Not started on creation."""
 
-    def __init__(self, settings: Settings, nbdkit: str = "nbdkit", log_file=None,
-                 extra_args: list[str] | None = None):
+    def __init__(self, settings: Settings, nbdkit: str = "nbdkit", log_file=None):
         """``log_file``: where nbdkit's stderr goes, an open file or a path
         (appended to); None: our own stderr."""
         self.settings = settings.with_defaults().validate()
         self.nbdkit = nbdkit
         self.log_file = log_file
-        self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen | None = None
         self._log_fd: int | None = None       # our descriptor for nbdkit's stderr
         self._log_offset = 0                  # where this run's lines begin
@@ -179,13 +177,13 @@ class Server:
             cmd.append("-v")
         # --swap is not passed on: the plugin locks memory itself, without
         # populating nbdkit's unused buffers (zramd/swap.py).
-        cmd += self.extra_args
         cmd += ["python", PLUGIN_PATH] + s.plugin_params()
         return cmd
 
     def environment(self) -> dict:
         """Our environment, with the package and its dependencies importable
-        by nbdkit's embedded interpreter (design.md section 5)."""
+        by nbdkit's embedded interpreter
+        (docs/design.md#architecture-where-a-request-goes)."""
         env = dict(os.environ)
         paths = [REPO_ROOT, sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
         if env.get("PYTHONPATH"):

@@ -105,8 +105,14 @@ EXTENT_HOLE = 1
 EXTENT_ZERO = 2
 
 MM_STAT_FIELDS = (
-    "orig_data_size", "compr_data_size", "mem_used_total", "mem_limit",
-    "mem_used_max", "same_pages", "pages_compacted", "huge_pages",
+    "orig_data_size",
+    "compr_data_size",
+    "mem_used_total",
+    "mem_limit",
+    "mem_used_max",
+    "same_pages",
+    "pages_compacted",
+    "huge_pages",
     "huge_pages_since",
 )
 IO_STAT_FIELDS = ("failed_reads", "failed_writes", "invalid_io", "notify_free")
@@ -212,8 +218,15 @@ class PageStore:
     a ``BackingFile`` for written-back pages (both optional).
     """
 
-    def __init__(self, size_bytes: int, codec: Codec, mem_limit_bytes: int = 0,
-                 checksum=None, recomp_codec: Codec | None = None, backing=None):
+    def __init__(
+        self,
+        size_bytes: int,
+        codec: Codec,
+        mem_limit_bytes: int = 0,
+        checksum=None,
+        recomp_codec: Codec | None = None,
+        backing=None,
+    ):
         if size_bytes <= 0 or size_bytes & PAGE_MASK:
             raise ValueError(f"size must be a positive whole number of pages: {size_bytes}")
         self.size_bytes = size_bytes
@@ -249,8 +262,8 @@ class PageStore:
         self.num_discards = 0
         # asynchronous compression and integrity
         self.pending_pages = 0
-        self.pages_staged = 0        # pages handed to workers, ever
-        self.pages_superseded = 0    # worker results dropped: the page changed meanwhile
+        self.pages_staged = 0  # pages handed to workers, ever
+        self.pages_superseded = 0  # worker results dropped: the page changed meanwhile
         self.pages_compressed_async = 0  # worker results installed
         self.checksum_errors = 0
         # bd_stat (4 KiB units) and the secondary codec
@@ -315,8 +328,12 @@ class PageStore:
                     continue  # rewritten while we read: the block may be reused
                 with self._lock:
                     self.bd_reads += 1
-            if self._sums is not None and t is not int and entry is not None \
-                    and self.checksum(page) != expected:
+            if (
+                self._sums is not None
+                and t is not int
+                and entry is not None
+                and self.checksum(page) != expected
+            ):
                 with self._lock:
                     self.checksum_errors += 1
                 raise ChecksumError(errno.EIO, f"page {index}: data does not match its checksum")
@@ -331,8 +348,9 @@ class PageStore:
         if offset < 0 or length < 0 or offset + length > self.size_bytes:
             with self._lock:
                 self.invalid_io += 1
-            raise StoreError(errno.EINVAL, f"I/O beyond the end of the device: "
-                                           f"offset {offset} length {length}")
+            raise StoreError(
+                errno.EINVAL, f"I/O beyond the end of the device: offset {offset} length {length}"
+            )
 
     def read(self, buf, offset: int) -> None:
         """Fill the writable buffer ``buf`` from ``offset``."""
@@ -356,7 +374,7 @@ class PageStore:
                     index, start = divmod(offset + pos, PAGE_SIZE)
                     n = min(PAGE_SIZE - start, length - pos)
                     page = self._load(index)[1]
-                    buf[pos:pos + n] = page if n == PAGE_SIZE else page[start:start + n]
+                    buf[pos : pos + n] = page if n == PAGE_SIZE else page[start : start + n]
                     self._atime[index] = now
                     self._flags[index] &= ~IDLE
                     pos += n
@@ -424,7 +442,7 @@ class PageStore:
         partial edge pages are merged and compressed here.  Returns the
         ``[(index, pending)]`` a worker must ``complete``.
         """
-        staged = []
+        staged: list = []
         self._write(data, offset, staged)
         return staged
 
@@ -438,7 +456,7 @@ class PageStore:
             while pos < length:
                 index, start = divmod(offset + pos, PAGE_SIZE)
                 n = min(PAGE_SIZE - start, length - pos)
-                page = data[pos:pos + n]
+                page = data[pos : pos + n]
                 if n < PAGE_SIZE:
                     edges.append((index, start, page))
                 elif staged is None:
@@ -490,8 +508,13 @@ class PageStore:
             edges.append((offset >> PAGE_SHIFT, offset & PAGE_MASK, bytes(length)))
         else:
             if offset & PAGE_MASK:
-                edges.append((offset >> PAGE_SHIFT, offset & PAGE_MASK,
-                              bytes(PAGE_SIZE - (offset & PAGE_MASK))))
+                edges.append(
+                    (
+                        offset >> PAGE_SHIFT,
+                        offset & PAGE_MASK,
+                        bytes(PAGE_SIZE - (offset & PAGE_MASK)),
+                    )
+                )
             if end & PAGE_MASK:
                 edges.append((end_full, 0, bytes(end & PAGE_MASK)))
         full = [(index, None, _ANY, 0) for index in range(first_full, end_full)]
@@ -510,7 +533,7 @@ class PageStore:
             for index, start, part in edges:
                 old, page = self._load(index)
                 page = bytearray(page)
-                page[start:start + len(part)] = part
+                page[start : start + len(part)] = part
                 changes.append((index, self.encode(page), old, self._sum(page)))
             if self._install(changes, **counters):
                 return
@@ -526,8 +549,9 @@ class PageStore:
         elif t is Recompressed:
             self.recompressed_pages -= 1
 
-    def _install(self, changes, writes=0, discards=0, freed=0, staged=0,
-                 compressed_async=0) -> bool:
+    def _install(
+        self, changes, writes=0, discards=0, freed=0, staged=0, compressed_async=0
+    ) -> bool:
         """Install ``[(index, new_entry, expected_old, checksum)]`` atomically.
 
         Returns False (installing nothing) if a slot no longer holds its
@@ -553,8 +577,12 @@ class PageStore:
                 d_same += n_same - o_same
                 d_huge += n_huge - o_huge
                 new_huge += n_huge
-            if writes and self.mem_limit and d_mem > 0 \
-                    and self.mem_used_total + d_mem > self.mem_limit:
+            if (
+                writes
+                and self.mem_limit
+                and d_mem > 0
+                and self.mem_used_total + d_mem > self.mem_limit
+            ):
                 self.failed_writes += writes
                 raise StoreError(errno.ENOSPC, "mem_limit reached")
             now = self.now()
@@ -607,7 +635,7 @@ class PageStore:
         slots = self._slots
         first = offset >> PAGE_SHIFT
         end = (offset + length + PAGE_MASK) >> PAGE_SHIFT
-        runs = []
+        runs: list[tuple[int, int, int | None]] = []
         run_start = first
         run_type = None
         for index in range(first, end):
@@ -620,7 +648,9 @@ class PageStore:
                 kind = EXTENT_DATA
             if kind != run_type:
                 if run_type is not None:
-                    runs.append((run_start << PAGE_SHIFT, (index - run_start) << PAGE_SHIFT, run_type))
+                    runs.append(
+                        (run_start << PAGE_SHIFT, (index - run_start) << PAGE_SHIFT, run_type)
+                    )
                     if req_one:
                         return runs
                 run_start, run_type = index, kind
@@ -710,8 +740,11 @@ class PageStore:
         for index, entry in self.candidates(kind):
             if limit is not None and done["recompressed"] + done["incompressible"] >= limit:
                 break
-            if type(entry) is Recompressed or self._flags[index] & INCOMPRESSIBLE \
-                    or len(entry) < threshold:
+            if (
+                type(entry) is Recompressed
+                or self._flags[index] & INCOMPRESSIBLE
+                or len(entry) < threshold
+            ):
                 done["skipped"] += 1
                 continue
             page = self.decode(entry)

@@ -63,8 +63,9 @@ def lock_memory() -> str | None:
         return None
     err = ctypes.get_errno()
     if err != errno.EINVAL:  # EINVAL: a kernel without MCL_ONFAULT
-        raise LockError(err, f"mlockall: {os.strerror(err)} (needs root or a raised "
-                             f"RLIMIT_MEMLOCK)")
+        raise LockError(
+            err, f"mlockall: {os.strerror(err)} (needs root or a raised RLIMIT_MEMLOCK)"
+        )
     if libc.mlockall(MCL_CURRENT | MCL_FUTURE) == 0:
         return "this kernel has no MCL_ONFAULT: every mapping is populated and locked"
     err = ctypes.get_errno()

@@ -11,15 +11,17 @@ sequence number done.  ``None`` on the queue stops one worker.
 Flush bookkeeping: ``_submitted`` is the last sequence number handed out;
 ``_watermark`` is the highest number such that every item up to it is done;
 ``_done`` holds numbers done above the watermark (workers finish out of
-order).  ``wait(seq)`` blocks until ``_watermark >= seq``: a flush waits for
-exactly the work acknowledged before it, not for later writes.
+order).  ``wait()`` blocks until ``_watermark`` reaches the last number
+handed out when it was called: a flush waits for exactly the work
+acknowledged before it, not for later writes.
 
 Locking
 -------
 ``_cond`` (a Condition) guards ``_submitted``, ``_watermark`` and ``_done``.
 The store's own lock is taken inside ``store.complete``, never while holding
 ``_cond``.  Workers block in C (``SimpleQueue.get``, codec calls) and never
-spin: one spinning thread cut IOPS from 49k to about 200 (design.md 4).
+spin: a spinning thread starves the request thread of the GIL and IOPS
+collapse (docs/design.md#tuning-constants).
 """
 
 from __future__ import annotations
@@ -60,11 +62,11 @@ class CompressionWorkers:
         self._queue.put((seq, batch))
         return seq
 
-    def wait(self, seq: int | None = None) -> None:
-        """Block until every batch up to ``seq`` (default: all submitted so
-        far) has been installed or superseded."""
+    def wait(self) -> None:
+        """Block until every batch submitted so far has been installed or
+        superseded (batches submitted meanwhile are not waited for)."""
         with self._cond:
-            target = self._submitted if seq is None else seq
+            target = self._submitted
             while self._watermark < target:
                 self._cond.wait()
 

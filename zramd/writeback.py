@@ -32,24 +32,25 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from typing import Any
 
 from .backing import BackingFull
 from .store import Backed
 
 log = logging.getLogger("zramd.writeback")
 
-KINDS = ("idle", "huge", "huge_idle", "incompressible")
+WRITEBACK_TYPES = ("idle", "huge", "huge_idle", "incompressible")  # zram's writeback types
 # Pages per batch between checks of the watermark and the throttled
 # writers: 64 pages = 256 KiB of file writes (about 0.5 ms here).
-BATCH_PAGES = 64
+WRITEBACK_BATCH_PAGES = 64
 # Longest a writer waits above the high watermark before going on anyway
 # (when nothing can be written back: backing file full or failing).
 THROTTLE_MAX_S = 2.0
 
 
 class Job:
-    def __init__(self, kind: str, limit: int | None):
-        self.kind = kind
+    def __init__(self, wb_type: str, limit: int | None):
+        self.wb_type = wb_type
         self.limit = limit
         self.result: dict | None = None
         self.done = threading.Event()
@@ -88,13 +89,15 @@ class Writeback:
         self.backing.close()
 
     # -- requests ----------------------------------------------------------
-    def request(self, kind: str, limit: int | None = None, timeout: float | None = None) -> dict:
-        """Run a writeback of ``kind`` pages on the writeback thread; wait."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown writeback type {kind!r} (choose from {', '.join(KINDS)})")
-        job = Job(kind, limit)
+    def request(self, wb_type: str, limit: int | None = None, timeout: float | None = None) -> dict:
+        """Run a writeback of ``wb_type`` pages on the writeback thread; wait."""
+        if wb_type not in WRITEBACK_TYPES:
+            raise ValueError(
+                f"unknown writeback type {wb_type!r} (choose from {', '.join(WRITEBACK_TYPES)})"
+            )
+        job = Job(wb_type, limit)
         self._queue.put(("writeback", job))
-        if not job.done.wait(timeout):
+        if not job.done.wait(timeout) or job.result is None:
             raise TimeoutError("writeback did not finish in time")
         return job.result
 
@@ -129,9 +132,10 @@ class Writeback:
         self.kick()
         with self._cond:
             self.throttled_writes += 1
-            self._cond.wait_for(lambda: not self.high_watermark
-                                or self.store.mem_used_total <= self.high_watermark,
-                                THROTTLE_MAX_S)
+            self._cond.wait_for(
+                lambda: not self.high_watermark or self.store.mem_used_total <= self.high_watermark,
+                THROTTLE_MAX_S,
+            )
 
     # -- the thread ------------------------------------------------------
     def _run(self) -> None:
@@ -142,7 +146,7 @@ class Writeback:
             what, job = item
             try:
                 if what == "writeback":
-                    job.result = self._writeback(self.store.candidates(job.kind), job.limit)
+                    job.result = self._writeback(self.store.candidates(job.wb_type), job.limit)
                 else:
                     with self._cond:
                         self._policy_queued = False
@@ -163,17 +167,24 @@ class Writeback:
                 return self.writeback_limit if want is None else min(want, self.writeback_limit)
         return want
 
-    def _writeback(self, candidates: list, limit: int | None, until_bytes: int | None = None) -> dict:
+    def _writeback(
+        self, candidates: list, limit: int | None, until_bytes: int | None = None
+    ) -> dict:
         """Write back ``candidates`` in order; stop at ``limit`` pages, at the
         writeback_limit budget, when memory is at most ``until_bytes``, or at
         the first backing-file error."""
         store, backing = self.store, self.backing
         budget = self._budget(limit)
-        result = {"written": 0, "superseded": 0, "candidates": len(candidates), "error": None}
+        result: dict[str, Any] = {
+            "written": 0,
+            "superseded": 0,
+            "candidates": len(candidates),
+            "error": None,
+        }
         with self._cond:
             self.wb_runs += 1
-        for start in range(0, len(candidates), BATCH_PAGES):
-            for index, entry in candidates[start:start + BATCH_PAGES]:
+        for start in range(0, len(candidates), WRITEBACK_BATCH_PAGES):
+            for index, entry in candidates[start : start + WRITEBACK_BATCH_PAGES]:
                 if budget is not None and result["written"] >= budget:
                     return self._finish(result)
                 if store._slots[index] is not entry:

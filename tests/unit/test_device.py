@@ -81,7 +81,7 @@ def test_flush_waits_for_everything_acknowledged(mode):
         data = os.urandom(PAGE_SIZE) * 4 + TEXT * 60
         for i in range(16):
             device.write(memoryview(data), i * len(data))
-        device.flush()
+        device.drain()
         s = device.stats()
         assert s["pending_pages"] == 0 and s["worker_backlog"] == 0
         assert s["pages_staged"] == s["pages_compressed_async"] + s["pages_superseded"] > 0
@@ -96,7 +96,7 @@ def test_hybrid_keeps_small_writes_inline():
         device.write(memoryview(TEXT), 0)
         assert device.stats()["pages_staged"] == 0
         device.write(memoryview(TEXT * 16), PAGE_SIZE)
-        device.flush()
+        device.drain()
         assert device.stats()["pages_staged"] == 16
     finally:
         device.stop()

@@ -29,7 +29,7 @@ def full_stats(tmp_path) -> dict:
     device.start()
     try:
         device.write(b"x" * 2 * PAGE, 0, 0)
-        device.flush()
+        device.drain()
         return device.stats()
     finally:
         device.stop()

@@ -1,4 +1,4 @@
-"""A real Linux kernel swaps onto zramd, in a qemu guest (issue 6).
+"""A real Linux kernel swaps onto zramd, in a qemu guest.
 
 Each test boots the guest that vm/build-guest.sh builds (Debian's kernel
 under TCG, a busybox initramfs) and lets vm/run.py drive one scenario:
