@@ -30,9 +30,9 @@ from .sockets import (
     socket_state,
     write_pid_file,
 )
+from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
 from .swap import LockError, lock_memory, set_oom_score_adj
 from .tls import qemu_object
-from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
 from .units import PAGE_SIZE, human_size, parse_size
 from .writeback import WRITEBACK_TYPES
 
@@ -90,13 +90,21 @@ def build_parser() -> Parser:
         help="mm_stat, io_stat and/or bd_stat (default: all, labelled)",
     )
 
-    stop = sub.add_parser("stop", help="stop a running server (refused while clients are "
-                                       "connected and pages stored, unless --force)")
+    stop = sub.add_parser(
+        "stop",
+        help="stop a running server (refused while clients are "
+        "connected and pages stored, unless --force)",
+    )
     _add_target(stop)
-    stop.add_argument("--force", action="store_true",
-                      help="stop even while in use: stored pages are lost")
-    stop.add_argument("--timeout", type=float, default=30.0,
-                      help="seconds to wait for the server to go (default 30)")
+    stop.add_argument(
+        "--force", action="store_true", help="stop even while in use: stored pages are lost"
+    )
+    stop.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the server to go (default 30)",
+    )
 
     status = sub.add_parser("status", help="a zramctl-like table of the device")
     _add_target(status)
@@ -247,13 +255,16 @@ def connect_help(server: Server, index: int | None = None) -> str:
     tls = s.tls_mode() == "require"
     nbd_dev = f"/dev/nbd{index or 0}"
     drive = f"zd{'' if index is None else index}"
-    lines = [f"zramd: serving {describe(s)}" if index is None
-             else f"instance {index}: {describe(s)}",
-             f"  NBD URI     {uri}",
-             f"  nbdinfo     nbdinfo '{uri}'"]
+    lines = [
+        f"zramd: serving {describe(s)}" if index is None else f"instance {index}: {describe(s)}",
+        f"  NBD URI     {uri}",
+        f"  nbdinfo     nbdinfo '{uri}'",
+    ]
     if tls and s.tls_psk:  # libnbd refuses tls-psk-file in a URI unless allowed
-        lines.append(f"  nbdsh       nbdsh -c 'h.set_uri_allow_local_file(True)' "
-                     f"-c 'h.connect_uri(\"{uri}\")' -c 'print(h.get_size())'")
+        lines.append(
+            f"  nbdsh       nbdsh -c 'h.set_uri_allow_local_file(True)' "
+            f"-c 'h.connect_uri(\"{uri}\")' -c 'print(h.get_size())'"
+        )
     else:
         lines.append(f"  nbdsh       nbdsh -u '{uri}'")
     if s.socket_path:
@@ -263,38 +274,50 @@ def connect_help(server: Server, index: int | None = None) -> str:
         server_opts = f"server.type=inet,server.host={s.address},server.port={s.port}"
     if tls:
         obj = qemu_object(s.tls_psk, s.tls_user(), s.tls_certificates)
-        lines += [f"  qemu-img    qemu-img info --object {obj} --image-opts "
-                  f"driver=nbd,{server_opts},tls-creds=tls0",
-                  f"  qemu        qemu-system-x86_64 ... -object {obj} -drive driver=nbd,"
-                  f"{server_opts},tls-creds=tls0,if=none,id={drive} "
-                  f"-device virtio-blk-pci,drive={drive}"]
+        lines += [
+            f"  qemu-img    qemu-img info --object {obj} --image-opts "
+            f"driver=nbd,{server_opts},tls-creds=tls0",
+            f"  qemu        qemu-system-x86_64 ... -object {obj} -drive driver=nbd,"
+            f"{server_opts},tls-creds=tls0,if=none,id={drive} "
+            f"-device virtio-blk-pci,drive={drive}",
+        ]
         if s.tls_psk and os.path.basename(s.tls_psk) != "keys.psk":
-            lines.append(f"              (qemu reads the key from keys.psk in "
-                         f"{os.path.dirname(os.path.abspath(s.tls_psk))})")
+            lines.append(
+                f"              (qemu reads the key from keys.psk in "
+                f"{os.path.dirname(os.path.abspath(s.tls_psk))})"
+            )
     else:
-        lines += [f"  qemu-img    qemu-img info '{uri}'",
-                  f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,{server_opts},"
-                  f"if=none,id={drive} -device virtio-blk-pci,drive={drive}"]
+        lines += [
+            f"  qemu-img    qemu-img info '{uri}'",
+            f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,{server_opts},"
+            f"if=none,id={drive} -device virtio-blk-pci,drive={drive}",
+        ]
     if s.socket_path and not tls:
-        lines.append(f"  nbd-client  nbd-client -unix {os.path.abspath(s.socket_path)} "
-                     f"{nbd_dev} -b 4096")
+        lines.append(
+            f"  nbd-client  nbd-client -unix {os.path.abspath(s.socket_path)} {nbd_dev} -b 4096"
+        )
     elif not tls:
         lines.append(f"  nbd-client  nbd-client {s.address} {s.port} {nbd_dev} -b 4096")
     elif s.tls_certificates:
-        where = (f"-unix {os.path.abspath(s.socket_path)}" if s.socket_path
-                 else f"{s.address} {s.port}")
+        where = (
+            f"-unix {os.path.abspath(s.socket_path)}" if s.socket_path else f"{s.address} {s.port}"
+        )
         certs = os.path.abspath(s.tls_certificates)
-        lines.append(f"  nbd-client  nbd-client {where} {nbd_dev} -b 4096 -enable-tls "
-                     f"-cacertfile {certs}/ca-cert.pem -tlshostname {s.address}"
-                     + (" -certfile CLIENT-cert.pem -keyfile CLIENT-key.pem"
-                        if s.tls_verify_peer else ""))
+        lines.append(
+            f"  nbd-client  nbd-client {where} {nbd_dev} -b 4096 -enable-tls "
+            f"-cacertfile {certs}/ca-cert.pem -tlshostname {s.address}"
+            + (" -certfile CLIENT-cert.pem -keyfile CLIENT-key.pem" if s.tls_verify_peer else "")
+        )
     else:
-        lines.append("  nbd-client  (no PSK support in nbd-client: use --tls-certificates "
-                     "for the kernel's nbd driver)")
+        lines.append(
+            "  nbd-client  (no PSK support in nbd-client: use --tls-certificates "
+            "for the kernel's nbd driver)"
+        )
     lines.append(f"  stats       zramd stats --control {s.control_path}")
     if not tls and s.port is not None:
-        lines.append("  WARNING     no TLS: anyone who can reach the port reads and writes "
-                     "the device")
+        lines.append(
+            "  WARNING     no TLS: anyone who can reach the port reads and writes the device"
+        )
     return "\n".join(lines)
 
 
@@ -303,23 +326,30 @@ def stripe_help(servers: list[Server], base: Settings) -> str:
     them all at once and how to swap on them (equal priority)."""
     if len(servers) == 1:
         s = servers[0].settings
-        return (connect_help(servers[0]) + f"\n  stop        zramd stop --control "
-                f"{s.control_path}   (refused while in use, unless --force)"
-                "\n  Stop with Ctrl-C.")
+        return (
+            connect_help(servers[0]) + f"\n  stop        zramd stop --control "
+            f"{s.control_path}   (refused while in use, unless --force)"
+            "\n  Stop with Ctrl-C."
+        )
     n = len(servers)
     lines = [f"zramd: serving {n} instances, {describe(base)} in all"]
     for i, srv in enumerate(servers):
         lines.append(connect_help(srv, i))
-    target = (f"--socket {os.path.abspath(base.socket_path)}" if base.socket_path
-              else f"--control {base.control_path}")
+    target = (
+        f"--socket {os.path.abspath(base.socket_path)}"
+        if base.socket_path
+        else f"--control {base.control_path}"
+    )
     devs = " ".join(f"/dev/nbd{i}" for i in range(n))
-    lines += [f"all {n}",
-              f"  stats       zramd stats {target}  (summed; --per-instance for each)",
-              f"  status      zramd status {target}",
-              f"  swap        mkswap and swapon --discard --priority 100 each of {devs}: "
-              f"equal priority stripes pages over them",
-              f"  stop        zramd stop {target}   (refused while in use, unless --force)",
-              "  Stop with Ctrl-C."]
+    lines += [
+        f"all {n}",
+        f"  stats       zramd stats {target}  (summed; --per-instance for each)",
+        f"  status      zramd status {target}",
+        f"  swap        mkswap and swapon --discard --priority 100 each of {devs}: "
+        f"equal priority stripes pages over them",
+        f"  stop        zramd stop {target}   (refused while in use, unless --force)",
+        "  Stop with Ctrl-C.",
+    ]
     return "\n".join(lines)
 
 
@@ -344,22 +374,33 @@ def cmd_serve(args) -> int:
 
     def on_signal(signum, frame):
         now = time.monotonic()
-        force = base.force_stop or bool(refused_at and now - refused_at[-1]
-                                        <= STOP_CONFIRM_SECONDS)
+        force = base.force_stop or bool(refused_at and now - refused_at[-1] <= STOP_CONFIRM_SECONDS)
         why_not = stripe.request_stop(force=force)
         if why_not:
             refused_at.append(now)
-            print(f"zramd: not stopping: {why_not}, or send the signal again within "
-                  f"{STOP_CONFIRM_SECONDS:.0f}s", file=sys.stderr, flush=True)
+            print(
+                f"zramd: not stopping: {why_not}, or send the signal again within "
+                f"{STOP_CONFIRM_SECONDS:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def on_death(index, status):
         srv = stripe.servers[index]
-        what = "nbdkit" if len(stripe.servers) == 1 else \
-            f"instance {index} ({srv.socket_path or srv.settings.port})"
+        what = (
+            "nbdkit"
+            if len(stripe.servers) == 1
+            else f"instance {index} ({srv.socket_path or srv.settings.port})"
+        )
         left = sum(other.running() for other in stripe.servers)
-        more = f"; {left} other instance(s) still serving" if left and len(stripe.servers) > 1 else ""
-        print(f"zramd: error: {what} exited unexpectedly with status {status}{more}",
-              file=sys.stderr, flush=True)
+        more = (
+            f"; {left} other instance(s) still serving" if left and len(stripe.servers) > 1 else ""
+        )
+        print(
+            f"zramd: error: {what} exited unexpectedly with status {status}{more}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -368,14 +409,22 @@ def cmd_serve(args) -> int:
         if stripe.stopping:  # a signal came while the instances were starting
             stripe.request_stop()
         if base.metrics_address:
-            host, port = metrics.parse_address(base.metrics_address,
-                                               base.metrics_insecure_address)
-            exporter = metrics.MetricsServer(host, port, [
-                (metrics.device_name(srv.control_path), srv.control_path)
-                for srv in stripe.servers])
+            host, port = metrics.parse_address(base.metrics_address, base.metrics_insecure_address)
+            exporter = metrics.MetricsServer(
+                host,
+                port,
+                [
+                    (metrics.device_name(srv.control_path), srv.control_path)
+                    for srv in stripe.servers
+                ],
+            )
         if base.port is not None and base.tls_mode() != "require":
-            print(f"zramd: warning: --insecure-tcp: port {base.port} serves the device "
-                  f"without TLS to anyone who can reach it", file=sys.stderr, flush=True)
+            print(
+                f"zramd: warning: --insecure-tcp: port {base.port} serves the device "
+                f"without TLS to anyone who can reach it",
+                file=sys.stderr,
+                flush=True,
+            )
         if base.pid_file:  # readiness: written once every socket listens
             try:
                 write_pid_file(base.pid_file, os.getpid())
@@ -386,8 +435,9 @@ def cmd_serve(args) -> int:
         if exporter is not None:  # before the last line, "Stop with Ctrl-C."
             banner.insert(-1, f"  metrics     curl {exporter.url}")
         print("\n".join(banner), flush=True)
-        why_not = sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving "
-                            f"{stripe.servers[0].uri}")
+        why_not = sd_notify(
+            f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {stripe.servers[0].uri}"
+        )
         if why_not:
             print(f"zramd: warning: cannot notify systemd: {why_not}", file=sys.stderr)
         stripe.wait(on_death)
@@ -412,12 +462,18 @@ def protect_wrapper() -> None:
     except LockError as exc:
         why_not = exc.strerror
     if why_not:
-        print(f"zramd: warning: cannot lock zramd serve into memory: {why_not}",
-              file=sys.stderr, flush=True)
+        print(
+            f"zramd: warning: cannot lock zramd serve into memory: {why_not}",
+            file=sys.stderr,
+            flush=True,
+        )
     why_not = set_oom_score_adj()
     if why_not:
-        print(f"zramd: warning: cannot set oom_score_adj -1000: {why_not}",
-              file=sys.stderr, flush=True)
+        print(
+            f"zramd: warning: cannot set oom_score_adj -1000: {why_not}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def cmd_stop(args) -> int:
@@ -439,8 +495,10 @@ def cmd_stop(args) -> int:
     for _, path in instances:
         while socket_state(path) == "live":
             if time.monotonic() > deadline:
-                print(f"zramd: error: the server at {path} did not stop within "
-                      f"{args.timeout:.0f}s", file=sys.stderr)
+                print(
+                    f"zramd: error: the server at {path} did not stop within {args.timeout:.0f}s",
+                    file=sys.stderr,
+                )
                 return 1
             time.sleep(0.05)
     print("zramd: stopped")

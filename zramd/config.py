@@ -117,6 +117,7 @@ class Settings:
     def tls_user(self) -> str | None:
         """The first PSK username (for URIs), or None."""
         from .tls import psk_username
+
         return psk_username(self.tls_psk) if self.tls_psk else None
 
     def low_watermark(self) -> int:
@@ -231,15 +232,20 @@ def _tls(s: Settings) -> None:
     if s.insecure_tcp and s.port is None:
         raise ConfigError("--insecure-tcp applies only with --port")
     if s.port is not None and mode != "require" and not s.insecure_tcp:
-        raise ConfigError("TCP serves the device to anyone who can reach the port: give "
-                          "--tls-psk FILE or --tls-certificates DIR (TLS required), or "
-                          "--insecure-tcp to serve it without TLS")
+        raise ConfigError(
+            "TCP serves the device to anyone who can reach the port: give "
+            "--tls-psk FILE or --tls-certificates DIR (TLS required), or "
+            "--insecure-tcp to serve it without TLS"
+        )
 
 
 @cross_check
 def _socket_directories(s: Settings) -> None:
-    for label, path in (("socket", s.socket_path), ("control socket", s.control_path),
-                        ("pid file", s.pid_file)):
+    for label, path in (
+        ("socket", s.socket_path),
+        ("control socket", s.control_path),
+        ("pid file", s.pid_file),
+    ):
         if path is not None:
             parent = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(parent):

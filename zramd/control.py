@@ -53,6 +53,7 @@ class ControlServer:
 
     def start(self) -> None:
         from .sockets import PathError, claim_socket_path
+
         try:  # a stale socket is removed; anything else is never deleted
             claim_socket_path(self.path, "control socket")
         except PathError as exc:

@@ -1,10 +1,10 @@
 """Run nbdkit with the zramd plugin as a subprocess.
 
 ``Server`` (after ovirt-imageio's helper-process wrapper) builds nbdkit's
-command line from ``Settings``, claims the socket paths (a
-stale socket is removed, anything else refuses the start: ``sockets``),
-starts nbdkit, waits for its sockets with a monotonic deadline, and stops it through the control socket, then SIGTERM, then
-SIGKILL.  The CLI, the tests and the benchmarks all use it.
+command line from ``Settings``, claims the socket paths (a stale socket is
+removed, anything else refuses the start: ``sockets``), starts nbdkit, waits
+for its sockets with a monotonic deadline, and stops it through the control
+socket, then SIGTERM, then SIGKILL.  The CLI, the tests and the benchmarks all use it.
 
 nbdkit runs in the foreground (``-f``) in its own process group (a Ctrl-C
 reaches only the wrapper, which decides whether to stop), with umask 077
@@ -51,11 +51,13 @@ class ServerError(RuntimeError):
 def embedded_python_version(nbdkit: str = "nbdkit") -> str:
     """The Python version nbdkit's python plugin embeds, e.g. '3.11.1'."""
     try:
-        out = subprocess.run([nbdkit, "python", "--dump-plugin"], capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(
+            [nbdkit, "python", "--dump-plugin"], capture_output=True, text=True, check=True
+        ).stdout
     except FileNotFoundError:
-        raise ServerError(f"{nbdkit} not found: install nbdkit and nbdkit-plugin-python "
-                          f"(make setup does)") from None
+        raise ServerError(
+            f"{nbdkit} not found: install nbdkit and nbdkit-plugin-python (make setup does)"
+        ) from None
     except subprocess.CalledProcessError as exc:
         raise ServerError(f"nbdkit has no python plugin: {exc.stderr.strip()}") from None
     for line in out.splitlines():
@@ -66,10 +68,12 @@ def embedded_python_version(nbdkit: str = "nbdkit") -> str:
 
 def check_python_version(nbdkit: str = "nbdkit") -> None:
     embedded = embedded_python_version(nbdkit)
-    ours = "%d.%d" % sys.version_info[:2]
+    ours = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if ".".join(embedded.split(".")[:2]) != ours:
-        raise ServerError(f"nbdkit embeds Python {embedded} but zramd runs on Python {ours}: "
-                          f"rebuild the venv with python{'.'.join(embedded.split('.')[:2])}")
+        raise ServerError(
+            f"nbdkit embeds Python {embedded} but zramd runs on Python {ours}: "
+            f"rebuild the venv with python{'.'.join(embedded.split('.')[:2])}"
+        )
 
 
 def check_endpoint_free(settings: Settings) -> None:
@@ -91,9 +95,12 @@ def check_endpoint_free(settings: Settings) -> None:
             probe.bind((settings.address, settings.port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise ConfigError(f"port {settings.port} on {settings.address} is already in use") from None
-            raise ConfigError(f"cannot listen on {settings.address}:{settings.port}: "
-                              f"{exc.strerror}") from None
+                raise ConfigError(
+                    f"port {settings.port} on {settings.address} is already in use"
+                ) from None
+            raise ConfigError(
+                f"cannot listen on {settings.address}:{settings.port}: {exc.strerror}"
+            ) from None
         finally:
             probe.close()
 
@@ -114,9 +121,11 @@ def check_backing_file(settings: Settings) -> None:
     if not settings.backing_file:
         return
     from .backing import BackingError, open_backing_fd
+
     try:
-        fd, _ = open_backing_fd(settings.backing_file,
-                                settings.backing_size_bytes or settings.size_bytes)
+        fd, _ = open_backing_fd(
+            settings.backing_file, settings.backing_size_bytes or settings.size_bytes
+        )
     except BackingError as exc:
         raise ConfigError(exc.strerror) from None
     os.close(fd)
@@ -132,8 +141,8 @@ class Server:
         self.nbdkit = nbdkit
         self.log_file = log_file
         self.proc: subprocess.Popen | None = None
-        self._log_fd: int | None = None       # our descriptor for nbdkit's stderr
-        self._log_offset = 0                  # where this run's lines begin
+        self._log_fd: int | None = None  # our descriptor for nbdkit's stderr
+        self._log_offset: int | None = 0  # where this run's lines begin
         # nbdkit writes its pidfile once it accepts connections: our
         # readiness signal, without probe connections (which nbdkit logs).
         self._rundir = tempfile.mkdtemp(prefix="zramd-")
@@ -151,9 +160,15 @@ class Server:
     @property
     def uri(self) -> str:
         s = self.settings
-        return nbd_uri(socket_path=s.socket_path, address=s.address, port=s.port,
-                       tls=s.tls_mode() == "require", psk_file=s.tls_psk,
-                       psk_user=s.tls_user(), certificates=s.tls_certificates)
+        return nbd_uri(
+            socket_path=s.socket_path,
+            address=s.address,
+            port=s.port,
+            tls=s.tls_mode() == "require",
+            psk_file=s.tls_psk,
+            psk_user=s.tls_user(),
+            certificates=s.tls_certificates,
+        )
 
     # -- command line ----------------------------------------------------
     def command(self) -> list[str]:
@@ -193,10 +208,10 @@ class Server:
         return env
 
     # -- life cycle ------------------------------------------------------
-    def start(self, timeout: float = START_TIMEOUT_SECONDS) -> "Server":
+    def start(self, timeout: float = START_TIMEOUT_SECONDS) -> Server:
         return self.launch().wait_ready(timeout)
 
-    def launch(self) -> "Server":
+    def launch(self) -> Server:
         """Check the settings against the system and start nbdkit, without
         waiting for it.  Call it from a thread that outlives the server:
         ``--exit-with-parent`` is the parent *thread's* death signal."""
@@ -206,16 +221,22 @@ class Server:
         check_backing_file(self.settings)
         log.debug("starting %s", " ".join(self.command()))
         self._open_log()
-        self.proc = subprocess.Popen(self.command(), env=self.environment(),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self._log_fd, umask=0o077, process_group=0)
+        self.proc = subprocess.Popen(
+            self.command(),
+            env=self.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log_fd,
+            umask=0o077,
+            process_group=0,
+        )
         return self
 
-    def wait_ready(self, timeout: float = START_TIMEOUT_SECONDS) -> "Server":
+    def wait_ready(self, timeout: float = START_TIMEOUT_SECONDS) -> Server:
         """Wait until the launched nbdkit serves (or raise why not)."""
         deadline = time.monotonic() + timeout
         while not self._ready():
-            if self.proc.poll() is not None:
+            if self._started().poll() is not None:
                 raise ServerError(self._failure_reason())
             if time.monotonic() > deadline:
                 self.stop()
@@ -243,7 +264,8 @@ class Server:
     def _ready(self) -> bool:
         s = self.settings
         return os.path.exists(self._pidfile) and (
-            not s.control_path or os.path.exists(s.control_path))
+            not s.control_path or os.path.exists(s.control_path)
+        )
 
     def _tail(self) -> list[str]:
         """This run's lines of nbdkit's stderr, if they went to a file."""
@@ -259,7 +281,12 @@ class Server:
         errors = [line for line in tail if "error" in line.lower()]
         lines = errors or tail
         detail = lines[-1].strip() if lines else "its message is above"
-        return f"nbdkit exited with status {self.proc.returncode}: {detail}"
+        return f"nbdkit exited with status {self._started().returncode}: {detail}"
+
+    def _started(self) -> subprocess.Popen:
+        if self.proc is None:
+            raise ServerError("nbdkit was not started")
+        return self.proc
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -293,7 +320,7 @@ class Server:
             if not force and str(exc).startswith("in use"):
                 return str(exc)
         if self.running():
-            self.proc.send_signal(signal.SIGTERM)
+            self._started().send_signal(signal.SIGTERM)
         return None
 
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
@@ -330,13 +357,13 @@ class Server:
         return proc.returncode
 
     def wait(self) -> int:
-        return self.proc.wait()
+        return self._started().wait()
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         if self.proc is None:
             self.start()
         return self

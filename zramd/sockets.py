@@ -76,9 +76,13 @@ def _kind(path: str) -> str:
         mode = os.lstat(path).st_mode
     except OSError:
         return "something that vanished"
-    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISREG, "a regular file"),
-                       (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket we cannot probe"),
-                       (stat.S_ISFIFO, "a FIFO")):
+    for test, name in (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISSOCK, "a socket we cannot probe"),
+        (stat.S_ISFIFO, "a FIFO"),
+    ):
         if test(mode):
             return name
     return "a device or special file"
@@ -111,8 +115,9 @@ def claim_pid_file(path: str) -> None:
     except ValueError:
         raise PathError(f"{path} exists and is not a pid file: not removing it") from None
     if pid > 0 and _pid_alive(pid):
-        raise PathError(f"pid file {path} names a running process ({pid}): is zramd "
-                        f"already running?")
+        raise PathError(
+            f"pid file {path} names a running process ({pid}): is zramd already running?"
+        )
     os.unlink(path)
 
 
@@ -153,4 +158,3 @@ def sd_notify(message: str) -> str | None:
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
-

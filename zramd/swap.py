@@ -103,6 +103,7 @@ def watch_parent(on_gone):
     if the parent cannot be watched (Linux < 5.3)."""
     import select
     import threading
+
     ppid = os.getppid()
     try:
         fd = os.pidfd_open(ppid)

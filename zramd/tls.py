@@ -42,8 +42,10 @@ def _check_private(path: str, what: str) -> os.stat_result:
     if st.st_uid not in (0, os.geteuid()):
         raise TLSError(f"{what} {path} belongs to uid {st.st_uid}, not to this user or root")
     if st.st_mode & 0o077:
-        raise TLSError(f"{what} {path} is accessible by others (mode "
-                       f"{stat.S_IMODE(st.st_mode):04o}): chmod 600 {path}")
+        raise TLSError(
+            f"{what} {path} is accessible by others (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}): chmod 600 {path}"
+        )
     if not os.access(path, os.R_OK):
         raise TLSError(f"{what} {path} is not readable")
     return st
@@ -63,8 +65,10 @@ def psk_username(path: str) -> str:
             if not m or len(m.group(2)) % 2:
                 raise TLSError(f"PSK file {path} line {number} is not username:hexkey")
             if len(m.group(2)) < 32:
-                raise TLSError(f"PSK file {path} line {number}: the key is shorter than "
-                               f"16 bytes (32 hex digits)")
+                raise TLSError(
+                    f"PSK file {path} line {number}: the key is shorter than "
+                    f"16 bytes (32 hex digits)"
+                )
             users.append(m.group(1))
     if not users:
         raise TLSError(f"PSK file {path} holds no key (lines username:hexkey)")
@@ -84,8 +88,16 @@ def check_certificates(directory: str, verify_peer: bool) -> None:
     _check_private(os.path.join(directory, "server-key.pem"), "TLS private key")
 
 
-def nbd_uri(*, socket_path: str | None, address: str, port: int | None, tls: bool,
-            psk_file: str | None, psk_user: str | None, certificates: str | None) -> str:
+def nbd_uri(
+    *,
+    socket_path: str | None,
+    address: str,
+    port: int | None,
+    tls: bool,
+    psk_file: str | None,
+    psk_user: str | None,
+    certificates: str | None,
+) -> str:
     """The NBD URI a client (libnbd, nbdinfo, qemu-img) attaches with."""
     query = []
     if socket_path:
@@ -107,6 +119,9 @@ def qemu_object(psk_file: str | None, psk_user: str | None, certificates: str | 
     """qemu's ``-object`` for the client credentials (qemu reads
     ``DIR/keys.psk`` for a PSK, ``DIR/ca-cert.pem`` for X.509)."""
     if psk_file:
-        return (f"tls-creds-psk,id=tls0,endpoint=client,"
-                f"dir={os.path.dirname(os.path.abspath(psk_file))},username={psk_user}")
+        return (
+            f"tls-creds-psk,id=tls0,endpoint=client,"
+            f"dir={os.path.dirname(os.path.abspath(psk_file))},username={psk_user}"
+        )
+    assert certificates is not None
     return f"tls-creds-x509,id=tls0,endpoint=client,dir={os.path.abspath(certificates)}"
