@@ -268,13 +268,18 @@ class Server:
         )
 
     def _tail(self) -> list[str]:
-        """This run's lines of nbdkit's stderr, if they went to a file."""
+        """This run's lines of nbdkit's stderr, if they went to a file (read
+        through /proc: our descriptor may be write-only)."""
         fd = self._log_fd
         if fd is None or self._log_offset is None or not stat.S_ISREG(os.fstat(fd).st_mode):
             return []
-        end = os.fstat(fd).st_size
-        start = max(self._log_offset, end - 8192)
-        return os.pread(fd, end - start, start).decode(errors="replace").splitlines()
+        try:
+            with open(f"/proc/self/fd/{fd}", "rb") as f:
+                end = os.fstat(f.fileno()).st_size
+                f.seek(max(self._log_offset, end - 8192))
+                return f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return []
 
     def _failure_reason(self) -> str:
         tail = self._tail()
