@@ -2,32 +2,86 @@
 
 Data structure
 --------------
-A regular file (created sparse if missing, sized to ``size_bytes``) or a
-block device, cut into 4 KiB blocks.  Blocks are handed out from
-``_free`` (a list used as a stack of freed block numbers, so recently freed
-blocks are reused first) and then from ``_next`` upward; ``_used`` counts
-blocks in use.  Pages are stored raw (uncompressed), as zram does.
+A regular file (created if missing, sparse, sized to ``size_bytes``) or a
+block device, cut into 4 KiB blocks.  Blocks are handed out from ``_free``
+(a list used as a stack of freed *and already discarded* block numbers, so
+recently freed blocks are reused first) and then from ``_next`` upward;
+``_used`` counts blocks in use.  A freed block first goes to ``_dirty``: it
+still holds a page's data, and it is reused only after it was discarded
+(``discard_freed``).  Pages are stored raw (uncompressed), as zram does, or
+encrypted (below).
 
-The file is locked with ``flock(LOCK_EX | LOCK_NB)`` for as long as it is
-open, so a second zramd refuses it instead of sharing it.
+Security (docs/design.md#security)
+----------------------------------
+- ``open_backing`` never follows a symbolic link, in the file name or in
+  any directory above it: it walks the absolute path with ``openat`` and
+  ``O_NOFOLLOW`` from ``/`` and refuses a link with one line naming it.
+- A missing file is created with ``O_CREAT | O_EXCL``, mode 0600; an
+  existing file or block device must belong to our effective uid and have
+  no group or other permission bits.
+- A freed block is discarded before it is reused: ``fallocate(PUNCH_HOLE
+  | KEEP_SIZE)`` on a file, ``BLKDISCARD`` on a device (falling back to
+  zeroing where that is not supported).  ``discard_freed`` runs outside the
+  store's lock, in the request thread that freed the block, before the
+  reply (see device.py), and on the writeback thread.
+- ``open`` discards a whole existing file (old contents are meaningless to
+  a new zramd: a crashed one may have left pages there); ``close`` (clean
+  stop) discards it again and removes a file we created; an existing file
+  or device is kept, emptied (a device is zeroed over the blocks we used,
+  ``BLKZEROOUT``).
+
+Encryption at rest (``cipher``: ``aes-256-gcm`` or ``chacha20-poly1305``)
+-------------------------------------------------------------------------
+The key is 32 random bytes made in this process and never written
+anywhere.  Each write takes the next value of a 64-bit counter (``_wctr``);
+the 12-byte nonce is that counter (8 bytes, little-endian) followed by the
+low 32 bits of the block number, so no nonce repeats under one key.  The
+block number (8 bytes, little-endian) is the associated data, so a block
+copied to another place does not authenticate.  The file keeps the 4096
+ciphertext bytes at the block's usual offset (same layout, still 4 KiB
+aligned, holes still punchable); the 16-byte tag and the counter live in a
+sidecar in memory: ``_tags`` (a bytearray, 16 bytes per block) and
+``_ctrs`` (an ``array('Q')``, 0 = block not in use), grown as ``_next``
+grows: 24 bytes of RAM per block ever used.  A block that does not
+authenticate is an EIO, counted in ``auth_errors``; a replayed older
+ciphertext fails too (its counter is not the one in the sidecar).
 
 Locking
 -------
-``_lock`` guards ``_free``, ``_next`` and ``_used``.  ``free`` is called
-with the store's lock held (store lock, then ours: never the other way).
-``read``/``write`` use ``os.pread``/``os.pwrite`` on the shared descriptor
-(no lock; they release the GIL).
+``_lock`` guards ``_free``, ``_dirty``, ``_next``, ``_used``, the sidecar
+and the counters.  ``free`` is called with the store's lock held (store
+lock, then ours: never the other way); it only moves the block to
+``_dirty``.  ``read``/``write``/``discard_freed`` do their system calls
+without our lock (they release the GIL).  A reader racing with a free: the
+store loads the slot again when it no longer holds the ``Backed`` entry it
+read (store.py), so ``read`` returns zeros instead of an EIO when the block
+was freed or rewritten during the read (its sidecar counter changed).
 """
 
 from __future__ import annotations
 
+import array
+import ctypes
 import errno
 import fcntl
 import os
 import stat
+import struct
 import threading
 
 from .units import PAGE_SIZE
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+BLKDISCARD = 0x1277  # _IO(0x12, 119)
+BLKZEROOUT = 0x127F  # _IO(0x12, 127)
+CIPHERS = ("aes-256-gcm", "chacha20-poly1305")
+TAG_BYTES = 16
+ZERO_PAGE = bytes(PAGE_SIZE)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_libc.fallocate.restype = ctypes.c_int
 
 
 class BackingError(OSError):
@@ -38,29 +92,170 @@ class BackingFull(BackingError):
     """No free block is left."""
 
 
-def open_backing_fd(path: str, size_bytes: int) -> tuple[int, int]:
-    """Open (creating a sparse regular file if missing) and lock ``path``;
-    return ``(fd, capacity in bytes)``."""
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """fallocate(PUNCH_HOLE | KEEP_SIZE): the range reads as zeros and its
+    disk blocks go back to the filesystem."""
+    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length):
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def make_aead(cipher: str):
+    """An AEAD object with a fresh random key that lives only in it."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+    except ImportError:  # pragma: no cover - a dependency of the package
         raise BackingError(
-            exc.errno, f"backing file {path} is not writable: {exc.strerror}"
+            errno.EINVAL,
+            "backing file encryption needs the cryptography package (pip install cryptography)",
         ) from None
+    if cipher == "aes-256-gcm":
+        return AESGCM(AESGCM.generate_key(256))
+    if cipher == "chacha20-poly1305":
+        return ChaCha20Poly1305(ChaCha20Poly1305.generate_key())
+    raise BackingError(
+        errno.EINVAL, f"unknown cipher {cipher!r} (choose from {', '.join(CIPHERS)})"
+    )
+
+
+def _walk_to_parent(path: str) -> tuple[int, str]:
+    """Open the directory holding ``path`` without following any symbolic
+    link on the way; return ``(dir_fd, file name)``."""
+    full = os.path.abspath(path)
+    parts = [p for p in full.split("/") if p]
+    if not parts:
+        raise BackingError(errno.EISDIR, f"backing file {path} is not writable: Is a directory")
+    dir_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    walked = ""
     try:
+        for part in parts[:-1]:
+            walked += "/" + part
+            try:
+                fd = os.open(
+                    part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+                )
+            except OSError as exc:
+                if exc.errno == errno.ENOTDIR and _is_link(part, dir_fd):
+                    raise BackingError(errno.ELOOP, _link_message(path, walked)) from None
+                raise BackingError(
+                    exc.errno, f"backing file {path} is not writable: {exc.strerror}"
+                ) from None
+            os.close(dir_fd)
+            dir_fd = fd
+        return dir_fd, parts[-1]
+    except BaseException:
+        os.close(dir_fd)
+        raise
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        return False
+
+
+def _link_message(path: str, link: str) -> str:
+    where = "is" if os.path.abspath(path) == link else f"goes through {link}, which is"
+    return (
+        f"backing file {path} {where} a symbolic link: zramd never follows links here "
+        f"(give the real path, {os.path.realpath(path)})"
+    )
+
+
+def check_owner_only(path: str, st: os.stat_result) -> None:
+    """Refuse a file or device that is not ours alone (one line)."""
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise BackingError(
+            errno.EPERM,
+            f"backing file {path} belongs to uid {st.st_uid}, "
+            f"not to this server's uid {uid}: refused",
+        )
+    if st.st_mode & 0o077:
+        raise BackingError(
+            errno.EPERM,
+            f"backing file {path} is accessible to group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}): "
+            f"chmod 600 it first",
+        )
+
+
+class Opened:
+    """What ``open_backing`` found: ``fd``, ``capacity`` (bytes), whether we
+    ``created`` the file, whether it is a block device, and the directory
+    (``dir_fd``, ``name``) to remove a created file from."""
+
+    def __init__(self, fd, capacity, created, is_device, dir_fd, name):
+        self.fd, self.capacity, self.created = fd, capacity, created
+        self.is_device, self.dir_fd, self.name = is_device, dir_fd, name
+
+    def close(self) -> None:
+        for fd in (self.fd, self.dir_fd):
+            if fd >= 0:
+                os.close(fd)  # the first also drops the flock
+        self.fd = self.dir_fd = -1
+
+
+def _not_writable(path: str, exc: OSError) -> BackingError:
+    return BackingError(exc.errno, f"backing file {path} is not writable: {exc.strerror}")
+
+
+def _open_existing(path: str, name: str, dir_fd: int, flags: int) -> int:
+    """Open an existing file or device, refusing what is not ours alone."""
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
+    except OSError as exc:
+        raise _not_writable(path, exc) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise BackingError(errno.ELOOP, _link_message(path, os.path.abspath(path)))
+    if stat.S_ISDIR(st.st_mode):
+        raise BackingError(errno.EISDIR, f"backing file {path} is not writable: Is a directory")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise BackingError(
+            errno.EINVAL, f"backing file {path} is neither a regular file nor a block device"
+        )
+    check_owner_only(path, st)  # before opening: opening a device can act
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        raise _not_writable(path, exc) from None
+
+
+def open_backing(path: str, size_bytes: int) -> Opened:
+    """Open and lock ``path`` (creating an owner-only sparse file if missing)
+    after the checks in the module docstring."""
+    dir_fd, name = _walk_to_parent(path)
+    fd = -1
+    created = False
+    try:
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+        try:
+            fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)
+            created = True
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise _not_writable(path, exc) from None
+        if not created:
+            fd = _open_existing(path, name, dir_fd, flags)
+        st = os.fstat(fd)
+        check_owner_only(path, st)  # the object we opened, whatever the name is now
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise BackingError(
                 errno.EBUSY, f"backing file {path} is in use by another zramd"
             ) from None
-        st = os.fstat(fd)
         if stat.S_ISBLK(st.st_mode):
             capacity = os.lseek(fd, 0, os.SEEK_END)
         elif stat.S_ISREG(st.st_mode):
             capacity = st.st_size
             if capacity < size_bytes:
-                os.ftruncate(fd, size_bytes)  # sparse: blocks are allocated as written
+                try:
+                    os.ftruncate(fd, size_bytes)  # sparse: blocks are allocated as written
+                except OSError:
+                    pass
                 capacity = os.fstat(fd).st_size
                 if capacity < size_bytes:  # e.g. a file in /proc
                     raise BackingError(
@@ -72,47 +267,173 @@ def open_backing_fd(path: str, size_bytes: int) -> tuple[int, int]:
             )
         if capacity < PAGE_SIZE:
             raise BackingError(errno.EINVAL, f"backing file {path} holds no whole 4 KiB block")
-        return fd, capacity
+        return Opened(fd, capacity, created, stat.S_ISBLK(st.st_mode), dir_fd, name)
     except BaseException:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
+        if created:
+            _unlink_quietly(name, dir_fd)
+        os.close(dir_fd)
         raise
 
 
+def _unlink_quietly(name: str, dir_fd: int) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
+
+
+def check_backing(path: str, size_bytes: int) -> None:
+    """Every check ``BackingFile`` makes, without leaving anything behind
+    (a file created to check it is removed again): for the wrapper process,
+    so that a bad backing file is one line before nbdkit starts."""
+    opened = open_backing(path, size_bytes)
+    if opened.created:
+        _unlink_quietly(opened.name, opened.dir_fd)
+    opened.close()
+
+
 class BackingFile:
-    def __init__(self, path: str, size_bytes: int):
+    def __init__(self, path: str, size_bytes: int, cipher: str | None = None):
         self.path = path
-        self.fd, capacity = open_backing_fd(path, size_bytes)
-        self.nr_blocks = capacity // PAGE_SIZE
+        self._aead = make_aead(cipher) if cipher else None
+        self.cipher = cipher
+        self._opened = open_backing(path, size_bytes)
+        self.fd = self._opened.fd
+        self.created = self._opened.created
+        self.is_device = self._opened.is_device
+        self.nr_blocks = self._opened.capacity // PAGE_SIZE
         self._lock = threading.Lock()
         self._free: list[int] = []
+        self._dirty: list[int] = []
         self._next = 0
         self._used = 0
+        self._wctr = 0
+        self._ctrs = array.array("Q")
+        self._tags = bytearray()
         self.write_errors = 0
         self.last_error = ""
+        self.discarded_blocks = 0
+        self.discard_errors = 0
+        self.auth_errors = 0
+        self.freed_total = 0  # blocks ever freed: the writeback stall watches it
+        if not self.created:
+            # a crashed zramd may have left pages here; they are meaningless to us
+            self._discard(0, self.nr_blocks, whole=True)
 
+    # -- blocks ------------------------------------------------------------
     def alloc(self) -> int:
-        with self._lock:
-            if self._free:
-                block = self._free.pop()
-            elif self._next < self.nr_blocks:
-                block = self._next
-                self._next += 1
-            else:
-                raise BackingFull(
-                    errno.ENOSPC, f"backing file {self.path} is full ({self.nr_blocks} blocks)"
-                )
-            self._used += 1
-            return block
+        for attempt in (0, 1):
+            with self._lock:
+                if self._free:
+                    block = self._free.pop()
+                elif self._next < self.nr_blocks:
+                    block = self._next
+                    self._next += 1
+                    if self._aead is not None and len(self._ctrs) < self._next:
+                        # grow the sidecar in steps of 4096 blocks (96 KiB)
+                        grow = min(4096, self.nr_blocks - len(self._ctrs))
+                        self._ctrs.extend([0] * grow)
+                        self._tags.extend(bytes(TAG_BYTES * grow))
+                elif self._dirty and not attempt:
+                    block = None
+                else:
+                    raise BackingFull(
+                        errno.ENOSPC, f"backing file {self.path} is full ({self.nr_blocks} blocks)"
+                    )
+                if block is not None:
+                    self._used += 1
+                    return block
+            self.discard_freed()  # freed blocks wait to be discarded: do it now
+        raise AssertionError("unreachable")
 
     def free(self, block: int) -> None:
+        """Give a block back (called under the store's lock: no system call
+        here); it is reused only after ``discard_freed``."""
         with self._lock:
-            self._free.append(block)
+            self._dirty.append(block)
             self._used -= 1
+            self.freed_total += 1
+            if self._aead is not None:
+                self._ctrs[block] = 0  # a racing reader sees the change
 
+    def has_freed(self) -> bool:
+        return bool(self._dirty)
+
+    def discard_freed(self) -> None:
+        """Discard every freed block (punch it out of the file), then make it
+        reusable.  Called outside the store's lock."""
+        with self._lock:
+            blocks, self._dirty = self._dirty, []
+        if not blocks:
+            return
+        blocks.sort()
+        start = prev = blocks[0]
+        for block in blocks[1:] + [None]:
+            if block is not None and block == prev + 1:
+                prev = block
+                continue
+            self._discard(start, prev - start + 1)
+            if block is not None:
+                start = prev = block
+        with self._lock:
+            self._free.extend(reversed(blocks))
+            self.discarded_blocks += len(blocks)
+
+    def _discard(self, first: int, count: int, whole: bool = False) -> None:
+        """Make blocks ``first .. first+count-1`` hold nothing of their data.
+
+        File: punch a hole (zeros written where that is unsupported).
+        Device: BLKDISCARD, or BLKZEROOUT if unsupported; ``whole`` (clean
+        stop of a device) zeroes with BLKZEROOUT, which promises zeros.
+        """
+        offset, length = first * PAGE_SIZE, count * PAGE_SIZE
+        if not length:
+            return
+        try:
+            if not self.is_device:
+                try:
+                    punch_hole(self.fd, offset, length)
+                    return
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                        raise
+            else:
+                rng = struct.pack("QQ", offset, length)
+                if not whole:
+                    try:
+                        fcntl.ioctl(self.fd, BLKDISCARD, rng)
+                        return
+                    except OSError as exc:
+                        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY):
+                            raise
+                try:
+                    fcntl.ioctl(self.fd, BLKZEROOUT, rng)
+                    return
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY):
+                        raise
+            for pos in range(offset, offset + length, PAGE_SIZE):
+                os.pwrite(self.fd, ZERO_PAGE, pos)
+        except OSError as exc:
+            with self._lock:
+                self.discard_errors += 1
+                self.last_error = f"discard: {exc.strerror or exc}"
+
+    # -- data ----------------------------------------------------------------
     def write(self, block: int, page) -> None:
         """Write one page; an error is counted and raised (the caller keeps
         the page in RAM and frees the block)."""
+        aead = self._aead
         try:
+            if aead is not None:
+                with self._lock:
+                    self._wctr += 1
+                    ctr = self._wctr
+                nonce = ctr.to_bytes(8, "little") + (block & 0xFFFFFFFF).to_bytes(4, "little")
+                sealed = aead.encrypt(nonce, bytes(page), block.to_bytes(8, "little"))
+                page = memoryview(sealed)[:PAGE_SIZE]
             n = os.pwrite(self.fd, page, block * PAGE_SIZE)
             if n != PAGE_SIZE:
                 raise OSError(errno.ENOSPC, f"short write ({n} of {PAGE_SIZE} bytes)")
@@ -121,13 +442,37 @@ class BackingFile:
                 self.write_errors += 1
                 self.last_error = f"{exc.strerror or exc}"
             raise
+        if aead is not None:
+            with self._lock:
+                self._ctrs[block] = ctr
+                self._tags[block * TAG_BYTES : (block + 1) * TAG_BYTES] = sealed[PAGE_SIZE:]
 
     def read(self, block: int) -> bytes:
+        aead = self._aead
+        if aead is not None:
+            with self._lock:
+                ctr = self._ctrs[block] if block < len(self._ctrs) else 0
+                tag = bytes(self._tags[block * TAG_BYTES : (block + 1) * TAG_BYTES])
+            if not ctr:
+                return ZERO_PAGE  # freed meanwhile: the store loads the slot again
         data = os.pread(self.fd, PAGE_SIZE, block * PAGE_SIZE)
         if len(data) != PAGE_SIZE:
             raise OSError(errno.EIO, f"short read of backing block {block}")
-        return data
+        if aead is None:
+            return data
+        nonce = ctr.to_bytes(8, "little") + (block & 0xFFFFFFFF).to_bytes(4, "little")
+        try:
+            return aead.decrypt(nonce, data + tag, block.to_bytes(8, "little"))
+        except Exception:  # cryptography's InvalidTag
+            with self._lock:
+                if self._ctrs[block] != ctr:
+                    return ZERO_PAGE  # freed or rewritten during our read: reload
+                self.auth_errors += 1
+            raise OSError(
+                errno.EIO, f"backing block {block} failed authentication (changed outside zramd)"
+            ) from None
 
+    # -- accounting ------------------------------------------------------------
     def used_blocks(self) -> int:
         with self._lock:
             return self._used
@@ -137,7 +482,31 @@ class BackingFile:
         with self._lock:
             return self._next
 
+    def stats(self) -> dict:
+        with self._lock:
+            return {
+                "backing_discarded_blocks": self.discarded_blocks,
+                "backing_discard_errors": self.discard_errors,
+                "backing_encryption": self.cipher or "none",
+                "bd_auth_errors": self.auth_errors,
+            }
+
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)  # also drops the flock
-            self.fd = -1
+        """Clean stop: discard everything we stored, remove a file we created
+        (an existing file or device is kept, emptied); then close."""
+        if self.fd < 0:
+            return
+        opened = self._opened
+        if self.is_device:
+            self._discard(0, self._next, whole=True)
+        else:
+            self._discard(0, self.nr_blocks, whole=True)
+            if self.created:
+                try:  # only if the name still means our file
+                    st, here = os.fstat(self.fd), os.lstat(opened.name, dir_fd=opened.dir_fd)
+                    if (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino):
+                        os.unlink(opened.name, dir_fd=opened.dir_fd)
+                except OSError:
+                    pass
+        opened.close()
+        self.fd = -1

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from . import __version__, configfile, metrics
+from . import __version__, configfile, logs, metrics
 from .commands import RECOMPRESS_TYPES
 from .config import ConfigError, Settings, default_socket_path, describe
 from .control import ControlError, call
@@ -36,6 +36,7 @@ from .tls import qemu_object
 from .units import PAGE_SIZE, human_size, parse_size
 from .writeback import WRITEBACK_TYPES
 
+log = logging.getLogger("zramd")
 STAT_FILES = {"mm_stat": MM_STAT_FIELDS, "io_stat": IO_STAT_FIELDS, "bd_stat": BD_STAT_FIELDS}
 KNOBS = ("mem_limit", "mem_used_max", "writeback_limit", "writeback_limit_enable", "watermarks")
 
@@ -132,6 +133,12 @@ def build_parser() -> Parser:
         help="only pages whose compressed size is at least this (bytes)",
     )
     rc.add_argument("--limit", type=int, help="at most this many pages")
+
+    compact = sub.add_parser(
+        "compact",
+        help="move objects out of sparse blocks and give memory back (zram's compact knob)",
+    )
+    _add_target(compact)
 
     knob = sub.add_parser(
         "set",
@@ -294,17 +301,18 @@ def connect_help(server: Server, index: int | None = None) -> str:
         ]
     if s.socket_path and not tls:
         lines.append(
-            f"  nbd-client  nbd-client -unix {os.path.abspath(s.socket_path)} {nbd_dev} -b 4096"
+            f"  nbd-client  nbd-client -unix {os.path.abspath(s.socket_path)} {nbd_dev} "
+            f"-b {PAGE_SIZE}"
         )
     elif not tls:
-        lines.append(f"  nbd-client  nbd-client {s.address} {s.port} {nbd_dev} -b 4096")
+        lines.append(f"  nbd-client  nbd-client {s.address} {s.port} {nbd_dev} -b {PAGE_SIZE}")
     elif s.tls_certificates:
         where = (
             f"-unix {os.path.abspath(s.socket_path)}" if s.socket_path else f"{s.address} {s.port}"
         )
         certs = os.path.abspath(s.tls_certificates)
         lines.append(
-            f"  nbd-client  nbd-client {where} {nbd_dev} -b 4096 -enable-tls "
+            f"  nbd-client  nbd-client {where} {nbd_dev} -b {PAGE_SIZE} -enable-tls "
             f"-cacertfile {certs}/ca-cert.pem -tlshostname {s.address}"
             + (" -certfile CLIENT-cert.pem -keyfile CLIENT-key.pem" if s.tls_verify_peer else "")
         )
@@ -360,6 +368,11 @@ STOP_CONFIRM_SECONDS = 5.0
 
 def cmd_serve(args) -> int:
     base = settings_from_args(args).with_defaults().validate()
+    # from here on, one levelled line per event (docs/design.md#running-as-a-service)
+    try:
+        logs.configure_wrapper(base.log_file, base.verbose)
+    except logs.LogFileError as exc:
+        raise ConfigError(exc.strerror) from None
     if base.pid_file:
         try:  # a stale pid file is removed, a live one or anything else refuses
             claim_pid_file(base.pid_file)
@@ -378,11 +391,10 @@ def cmd_serve(args) -> int:
         why_not = stripe.request_stop(force=force)
         if why_not:
             refused_at.append(now)
-            print(
-                f"zramd: not stopping: {why_not}, or send the signal again within "
-                f"{STOP_CONFIRM_SECONDS:.0f}s",
-                file=sys.stderr,
-                flush=True,
+            log.warning(
+                "not stopping: %s, or send the signal again within %.0fs",
+                why_not,
+                STOP_CONFIRM_SECONDS,
             )
 
     def on_death(index, status):
@@ -396,11 +408,7 @@ def cmd_serve(args) -> int:
         more = (
             f"; {left} other instance(s) still serving" if left and len(stripe.servers) > 1 else ""
         )
-        print(
-            f"zramd: error: {what} exited unexpectedly with status {status}{more}",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.error("%s exited unexpectedly with status %s%s", what, status, more)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -419,11 +427,9 @@ def cmd_serve(args) -> int:
                 ],
             )
         if base.port is not None and base.tls_mode() != "require":
-            print(
-                f"zramd: warning: --insecure-tcp: port {base.port} serves the device "
-                f"without TLS to anyone who can reach it",
-                file=sys.stderr,
-                flush=True,
+            log.warning(
+                "--insecure-tcp: port %s serves the device without TLS to anyone who can reach it",
+                base.port,
             )
         if base.pid_file:  # readiness: written once every socket listens
             try:
@@ -439,7 +445,7 @@ def cmd_serve(args) -> int:
             f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {stripe.servers[0].uri}"
         )
         if why_not:
-            print(f"zramd: warning: cannot notify systemd: {why_not}", file=sys.stderr)
+            log.warning("cannot notify systemd: %s", why_not)
         stripe.wait(on_death)
     finally:
         if exporter is not None:
@@ -450,7 +456,7 @@ def cmd_serve(args) -> int:
     sd_notify("STOPPING=1")
     if stripe.died:
         return 1
-    print("zramd: stopped", file=sys.stderr)
+    log.info("stopped")
     return 0
 
 
@@ -462,18 +468,10 @@ def protect_wrapper() -> None:
     except LockError as exc:
         why_not = exc.strerror
     if why_not:
-        print(
-            f"zramd: warning: cannot lock zramd serve into memory: {why_not}",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.warning("cannot lock zramd serve into memory: %s", why_not)
     why_not = set_oom_score_adj()
     if why_not:
-        print(
-            f"zramd: warning: cannot set oom_score_adj -1000: {why_not}",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.warning("cannot set oom_score_adj -1000: %s", why_not)
 
 
 def cmd_stop(args) -> int:
@@ -695,6 +693,16 @@ def cmd_recompress(args) -> int:
     return 0
 
 
+def cmd_compact(args) -> int:
+    r = call(_control_path(args), "compact", timeout=3600)
+    print(
+        f"compact: {r['moved']} objects moved, {r['pages_freed']} pages "
+        f"({human_size(r['pages_freed'] * 4096)}) given back; "
+        f"pages_compacted {r['pages_compacted']}, mem_used_total {human_size(r['mem_used_total'])}"
+    )
+    return 0
+
+
 def cmd_set(args) -> int:
     """A knob of the device; on striped instances, sizes and page counts
     are split between them as ``serve --instances`` splits them."""
@@ -762,6 +770,7 @@ SUBCOMMANDS = {
     "writeback": cmd_writeback,
     "idle": cmd_idle,
     "recompress": cmd_recompress,
+    "compact": cmd_compact,
     "set": cmd_set,
 }
 

@@ -194,6 +194,12 @@ def _watermarks(s: Settings) -> None:
 
 
 @cross_check
+def _backing_encrypt(s: Settings) -> None:
+    if s.backing_encrypt and not s.backing_file:
+        raise ConfigError("backing file encryption needs a backing file (--backing-file)")
+
+
+@cross_check
 def _fault_injection(s: Settings) -> None:
     if s.fault_inject is None:
         return

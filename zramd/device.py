@@ -27,8 +27,14 @@ buffer instead of a snapshot, which nbdkit reuses for the next request: the
 (docs/design.md#stable-writes).  It is refused unless explicitly unlocked
 (see config).
 
+Automatic compaction (compaction.py) runs on its own thread, started and
+stopped with the device.
+
 With a backing file, ``writeback`` (see writeback.py) moves pages out of
-RAM; a write that finds memory above the high watermark first waits for it.
+RAM; a write that finds memory above the high watermark first waits for it
+(unless writeback is stalled).  Writes and trims that free written-back
+pages discard their file blocks before the reply, outside the store's lock
+(backing.py, docs/design.md#security).
 
 Locking: none of its own; the store and the workers lock for themselves.
 Counters here are bumped by request threads without a lock and are only
@@ -37,6 +43,7 @@ approximate under concurrency (they are diagnostics, not zram's stats).
 
 from __future__ import annotations
 
+from .compaction import AutoCompactor
 from .store import PageStore
 from .units import PAGE_SHIFT, PAGE_SIZE
 from .workers import CompressionWorkers
@@ -64,6 +71,7 @@ class Device:
         pending_limit_bytes: int = DEFAULT_PENDING_LIMIT_BYTES,
         stable_writes: bool = True,
         writeback=None,
+        auto_compact: bool = True,
     ):
         if mode not in MODES:
             raise ValueError(f"unknown compression mode {mode!r} (choose from {', '.join(MODES)})")
@@ -79,9 +87,10 @@ class Device:
         # Requests the device adds nothing to go straight to the store: the
         # adapter binds these once, so they cost no extra Python call.
         self.read = store.read
-        self.discard = store.discard
+        self.discard = store.discard if writeback is None else self.discard_with_backing
         self.extents = store.extents
         self.writeback = writeback
+        self.compactor = AutoCompactor(store) if auto_compact else None
         self.backpressure_inline = 0
         self.fua_inline = 0
 
@@ -91,6 +100,8 @@ class Device:
             self.workers.start()
         if self.writeback is not None:
             self.writeback.start()
+        if self.compactor is not None:
+            self.compactor.start()
 
     def stop(self) -> None:
         """Drain pending work and end the workers and the writeback thread."""
@@ -98,6 +109,8 @@ class Device:
             self.workers.stop()
         if self.writeback is not None:
             self.writeback.stop()
+        if self.compactor is not None:
+            self.compactor.stop()
 
     def drain(self) -> None:
         """Wait until every write acknowledged so far is installed: NBD
@@ -107,12 +120,32 @@ class Device:
 
     # -- I/O ---------------------------------------------------------------
     def write(self, buf, offset: int, fua: bool = False) -> None:
+        wb = self.writeback
+        if wb is None:
+            return self._write(buf, offset, fua)
+        if self.store.mem_used_total > wb.high_watermark > 0:
+            wb.throttle()
+        try:
+            self._write(buf, offset, fua)
+        finally:
+            if wb.backing.has_freed():  # a rewritten written-back page
+                wb.backing.discard_freed()
+
+    def discard_with_backing(self, offset: int, length: int) -> None:
+        """Trim / write-zeroes with a backing file: the blocks of the
+        written-back pages it frees are discarded before the reply
+        (docs/design.md#security)."""
+        try:
+            self.store.discard(offset, length)
+        finally:
+            backing = self.writeback.backing
+            if backing.has_freed():
+                backing.discard_freed()
+
+    def _write(self, buf, offset: int, fua: bool) -> None:
         store = self.store
         workers = self.workers
         length = len(buf)
-        wb = self.writeback
-        if wb is not None and store.mem_used_total > wb.high_watermark > 0:
-            wb.throttle()
         if workers is None or length < self.async_min_bytes or length < PAGE_SIZE:
             store.write(buf, offset)
             return

@@ -120,15 +120,12 @@ def check_backing_file(settings: Settings) -> None:
     """Refuse an unwritable backing file, or one another zramd holds."""
     if not settings.backing_file:
         return
-    from .backing import BackingError, open_backing_fd
+    from .backing import BackingError, check_backing
 
     try:
-        fd, _ = open_backing_fd(
-            settings.backing_file, settings.backing_size_bytes or settings.size_bytes
-        )
+        check_backing(settings.backing_file, settings.backing_size_bytes or settings.size_bytes)
     except BackingError as exc:
         raise ConfigError(exc.strerror) from None
-    os.close(fd)
 
 
 class Server:

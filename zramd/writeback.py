@@ -13,9 +13,22 @@ watermark wait (at most ``THROTTLE_MAX_S``) for the policy to catch up, so
 memory stays near the high watermark however fast the client writes; the
 hard cap remains ``mem_limit``.
 
+Stall: a policy run that writes nothing (backing file full, a write error
+such as a full disk, ``writeback_limit`` used up, nothing to write back)
+marks writeback *stalled* (``stall_reason``); while stalled, writers above
+the high watermark go on at once (``throttle_skipped``) instead of waiting
+for a writeback that cannot free anything.  The stall ends when something
+changes: a backing block is freed (``backing.freed_total`` moves), the
+limit or the watermarks are set, or a run writes pages again; a writer
+also retries one policy run (without waiting) every ``STALL_RETRY_S``, for
+causes we cannot observe (space freed on the filesystem).
+
 Each page is written raw to a freshly allocated block, then installed as
 ``Backed`` only if its slot still holds the entry that was written (a page
 rewritten while under writeback keeps the new data; its block is freed).
+Candidates come from ``store.candidates`` (scan.py) as ``(index, handle)``;
+``store.holds`` says whether a slot still holds one, and ``store.commit``
+checks the content again under the store's lock.
 A failed write (disk full, I/O error) frees the block, leaves the page in
 RAM, is counted and ends that run; serving goes on.
 
@@ -32,6 +45,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 from .backing import BackingFull
@@ -46,6 +60,9 @@ WRITEBACK_BATCH_PAGES = 64
 # Longest a writer waits above the high watermark before going on anyway
 # (when nothing can be written back: backing file full or failing).
 THROTTLE_MAX_S = 2.0
+# While stalled, a writer asks for one more policy run at most this often
+# (it never waits for it): a full disk may have been given space meanwhile.
+STALL_RETRY_S = 1.0
 
 
 class Job:
@@ -75,6 +92,12 @@ class Writeback:
         self.wb_backing_full = 0
         self.policy_runs = 0
         self.throttled_writes = 0
+        # stall (see module docstring); guarded by _cond
+        self.stall_reason: str | None = None
+        self.stalls = 0  # times writeback became stalled
+        self.throttle_skipped = 0  # writers above the high mark that did not wait
+        self._stall_freed = 0  # backing.freed_total when the stall began
+        self._stall_retry_at = 0.0
 
     # -- life cycle ------------------------------------------------------
     def start(self) -> None:
@@ -106,6 +129,7 @@ class Writeback:
             raise ValueError("watermarks need 0 <= low <= high")
         with self._cond:
             self.high_watermark, self.low_watermark = high, low
+            self._unstall()
         self.kick()
 
     def set_limit(self, enable: bool | None = None, pages: int | None = None) -> None:
@@ -116,6 +140,8 @@ class Writeback:
                 self.writeback_limit_enable = enable
             if pages is not None:
                 self.writeback_limit = pages
+            self._unstall()
+        self.kick()
 
     def kick(self) -> None:
         """Ask for a policy run if memory is above the high watermark."""
@@ -128,14 +154,53 @@ class Writeback:
             self._queue.put(("policy", None))
 
     def throttle(self) -> None:
-        """Called by a writer that found memory above the high watermark."""
+        """Called by a writer that found memory above the high watermark:
+        wait for the policy, unless writeback is stalled."""
+        retry = False
+        with self._cond:
+            if self.stall_reason is not None:
+                if self.backing.freed_total != self._stall_freed:
+                    self._unstall()  # space came back: try again (and wait)
+                else:
+                    self.throttle_skipped += 1
+                    now = time.monotonic()
+                    if now < self._stall_retry_at:
+                        return
+                    self._stall_retry_at = now + STALL_RETRY_S
+                    retry = True
         self.kick()
+        if retry:
+            return
         with self._cond:
             self.throttled_writes += 1
             self._cond.wait_for(
-                lambda: not self.high_watermark or self.store.mem_used_total <= self.high_watermark,
+                lambda: (
+                    not self.high_watermark
+                    or self.store.mem_used_total <= self.high_watermark
+                    or self.stall_reason is not None
+                ),
                 THROTTLE_MAX_S,
             )
+
+    def _unstall(self) -> None:
+        """Something changed: writers wait for writeback again (_cond held)."""
+        self.stall_reason = None
+
+    def _stall(self, reason: str, freed_before: int) -> None:
+        """Writeback cannot progress: writers stop waiting for it.  A block
+        freed since ``freed_before`` (the start of the run) ends the stall
+        at the next throttled write."""
+        with self._cond:
+            if self.stall_reason is None:
+                self.stalls += 1
+                log.warning(
+                    "writeback stalled (%s): writers above the high watermark no longer wait",
+                    reason,
+                )
+            self.stall_reason = reason
+            self._stall_freed = freed_before
+            self._stall_retry_at = time.monotonic() + STALL_RETRY_S
+            self._cond.notify_all()
 
     # -- the thread ------------------------------------------------------
     def _run(self) -> None:
@@ -184,10 +249,11 @@ class Writeback:
         with self._cond:
             self.wb_runs += 1
         for start in range(0, len(candidates), WRITEBACK_BATCH_PAGES):
-            for index, entry in candidates[start : start + WRITEBACK_BATCH_PAGES]:
+            for index, handle in candidates[start : start + WRITEBACK_BATCH_PAGES]:
                 if budget is not None and result["written"] >= budget:
                     return self._finish(result)
-                if store._slots[index] is not entry:
+                entry = store.entry(index) if store.holds(index, handle) else None
+                if entry is None or not store.holds(index, handle):
                     result["superseded"] += 1
                     continue
                 try:
@@ -201,6 +267,7 @@ class Writeback:
                     backing.write(block, store.decode(entry))
                 except OSError as exc:
                     backing.free(block)
+                    backing.discard_freed()
                     with self._cond:
                         self.wb_failed += 1
                     result["error"] = f"backing file write failed: {exc.strerror or exc}"
@@ -209,6 +276,7 @@ class Writeback:
                     result["written"] += 1
                 else:  # rewritten while under writeback: the new data wins
                     backing.free(block)
+                    backing.discard_freed()  # it holds the old page: out with it
                     result["superseded"] += 1
             with self._cond:
                 self._cond.notify_all()  # wake throttled writers between batches
@@ -217,6 +285,8 @@ class Writeback:
         return self._finish(result)
 
     def _finish(self, result: dict) -> dict:
+        if self.backing.has_freed():
+            self.backing.discard_freed()
         with self._cond:
             self.wb_superseded += result["superseded"]
             if self.writeback_limit_enable:
@@ -231,14 +301,27 @@ class Writeback:
                 return
             with self._cond:
                 self.policy_runs += 1
+                freed_before = self.backing.freed_total
             result = self._writeback(self.store.candidates("cold"), None, until_bytes=low)
-            if result["written"] == 0 or result["error"]:
-                return  # nothing (more) can move: do not loop
+            with self._cond:
+                limited = self.writeback_limit_enable and self.writeback_limit == 0
+                if result["written"]:
+                    self._unstall()
+            if result["written"] and not result["error"] and not limited:
+                continue  # progress: go on until below the low mark
+            if self.store.mem_used_total > self.high_watermark > 0:
+                # above the mark and this is as far as writeback gets
+                reason = result["error"] or (
+                    "writeback_limit used up" if limited else "nothing to write back"
+                )
+                self._stall(reason, freed_before)
+            return
 
     def stats(self) -> dict:
         used, touched = self.backing.used_blocks(), self.backing.touched_blocks()
+        backing_stats = self.backing.stats()
         with self._cond:
-            return {
+            return backing_stats | {
                 "backing_file": self.backing.path,
                 "backing_blocks": self.backing.nr_blocks,
                 "backing_used_blocks": used,
@@ -255,4 +338,8 @@ class Writeback:
                 "low_watermark": self.low_watermark,
                 "policy_runs": self.policy_runs,
                 "throttled_writes": self.throttled_writes,
+                "writeback_stalled": int(self.stall_reason is not None),
+                "writeback_stall_reason": self.stall_reason or "",
+                "writeback_stalls": self.stalls,
+                "throttle_skipped": self.throttle_skipped,
             }

@@ -79,12 +79,12 @@ def test_serve_stats_and_clean_stop(sockdir, signum):
         # stop while a client is still connected and pages are stored: the
         # first signal is refused, the second (within 5 s) stops cleanly
         proc.send_signal(signum)
-        assert proc.stderr.readline().startswith("zramd: not stopping: in use: 1 client")
+        assert "WARNING not stopping: in use: 1 client" in proc.stderr.readline()
         assert h.pread(4096, 0) == b"\x01" * 4096
         proc.send_signal(signum)
         assert proc.wait(30) == 0
         stderr = proc.stderr.read()
-        assert "killing" not in stderr and "zramd: stopped" in stderr, stderr
+        assert "killing" not in stderr and "INFO stopped" in stderr, stderr
         assert not os.path.exists(sock) and not os.path.exists(sock + ".ctl")
         with pytest.raises(nbd.Error):  # the server ended the connection
             h.pread(4096, 0)

@@ -78,7 +78,7 @@ def test_insecure_tcp_warns_and_serves(sockdir):
                 "--control", os.path.join(sockdir, "i.ctl"))
     try:
         assert srv.ready, srv.stderr()
-        assert "zramd: warning: --insecure-tcp" in srv.stderr()
+        assert "WARNING --insecure-tcp: port" in srv.stderr()
         assert "WARNING     no TLS" in srv.banner
         h = nbd.NBD()
         h.connect_uri(f"nbd://127.0.0.1:{port}/")

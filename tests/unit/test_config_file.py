@@ -13,15 +13,9 @@ from zramd.options import BY_NAME, OPTIONS, ConfigError
 G = 1 << 30
 M = 1 << 20
 
-# Other keys an example needs to be valid (checks across options).
-COMPANIONS = {
-    "level": {"algorithm": "zstd"},
-    "fault-inject": {"unlock_fault_injection": True, "compress": "async"},
-    "high-watermark": {"backing_file": "b.img"},
-    "low-watermark": {"backing_file": "b.img", "high_watermark": "8M"},
-    "address": {"port": 10809},
-    "metrics-insecure-address": {"metrics_address": "0.0.0.0:9711"},
-}
+# The other options an example needs to be valid: the same as for the
+# command line (test_options.py), written into the file too.
+from test_options import COMPANIONS  # noqa: E402
 
 
 def serve_settings(argv: list[str]):
@@ -52,13 +46,16 @@ def test_every_option_round_trips_through_the_file(opt, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     key = configfile.key_of(opt)
     value = opt.from_text(opt.example)
-    companions = COMPANIONS.get(opt.name, {})
-    lines = [f"{k} = {toml_value(v)}" for k, v in companions.items()]
-    argv = []
-    for k, v in companions.items():
-        flag = BY_NAME[k.replace("_", "-")].flags[0]
-        argv += [flag] if v is True else [flag, str(v)]
-    argv += [opt.flags[0]] if opt.type.python is bool else [opt.flags[0], opt.example]
+    companion_argv = COMPANIONS.get(opt.name, [])
+    companions = cli.settings_from_args(
+        cli.build_parser().parse_args(["serve", *companion_argv])
+    )
+    lines = configfile.render(
+        {f: getattr(companions, f) for f in cli.given_fields(companion_argv)}
+    ).splitlines()
+    argv = companion_argv + (
+        [opt.flags[0]] if opt.type.python is bool else [opt.flags[0], opt.example]
+    )
     from_cli = normalized(serve_settings(argv).validate())
     texts = [toml_value(value)]
     if not isinstance(value, bool):
