@@ -108,6 +108,12 @@ def build_parser() -> Parser:
     )
     rc.add_argument("--limit", type=int, help="at most this many pages")
 
+    compact = sub.add_parser(
+        "compact",
+        help="move objects out of sparse blocks and give memory back (zram's compact knob)",
+    )
+    _add_target(compact)
+
     knob = sub.add_parser(
         "set",
         help="set a knob of the running device: mem_limit SIZE, "
@@ -531,6 +537,16 @@ def cmd_recompress(args) -> int:
     return 0
 
 
+def cmd_compact(args) -> int:
+    r = call(_control_path(args), "compact", timeout=3600)
+    print(
+        f"compact: {r['moved']} objects moved, {r['pages_freed']} pages "
+        f"({human_size(r['pages_freed'] * 4096)}) given back; "
+        f"pages_compacted {r['pages_compacted']}, mem_used_total {human_size(r['mem_used_total'])}"
+    )
+    return 0
+
+
 def cmd_set(args) -> int:
     """A knob of the device; on striped instances, sizes and page counts
     are split between them as ``serve --instances`` splits them."""
@@ -597,6 +613,7 @@ SUBCOMMANDS = {
     "writeback": cmd_writeback,
     "idle": cmd_idle,
     "recompress": cmd_recompress,
+    "compact": cmd_compact,
     "set": cmd_set,
 }
 
