@@ -1,10 +1,13 @@
-# Benchmarks (issue 5). Included from the top Makefile, which defines VENV,
-# PY and setup.
-#   make bench          default run, about 10 minutes; results in
-#                       bench/results/<timestamp>/, latest in bench/results/latest.md
-#   make bench-quick    the whole pipeline in about a minute (what CI runs)
+# Benchmarks: zramd against its peers, side by side in one run. Included from
+# the top Makefile, which defines VENV, PY and setup. Layout, and how to add
+# a system or a section: bench/__init__.py.
+#   make bench          full run, about 17 minutes; publishes docs/bench/ and
+#                       README.md's generated block (logs in bench/results/)
+#   make bench-quick    the whole pipeline in about two minutes (what CI runs);
+#                       publishes nothing
 # BENCH_ARGS passes options through, e.g.
-#   make bench BENCH_ARGS="--systems zramd-*,kernel-zram-lz4 --runtime 10"
+#   make bench BENCH_ARGS="--sections scaling --rounds 5"
+#   make bench BENCH_ARGS="--zram-lock /run/lock/zram.lock"   (zram shared with others)
 #   make bench BENCH_ARGS=--list
 BENCH_ARGS   ?=
 

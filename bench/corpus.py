@@ -35,11 +35,13 @@ CHUNK_PAGES = 64
 CORPUS_VERSION = 1
 
 PYTHON_WORKLOAD = r"""
-import sys, json, re, collections, decimal, sqlite3, random, email.message, xml.etree.ElementTree as ET
+import sys, json, re, collections, decimal, sqlite3, random, email.message
+import xml.etree.ElementTree as ET
 import datetime, array, textwrap, string
 scale = float(sys.argv[1])
 rng = random.Random(42)
-words = [''.join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 10))) for _ in range(5000)]
+words = [''.join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 10)))
+         for _ in range(5000)]
 n = int(200000 * scale)
 index = {}
 for i in range(n):
@@ -49,9 +51,14 @@ counter = collections.Counter(rng.choice(words) for _ in range(n))
 db = sqlite3.connect(':memory:')
 db.execute('create table t (id integer primary key, name text, value real, note text)')
 db.executemany('insert into t values (?, ?, ?, ?)',
-               ((i, rng.choice(words), rng.random(), ' '.join(rng.sample(words, 5))) for i in range(n)))
+               ((i, rng.choice(words), rng.random(), ' '.join(rng.sample(words, 5)))
+                for i in range(n)))
 db.commit()
-docs = [json.loads(json.dumps({'id': i, 'tags': rng.sample(words, 4), 'when': str(datetime.datetime(2024, 1, 1) + datetime.timedelta(seconds=i * 37)), 'score': decimal.Decimal(i) / 7}, default=str)) for i in range(n // 4)]
+start = datetime.datetime(2024, 1, 1)
+docs = [json.loads(json.dumps({'id': i, 'tags': rng.sample(words, 4),
+                               'when': str(start + datetime.timedelta(seconds=i * 37)),
+                               'score': decimal.Decimal(i) / 7}, default=str))
+        for i in range(n // 4)]
 floats = array.array('d', (rng.gauss(0, 1) for _ in range(n)))
 text = textwrap.fill(' '.join(rng.choice(words) for _ in range(n // 2)), 72)
 root = ET.Element('root')
@@ -69,9 +76,9 @@ def _log(msg):
 def anonymous_pages(pid):
     """Yield the contents of every present page of pid's private writable
     anonymous mappings."""
-    with open("/proc/%d/maps" % pid) as f:
+    with open(f"/proc/{pid}/maps") as f:
         maps = f.read().splitlines()
-    with open("/proc/%d/pagemap" % pid, "rb") as pagemap, open("/proc/%d/mem" % pid, "rb") as mem:
+    with open(f"/proc/{pid}/pagemap", "rb") as pagemap, open(f"/proc/{pid}/mem", "rb") as mem:
         for line in maps:
             fields = line.split(None, 5)
             start_s, end_s = fields[0].split("-")
@@ -86,7 +93,7 @@ def anonymous_pages(pid):
             pagemap.seek(start // PAGE_BYTES * 8)
             entries = pagemap.read(npages * 8)
             for i in range(len(entries) // 8):
-                entry = int.from_bytes(entries[i * 8:i * 8 + 8], "little")
+                entry = int.from_bytes(entries[i * 8 : i * 8 + 8], "little")
                 if not entry >> 62:  # neither present (bit 63) nor swapped (bit 62)
                     continue
                 try:
@@ -105,11 +112,11 @@ def descendants(pid):
         if not entry.isdigit():
             continue
         try:
-            with open("/proc/%s/stat" % entry) as f:
+            with open(f"/proc/{entry}/stat") as f:
                 stat = f.read()
         except OSError:
             continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
         children.setdefault(ppid, []).append(int(entry))
     out, todo = [], [pid]
     while todo:
@@ -124,7 +131,7 @@ def rss_bytes(pids):
     total = 0
     for pid in pids:
         try:
-            with open("/proc/%d/status" % pid) as f:
+            with open(f"/proc/{pid}/status") as f:
                 for line in f:
                     if line.startswith("VmRSS:"):
                         total += int(line.split()[1]) * 1024
@@ -153,7 +160,10 @@ def _snapshot(proc, name):
         except ProcessLookupError:
             pass
     proc.wait()
-    _log("%-7s %6d pages (%.1f MiB) from %d process(es)" % (name, len(pages), len(pages) * PAGE_BYTES / 2**20, len(pids)))
+    _log(
+        f"{name:<7} {len(pages):6d} pages ({len(pages) * PAGE_BYTES / 2**20:.1f} MiB) "
+        f"from {len(pids)} process(es)"
+    )
     return pages
 
 
@@ -167,17 +177,43 @@ def _wait_until(pred, timeout_s):
 
 
 def _python_pages(scale):
-    proc = subprocess.Popen([sys.executable, "-c", PYTHON_WORKLOAD, str(scale)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PYTHON_WORKLOAD, str(scale)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     proc.stdout.readline()
     return _snapshot(proc, "python3")
 
 
 def _sort_pages(workdir, input_bytes):
     rng = random.Random(7)
-    words = ["GET", "POST", "/api/v1/users", "/static/app.js", "/index.html", "200", "404",
-             "500", "Mozilla/5.0", "curl/7.88", "kernel:", "systemd[1]:", "Started", "session",
-             "error", "warning", "eth0", "link", "up", "down", "user", "root", "cron", "sshd"]
+    words = [
+        "GET",
+        "POST",
+        "/api/v1/users",
+        "/static/app.js",
+        "/index.html",
+        "200",
+        "404",
+        "500",
+        "Mozilla/5.0",
+        "curl/7.88",
+        "kernel:",
+        "systemd[1]:",
+        "Started",
+        "session",
+        "error",
+        "warning",
+        "eth0",
+        "link",
+        "up",
+        "down",
+        "user",
+        "root",
+        "cron",
+        "sshd",
+    ]
     chunks = []
     written = 0
     t = 1700000000
@@ -185,17 +221,22 @@ def _sort_pages(workdir, input_bytes):
         lines = []
         for _ in range(2000):
             t += rng.randint(0, 3)
-            lines.append("%d host%02d %s %s %d.%d.%d.%d %d\n" % (
-                t, rng.randint(0, 40), " ".join(rng.choices(words, k=rng.randint(3, 8))),
-                "%08x" % rng.getrandbits(32), rng.randint(1, 254), rng.randint(0, 255),
-                rng.randint(0, 255), rng.randint(1, 254), rng.randint(0, 99999)))
+            lines.append(
+                f"{t} host{rng.randint(0, 40):02d} "
+                f"{' '.join(rng.choices(words, k=rng.randint(3, 8)))} "
+                f"{rng.getrandbits(32):08x} {rng.randint(1, 254)}.{rng.randint(0, 255)}."
+                f"{rng.randint(0, 255)}.{rng.randint(1, 254)} {rng.randint(0, 99999)}\n"
+            )
         chunk = "".join(lines).encode()
         chunks.append(chunk)
         written += len(chunk)
     # Feed sort through a pipe left open: it holds all lines in its buffer,
     # waiting for the end of its input, when the snapshot is taken.
-    proc = subprocess.Popen(["sort", "-S", "1G", "--parallel=1", "-k3", "-k1n", "-o", os.devnull],
-                            stdin=subprocess.PIPE, env=dict(os.environ, LC_ALL="C"))
+    proc = subprocess.Popen(
+        ["sort", "-S", "1G", "--parallel=1", "-k3", "-k1n", "-o", os.devnull],
+        stdin=subprocess.PIPE,
+        env=dict(os.environ, LC_ALL="C"),
+    )
     for chunk in chunks:
         proc.stdin.write(chunk)
     proc.stdin.flush()
@@ -203,11 +244,12 @@ def _sort_pages(workdir, input_bytes):
 
     def read_all():
         try:
-            with open("/proc/%d/io" % proc.pid) as f:
+            with open(f"/proc/{proc.pid}/io") as f:
                 rchar = int(f.readline().split()[1])
             return rchar >= written
         except (OSError, ValueError, IndexError):
             return True
+
     _wait_until(read_all, 60)
     time.sleep(0.1)
     pages = _snapshot(proc, "sort")
@@ -222,23 +264,36 @@ def _gcc_pages(workdir, functions, target_bytes):
         f.write("#include <string.h>\n#include <stdio.h>\n")
         f.write("struct rec { int id; double v[8]; char name[32]; struct rec *next; };\n")
         for i in range(functions):
-            f.write("static const char *s%d = \"%s\";\n" % (i, "".join(rng.choices("abcdefghij klmnop", k=24))))
-            f.write("int f%d(struct rec *r, int n) {\n  int acc = %d;\n" % (i, rng.randint(0, 999)))
+            name = "".join(rng.choices("abcdefghij klmnop", k=24))
+            f.write(f'static const char *s{i} = "{name}";\n')
+            f.write(f"int f{i}(struct rec *r, int n) {{\n  int acc = {rng.randint(0, 999)};\n")
             f.write("  for (int i = 0; i < n; i++) {\n    switch ((r->id + i) % 5) {\n")
             for c in range(5):
-                f.write("    case %d: acc += (int)(r->v[%d] * %d) ^ %d; r->v[%d] += acc; break;\n"
-                        % (c, c, rng.randint(2, 99), rng.randint(0, 9999), (c + 3) % 8))
-            f.write("    }\n    if (acc > %d) { snprintf(r->name, sizeof r->name, \"%%s%%d\", s%d, acc); r = r->next ? r->next : r; }\n  }\n"
-                    % (rng.randint(1000, 100000), i))
+                mul, xor = rng.randint(2, 99), rng.randint(0, 9999)
+                f.write(
+                    f"    case {c}: acc += (int)(r->v[{c}] * {mul}) ^ {xor}; "
+                    f"r->v[{(c + 3) % 8}] += acc; break;\n"
+                )
+            limit = rng.randint(1000, 100000)
+            f.write(
+                f"    }}\n    if (acc > {limit}) {{ "
+                f'snprintf(r->name, sizeof r->name, "%s%d", s{i}, acc); '
+                "r = r->next ? r->next : r; }\n  }\n"
+            )
             f.write("  return acc + (int)strlen(r->name);\n}\n")
     # cc1 grows while it works through the unit (2500 such functions peak at
     # about 320 MiB after 24 s here): stop it once it holds target_bytes.
-    proc = subprocess.Popen(["gcc", "-O2", "-c", path, "-o", os.devnull], cwd=workdir,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["gcc", "-O2", "-c", path, "-o", os.devnull],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     start = time.monotonic()
 
     def grown():
         return proc.poll() is not None or rss_bytes(descendants(proc.pid)[1:]) >= target_bytes
+
     _wait_until(grown, 20)
     if proc.poll() is not None:
         _log("gcc finished before the snapshot (%.1f s)" % (time.monotonic() - start))
@@ -256,15 +311,23 @@ def generate(path, size_bytes):
     try:
         jobs = [("python3", lambda: _python_pages(scale))]
         if shutil.which("sort"):
-            jobs.append(("sort", lambda: _sort_pages(workdir, max(2 << 20, int(size_bytes * 0.25)))))
+            jobs.append(
+                ("sort", lambda: _sort_pages(workdir, max(2 << 20, int(size_bytes * 0.25))))
+            )
         if shutil.which("gcc"):
-            jobs.append(("gcc", lambda: _gcc_pages(workdir, max(300, int(2500 * scale)),
-                                                   min(100 << 20, size_bytes // 3))))
+            jobs.append(
+                (
+                    "gcc",
+                    lambda: _gcc_pages(
+                        workdir, max(300, int(2500 * scale)), min(100 << 20, size_bytes // 3)
+                    ),
+                )
+            )
         for name, job in jobs:
             try:
                 pages = job()
             except Exception as e:  # a program that fails just contributes nothing
-                _log("%s failed: %s" % (name, e))
+                _log(f"{name} failed: {e}")
                 pages = []
             if pages:
                 sources.append((name, pages))
@@ -283,9 +346,11 @@ def generate(path, size_bytes):
         positions = [0] * len(sources)
         while written < want:
             for k, (name, pages) in enumerate(sources):
-                take = pages[positions[k]:positions[k] + CHUNK_PAGES]
-                positions[k] = (positions[k] + CHUNK_PAGES) % len(pages) if len(pages) > CHUNK_PAGES else 0
-                take = take[:want - written]
+                take = pages[positions[k] : positions[k] + CHUNK_PAGES]
+                positions[k] = (
+                    (positions[k] + CHUNK_PAGES) % len(pages) if len(pages) > CHUNK_PAGES else 0
+                )
+                take = take[: want - written]
                 for page in take:
                     f.write(page)
                     zero_pages += page == zero
@@ -308,8 +373,10 @@ def generate(path, size_bytes):
     }
     with open(path + ".json", "w") as f:
         json.dump(info, f, indent=2)
-    _log("wrote %s: %d pages (%d unique, %d zero) in %.1f s" % (
-        path, want, info["unique_pages"], zero_pages, info["seconds"]))
+    _log(
+        f"wrote {path}: {want} pages ({info['unique_pages']} unique, {zero_pages} zero) "
+        f"in {info['seconds']:.1f} s"
+    )
     return info
 
 
@@ -317,13 +384,13 @@ def ensure(directory, size_bytes, regenerate=False):
     """Return (path, info) of a corpus of size_bytes in directory, generating
     it if missing or stale."""
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "corpus-%d.bin" % size_bytes)
+    path = os.path.join(directory, f"corpus-{size_bytes}.bin")
     if not regenerate and os.path.exists(path) and os.path.exists(path + ".json"):
         try:
             with open(path + ".json") as f:
                 info = json.load(f)
             if info.get("version") == CORPUS_VERSION and os.path.getsize(path) == size_bytes:
-                _log("reusing %s" % path)
+                _log(f"reusing {path}")
                 return path, info
         except (OSError, ValueError):
             pass
@@ -332,8 +399,11 @@ def ensure(directory, size_bytes, regenerate=False):
 
 if __name__ == "__main__":
     import argparse
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus"))
+    p.add_argument(
+        "--dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+    )
     p.add_argument("--size-mib", type=int, default=256)
     p.add_argument("--regenerate", action="store_true")
     a = p.parse_args()

@@ -31,7 +31,7 @@ def _parse_size(text):
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     text = text.strip().upper().rstrip("B").rstrip("I")
     number = text.rstrip("KMGT")
-    return int(number) * units[text[len(number):]]
+    return int(number) * units[text[len(number) :]]
 
 
 def config(key, value):
@@ -41,7 +41,7 @@ def config(key, value):
     elif key == "pin":
         _pin = value.lower() in ("1", "true", "yes", "on")
     else:
-        raise RuntimeError("unknown parameter %r" % key)
+        raise RuntimeError(f"unknown parameter {key!r}")
 
 
 def config_complete():

@@ -26,6 +26,9 @@ causes we cannot observe (space freed on the filesystem).
 Each page is written raw to a freshly allocated block, then installed as
 ``Backed`` only if its slot still holds the entry that was written (a page
 rewritten while under writeback keeps the new data; its block is freed).
+Candidates come from ``store.candidates`` (scan.py) as ``(index, handle)``;
+``store.holds`` says whether a slot still holds one, and ``store.commit``
+checks the content again under the store's lock.
 A failed write (disk full, I/O error) frees the block, leaves the page in
 RAM, is counted and ends that run; serving goes on.
 
@@ -183,7 +186,10 @@ class Writeback:
         """Something changed: writers wait for writeback again (_cond held)."""
         self.stall_reason = None
 
-    def _stall(self, reason: str) -> None:
+    def _stall(self, reason: str, freed_before: int) -> None:
+        """Writeback cannot progress: writers stop waiting for it.  A block
+        freed since ``freed_before`` (the start of the run) ends the stall
+        at the next throttled write."""
         with self._cond:
             if self.stall_reason is None:
                 self.stalls += 1
@@ -192,7 +198,7 @@ class Writeback:
                     reason,
                 )
             self.stall_reason = reason
-            self._stall_freed = self.backing.freed_total
+            self._stall_freed = freed_before
             self._stall_retry_at = time.monotonic() + STALL_RETRY_S
             self._cond.notify_all()
 
@@ -243,10 +249,11 @@ class Writeback:
         with self._cond:
             self.wb_runs += 1
         for start in range(0, len(candidates), WRITEBACK_BATCH_PAGES):
-            for index, entry in candidates[start : start + WRITEBACK_BATCH_PAGES]:
+            for index, handle in candidates[start : start + WRITEBACK_BATCH_PAGES]:
                 if budget is not None and result["written"] >= budget:
                     return self._finish(result)
-                if store._slots[index] is not entry:
+                entry = store.entry(index) if store.holds(index, handle) else None
+                if entry is None or not store.holds(index, handle):
                     result["superseded"] += 1
                     continue
                 try:
@@ -295,22 +302,20 @@ class Writeback:
             with self._cond:
                 self.policy_runs += 1
                 freed_before = self.backing.freed_total
-                limited = self.writeback_limit_enable and self.writeback_limit == 0
             result = self._writeback(self.store.candidates("cold"), None, until_bytes=low)
-            if result["written"]:
-                with self._cond:
+            with self._cond:
+                limited = self.writeback_limit_enable and self.writeback_limit == 0
+                if result["written"]:
                     self._unstall()
-            if result["written"] == 0 or result["error"]:
-                if (
-                    self.store.mem_used_total > self.high_watermark > 0
-                    and result["written"] == 0
-                    and self.backing.freed_total == freed_before
-                ):
-                    self._stall(
-                        result["error"]
-                        or ("writeback_limit used up" if limited else "nothing to write back")
-                    )
-                return  # nothing (more) can move: do not loop
+            if result["written"] and not result["error"] and not limited:
+                continue  # progress: go on until below the low mark
+            if self.store.mem_used_total > self.high_watermark > 0:
+                # above the mark and this is as far as writeback gets
+                reason = result["error"] or (
+                    "writeback_limit used up" if limited else "nothing to write back"
+                )
+                self._stall(reason, freed_before)
+            return
 
     def stats(self) -> dict:
         used, touched = self.backing.used_blocks(), self.backing.touched_blocks()

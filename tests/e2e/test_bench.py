@@ -1,6 +1,6 @@
-"""The benchmark pipeline end to end in quick mode: every system and workload
-runs and lands in results.json, results.md and the PNG charts with sane
-numbers. No timing assertions: only that numbers exist and are positive."""
+"""The benchmark pipeline end to end in quick mode: every section, system and
+workload runs and lands in results.json, results.md and the PNG charts with
+sane numbers. No timing assertions: only that numbers exist and are positive."""
 
 import json
 import shutil
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-import run as bench_run  # noqa: E402
+sys.path.insert(0, str(ROOT))
+from bench import cpu, scaling, systems  # noqa: E402
+from bench.targets import lookup  # noqa: E402
 
 # Only systems the machine may lack are allowed to be skipped.
 MAY_SKIP = {"kernel-zram-lz4"}
@@ -23,35 +24,54 @@ def quick_run(tmp_path_factory):
     pytest.importorskip("matplotlib")
     for tool in ("fio", "nbdkit"):
         if not shutil.which(tool):
-            pytest.skip("%s not installed" % tool)
+            pytest.skip(f"{tool} not installed")
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "out"
+    readme_before = (ROOT / "README.md").read_text()
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(out),
-         "--corpus-dir", str(tmp / "corpus")],
-        capture_output=True, text=True, timeout=300, cwd=str(ROOT))
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--out",
+            str(out),
+            "--corpus-dir",
+            str(tmp / "corpus"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        cwd=str(ROOT),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (ROOT / "README.md").read_text() == readme_before, "a quick run must not publish"
     report = json.loads((out / "results.json").read_text())
+    assert report["errors"] == {}
     return out, report, proc.stdout
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(480)
 def test_quick_run_covers_every_system(quick_run):
     out, report, _ = quick_run
-    names = [s["name"] for s in report["systems"]]
-    assert names == [s.name for s in bench_run.SYSTEMS]
-    for s in report["systems"]:
+    matrix = report["sections"]["matrix"]
+    names = [s["name"] for s in matrix["systems"]]
+    assert names == [s.name for s in systems.SYSTEMS]
+    for s in matrix["systems"]:
         assert s["error"] is None, s
         if s["skipped"]:
             assert s["name"] in MAY_SKIP, s
-    ran = [s for s in bench_run.SYSTEMS if not next(x for x in report["systems"] if x["name"] == s.name)["skipped"]]
+    ran = [
+        s
+        for s in systems.SYSTEMS
+        if not next(x for x in matrix["systems"] if x["name"] == s.name)["skipped"]
+    ]
     assert any(s.kind == "zramd" for s in ran)
     for system in ran:
-        for w in bench_run.WORKLOADS:
+        for w in systems.WORKLOADS:
             if w.dataset == "corpus" and not system.stores:
                 continue
-            r = bench_run._lookup(report["results"], system.name, w.dataset, w.name)
+            r = lookup(matrix["results"], system.name, w.dataset, w.name)
             assert r is not None, (system.name, w.dataset, w.name)
             assert r["iops"] > 0 and r["mb_per_s"] > 0, r
             if w.rw != "corpus-fill":
@@ -62,16 +82,24 @@ def test_quick_run_covers_every_system(quick_run):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(480)
 def test_quick_run_storage_stats(quick_run):
     out, report, _ = quick_run
+    matrix = report["sections"]["matrix"]
     region = report["meta"]["region_bytes"]
-    skipped = {s["name"] for s in report["systems"] if s["skipped"]}
-    for system in bench_run.SYSTEMS:
+    skipped = {s["name"] for s in matrix["systems"] if s["skipped"]}
+    for system in systems.SYSTEMS:
         if not system.stores or system.name in skipped:
             continue
         for dataset in ("fio", "corpus"):
-            rec = next((x for x in report["storage"] if x["system"] == system.name and x["dataset"] == dataset), None)
+            rec = next(
+                (
+                    x
+                    for x in matrix["storage"]
+                    if x["system"] == system.name and x["dataset"] == dataset
+                ),
+                None,
+            )
             assert rec is not None, (system.name, dataset)
             assert rec["orig_bytes"] == region, rec
             assert rec["memory_bytes"] and rec["memory_bytes"] > 0, rec
@@ -80,24 +108,79 @@ def test_quick_run_storage_stats(quick_run):
                 assert rec["compr_bytes"] > 0 and rec["ratio"] > 0, rec
                 if "--algorithm" not in system.args or "none" not in system.args:
                     assert rec["ratio"] > 1.0, rec  # both datasets compress
-    assert report["corpus"]["pages"] * 4096 == region
+    assert matrix["corpus"]["pages"] * 4096 == region
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(480)
+def test_quick_run_connection_scaling(quick_run):
+    out, report, _ = quick_run
+    data = report["sections"]["scaling"]
+    assert (
+        data["systems"] == scaling.SYSTEM_NAMES and not data["skipped"] and not data.get("errors")
+    )
+    for name in scaling.SYSTEM_NAMES:
+        for w in scaling.WORKLOADS:
+            for conns in scaling.CONNECTIONS:
+                jobs = [
+                    j
+                    for j in data["jobs"]
+                    if (j["system"], j["workload"], j["connections"]) == (name, w.name, conns)
+                ]
+                assert len(jobs) == data["rounds"], (name, w.name, conns)
+                for j in jobs:
+                    assert j["iops"] > 0 and j["ios"] > 0, j
+                    assert j["iodepth_per_connection"] * conns == scaling.TOTAL_IODEPTH
+                    # nbdkit did work for these requests, and /proc saw it
+                    assert j["server_cpu_s"] > 0 and j["server_us_per_request"] > 0, j
+    assert len(data["summary"]) == len(scaling.SYSTEM_NAMES) * len(scaling.WORKLOADS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_quick_run_server_cpu_and_projection(quick_run):
+    out, report, _ = quick_run
+    data = report["sections"]["cpu"]
+    assert 1 in data["instances"] and not data.get("errors")
+    for n in cpu.INSTANCES:
+        assert n in data["instances"] or str(n) in data["left_out"]
+    for row in data["summary"]:
+        assert row["server_us"]["median"] > 0 and row["client_us"]["median"] > 0, row
+    one = {r["workload"]: r for r in data["summary"] if r["instances"] == 1}
+    for p in data["projection"]:
+        assert p["client_elsewhere_iops"] == pytest.approx(
+            p["cores"] * 1e6 / one[p["workload"]]["server_us"]["median"]
+        )
+        assert p["client_sharing_iops"] < p["client_elsewhere_iops"]
+    md = (out / "results.md").read_text()
+    assert "Projection, not a measurement" in md and "shared by client and server" in md
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
 def test_quick_run_markdown_and_charts(quick_run):
     out, report, stdout = quick_run
     md = (out / "results.md").read_text()
-    assert "| system | data | workload | IOPS | MB/s | p50 µs | p99 µs | vs kernel zram | vs nbdkit zstd |" in md
-    assert "## Compression and memory" in md
-    for s in report["systems"]:
+    assert (
+        "| system | data | workload | IOPS | MB/s | p50 µs | p99 µs | vs kernel zram | vs nbdkit "
+        "zstd |" in md
+    )
+    assert "## Compression and memory" in md and "## Connection scaling" in md
+    assert "issue" not in md.lower() and str(ROOT) not in md
+    for s in report["sections"]["matrix"]["systems"]:
         assert s["name"] in md
-    for w in bench_run.WORKLOADS:
-        assert "| %s |" % w.name in md
-    for chart in ("iops.png", "throughput.png", "storage.png"):
+    for w in systems.WORKLOADS:
+        assert f"| {w.name} |" in md
+    charts = [c for cs in report["charts"].values() for c in cs]
+    for chart in ("iops.png", "throughput.png", "storage.png", "scaling.png", "cpu.png"):
         data = (out / chart).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, chart
-        assert chart in report["charts"]
+        assert chart in charts
+        assert f"![{chart}]({chart})" in md
     # progress lines: [elapsed] system dataset workload
-    assert any(line.startswith("[") and "zramd-lz4" in line and "randwrite-4k-qd16" in line
-               for line in stdout.splitlines())
+    lines = stdout.splitlines()
+    assert any(
+        line.startswith("[") and "zramd-lz4" in line and "randwrite-4k-qd16" in line
+        for line in lines
+    )
+    assert any(line.startswith("[") and "scaling round" in line for line in lines)

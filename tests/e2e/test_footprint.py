@@ -81,3 +81,31 @@ def test_swap_locks_only_what_it_touches(make_server):
     assert locked > rss, f"VmLck {locked >> 20} MiB, VmRSS {rss >> 20} MiB: not locked"
     assert unlocked == [], f"resident anonymous memory not locked: {unlocked}"
     assert rss < SWAP_RSS_MAX_BYTES, f"--swap VmRSS {rss >> 20} MiB"
+
+
+FAILED_WRITES = 10_000
+FAILED_WRITES_RSS_GROWTH_MAX_BYTES = 25 << 20  # 5.8 KiB each leaked before: 55 MiB
+
+
+def test_failed_writes_do_not_leak(make_server):
+    """Writes refused at mem_limit (ENOSPC) cost no memory: nbdkit keeps
+    every exception a Python callback raises, so the plugin raises a small
+    one with a one-frame traceback instead of the store's."""
+    with make_server(size="64M", mem_limit="1M") as server:
+        h = connect(server)
+        page = os.urandom(4096)  # incompressible: a huge page per write
+        for i in range(200):
+            h.pwrite(page, i * 4096)
+        before = status_bytes(server.pid, "VmRSS")
+        failed = 0
+        for i in range(FAILED_WRITES):
+            try:
+                h.pwrite(page, (1000 + i % 10_000) * 4096)
+            except Exception as exc:  # nbd.Error
+                assert "No space left" in str(exc) or "ENOSPC" in str(exc), exc
+                failed += 1
+        growth = status_bytes(server.pid, "VmRSS") - before
+        h.shutdown()
+    assert failed > FAILED_WRITES * 0.9
+    assert growth < FAILED_WRITES_RSS_GROWTH_MAX_BYTES, \
+        f"{failed} failed writes grew VmRSS by {growth >> 20} MiB"

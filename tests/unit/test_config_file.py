@@ -100,7 +100,7 @@ def test_flags_win_over_the_file(tmp_path):
     assert (s.size_bytes, s.algorithm, s.level, s.swap) == (32 * M, "zstd", 3, True)
     assert s.socket_path == f"{tmp_path}/f.sock"
     # a flag of a group (--port) replaces the file's choice in it (socket)
-    s = serve_settings(["--config", path, "--port", "10809"]).validate()
+    s = serve_settings(["--config", path, "--port", "10809", "--insecure-tcp"]).validate()
     assert s.port == 10809 and s.socket_path is None
     # a flag given with its default value still wins
     s = serve_settings(["--config", path, "--algorithm", "lz4", "--level", "1"])

@@ -1,0 +1,53 @@
+"""zramd's benchmark suite: zramd against its peers, side by side in one run.
+
+Entry point: ``bench/run.py`` (``make bench``, ``make bench-quick``). The run
+is a list of *sections*; each measures one thing and renders its own tables
+and charts into one report:
+
+    matrix    every system (systems.SYSTEMS) x every workload (systems.WORKLOADS)
+              on a freshly filled device: IOPS, latency, compression, memory,
+              and the targets (ratios against peers measured in the same run)
+    scaling   4 KiB random I/O with 1, 2 and 4 NBD connections at the same
+              total iodepth, interleaved over rounds
+    cpu       server CPU time per 4 KiB request (/proc utime+stime of the
+              nbdkit processes) and the throughput it projects on N cores
+
+Modules, one job each:
+
+    run.py          command line, section selection, progress, outputs
+    context.py      Context (what every section gets) and Progress
+    sections.py     the Section protocol and SECTIONS, the registry
+    systems.py      System and Workload tables, peers, selection
+    servers.py      NBD server processes (start, wait, CPU time, stop), zramd stats
+    kernel_zram.py  the kernel zram peer (/dev/zramN), under an optional flock
+    fio.py          fio command lines and their JSON results
+    fill.py         writing the corpus through NBD or onto a block device
+    storage.py      compression ratio and memory per page from stats and RSS
+    targets.py      ratios against peers and the targets they are judged by
+    matrix.py, scaling.py, cpu.py   the sections
+    stats.py        medians and spreads over rounds
+    plots.py        PNG charts (matplotlib, Agg)
+    report.py       results.md, results.json, docs/bench and README's block
+    machine.py      what the run ran on
+    corpus.py       the swap-like corpus of real process memory
+    null_plugin.py  the Python null plugin (the ceiling of any Python plugin)
+
+Adding a system: one line in ``systems.SYSTEMS`` (kind "zramd" takes
+``zramd serve`` arguments, kind "nbdkit" an nbdkit command line). Every
+section that runs a list of systems names them there.
+
+Adding a section: a module with a class that has ``name``, ``title`` and
+
+    run(ctx: Context) -> dict                 measure; the dict goes to results.json
+    markdown(data: dict) -> list[str]         its part of results.md (## headings)
+    plots(data: dict, out: Path, title: str) -> list[str]   PNG files written into out
+    summary(data: dict) -> list[str]          lines for README's block ([] for none)
+
+then one line in ``sections.SECTIONS``. ``--sections NAME`` runs only it.
+Interleave systems over rounds and report medians with the spread
+(``stats.spread``): a shared 2-core machine varies by 30-50% between minutes.
+
+Numbers drift between runs and machines: compare within one run. Nothing in
+here asserts a timing; the only published numbers are the files a default
+run writes to docs/bench/ and the block it rewrites in README.md.
+"""

@@ -1,0 +1,379 @@
+"""The matrix section: every selected system x every workload.
+
+For each system and dataset ("fio": fio's compressible buffers; "corpus":
+real process memory from corpus.py) the system starts fresh, the whole
+region is written first (the fill workload, measured too), the storage
+counters are read (ratio, memory per page), then the timed workloads run on
+the filled region, so reads always hit written data. Systems run one after
+the other; the kernel zram peer runs under --zram-lock when given.
+
+Data (results.json "sections"/"matrix"): systems (what ran, skipped or
+failed and why), results (one row per system, dataset, workload), storage
+(one record per system and dataset), targets, corpus, workloads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import IO
+
+from bench import corpus, fill, fio, plots, storage, targets
+from bench.context import Context
+from bench.kernel_zram import ZramDevice
+from bench.servers import (
+    ServerProcess,
+    SkipSystem,
+    display_command,
+    server_command,
+    zramd_stats_settled,
+)
+from bench.stats import kilo, num, times
+from bench.systems import FIO_DATA_OPTIONS, WORKLOADS, System, Workload, select
+
+
+class Matrix:
+    name = "matrix"
+    title = "Systems and workloads"
+
+    def workloads(self, ctx: Context, system: System) -> list[Workload]:
+        a = ctx.args
+        out = []
+        for w in WORKLOADS:
+            if w.dataset not in a.datasets or (w.dataset == "corpus" and not system.stores):
+                continue
+            wanted = not a.workloads or any(
+                fnmatch.fnmatch(w.name, p) or fnmatch.fnmatch(f"{w.dataset}/{w.name}", p)
+                for p in a.workloads
+            )
+            if wanted or w.fill:
+                out.append(w)
+        return out
+
+    def estimate_s(self, ctx: Context) -> float:
+        a = ctx.args
+        chosen = select(a.systems)
+        jobs = sum(1 for s in chosen for w in self.workloads(ctx, s) if not w.fill)
+        fills = sum(1 for s in chosen for w in self.workloads(ctx, s) if w.fill)
+        return jobs * (a.runtime_s + a.ramp_s + 0.3) + fills * (1 + a.region_bytes / 150e6) + 10
+
+    def run(self, ctx: Context) -> dict:
+        a = ctx.args
+        chosen = select(a.systems)
+        if not chosen:
+            raise SystemExit(f"no system matches {','.join(a.systems)} (see --list)")
+        jobs = sum(1 for s in chosen for w in self.workloads(ctx, s) if not w.fill)
+        fills = sum(1 for s in chosen for w in self.workloads(ctx, s) if w.fill)
+        ctx.progress(
+            f"matrix: {len(chosen)} systems, {jobs} timed jobs of {a.runtime_s:.1f}+{a.ramp_s:.1f} "
+            "s, "
+            f"{fills} fills of {a.region_bytes >> 20} MiB"
+        )
+        data: dict = {
+            "systems": [],
+            "results": [],
+            "storage": [],
+            "corpus": None,
+            "fio_data_options": FIO_DATA_OPTIONS,
+            "workloads": [dataclasses.asdict(w) for w in WORKLOADS if w.dataset in a.datasets],
+        }
+        corpus_path = None
+        if "corpus" in a.datasets and any(s.stores for s in chosen):
+            ctx.progress(f"corpus: {a.region_bytes >> 20} MiB swap-like corpus in {a.corpus_dir}")
+            corpus_path, data["corpus"] = corpus.ensure(
+                a.corpus_dir, a.region_bytes, a.regenerate_corpus
+            )
+        for system in chosen:
+            self._run_system(ctx, system, data, corpus_path)
+        targets.add_ratios(data)
+        data["targets"] = targets.evaluate(data)
+        return data
+
+    def _run_system(
+        self, ctx: Context, system: System, data: dict, corpus_path: str | None
+    ) -> None:
+        entry: dict = {
+            "name": system.name,
+            "kind": system.kind,
+            "description": system.description,
+            "args": list(system.args),
+            "skipped": None,
+            "error": None,
+            "loadavg_at_start": os.getloadavg(),
+        }
+        data["systems"].append(entry)
+        if system.kind == "zram":
+            entry["command"] = (
+                "fio --ioengine=libaio --direct=1 --filename=/dev/zramN "
+                f"(comp_algorithm={system.args[0]})"
+            )
+        else:
+            try:
+                entry["command"] = display_command(
+                    server_command(system, "SOCK", ctx.region_bytes, ctx.zramd)
+                )
+            except SkipSystem as e:
+                entry["skipped"] = str(e)
+                ctx.progress(f"{system.name:<18} SKIPPED: {e}")
+                return
+        workloads = self.workloads(ctx, system)
+        with open(ctx.logs / f"{system.name}.fio.log", "a") as log:
+            for dataset in ("fio", "corpus"):
+                ws = [w for w in workloads if w.dataset == dataset]
+                if not ws:
+                    continue
+                try:
+                    self._run_dataset(ctx, system, dataset, ws, data, corpus_path, log)
+                except SkipSystem as e:
+                    entry["skipped"] = str(e)
+                    ctx.progress(f"{system.name:<18} SKIPPED: {e}")
+                    return
+                except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as e:
+                    entry["error"] = f"{dataset}: {e}"
+                    ctx.progress(f"{system.name:<18} FAILED ({dataset}): {e}")
+
+    def _run_dataset(
+        self,
+        ctx: Context,
+        system: System,
+        dataset: str,
+        workloads: list[Workload],
+        data: dict,
+        corpus_path: str | None,
+        log: IO[str],
+    ) -> None:
+        """Fresh target, fill, storage stats, then the timed workloads."""
+        a = ctx.args
+        name = system.name
+        server: ServerProcess | None = None
+        zram: ZramDevice | None = None
+        sock = str(ctx.tmp / f"{name}.sock")
+        try:
+            if system.kind == "zram":
+                zram = ZramDevice(system.args[0], a.region_bytes, a.zram_lock)
+                zram.setup()
+                target = fio.block_target(zram.dev)
+            else:
+                server = ServerProcess(
+                    server_command(system, sock, a.region_bytes, ctx.zramd),
+                    [sock],
+                    ctx.logs / f"{name}.server.log",
+                )
+                server.start()
+                target = fio.nbd_target(server.uris[0])
+            time.sleep(0.2)
+            rss_before = server.rss_bytes() if server else None
+            for w in workloads:
+                label = f"{name:<18} {dataset:<6} {w.name:<17}"
+                ctx.progress(f"{label} ...")
+                if w.rw == "corpus-fill":
+                    assert corpus_path is not None
+                    if zram:
+                        nbytes, secs, method = fill.corpus_onto_device(
+                            zram.dev, corpus_path, w.bs_bytes
+                        )
+                    else:
+                        nbytes, secs, method = fill.corpus_over_nbd(sock, corpus_path, w.bs_bytes)
+                    res = {
+                        "iops": nbytes / w.bs_bytes / secs,
+                        "mb_per_s": nbytes / 1e6 / secs,
+                        "p50_us": None,
+                        "p99_us": None,
+                        "elapsed_s": round(secs, 2),
+                        "method": method,
+                    }
+                else:
+                    json_path = ctx.logs / f"{name}.{dataset}.{w.name}.json"
+                    cmd = fio.job_command(
+                        [target], w, a.region_bytes, a.runtime_s, a.ramp_s, json_path
+                    )
+                    res = fio.run(cmd, log, timeout_s=ctx.fio_timeout_s())
+                rec = {
+                    "system": name,
+                    "dataset": dataset,
+                    "workload": w.name,
+                    "rw": w.rw,
+                    "bs_bytes": w.bs_bytes,
+                    "iodepth": w.iodepth,
+                    **res,
+                }
+                data["results"].append(rec)
+                lat = (
+                    ""
+                    if rec["p50_us"] is None
+                    else f"  p50 {rec['p50_us']:7.1f} µs  p99 {rec['p99_us']:8.1f} µs"
+                )
+                ctx.progress(f"{label} {rec['iops']:9.0f} IOPS {rec['mb_per_s']:8.1f} MB/s{lat}")
+                if w.fill and system.stores:
+                    stats = None
+                    if zram:
+                        stats = zram.mm_stat()
+                    elif system.kind == "zramd":
+                        assert ctx.zramd is not None
+                        stats = zramd_stats_settled(ctx.zramd, sock)
+                    rss_after = server.rss_bytes() if server else None
+                    rss_delta = (
+                        None
+                        if server is None or rss_after is None or rss_before is None
+                        else rss_after - rss_before
+                    )
+                    srec = storage.record(
+                        system, dataset, a.region_bytes, stats, rss_delta, rss_after
+                    )
+                    data["storage"].append(srec)
+                    ctx.progress(
+                        f"{name:<18} {dataset:<6} stored {srec['orig_bytes'] / 2**20:.0f} MiB: "
+                        f"ratio {num(srec['ratio'], '.2f')}, memory {num(srec['bytes_per_page'])} "
+                        "B/page "
+                        f"({srec['memory_source']}), overhead "
+                        f"{num(srec['overhead_bytes_per_page'])} B/page"
+                    )
+        finally:
+            if server:
+                server.stop()
+            if zram:
+                zram.teardown()
+
+    # ------------------------------------------------------------------
+    # Rendering
+
+    def markdown(self, data: dict) -> list[str]:
+        c = data.get("corpus")
+        corpus_pages = f", {c['pages']} pages, {c['zero_pages']} zero" if c else ""
+        lines = [
+            "Datasets: **fio** = fio's compressible buffers "
+            f"(`{' '.join(data['fio_data_options'])}`); "
+            "**corpus** = swap-like corpus of real process memory (resident anonymous pages of "
+            "python3, sort and "
+            f"gcc started by the bench{corpus_pages}). "
+            "Each dataset starts on a fresh device whose whole region is written first (the fill "
+            "rows), "
+            "so reads always hit written data. NBD systems use fio `ioengine=nbd` over a Unix "
+            "socket; "
+            "kernel zram uses fio `libaio`, `direct=1`. Python plugins run with `nbdkit --threads "
+            "1`, "
+            "as zramd does. Numbers drift between runs; compare within one run.",
+            "",
+            "| system | data | workload | IOPS | MB/s | p50 µs | p99 µs | vs kernel zram | vs "
+            "nbdkit zstd |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in data["results"]:
+            lines.append(
+                f"| {r['system']} | {r['dataset']} | {r['workload']} | {num(r['iops'])} | "
+                f"{num(r['mb_per_s'], '.1f')} | {_lat(r, 'p50_us')} | {_lat(r, 'p99_us')} | "
+                f"{times(r.get('vs_kernel_zram'))} | {times(r.get('vs_nbdkit_zstd'))} |"
+            )
+        lines += [
+            "",
+            "Mixed rows show read/write latency. Ratio columns compare MB/s (= IOPS at equal block "
+            "size) "
+            "with the same data and workload. Fill rows: 128 KiB fio writes (fio data), "
+            "or the corpus written in 256 KiB requests one at a time (libnbd, or dd for kernel "
+            "zram).",
+            "",
+            "## Compression and memory",
+            "",
+            "| system | data | stored MiB | ratio | vs kernel zram | memory | memory source | "
+            "bytes/page "
+            "| overhead B/page | stats overhead B/page | same pages | huge pages |",
+            "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for s in data["storage"]:
+            memory = "-" if s["memory_bytes"] is None else f"{s['memory_bytes'] / 2**20:.1f} MiB"
+            lines.append(
+                f"| {s['system']} | {s['dataset']} | {s['orig_bytes'] / 2**20:.0f} | "
+                f"{num(s['ratio'], '.2f')} | "
+                f"{times(s.get('ratio_vs_kernel_zram'))} | {memory} | {s['memory_source'] or '-'} "
+                "| "
+                f"{num(s['bytes_per_page'])} | {num(s['overhead_bytes_per_page'])} | "
+                f"{num(s['stats_overhead_bytes_per_page'])} | {num(s.get('same_pages'))} | "
+                f"{num(s.get('huge_pages'))} |"
+            )
+        lines += [
+            "",
+            "ratio = orig_data_size / compr_data_size (payload only; same-filled pages count as "
+            "free). "
+            "memory = what the data made the system use: RSS growth of the server process tree "
+            "between "
+            "start and the end of the fill for processes, mm_stat mem_used_total for kernel zram "
+            "(which "
+            "leaves out its per-slot table sized at disksize, as RSS deltas leave out what a "
+            "server "
+            "allocates at start). bytes/page = memory / stored pages; overhead = (memory - "
+            "payload) / pages; "
+            "stats overhead = (mem_used_total - compr_data_size) / pages from the system's own "
+            "stats.",
+        ]
+        if data.get("targets"):
+            lines += ["", *targets.markdown(data["targets"])]
+        notes = [s for s in data["systems"] if s["skipped"] or s["error"]]
+        if notes:
+            lines += ["", "## Skipped or failed", ""]
+            for s in notes:
+                lines.append(
+                    f"- {s['name']}: "
+                    + (f"skipped: {s['skipped']}" if s["skipped"] else f"failed: {s['error']}")
+                )
+        lines += ["", "## Systems", ""]
+        for s in data["systems"]:
+            lines.append(
+                f"- **{s['name']}**: {s['description']} (`{s.get('command', '')}`); "
+                f"load average at its start {s.get('loadavg_at_start', (0,))[0]:.2f}"
+            )
+        return lines
+
+    def plots(self, data: dict, out: Path, title: str) -> list[str]:
+        return plots.matrix(data, out, title)
+
+    def summary(self, data: dict) -> list[str]:
+        """README's table: 4 KiB QD16 IOPS and 128 KiB writes on fio data,
+        ratio and overhead on the corpus, one row per system that ran."""
+        res, sto = data["results"], data["storage"]
+        lines = [
+            "| system | randwrite IOPS | randread IOPS | 128 KiB write MB/s | ratio (corpus) "
+            "| bytes/page beyond payload (corpus) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for s in data["systems"]:
+            if s["skipped"]:
+                continue
+            w = targets.lookup(res, s["name"], "fio", "randwrite-4k-qd16")
+            r = targets.lookup(res, s["name"], "fio", "randread-4k-qd16")
+            f = targets.lookup(res, s["name"], "fio", "seqwrite-128k")
+            st = next(
+                (x for x in sto if x["system"] == s["name"] and x["dataset"] == "corpus"), None
+            )
+            ratio = num(st["ratio"], ".2f") if st and st["ratio"] else "-"
+            if st and not st["ratio"] and st["memory_ratio"]:
+                ratio = f"{st['memory_ratio']:.2f} (by RSS)"
+            overhead = num(st["overhead_bytes_per_page"]) if st else "-"
+            lines.append(
+                f"| {s['description']} | {kilo(w and w['iops'])} | {kilo(r and r['iops'])} | "
+                f"{num(f and f['mb_per_s'])} | {ratio} | {overhead} |"
+            )
+        met = [t for t in data.get("targets", []) if t["system"] == "zramd-lz4"]
+        if met:
+            lines += [
+                "",
+                "zramd-lz4 against its targets: "
+                + "; ".join(
+                    f"{t['target']} {t['measured'] or '-'} (want {t['want']}"
+                    f"{', met' if t['met'] else (', missed' if t['met'] is False else '')})"
+                    for t in met
+                )
+                + ".",
+            ]
+        return lines
+
+
+def _lat(r: dict, key: str) -> str:
+    if r.get(key) is None:
+        return "-"
+    if "read" in r and "write" in r:  # mixed: read/write
+        return f"{r['read'][key]:.0f}/{r['write'][key]:.0f}"
+    return f"{r[key]:.0f}"

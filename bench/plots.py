@@ -1,0 +1,185 @@
+"""PNG charts for the report (matplotlib with the Agg backend, imported only
+when a chart is drawn: a bench without matplotlib still writes its tables).
+
+Each function takes a section's data, the output directory and a title
+line (machine and mode), writes its files and returns their names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def matrix(data: dict, out: Path, title: str) -> list[str]:
+    """iops.png (4 KiB rows), throughput.png (large requests), storage.png."""
+    from bench.targets import lookup
+
+    plt = _pyplot()
+    systems = [s["name"] for s in data["systems"] if not s["skipped"]]
+    results = data["results"]
+    # tab20 keeps up to 20 systems apart (the default cycle repeats after 10)
+    palette = plt.get_cmap("tab20").colors
+    colors = {n: palette[i % len(palette)] for i, n in enumerate(systems)}
+    written: list[str] = []
+
+    def grouped(
+        path: str,
+        groups: list[tuple[str, str]],
+        value: Callable[[dict], float],
+        ylabel: str,
+        heading: str,
+    ) -> None:
+        fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(groups) + 4), 5.5))
+        width = 0.8 / max(1, len(systems))
+        for i, name in enumerate(systems):
+            xs, ys = [], []
+            for g, (dataset, workload) in enumerate(groups):
+                r = lookup(results, name, dataset, workload)
+                if r and value(r):
+                    xs.append(g - 0.4 + width * (i + 0.5))
+                    ys.append(value(r))
+            ax.bar(xs, ys, width, label=name, color=colors[name])
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(
+            [f"{w}\n({d} data)" for d, w in groups], rotation=30, ha="right", fontsize=8
+        )
+        ax.set_ylabel(ylabel)
+        ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3, which="both")
+        ax.set_title(f"{heading}: {title}", fontsize=10)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        fig.tight_layout()
+        fig.savefig(out / path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    small: list[tuple[str, str]] = []
+    large: list[tuple[str, str]] = []
+    for r in results:
+        key = (r["dataset"], r["workload"])
+        group = small if r["bs_bytes"] == 4096 else large
+        if key not in group:
+            group.append(key)
+    if small:
+        grouped("iops.png", small, lambda r: r["iops"], "IOPS (log scale)", "4 KiB random I/O")
+    if large:
+        grouped(
+            "throughput.png", large, lambda r: r["mb_per_s"], "MB/s (log scale)", "Large requests"
+        )
+    if data["storage"]:
+        _storage(plt, data, systems, out, title)
+        written.append("storage.png")
+    return written
+
+
+def _storage(plt, data: dict, systems: list[str], out: Path, title: str) -> None:
+    storage = data["storage"]
+    datasets = sorted({s["dataset"] for s in storage})
+    dcolors = {d: f"C{i}" for i, d in enumerate(datasets)}
+    names = [n for n in systems if any(s["system"] == n for s in storage)]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.5))
+    width = 0.8 / max(1, len(datasets))
+    for i, d in enumerate(datasets):
+        xs, mem_ratio, xr, payload_ratio, xb, payload, overhead = [], [], [], [], [], [], []
+        for k, n in enumerate(names):
+            s = next((x for x in storage if x["system"] == n and x["dataset"] == d), None)
+            if not s:
+                continue
+            x = k - 0.4 + width * (i + 0.5)
+            if s["memory_ratio"]:
+                xs.append(x)
+                mem_ratio.append(s["memory_ratio"])
+            if s["ratio"]:
+                xr.append(x)
+                payload_ratio.append(s["ratio"])
+            if s["bytes_per_page"] is not None:
+                xb.append(x)
+                if s["compr_bytes"] is not None and s["pages"]:
+                    pay = min(s["compr_bytes"] / s["pages"], s["bytes_per_page"])
+                else:
+                    pay = s["bytes_per_page"]
+                payload.append(pay)
+                overhead.append(s["bytes_per_page"] - pay)
+        ax1.bar(xs, mem_ratio, width, color=dcolors[d], label=f"{d} data: stored / memory used")
+        ax1.scatter(
+            xr,
+            payload_ratio,
+            marker="_",
+            s=400,
+            color="black",
+            zorder=3,
+            label="payload ratio (orig / compr_data_size)" if i == 0 else None,
+        )
+        ax2.bar(
+            xb, payload, width, color=dcolors[d], label=f"{d} data: payload (all, where unknown)"
+        )
+        ax2.bar(
+            xb,
+            overhead,
+            width,
+            bottom=payload,
+            color=dcolors[d],
+            alpha=0.45,
+            hatch="//",
+            label=f"{d} data: overhead beyond payload",
+        )
+    ax2.axhline(4096, color="gray", lw=0.8, ls=":")
+    for ax in (ax1, ax2):
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
+    ax1.set_ylabel("compression ratio")
+    ax2.set_ylabel("bytes of memory per stored 4 KiB page")
+    ax1.set_title("Compression ratio", fontsize=10)
+    ax2.set_title("Memory per stored page (RSS growth; mm_stat for kernel zram)", fontsize=10)
+    fig.suptitle(f"Storage: {title}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "storage.png", dpi=110)
+    plt.close(fig)
+
+
+def medians_by_group(
+    path: Path,
+    groups: list[str],
+    series: dict[str, list[dict]],
+    ylabel: str,
+    heading: str,
+    title: str,
+) -> None:
+    """Grouped bars of medians with min-max error bars.
+
+    series: label -> one stats.spread() dict per group (None entries skipped).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(groups) + 4), 5.5))
+    width = 0.8 / max(1, len(series))
+    for i, (label, spreads) in enumerate(series.items()):
+        xs, ys, lo, hi = [], [], [], []
+        for g, s in enumerate(spreads):
+            if s is None or s["median"] is None:
+                continue
+            xs.append(g - 0.4 + width * (i + 0.5))
+            ys.append(s["median"])
+            lo.append(s["median"] - s["min"])
+            hi.append(s["max"] - s["median"])
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=label, color=f"C{i}")
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"{heading}: {title}", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,232 @@
+"""The connection scaling section: 4 KiB random reads and writes with 1, 2
+and 4 NBD connections (fio jobs, ioengine=nbd, one connection each) at the
+same total iodepth, for zramd, the pinned Python null plugin (the ceiling
+of any Python plugin) and nbdkit's C null plugin (the transport's ceiling).
+
+Each round starts every system fresh (zramd's region filled first, so reads
+hit stored pages) and runs all its jobs; the order of systems rotates from
+round to round, so slow minutes on the shared machine spread over all of
+them. Per system, workload and connection count: median and min-max of IOPS
+over the rounds, and of the per-round ratio to 1 connection (the steadier
+number: both halves of a ratio come from the same few seconds).
+
+Data (results.json "sections"/"scaling"): jobs (one per round, system,
+workload, connections), summary (the spreads), the settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench import measure, plots
+from bench.context import Context
+from bench.servers import ServerProcess, SkipSystem, server_command
+from bench.stats import spread, times, with_spread
+from bench.systems import C_CEILING, PYTHON_CEILING, by_name, select
+
+SYSTEM_NAMES = ["zramd-lz4", PYTHON_CEILING, C_CEILING]
+CONNECTIONS = (1, 2, 4)
+TOTAL_IODEPTH = 16
+WORKLOADS = (measure.RANDREAD_4K, measure.RANDWRITE_4K)
+
+
+class ConnectionScaling:
+    name = "scaling"
+    title = "Connection scaling"
+
+    def estimate_s(self, ctx: Context) -> float:
+        n = len(select(ctx.args.systems, [by_name(s) for s in SYSTEM_NAMES]))
+        return (
+            ctx.args.rounds
+            * n
+            * (len(CONNECTIONS) * len(WORKLOADS) * (ctx.args.runtime_s + 0.5) + 3)
+        )
+
+    def run(self, ctx: Context) -> dict:
+        a = ctx.args
+        systems = select(a.systems, [by_name(s) for s in SYSTEM_NAMES])
+        data: dict = {
+            "connections": list(CONNECTIONS),
+            "total_iodepth": TOTAL_IODEPTH,
+            "rounds": a.rounds,
+            "runtime_s": a.runtime_s,
+            "systems": [s.name for s in systems],
+            "descriptions": {s.name: s.description for s in systems},
+            "jobs": [],
+            "skipped": {},
+        }
+        ctx.progress(
+            f"scaling: {len(systems)} systems x {len(CONNECTIONS)} connection counts x "
+            f"{len(WORKLOADS)} workloads x {a.rounds} rounds of {a.runtime_s:.1f} s"
+        )
+        with open(ctx.logs / "scaling.fio.log", "a") as log:
+            for rnd in range(a.rounds):
+                order = (
+                    systems[rnd % len(systems) :] + systems[: rnd % len(systems)] if systems else []
+                )
+                for system in order:
+                    if system.name in data["skipped"]:
+                        continue
+                    sock = str(ctx.tmp / f"scaling-{system.name}.sock")
+                    try:
+                        cmd = server_command(system, sock, a.region_bytes, ctx.zramd)
+                    except SkipSystem as e:
+                        data["skipped"][system.name] = str(e)
+                        ctx.progress(f"scaling {system.name}: SKIPPED: {e}")
+                        continue
+                    server = ServerProcess(
+                        cmd, [sock], ctx.logs / f"scaling-{system.name}.server.log"
+                    )
+                    try:
+                        server.start()
+                        if system.stores:
+                            measure.fill(ctx, server, log, f"scaling-{system.name}-r{rnd}")
+                        for w in WORKLOADS:
+                            for conns in CONNECTIONS:
+                                label = f"scaling-{system.name}-{w.name}-c{conns}-r{rnd}"
+                                res = measure.job(
+                                    ctx,
+                                    server,
+                                    w,
+                                    log,
+                                    label,
+                                    numjobs=conns,
+                                    iodepth=max(1, TOTAL_IODEPTH // conns),
+                                )
+                                data["jobs"].append(
+                                    {
+                                        "system": system.name,
+                                        "workload": w.name,
+                                        "round": rnd,
+                                        "connections": conns,
+                                        "iodepth_per_connection": max(1, TOTAL_IODEPTH // conns),
+                                        **res,
+                                    }
+                                )
+                                ctx.progress(
+                                    f"scaling round {rnd + 1}/{a.rounds} {system.name:<18} "
+                                    f"{w.name:<12} "
+                                    f"{conns} conn: {res['iops']:9.0f} IOPS, server "
+                                    f"{_us(res['server_us_per_request'])} µs/request"
+                                )
+                    except (RuntimeError, OSError, ValueError) as e:
+                        ctx.progress(f"scaling {system.name} round {rnd + 1}: FAILED: {e}")
+                        data.setdefault("errors", []).append(f"{system.name} round {rnd + 1}: {e}")
+                    finally:
+                        server.stop()
+        data["summary"] = summarize(data)
+        return data
+
+    def markdown(self, data: dict) -> list[str]:
+        conns = data["connections"]
+        depth = data["total_iodepth"]
+        shapes = ", ".join(f"{c} x {max(1, depth // c)}" for c in conns)
+        lines = [
+            f"## {self.title}",
+            "",
+            "4 KiB random I/O over 1, 2 and 4 NBD connections (fio `ioengine=nbd`, one connection "
+            "per "
+            f"fio job) at the same total iodepth {depth} ({shapes}); "
+            f"{data['rounds']} round(s) of {data['runtime_s']:.1f} s per job, systems interleaved. "
+            'IOPS: median (min-max) over the rounds; "N vs 1": median (min-max) of the per-round '
+            "ratio to one connection. Server µs/request: utime+stime of the server's nbdkit "
+            "process over the job / requests. The client (fio) runs on the same 2 cores.",
+            "",
+            "| system | workload | "
+            + " | ".join(f"{c} conn IOPS" for c in conns)
+            + " | "
+            + " | ".join(f"{c} vs 1" for c in conns[1:])
+            + " | "
+            + " | ".join(f"server µs/req, {c} conn" for c in conns)
+            + " |",
+            "|---|---|" + "---:|" * (2 * len(conns) + len(conns) - 1),
+        ]
+        for row in data["summary"]:
+            lines.append(
+                f"| {row['system']} | {row['workload']} | "
+                + " | ".join(with_spread(row["iops"][str(c)]) for c in conns)
+                + " | "
+                + " | ".join(with_spread(row["vs_one"][str(c)], times) for c in conns[1:])
+                + " | "
+                + " | ".join(with_spread(row["server_us"][str(c)], _us) for c in conns)
+                + " |"
+            )
+        for name, why in data.get("skipped", {}).items():
+            lines.append(f"\n- {name}: skipped: {why}")
+        for err in data.get("errors", []):
+            lines.append(f"\n- failed: {err}")
+        return lines
+
+    def plots(self, data: dict, out: Path, title: str) -> list[str]:
+        if not data["summary"]:
+            return []
+        groups = [f"{r['system']}\n{r['workload']}" for r in data["summary"]]
+        series = {
+            f"{c} connection{'s' if c > 1 else ''}": [r["iops"][str(c)] for r in data["summary"]]
+            for c in data["connections"]
+        }
+        plots.medians_by_group(
+            out / "scaling.png",
+            groups,
+            series,
+            "IOPS (median, bars: min-max)",
+            f"4 KiB random I/O, total iodepth {data['total_iodepth']}",
+            title,
+        )
+        return ["scaling.png"]
+
+    def summary(self, data: dict) -> list[str]:
+        if not data["summary"]:
+            return []
+        conns = data["connections"]
+        lines = [
+            f"Connections (4 KiB random, total iodepth {data['total_iodepth']}, IOPS median "
+            "(min-max) "
+            f"over {data['rounds']} rounds; client and server share 2 cores):",
+            "",
+            "| system | workload | " + " | ".join(f"{c} conn" for c in conns) + " |",
+            "|---|---|" + "---:|" * len(conns),
+        ]
+        for row in data["summary"]:
+            lines.append(
+                f"| {data['descriptions'].get(row['system'], row['system'])} | {row['workload']} | "
+                + " | ".join(with_spread(row["iops"][str(c)]) for c in conns)
+                + " |"
+            )
+        return lines
+
+
+def _us(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def summarize(data: dict) -> list[dict]:
+    rows = []
+    jobs = data["jobs"]
+    for system in data["systems"]:
+        for w in WORKLOADS:
+            mine = [j for j in jobs if j["system"] == system and j["workload"] == w.name]
+            if not mine:
+                continue
+            row: dict = {
+                "system": system,
+                "workload": w.name,
+                "iops": {},
+                "vs_one": {},
+                "server_us": {},
+            }
+            for c in data["connections"]:
+                at_c = [j for j in mine if j["connections"] == c]
+                row["iops"][str(c)] = spread([j["iops"] for j in at_c])
+                row["server_us"][str(c)] = spread([j["server_us_per_request"] for j in at_c])
+                ratios = []
+                for j in at_c:
+                    one = next(
+                        (x for x in mine if x["connections"] == 1 and x["round"] == j["round"]),
+                        None,
+                    )
+                    if one and one["iops"]:
+                        ratios.append(j["iops"] / one["iops"])
+                row["vs_one"][str(c)] = spread(ratios)
+            rows.append(row)
+    return rows

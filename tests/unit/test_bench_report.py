@@ -1,0 +1,140 @@
+"""The bench's bookkeeping without running a benchmark: spreads over rounds,
+the per-round ratios of the scaling section, the projection, and publishing
+(docs/bench replaced, README's generated block rewritten and nothing else)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from bench import cpu, report, scaling, stats  # noqa: E402
+from bench.sections import SECTIONS, by_names  # noqa: E402
+
+
+def test_spread_ignores_missing_values():
+    assert stats.spread([3.0, None, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert stats.spread([None]) == {"median": None, "min": None, "max": None, "n": 0}
+    assert stats.with_spread(stats.spread([59_000, 61_000, 70_000])) == "61k (59k-70k)"
+    assert stats.with_spread(stats.spread([7_500])) == "7.5k"
+    assert stats.with_spread(stats.spread([])) == "-"
+
+
+def _job(system, workload, conns, rnd, iops):
+    return {
+        "system": system,
+        "workload": workload,
+        "connections": conns,
+        "round": rnd,
+        "iops": iops,
+        "server_us_per_request": 10.0,
+    }
+
+
+def test_scaling_ratio_is_taken_within_each_round():
+    jobs = [
+        _job("s", "randread-4k", 1, 0, 100.0),
+        _job("s", "randread-4k", 2, 0, 50.0),
+        _job("s", "randread-4k", 1, 1, 200.0),
+        _job("s", "randread-4k", 2, 1, 150.0),
+    ]
+    rows = scaling.summarize({"systems": ["s"], "connections": [1, 2], "jobs": jobs})
+    assert len(rows) == 1
+    assert rows[0]["vs_one"]["2"] == {"median": 0.625, "min": 0.5, "max": 0.75, "n": 2}
+    assert rows[0]["iops"]["1"]["median"] == 150.0
+
+
+def test_projection_scales_one_instance_cost():
+    summary = [
+        {
+            "instances": 1,
+            "workload": "randwrite-4k",
+            "iops": stats.spread([1.0]),
+            "server_us": stats.spread([20.0]),
+            "client_us": stats.spread([5.0]),
+        }
+    ]
+    proj = {p["cores"]: p for p in cpu.project(summary)}
+    assert proj[1]["client_elsewhere_iops"] == pytest.approx(50_000)
+    assert proj[4]["client_elsewhere_iops"] == pytest.approx(200_000)
+    assert proj[4]["client_sharing_iops"] == pytest.approx(160_000)
+
+
+def test_replace_block_keeps_the_rest():
+    text = f"intro\n{report.README_BEGIN}\nold numbers\n{report.README_END}\noutro\n"
+    assert report.replace_block(text, "NEW") == "intro\nNEW\noutro\n"
+    with pytest.raises(ValueError):
+        report.replace_block("no markers here", "NEW")
+
+
+def test_publish_replaces_docs_and_readme_block(tmp_path):
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    out.mkdir()
+    docs.mkdir()
+    (docs / "stale.png").write_bytes(b"old")
+    (docs / "keep.txt").write_text("not ours")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{report.README_BEGIN}\nold\n{report.README_END}\n## After\n")
+    meta = {
+        "started": "2026-01-01T00:00:00",
+        "duration_s": 1.0,
+        "cpu": "CPU",
+        "cores": 2,
+        "mem_bytes": 2**30,
+        "os": "OS",
+        "kernel": "k",
+        "loadavg_at_start": [0.0, 0.0, 0.0],
+        "fio": "fio-3",
+        "nbdkit": "nbdkit 1",
+        "nbdkit_python": "3.11",
+        "region_bytes": 16 << 20,
+        "runtime_s": 1.0,
+        "ramp_s": 0.0,
+        "quick": False,
+    }
+    jobs = [
+        _job("zramd-lz4", w.name, c, 0, 1000.0 * c)
+        for w in scaling.WORKLOADS
+        for c in scaling.CONNECTIONS
+    ]
+    data = {
+        "systems": ["zramd-lz4"],
+        "connections": list(scaling.CONNECTIONS),
+        "jobs": jobs,
+        "rounds": 1,
+        "runtime_s": 1.0,
+        "total_iodepth": 16,
+        "descriptions": {"zramd-lz4": "zramd"},
+        "skipped": {},
+    }
+    data["summary"] = scaling.summarize(data)
+    (out / "scaling.png").write_bytes(b"png")
+    rep = {
+        "meta": meta,
+        "sections": {"scaling": data},
+        "charts": {"scaling": ["scaling.png"]},
+        "errors": {},
+    }
+    sections = by_names(["scaling"])
+    report.write(rep, sections, out)
+    report.publish(rep, sections, out, docs_dir=docs, readme=readme)
+    assert sorted(p.name for p in docs.iterdir()) == [
+        "keep.txt",
+        "results.json",
+        "results.md",
+        "scaling.png",
+    ]
+    text = readme.read_text()
+    assert text.startswith("# x\n<!-- bench:begin") and text.endswith(
+        f"{report.README_END}\n## After\n"
+    )
+    assert "| zramd | randread-4k | 1.0k | 2.0k | 4.0k |" in text
+    assert "old" not in text
+
+
+def test_sections_have_unique_names_and_unknown_ones_are_refused():
+    names = [s.name for s in SECTIONS]
+    assert len(names) == len(set(names))
+    with pytest.raises(SystemExit, match="unknown section"):
+        by_names(["nope"])

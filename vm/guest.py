@@ -1,0 +1,98 @@
+"""The guest: built by vm/build-guest.sh into vm/cache/ (Debian's kernel, a
+busybox initramfs whose /init is vm/guest-init.sh), booted by qemu under TCG
+with one vCPU and the scenario's parameters on the kernel command line.
+
+Two ways for the guest to reach the server's Unix socket:
+  "vda"  qemu's own NBD client, a virtio disk in the guest
+  "nbd"  the guest kernel's nbd driver, through qemu's user-mode network
+         with restrict=on and one guestfwd rule that qemu connects to the
+         socket itself: the guest can reach nothing else
+  "zram" no server: the guest's own zram
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+VM_DIR = Path(__file__).resolve().parent
+ROOT = VM_DIR.parent
+CACHE = VM_DIR / "cache"
+LOGS = CACHE / "logs"
+GUEST_FWD_ADDR = "10.0.2.100"  # exists only inside qemu's user-mode network
+GUEST_FWD_PORT = 10809
+
+
+def qemu_binary() -> str | None:
+    return shutil.which("qemu-system-x86_64")
+
+
+def build_guest(force: bool = False) -> None:
+    """Runs vm/build-guest.sh (idempotent; fast when the cache is current)."""
+    cmd = ["bash", str(VM_DIR / "build-guest.sh")] + (["--force"] if force else [])
+    subprocess.run(cmd, check=True)
+
+
+def kernel_append(dev: str, hog_mib: int, passes: int, corrupt_page: int) -> str:
+    """The kernel command line: console, and the scenario for guest-init.sh."""
+    return (
+        f"console=ttyS0 loglevel=4 panic=-1 mitigations=off "
+        f"zramd.dev={dev} zramd.hog_mib={hog_mib} zramd.passes={passes} "
+        f"zramd.corrupt={corrupt_page}"
+    )
+
+
+def qemu_command(
+    dev: str, sock: Path | None, console: Path, mem_mib: int, append: str
+) -> list[str]:
+    cmd = [
+        qemu_binary() or "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-m",
+        f"{mem_mib}M",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-serial",
+        f"file:{console}",
+        "-kernel",
+        str(CACHE / "vmlinuz"),
+        "-initrd",
+        str(CACHE / "initramfs.cpio.gz"),
+        "-append",
+        append,
+    ]
+    if dev == "vda":
+        # Path 1: qemu's own NBD client, a virtio disk in the guest. discard=unmap
+        # passes the guest's discards on as NBD trims.
+        cmd += [
+            "-drive",
+            f"driver=nbd,server.type=unix,server.path={sock},if=none,id=d0,discard=unmap",
+            "-device",
+            "virtio-blk-pci,drive=d0",
+        ]
+    elif dev == "nbd":
+        # Path 2: the guest's nbd driver. restrict=on cuts the guest off from
+        # everything but the guestfwd rule, which qemu itself connects to SOCK.
+        cmd += [
+            "-netdev",
+            f"user,id=n0,restrict=on,guestfwd=tcp:{GUEST_FWD_ADDR}:{GUEST_FWD_PORT}-unix:{sock}",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ]
+    return cmd
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"({path}: missing)"
+    return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,155 @@
+"""What one guest run measured, and the checks that judge it.
+
+``Result`` collects the guest's counters (from console events), the
+server's stats samples and the failures; ``measure`` derives the swap
+traffic, rates, peak and compression ratio; ``check`` appends a failure
+for every acceptance rule that does not hold. A run passes when
+``failures`` is empty. Plain data, used by one thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+PAGE_BYTES = 4096
+# zramd-side acceptance: the hog's pages compress to about a third (lz4) and
+# one in 16 is same-filled, so anything under 1.5 means compression is off.
+MIN_RATIO = 1.5
+# Right after swapoff, with `swapon --discard`, what may stay stored: pages
+# still swapped out when swapoff began (the initramfs's tmpfs files and
+# such: measured 6-10% of the peak orig_data_size with the defaults).
+AFTER_SWAPOFF_MAX_FRACTION = 0.25
+# After the guest's teardown (blkdiscard of the whole device): nothing, bar
+# rounding.
+MAX_LEFT_AFTER_TEARDOWN_BYTES = 1 << 20
+
+
+@dataclasses.dataclass
+class Result:
+    target: str
+    server: str | None
+    dev: str
+    mem_mib: int  # the workload's guest RAM (the 2x check uses it)
+    hog_mib: int
+    passes: int
+    guest_ram_mib: int = 0  # qemu -m: mem_mib, plus room for guest-zram's store
+    ok: bool = False
+    failures: list = dataclasses.field(default_factory=list)
+    elapsed_s: float = 0.0  # qemu start to exit, host clock
+    hog_s: float | None = None  # the hog's run, guest clock
+    pages_out: int | None = None  # /proc/vmstat pswpout delta over the hog
+    pages_in: int | None = None  # pswpin delta over the hog
+    pages_in_swapoff: int | None = None  # pswpin during swapoff
+    swap_in_rate: float | None = None  # pages_in / hog_s
+    swap_out_rate: float | None = None
+    ratio: float | None = None  # orig_data_size / compr_data_size at the peak
+    peak: dict | None = None  # server stats sample with the largest orig_data_size
+    after_swapoff: dict | None = None  # server stats right after swapoff (kernel discards only)
+    final: dict | None = None  # server stats after the guest's blkdiscard and power-off
+    allocated_after_swapoff_bytes: int | None = None  # nbdinfo --map data bytes (non-zramd)
+    allocated_after_bytes: int | None = None
+    guest: dict = dataclasses.field(default_factory=dict)  # ZRAMD-RESULT keys
+    hog: dict = dataclasses.field(default_factory=dict)  # HOG-RESULT keys
+    samples: list = dataclasses.field(default_factory=list)
+    console_log: str = ""
+    server_log: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def measure(res: Result) -> None:
+    g = res.guest
+    if "pswpout_after" in g and "pswpout_before" in g:
+        res.pages_out = g["pswpout_after"] - g["pswpout_before"]
+        res.pages_in = g["pswpin_after"] - g["pswpin_before"]
+    if "pswpin_swapoff" in g and "pswpin_after" in g:
+        res.pages_in_swapoff = g["pswpin_swapoff"] - g["pswpin_after"]
+    if "hog_end_s" in g and "hog_start_s" in g:
+        res.hog_s = round(g["hog_end_s"] - g["hog_start_s"], 2)
+        if res.hog_s > 0 and res.pages_in is not None:
+            res.swap_in_rate = round(res.pages_in / res.hog_s)
+            res.swap_out_rate = round(res.pages_out / res.hog_s)
+    with_data = [s for s in res.samples if s.get("orig_data_size", 0) > 0]
+    if with_data:
+        res.peak = max(with_data, key=lambda s: s["orig_data_size"])
+        if res.peak.get("compr_data_size"):
+            res.ratio = round(res.peak["orig_data_size"] / res.peak["compr_data_size"], 2)
+
+
+def check(res: Result, min_ratio: float = MIN_RATIO) -> None:
+    f = res.failures
+    g, h = res.guest, res.hog
+    if g.get("done_ok") != 1:
+        f.append("guest did not finish its scenario (no ZRAMD-DONE ok=1)")
+    if not h:
+        f.append("hog printed no result")
+    elif h.get("ok") != 1 or h.get("bad_pages") != 0:
+        f.append(
+            f"verification failed: {h.get('bad_pages')} bad pages, {h.get('bad_bytes')} bad bytes"
+        )
+    if g.get("hog_rc") not in (0, None) and h.get("ok") == 1:
+        f.append(f"hog exited with status {g.get('hog_rc')}")
+    if res.pages_out is None:
+        f.append("no swap counters from the guest")
+    else:
+        ram_pages = res.mem_mib * (1 << 20) // PAGE_BYTES
+        if res.pages_out < 2 * ram_pages:
+            f.append(
+                f"only {res.pages_out} pages swapped out, less than twice the guest's RAM "
+                f"({2 * ram_pages} pages)"
+            )
+        if res.pages_in <= 0:
+            f.append("no page was swapped in")
+    if res.server != "zramd":
+        return
+    # zramd's side.
+    if res.peak is None:
+        f.append("zramd never reported orig_data_size > 0 while the guest swapped")
+    else:
+        if res.ratio is None or res.ratio < min_ratio:
+            f.append(f"compression ratio {res.ratio} below {min_ratio}")
+        if not res.peak.get("same_pages"):
+            f.append("zramd stored no same-filled page (the hog writes one page in 16 same-filled)")
+    if g.get("done_ok") != 1:
+        return  # the checks below judge the end of a finished scenario
+    last = res.final
+    if last is None:
+        f.append("no zramd stats after the run")
+        return
+    # Reads: the guest swapped pages in (checked above) and they can only
+    # have come from zramd; where zramd counts requests, check its side too.
+    for key in ("num_reads", "num_writes", "num_discards"):
+        if key in last and not last[key]:
+            f.append(f"zramd {key}=0 after the run")
+    for key in ("failed_reads", "failed_writes", "invalid_io"):
+        if last.get(key):
+            f.append(f"zramd {key}={last[key]}")
+    # The kernel's own discards (swapon --discard): slots freed while swap is
+    # on (the hog exiting) are discarded, so by the end of swapoff zramd must
+    # have freed pages and given back most of its peak. Slots still in use
+    # when swapoff starts are read back but not discarded (swapoff clears
+    # SWP_WRITEOK first): that remainder is what the blkdiscard teardown is for.
+    # (notify_free alone proves little: swapon's discard of the whole device
+    # already counts every page.)
+    a = res.after_swapoff
+    if a is None:
+        f.append("no zramd stats right after swapoff")
+    elif res.peak is not None:
+        if a.get("notify_free", 0) <= res.peak.get("notify_free", 0):
+            f.append(
+                f"zramd freed no page between the peak and swapoff (notify_free "
+                f"{res.peak.get('notify_free')} -> {a.get('notify_free')}): discards did not arrive"
+            )
+        if a.get("orig_data_size", 0) > res.peak["orig_data_size"] * AFTER_SWAPOFF_MAX_FRACTION:
+            f.append(
+                f"after swapoff zramd still holds orig_data_size={a.get('orig_data_size')}, more "
+                f"than {AFTER_SWAPOFF_MAX_FRACTION:.0%} of its peak {res.peak['orig_data_size']}: "
+                f"the kernel's discards did not return the memory"
+            )
+    for key in ("orig_data_size", "mem_used_total"):
+        if last.get(key, 0) > MAX_LEFT_AFTER_TEARDOWN_BYTES:
+            f.append(
+                f"after the guest discarded the whole device zramd still has {key}={last[key]} "
+                f"(> {MAX_LEFT_AFTER_TEARDOWN_BYTES})"
+            )

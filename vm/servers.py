@@ -1,0 +1,203 @@
+"""The NBD server under test, and a thread sampling its stats.
+
+``TargetServer`` runs one server process on a Unix socket: kind "zramd"
+(`zramd serve`, foreground, stops on SIGTERM) or "nbdkit-memory" (`nbdkit -f
+-U SOCK memory SIZE`). One thread (the run's) starts and stops it.
+
+``StatsSampler`` is a daemon thread calling ``TargetServer.stats()`` every
+interval and when poked (a hog pass ended); the run's thread also samples
+directly at fixed moments. Locking: ``samples`` and ``errors`` are only
+appended to (list.append is atomic under the GIL) and read after stop()
+has joined the thread, except the direct sample() calls, which append too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from vm.guest import ROOT, tail
+
+DEFAULT_DEVICE_SIZE = "1G"
+STATS_INTERVAL_S = 2.0
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def zramd_command() -> list[str]:
+    """The zramd CLI: $ZRAMD_CLI if set, else the project's venv."""
+    if os.environ.get("ZRAMD_CLI"):
+        return os.environ["ZRAMD_CLI"].split()
+    return [str(ROOT / ".venv" / "bin" / "zramd")]
+
+
+def zramd_available() -> tuple[bool, str]:
+    cmd = zramd_command()
+    try:
+        p = subprocess.run(cmd + ["serve", "--help"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"{' '.join(cmd)} serve --help: {e}"
+    if p.returncode != 0:
+        return (
+            False,
+            f"{' '.join(cmd)} serve --help failed: {(p.stderr or p.stdout).strip()[-400:]}",
+        )
+    return True, ""
+
+
+class TargetServer:
+    """The NBD server under test, on a Unix socket: start, stats, stop."""
+
+    def __init__(self, kind: str, sock: Path, log_path: Path, size: str = DEFAULT_DEVICE_SIZE):
+        self.kind = kind
+        self.sock = sock
+        self.log_path = log_path
+        self.size = size
+        self.proc: subprocess.Popen | None = None
+        self._log: IO[bytes] | None = None
+
+    def command(self) -> list[str]:
+        if self.kind == "zramd":
+            return zramd_command() + ["serve", "--socket", str(self.sock), "--size", self.size]
+        if self.kind == "nbdkit-memory":
+            return ["nbdkit", "-f", "-U", str(self.sock), "memory", self.size]
+        raise ValueError(f"unknown server kind {self.kind}")
+
+    def start(self, timeout_s: float = 60) -> None:
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + timeout_s
+        # zramd's control socket (stats) comes up just after the NBD socket.
+        ready = [self.sock] + ([Path(f"{self.sock}.ctl")] if self.kind == "zramd" else [])
+        while not all(p.exists() for p in ready):
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.kind} server exited with {self.proc.returncode} before its "
+                    f"socket appeared:\n{tail(self.log_path)}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{self.kind} server: no {' and '.join(map(str, ready))} "
+                    f"after {timeout_s} s:\n{tail(self.log_path)}"
+                )
+            time.sleep(0.05)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.returncode
+
+    def stats(self) -> dict | None:
+        """zramd's counters (zram names), or None for servers without any."""
+        if self.kind != "zramd":
+            return None
+        p = subprocess.run(
+            zramd_command() + ["stats", "--socket", str(self.sock), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if p.returncode != 0:
+            raise RuntimeError(f"zramd stats failed: {(p.stderr or p.stdout).strip()[-300:]}")
+        return json.loads(p.stdout)
+
+    def allocated_bytes(self) -> int | None:
+        """Bytes the server reports as data (not holes) via nbdinfo --map, if available."""
+        if not shutil.which("nbdinfo"):
+            return None
+        uri = f"nbd+unix:///?socket={self.sock}"
+        p = subprocess.run(
+            ["nbdinfo", "--map", "--totals", "--json", uri],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if p.returncode != 0:
+            log(f"nbdinfo --map failed: {p.stderr.strip()[-300:]}")
+            return None
+        try:
+            rows = json.loads(p.stdout)
+        except ValueError:
+            log(f"nbdinfo --map: unexpected output {p.stdout[:300]!r}")
+            return None
+        # --totals --json: [{"size": N, "percent": P, "type": T, "description": "..."}]
+        # type bit 0 = hole; anything without it holds data.
+        return sum(r["size"] for r in rows if not (r.get("type", 0) & 1))
+
+    def stop(self, timeout_s: float = 20) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log:
+            self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> TargetServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class StatsSampler(threading.Thread):
+    """Samples server stats every `interval_s` and when poked (hog pass ends)."""
+
+    def __init__(self, server: TargetServer, t0: float, interval_s: float = STATS_INTERVAL_S):
+        super().__init__(name="stats", daemon=True)
+        self.server, self.t0, self.interval_s = server, t0, interval_s
+        self.samples: list[dict] = []
+        self.errors: list[str] = []
+        self._poke = threading.Event()
+        self._halt = threading.Event()
+
+    def poke(self) -> None:
+        self._poke.set()
+
+    def sample(self, label: str = "") -> dict | None:
+        try:
+            s = self.server.stats()
+        except Exception as e:  # recorded, judged by the checks
+            self.errors.append(str(e))
+            return None
+        if s is not None:
+            s = dict(s, t_s=round(time.monotonic() - self.t0, 2), label=label)
+            self.samples.append(s)
+        return s
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self._poke.wait(self.interval_s)
+            if self._halt.is_set():
+                break
+            label = "pass-end" if self._poke.is_set() else "periodic"
+            self._poke.clear()
+            self.sample(label)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self._poke.set()
+        self.join(30)
