@@ -71,8 +71,10 @@ def main() -> int:
         print(f"{label:34} {per_call_us(stmt)}")
     for word in (b"\x11", bytes(range(8))):
         page = word * (4096 // len(word))
-        print(f"same-filled page {word.hex():16} lz4 {len(lz4c.compress(page, 4096) or b''):3} "
-              f"bytes, zstd:3 {len(zstd.compress(page, 4096) or b''):3} bytes")
+        print(
+            f"same-filled page {word.hex():16} lz4 {len(lz4c.compress(page, 4096) or b''):3} "
+            f"bytes, zstd:3 {len(zstd.compress(page, 4096) or b''):3} bytes"
+        )
     for pages in (1, 16):
         print(f"2 threads vs 1, {pages * 4:3} KiB per lz4 call: {parallel_speedup(pages):.2f}x")
     return 0
