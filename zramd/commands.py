@@ -165,6 +165,21 @@ def _recompress(device, args):
     return device.store.recompress(recomp_type, threshold, limit)
 
 
+@command("compact")
+def _compact(device, args):
+    """zram's ``echo 1 > compact``: move objects out of sparse blocks and
+    give the emptied blocks back; returns what was freed."""
+    _no_args(args, "compact")
+    result = device.store.compact()
+    return {
+        "moved": result["moved"],
+        "pages_freed": result["pages_freed"],
+        "blocks_freed": result["blocks_freed"],
+        "pages_compacted": result["pages_compacted"],
+        "mem_used_total": result["mem_used_total"],
+    }
+
+
 @command("writeback_limit")
 def _writeback_limit(device, args):
     """zram's ``writeback_limit`` (pages) and ``writeback_limit_enable``."""

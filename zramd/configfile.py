@@ -21,7 +21,7 @@ Relative paths in the file are relative to the file's directory (a unit's
 working directory is ``/``).
 
 Every error is a ``ConfigError`` of one line: the file, the key, what is
-wrong.  No state, no locking.
+wrong.  No state, no locking.  Why: docs/design.md#config-file.
 """
 
 from __future__ import annotations

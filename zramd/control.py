@@ -82,10 +82,12 @@ class ControlServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if os.path.exists(self.path):
-            if unix_socket_in_use(self.path):
-                raise ControlError(f"control socket {self.path} is in use by another server")
-            os.unlink(self.path)
+        from .sockets import PathError, claim_socket_path
+
+        try:  # a stale socket is removed; anything else is never deleted
+            claim_socket_path(self.path, "control socket")
+        except PathError as exc:
+            raise ControlError(str(exc)) from None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:

@@ -27,6 +27,9 @@ buffer instead of a snapshot, which nbdkit reuses for the next request: the
 (docs/design.md#stable-writes).  It is refused unless explicitly unlocked
 (see config).
 
+Automatic compaction (compaction.py) runs on its own thread, started and
+stopped with the device.
+
 With a backing file, ``writeback`` (see writeback.py) moves pages out of
 RAM; a write that finds memory above the high watermark first waits for it
 (unless writeback is stalled).  Writes and trims that free written-back
@@ -40,6 +43,7 @@ approximate under concurrency (they are diagnostics, not zram's stats).
 
 from __future__ import annotations
 
+from .compaction import AutoCompactor
 from .store import PageStore
 from .units import PAGE_SHIFT, PAGE_SIZE
 from .workers import CompressionWorkers
@@ -67,6 +71,7 @@ class Device:
         pending_limit_bytes: int = DEFAULT_PENDING_LIMIT_BYTES,
         stable_writes: bool = True,
         writeback=None,
+        auto_compact: bool = True,
     ):
         if mode not in MODES:
             raise ValueError(f"unknown compression mode {mode!r} (choose from {', '.join(MODES)})")
@@ -85,6 +90,7 @@ class Device:
         self.discard = store.discard if writeback is None else self.discard_with_backing
         self.extents = store.extents
         self.writeback = writeback
+        self.compactor = AutoCompactor(store) if auto_compact else None
         self.backpressure_inline = 0
         self.fua_inline = 0
 
@@ -94,6 +100,8 @@ class Device:
             self.workers.start()
         if self.writeback is not None:
             self.writeback.start()
+        if self.compactor is not None:
+            self.compactor.start()
 
     def stop(self) -> None:
         """Drain pending work and end the workers and the writeback thread."""
@@ -101,6 +109,8 @@ class Device:
             self.workers.stop()
         if self.writeback is not None:
             self.writeback.stop()
+        if self.compactor is not None:
+            self.compactor.stop()
 
     def drain(self) -> None:
         """Wait until every write acknowledged so far is installed: NBD

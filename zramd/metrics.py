@@ -53,7 +53,8 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "mem_used_total": (
         "mem_used_total_bytes",
         GAUGE,
-        "mm_stat mem_used_total: memory the stored pages cost",
+        "mm_stat mem_used_total: the page arena's blocks (free space included), their "
+        "bookkeeping, the per-page table of stored pages and pending snapshots",
     ),
     "mem_limit": (
         "mem_limit_bytes",
@@ -117,6 +118,44 @@ METRICS: dict[str, tuple[str, str, str]] = {
         "incompressible_pages",
         GAUGE,
         "pages the secondary algorithm could not shrink",
+    ),
+    # the page arena (docs/design.md#page-arena-and-memory-accounting)
+    "arena_blocks": ("arena_blocks", GAUGE, "mmap blocks the page arena holds"),
+    "arena_block_bytes": (
+        "arena_block_bytes",
+        GAUGE,
+        "bytes of the page arena's blocks, free space inside them included",
+    ),
+    "arena_free_bytes": (
+        "arena_free_bytes",
+        GAUGE,
+        "free object spots inside the page arena's blocks",
+    ),
+    "arena_meta_bytes": (
+        "arena_meta_bytes",
+        GAUGE,
+        "bookkeeping of the page arena's blocks (Python objects per block)",
+    ),
+    "slot_meta_bytes": (
+        "slot_meta_bytes",
+        GAUGE,
+        "per-page table bytes (handle, flags, atime, checksum) of the stored pages",
+    ),
+    "compactable_bytes": (
+        "compactable_bytes",
+        GAUGE,
+        "block bytes that compaction could give back now",
+    ),
+    "compact_runs": ("compact_runs", COUNTER, "automatic compaction runs"),
+    "read_retries": (
+        "read_retries",
+        COUNTER,
+        "lockless reads done again because compaction or a free raced them",
+    ),
+    "arena_release_errors": (
+        "arena_release_errors",
+        COUNTER,
+        "empty blocks munmap refused (vm.max_map_count); their pages were still given back",
     ),
     "recompressed_pages": (
         "recompressed_pages",

@@ -232,6 +232,7 @@ MAX_WORKERS = 64
 FAULTS = ("no-stable-writes",)
 DEFAULT_ADDRESS = "127.0.0.1"
 MAX_INSTANCES = 64
+TLS_MODES = ("off", "on", "require")
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -518,6 +519,74 @@ OPTIONS: tuple[Option, ...] = (
         "address for --port",
         aliases=("-i",),
         example="::1",
+    ),
+    # -- who may reach the device (docs/design.md#security) -------------------
+    Option(
+        "tls",
+        "tls",
+        STR,
+        None,
+        "nbdkit's TLS: require, on (TLS optional) or off",
+        choices=TLS_MODES,
+        default_help="require with --tls-psk or --tls-certificates, else off",
+        example="require",
+    ),
+    Option(
+        "tls-psk",
+        "tls_psk",
+        PATH,
+        None,
+        "TLS with pre-shared keys: FILE has lines username:hexkey, mode 0600",
+        metavar="FILE",
+        group="tls-credentials",
+        example="keys.psk",
+    ),
+    Option(
+        "tls-certificates",
+        "tls_certificates",
+        PATH,
+        None,
+        "TLS with X.509: DIR has server-cert.pem, server-key.pem (and ca-cert.pem for "
+        "--tls-verify-peer)",
+        metavar="DIR",
+        group="tls-credentials",
+        example="pki",
+    ),
+    Option(
+        "tls-verify-peer",
+        "tls_verify_peer",
+        BOOL,
+        False,
+        "require a client certificate signed by DIR/ca-cert.pem",
+        example="on",
+    ),
+    Option(
+        "insecure-tcp",
+        "insecure_tcp",
+        BOOL,
+        False,
+        "allow --port without TLS: anyone who reaches the port reads and writes the device",
+        example="on",
+    ),
+    # -- the wrapper process ---------------------------------------------------
+    Option(
+        "pid-file",
+        "pid_file",
+        PATH,
+        None,
+        "write the pid of zramd serve to PATH (created exclusively, mode 0600) once "
+        "every socket listens",
+        metavar="PATH",
+        example="zramd.pid",
+    ),
+    Option(
+        "force",
+        "force_stop",
+        BOOL,
+        False,
+        "SIGTERM/Ctrl-C stops at once even with clients connected and pages stored "
+        "(default: refuse once)",
+        example="on",
     ),
     Option(
         "instances",

@@ -1,81 +1,99 @@
-"""The page store: zram's slot table, in Python.
+"""The page store: zram's slot table, in Python, over a page arena.
+
+Why: docs/design.md#page-arena-and-memory-accounting.
 
 Data structure
 --------------
-``_slots`` is a list with one entry per 4 KiB page (``index = offset >> 12``;
-a list costs 11 ns per get/set, design.md section 4).  An entry is a single
-immutable object, so its state and its data change together in one list
-store, and a reader loads it once without a lock:
+One 64-bit *handle* per 4 KiB page (``index = offset >> 12``), in
+``_handles``: a ``memoryview`` cast to ``'Q'`` over an anonymous mmap, so
+the table's pages cost memory only once touched.  The low two bits are a
+tag:
 
-=====================  ==============================================  =========
-entry                  meaning                                          zram name
-=====================  ==============================================  =========
-``None``               never written, or freed (trim, write-zeroes)     (empty)
-``int``                same-filled page: this 8-byte little-endian      ZRAM_SAME
-                       word repeated 512 times (``0``: zero page)
-``bytes``, len < 4096  compressed with the store's codec
-``bytes``, len 4096    huge page: incompressible, stored raw            ZRAM_HUGE
-``Pending``            accepted, waiting for an async compression
-                       worker: holds the page's stable snapshot
-``Recompressed``       compressed again with the secondary codec        ZRAM_COMP_PRIORITY
-``Backed``             written back to the backing file, at a block     ZRAM_WB
-=====================  ==============================================  =========
+=====================  ==============================================  ===========
+handle                 meaning                                          zram name
+=====================  ==============================================  ===========
+``0``                  never written, or freed (trim, write-zeroes)     (empty)
+``TAG_SAME``           same-filled page: ``handle >> 2`` is the 8-byte  ZRAM_SAME
+                       little-endian word repeated 512 times (words
+                       of 62 bits or more: ``SameWord`` in ``_side``)
+``TAG_OBJ``            an object in the arena (arena.py: length, block,
+                       offset); length 4096 = huge page, stored raw     ZRAM_HUGE
+``TAG_OBJ|FLAG_BIT``   compressed again with the secondary codec        ZRAM_COMP_PRIORITY
+``TAG_SIDE``           an object in ``_side[index]``: ``Pending``
+                       (async snapshot), ``Backed`` (written back to    ZRAM_WB
+                       the backing file) or ``SameWord``
+=====================  ==============================================  ===========
 
-Beside the slot table, ``_flags`` (a bytearray: ``IDLE``, ``INCOMPRESSIBLE``,
-zram's names) and ``_atime`` (an ``array('I')`` of deciseconds since the
-store was made, zram's ac_time) describe each page; they are reset when a
-page is rewritten, and an access clears ``IDLE``.  Those updates take no lock
-(a racing reader can at worst leave a page marked idle a little longer).
+Beside the handles, per page: ``_flags`` (``IDLE``, ``INCOMPRESSIBLE``,
+zram's names), ``_atime`` (``'I'``, deciseconds since the store was made,
+zram's ac_time) and, with checksums on, ``_sums`` (``'Q'``, the checksum of
+the page data taken on the stable data at write time), all in lazily
+touched mmaps: 13 bytes per page (21 with checksums), ``SLOT_META_BYTES``.
 
-With per-page checksums on, ``_sums[index]`` holds the checksum of the page
-data (computed on the stable data at write time) for ``bytes`` and
-``Pending`` entries; a read verifies it after decompression.
-
-A stored compressed page costs its payload plus one ``bytes`` object header
-(33 bytes) plus one list pointer (8 bytes): about 49 bytes of metadata.
+An *entry* (what ``_load``, ``entry``, ``holds`` and ``commit`` speak of) is
+the handle for empty and same pages, ``(handle, payload bytes)`` for an
+arena object, and the object itself for side entries.  Comparing entries
+compares contents, so a handle value that comes back (a spot freed and
+reused by the same slot) is never mistaken for the old data.
 
 Invariants (whenever ``_lock`` is free)
 ---------------------------------------
-- ``pages_stored`` = number of non-``None`` entries; ``orig_data_size`` =
-  ``pages_stored * 4096`` (zram counts same pages here too);
-- ``compr_data_size`` = sum of ``len(entry)`` over ``bytes`` entries;
-- ``mem_used_total`` = sum of ``len(entry) + BYTES_HEADER`` over ``bytes``
-  entries (same pages cost nothing, as in zram);
-- ``same_pages`` / ``huge_pages`` = number of ``int`` / 4096-byte entries;
-- ``pending_pages`` = number of ``Pending`` entries, each counted as an
-  uncompressed page (4096 in ``compr_data_size``, 4096 + header in
-  ``mem_used_total``: the snapshot is in RAM), so ``mem_limit`` is reserved
-  for the worst case before the write is acknowledged;
+- ``pages_stored`` = non-zero handles; ``orig_data_size`` = ``pages_stored
+  * 4096`` (zram counts same pages too);
+- ``compr_data_size`` = the arena objects' lengths plus 4096 per pending
+  page; ``same_pages``, ``huge_pages``, ``pending_pages``, ``bd_count``,
+  ``recompressed_pages`` count their handles;
+- ``mem_used_total`` = the arena's blocks (free space included) + their
+  bookkeeping + ``SLOT_META_BYTES`` per stored page + ``PENDING_BYTES`` per
+  pending snapshot; ``mem_used_max`` is its peak;
 - ``mem_used_total <= mem_limit`` whenever a limit is set, except when the
-  limit was lowered below current use at run time (as in zram).
+  limit was lowered below current use at run time (as in zram): a write
+  that needs a new block past the limit fails with ENOSPC before it
+  changes anything.
+- ``audit()`` recomputes all of it from the table and the blocks.
 
 Locking
 -------
-``_lock`` guards every store into ``_slots`` and every counter.  Writers do
-the expensive work outside it (compression releases the GIL): they build the
-new entries first, then install all entries of one request at once under
-the lock, after checking ``mem_limit`` for the request as a whole, so a
-request is installed entirely or not at all and a failed write changes
-nothing.  A partial-page write (read-modify-write) remembers the entry it
-read and installs only if the slot still holds that very object; otherwise
-it merges again with the newer entry.  Readers take no lock, except with
-checksums on, where an entry and its checksum are loaded together under it.
-A ``Backed`` page's file block is freed when the slot is rewritten (under
-the lock), so a reader that read a block checks afterwards that the slot
-still holds the same ``Backed`` object; if not, it loads the slot again.
-A worker installs a compressed page only if the slot still holds the very
-``Pending`` object it compressed (identity is the generation check): a
-stale result never overwrites newer data.
+``_lock`` guards every store into the handle table, ``_side``, the arena
+and every counter.  Writers compress outside it (the codecs release the
+GIL), then install all pages of one request at once under it, after the
+``mem_limit`` check for the request as a whole: all or nothing.  A
+partial-page write (read-modify-write) installs only if the slot still
+holds the entry it read (compared under the lock), else merges again.
+Readers take no lock: they copy an object out of its block and check the
+arena's ``epoch`` did not move (arena.py), else try again; after
+``READ_RETRIES`` they take the lock.  With checksums on, a reader loads the
+handle, its checksum and the payload together under the lock, so a
+mismatch is real corruption, never a race.  A ``Backed`` page's file block
+is freed when the slot is rewritten, so a reader re-checks the side entry
+after reading the file.  A worker installs a compressed page only if the
+slot still holds the very ``Pending`` object it compressed.  Compaction
+(arena.py) moves objects under the lock in batches and bumps ``epoch``.
+Flags and atimes are updated without the lock (a racing reader can at
+worst leave a page marked idle a little longer).
 """
 
 from __future__ import annotations
 
-import array
 import errno
+import mmap
 import sys
 import threading
 import time
 
+from .arena import (
+    BLOCK_META_BYTES,
+    BLOCK_SHIFT,
+    FLAG_BIT,
+    LEN_MASK,
+    LEN_SHIFT,
+    MAX_COMPRESSED_BYTES,
+    OFF_MASK,
+    OFF_SHIFT,
+    TAG_MASK,
+    TAG_OBJ,
+    Arena,
+)
 from .codecs import Codec
 from .units import PAGE_SHIFT, PAGE_SIZE
 
@@ -84,11 +102,12 @@ ZERO_PAGE = bytes(PAGE_SIZE)
 WORD_SIZE = 8
 WORDS_PER_PAGE = PAGE_SIZE // WORD_SIZE
 
-# A compressed page of this size or more is stored raw (huge).  zram uses
-# zsmalloc's huge_class_size, 3264 bytes with 4 KiB pages on x86-64: a
-# larger object would take a whole zspage slot anyway.  We use the same cut so
-# that compression ratios compare like with like against kernel zram.
-HUGE_THRESHOLD = 3264
+# A compressed page longer than this is stored raw (huge).  zram stores
+# pages that compress to zsmalloc's huge_class_size or more raw: 3632 bytes
+# less the 7 of its in-object handle since Linux 6.3 (3264 before).  Our
+# arena keeps no handle in the object, so the cut is its largest class that
+# still packs more than one object per block: 3632 bytes (arena.py).
+HUGE_THRESHOLD = MAX_COMPRESSED_BYTES + 1
 
 # A compressed page this small may be same-filled (lz4 makes 26-33 bytes of
 # one, zstd 19-25): only then is the word test worth its 0.3 us.
@@ -97,6 +116,17 @@ SAME_CANDIDATE_MAX_BYTES = 64
 # What CPython spends on a bytes object besides its payload
 # (sys.getsizeof(b"") == 33 on 64-bit CPython 3.11).
 BYTES_HEADER = sys.getsizeof(b"")
+
+TAG_SAME = 2
+TAG_SIDE = 3
+SAME_WORD_LIMIT = 1 << 62
+OBJ_CODEC_MASK = TAG_MASK | FLAG_BIT  # TAG_OBJ: primary codec
+
+# A lockless read that saw the arena move this many times takes the lock.
+READ_RETRIES = 3
+
+# An async snapshot page in RAM: the page and its share of a bytes header.
+PENDING_BYTES = PAGE_SIZE + BYTES_HEADER
 
 # nbdkit extent types (nbdkit.EXTENT_HOLE / EXTENT_ZERO), so that this module
 # does not import nbdkit.
@@ -120,9 +150,17 @@ BD_STAT_FIELDS = ("bd_count", "bd_reads", "bd_writes")
 
 _ANY = object()  # "install whatever the slot holds now" (full-page writes)
 
+# page flags (zram's names)
+IDLE = 1
+INCOMPRESSIBLE = 2
+
 
 class StoreError(OSError):
     """An I/O error with the errno the NBD client should see."""
+
+
+class ChecksumError(StoreError):
+    """A page's data does not match the checksum taken when it was written."""
 
 
 class Pending:
@@ -143,26 +181,9 @@ class Pending:
         return f"Pending(gen={self.gen})"
 
 
-def same_filled_word(page) -> int | None:
-    """The repeated 8-byte word if ``page`` is same-filled, else None.
-
-    ``ZERO_PAGE.startswith(page)`` is a memcmp (~0.1 us, design.md 4); the
-    general case first rejects pages whose first and last words differ
-    (``startswith`` compares with a memoryview slice by memcmp; ``==``
-    would go element by element).
-    """
-    if ZERO_PAGE.startswith(page):
-        return 0
-    first = bytes(page[:WORD_SIZE])
-    if not first.startswith(page[-WORD_SIZE:]):
-        return None
-    if bytes(page) != first * WORDS_PER_PAGE:
-        return None
-    return int.from_bytes(first, "little")
-
-
 class Recompressed:
-    """A page compressed again with the store's secondary codec."""
+    """A page compressed again with the store's secondary codec (what
+    ``commit`` installs; stored in the arena with ``FLAG_BIT``)."""
 
     __slots__ = ("data",)
 
@@ -179,35 +200,43 @@ class Backed:
         self.block = block
 
 
-# page flags (zram's names)
-IDLE = 1
-INCOMPRESSIBLE = 2
+class SameWord:
+    """A same-filled page whose word does not fit in a handle."""
 
-PENDING_COST = (1, PAGE_SIZE, PAGE_SIZE + BYTES_HEADER, 0, 0)
-BACKED_COST = (1, 0, 0, 0, 0)
-RECOMPRESSED_HEADER = BYTES_HEADER + sys.getsizeof(Recompressed(b""))
+    __slots__ = ("word",)
 
-
-def _entry_cost(entry) -> tuple[int, int, int, int, int]:
-    """(stored, compr_bytes, mem_bytes, same, huge) that ``entry`` adds."""
-    if entry is None:
-        return 0, 0, 0, 0, 0
-    t = type(entry)
-    if t is bytes:
-        n = len(entry)
-        return 1, n, n + BYTES_HEADER, 0, 1 if n == PAGE_SIZE else 0
-    if t is int:
-        return 1, 0, 0, 1, 0
-    if t is Pending:
-        return PENDING_COST
-    if t is Backed:
-        return BACKED_COST
-    n = len(entry.data)
-    return 1, n, n + RECOMPRESSED_HEADER, 0, 0
+    def __init__(self, word: int):
+        self.word = word
 
 
-class ChecksumError(StoreError):
-    """A page's data does not match the checksum taken when it was written."""
+def same_filled_word(page) -> int | None:
+    """The repeated 8-byte word if ``page`` is same-filled, else None.
+
+    ``ZERO_PAGE.startswith(page)`` is a memcmp (~0.1 us); the general case
+    first rejects pages whose first and last words differ.
+    """
+    if ZERO_PAGE.startswith(page):
+        return 0
+    first = bytes(page[:WORD_SIZE])
+    if not first.startswith(page[-WORD_SIZE:]):
+        return None
+    if bytes(page) != first * WORDS_PER_PAGE:
+        return None
+    return int.from_bytes(first, "little")
+
+
+def handle_kind(h: int, side=None) -> str:
+    """A name for what handle ``h`` holds (for tests and diagnostics)."""
+    tag = h & TAG_MASK
+    if h == 0:
+        return "empty"
+    if tag == TAG_SAME:
+        return "same"
+    if tag == TAG_OBJ:
+        if h & FLAG_BIT:
+            return "recompressed"
+        return "huge" if (h >> LEN_SHIFT) & LEN_MASK == PAGE_SIZE else "compressed"
+    return {Pending: "pending", Backed: "backed", SameWord: "same"}.get(type(side), "side?")
 
 
 class PageStore:
@@ -230,18 +259,25 @@ class PageStore:
         if size_bytes <= 0 or size_bytes & PAGE_MASK:
             raise ValueError(f"size must be a positive whole number of pages: {size_bytes}")
         self.size_bytes = size_bytes
-        self.nr_pages = size_bytes >> PAGE_SHIFT
+        self.nr_pages = n = size_bytes >> PAGE_SHIFT
         self.codec = codec
         self.checksum = checksum
-        self._slots: list = [None] * self.nr_pages
-        self._sums = array.array("Q", bytes(8 * self.nr_pages)) if checksum else None
-        self._flags = bytearray(self.nr_pages)
-        self._atime = array.array("I", bytes(4 * self.nr_pages))
+        self._maps: list[mmap.mmap] = []  # keeps the tables' mmaps alive
+        self._handles = self._table(n, "Q", 8)
+        self._flags = self._table(n, "B", 1)
+        self._atime = self._table(n, "I", 4)
+        self._sums = self._table(n, "Q", 8) if checksum else None
+        self.slot_meta_bytes = 13 + (8 if checksum else 0)
+        self._side: dict = {}
         self._t0 = time.monotonic()
         self._lock = threading.Lock()
+        self._compact_lock = threading.Lock()  # one compaction at a time
+        self._arena = Arena(self._lock)
+        self._class_of = self._arena.class_of
         self._gen = 0
         self.recomp_codec = recomp_codec
         self.backing = backing
+        self.compactor = None  # set by compaction.AutoCompactor
         # mm_stat
         self.pages_stored = 0
         self.compr_data_size = 0
@@ -266,11 +302,19 @@ class PageStore:
         self.pages_superseded = 0  # worker results dropped: the page changed meanwhile
         self.pages_compressed_async = 0  # worker results installed
         self.checksum_errors = 0
+        self.read_retries = 0
         # bd_stat (4 KiB units) and the secondary codec
         self.bd_count = 0
         self.bd_reads = 0
         self.bd_writes = 0
         self.recompressed_pages = 0
+
+    def _table(self, count: int, fmt: str, itemsize: int) -> memoryview:
+        """A zero-filled per-page array in an anonymous mmap (its pages cost
+        memory once touched), as a memoryview cast to ``fmt``."""
+        mm = mmap.mmap(-1, count * itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._maps.append(mm)
+        return memoryview(mm).cast(fmt)  # type: ignore[call-overload]
 
     def now(self) -> int:
         """The store's clock for ``_atime``: deciseconds since creation."""
@@ -279,13 +323,14 @@ class PageStore:
     # ------------------------------------------------------------------
     # encoding
     def encode(self, page):
-        """The slot entry for one 4 KiB page (bytes-like); no locks, no state.
+        """What to store for one 4 KiB page (bytes-like): an int (the
+        same-filled word) or bytes (compressed, or the raw page if huge);
+        no locks, no state.
 
-        The result never refers to ``page``: compressed output and raw copies
-        are new objects, so nbdkit may reuse its buffer after we return.
-        Zero pages are caught first (a memcmp); other same-filled pages
-        compress to at most 33 bytes (lz4; zstd 25), so the word test runs
-        only on tiny outputs, or when nothing compressed (the none codec).
+        The result never refers to ``page``, so nbdkit may reuse its buffer
+        after we return.  Zero pages are caught first (a memcmp); other
+        same-filled pages compress to at most 33 bytes (lz4; zstd 25), so
+        the word test runs only on tiny outputs, or when nothing compressed.
         """
         if ZERO_PAGE.startswith(page):
             return 0
@@ -299,39 +344,100 @@ class PageStore:
     def decode(self, entry):
         """The 4 KiB page (bytes-like) an entry stands for."""
         t = type(entry)
-        if t is bytes:
-            return entry if len(entry) == PAGE_SIZE else self.codec.decompress(entry)
-        if entry is None or entry == 0:
-            return ZERO_PAGE
+        if t is tuple:
+            h, payload = entry
+            if h & FLAG_BIT:
+                return self.recomp_codec.decompress(payload)
+            return payload if len(payload) == PAGE_SIZE else self.codec.decompress(payload)
+        if t is int:
+            if entry == 0:
+                return ZERO_PAGE
+            word = entry >> 2
+            return ZERO_PAGE if word == 0 else word.to_bytes(WORD_SIZE, "little") * WORDS_PER_PAGE
         if t is Pending:
             return entry.data
-        if t is Recompressed:
-            return self.recomp_codec.decompress(entry.data)
         if t is Backed:
             return self.backing.read(entry.block)
-        return entry.to_bytes(WORD_SIZE, "little") * WORDS_PER_PAGE
+        if t is SameWord:
+            return entry.word.to_bytes(WORD_SIZE, "little") * WORDS_PER_PAGE
+        raise TypeError(f"not a store entry: {entry!r}")
+
+    def _entry_locked(self, index: int):
+        """The entry of a slot (lock held)."""
+        h = self._handles[index]
+        tag = h & TAG_MASK
+        if tag == TAG_OBJ:
+            return h, self._arena.read(h)
+        if tag == TAG_SIDE:
+            return self._side[index]
+        return h
+
+    def entry(self, index: int):
+        """The entry a slot holds now (no lock unless the arena keeps moving)."""
+        handles, arena, side = self._handles, self._arena, self._side
+        for _ in range(READ_RETRIES):
+            epoch = arena.epoch
+            h = handles[index]
+            tag = h & TAG_MASK
+            if tag == TAG_OBJ:
+                try:
+                    payload = arena.read(h)
+                except (TypeError, ValueError, AttributeError):
+                    continue
+                if arena.epoch == epoch:
+                    return h, payload
+            elif tag == TAG_SIDE:
+                e = side.get(index)
+                if e is not None:
+                    return e
+            else:
+                return h
+            self.read_retries += 1
+        with self._lock:
+            return self._entry_locked(index)
+
+    def holds(self, index: int, entry) -> bool:
+        """Whether slot ``index`` still holds ``entry`` (an entry, or a bare
+        handle as ``candidates`` gives): a cheap check, no lock; ``commit``
+        checks again, by content, under the lock."""
+        h = self._handles[index]
+        t = type(entry)
+        if t is int:
+            return h == entry
+        if t is tuple:
+            return h == entry[0]
+        return h & TAG_MASK == TAG_SIDE and self._side.get(index) is entry
+
+    def _matches(self, index: int, entry) -> bool:
+        """``holds``, by content for arena objects (lock held)."""
+        h = self._handles[index]
+        t = type(entry)
+        if t is tuple:
+            return h == entry[0] and self._arena.read(h) == entry[1]
+        if t is int:
+            return h == entry
+        return h & TAG_MASK == TAG_SIDE and self._side.get(index) is entry
 
     def _load(self, index: int):
         """(entry, page) of one slot; the page verified against its checksum,
         and a written-back page re-checked against a concurrent rewrite."""
         while True:
             if self._sums is None:
-                entry = self._slots[index]
+                entry = self.entry(index)
             else:
                 with self._lock:
-                    entry = self._slots[index]
+                    entry = self._entry_locked(index)
                     expected = self._sums[index]
             page = self.decode(entry)
             t = type(entry)
             if t is Backed:
-                if self._slots[index] is not entry:
+                if self._side.get(index) is not entry:
                     continue  # rewritten while we read: the block may be reused
                 with self._lock:
                     self.bd_reads += 1
             if (
                 self._sums is not None
-                and t is not int
-                and entry is not None
+                and (t is tuple or t is Pending or t is Backed)
                 and self.checksum(page) != expected
             ):
                 with self._lock:
@@ -361,9 +467,22 @@ class PageStore:
         try:
             if length == PAGE_SIZE and not offset & PAGE_MASK:
                 index = offset >> PAGE_SHIFT
-                entry = self._slots[index]
-                if self._sums is None and type(entry) is bytes:  # the hot path
-                    buf[:] = entry if len(entry) == PAGE_SIZE else self.codec.decompress(entry)
+                arena = self._arena
+                epoch = arena.epoch
+                h = self._handles[index]
+                if h & OBJ_CODEC_MASK == TAG_OBJ and self._sums is None:  # the hot path
+                    n = (h >> LEN_SHIFT) & LEN_MASK
+                    off = (h >> OFF_SHIFT) & OFF_MASK
+                    try:
+                        data = arena.maps[h >> BLOCK_SHIFT][off : off + n]
+                    except (TypeError, ValueError):
+                        data = None
+                    if arena.epoch == epoch and data is not None:
+                        buf[:] = data if n == PAGE_SIZE else self.codec.decompress(data)
+                    else:
+                        buf[:] = self._load(index)[1]
+                elif h == 0:
+                    buf[:] = ZERO_PAGE
                 else:
                     buf[:] = self._load(index)[1]
                 self._atime[index] = now
@@ -395,44 +514,93 @@ class PageStore:
         thread: all of it, or nothing."""
         if len(data) == PAGE_SIZE and not offset & PAGE_MASK and 0 <= offset < self.size_bytes:
             try:  # the 4 KiB hot path: one page, no loops
-                entry = self.encode(data)
+                new = self.encode(data)
                 checksum = self.checksum(data) if self._sums is not None else 0
             except Exception as exc:
                 with self._lock:
                     self.failed_writes += 1
                 raise StoreError(errno.EIO, f"write failed at offset {offset}: {exc}") from exc
-            self._install_one(offset >> PAGE_SHIFT, entry, checksum)
+            if type(new) is bytes:
+                self._install_obj(offset >> PAGE_SHIFT, new, checksum)
+            else:
+                self._install([(offset >> PAGE_SHIFT, new, _ANY, checksum)], writes=1)
         else:
             self._write(data, offset, None)
 
-    def _install_one(self, index: int, new, checksum: int) -> None:
-        """``_install`` for one full-page write (the hot path), unrolled;
-        what depends only on ``new`` is worked out before taking the lock."""
-        n_st, n_cb, n_mem, n_same, n_huge = _entry_cost(new)
+    def _install_obj(self, index: int, new: bytes, checksum: int) -> None:
+        """``_install`` for one full-page write of an arena object (the hot
+        path), unrolled."""
+        n = len(new)
         now = self.now()
+        arena = self._arena
         with self._lock:
-            old = self._slots[index]
-            o_st, o_cb, o_mem, o_same, o_huge = _entry_cost(old)
-            d_mem = n_mem - o_mem
-            if self.mem_limit and d_mem > 0 and self.mem_used_total + d_mem > self.mem_limit:
-                self.failed_writes += 1
-                raise StoreError(errno.ENOSPC, "mem_limit reached")
-            self._slots[index] = new
+            if self.mem_limit:
+                c = self._class_of[n]
+                if (
+                    c.cur < 0
+                    and not c.partial
+                    and self.mem_used_total + c.block_bytes > self.mem_limit
+                ):
+                    self.failed_writes += 1
+                    raise StoreError(errno.ENOSPC, "mem_limit reached")
+            handles = self._handles
+            old = handles[index]
+            handles[index] = arena.alloc(new)
             self._flags[index] = 0
             self._atime[index] = now
             if self._sums is not None:
                 self._sums[index] = checksum
-            if type(old) is not bytes and old is not None and type(old) is not int:
-                self._forget(old)
-            self.pages_stored += n_st - o_st
-            self.compr_data_size += n_cb - o_cb
-            self.same_pages += n_same - o_same
-            self.huge_pages += n_huge - o_huge
-            self.huge_pages_since += n_huge
-            self.mem_used_total += d_mem
-            if self.mem_used_total > self.mem_used_max:
-                self.mem_used_max = self.mem_used_total
+            if n == PAGE_SIZE:
+                self.huge_pages += 1
+                self.huge_pages_since += 1
+            self.compr_data_size += n
+            if old & TAG_MASK == TAG_OBJ:
+                arena.free_obj(old)
+                on = (old >> LEN_SHIFT) & LEN_MASK
+                self.compr_data_size -= on
+                if on == PAGE_SIZE and not old & FLAG_BIT:
+                    self.huge_pages -= 1
+                elif old & FLAG_BIT:
+                    self.recompressed_pages -= 1
+            elif old == 0:
+                self.pages_stored += 1
+            else:
+                self._forget(index, old, self._side.get(index))
+            self.mem_used_total = used = (
+                arena.block_bytes
+                + arena.nr_blocks * BLOCK_META_BYTES
+                + self.pages_stored * self.slot_meta_bytes
+                + self.pending_pages * PENDING_BYTES
+            )
+            if used > self.mem_used_max:
+                self.mem_used_max = used
             self.num_writes += 1
+            if arena.free_spot_bytes > self._compact_trigger_bytes:
+                self._kick_compactor()
+
+    _compact_trigger_bytes = 1 << 62  # set by compaction.AutoCompactor
+
+    def _kick_compactor(self) -> None:
+        if self.compactor is not None:
+            self.compactor.kick()
+
+    def _forget(self, index: int, old: int, e) -> None:
+        """Counters for a same or side handle ``old`` (side object ``e``)
+        leaving its slot (lock held; the new handle is in place already)."""
+        if old & TAG_MASK == TAG_SAME:
+            self.same_pages -= 1
+            return
+        if self._handles[index] & TAG_MASK != TAG_SIDE:
+            self._side.pop(index, None)
+        t = type(e)
+        if t is Pending:
+            self.pending_pages -= 1
+            self.compr_data_size -= PAGE_SIZE
+        elif t is Backed:
+            self.bd_count -= 1
+            self.backing.free(e.block)
+        elif t is SameWord:
+            self.same_pages -= 1
 
     def stage(self, data, offset: int) -> list:
         """Accept ``data`` for asynchronous compression: all of it, or nothing.
@@ -482,12 +650,12 @@ class PageStore:
     def complete(self, index: int, pending: Pending) -> bool:
         """Worker side: compress a staged page and install it if the slot
         still holds ``pending``; return whether it was installed."""
-        if self._slots[index] is not pending:  # superseded already: skip the work
+        if not self.holds(index, pending):  # superseded already: skip the work
             with self._lock:
                 self.pages_superseded += 1
             return False
-        entry = self.encode(pending.data)
-        if self._install([(index, entry, pending, None)], compressed_async=1):
+        new = self.encode(pending.data)
+        if self._install([(index, new, pending, None)], compressed_async=1):
             return True
         with self._lock:
             self.pages_superseded += 1
@@ -538,68 +706,93 @@ class PageStore:
             if self._install(changes, **counters):
                 return
 
-    def _forget(self, old) -> None:
-        """Bookkeeping for a special entry leaving its slot (lock held)."""
-        t = type(old)
-        if t is Pending:
-            self.pending_pages -= 1
-        elif t is Backed:
-            self.bd_count -= 1
-            self.backing.free(old.block)
-        elif t is Recompressed:
-            self.recompressed_pages -= 1
-
     def _install(
         self, changes, writes=0, discards=0, freed=0, staged=0, compressed_async=0
     ) -> bool:
-        """Install ``[(index, new_entry, expected_old, checksum)]`` atomically.
+        """Install ``[(index, new, expected_old, checksum)]`` atomically.
 
-        Returns False (installing nothing) if a slot no longer holds its
-        expected entry; raises ENOSPC (installing nothing) if a write request
-        as a whole would take memory use over ``mem_limit``.  Discards and
-        worker installs (which only shrink a page) are not refused: zeroing
-        a partial edge may grow a page by a few bytes, and a trim must not
-        fail for lack of memory.  A checksum of None keeps the slot's own.
+        ``new`` is None (free), an int (same-filled word), bytes (an arena
+        object: compressed, or raw if 4096 bytes), ``Recompressed``,
+        ``Pending`` or ``Backed``.  Returns False (installing nothing) if a
+        slot no longer holds its expected entry; raises ENOSPC (installing
+        nothing) if a write request as a whole would take memory use over
+        ``mem_limit``.  Discards, worker installs and commits are not
+        refused (a trim must not fail for lack of memory).  A checksum of
+        None keeps the slot's own.
         """
-        slots = self._slots
-        sums = self._sums
+        handles = self._handles
+        arena = self._arena
+        side = self._side
         with self._lock:
-            d_st = d_cb = d_mem = d_same = d_huge = new_huge = 0
-            for index, new, expected, _sum in changes:
-                old = slots[index]
-                if expected is not _ANY and old is not expected:
+            for index, _new, expected, _sum in changes:
+                if expected is not _ANY and not self._matches(index, expected):
                     return False
-                o_st, o_cb, o_mem, o_same, o_huge = _entry_cost(old)
-                n_st, n_cb, n_mem, n_same, n_huge = _entry_cost(new)
-                d_st += n_st - o_st
-                d_cb += n_cb - o_cb
-                d_mem += n_mem - o_mem
-                d_same += n_same - o_same
-                d_huge += n_huge - o_huge
-                new_huge += n_huge
-            if (
-                writes
-                and self.mem_limit
-                and d_mem > 0
-                and self.mem_used_total + d_mem > self.mem_limit
-            ):
-                self.failed_writes += writes
-                raise StoreError(errno.ENOSPC, "mem_limit reached")
+            if writes and self.mem_limit:
+                lengths = []
+                more = 0
+                for _index, new, _, _ in changes:
+                    t = type(new)
+                    if t is bytes:
+                        lengths.append(len(new))
+                    elif t is Pending:
+                        more += PENDING_BYTES
+                need = arena.need_bytes(lengths) + more
+                if need > 0 and self.mem_used_total + need > self.mem_limit:
+                    self.failed_writes += writes
+                    raise StoreError(errno.ENOSPC, "mem_limit reached")
             now = self.now()
             flags = self._flags
             atime = self._atime
+            sums = self._sums
             for index, new, _, checksum in changes:
-                old = slots[index]
-                if old is not None and type(old) is not bytes and type(old) is not int:
-                    self._forget(old)
+                old = handles[index]
+                old_side = side.get(index) if old & TAG_MASK == TAG_SIDE else None
                 t = type(new)
-                if t is Pending:
-                    self.pending_pages += 1
-                elif t is Backed:
-                    self.bd_count += 1
+                if t is bytes:
+                    n = len(new)
+                    h = arena.alloc(new)
+                    self.compr_data_size += n
+                    if n == PAGE_SIZE:
+                        self.huge_pages += 1
+                        self.huge_pages_since += 1
+                elif new is None:
+                    h = 0
+                elif t is int:
+                    if new < SAME_WORD_LIMIT:
+                        h = new << 2 | TAG_SAME
+                    else:
+                        h = TAG_SIDE
+                        side[index] = SameWord(new)
+                    self.same_pages += 1
                 elif t is Recompressed:
+                    h = arena.alloc(new.data, FLAG_BIT)
+                    self.compr_data_size += len(new.data)
                     self.recompressed_pages += 1
-                slots[index] = new
+                else:  # Pending, Backed
+                    h = TAG_SIDE
+                    side[index] = new
+                    if t is Pending:
+                        self.pending_pages += 1
+                        self.compr_data_size += PAGE_SIZE
+                    else:
+                        self.bd_count += 1
+                handles[index] = h
+                # the old entry leaves
+                if old & TAG_MASK == TAG_OBJ:
+                    arena.free_obj(old)
+                    on = (old >> LEN_SHIFT) & LEN_MASK
+                    self.compr_data_size -= on
+                    if old & FLAG_BIT:
+                        self.recompressed_pages -= 1
+                    elif on == PAGE_SIZE:
+                        self.huge_pages -= 1
+                elif old != 0:
+                    self._forget(index, old, old_side)
+                if h == 0:
+                    if old != 0:
+                        self.pages_stored -= 1
+                elif old == 0:
+                    self.pages_stored += 1
                 if t is Backed:  # as zram: written-back pages are not idle
                     flags[index] &= ~IDLE
                 elif t is not Recompressed:  # new data
@@ -607,19 +800,21 @@ class PageStore:
                     atime[index] = now
                 if sums is not None and checksum is not None:
                     sums[index] = checksum
-            self.pages_stored += d_st
-            self.compr_data_size += d_cb
-            self.same_pages += d_same
-            self.huge_pages += d_huge
-            self.huge_pages_since += new_huge
             self.pages_staged += staged
             self.pages_compressed_async += compressed_async
-            self.mem_used_total += d_mem
-            if self.mem_used_total > self.mem_used_max:
-                self.mem_used_max = self.mem_used_total
+            self.mem_used_total = used = (
+                arena.block_bytes
+                + arena.nr_blocks * BLOCK_META_BYTES
+                + self.pages_stored * self.slot_meta_bytes
+                + self.pending_pages * PENDING_BYTES
+            )
+            if used > self.mem_used_max:
+                self.mem_used_max = used
             self.num_writes += writes
             self.num_discards += discards
             self.notify_free += freed
+            if arena.free_spot_bytes > self._compact_trigger_bytes:
+                self._kick_compactor()
         return True
 
     # ------------------------------------------------------------------
@@ -632,17 +827,17 @@ class PageStore:
         holding ``offset`` (nbdkit trims it).
         """
         self._check_range(offset, length)
-        slots = self._slots
+        handles = self._handles
         first = offset >> PAGE_SHIFT
         end = (offset + length + PAGE_MASK) >> PAGE_SHIFT
-        runs: list[tuple[int, int, int | None]] = []
+        runs: list = []
         run_start = first
-        run_type = None
+        run_type: int | None = None
         for index in range(first, end):
-            entry = slots[index]
-            if entry is None:
+            h = handles[index]
+            if h == 0:
                 kind = EXTENT_HOLE | EXTENT_ZERO
-            elif entry == 0 and type(entry) is int:
+            elif h == TAG_SAME:
                 kind = EXTENT_ZERO
             else:
                 kind = EXTENT_DATA
@@ -658,105 +853,139 @@ class PageStore:
         return runs
 
     # ------------------------------------------------------------------
-    # idle pages, writeback and recompression (zram's knobs)
+    # idle pages, writeback and recompression (zram's knobs): the scans
+    # live in scan.py; these keep the store's public interface.
     def mark_idle(self, older_than_s: float | None = None) -> int:
-        """zram's ``echo all > idle`` (None) or ``echo SECONDS > idle``:
-        mark stored pages idle (all, or those not accessed for that long);
-        an access clears the mark.  Returns how many pages are idle now."""
-        slots, flags, atime = self._slots, self._flags, self._atime
-        cutoff = None if older_than_s is None else self.now() - int(older_than_s * 10)
-        for index in range(self.nr_pages):
-            entry = slots[index]
-            t = type(entry)  # as zram: same and written-back pages are never idle
-            if entry is None or t is Pending or t is int or t is Backed:
-                continue
-            if cutoff is None or atime[index] <= cutoff:
-                flags[index] |= IDLE
-        return self.idle_pages()
+        from . import scan
+
+        return scan.mark_idle(self, older_than_s)
 
     def idle_pages(self) -> int:
-        return self._flags.count(IDLE) + self._flags.count(IDLE | INCOMPRESSIBLE)
+        from . import scan
+
+        return scan.idle_pages(self)
 
     def incompressible_pages(self) -> int:
-        return self._flags.count(INCOMPRESSIBLE) + self._flags.count(IDLE | INCOMPRESSIBLE)
+        from . import scan
+
+        return scan.incompressible_pages(self)
 
     def candidates(self, kind: str, limit: int | None = None) -> list:
-        """``[(index, entry)]`` of pages that ``kind`` selects, in page order
-        (or oldest access first for ``cold``), at most ``limit``.
+        from . import scan
 
-        kinds: ``idle``, ``huge``, ``huge_idle``, ``incompressible`` (zram's
-        writeback types), ``all`` and ``cold`` (every page that holds a
-        payload in RAM).  Same pages, pending and written-back pages never
-        qualify: they hold nothing worth moving.
-        """
-        slots, flags = self._slots, self._flags
-        out = []
-        for index in range(self.nr_pages):
-            entry = slots[index]
-            t = type(entry)
-            if t is bytes:
-                huge = len(entry) == PAGE_SIZE
-            elif t is Recompressed:
-                huge = False
-            else:
-                continue
-            f = flags[index]
-            if kind == "idle":
-                ok = f & IDLE
-            elif kind == "huge":
-                ok = huge
-            elif kind == "huge_idle":
-                ok = huge and f & IDLE
-            elif kind == "incompressible":
-                ok = f & INCOMPRESSIBLE
-            elif kind in ("all", "cold"):
-                ok = True
-            else:
-                raise ValueError(f"unknown page type {kind!r}")
-            if ok:
-                out.append((index, entry))
-        if kind == "cold":
-            atime = self._atime
-            out.sort(key=lambda item: atime[item[0]])
-        return out if limit is None else out[:limit]
+        return scan.candidates(self, kind, limit)
+
+    def recompress(self, kind: str = "all", threshold: int = 0, limit: int | None = None) -> dict:
+        from . import scan
+
+        return scan.recompress(self, kind, threshold, limit)
 
     def commit(self, index: int, expected, new) -> bool:
-        """Replace ``expected`` by ``new`` (a ``Backed`` or ``Recompressed``
-        form of the same data) if the slot still holds ``expected``."""
+        """Replace ``expected`` (an entry) by ``new`` (a ``Backed`` or
+        ``Recompressed`` form of the same data) if the slot still holds
+        that very data."""
         ok = self._install([(index, new, expected, None)])
         if ok and type(new) is Backed:
             with self._lock:
                 self.bd_writes += 1
         return ok
 
-    def recompress(self, kind: str = "all", threshold: int = 0, limit: int | None = None) -> dict:
-        """zram's ``recompress``: compress selected pages again with the
-        secondary codec; only pages whose payload is at least ``threshold``
-        bytes.  A page that does not shrink is marked incompressible.
-        Returns counts."""
-        if self.recomp_codec is None:
-            raise ValueError("no secondary compression algorithm is configured")
-        done = {"recompressed": 0, "incompressible": 0, "skipped": 0, "saved_bytes": 0}
-        for index, entry in self.candidates(kind):
-            if limit is not None and done["recompressed"] + done["incompressible"] >= limit:
-                break
-            if (
-                type(entry) is Recompressed
-                or self._flags[index] & INCOMPRESSIBLE
-                or len(entry) < threshold
-            ):
-                done["skipped"] += 1
-                continue
-            page = self.decode(entry)
-            out = self.recomp_codec.compress(page, min(len(entry), HUGE_THRESHOLD))
-            if out is None:
-                if self._slots[index] is entry:
-                    self._flags[index] |= INCOMPRESSIBLE
-                done["incompressible"] += 1
-            elif self.commit(index, entry, Recompressed(out)):
-                done["recompressed"] += 1
-                done["saved_bytes"] += len(entry) - len(out)
-        return done
+    def kind(self, index: int) -> str:
+        """What slot ``index`` holds: empty, same, compressed, huge,
+        recompressed, pending or backed."""
+        h = self._handles[index]
+        return handle_kind(h, self._side.get(index) if h & TAG_MASK == TAG_SIDE else None)
+
+    # ------------------------------------------------------------------
+    # compaction and accounting
+    def compact(self) -> dict:
+        """zram's ``compact``: move objects out of sparse blocks and give
+        the emptied blocks back to the OS.  Safe under I/O."""
+        with self._compact_lock:
+            result = self._arena.compact(self._handles, self._lock)
+        with self._lock:
+            self._update_mem_locked()
+            result["pages_compacted"] = self._arena.pages_compacted
+            result["mem_used_total"] = self.mem_used_total
+        return result
+
+    def _update_mem_locked(self) -> None:
+        arena = self._arena
+        self.mem_used_total = used = (
+            arena.block_bytes
+            + arena.nr_blocks * BLOCK_META_BYTES
+            + self.pages_stored * self.slot_meta_bytes
+            + self.pending_pages * PENDING_BYTES
+        )
+        if used > self.mem_used_max:
+            self.mem_used_max = used
+
+    def fragmented_bytes(self) -> int:
+        """Bytes of blocks that compaction could give back now."""
+        with self._lock:
+            return self._arena.fragmented_bytes()
+
+    def audit(self) -> dict:
+        """Recompute every counter from the handle table, the side entries
+        and the arena's blocks, and compare with the running ones.  Returns
+        the figures; raises AssertionError listing any difference."""
+        with self._lock:
+            a = self._arena.audit(self._handles)
+            counts = {
+                "pages_stored": 0,
+                "same_pages": 0,
+                "huge_pages": 0,
+                "pending_pages": 0,
+                "bd_count": 0,
+                "recompressed_pages": 0,
+            }
+            compr = a["compr_bytes"]
+            side_seen = 0
+            for index, h in enumerate(self._handles):
+                if h == 0:
+                    continue
+                counts["pages_stored"] += 1
+                tag = h & TAG_MASK
+                if tag == TAG_SAME:
+                    counts["same_pages"] += 1
+                elif tag == TAG_OBJ:
+                    if h & FLAG_BIT:
+                        counts["recompressed_pages"] += 1
+                    elif (h >> LEN_SHIFT) & LEN_MASK == PAGE_SIZE:
+                        counts["huge_pages"] += 1
+                else:
+                    side_seen += 1
+                    e = self._side.get(index)
+                    t = type(e)
+                    if t is Pending:
+                        counts["pending_pages"] += 1
+                        compr += PAGE_SIZE
+                    elif t is Backed:
+                        counts["bd_count"] += 1
+                    elif t is SameWord:
+                        counts["same_pages"] += 1
+                    else:
+                        raise AssertionError(f"slot {index}: side handle without a side entry")
+            errors = []
+            if side_seen != len(self._side):
+                errors.append(f"{len(self._side)} side entries for {side_seen} side handles")
+            for name, value in counts.items():
+                if getattr(self, name) != value:
+                    errors.append(f"{name} is {getattr(self, name)}, recomputed {value}")
+            if self.compr_data_size != compr:
+                errors.append(f"compr_data_size is {self.compr_data_size}, recomputed {compr}")
+            mem = (
+                a["block_bytes"]
+                + a["nr_blocks"] * BLOCK_META_BYTES
+                + counts["pages_stored"] * self.slot_meta_bytes
+                + counts["pending_pages"] * PENDING_BYTES
+            )
+            if self.mem_used_total != mem:
+                errors.append(f"mem_used_total is {self.mem_used_total}, recomputed {mem}")
+            if errors:
+                raise AssertionError("store audit: " + "; ".join(errors))
+            counts.update(a, compr_data_size=compr, mem_used_total=mem)
+            return counts
 
     # ------------------------------------------------------------------
     # stats and knobs
@@ -764,6 +993,7 @@ class PageStore:
         """A consistent snapshot of every counter, by zram's names."""
         idle, incompressible = self.idle_pages(), self.incompressible_pages()
         with self._lock:
+            arena = self._arena
             return {
                 "idle_pages": idle,
                 "incompressible_pages": incompressible,
@@ -773,7 +1003,7 @@ class PageStore:
                 "mem_limit": self.mem_limit,
                 "mem_used_max": self.mem_used_max,
                 "same_pages": self.same_pages,
-                "pages_compacted": 0,
+                "pages_compacted": arena.pages_compacted,
                 "huge_pages": self.huge_pages,
                 "huge_pages_since": self.huge_pages_since,
                 "failed_reads": self.failed_reads,
@@ -795,6 +1025,16 @@ class PageStore:
                 "recomp_algorithm": self.recomp_codec.describe() if self.recomp_codec else None,
                 "disksize": self.size_bytes,
                 "comp_algorithm": self.codec.describe(),
+                # the arena (docs/design.md#page-arena-and-memory-accounting)
+                "arena_blocks": arena.nr_blocks,
+                "arena_block_bytes": arena.block_bytes,
+                "arena_free_bytes": arena.free_spot_bytes,
+                "arena_meta_bytes": arena.nr_blocks * BLOCK_META_BYTES,
+                "slot_meta_bytes": self.pages_stored * self.slot_meta_bytes,
+                "compactable_bytes": arena.fragmented_bytes(),
+                "compact_runs": self.compactor.runs if self.compactor else 0,
+                "read_retries": self.read_retries,
+                "arena_release_errors": arena.release_errors,
             }
 
     def set_mem_limit(self, limit_bytes: int) -> None:

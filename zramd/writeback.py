@@ -26,6 +26,9 @@ causes we cannot observe (space freed on the filesystem).
 Each page is written raw to a freshly allocated block, then installed as
 ``Backed`` only if its slot still holds the entry that was written (a page
 rewritten while under writeback keeps the new data; its block is freed).
+Candidates come from ``store.candidates`` (scan.py) as ``(index, handle)``;
+``store.holds`` says whether a slot still holds one, and ``store.commit``
+checks the content again under the store's lock.
 A failed write (disk full, I/O error) frees the block, leaves the page in
 RAM, is counted and ends that run; serving goes on.
 
@@ -246,10 +249,11 @@ class Writeback:
         with self._cond:
             self.wb_runs += 1
         for start in range(0, len(candidates), WRITEBACK_BATCH_PAGES):
-            for index, entry in candidates[start : start + WRITEBACK_BATCH_PAGES]:
+            for index, handle in candidates[start : start + WRITEBACK_BATCH_PAGES]:
                 if budget is not None and result["written"] >= budget:
                     return self._finish(result)
-                if store._slots[index] is not entry:
+                entry = store.entry(index) if store.holds(index, handle) else None
+                if entry is None or not store.holds(index, handle):
                     result["superseded"] += 1
                     continue
                 try:

@@ -109,8 +109,8 @@ def test_metrics_under_fio_load(sockdir):
         assert textfile["zramd_up"][1] == {sock: 1.0}
         assert by_stat(textfile, sock)["disksize"][1] == 64 << 20
     finally:
-        if fio is not None:
-            fio.kill()
+        if fio is not None:  # SIGTERM: fio stops its job process too (SIGKILL would not)
+            fio.terminate()
             fio.wait()
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

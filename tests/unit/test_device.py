@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from zramd.arena import BLOCK_SHIFT, OFF_MASK, OFF_SHIFT
 from zramd.checksums import CHECKSUMS, make_checksum
 from zramd.codecs import make_codec
 from zramd.device import Device
@@ -34,7 +35,7 @@ def test_stage_installs_pending_then_worker_compresses():
     store = PageStore(64 * PAGE_SIZE, make_codec("lz4"))
     staged = store.stage(memoryview(TEXT * 2 + bytes(PAGE_SIZE)), 0)
     assert [index for index, _ in staged] == [0, 1]      # the zero page was kept inline
-    assert all(type(store._slots[i]) is Pending for i in (0, 1))
+    assert [store.kind(i) for i in (0, 1, 2)] == ["pending", "pending", "same"]
     s = store.stats()
     assert s["pending_pages"] == 2 and s["same_pages"] == 1
     assert s["compr_data_size"] == 2 * PAGE_SIZE            # pending pages are raw for now
@@ -144,9 +145,10 @@ def test_checksums_catch_corruption(name):
     store.write(os.urandom(PAGE_SIZE), PAGE_SIZE)
     assert read(store, 0, 2 * PAGE_SIZE)[:PAGE_SIZE] == TEXT
     # flip one byte of the huge (raw) page behind the store's back
-    raw = bytearray(store._slots[1])
-    raw[100] ^= 0xFF
-    store._slots[1] = bytes(raw)
+    h = store._handles[1]
+    block = store._arena.maps[h >> BLOCK_SHIFT]
+    off = (h >> OFF_SHIFT) & OFF_MASK
+    block[off + 100] ^= 0xFF
     with pytest.raises(ChecksumError) as info:
         read(store, PAGE_SIZE, 10)
     assert info.value.errno == errno.EIO

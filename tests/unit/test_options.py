@@ -22,7 +22,11 @@ COMPANIONS = {
     "high-watermark": ["--backing-file", "b.img"],
     "backing-encrypt": ["--backing-file", "b.img"],
     "low-watermark": ["--backing-file", "b.img", "--high-watermark", "8M"],
-    "address": ["--port", "10809"],
+    "address": ["--port", "10809", "--insecure-tcp"],
+    "port": ["--insecure-tcp"],
+    "insecure-tcp": ["--port", "10809"],
+    "tls": ["--tls-psk", "keys.psk"],
+    "tls-verify-peer": ["--tls-certificates", "pki"],
     "metrics-insecure-address": ["--metrics-address", "0.0.0.0:9711"],
 }
 

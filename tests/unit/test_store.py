@@ -9,7 +9,8 @@ import pytest
 
 from helpers import run_threads
 from zramd.codecs import make_codec
-from zramd.store import (BYTES_HEADER, EXTENT_DATA, EXTENT_HOLE, EXTENT_ZERO, HUGE_THRESHOLD,
+from zramd.arena import BLOCK_META_BYTES, BLOCK_SHIFT, OFF_MASK, OFF_SHIFT
+from zramd.store import (EXTENT_DATA, EXTENT_HOLE, EXTENT_ZERO, HUGE_THRESHOLD,
                          PageStore, StoreError, same_filled_word)
 from zramd.units import PAGE_SIZE
 
@@ -26,9 +27,14 @@ def read(store, offset, length):
     return bytes(buf)
 
 
+MEMORY = {"mem_used_total", "mem_used_max", "slot_meta_bytes", "arena_blocks",
+          "arena_block_bytes", "arena_free_bytes", "arena_meta_bytes", "compactable_bytes"}
+
+
 def delta(before, after):
+    """Changed counters, leaving out the memory figures (checked by audit)."""
     return {k: after[k] - before[k] for k in before if isinstance(before[k], int)
-            and after[k] != before[k]}
+            and after[k] != before[k] and k not in MEMORY}
 
 
 def test_same_filled_word():
@@ -62,9 +68,10 @@ def test_page_kinds_and_exact_stats(algorithm):
     store.write(rnd, 2 * PAGE_SIZE)                                    # huge
     s3 = store.stats()
     assert delta(s2, s3) == {"orig_data_size": PAGE_SIZE, "compr_data_size": PAGE_SIZE,
-                             "mem_used_total": PAGE_SIZE + BYTES_HEADER,
-                             "mem_used_max": PAGE_SIZE + BYTES_HEADER,
                              "huge_pages": 1, "huge_pages_since": 1, "num_writes": 1}
+    # a huge page opens a block of the huge class: 8 pages
+    assert s3["arena_block_bytes"] - s2["arena_block_bytes"] == 8 * PAGE_SIZE
+    assert s3["mem_used_total"] == store.audit()["mem_used_total"] == s3["mem_used_max"]
 
     store.write(TEXT, 3 * PAGE_SIZE)                                   # compressed (or huge)
     s4 = store.stats()
@@ -74,15 +81,22 @@ def test_page_kinds_and_exact_stats(algorithm):
         comp = s4["compr_data_size"] - s3["compr_data_size"]
         assert 0 < comp < HUGE_THRESHOLD
         assert delta(s3, s4) == {"orig_data_size": PAGE_SIZE, "compr_data_size": comp,
-                                 "mem_used_total": comp + BYTES_HEADER,
-                                 "mem_used_max": comp + BYTES_HEADER, "num_writes": 1}
+                                 "num_writes": 1}
+        assert s4["mem_used_total"] - s3["mem_used_total"] >= comp
 
     # overwrite the huge page with zeros: its memory is freed, the peak stays
     store.write(bytes(PAGE_SIZE), 2 * PAGE_SIZE)
     s5 = store.stats()
     assert delta(s4, s5) == {"compr_data_size": -PAGE_SIZE,
-                             "mem_used_total": -(PAGE_SIZE + BYTES_HEADER),
                              "same_pages": 1, "huge_pages": -1, "num_writes": 1}
+    # the emptied huge block stays as the class's current block until compaction
+    assert s5["mem_used_total"] == store.audit()["mem_used_total"]
+    assert s5["mem_used_max"] == s4["mem_used_max"]
+    freed = store.compact()
+    if algorithm != "none":  # (with none, TEXT is a huge page in that block)
+        assert freed["pages_freed"] == 8 and store.stats()["pages_compacted"] == 8
+        assert store.stats()["mem_used_total"] == \
+            s5["mem_used_total"] - 8 * PAGE_SIZE - BLOCK_META_BYTES
     assert read(store, 0, 4 * PAGE_SIZE) == (bytes(PAGE_SIZE) + b"\x5a" * PAGE_SIZE
                                              + bytes(PAGE_SIZE) + TEXT)
 
@@ -118,7 +132,9 @@ def test_discard_frees_whole_pages_and_zeroes_edges():
     assert read(store, 0, 8 * PAGE_SIZE) == expected
     store.discard(0, 64 * PAGE_SIZE)
     s = store.stats()
-    assert (s["orig_data_size"], s["compr_data_size"], s["mem_used_total"]) == (0, 0, 0)
+    assert (s["orig_data_size"], s["compr_data_size"]) == (0, 0)
+    store.compact()  # gives back the classes' emptied current blocks
+    assert store.stats()["mem_used_total"] == 0
 
 
 def test_discard_inside_one_page():
@@ -130,9 +146,11 @@ def test_discard_inside_one_page():
 
 
 def test_mem_limit_fails_whole_request_and_keeps_data():
-    limit = 3 * (PAGE_SIZE + BYTES_HEADER)
+    # room for one block of huge pages (8 pages) and one of 5 pages (the
+    # class of a 65-byte object), not for a second block of huge pages
+    limit = 14 * PAGE_SIZE
     store = make_store(mem_limit=limit)
-    first = [os.urandom(PAGE_SIZE) for _ in range(3)]
+    first = [os.urandom(PAGE_SIZE) for _ in range(8)]
     for i, page in enumerate(first):
         store.write(page, i * PAGE_SIZE)
     before = store.stats()
@@ -141,27 +159,29 @@ def test_mem_limit_fails_whole_request_and_keeps_data():
     assert info.value.errno == errno.ENOSPC
     # a multi-page request that would overflow changes nothing at all
     with pytest.raises(StoreError):
-        store.write(os.urandom(3 * PAGE_SIZE), 2 * PAGE_SIZE)
+        store.write(os.urandom(3 * PAGE_SIZE), 7 * PAGE_SIZE)
     after = store.stats()
     assert delta(before, after) == {"failed_writes": 2}
-    assert read(store, 0, 3 * PAGE_SIZE) == b"".join(first)
     # same pages and compressible rewrites still fit; shrinking is always allowed
+    assert read(store, 0, 8 * PAGE_SIZE) == b"".join(first)
     store.write(bytes(PAGE_SIZE), 10 * PAGE_SIZE)
     store.write(TEXT * 2, 0)
-    store.write(os.urandom(PAGE_SIZE), 3 * PAGE_SIZE)  # fits now that pages 0-1 shrank
+    store.write(os.urandom(PAGE_SIZE), 9 * PAGE_SIZE)  # fits now that pages 0-1 shrank
     assert store.stats()["mem_used_total"] <= limit
+    store.audit()
 
 
 def test_mem_limit_knob_and_peak_reset():
     store = make_store()
     store.write(os.urandom(2 * PAGE_SIZE), 0)
-    store.discard(0, PAGE_SIZE)
+    store.discard(0, 2 * PAGE_SIZE)
+    store.compact()
     s = store.stats()
-    assert s["mem_used_max"] == 2 * (PAGE_SIZE + BYTES_HEADER) > s["mem_used_total"]
+    assert s["mem_used_max"] >= 8 * PAGE_SIZE > s["mem_used_total"] == 0
     store.reset_mem_used_max()
     assert store.stats()["mem_used_max"] == s["mem_used_total"]
     store.set_mem_limit(PAGE_SIZE)
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError):  # needs a block of 8 pages
         store.write(os.urandom(PAGE_SIZE), 5 * PAGE_SIZE)
     with pytest.raises(ValueError):
         store.set_mem_limit(-1)
@@ -180,7 +200,9 @@ def test_out_of_range_is_invalid_io():
 def test_corrupt_entry_fails_read_with_eio():
     store = make_store()
     store.write(TEXT, 0)
-    store._slots[0] = b"\xff" * 100  # not valid lz4
+    h = store._handles[0]
+    off = (h >> OFF_SHIFT) & OFF_MASK
+    store._arena.maps[h >> BLOCK_SHIFT][off:off + 8] = b"\xff" * 8  # not valid lz4
     with pytest.raises(StoreError) as info:
         read(store, 0, PAGE_SIZE)
     assert info.value.errno == errno.EIO
@@ -250,10 +272,8 @@ def test_stats_stay_exact_under_concurrency():
     run_threads(worker, [rng.random() for _ in range(4)])
     # recompute every counter from the slot table
     s = store.stats()
-    entries = [e for e in store._slots if e is not None]
-    blobs = [e for e in entries if isinstance(e, bytes)]
-    assert s["orig_data_size"] == len(entries) * PAGE_SIZE
-    assert s["compr_data_size"] == sum(map(len, blobs))
-    assert s["mem_used_total"] == sum(len(b) + BYTES_HEADER for b in blobs)
-    assert s["same_pages"] == sum(isinstance(e, int) for e in entries)
-    assert s["huge_pages"] == sum(len(b) == PAGE_SIZE for b in blobs)
+    a = store.audit()  # raises on any difference
+    kinds = [store.kind(i) for i in range(32)]
+    assert s["orig_data_size"] == sum(k != "empty" for k in kinds) * PAGE_SIZE
+    assert s["same_pages"] == kinds.count("same") == a["same_pages"]
+    assert s["huge_pages"] == kinds.count("huge") == a["huge_pages"]

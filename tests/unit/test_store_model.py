@@ -15,6 +15,7 @@ import os
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from zramd.arena import BLOCK_META_BYTES
 from zramd.codecs import make_codec
 from zramd.store import PageStore
 from zramd.units import PAGE_SIZE
@@ -84,6 +85,17 @@ class StoreModel(RuleBasedStateMachine):
         buf = bytearray(length)
         self.store.read(memoryview(buf), offset)
         assert bytes(buf) == bytes(self.model[offset:offset + length])
+
+    @rule()
+    def compact(self):
+        before = self.store.stats()["mem_used_total"]
+        result = self.store.compact()
+        assert result["mem_used_total"] == before - result["pages_freed"] * PAGE_SIZE \
+            - result["blocks_freed"] * BLOCK_META_BYTES
+
+    @invariant()
+    def audit_recomputes_every_counter(self):
+        self.store.audit()  # the arena's blocks and the handle table agree
 
     @invariant()
     def whole_device_reads_back(self):

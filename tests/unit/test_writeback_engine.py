@@ -27,7 +27,8 @@ def test_rewrite_under_writeback_engine_level(tmp_path):
     store.write(text_page(7), 0)  # rewritten after selection, before writeback
     result = wb._writeback(candidates, None)
     assert result["written"] == 1 and result["superseded"] == 1
-    assert type(store._slots[0]) is bytes and type(store._slots[1]) is Backed
+    assert store.kind(0) == "compressed" and store.kind(1) == "backed"
+    store.audit()
     assert backing.used_blocks() == 1
     buf = bytearray(2 * PAGE)
     store.read(memoryview(buf), 0)

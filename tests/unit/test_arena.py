@@ -1,0 +1,335 @@
+"""The page arena (zsmalloc-style size classes of mmap blocks) and the page
+store on top of it: allocation in every class, free, block release,
+compaction under concurrent I/O, and audit() after every phase."""
+
+from __future__ import annotations
+
+import array
+import os
+import random
+import threading
+
+import pytest
+
+from zramd.arena import (BLOCK_SHIFT, CLASS_TABLE, LEN_MASK, LEN_SHIFT, MAX_COMPRESSED_BYTES,
+                         OFF_MASK, OFF_SHIFT, TAG_OBJ, Arena)
+from zramd.codecs import make_codec
+from zramd.store import HUGE_THRESHOLD, PageStore
+from zramd.units import PAGE_SIZE
+
+sys_rng = random.Random(20261126)
+
+
+def payload(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def fresh_arena():
+    return Arena(threading.Lock())
+
+
+def test_class_table_is_zsmalloc_with_8_page_chains():
+    sizes = [c.size for c in CLASS_TABLE]
+    assert sizes == sorted(sizes) and sizes[0] == 32 and sizes[-1] == PAGE_SIZE
+    assert len(CLASS_TABLE) == 119  # zsmalloc's merged classes with 8-page chains
+    for c in CLASS_TABLE[:-1]:
+        assert 1 <= c.pages <= 8 and c.objs == c.pages * PAGE_SIZE // c.size >= 2
+    # the biggest class that still packs objects: 9 of 3632 bytes in 8 pages
+    big = CLASS_TABLE[-2]
+    assert (big.size, big.pages, big.objs) == (3632, 8, 9) == (MAX_COMPRESSED_BYTES, 8, 9)
+    assert HUGE_THRESHOLD == 3633
+    huge = CLASS_TABLE[-1]
+    assert huge.objs == huge.pages  # raw pages, whole
+
+
+def test_alloc_in_every_class_then_free_releases_every_block():
+    arena = fresh_arena()
+    table = array.array("Q")
+    data = {}
+    with arena.lock:
+        for c in arena.classes:
+            for n in {c.size, max(1, c.size - 15)}:
+                for k in range(c.objs + 1):  # one more than a block holds
+                    seed = len(table)
+                    h = arena.alloc(payload(n, seed))
+                    assert h & 3 == TAG_OBJ and (h >> LEN_SHIFT) & LEN_MASK == n
+                    assert arena.owner[h >> BLOCK_SHIFT] is c
+                    table.append(h)
+                    data[len(table) - 1] = payload(n, seed)
+        a = arena.audit(table)
+    assert a["live_objects"] == len(table)
+    assert a["block_bytes"] == arena.block_bytes == sum(
+        len(c.blocks) * c.block_bytes for c in arena.classes)
+    for i, h in enumerate(table):
+        assert arena.read(h) == data[i]
+    maps = [m for m in arena.maps if m is not None]
+    with arena.lock:
+        for i in range(len(table)):
+            arena.free_obj(table[i])
+            table[i] = 0
+        assert arena.release_empty() > 0
+        assert arena.audit(table)["live_objects"] == 0
+    assert arena.nr_blocks == arena.block_bytes == arena.free_spot_bytes == 0
+    assert all(m.closed for m in maps)  # munmapped, not just forgotten
+    assert all(m is None for m in arena.maps)
+
+
+def test_spots_are_reused_before_new_blocks():
+    arena = fresh_arena()
+    with arena.lock:
+        hs = [arena.alloc(b"x" * 100) for _ in range(1000)]
+        blocks = arena.nr_blocks
+        for h in hs[::2]:
+            arena.free_obj(h)
+        for _ in range(500):
+            arena.alloc(b"y" * 100)
+        assert arena.nr_blocks == blocks
+
+
+def test_audit_catches_a_wrong_counter_and_a_shared_spot():
+    arena = fresh_arena()
+    with arena.lock:
+        table = array.array("Q", [arena.alloc(b"a" * 50) for _ in range(10)])
+        arena.audit(table)
+        arena.free_spot_bytes += 1
+        with pytest.raises(AssertionError, match="free_spot_bytes"):
+            arena.audit(table)
+        arena.free_spot_bytes -= 1
+        table[3] = table[4]
+        with pytest.raises(AssertionError, match="share a spot"):
+            arena.audit(table)
+
+
+def test_compaction_packs_sparse_blocks_and_releases_them():
+    arena = fresh_arena()
+    rng = random.Random(1)
+    table = array.array("Q")
+    contents = []
+    with arena.lock:
+        for i in range(4000):
+            n = rng.choice([40, 300, 1000, 2000, 3000, PAGE_SIZE])
+            data = payload(n, i)
+            table.append(arena.alloc(data))
+            contents.append(data)
+        for i in rng.sample(range(4000), 3000):  # trim three quarters
+            arena.free_obj(table[i])
+            table[i] = 0
+            contents[i] = None
+        before = arena.audit(table)
+    result = arena.compact(table)
+    with arena.lock:
+        after = arena.audit(table)
+    assert result["moved"] > 0 and result["pages_freed"] > 0
+    assert before["block_bytes"] - after["block_bytes"] == result["pages_freed"] * PAGE_SIZE
+    assert arena.pages_compacted == result["pages_freed"]
+    # what is left is dense: at most one partly empty block per class
+    for c in arena.classes:
+        assert len(c.blocks) == -(-c.live // c.objs)
+    for i, data in enumerate(contents):
+        if data is not None:
+            assert arena.read(table[i]) == data
+    assert arena.compact(table)["moved"] == 0  # nothing left to do
+
+
+TEXT = b"".join(b"page %6d of a compressible text, a page that lz4 likes. " % i
+                for i in range(80))
+
+
+def page_of(seed: int, kind: int) -> bytes:
+    """Pages of several compressibilities (several size classes)."""
+    r = random.Random(seed)
+    if kind == 0:
+        return bytes(PAGE_SIZE)
+    keep = [64, 900, 2000, 3300, PAGE_SIZE][kind % 5]
+    return (r.randbytes(keep) + TEXT)[:PAGE_SIZE]
+
+
+def read_page(store, index):
+    buf = bytearray(PAGE_SIZE)
+    store.read(memoryview(buf), index * PAGE_SIZE)
+    return bytes(buf)
+
+
+@pytest.mark.parametrize("checksum", [None, "xxh3"])
+def test_compaction_under_concurrent_readers_and_writers(checksum):
+    """Readers and writers never see a moved or reused object while
+    compaction runs in a loop; every counter audits after every phase."""
+    from zramd.checksums import make_checksum
+    pages = 2048
+    store = PageStore(pages * PAGE_SIZE, make_codec("lz4"), checksum=make_checksum(checksum))
+    model = [None] * pages
+    for i in range(pages):
+        model[i] = page_of(i, i)
+        store.write(model[i], i * PAGE_SIZE)
+    store.audit()
+    rng = random.Random(7)
+    for i in rng.sample(range(pages), pages // 2):  # fragment every class
+        store.discard(i * PAGE_SIZE, PAGE_SIZE)
+        model[i] = bytes(PAGE_SIZE)
+    store.audit()
+    # pages below 1024 are read-only during the run; writers own the others
+    stop = threading.Event()
+    errors = []
+    compactions = []
+
+    def compactor():
+        while not stop.is_set():
+            compactions.append(store.compact())
+
+    def reader(seed):
+        r = random.Random(seed)
+        try:
+            while not stop.is_set():
+                i = r.randrange(1024)
+                assert read_page(store, i) == model[i], f"page {i}"
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def writer(seed, lo, hi):
+        r = random.Random(seed)
+        try:
+            for step in range(3000):
+                i = r.randrange(lo, hi)
+                op = r.random()
+                if op < 0.5:
+                    data = page_of(seed * 100000 + step, r.randrange(5))
+                    store.write(data, i * PAGE_SIZE)
+                    model[i] = data
+                elif op < 0.7:
+                    store.discard(i * PAGE_SIZE, PAGE_SIZE)
+                    model[i] = bytes(PAGE_SIZE)
+                assert read_page(store, i) == model[i], f"page {i}"
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=compactor)]
+    threads += [threading.Thread(target=reader, args=(s,)) for s in (1, 2)]
+    writers = [threading.Thread(target=writer, args=(s, 1024 + 512 * k, 1536 + 512 * k))
+               for k, s in enumerate((3, 4))]
+    for t in threads + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert sum(c["moved"] for c in compactions) > 0
+    store.audit()
+    final = store.compact()
+    a = store.audit()
+    for i in range(pages):
+        assert read_page(store, i) == model[i]
+    s = store.stats()
+    assert s["pages_compacted"] >= final["pages_freed"]
+    assert s["checksum_errors"] == 0
+    # what is left is dense: per class at most one block not full
+    arena = store._arena
+    assert all(len(c.blocks) == -(-c.live // c.objs) for c in arena.classes)
+    assert a["mem_used_total"] == s["mem_used_total"]
+
+
+def test_reader_retries_when_the_object_moves_under_it():
+    """A lockless read whose copy raced a move (the arena's epoch changed)
+    is thrown away and done again: the caller never sees the stale bytes."""
+    store = PageStore(16 * PAGE_SIZE, make_codec("lz4"))
+    page = page_of(1, 2)
+    store.write(page, 0)
+    h = store._handles[0]
+    b = h >> BLOCK_SHIFT
+    arena = store._arena
+    real = arena.maps[b]
+
+    class Racing:
+        """The block as seen by a reader that a compaction overtakes."""
+        calls = 0
+
+        def __getitem__(self, key):
+            Racing.calls += 1
+            if Racing.calls == 1:  # the first copy: the spot was reused meanwhile
+                arena.epoch += 1
+                return b"\x00" * (key.stop - key.start)
+            return real[key]
+
+    arena.maps[b] = Racing()
+    try:
+        assert read_page(store, 0) == page
+    finally:
+        arena.maps[b] = real
+    assert Racing.calls == 2
+
+
+def test_rewrite_reusing_the_same_spot_is_not_mistaken_for_the_old_data():
+    """ABA: a page rewritten twice can land on the very spot (and handle) it
+    had; a commit prepared against the old data must still fail."""
+    store = PageStore(16 * PAGE_SIZE, make_codec("none"))
+    store.write(os.urandom(PAGE_SIZE), 0)
+    store.write(os.urandom(PAGE_SIZE), PAGE_SIZE)  # keeps the block alive
+    old = store.entry(0)
+    store.write(os.urandom(PAGE_SIZE), 0)            # to another spot
+    store.write(os.urandom(PAGE_SIZE), 0)            # back to the first one
+    assert store._handles[0] == old[0]               # same handle value...
+    from zramd.store import Backed
+    assert store.holds(0, old)                       # ...passes the cheap check
+    assert not store.commit(0, old, Backed(0))       # but not the content check
+    store.audit()
+
+
+def test_mem_limit_counts_blocks_and_failed_write_changes_nothing():
+    limit = 64 * PAGE_SIZE
+    store = PageStore(256 * PAGE_SIZE, make_codec("lz4"), mem_limit_bytes=limit)
+    written = 0
+    with pytest.raises(OSError):
+        for i in range(256):
+            store.write(os.urandom(PAGE_SIZE), i * PAGE_SIZE)
+            written += 1
+    s = store.stats()
+    assert s["mem_used_total"] <= limit
+    assert written >= 48  # most of the limit is usable
+    a = store.audit()
+    assert a["mem_used_total"] == s["mem_used_total"]
+    assert s["arena_block_bytes"] == a["block_bytes"] > written * PAGE_SIZE - 8 * PAGE_SIZE
+
+
+def test_compaction_skips_objects_rewritten_between_scan_and_move():
+    """Compaction scans the handle table without the lock; pages rewritten
+    or trimmed after the scan must keep their new contents."""
+    pages = 512
+    store = PageStore(pages * PAGE_SIZE, make_codec("lz4"))
+    model = {}
+    for i in range(pages):
+        model[i] = page_of(i, 2)
+        store.write(model[i], i * PAGE_SIZE)
+    for i in range(0, pages, 4):
+        if i % 8:
+            store.discard(i * PAGE_SIZE, PAGE_SIZE)
+            model[i] = bytes(PAGE_SIZE)
+    real = store._handles
+
+    class RacingTable:
+        """The handle table; right after the scan, I/O changes pages."""
+
+        def __iter__(self):
+            yield from real
+            for i in range(1, pages, 2):
+                if i % 3:
+                    model[i] = page_of(i + 10 ** 6, 2)
+                    store.write(model[i], i * PAGE_SIZE)
+                else:
+                    store.discard(i * PAGE_SIZE, PAGE_SIZE)
+                    model[i] = bytes(PAGE_SIZE)
+
+        def __getitem__(self, i):
+            return real[i]
+
+        def __setitem__(self, i, h):
+            real[i] = h
+
+    with store._compact_lock:
+        result = store._arena.compact(RacingTable(), store._lock)
+    with store._lock:
+        store._update_mem_locked()
+    assert result["moved"] > 0
+    store.audit()
+    for i in range(pages):
+        assert read_page(store, i) == model[i], f"page {i}"
