@@ -33,7 +33,7 @@ from typing import Any
 from .checksums import CHECKSUMS
 from .codecs import CODECS
 from .device import DEFAULT_PENDING_LIMIT_BYTES, MODES
-from .units import PAGE_SIZE, format_size, parse_device_size, parse_size
+from .units import PAGE_SIZE, format_size, parse_device_size, parse_size, physical_memory_bytes
 
 
 class ConfigError(ValueError):
@@ -161,6 +161,20 @@ def at_least(label: str, low: int, unit: str = "") -> Callable[[int], None]:
     return check
 
 
+def at_most_ram(label: str) -> Callable[[int], None]:
+    """A memory amount larger than the machine's RAM is a mistake (1e38):
+    refused (docs/design.md#security)."""
+
+    def check(value: int) -> None:
+        ram = physical_memory_bytes()
+        if value > ram:
+            raise ConfigError(
+                f"{label} must be at most {format_size(ram)} (the physical memory), not {value}"
+            )
+
+    return check
+
+
 def whole_pages(label: str) -> Callable[[int], None]:
     def check(value: int) -> None:
         if value % PAGE_SIZE:
@@ -264,6 +278,7 @@ OPTIONS: tuple[Option, ...] = (
         plugin_key="mem_limit",
         runtime="mem_limit",
         metavar="SIZE",
+        check=at_most_ram("mem_limit"),
         default_help="no limit",
         example="32M",
     ),
@@ -371,6 +386,7 @@ OPTIONS: tuple[Option, ...] = (
         "automatic writeback: above this much memory used, write back the coldest pages "
         "(needs --backing-file)",
         plugin_key="high_watermark",
+        check=at_most_ram("high_watermark"),
         runtime="watermarks",
         metavar="SIZE",
         default_help="off",
@@ -383,6 +399,7 @@ OPTIONS: tuple[Option, ...] = (
         0,
         "...until memory used is below this",
         plugin_key="low_watermark",
+        check=at_most_ram("low_watermark"),
         runtime="watermarks",
         metavar="SIZE",
         default_help="3/4 of the high watermark",
