@@ -35,11 +35,13 @@ CHUNK_PAGES = 64
 CORPUS_VERSION = 1
 
 PYTHON_WORKLOAD = r"""
-import sys, json, re, collections, decimal, sqlite3, random, email.message, xml.etree.ElementTree as ET
+import sys, json, re, collections, decimal, sqlite3, random, email.message
+import xml.etree.ElementTree as ET
 import datetime, array, textwrap, string
 scale = float(sys.argv[1])
 rng = random.Random(42)
-words = [''.join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 10))) for _ in range(5000)]
+words = [''.join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 10)))
+         for _ in range(5000)]
 n = int(200000 * scale)
 index = {}
 for i in range(n):
@@ -49,9 +51,14 @@ counter = collections.Counter(rng.choice(words) for _ in range(n))
 db = sqlite3.connect(':memory:')
 db.execute('create table t (id integer primary key, name text, value real, note text)')
 db.executemany('insert into t values (?, ?, ?, ?)',
-               ((i, rng.choice(words), rng.random(), ' '.join(rng.sample(words, 5))) for i in range(n)))
+               ((i, rng.choice(words), rng.random(), ' '.join(rng.sample(words, 5)))
+                for i in range(n)))
 db.commit()
-docs = [json.loads(json.dumps({'id': i, 'tags': rng.sample(words, 4), 'when': str(datetime.datetime(2024, 1, 1) + datetime.timedelta(seconds=i * 37)), 'score': decimal.Decimal(i) / 7}, default=str)) for i in range(n // 4)]
+start = datetime.datetime(2024, 1, 1)
+docs = [json.loads(json.dumps({'id': i, 'tags': rng.sample(words, 4),
+                               'when': str(start + datetime.timedelta(seconds=i * 37)),
+                               'score': decimal.Decimal(i) / 7}, default=str))
+        for i in range(n // 4)]
 floats = array.array('d', (rng.gauss(0, 1) for _ in range(n)))
 text = textwrap.fill(' '.join(rng.choice(words) for _ in range(n // 2)), 72)
 root = ET.Element('root')
@@ -215,18 +222,10 @@ def _sort_pages(workdir, input_bytes):
         for _ in range(2000):
             t += rng.randint(0, 3)
             lines.append(
-                "%d host%02d %s %s %d.%d.%d.%d %d\n"  # noqa: UP031 (C and log text templates)
-                % (
-                    t,
-                    rng.randint(0, 40),
-                    " ".join(rng.choices(words, k=rng.randint(3, 8))),
-                    f"{rng.getrandbits(32):08x}",
-                    rng.randint(1, 254),
-                    rng.randint(0, 255),
-                    rng.randint(0, 255),
-                    rng.randint(1, 254),
-                    rng.randint(0, 99999),
-                )
+                f"{t} host{rng.randint(0, 40):02d} "
+                f"{' '.join(rng.choices(words, k=rng.randint(3, 8)))} "
+                f"{rng.getrandbits(32):08x} {rng.randint(1, 254)}.{rng.randint(0, 255)}."
+                f"{rng.randint(0, 255)}.{rng.randint(1, 254)} {rng.randint(0, 99999)}\n"
             )
         chunk = "".join(lines).encode()
         chunks.append(chunk)
@@ -265,20 +264,21 @@ def _gcc_pages(workdir, functions, target_bytes):
         f.write("#include <string.h>\n#include <stdio.h>\n")
         f.write("struct rec { int id; double v[8]; char name[32]; struct rec *next; };\n")
         for i in range(functions):
-            f.write(
-                'static const char *s%d = "%s";\n'  # noqa: UP031 (C and log text templates)
-                % (i, "".join(rng.choices("abcdefghij klmnop", k=24)))
-            )
-            f.write("int f%d(struct rec *r, int n) {\n  int acc = %d;\n" % (i, rng.randint(0, 999)))  # noqa: UP031 (C and log text templates)
+            name = "".join(rng.choices("abcdefghij klmnop", k=24))
+            f.write(f'static const char *s{i} = "{name}";\n')
+            f.write(f"int f{i}(struct rec *r, int n) {{\n  int acc = {rng.randint(0, 999)};\n")
             f.write("  for (int i = 0; i < n; i++) {\n    switch ((r->id + i) % 5) {\n")
             for c in range(5):
+                mul, xor = rng.randint(2, 99), rng.randint(0, 9999)
                 f.write(
-                    "    case %d: acc += (int)(r->v[%d] * %d) ^ %d; r->v[%d] += acc; break;\n"  # noqa: UP031 (C and log text templates)
-                    % (c, c, rng.randint(2, 99), rng.randint(0, 9999), (c + 3) % 8)
+                    f"    case {c}: acc += (int)(r->v[{c}] * {mul}) ^ {xor}; "
+                    f"r->v[{(c + 3) % 8}] += acc; break;\n"
                 )
+            limit = rng.randint(1000, 100000)
             f.write(
-                '    }\n    if (acc > %d) { snprintf(r->name, sizeof r->name, "%%s%%d", s%d, acc); r = r->next ? r->next : r; }\n  }\n'  # noqa: UP031, E501
-                % (rng.randint(1000, 100000), i)
+                f"    }}\n    if (acc > {limit}) {{ "
+                f'snprintf(r->name, sizeof r->name, "%s%d", s{i}, acc); '
+                "r = r->next ? r->next : r; }\n  }\n"
             )
             f.write("  return acc + (int)strlen(r->name);\n}\n")
     # cc1 grows while it works through the unit (2500 such functions peak at

@@ -110,7 +110,8 @@ class ServerCpu:
                 data["jobs"].append({"instances": n, "workload": w.name, "round": rnd, **res})
                 ctx.progress(
                     f"cpu round {rnd + 1}/{data['rounds']} {n} instance(s) {w.name:<12} "
-                    f"{res['iops']:9.0f} IOPS, server {_us(res['server_us_per_request'])} µs/request, "
+                    f"{res['iops']:9.0f} IOPS, server {_us(res['server_us_per_request'])} "
+                    "µs/request, "
                     f"client {_us(res['client_us_per_request'])} µs/request"
                 )
         except (RuntimeError, OSError, ValueError) as e:
@@ -123,10 +124,14 @@ class ServerCpu:
         lines = [
             f"## {self.title}",
             "",
-            f"{data['description']}, 4 KiB random I/O at total iodepth {data['total_iodepth']}, one connection "
-            f"per instance; {data['rounds']} round(s) of {data['runtime_s']:.1f} s per job. Server: utime+stime "
-            "of the nbdkit process(es) from /proc over the job / requests; client: fio's own CPU time / "
-            f"requests. Median (min-max) over the rounds. **Measured on {data['cores']} cores shared by "
+            f"{data['description']}, 4 KiB random I/O at total iodepth {data['total_iodepth']}, "
+            "one connection "
+            f"per instance; {data['rounds']} round(s) of {data['runtime_s']:.1f} s per job. "
+            "Server: utime+stime "
+            "of the nbdkit process(es) from /proc over the job / requests; client: fio's own CPU "
+            "time / "
+            f"requests. Median (min-max) over the rounds. **Measured on {data['cores']} cores "
+            "shared by "
             "client and server.**",
             "",
         ]

@@ -69,7 +69,8 @@ class Matrix:
         jobs = sum(1 for s in chosen for w in self.workloads(ctx, s) if not w.fill)
         fills = sum(1 for s in chosen for w in self.workloads(ctx, s) if w.fill)
         ctx.progress(
-            f"matrix: {len(chosen)} systems, {jobs} timed jobs of {a.runtime_s:.1f}+{a.ramp_s:.1f} s, "
+            f"matrix: {len(chosen)} systems, {jobs} timed jobs of {a.runtime_s:.1f}+{a.ramp_s:.1f} "
+            "s, "
             f"{fills} fills of {a.region_bytes >> 20} MiB"
         )
         data: dict = {
@@ -107,7 +108,8 @@ class Matrix:
         data["systems"].append(entry)
         if system.kind == "zram":
             entry["command"] = (
-                f"fio --ioengine=libaio --direct=1 --filename=/dev/zramN (comp_algorithm={system.args[0]})"
+                "fio --ioengine=libaio --direct=1 --filename=/dev/zramN "
+                f"(comp_algorithm={system.args[0]})"
             )
         else:
             try:
@@ -225,8 +227,10 @@ class Matrix:
                     data["storage"].append(srec)
                     ctx.progress(
                         f"{name:<18} {dataset:<6} stored {srec['orig_bytes'] / 2**20:.0f} MiB: "
-                        f"ratio {num(srec['ratio'], '.2f')}, memory {num(srec['bytes_per_page'])} B/page "
-                        f"({srec['memory_source']}), overhead {num(srec['overhead_bytes_per_page'])} B/page"
+                        f"ratio {num(srec['ratio'], '.2f')}, memory {num(srec['bytes_per_page'])} "
+                        "B/page "
+                        f"({srec['memory_source']}), overhead "
+                        f"{num(srec['overhead_bytes_per_page'])} B/page"
                     )
         finally:
             if server:
@@ -241,15 +245,21 @@ class Matrix:
         c = data.get("corpus")
         corpus_pages = f", {c['pages']} pages, {c['zero_pages']} zero" if c else ""
         lines = [
-            f"Datasets: **fio** = fio's compressible buffers (`{' '.join(data['fio_data_options'])}`); "
-            f"**corpus** = swap-like corpus of real process memory (resident anonymous pages of python3, sort and "
+            "Datasets: **fio** = fio's compressible buffers "
+            f"(`{' '.join(data['fio_data_options'])}`); "
+            "**corpus** = swap-like corpus of real process memory (resident anonymous pages of "
+            "python3, sort and "
             f"gcc started by the bench{corpus_pages}). "
-            "Each dataset starts on a fresh device whose whole region is written first (the fill rows), "
-            "so reads always hit written data. NBD systems use fio `ioengine=nbd` over a Unix socket; "
-            "kernel zram uses fio `libaio`, `direct=1`. Python plugins run with `nbdkit --threads 1`, "
+            "Each dataset starts on a fresh device whose whole region is written first (the fill "
+            "rows), "
+            "so reads always hit written data. NBD systems use fio `ioengine=nbd` over a Unix "
+            "socket; "
+            "kernel zram uses fio `libaio`, `direct=1`. Python plugins run with `nbdkit --threads "
+            "1`, "
             "as zramd does. Numbers drift between runs; compare within one run.",
             "",
-            "| system | data | workload | IOPS | MB/s | p50 µs | p99 µs | vs kernel zram | vs nbdkit zstd |",
+            "| system | data | workload | IOPS | MB/s | p50 µs | p99 µs | vs kernel zram | vs "
+            "nbdkit zstd |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for r in data["results"]:
@@ -260,33 +270,44 @@ class Matrix:
             )
         lines += [
             "",
-            "Mixed rows show read/write latency. Ratio columns compare MB/s (= IOPS at equal block size) "
+            "Mixed rows show read/write latency. Ratio columns compare MB/s (= IOPS at equal block "
+            "size) "
             "with the same data and workload. Fill rows: 128 KiB fio writes (fio data), "
-            "or the corpus written in 256 KiB requests one at a time (libnbd, or dd for kernel zram).",
+            "or the corpus written in 256 KiB requests one at a time (libnbd, or dd for kernel "
+            "zram).",
             "",
             "## Compression and memory",
             "",
-            "| system | data | stored MiB | ratio | vs kernel zram | memory | memory source | bytes/page "
+            "| system | data | stored MiB | ratio | vs kernel zram | memory | memory source | "
+            "bytes/page "
             "| overhead B/page | stats overhead B/page | same pages | huge pages |",
             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
         ]
         for s in data["storage"]:
             memory = "-" if s["memory_bytes"] is None else f"{s['memory_bytes'] / 2**20:.1f} MiB"
             lines.append(
-                f"| {s['system']} | {s['dataset']} | {s['orig_bytes'] / 2**20:.0f} | {num(s['ratio'], '.2f')} | "
-                f"{times(s.get('ratio_vs_kernel_zram'))} | {memory} | {s['memory_source'] or '-'} | "
+                f"| {s['system']} | {s['dataset']} | {s['orig_bytes'] / 2**20:.0f} | "
+                f"{num(s['ratio'], '.2f')} | "
+                f"{times(s.get('ratio_vs_kernel_zram'))} | {memory} | {s['memory_source'] or '-'} "
+                "| "
                 f"{num(s['bytes_per_page'])} | {num(s['overhead_bytes_per_page'])} | "
                 f"{num(s['stats_overhead_bytes_per_page'])} | {num(s.get('same_pages'))} | "
                 f"{num(s.get('huge_pages'))} |"
             )
         lines += [
             "",
-            "ratio = orig_data_size / compr_data_size (payload only; same-filled pages count as free). "
-            "memory = what the data made the system use: RSS growth of the server process tree between "
-            "start and the end of the fill for processes, mm_stat mem_used_total for kernel zram (which "
-            "leaves out its per-slot table sized at disksize, as RSS deltas leave out what a server "
-            "allocates at start). bytes/page = memory / stored pages; overhead = (memory - payload) / pages; "
-            "stats overhead = (mem_used_total - compr_data_size) / pages from the system's own stats.",
+            "ratio = orig_data_size / compr_data_size (payload only; same-filled pages count as "
+            "free). "
+            "memory = what the data made the system use: RSS growth of the server process tree "
+            "between "
+            "start and the end of the fill for processes, mm_stat mem_used_total for kernel zram "
+            "(which "
+            "leaves out its per-slot table sized at disksize, as RSS deltas leave out what a "
+            "server "
+            "allocates at start). bytes/page = memory / stored pages; overhead = (memory - "
+            "payload) / pages; "
+            "stats overhead = (mem_used_total - compr_data_size) / pages from the system's own "
+            "stats.",
         ]
         if data.get("targets"):
             lines += ["", *targets.markdown(data["targets"])]

@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         estimate = sum(s.estimate_s(ctx) for s in sections)
         progress(
-            f"zramd bench: sections {', '.join(s.name for s in sections)}; estimated about {estimate:.0f} s; "
+            f"zramd bench: sections {', '.join(s.name for s in sections)}; estimated about "
+            f"{estimate:.0f} s; "
             f"out {out}"
         )
         for section in sections:

@@ -104,7 +104,8 @@ class ConnectionScaling:
                                     }
                                 )
                                 ctx.progress(
-                                    f"scaling round {rnd + 1}/{a.rounds} {system.name:<18} {w.name:<12} "
+                                    f"scaling round {rnd + 1}/{a.rounds} {system.name:<18} "
+                                    f"{w.name:<12} "
                                     f"{conns} conn: {res['iops']:9.0f} IOPS, server "
                                     f"{_us(res['server_us_per_request'])} µs/request"
                                 )
@@ -123,7 +124,8 @@ class ConnectionScaling:
         lines = [
             f"## {self.title}",
             "",
-            f"4 KiB random I/O over 1, 2 and 4 NBD connections (fio `ioengine=nbd`, one connection per "
+            "4 KiB random I/O over 1, 2 and 4 NBD connections (fio `ioengine=nbd`, one connection "
+            "per "
             f"fio job) at the same total iodepth {depth} ({shapes}); "
             f"{data['rounds']} round(s) of {data['runtime_s']:.1f} s per job, systems interleaved. "
             'IOPS: median (min-max) over the rounds; "N vs 1": median (min-max) of the per-round '
@@ -178,7 +180,8 @@ class ConnectionScaling:
             return []
         conns = data["connections"]
         lines = [
-            f"Connections (4 KiB random, total iodepth {data['total_iodepth']}, IOPS median (min-max) "
+            f"Connections (4 KiB random, total iodepth {data['total_iodepth']}, IOPS median "
+            "(min-max) "
             f"over {data['rounds']} rounds; client and server share 2 cores):",
             "",
             "| system | workload | " + " | ".join(f"{c} conn" for c in conns) + " |",

@@ -38,7 +38,8 @@ def kernel_append(dev: str, hog_mib: int, passes: int, corrupt_page: int) -> str
     """The kernel command line: console, and the scenario for guest-init.sh."""
     return (
         f"console=ttyS0 loglevel=4 panic=-1 mitigations=off "
-        f"zramd.dev={dev} zramd.hog_mib={hog_mib} zramd.passes={passes} zramd.corrupt={corrupt_page}"
+        f"zramd.dev={dev} zramd.hog_mib={hog_mib} zramd.passes={passes} "
+        f"zramd.corrupt={corrupt_page}"
     )
 
 

@@ -122,7 +122,8 @@ class GuestRun:
             r.dev, self.sock if self.server else None, self.console, r.guest_ram_mib, append
         )
         self.stamp(
-            f"booting guest ({r.guest_ram_mib} MiB RAM, hog {r.hog_mib} MiB x {r.passes} passes, TCG)"
+            f"booting guest ({r.guest_ram_mib} MiB RAM, hog {r.hog_mib} MiB x {r.passes} passes, "
+            "TCG)"
         )
         self.console.touch()
         with open(self.qemu_log, "wb") as qlog:
@@ -218,7 +219,8 @@ class GuestRun:
             res.samples += self.sampler.samples
             if self.sampler.errors:
                 res.failures.append(
-                    f"zramd stats failed {len(self.sampler.errors)} times: {self.sampler.errors[-1]}"
+                    f"zramd stats failed {len(self.sampler.errors)} times: "
+                    f"{self.sampler.errors[-1]}"
                 )
         if self.server:
             if not self.server.alive():
@@ -311,7 +313,8 @@ def run_target(
         )
         if res.server_log:
             log(
-                f"---- {target}: server log tail ({res.server_log}):\n{tail(Path(res.server_log), 20)}"
+                f"---- {target}: server log tail "
+                f"({res.server_log}):\n{tail(Path(res.server_log), 20)}"
             )
     return res
 

@@ -72,7 +72,8 @@ from __future__ import annotations
 
 import mmap
 
-PAGE_SIZE = 4096
+from .units import PAGE_SIZE
+
 MAX_CHAIN_PAGES = 8  # zsmalloc's CONFIG_ZSMALLOC_CHAIN_SIZE default
 MIN_CLASS_BYTES = 32  # zsmalloc's ZS_MIN_ALLOC_SIZE on x86-64
 CLASS_STEP_BYTES = 16  # zsmalloc's ZS_SIZE_CLASS_DELTA with 4 KiB pages

@@ -407,9 +407,13 @@ def configure_wrapper(log_file: str | None, verbose: bool = False) -> None:
         stream = os.fdopen(open_log_file(log_file), "a", buffering=1, encoding="utf-8")
         handler = logging.StreamHandler(stream)
         handler.setFormatter(_Formatter(timestamps=True))
-    else:
+    else:  # a timestamp only where nothing else adds one (a file, not the journal)
+        try:
+            to_file = stat.S_ISREG(os.fstat(sys.stderr.fileno()).st_mode)
+        except (OSError, ValueError):
+            to_file = False
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_Formatter(timestamps=False))
+        handler.setFormatter(_Formatter(timestamps=to_file))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 

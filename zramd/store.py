@@ -168,17 +168,14 @@ class Pending:
 
     ``data`` is a stable snapshot of the page (a 4096-byte bytes-like view),
     unless the no-stable-writes fault injection put a view of nbdkit's own
-    buffer there.  ``gen`` numbers pending pages in order of acceptance.
+    buffer there.  Its identity is its generation: a worker installs its
+    result only if the slot still holds this very object.
     """
 
-    __slots__ = ("data", "gen")
+    __slots__ = ("data",)
 
-    def __init__(self, data, gen: int):
+    def __init__(self, data):
         self.data = data
-        self.gen = gen
-
-    def __repr__(self):
-        return f"Pending(gen={self.gen})"
 
 
 class Recompressed:
@@ -225,7 +222,7 @@ def same_filled_word(page) -> int | None:
     return int.from_bytes(first, "little")
 
 
-def handle_kind(h: int, side=None) -> str:
+def handle_state(h: int, side=None) -> str:
     """A name for what handle ``h`` holds (for tests and diagnostics)."""
     tag = h & TAG_MASK
     if h == 0:
@@ -274,7 +271,6 @@ class PageStore:
         self._compact_lock = threading.Lock()  # one compaction at a time
         self._arena = Arena(self._lock)
         self._class_of = self._arena.class_of
-        self._gen = 0
         self.recomp_codec = recomp_codec
         self.backing = backing
         self.compactor = None  # set by compaction.AutoCompactor
@@ -648,8 +644,7 @@ class PageStore:
                     if word is not None:
                         full.append((index, word, _ANY, 0))
                     else:
-                        self._gen += 1  # racy increments only make numbers repeat
-                        entry = Pending(page, self._gen)
+                        entry = Pending(page)
                         full.append((index, entry, _ANY, self._sum(page)))
                         staged.append((index, entry))
                 pos += n
@@ -850,19 +845,19 @@ class PageStore:
         for index in range(first, end):
             h = handles[index]
             if h == 0:
-                kind = EXTENT_HOLE | EXTENT_ZERO
+                extent_type = EXTENT_HOLE | EXTENT_ZERO
             elif h == TAG_SAME:
-                kind = EXTENT_ZERO
+                extent_type = EXTENT_ZERO
             else:
-                kind = EXTENT_DATA
-            if kind != run_type:
+                extent_type = EXTENT_DATA
+            if extent_type != run_type:
                 if run_type is not None:
                     runs.append(
                         (run_start << PAGE_SHIFT, (index - run_start) << PAGE_SHIFT, run_type)
                     )
                     if req_one:
                         return runs
-                run_start, run_type = index, kind
+                run_start, run_type = index, extent_type
         runs.append((run_start << PAGE_SHIFT, (end - run_start) << PAGE_SHIFT, run_type))
         return runs
 
@@ -884,15 +879,17 @@ class PageStore:
 
         return scan.incompressible_pages(self)
 
-    def candidates(self, kind: str, limit: int | None = None) -> list:
+    def candidates(self, scan_type: str, limit: int | None = None) -> list:
         from . import scan
 
-        return scan.candidates(self, kind, limit)
+        return scan.candidates(self, scan_type, limit)
 
-    def recompress(self, kind: str = "all", threshold: int = 0, limit: int | None = None) -> dict:
+    def recompress(
+        self, scan_type: str = "all", threshold: int = 0, limit: int | None = None
+    ) -> dict:
         from . import scan
 
-        return scan.recompress(self, kind, threshold, limit)
+        return scan.recompress(self, scan_type, threshold, limit)
 
     def commit(self, index: int, expected, new) -> bool:
         """Replace ``expected`` (an entry) by ``new`` (a ``Backed`` or
@@ -904,11 +901,11 @@ class PageStore:
                 self.bd_writes += 1
         return ok
 
-    def kind(self, index: int) -> str:
-        """What slot ``index`` holds: empty, same, compressed, huge,
-        recompressed, pending or backed."""
+    def block_state(self, index: int) -> str:
+        """What slot ``index`` holds (zram's debugfs ``block_state``): empty,
+        same, compressed, huge, recompressed, pending or backed."""
         h = self._handles[index]
-        return handle_kind(h, self._side.get(index) if h & TAG_MASK == TAG_SIDE else None)
+        return handle_state(h, self._side.get(index) if h & TAG_MASK == TAG_SIDE else None)
 
     # ------------------------------------------------------------------
     # compaction and accounting

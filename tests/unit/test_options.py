@@ -22,7 +22,11 @@ COMPANIONS = {
     "high-watermark": ["--backing-file", "b.img"],
     "backing-encrypt": ["--backing-file", "b.img"],
     "low-watermark": ["--backing-file", "b.img", "--high-watermark", "8M"],
-    "address": ["--port", "10809"],
+    "address": ["--port", "10809", "--insecure-tcp"],
+    "port": ["--insecure-tcp"],
+    "insecure-tcp": ["--port", "10809"],
+    "tls": ["--tls-psk", "keys.psk"],
+    "tls-verify-peer": ["--tls-certificates", "pki"],
     "metrics-insecure-address": ["--metrics-address", "0.0.0.0:9711"],
 }
 
@@ -79,7 +83,7 @@ def test_option_round_trips_cli_plugin_settings(opt, tmp_path, monkeypatch):
 
 def test_readme_flags_all_parse():
     readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("### `zramd serve` options"):readme.index("Bad options exit")]
+    table = readme[readme.index("### `zramd serve` options") : readme.index("Bad options exit")]
     flags = set(re.findall(r"`(--?[a-z][a-z-]*)", table))
     assert len(flags) > 25
     known = {flag for opt in OPTIONS for flag in opt.flags}
