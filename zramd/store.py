@@ -525,23 +525,34 @@ class PageStore:
 
     def _install_obj(self, index: int, new: bytes, checksum: int) -> None:
         """``_install`` for one full-page write of an arena object (the hot
-        path), unrolled."""
+        path), unrolled, with ``Arena.alloc`` inlined (keep them in step)."""
         n = len(new)
+        c = self._class_of[n]
+        size = c.size
         now = self.now()
         arena = self._arena
         with self._lock:
-            if self.mem_limit:
-                c = self._class_of[n]
+            nr_blocks = arena.nr_blocks
+            b = c.cur
+            if b < 0:
                 if (
-                    c.cur < 0
+                    self.mem_limit
                     and not c.partial
                     and self.mem_used_total + c.block_bytes > self.mem_limit
                 ):
                     self.failed_writes += 1
                     raise StoreError(errno.ENOSPC, "mem_limit reached")
+                b = arena._next_block(c)
+            fl = arena.free[b]
+            off = fl.pop() * size
+            if not fl:
+                c.cur = -1
+            arena.maps[b][off : off + n] = new
+            c.live += 1
+            arena.free_spot_bytes -= size
             handles = self._handles
             old = handles[index]
-            handles[index] = arena.alloc(new)
+            handles[index] = TAG_OBJ | n << LEN_SHIFT | off << OFF_SHIFT | b << BLOCK_SHIFT
             self._flags[index] = 0
             self._atime[index] = now
             if self._sums is not None:
@@ -549,19 +560,25 @@ class PageStore:
             if n == PAGE_SIZE:
                 self.huge_pages += 1
                 self.huge_pages_since += 1
-            self.compr_data_size += n
+            self.num_writes += 1
             if old & TAG_MASK == TAG_OBJ:
                 arena.free_obj(old)
                 on = (old >> LEN_SHIFT) & LEN_MASK
-                self.compr_data_size -= on
-                if on == PAGE_SIZE and not old & FLAG_BIT:
-                    self.huge_pages -= 1
-                elif old & FLAG_BIT:
+                self.compr_data_size += n - on
+                if old & FLAG_BIT:
                     self.recompressed_pages -= 1
-            elif old == 0:
-                self.pages_stored += 1
+                elif on == PAGE_SIZE:
+                    self.huge_pages -= 1
+                if arena.free_spot_bytes > self._compact_trigger_bytes:
+                    self._kick_compactor()
+                if nr_blocks == arena.nr_blocks:
+                    return  # no block came or went: memory use is unchanged
             else:
-                self._forget(index, old, self._side.get(index))
+                self.compr_data_size += n
+                if old == 0:
+                    self.pages_stored += 1
+                else:
+                    self._forget(index, old, self._side.get(index))
             self.mem_used_total = used = (
                 arena.block_bytes
                 + arena.nr_blocks * BLOCK_META_BYTES
@@ -570,9 +587,6 @@ class PageStore:
             )
             if used > self.mem_used_max:
                 self.mem_used_max = used
-            self.num_writes += 1
-            if arena.free_spot_bytes > self._compact_trigger_bytes:
-                self._kick_compactor()
 
     _compact_trigger_bytes = 1 << 62  # set by compaction.AutoCompactor
 
