@@ -234,11 +234,21 @@ def _add_target(parser) -> None:
         help=f"the server's NBD socket (default {default_socket_path()})",
     )
     parser.add_argument("--control", metavar="PATH", help="the server's control socket")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the server's config file: its socket and control socket",
+    )
 
 
 def _control_path(args) -> str:
     if args.control:
         return args.control
+    if args.socket is None and getattr(args, "config", None):
+        # the server the config file describes, with serve's own defaults
+        values = configfile.load(args.config)
+        settings = Settings(**values).with_defaults()
+        return settings.control_path
     return (args.socket or default_socket_path()) + ".ctl"
 
 

@@ -83,7 +83,7 @@ def test_option_round_trips_cli_plugin_settings(opt, tmp_path, monkeypatch):
 
 def test_readme_flags_all_parse():
     readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("### `zramd serve` options"):readme.index("Bad options exit")]
+    table = readme[readme.index("### `zramd serve` options") : readme.index("Bad options exit")]
     flags = set(re.findall(r"`(--?[a-z][a-z-]*)", table))
     assert len(flags) > 25
     known = {flag for opt in OPTIONS for flag in opt.flags}
