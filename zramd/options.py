@@ -141,7 +141,10 @@ class Option:
         shown = self.default_help
         if shown is None and self.default is not None and self.type is not BOOL:
             shown = format_size(self.default) if self.type.name == "size" else str(self.default)
-        return f"{self.help} (default {shown})" if shown else self.help
+        text = f"{self.help} (default {shown})" if shown else self.help
+        if self.runtime:
+            text += f"; while serving: zramd set {self.runtime}"
+        return text
 
 
 # -- checks of one value ------------------------------------------------------
