@@ -116,6 +116,7 @@ def build_parser() -> Parser:
     _add_target(wb)
     wb.add_argument("type", choices=WRITEBACK_TYPES)
     wb.add_argument("--limit", type=int, help="at most this many pages")
+    wb.add_argument("--json", action="store_true", help="the result as JSON (one line each)")
 
     idle = sub.add_parser(
         "idle", help="mark pages idle: all, or those not accessed for SECONDS (zram's idle knob)"
@@ -672,10 +673,14 @@ def cmd_writeback(args) -> int:
     failed = False
     for (label, path), limit in zip(targets, _split_count(args.limit, len(targets)), strict=True):
         result = call(path, "writeback", timeout=3600, type=args.type, limit=limit)
-        print(
-            f"{label}writeback {args.type}: {result['written']} pages written, "
-            f"{result['superseded']} rewritten meanwhile, of {result['candidates']} candidates"
-        )
+        if args.json:
+            print(json.dumps(result, sort_keys=True))
+        else:
+            print(
+                f"{label}writeback {args.type}: {result['written']} pages written, "
+                f"{result['superseded']} rewritten meanwhile, of {result['candidates']} "
+                f"candidates"
+            )
         if result.get("error"):
             print(f"zramd: error: {label}writeback stopped: {result['error']}", file=sys.stderr)
             failed = True
