@@ -20,6 +20,7 @@ from typing import Protocol
 from bench.context import Context
 from bench.cpu import ServerCpu
 from bench.matrix import Matrix
+from bench.memory import Memory
 from bench.scaling import ConnectionScaling
 
 
@@ -38,7 +39,7 @@ class Section(Protocol):
     def summary(self, data: dict) -> list[str]: ...
 
 
-SECTIONS: list[Section] = [Matrix(), ConnectionScaling(), ServerCpu()]
+SECTIONS: list[Section] = [Matrix(), ConnectionScaling(), ServerCpu(), Memory()]
 
 
 def by_names(names: list[str]) -> list[Section]:
