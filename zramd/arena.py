@@ -204,9 +204,11 @@ class Arena:
     def meta_bytes(self) -> int:
         return self.nr_blocks * BLOCK_META_BYTES
 
-    def need_bytes(self, lengths) -> int:
+    def need_bytes(self, lengths, create: bool = False) -> int:
         """Block bytes that allocating objects of these lengths would add
-        (lock held): new blocks only when their classes run out of spots."""
+        (lock held): new blocks only when their classes run out of spots.
+        With ``create``, map those blocks now (they join their classes'
+        partial sets), so that the allocations cannot fail half-way."""
         want: dict = {}
         for n in lengths:
             c = self.class_of[n]
@@ -220,7 +222,10 @@ class Arena:
                     break
                 have += len(free[b])
             if k > have:
-                total += -(-(k - have) // c.objs) * c.block_bytes
+                blocks = -(-(k - have) // c.objs)
+                total += blocks * c.block_bytes
+                for _ in range(blocks if create else 0):
+                    c.partial[self._new_block(c)] = None
         return total
 
     # -- objects -------------------------------------------------------------

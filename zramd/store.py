@@ -736,19 +736,25 @@ class PageStore:
             for index, _new, expected, _sum in changes:
                 if expected is not _ANY and not self._matches(index, expected):
                     return False
+            lengths = []
+            more = 0
+            for _index, new, _, _ in changes:
+                t = type(new)
+                if t is bytes:
+                    lengths.append(len(new))
+                elif t is Recompressed:
+                    lengths.append(len(new.data))
+                elif t is Pending:
+                    more += PENDING_BYTES
             if writes and self.mem_limit:
-                lengths = []
-                more = 0
-                for _index, new, _, _ in changes:
-                    t = type(new)
-                    if t is bytes:
-                        lengths.append(len(new))
-                    elif t is Pending:
-                        more += PENDING_BYTES
                 need = arena.need_bytes(lengths) + more
                 if need > 0 and self.mem_used_total + need > self.mem_limit:
                     self.failed_writes += writes
                     raise StoreError(errno.ENOSPC, "mem_limit reached")
+            if lengths:
+                # map every block the request needs first: an mmap that
+                # fails (ENOMEM) fails the request before it changes anything
+                arena.need_bytes(lengths, create=True)
             now = self.now()
             flags = self._flags
             atime = self._atime
