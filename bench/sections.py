@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from bench.backing import BackingEncryption
 from bench.context import Context
 from bench.cpu import ServerCpu
 from bench.matrix import Matrix
@@ -39,7 +40,13 @@ class Section(Protocol):
     def summary(self, data: dict) -> list[str]: ...
 
 
-SECTIONS: list[Section] = [Matrix(), ConnectionScaling(), ServerCpu(), Memory()]
+SECTIONS: list[Section] = [
+    Matrix(),
+    ConnectionScaling(),
+    ServerCpu(),
+    BackingEncryption(),
+    Memory(),
+]
 
 
 def by_names(names: list[str]) -> list[Section]:

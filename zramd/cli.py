@@ -116,6 +116,7 @@ def build_parser() -> Parser:
     _add_target(wb)
     wb.add_argument("type", choices=WRITEBACK_TYPES)
     wb.add_argument("--limit", type=int, help="at most this many pages")
+    wb.add_argument("--json", action="store_true", help="the result as JSON (one line each)")
 
     idle = sub.add_parser(
         "idle", help="mark pages idle: all, or those not accessed for SECONDS (zram's idle knob)"
@@ -388,7 +389,8 @@ def cmd_serve(args) -> int:
             claim_pid_file(base.pid_file)
         except PathError as exc:
             raise ConfigError(str(exc)) from None
-    stripe = Stripe(Server(s) for s in instance_settings(base, base.instances))
+    # with a log file, nbdkit writes there from its first line (docs/design.md#logs)
+    stripe = Stripe(Server(s, log_file=s.log_file) for s in instance_settings(base, base.instances))
     if base.swap:
         protect_wrapper()
     refused_at: list[float] = []
@@ -672,10 +674,14 @@ def cmd_writeback(args) -> int:
     failed = False
     for (label, path), limit in zip(targets, _split_count(args.limit, len(targets)), strict=True):
         result = call(path, "writeback", timeout=3600, type=args.type, limit=limit)
-        print(
-            f"{label}writeback {args.type}: {result['written']} pages written, "
-            f"{result['superseded']} rewritten meanwhile, of {result['candidates']} candidates"
-        )
+        if args.json:
+            print(json.dumps(result, sort_keys=True))
+        else:
+            print(
+                f"{label}writeback {args.type}: {result['written']} pages written, "
+                f"{result['superseded']} rewritten meanwhile, of {result['candidates']} "
+                f"candidates"
+            )
         if result.get("error"):
             print(f"zramd: error: {label}writeback stopped: {result['error']}", file=sys.stderr)
             failed = True
@@ -707,7 +713,7 @@ def cmd_compact(args) -> int:
     r = call(_control_path(args), "compact", timeout=3600)
     print(
         f"compact: {r['moved']} objects moved, {r['pages_freed']} pages "
-        f"({human_size(r['pages_freed'] * 4096)}) given back; "
+        f"({human_size(r['pages_freed'] * PAGE_SIZE)}) given back; "
         f"pages_compacted {r['pages_compacted']}, mem_used_total {human_size(r['mem_used_total'])}"
     )
     return 0

@@ -20,6 +20,9 @@ result is rounded down to whole 4 KiB pages.  Nothing is ever passed to
 Relative paths in the file are relative to the file's directory (a unit's
 working directory is ``/``).
 
+A config file that someone other than its owner (ours or root's) could change is
+refused: it decides where the server listens and writes.
+
 Every error is a ``ConfigError`` of one line: the file, the key, what is
 wrong.  No state, no locking.  Why: docs/design.md#config-file.
 """
@@ -208,6 +211,7 @@ def load(path: str, ram_bytes: int | None = None) -> dict:
     ``ram_bytes`` replaces the machine's RAM (tests)."""
     try:
         with open(path, "rb") as f:
+            _check_owner(path, os.fstat(f.fileno()))
             doc = tomllib.load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
@@ -229,6 +233,18 @@ def load(path: str, ram_bytes: int | None = None) -> dict:
                 message = f"{key}: {message}"
             raise ConfigError(f"{path}: {message}") from None
     return values
+
+
+def _check_owner(path: str, st: os.stat_result) -> None:
+    """The file decides where the server writes and listens: only its owner
+    (ours or root's) may change it, as sshd insists for its own."""
+    if st.st_uid not in (0, os.getuid()):
+        raise ConfigError(f"config file {path} belongs to another user (uid {st.st_uid}): refused")
+    if st.st_mode & 0o022:
+        raise ConfigError(
+            f"config file {path} is writable by others (mode {st.st_mode & 0o777:o}): "
+            f"refused (chmod go-w {path})"
+        )
 
 
 def _value(opt: Option, raw, base: str, ram_bytes: int | None):

@@ -141,7 +141,10 @@ class Option:
         shown = self.default_help
         if shown is None and self.default is not None and self.type is not BOOL:
             shown = format_size(self.default) if self.type.name == "size" else str(self.default)
-        return f"{self.help} (default {shown})" if shown else self.help
+        text = f"{self.help} (default {shown})" if shown else self.help
+        if self.runtime:
+            text += f"; while serving: zramd set {self.runtime}"
+        return text
 
 
 # -- checks of one value ------------------------------------------------------
@@ -184,13 +187,16 @@ def whole_pages(label: str) -> Callable[[int], None]:
 
 
 def parse_metrics_address(text: str, allow_remote: bool = False) -> tuple[str, int]:
-    """``HOST:PORT`` (``[V6]:PORT``) -> (host, port).  Only a loopback
+    """``HOST:PORT`` (``[V6]:PORT``, or ``PORT`` for 127.0.0.1) -> (host,
+    port).  Only a loopback
     address unless ``allow_remote``: the metrics tell anyone who can reach
     them how much and how fast this machine swaps
     (docs/design.md#running-as-a-service)."""
+    if str(text).strip().isdigit():  # a port alone: loopback
+        text = f"127.0.0.1:{str(text).strip()}"
     host, sep, port_text = str(text).rpartition(":")
     if not sep or not host:
-        raise ConfigError(f"metrics_address must be HOST:PORT, not {text!r}")
+        raise ConfigError(f"metrics_address must be HOST:PORT or PORT, not {text!r}")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         port = int(port_text)

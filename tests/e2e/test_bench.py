@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from bench import cpu, memory, scaling, systems  # noqa: E402
+from bench import backing, cpu, memory, scaling, systems  # noqa: E402
 from bench.targets import lookup  # noqa: E402
 
 # Only systems the machine may lack are allowed to be skipped.
@@ -134,6 +134,19 @@ def test_quick_run_connection_scaling(quick_run):
                     # nbdkit did work for these requests, and /proc saw it
                     assert j["server_cpu_s"] > 0 and j["server_us_per_request"] > 0, j
     assert len(data["summary"]) == len(scaling.SYSTEM_NAMES) * len(scaling.WORKLOADS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(720)
+def test_quick_run_backing_encryption(quick_run):
+    out, report, _ = quick_run
+    data = report["sections"]["backing"]
+    assert not data["skipped"] and not data.get("errors")
+    assert [r["system"] for r in data["summary"]] == list(backing.SYSTEMS)
+    for run in data["runs"]:
+        assert run["pages_written"] * 4096 == data["region_bytes"], run
+        assert run["writeback_mb_s"] > 0 and run["read_iops"] > 0 and run["read_p50_us"] > 0
+    assert "## Backing file encryption" in (out / "results.md").read_text()
 
 
 @pytest.mark.slow

@@ -237,3 +237,16 @@ def test_config_examples_in_the_docs_load(tmp_path):
     assert len(blocks) >= 2
     for block in blocks:
         configfile.load(write(tmp_path, block), ram_bytes=8 * G)
+
+
+def test_a_file_others_can_change_is_refused(tmp_path):
+    path = write(tmp_path, 'size = "64M"\n')
+    os.chmod(path, 0o664)
+    with pytest.raises(ConfigError, match=r"writable by others \(mode 664\): refused"):
+        configfile.load(path)
+    os.chmod(path, 0o644)
+    assert configfile.load(path)["size_bytes"] == 64 * M
+    if os.getuid() == 0:  # only root can give a file away
+        os.chown(path, 65534, 65534)
+        with pytest.raises(ConfigError, match=r"belongs to another user \(uid 65534\)"):
+            configfile.load(path)

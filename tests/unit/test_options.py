@@ -90,6 +90,13 @@ def test_readme_flags_all_parse():
     assert flags <= known, flags - known
 
 
+def test_runtime_knobs_exist():
+    """A row's ``runtime`` names the `zramd set` knob that changes it live."""
+    knobs = {opt.runtime for opt in OPTIONS if opt.runtime}
+    assert knobs and knobs <= set(cli.KNOBS)
+    assert "zramd set mem_limit" in BY_NAME["mem-limit"].help_text()
+
+
 def test_config_help_lists_every_plugin_key():
     text = plugin_help()
     assert [line.split("=", 1)[0] for line in text.splitlines()] == list(PLUGIN_KEYS)
