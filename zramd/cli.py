@@ -389,7 +389,8 @@ def cmd_serve(args) -> int:
             claim_pid_file(base.pid_file)
         except PathError as exc:
             raise ConfigError(str(exc)) from None
-    stripe = Stripe(Server(s) for s in instance_settings(base, base.instances))
+    # with a log file, nbdkit writes there from its first line (docs/design.md#logs)
+    stripe = Stripe(Server(s, log_file=s.log_file) for s in instance_settings(base, base.instances))
     if base.swap:
         protect_wrapper()
     refused_at: list[float] = []
