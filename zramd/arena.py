@@ -41,8 +41,9 @@ Invariants (whenever the owner's lock is free)
 - a block with no live object is released (munmap), except a class's
   ``cur`` block, kept so that a class that hovers around zero objects does
   not mmap/munmap on every write (``compact`` releases those too);
-- ``block_bytes`` = sum of the live blocks' sizes; ``free_spot_bytes`` =
-  sum over blocks of ``len(free[b]) * size``; ``nr_blocks`` = live blocks.
+- ``block_bytes`` = sum of the live blocks' sizes; ``nr_blocks`` = live
+  blocks; a class's ``live`` = its objects (so its free spots are
+  ``len(blocks) * objs - live``, worked out when asked, not on every I/O).
 
 Locking
 -------
@@ -189,7 +190,6 @@ class Arena:
         self.epoch = 0
         self.nr_blocks = 0
         self.block_bytes = 0
-        self.free_spot_bytes = 0
         self.pages_compacted = 0
         self.blocks_released = 0
         self.release_errors = 0
@@ -199,6 +199,11 @@ class Arena:
     @property
     def live_objects(self) -> int:
         return sum(c.live for c in self.classes)
+
+    @property
+    def free_spot_bytes(self) -> int:
+        """Bytes of free spots inside blocks (tails not counted)."""
+        return sum((len(c.blocks) * c.objs - c.live) * c.size for c in self.classes)
 
     @property
     def meta_bytes(self) -> int:
@@ -243,7 +248,6 @@ class Arena:
             c.cur = -1
         self.maps[b][off : off + n] = data
         c.live += 1
-        self.free_spot_bytes -= c.size
         return TAG_OBJ | flag | n << LEN_SHIFT | off << OFF_SHIFT | b << BLOCK_SHIFT
 
     def _next_block(self, c: SizeClass) -> int:
@@ -273,7 +277,6 @@ class Arena:
         c.blocks.add(b)
         self.nr_blocks += 1
         self.block_bytes += c.block_bytes
-        self.free_spot_bytes += c.objs * c.size
         return b
 
     def free_obj(self, h: int) -> None:
@@ -284,7 +287,6 @@ class Arena:
         fl.append(((h >> OFF_SHIFT) & OFF_MASK) // c.size)
         self.epoch += 1
         c.live -= 1
-        self.free_spot_bytes += c.size
         k = len(fl)
         if k == c.objs:
             if b != c.cur:
@@ -306,7 +308,6 @@ class Arena:
         self._spare_ids.append(b)
         self.nr_blocks -= 1
         self.block_bytes -= c.block_bytes
-        self.free_spot_bytes -= c.objs * c.size
         self.blocks_released += 1
         try:
             mm.close()

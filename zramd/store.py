@@ -459,7 +459,7 @@ class PageStore:
         length = len(buf)
         if offset < 0 or offset + length > self.size_bytes:
             self._check_range(offset, length)
-        now = self.now()
+        now = int((time.monotonic() - self._t0) * 10)  # self.now(), inlined
         try:
             if length == PAGE_SIZE and not offset & PAGE_MASK:
                 index = offset >> PAGE_SHIFT
@@ -529,7 +529,7 @@ class PageStore:
         n = len(new)
         c = self._class_of[n]
         size = c.size
-        now = self.now()
+        now = int((time.monotonic() - self._t0) * 10)  # self.now(), inlined
         arena = self._arena
         with self._lock:
             nr_blocks = arena.nr_blocks
@@ -549,7 +549,6 @@ class PageStore:
                 c.cur = -1
             arena.maps[b][off : off + n] = new
             c.live += 1
-            arena.free_spot_bytes -= size
             handles = self._handles
             old = handles[index]
             handles[index] = TAG_OBJ | n << LEN_SHIFT | off << OFF_SHIFT | b << BLOCK_SHIFT
@@ -562,14 +561,26 @@ class PageStore:
                 self.huge_pages_since += 1
             self.num_writes += 1
             if old & TAG_MASK == TAG_OBJ:
-                arena.free_obj(old)
+                # arena.free_obj(old), inlined (keep in step)
+                ob = old >> BLOCK_SHIFT
+                oc = arena.owner[ob]
+                ofl = arena.free[ob]
+                ofl.append(((old >> OFF_SHIFT) & OFF_MASK) // oc.size)
+                arena.epoch = epoch = arena.epoch + 1
+                oc.live -= 1
+                k = len(ofl)
+                if k == oc.objs:
+                    if ob != oc.cur:
+                        arena._release(ob, oc)
+                elif k == 1 and ob != oc.cur and ob not in arena.draining:
+                    oc.partial[ob] = None
                 on = (old >> LEN_SHIFT) & LEN_MASK
                 self.compr_data_size += n - on
                 if old & FLAG_BIT:
                     self.recompressed_pages -= 1
                 elif on == PAGE_SIZE:
                     self.huge_pages -= 1
-                if arena.free_spot_bytes > self._compact_trigger_bytes:
+                if epoch > self._compact_check_epoch:
                     self._kick_compactor()
                 if nr_blocks == arena.nr_blocks:
                     return  # no block came or went: memory use is unchanged
@@ -588,7 +599,7 @@ class PageStore:
             if used > self.mem_used_max:
                 self.mem_used_max = used
 
-    _compact_trigger_bytes = 1 << 62  # set by compaction.AutoCompactor
+    _compact_check_epoch = 1 << 62  # set by compaction.AutoCompactor
 
     def _kick_compactor(self) -> None:
         if self.compactor is not None:
@@ -828,7 +839,7 @@ class PageStore:
             self.num_writes += writes
             self.num_discards += discards
             self.notify_free += freed
-            if arena.free_spot_bytes > self._compact_trigger_bytes:
+            if arena.epoch > self._compact_check_epoch:
                 self._kick_compactor()
         return True
 

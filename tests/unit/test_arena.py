@@ -91,10 +91,14 @@ def test_audit_catches_a_wrong_counter_and_a_shared_spot():
     with arena.lock:
         table = array.array("Q", [arena.alloc(b"a" * 50) for _ in range(10)])
         arena.audit(table)
-        arena.free_spot_bytes += 1
-        with pytest.raises(AssertionError, match="free_spot_bytes"):
+        arena.block_bytes += 1
+        with pytest.raises(AssertionError, match="block_bytes"):
             arena.audit(table)
-        arena.free_spot_bytes -= 1
+        arena.block_bytes -= 1
+        arena.classes[0].live += 1
+        with pytest.raises(AssertionError, match="live"):
+            arena.audit(table)
+        arena.classes[0].live -= 1
         table[3] = table[4]
         with pytest.raises(AssertionError, match="share a spot"):
             arena.audit(table)
@@ -342,7 +346,7 @@ def test_automatic_compaction_runs_once_fragmentation_passes_the_trigger():
 
     pages = 4096
     store = PageStore(pages * PAGE_SIZE, make_codec("lz4"))
-    auto = AutoCompactor(store, min_bytes=256 * 1024, ratio=0.1)
+    auto = AutoCompactor(store, min_bytes=256 * 1024, ratio=0.1, check_frees=256)
     auto.start()
     try:
         model = {}
@@ -363,7 +367,7 @@ def test_automatic_compaction_runs_once_fragmentation_passes_the_trigger():
             pass
         assert store.stats()["pages_compacted"] == auto.pages_freed
         store.audit()
-        assert store._compact_trigger_bytes > store._arena.free_spot_bytes
+        assert store._compact_check_epoch > store._arena.epoch  # armed again
     finally:
         auto.stop()
     for i in range(pages):
