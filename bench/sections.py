@@ -17,9 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from bench.backing import BackingEncryption
 from bench.context import Context
 from bench.cpu import ServerCpu
 from bench.matrix import Matrix
+from bench.memory import Memory
 from bench.scaling import ConnectionScaling
 
 
@@ -38,7 +40,13 @@ class Section(Protocol):
     def summary(self, data: dict) -> list[str]: ...
 
 
-SECTIONS: list[Section] = [Matrix(), ConnectionScaling(), ServerCpu()]
+SECTIONS: list[Section] = [
+    Matrix(),
+    ConnectionScaling(),
+    ServerCpu(),
+    BackingEncryption(),
+    Memory(),
+]
 
 
 def by_names(names: list[str]) -> list[Section]:

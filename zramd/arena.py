@@ -41,8 +41,9 @@ Invariants (whenever the owner's lock is free)
 - a block with no live object is released (munmap), except a class's
   ``cur`` block, kept so that a class that hovers around zero objects does
   not mmap/munmap on every write (``compact`` releases those too);
-- ``block_bytes`` = sum of the live blocks' sizes; ``free_spot_bytes`` =
-  sum over blocks of ``len(free[b]) * size``; ``nr_blocks`` = live blocks.
+- ``block_bytes`` = sum of the live blocks' sizes; ``nr_blocks`` = live
+  blocks; a class's ``live`` = its objects (so its free spots are
+  ``len(blocks) * objs - live``, worked out when asked, not on every I/O).
 
 Locking
 -------
@@ -72,7 +73,8 @@ from __future__ import annotations
 
 import mmap
 
-PAGE_SIZE = 4096
+from .units import PAGE_SIZE
+
 MAX_CHAIN_PAGES = 8  # zsmalloc's CONFIG_ZSMALLOC_CHAIN_SIZE default
 MIN_CLASS_BYTES = 32  # zsmalloc's ZS_MIN_ALLOC_SIZE on x86-64
 CLASS_STEP_BYTES = 16  # zsmalloc's ZS_SIZE_CLASS_DELTA with 4 KiB pages
@@ -188,8 +190,6 @@ class Arena:
         self.epoch = 0
         self.nr_blocks = 0
         self.block_bytes = 0
-        self.free_spot_bytes = 0
-        self.live_objects = 0
         self.pages_compacted = 0
         self.blocks_released = 0
         self.release_errors = 0
@@ -197,12 +197,23 @@ class Arena:
 
     # -- sizes -------------------------------------------------------------
     @property
+    def live_objects(self) -> int:
+        return sum(c.live for c in self.classes)
+
+    @property
+    def free_spot_bytes(self) -> int:
+        """Bytes of free spots inside blocks (tails not counted)."""
+        return sum((len(c.blocks) * c.objs - c.live) * c.size for c in self.classes)
+
+    @property
     def meta_bytes(self) -> int:
         return self.nr_blocks * BLOCK_META_BYTES
 
-    def need_bytes(self, lengths) -> int:
+    def need_bytes(self, lengths, create: bool = False) -> int:
         """Block bytes that allocating objects of these lengths would add
-        (lock held): new blocks only when their classes run out of spots."""
+        (lock held): new blocks only when their classes run out of spots.
+        With ``create``, map those blocks now (they join their classes'
+        partial sets), so that the allocations cannot fail half-way."""
         want: dict = {}
         for n in lengths:
             c = self.class_of[n]
@@ -216,13 +227,16 @@ class Arena:
                     break
                 have += len(free[b])
             if k > have:
-                total += -(-(k - have) // c.objs) * c.block_bytes
+                blocks = -(-(k - have) // c.objs)
+                total += blocks * c.block_bytes
+                for _ in range(blocks if create else 0):
+                    c.partial[self._new_block(c)] = None
         return total
 
     # -- objects -------------------------------------------------------------
     def alloc(self, data, flag: int = 0) -> int:
         """Copy ``data`` (1..4096 bytes) into a spot; return its handle.
-        Lock held."""
+        Lock held.  (PageStore._install_obj inlines this: keep in step.)"""
         n = len(data)
         c = self.class_of[n]
         b = c.cur
@@ -234,8 +248,6 @@ class Arena:
             c.cur = -1
         self.maps[b][off : off + n] = data
         c.live += 1
-        self.live_objects += 1
-        self.free_spot_bytes -= c.size
         return TAG_OBJ | flag | n << LEN_SHIFT | off << OFF_SHIFT | b << BLOCK_SHIFT
 
     def _next_block(self, c: SizeClass) -> int:
@@ -265,7 +277,6 @@ class Arena:
         c.blocks.add(b)
         self.nr_blocks += 1
         self.block_bytes += c.block_bytes
-        self.free_spot_bytes += c.objs * c.size
         return b
 
     def free_obj(self, h: int) -> None:
@@ -276,8 +287,6 @@ class Arena:
         fl.append(((h >> OFF_SHIFT) & OFF_MASK) // c.size)
         self.epoch += 1
         c.live -= 1
-        self.live_objects -= 1
-        self.free_spot_bytes += c.size
         k = len(fl)
         if k == c.objs:
             if b != c.cur:
@@ -299,7 +308,6 @@ class Arena:
         self._spare_ids.append(b)
         self.nr_blocks -= 1
         self.block_bytes -= c.block_bytes
-        self.free_spot_bytes -= c.objs * c.size
         self.blocks_released += 1
         try:
             mm.close()
@@ -493,7 +501,7 @@ class Arena:
             ("nr_blocks", nr_blocks),
             ("block_bytes", block_bytes),
             ("free_spot_bytes", free_spot),
-            ("live_objects", live),
+            ("live_objects", live),  # a property: the classes' live counts
         ):
             if getattr(self, name) != value:
                 errors.append(f"{name} is {getattr(self, name)}, recomputed {value}")

@@ -116,6 +116,7 @@ def build_parser() -> Parser:
     _add_target(wb)
     wb.add_argument("type", choices=WRITEBACK_TYPES)
     wb.add_argument("--limit", type=int, help="at most this many pages")
+    wb.add_argument("--json", action="store_true", help="the result as JSON (one line each)")
 
     idle = sub.add_parser(
         "idle", help="mark pages idle: all, or those not accessed for SECONDS (zram's idle knob)"
@@ -233,11 +234,21 @@ def _add_target(parser) -> None:
         help=f"the server's NBD socket (default {default_socket_path()})",
     )
     parser.add_argument("--control", metavar="PATH", help="the server's control socket")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the server's config file: its socket and control socket",
+    )
 
 
 def _control_path(args) -> str:
     if args.control:
         return args.control
+    if args.socket is None and getattr(args, "config", None):
+        # the server the config file describes, with serve's own defaults
+        values = configfile.load(args.config)
+        settings = Settings(**values).with_defaults()
+        return settings.control_path
     return (args.socket or default_socket_path()) + ".ctl"
 
 
@@ -378,7 +389,8 @@ def cmd_serve(args) -> int:
             claim_pid_file(base.pid_file)
         except PathError as exc:
             raise ConfigError(str(exc)) from None
-    stripe = Stripe(Server(s) for s in instance_settings(base, base.instances))
+    # with a log file, nbdkit writes there from its first line (docs/design.md#logs)
+    stripe = Stripe(Server(s, log_file=s.log_file) for s in instance_settings(base, base.instances))
     if base.swap:
         protect_wrapper()
     refused_at: list[float] = []
@@ -518,7 +530,27 @@ def _all_stats(instances) -> list[dict]:
     return [call(path, "stats") for _, path in instances]
 
 
+def stats_prometheus(args) -> int:
+    """The text exposition for node_exporter's textfile collector.  A server
+    that is down is ``zramd_up 0`` (exit 0), so the collector's file says so
+    instead of going stale."""
+    try:
+        instances = _instances(args)
+    except ControlError:
+        instances = [("", _control_path(args))]
+    results = []
+    for _, path in instances:
+        try:
+            results.append((metrics.device_name(path), call(path, "stats")))
+        except ControlError:
+            results.append((metrics.device_name(path), None))
+    sys.stdout.write(metrics.exposition(results))
+    return 0
+
+
 def cmd_stats(args) -> int:
+    if args.format == "prometheus":
+        return stats_prometheus(args)
     instances = _instances(args)
     if args.watch:
         return watch(
@@ -531,16 +563,6 @@ def cmd_stats(args) -> int:
             args.count,
         )
     each = _all_stats(instances)
-    if args.format == "prometheus":
-        sys.stdout.write(
-            metrics.exposition(
-                [
-                    (metrics.device_name(path), st)
-                    for (_, path), st in zip(instances, each, strict=True)
-                ]
-            )
-        )
-        return 0
     total = aggregate(each) if len(each) > 1 else each[0]
     if args.json or args.format == "json":
         doc = total
@@ -665,10 +687,14 @@ def cmd_writeback(args) -> int:
     failed = False
     for (label, path), limit in zip(targets, _split_count(args.limit, len(targets)), strict=True):
         result = call(path, "writeback", timeout=3600, type=args.type, limit=limit)
-        print(
-            f"{label}writeback {args.type}: {result['written']} pages written, "
-            f"{result['superseded']} rewritten meanwhile, of {result['candidates']} candidates"
-        )
+        if args.json:
+            print(json.dumps(result, sort_keys=True))
+        else:
+            print(
+                f"{label}writeback {args.type}: {result['written']} pages written, "
+                f"{result['superseded']} rewritten meanwhile, of {result['candidates']} "
+                f"candidates"
+            )
         if result.get("error"):
             print(f"zramd: error: {label}writeback stopped: {result['error']}", file=sys.stderr)
             failed = True
@@ -700,7 +726,7 @@ def cmd_compact(args) -> int:
     r = call(_control_path(args), "compact", timeout=3600)
     print(
         f"compact: {r['moved']} objects moved, {r['pages_freed']} pages "
-        f"({human_size(r['pages_freed'] * 4096)}) given back; "
+        f"({human_size(r['pages_freed'] * PAGE_SIZE)}) given back; "
         f"pages_compacted {r['pages_compacted']}, mem_used_total {human_size(r['mem_used_total'])}"
     )
     return 0

@@ -33,7 +33,7 @@ from typing import Any
 from .checksums import CHECKSUMS
 from .codecs import CODECS
 from .device import DEFAULT_PENDING_LIMIT_BYTES, MODES
-from .units import PAGE_SIZE, format_size, parse_device_size, parse_size
+from .units import PAGE_SIZE, format_size, parse_device_size, parse_size, physical_memory_bytes
 
 
 class ConfigError(ValueError):
@@ -141,7 +141,10 @@ class Option:
         shown = self.default_help
         if shown is None and self.default is not None and self.type is not BOOL:
             shown = format_size(self.default) if self.type.name == "size" else str(self.default)
-        return f"{self.help} (default {shown})" if shown else self.help
+        text = f"{self.help} (default {shown})" if shown else self.help
+        if self.runtime:
+            text += f"; while serving: zramd set {self.runtime}"
+        return text
 
 
 # -- checks of one value ------------------------------------------------------
@@ -161,6 +164,20 @@ def at_least(label: str, low: int, unit: str = "") -> Callable[[int], None]:
     return check
 
 
+def at_most_ram(label: str) -> Callable[[int], None]:
+    """A memory amount larger than the machine's RAM is a mistake (1e38):
+    refused (docs/design.md#security)."""
+
+    def check(value: int) -> None:
+        ram = physical_memory_bytes()
+        if value > ram:
+            raise ConfigError(
+                f"{label} must be at most {format_size(ram)} (the physical memory), not {value}"
+            )
+
+    return check
+
+
 def whole_pages(label: str) -> Callable[[int], None]:
     def check(value: int) -> None:
         if value % PAGE_SIZE:
@@ -170,13 +187,16 @@ def whole_pages(label: str) -> Callable[[int], None]:
 
 
 def parse_metrics_address(text: str, allow_remote: bool = False) -> tuple[str, int]:
-    """``HOST:PORT`` (``[V6]:PORT``) -> (host, port).  Only a loopback
+    """``HOST:PORT`` (``[V6]:PORT``, or ``PORT`` for 127.0.0.1) -> (host,
+    port).  Only a loopback
     address unless ``allow_remote``: the metrics tell anyone who can reach
     them how much and how fast this machine swaps
     (docs/design.md#running-as-a-service)."""
+    if str(text).strip().isdigit():  # a port alone: loopback
+        text = f"127.0.0.1:{str(text).strip()}"
     host, sep, port_text = str(text).rpartition(":")
     if not sep or not host:
-        raise ConfigError(f"metrics_address must be HOST:PORT, not {text!r}")
+        raise ConfigError(f"metrics_address must be HOST:PORT or PORT, not {text!r}")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         port = int(port_text)
@@ -264,6 +284,7 @@ OPTIONS: tuple[Option, ...] = (
         plugin_key="mem_limit",
         runtime="mem_limit",
         metavar="SIZE",
+        check=at_most_ram("mem_limit"),
         default_help="no limit",
         example="32M",
     ),
@@ -371,6 +392,7 @@ OPTIONS: tuple[Option, ...] = (
         "automatic writeback: above this much memory used, write back the coldest pages "
         "(needs --backing-file)",
         plugin_key="high_watermark",
+        check=at_most_ram("high_watermark"),
         runtime="watermarks",
         metavar="SIZE",
         default_help="off",
@@ -383,6 +405,7 @@ OPTIONS: tuple[Option, ...] = (
         0,
         "...until memory used is below this",
         plugin_key="low_watermark",
+        check=at_most_ram("low_watermark"),
         runtime="watermarks",
         metavar="SIZE",
         default_help="3/4 of the high watermark",

@@ -83,11 +83,18 @@ def test_option_round_trips_cli_plugin_settings(opt, tmp_path, monkeypatch):
 
 def test_readme_flags_all_parse():
     readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("### `zramd serve` options"):readme.index("Bad options exit")]
+    table = readme[readme.index("### `zramd serve` options") : readme.index("Bad options exit")]
     flags = set(re.findall(r"`(--?[a-z][a-z-]*)", table))
     assert len(flags) > 25
     known = {flag for opt in OPTIONS for flag in opt.flags}
     assert flags <= known, flags - known
+
+
+def test_runtime_knobs_exist():
+    """A row's ``runtime`` names the `zramd set` knob that changes it live."""
+    knobs = {opt.runtime for opt in OPTIONS if opt.runtime}
+    assert knobs and knobs <= set(cli.KNOBS)
+    assert "zramd set mem_limit" in BY_NAME["mem-limit"].help_text()
 
 
 def test_config_help_lists_every_plugin_key():
