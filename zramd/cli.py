@@ -393,16 +393,18 @@ def cmd_serve(args) -> int:
     stripe = Stripe(Server(s, log_file=s.log_file) for s in instance_settings(base, base.instances))
     if base.swap:
         protect_wrapper()
-    refused_at: list[float] = []
+    signals_at: list[float] = []
     pid_written = False
     exporter = None
 
     def on_signal(signum, frame):
+        # A second signal may arrive while the first is still being handled
+        # (asking the server takes up to a second): count signals, not refusals.
         now = time.monotonic()
-        force = base.force_stop or bool(refused_at and now - refused_at[-1] <= STOP_CONFIRM_SECONDS)
+        force = base.force_stop or bool(signals_at and now - signals_at[-1] <= STOP_CONFIRM_SECONDS)
+        signals_at.append(now)
         why_not = stripe.request_stop(force=force)
-        if why_not:
-            refused_at.append(now)
+        if why_not and not stripe.stopping:
             log.warning(
                 "not stopping: %s, or send the signal again within %.0fs",
                 why_not,
