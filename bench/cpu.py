@@ -16,7 +16,8 @@ N cores, sharing nothing, about N times that with the client elsewhere, or
 N * 1e6 / (server + client µs per request) where the client shares the
 cores, as it does on the 2-core machine the bench runs on. It ignores what
 does not scale (memory bandwidth, the kernel's block layer and swap
-round-robin, NBD transport) and is an upper bound, not a measurement.
+round-robin, NBD transport) and is an upper bound, not a measurement
+(docs/design.md#connections).
 
 Data (results.json "sections"/"cpu"): jobs, summary, projection, instances
 tried, and why an instance count was left out.

@@ -8,7 +8,9 @@ hit stored pages) and runs all its jobs; the order of systems rotates from
 round to round, so slow minutes on the shared machine spread over all of
 them. Per system, workload and connection count: median and min-max of IOPS
 over the rounds, and of the per-round ratio to 1 connection (the steadier
-number: both halves of a ratio come from the same few seconds).
+number: both halves of a ratio come from the same few seconds), and the CPU
+time per request of server and client, the steadier number on a shared
+machine (why: docs/design.md#connections).
 
 Data (results.json "sections"/"scaling"): jobs (one per round, system,
 workload, connections), summary (the spreads), the settings.
