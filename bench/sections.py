@@ -21,6 +21,7 @@ from bench.backing import BackingEncryption
 from bench.context import Context
 from bench.cpu import ServerCpu
 from bench.matrix import Matrix
+from bench.memory import Memory
 from bench.scaling import ConnectionScaling
 
 
@@ -39,7 +40,13 @@ class Section(Protocol):
     def summary(self, data: dict) -> list[str]: ...
 
 
-SECTIONS: list[Section] = [Matrix(), ConnectionScaling(), ServerCpu(), BackingEncryption()]
+SECTIONS: list[Section] = [
+    Matrix(),
+    ConnectionScaling(),
+    ServerCpu(),
+    BackingEncryption(),
+    Memory(),
+]
 
 
 def by_names(names: list[str]) -> list[Section]:
