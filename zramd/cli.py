@@ -500,7 +500,10 @@ def cmd_stop(args) -> int:
         if reasons:
             raise ControlError("; ".join(reasons))
     for _, path in instances:
-        call(path, "stop", force=True)
+        try:
+            call(path, "stop", force=True)
+        except ControlError:
+            pass  # the server may exit before its reply is sent: the wait below tells
     deadline = time.monotonic() + args.timeout
     for _, path in instances:
         while socket_state(path) == "live":
@@ -527,7 +530,27 @@ def _all_stats(instances) -> list[dict]:
     return [call(path, "stats") for _, path in instances]
 
 
+def stats_prometheus(args) -> int:
+    """The text exposition for node_exporter's textfile collector.  A server
+    that is down is ``zramd_up 0`` (exit 0), so the collector's file says so
+    instead of going stale."""
+    try:
+        instances = _instances(args)
+    except ControlError:
+        instances = [("", _control_path(args))]
+    results = []
+    for _, path in instances:
+        try:
+            results.append((metrics.device_name(path), call(path, "stats")))
+        except ControlError:
+            results.append((metrics.device_name(path), None))
+    sys.stdout.write(metrics.exposition(results))
+    return 0
+
+
 def cmd_stats(args) -> int:
+    if args.format == "prometheus":
+        return stats_prometheus(args)
     instances = _instances(args)
     if args.watch:
         return watch(
@@ -540,16 +563,6 @@ def cmd_stats(args) -> int:
             args.count,
         )
     each = _all_stats(instances)
-    if args.format == "prometheus":
-        sys.stdout.write(
-            metrics.exposition(
-                [
-                    (metrics.device_name(path), st)
-                    for (_, path), st in zip(instances, each, strict=True)
-                ]
-            )
-        )
-        return 0
     total = aggregate(each) if len(each) > 1 else each[0]
     if args.json or args.format == "json":
         doc = total

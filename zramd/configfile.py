@@ -257,6 +257,8 @@ def _value(opt: Option, raw, base: str, ram_bytes: int | None):
         raise ConfigError(f"must be a string (in quotes), not {raw!r}")
     if opt.type.name == "size" and isinstance(raw, str) and is_expression(raw):
         raw = eval_size(raw, machine_ram_bytes() if ram_bytes is None else ram_bytes)
+    elif opt.type.name == "size" and type(raw) is int:
+        raw = opt.parse_text(str(raw))  # bytes: the same checks as "4096" on the command line
     value = opt.from_value(raw)
     if (
         isinstance(value, str)
