@@ -17,14 +17,14 @@ run: setup
 
 # Must pass before landing (CONTRIBUTING.md); .ci/run runs it before the tests.
 lint: setup
-	$(VENV)/bin/ruff check zramd plugin bench vm
-	$(VENV)/bin/ruff format --check zramd plugin bench vm
+	$(VENV)/bin/ruff check zramd plugin bench vm tools
+	$(VENV)/bin/ruff format --check zramd plugin bench vm tools
 	$(VENV)/bin/mypy
 
-# Rewrites zramd/, plugin/, bench/ and vm/ into the shape `make lint` wants.
+# Rewrites zramd/, plugin/, bench/, vm/ and tools/ into the shape `make lint` wants.
 format: setup
-	$(VENV)/bin/ruff check --fix-only zramd plugin bench vm
-	$(VENV)/bin/ruff format zramd plugin bench vm
+	$(VENV)/bin/ruff check --fix-only zramd plugin bench vm tools
+	$(VENV)/bin/ruff format zramd plugin bench vm tools
 
 test: setup
 	$(PY) -m pytest -ra $(ARGS)

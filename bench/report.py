@@ -63,13 +63,32 @@ def markdown(report: dict, sections: list) -> str:
         f"(after a {m['ramp_s']:.1f} s ramp in the matrix). Re-measure with `make bench`.",
         "",
     ]
+    section_meta = report.get("section_meta", {})
     for section in sections:
+        own = section_meta.get(section.name)
+        # a section published from a run of its own says so under its heading
+        note = (
+            []
+            if not own or own.get("started") == m["started"]
+            else [
+                f"*From a run of this section alone: {own['started']}, {own['duration_s']:.0f} s "
+                f"(`bench/run.py --sections {section.name} --publish`).*",
+                "",
+            ]
+        )
         if section.name in report["errors"]:
-            lines += [f"## {section.title}", "", f"Failed: {report['errors'][section.name]}", ""]
+            lines += [
+                f"## {section.title}",
+                "",
+                *note,
+                f"Failed: {report['errors'][section.name]}",
+                "",
+            ]
             continue
         if section.name not in report["sections"]:
             continue
-        lines += section.markdown(report["sections"][section.name])
+        part = section.markdown(report["sections"][section.name])
+        lines += part[:2] + note + part[2:]
         charts = report["charts"].get(section.name, [])
         if charts:
             lines += ["", *(f"![{c}]({c})" for c in charts)]
@@ -123,11 +142,63 @@ def write(report: dict, sections: list, out: Path) -> str:
     return md
 
 
+def merged_with_published(report: dict, sections: list, docs_dir: Path) -> tuple[dict, set[str]]:
+    """The published report with this run's sections in place of theirs (the
+    others keep their data and charts); each merged section's run settings in
+    "section_meta". Also the chart files that are no longer referenced."""
+    try:
+        old = json.loads((docs_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return report, set()
+    if not isinstance(old.get("sections"), dict):
+        return report, set()
+    merged = {
+        "meta": old["meta"],
+        "sections": dict(old["sections"]),
+        "charts": dict(old.get("charts", {})),
+        "errors": dict(old.get("errors", {})),
+        "section_meta": dict(old.get("section_meta", {})),
+    }
+    stale: set[str] = set()
+    for section in sections:
+        stale.update(merged["charts"].get(section.name, []))
+        for key in ("sections", "charts", "errors"):
+            merged[key].pop(section.name, None)
+            if section.name in report[key]:
+                merged[key][section.name] = report[key][section.name]
+        merged["section_meta"][section.name] = report["meta"]
+    kept = {c for cs in merged["charts"].values() for c in cs}
+    return merged, stale - kept
+
+
 def publish(
-    report: dict, sections: list, out: Path, docs_dir: Path = DOCS_BENCH, readme: Path = README
+    report: dict,
+    sections: list,
+    out: Path,
+    docs_dir: Path = DOCS_BENCH,
+    readme: Path = README,
+    all_sections: list | None = None,
 ) -> None:
-    """Replaces docs/bench/ with this run's results and charts, and README's block."""
+    """Replaces docs/bench/ with this run's results and charts, and README's block.
+
+    With ``all_sections`` (a run of some sections, ``--sections``), the run is
+    merged into what is published instead: its sections replace theirs, the
+    others stay, and results.md and README's block are written for all of
+    them in ``all_sections`` order."""
     docs_dir.mkdir(parents=True, exist_ok=True)
+    if all_sections is not None:
+        merged, stale = merged_with_published(report, sections, docs_dir)
+        shown = [
+            s for s in all_sections if s.name in merged["sections"] or s.name in merged["errors"]
+        ]
+        for name in stale:
+            (docs_dir / name).unlink(missing_ok=True)
+        for c in (c for cs in report["charts"].values() for c in cs):
+            shutil.copy(out / c, docs_dir / c)
+        (docs_dir / "results.json").write_text(json.dumps(merged, indent=2, default=str) + "\n")
+        (docs_dir / "results.md").write_text(markdown(merged, shown))
+        readme.write_text(replace_block(readme.read_text(), readme_block(merged, shown)))
+        return
     for old in docs_dir.iterdir():
         if old.is_file() and old.suffix in (".md", ".json", ".png"):
             old.unlink()

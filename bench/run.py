@@ -88,7 +88,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="replace docs/bench/ and README's block with this run "
-        "(default: only for a full default run)",
+        "(default: only for a full default run); with --sections, only those sections' "
+        "parts are replaced",
     )
     p.add_argument(
         "--render",
@@ -186,7 +187,9 @@ def render(rep: dict, sections: list, out: Path, publish: bool) -> None:
     title = report.title_line(rep["meta"])
     for section in sections:
         if section.name in rep["sections"]:
-            section.derive(rep["sections"][section.name])
+            derive = getattr(section, "derive", None)  # optional: see bench/sections.py
+            if derive is not None:
+                derive(rep["sections"][section.name])
             try:
                 rep["charts"][section.name] = section.plots(
                     rep["sections"][section.name], out, title
@@ -197,7 +200,9 @@ def render(rep: dict, sections: list, out: Path, publish: bool) -> None:
     print()
     print(md)
     if publish:
-        report.publish(rep, sections, out)
+        # a run of some sections is merged into what is published
+        partial = {x.name for x in sections} != {x.name for x in SECTIONS}
+        report.publish(rep, sections, out, all_sections=SECTIONS if partial else None)
         print(f"published: {report.DOCS_BENCH} and README.md's bench block", flush=True)
     print(f"results: {out}", flush=True)
 

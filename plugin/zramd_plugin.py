@@ -13,6 +13,7 @@ import builtins
 import json
 import os
 import sys
+import threading
 
 import nbdkit
 
@@ -26,7 +27,7 @@ from zramd import config as zconfig
 from zramd.backing import BackingFile
 from zramd.checksums import make_checksum
 from zramd.codecs import make_codec
-from zramd.control import ControlServer
+from zramd.control import ControlError, ControlServer
 from zramd.device import Device
 from zramd.store import PageStore
 from zramd.units import PAGE_SHIFT, PAGE_SIZE
@@ -49,6 +50,8 @@ _direct_write = None  # the store's write when the device adds nothing per write
 _pin_each = False  # pin in every callback (more than one thread per connection)
 _control = None
 _pin = False
+_connections = 0  # NBD clients connected now (open minus close)
+_connections_lock = threading.Lock()
 _log_filter = None
 
 
@@ -72,6 +75,11 @@ def config_complete():
         warning = swap.lock_memory()
         if warning:
             print(f"zramd: warning: {warning}", file=sys.stderr)
+        # nbdkit 1.32 arms the parent-death signal itself: serving swap, it
+        # must outlive a dead wrapper (docs/design.md#security).
+        why_not = swap.outlive_parent()
+        if why_not:
+            logs.log("WARNING", f"nbdkit will stop with the zramd serve process: {why_not}")
 
 
 def config_help():
@@ -135,13 +143,47 @@ def after_fork():
     if _settings.control_path:
         _control = ControlServer(_settings.control_path, _control_request)
         _control.start()
+    if _settings.swap:  # nbdkit outlives the wrapper: say so when it goes
+        why_not = swap.watch_parent(_wrapper_gone)
+        if isinstance(why_not, str):
+            logs.log("WARNING", why_not)
+
+
+def _wrapper_gone(pid):
+    logs.log(
+        "WARNING",
+        f"the zramd serve process (pid {pid}) is gone; nbdkit (pid {os.getpid()}) keeps "
+        f"serving {_device.stats()['orig_data_size'] >> PAGE_SHIFT} stored pages: stop it "
+        f"with `zramd stop --control {_settings.control_path}`",
+    )
 
 
 def _control_request(request):
-    if request.get("cmd") == "shutdown":  # server life cycle, not a store knob
+    cmd = request.get("cmd")
+    if cmd in ("stop", "shutdown"):  # server life cycle, not a store knob
+        args = request.get("args") or {}
+        force = cmd == "shutdown" or args.get("force") is True
+        if not force:
+            _refuse_stop_in_use()
+        if args.get("check") is True:  # only asking whether a stop would go ahead
+            return {"in_use": False}
         nbdkit.shutdown()
         return {"disconnected": shutdown.disconnect_clients(_settings.control_path)}
     return commands.dispatch(_device, request)
+
+
+def _refuse_stop_in_use():
+    """Like zram refusing a reset while the device is open: stopping with
+    clients connected and pages stored loses the only copy of those pages
+    (docs/design.md#security)."""
+    stats = _device.stats()
+    pages = stats["orig_data_size"] >> PAGE_SHIFT  # same pages and written-back ones too
+    if _connections and pages:
+        raise ControlError(
+            f"in use: {_connections} client{'s' if _connections != 1 else ''} connected and "
+            f"{pages} page{'s' if pages != 1 else ''} stored (swapoff and disconnect them "
+            f"first); force with `zramd stop --force`"
+        )
 
 
 def cleanup():
@@ -165,12 +207,18 @@ def cleanup():
 
 
 def open(readonly):
+    global _connections
     if _pin:
         pinning.pin()
+    with _connections_lock:
+        _connections += 1
     return True
 
 
 def close(h):
+    global _connections
+    with _connections_lock:
+        _connections -= 1
     _device.drain()  # a client that hangs up leaves nothing half-done
     if _pin:
         pinning.unpin()

@@ -22,7 +22,17 @@ from .control import ControlError, call
 from .instances import Stripe, aggregate, discover, instance_settings, split_bytes
 from .options import BY_FIELD, OPTIONS, Option
 from .server import Server, ServerError
+from .sockets import (
+    PathError,
+    claim_pid_file,
+    remove_pid_file,
+    sd_notify,
+    socket_state,
+    write_pid_file,
+)
 from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
+from .swap import LockError, lock_memory, set_oom_score_adj
+from .tls import qemu_object
 from .units import PAGE_SIZE, human_size, parse_size
 from .writeback import WRITEBACK_TYPES
 
@@ -81,6 +91,22 @@ def build_parser() -> Parser:
         help="mm_stat, io_stat and/or bd_stat (default: all, labelled)",
     )
 
+    stop = sub.add_parser(
+        "stop",
+        help="stop a running server (refused while clients are "
+        "connected and pages stored, unless --force)",
+    )
+    _add_target(stop)
+    stop.add_argument(
+        "--force", action="store_true", help="stop even while in use: stored pages are lost"
+    )
+    stop.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the server to go (default 30)",
+    )
+
     status = sub.add_parser("status", help="a zramctl-like table of the device")
     _add_target(status)
 
@@ -90,6 +116,7 @@ def build_parser() -> Parser:
     _add_target(wb)
     wb.add_argument("type", choices=WRITEBACK_TYPES)
     wb.add_argument("--limit", type=int, help="at most this many pages")
+    wb.add_argument("--json", action="store_true", help="the result as JSON (one line each)")
 
     idle = sub.add_parser(
         "idle", help="mark pages idle: all, or those not accessed for SECONDS (zram's idle knob)"
@@ -207,11 +234,21 @@ def _add_target(parser) -> None:
         help=f"the server's NBD socket (default {default_socket_path()})",
     )
     parser.add_argument("--control", metavar="PATH", help="the server's control socket")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the server's config file: its socket and control socket",
+    )
 
 
 def _control_path(args) -> str:
     if args.control:
         return args.control
+    if args.socket is None and getattr(args, "config", None):
+        # the server the config file describes, with serve's own defaults
+        values = configfile.load(args.config)
+        settings = Settings(**values).with_defaults()
+        return settings.control_path
     return (args.socket or default_socket_path()) + ".ctl"
 
 
@@ -230,34 +267,76 @@ def _instances(args) -> list[tuple[str, str]]:
 
 
 def connect_help(server: Server, index: int | None = None) -> str:
+    """One device's banner: how to attach with each client, TLS included."""
     s = server.settings
     uri = server.uri
+    tls = s.tls_mode() == "require"
     nbd_dev = f"/dev/nbd{index or 0}"
     drive = f"zd{'' if index is None else index}"
-    if index is None:
-        lines = [f"zramd: serving {describe(s)}"]
-    else:
-        lines = [f"instance {index}: {describe(s)}"]
-    lines += [
+    lines = [
+        f"zramd: serving {describe(s)}" if index is None else f"instance {index}: {describe(s)}",
         f"  NBD URI     {uri}",
         f"  nbdinfo     nbdinfo '{uri}'",
-        f"  nbdsh       nbdsh -u '{uri}'",
-        f"  qemu-img    qemu-img info '{uri}'",
     ]
+    if tls and s.tls_psk:  # libnbd refuses tls-psk-file in a URI unless allowed
+        lines.append(
+            f"  nbdsh       nbdsh -c 'h.set_uri_allow_local_file(True)' "
+            f"-c 'h.connect_uri(\"{uri}\")' -c 'print(h.get_size())'"
+        )
+    else:
+        lines.append(f"  nbdsh       nbdsh -u '{uri}'")
     if s.socket_path:
         path = os.path.abspath(s.socket_path)
+        server_opts = f"server.type=unix,server.path={path}"
+    else:
+        server_opts = f"server.type=inet,server.host={s.address},server.port={s.port}"
+    if tls:
+        obj = qemu_object(s.tls_psk, s.tls_user(), s.tls_certificates)
         lines += [
-            f"  nbd-client  nbd-client -unix {path} {nbd_dev} -b {PAGE_SIZE}",
-            f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,server.type=unix,"
-            f"server.path={path},if=none,id={drive} -device virtio-blk-pci,drive={drive}",
+            f"  qemu-img    qemu-img info --object {obj} --image-opts "
+            f"driver=nbd,{server_opts},tls-creds=tls0",
+            f"  qemu        qemu-system-x86_64 ... -object {obj} -drive driver=nbd,"
+            f"{server_opts},tls-creds=tls0,if=none,id={drive} "
+            f"-device virtio-blk-pci,drive={drive}",
         ]
+        if s.tls_psk and os.path.basename(s.tls_psk) != "keys.psk":
+            lines.append(
+                f"              (qemu reads the key from keys.psk in "
+                f"{os.path.dirname(os.path.abspath(s.tls_psk))})"
+            )
     else:
         lines += [
-            f"  nbd-client  nbd-client {s.address} {s.port} {nbd_dev} -b {PAGE_SIZE}",
-            f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,server.host={s.address},"
-            f"server.port={s.port},if=none,id={drive} -device virtio-blk-pci,drive={drive}",
+            f"  qemu-img    qemu-img info '{uri}'",
+            f"  qemu        qemu-system-x86_64 ... -drive driver=nbd,{server_opts},"
+            f"if=none,id={drive} -device virtio-blk-pci,drive={drive}",
         ]
+    if s.socket_path and not tls:
+        lines.append(
+            f"  nbd-client  nbd-client -unix {os.path.abspath(s.socket_path)} {nbd_dev} "
+            f"-b {PAGE_SIZE}"
+        )
+    elif not tls:
+        lines.append(f"  nbd-client  nbd-client {s.address} {s.port} {nbd_dev} -b {PAGE_SIZE}")
+    elif s.tls_certificates:
+        where = (
+            f"-unix {os.path.abspath(s.socket_path)}" if s.socket_path else f"{s.address} {s.port}"
+        )
+        certs = os.path.abspath(s.tls_certificates)
+        lines.append(
+            f"  nbd-client  nbd-client {where} {nbd_dev} -b {PAGE_SIZE} -enable-tls "
+            f"-cacertfile {certs}/ca-cert.pem -tlshostname {s.address}"
+            + (" -certfile CLIENT-cert.pem -keyfile CLIENT-key.pem" if s.tls_verify_peer else "")
+        )
+    else:
+        lines.append(
+            "  nbd-client  (no PSK support in nbd-client: use --tls-certificates "
+            "for the kernel's nbd driver)"
+        )
     lines.append(f"  stats       zramd stats --control {s.control_path}")
+    if not tls and s.port is not None:
+        lines.append(
+            "  WARNING     no TLS: anyone who can reach the port reads and writes the device"
+        )
     return "\n".join(lines)
 
 
@@ -265,7 +344,12 @@ def stripe_help(servers: list[Server], base: Settings) -> str:
     """The start banner: each instance's attach commands, then how to read
     them all at once and how to swap on them (equal priority)."""
     if len(servers) == 1:
-        return connect_help(servers[0]) + "\n  Stop with Ctrl-C."
+        s = servers[0].settings
+        return (
+            connect_help(servers[0]) + f"\n  stop        zramd stop --control "
+            f"{s.control_path}   (refused while in use, unless --force)"
+            "\n  Stop with Ctrl-C."
+        )
     n = len(servers)
     lines = [f"zramd: serving {n} instances, {describe(base)} in all"]
     for i, srv in enumerate(servers):
@@ -282,9 +366,15 @@ def stripe_help(servers: list[Server], base: Settings) -> str:
         f"  status      zramd status {target}",
         f"  swap        mkswap and swapon --discard --priority 100 each of {devs}: "
         f"equal priority stripes pages over them",
+        f"  stop        zramd stop {target}   (refused while in use, unless --force)",
         "  Stop with Ctrl-C.",
     ]
     return "\n".join(lines)
+
+
+# A second SIGTERM/SIGINT within this many seconds of a refused one stops the
+# server even while in use (docs/design.md#security).
+STOP_CONFIRM_SECONDS = 5.0
 
 
 def cmd_serve(args) -> int:
@@ -294,35 +384,30 @@ def cmd_serve(args) -> int:
         logs.configure_wrapper(base.log_file, base.verbose)
     except logs.LogFileError as exc:
         raise ConfigError(exc.strerror) from None
-    stripe = Stripe(Server(s) for s in instance_settings(base, base.instances))
+    if base.pid_file:
+        try:  # a stale pid file is removed, a live one or anything else refuses
+            claim_pid_file(base.pid_file)
+        except PathError as exc:
+            raise ConfigError(str(exc)) from None
+    # with a log file, nbdkit writes there from its first line (docs/design.md#logs)
+    stripe = Stripe(Server(s, log_file=s.log_file) for s in instance_settings(base, base.instances))
+    if base.swap:
+        protect_wrapper()
+    refused_at: list[float] = []
+    pid_written = False
+    exporter = None
 
     def on_signal(signum, frame):
-        stripe.request_stop()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    stripe.start()
-    if stripe.stopping:  # a signal came while the instances were starting
-        stripe.request_stop()
-    exporter = None
-    if base.metrics_address:
-        host, port = metrics.parse_address(base.metrics_address, base.metrics_insecure_address)
-        try:
-            exporter = metrics.MetricsServer(
-                host,
-                port,
-                [
-                    (metrics.device_name(srv.control_path), srv.control_path)
-                    for srv in stripe.servers
-                ],
+        now = time.monotonic()
+        force = base.force_stop or bool(refused_at and now - refused_at[-1] <= STOP_CONFIRM_SECONDS)
+        why_not = stripe.request_stop(force=force)
+        if why_not:
+            refused_at.append(now)
+            log.warning(
+                "not stopping: %s, or send the signal again within %.0fs",
+                why_not,
+                STOP_CONFIRM_SECONDS,
             )
-        except ConfigError:
-            stripe.stop()
-            raise
-    banner = stripe_help(stripe.servers, base).split("\n")
-    if exporter is not None:  # before the last line, "Stop with Ctrl-C."
-        banner.insert(-1, f"  metrics     curl {exporter.url}")
-    print("\n".join(banner), flush=True)
 
     def on_death(index, status):
         srv = stripe.servers[index]
@@ -337,13 +422,99 @@ def cmd_serve(args) -> int:
         )
         log.error("%s exited unexpectedly with status %s%s", what, status, more)
 
-    stripe.wait(on_death)
-    if exporter is not None:
-        exporter.stop()
-    stripe.stop()
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stripe.start()
+        if stripe.stopping:  # a signal came while the instances were starting
+            stripe.request_stop()
+        if base.metrics_address:
+            host, port = metrics.parse_address(base.metrics_address, base.metrics_insecure_address)
+            exporter = metrics.MetricsServer(
+                host,
+                port,
+                [
+                    (metrics.device_name(srv.control_path), srv.control_path)
+                    for srv in stripe.servers
+                ],
+            )
+        if base.port is not None and base.tls_mode() != "require":
+            log.warning(
+                "--insecure-tcp: port %s serves the device without TLS to anyone who can reach it",
+                base.port,
+            )
+        if base.pid_file:  # readiness: written once every socket listens
+            try:
+                write_pid_file(base.pid_file, os.getpid())
+            except PathError as exc:
+                raise ServerError(str(exc)) from None
+            pid_written = True
+        banner = stripe_help(stripe.servers, base).split("\n")
+        if exporter is not None:  # before the last line, "Stop with Ctrl-C."
+            banner.insert(-1, f"  metrics     curl {exporter.url}")
+        print("\n".join(banner), flush=True)
+        why_not = sd_notify(
+            f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {stripe.servers[0].uri}"
+        )
+        if why_not:
+            log.warning("cannot notify systemd: %s", why_not)
+        stripe.wait(on_death)
+    finally:
+        if exporter is not None:
+            exporter.stop()
+        stripe.stop()
+        if pid_written:
+            remove_pid_file(base.pid_file, os.getpid())
+    sd_notify("STOPPING=1")
     if stripe.died:
         return 1
     log.info("stopped")
+    return 0
+
+
+def protect_wrapper() -> None:
+    """--swap: lock this process into RAM too, and keep the OOM killer away
+    from it and (inherited) from nbdkit; one warning line per refusal."""
+    try:
+        why_not = lock_memory()
+    except LockError as exc:
+        why_not = exc.strerror
+    if why_not:
+        log.warning("cannot lock zramd serve into memory: %s", why_not)
+    why_not = set_oom_score_adj()
+    if why_not:
+        log.warning("cannot set oom_score_adj -1000: %s", why_not)
+
+
+def cmd_stop(args) -> int:
+    """Ask the server (every instance) to stop; refused while in use unless
+    --force.  Waits until the control sockets are gone."""
+    instances = _instances(args)
+    if not args.force:
+        reasons = []
+        for name, path in instances:
+            try:
+                call(path, "stop", check=True)
+            except ControlError as exc:
+                reasons.append(str(exc) if len(instances) == 1 else f"{name}: {exc}")
+        if reasons:
+            raise ControlError("; ".join(reasons))
+    for _, path in instances:
+        try:
+            call(path, "stop", force=True)
+        except ControlError:
+            pass  # the server may exit before its reply is sent: the wait below tells
+    deadline = time.monotonic() + args.timeout
+    for _, path in instances:
+        while socket_state(path) == "live":
+            if time.monotonic() > deadline:
+                print(
+                    f"zramd: error: the server at {path} did not stop within {args.timeout:.0f}s",
+                    file=sys.stderr,
+                )
+                return 1
+            time.sleep(0.05)
+    print("zramd: stopped")
     return 0
 
 
@@ -359,7 +530,27 @@ def _all_stats(instances) -> list[dict]:
     return [call(path, "stats") for _, path in instances]
 
 
+def stats_prometheus(args) -> int:
+    """The text exposition for node_exporter's textfile collector.  A server
+    that is down is ``zramd_up 0`` (exit 0), so the collector's file says so
+    instead of going stale."""
+    try:
+        instances = _instances(args)
+    except ControlError:
+        instances = [("", _control_path(args))]
+    results = []
+    for _, path in instances:
+        try:
+            results.append((metrics.device_name(path), call(path, "stats")))
+        except ControlError:
+            results.append((metrics.device_name(path), None))
+    sys.stdout.write(metrics.exposition(results))
+    return 0
+
+
 def cmd_stats(args) -> int:
+    if args.format == "prometheus":
+        return stats_prometheus(args)
     instances = _instances(args)
     if args.watch:
         return watch(
@@ -372,16 +563,6 @@ def cmd_stats(args) -> int:
             args.count,
         )
     each = _all_stats(instances)
-    if args.format == "prometheus":
-        sys.stdout.write(
-            metrics.exposition(
-                [
-                    (metrics.device_name(path), st)
-                    for (_, path), st in zip(instances, each, strict=True)
-                ]
-            )
-        )
-        return 0
     total = aggregate(each) if len(each) > 1 else each[0]
     if args.json or args.format == "json":
         doc = total
@@ -506,10 +687,14 @@ def cmd_writeback(args) -> int:
     failed = False
     for (label, path), limit in zip(targets, _split_count(args.limit, len(targets)), strict=True):
         result = call(path, "writeback", timeout=3600, type=args.type, limit=limit)
-        print(
-            f"{label}writeback {args.type}: {result['written']} pages written, "
-            f"{result['superseded']} rewritten meanwhile, of {result['candidates']} candidates"
-        )
+        if args.json:
+            print(json.dumps(result, sort_keys=True))
+        else:
+            print(
+                f"{label}writeback {args.type}: {result['written']} pages written, "
+                f"{result['superseded']} rewritten meanwhile, of {result['candidates']} "
+                f"candidates"
+            )
         if result.get("error"):
             print(f"zramd: error: {label}writeback stopped: {result['error']}", file=sys.stderr)
             failed = True
@@ -541,7 +726,7 @@ def cmd_compact(args) -> int:
     r = call(_control_path(args), "compact", timeout=3600)
     print(
         f"compact: {r['moved']} objects moved, {r['pages_freed']} pages "
-        f"({human_size(r['pages_freed'] * 4096)}) given back; "
+        f"({human_size(r['pages_freed'] * PAGE_SIZE)}) given back; "
         f"pages_compacted {r['pages_compacted']}, mem_used_total {human_size(r['mem_used_total'])}"
     )
     return 0
@@ -608,6 +793,7 @@ def cmd_set(args) -> int:
 
 SUBCOMMANDS = {
     "serve": cmd_serve,
+    "stop": cmd_stop,
     "stats": cmd_stats,
     "status": cmd_status,
     "writeback": cmd_writeback,

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from . import heap
 from .control import ControlError
-from .units import PAGE_SIZE, parse_size
+from .units import PAGE_SIZE, format_size, parse_size, physical_memory_bytes
 
 COMMANDS: dict[str, Callable[..., dict]] = {}
 RECOMPRESS_TYPES = ("all", "idle", "huge", "huge_idle")  # zram's recompress type=
@@ -31,15 +32,28 @@ def _no_args(args: dict, name: str) -> None:
         raise ControlError(f"{name} takes no arguments, got {', '.join(sorted(args))}")
 
 
-def _size_arg(args: dict, key: str) -> int:
+# Whole-number arguments (page counts, seconds) above this are refused: no
+# device has 2**48 pages, and a bound keeps arithmetic on them cheap.
+MAX_COUNT = 1 << 48
+
+
+def _size_arg(args: dict, key: str, maximum: int | None = None) -> int:
+    """A size in bytes; at most ``maximum`` (default: the physical memory,
+    the largest memory amount that makes sense: docs/design.md#security)."""
     if key not in args:
         raise ControlError(f"missing argument {key}")
     if isinstance(args[key], bool) or not isinstance(args[key], (int, str)):
         raise ControlError(f"{key} must be a size")
     try:
-        return parse_size(args[key])
+        value = parse_size(args[key])
     except ValueError as exc:
         raise ControlError(f"{key}: {exc}") from None
+    bound = physical_memory_bytes() if maximum is None else maximum
+    if value > bound:
+        raise ControlError(
+            f"{key} must be at most {format_size(bound)} (the physical memory), not {value}"
+        )
+    return value
 
 
 @command("stats")
@@ -73,7 +87,9 @@ def _check_args(args: dict, name: str, allowed: set[str]) -> None:
         )
 
 
-def _int_arg(args: dict, key: str, minimum: int = 0, default=None) -> int | None:
+def _int_arg(
+    args: dict, key: str, minimum: int = 0, default=None, maximum: int = MAX_COUNT
+) -> int | None:
     if key not in args or args[key] is None:
         return default
     value = args[key]
@@ -85,6 +101,8 @@ def _int_arg(args: dict, key: str, minimum: int = 0, default=None) -> int | None
         raise ControlError(f"{key} must be a whole number, not {args[key]!r}") from None
     if value < minimum:
         raise ControlError(f"{key} must be at least {minimum}, not {value}")
+    if value > maximum:
+        raise ControlError(f"{key} must be at most {maximum}, not {value}")
     return value
 
 
@@ -154,6 +172,7 @@ def _compact(device, args):
     give the emptied blocks back; returns what was freed."""
     _no_args(args, "compact")
     result = device.store.compact()
+    heap.trim()  # and what the heaps keep besides the arena (zramd/heap.py)
     return {
         "moved": result["moved"],
         "pages_freed": result["pages_freed"],
@@ -194,7 +213,9 @@ def dispatch(device, request: dict):
     fn = COMMANDS.get(name) if isinstance(name, str) else None
     if fn is None:
         raise ControlError(f"unknown command {name!r} (known: {', '.join(sorted(COMMANDS))})")
-    args = request.get("args") or {}
+    args = request.get("args")
+    if args is None:
+        args = {}
     if not isinstance(args, dict):
         raise ControlError("args must be an object")
     return fn(device, args)

@@ -108,6 +108,18 @@ class Settings:
             ) + ".ctl"
         return s
 
+    def tls_mode(self) -> str:
+        """nbdkit's --tls: require when credentials are given, unless told."""
+        if self.tls is not None:
+            return self.tls
+        return "require" if (self.tls_psk or self.tls_certificates) else "off"
+
+    def tls_user(self) -> str | None:
+        """The first PSK username (for URIs), or None."""
+        from .tls import psk_username
+
+        return psk_username(self.tls_psk) if self.tls_psk else None
+
     def low_watermark(self) -> int:
         return self.low_watermark_bytes or self.high_watermark_bytes * 3 // 4
 
@@ -210,8 +222,36 @@ def _endpoint(s: Settings) -> None:
 
 
 @cross_check
+def _tls(s: Settings) -> None:
+    """TCP only with TLS required, unless --insecure-tcp: swap holds other
+    processes' secrets (docs/design.md#security).  The credential files
+    themselves are checked before nbdkit starts (server.check_tls)."""
+    mode = s.tls_mode()
+    if s.tls_psk and s.tls_certificates:
+        raise ConfigError("give either --tls-psk or --tls-certificates, not both")
+    if mode != "off" and not (s.tls_psk or s.tls_certificates):
+        raise ConfigError(f"--tls={mode} needs --tls-psk FILE or --tls-certificates DIR")
+    if mode == "off" and (s.tls_psk or s.tls_certificates):
+        raise ConfigError("--tls=off with TLS credentials: drop one of them")
+    if s.tls_verify_peer and not s.tls_certificates:
+        raise ConfigError("--tls-verify-peer needs --tls-certificates DIR (client certificates)")
+    if s.insecure_tcp and s.port is None:
+        raise ConfigError("--insecure-tcp applies only with --port")
+    if s.port is not None and mode != "require" and not s.insecure_tcp:
+        raise ConfigError(
+            "TCP serves the device to anyone who can reach the port: give "
+            "--tls-psk FILE or --tls-certificates DIR (TLS required), or "
+            "--insecure-tcp to serve it without TLS"
+        )
+
+
+@cross_check
 def _socket_directories(s: Settings) -> None:
-    for label, path in (("socket", s.socket_path), ("control socket", s.control_path)):
+    for label, path in (
+        ("socket", s.socket_path),
+        ("control socket", s.control_path),
+        ("pid file", s.pid_file),
+    ):
         if path is not None:
             parent = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(parent):

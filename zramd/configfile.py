@@ -20,8 +20,11 @@ result is rounded down to whole 4 KiB pages.  Nothing is ever passed to
 Relative paths in the file are relative to the file's directory (a unit's
 working directory is ``/``).
 
+A config file that someone other than its owner (ours or root's) could change is
+refused: it decides where the server listens and writes.
+
 Every error is a ``ConfigError`` of one line: the file, the key, what is
-wrong.  No state, no locking.
+wrong.  No state, no locking.  Why: docs/design.md#config-file.
 """
 
 from __future__ import annotations
@@ -71,8 +74,8 @@ def _tokens(text: str) -> list[tuple[str, str]]:
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
             raise ConfigError(f"unexpected {text[pos:].strip()[:10]!r} in {text!r}")
-        kind = m.lastgroup or ""
-        out.append((kind, m.group(kind).replace(" ", "").lower()))
+        token_type = m.lastgroup or ""
+        out.append((token_type, m.group(token_type).replace(" ", "").lower()))
         pos = m.end()
     return out
 
@@ -158,10 +161,10 @@ class _Parser:
         return self.atom()
 
     def atom(self) -> Fraction:
-        kind, value = self.take()
-        if kind == "num":
+        token_type, value = self.take()
+        if token_type == "num":
             return _number(value)
-        if kind == "name":
+        if token_type == "name":
             if value == "ram":
                 return Fraction(self.ram)
             if value in ("min", "max"):
@@ -208,6 +211,7 @@ def load(path: str, ram_bytes: int | None = None) -> dict:
     ``ram_bytes`` replaces the machine's RAM (tests)."""
     try:
         with open(path, "rb") as f:
+            _check_owner(path, os.fstat(f.fileno()))
             doc = tomllib.load(f)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
@@ -231,16 +235,30 @@ def load(path: str, ram_bytes: int | None = None) -> dict:
     return values
 
 
+def _check_owner(path: str, st: os.stat_result) -> None:
+    """The file decides where the server writes and listens: only its owner
+    (ours or root's) may change it, as sshd insists for its own."""
+    if st.st_uid not in (0, os.getuid()):
+        raise ConfigError(f"config file {path} belongs to another user (uid {st.st_uid}): refused")
+    if st.st_mode & 0o022:
+        raise ConfigError(
+            f"config file {path} is writable by others (mode {st.st_mode & 0o777:o}): "
+            f"refused (chmod go-w {path})"
+        )
+
+
 def _value(opt: Option, raw, base: str, ram_bytes: int | None):
     if isinstance(raw, (dict, list)):
-        kind = "table" if isinstance(raw, dict) else "list"
-        raise ConfigError(f"must be a {opt.type.name}, not a {kind}")
+        found = "table" if isinstance(raw, dict) else "list"
+        raise ConfigError(f"must be a {opt.type.name}, not a {found}")
     if isinstance(raw, float):
         raise ConfigError(f"must be a {opt.type.name}, not the number {raw!r}")
     if isinstance(raw, (int, bool)) and opt.type.python is str and not isinstance(raw, bool):
         raise ConfigError(f"must be a string (in quotes), not {raw!r}")
     if opt.type.name == "size" and isinstance(raw, str) and is_expression(raw):
         raw = eval_size(raw, machine_ram_bytes() if ram_bytes is None else ram_bytes)
+    elif opt.type.name == "size" and type(raw) is int:
+        raw = opt.parse_text(str(raw))  # bytes: the same checks as "4096" on the command line
     value = opt.from_value(raw)
     if (
         isinstance(value, str)

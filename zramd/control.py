@@ -10,6 +10,19 @@ C (``accept``, ``recv``), never spin.  The handler is called from those
 threads and must do its own locking (the store's commands do).  ``stop()``
 shuts the listening socket down, which wakes ``accept``, and unlinks the path.
 
+Hostile or broken clients (docs/design.md#security): a request line is
+read with ``recv`` into a buffer that never holds more than
+``max_line_bytes`` + 1 bytes; a longer line gets one error reply and the
+connection is closed.  A client that does not complete a request line
+within ``idle_timeout_s`` (of connecting or of its last reply) is
+disconnected; at most ``max_clients`` are served at once (one more gets
+an error line and is closed at once, by the accept thread).  Every request
+gets exactly one reply line, whatever it holds: bad JSON, deep nesting
+(the parser's RecursionError, and a nesting limit on what parsed), wrong
+types, huge numbers; error texts are cut to ``MAX_ERROR_CHARS`` so a
+request is never echoed back whole.  A client thread never dies of an
+exception.
+
 ``call()`` is the client side used by the CLI and the tests.
 """
 
@@ -21,11 +34,18 @@ import os
 import socket
 import struct
 import threading
+import time
 
 log = logging.getLogger("zramd.control")
 
 MAX_LINE_BYTES = 64 * 1024
 TIMEOUT_SECONDS = 30.0
+# A control client is a command-line tool or a metrics scrape: one request,
+# one reply, then it hangs up.  These bound what a stuck or hostile one costs.
+MAX_CLIENTS = 8
+CLIENT_IDLE_TIMEOUT_S = 10.0
+MAX_NESTING = 8  # requests are {"cmd": ..., "args": {key: scalar}}: depth 2
+MAX_ERROR_CHARS = 300
 
 
 class ControlError(RuntimeError):
@@ -45,17 +65,31 @@ def unix_socket_in_use(path: str) -> bool:
 
 
 class ControlServer:
-    def __init__(self, path: str, handler):
+    def __init__(
+        self,
+        path: str,
+        handler,
+        max_clients: int = MAX_CLIENTS,
+        idle_timeout_s: float = CLIENT_IDLE_TIMEOUT_S,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ):
         self.path = path
         self.handler = handler  # dict request -> dict reply
+        self.max_clients = max_clients
+        self.idle_timeout_s = idle_timeout_s
+        self.max_line_bytes = max_line_bytes
+        self._client_slots = threading.BoundedSemaphore(max_clients)
+        self.refused_clients = 0  # over max_clients (accept thread only)
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if os.path.exists(self.path):
-            if unix_socket_in_use(self.path):
-                raise ControlError(f"control socket {self.path} is in use by another server")
-            os.unlink(self.path)
+        from .sockets import PathError, claim_socket_path
+
+        try:  # a stale socket is removed; anything else is never deleted
+            claim_socket_path(self.path, "control socket")
+        except PathError as exc:
+            raise ControlError(str(exc)) from None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
@@ -93,9 +127,23 @@ class ControlServer:
                 conn, _ = sock.accept()
             except OSError:
                 return
-            threading.Thread(
-                target=self._serve_client, args=(conn,), name="zramd-control-client", daemon=True
-            ).start()
+            if not self._client_slots.acquire(blocking=False):
+                self.refused_clients += 1
+                conn.settimeout(1.0)
+                error = f"too many control clients (at most {self.max_clients} at once)"
+                self._send(conn, {"ok": False, "error": error})
+                conn.close()
+                continue
+            try:
+                threading.Thread(
+                    target=self._serve_client,
+                    args=(conn,),
+                    name="zramd-control-client",
+                    daemon=True,
+                ).start()
+            except RuntimeError:  # cannot start a thread: refuse this one
+                self._client_slots.release()
+                conn.close()
 
     def _peer_allowed(self, conn: socket.socket) -> bool:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -103,34 +151,108 @@ class ControlServer:
         return uid in (0, os.getuid())
 
     def _serve_client(self, conn: socket.socket) -> None:
-        with conn, conn.makefile("rwb") as stream:
-            if not self._peer_allowed(conn):
+        try:
+            with conn:
+                conn.settimeout(self.idle_timeout_s)
+                if not self._peer_allowed(conn):
+                    return
+                for line in self._lines(conn):
+                    if line is None:
+                        error = f"request longer than {self.max_line_bytes} bytes"
+                        self._send(conn, {"ok": False, "error": error})
+                        return  # the rest of that line is not worth reading
+                    if not self._send(conn, self._handle_line(line)):
+                        return
+        except Exception:  # never let a client thread die with a traceback
+            log.exception("control client failed")
+        finally:
+            self._client_slots.release()
+
+    def _lines(self, conn: socket.socket):
+        """Yield request lines (without the newline); None for a line longer
+        than ``max_line_bytes``.  Holds at most ``max_line_bytes`` + 1 bytes.
+        Each line must arrive whole within ``idle_timeout_s`` of the previous
+        reply (a byte now and then does not keep a client alive)."""
+        limit = self.max_line_bytes
+        buf = bytearray()
+        deadline = time.monotonic() + self.idle_timeout_s
+        while True:
+            newline = buf.find(b"\n")
+            if newline >= 0:
+                line = bytes(buf[:newline])
+                del buf[: newline + 1]
+                yield line if len(line) <= limit else None
+                deadline = time.monotonic() + self.idle_timeout_s
+                continue
+            if len(buf) > limit:
+                yield None
                 return
-            for line in stream:
-                if len(line) > MAX_LINE_BYTES:
-                    reply = {"ok": False, "error": "request too long"}
-                else:
-                    reply = self._handle_line(line)
-                stream.write(json.dumps(reply).encode() + b"\n")
-                stream.flush()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                conn.settimeout(left)
+                chunk = conn.recv(min(65536, limit + 1 - len(buf)))
+            except OSError:  # timed out, reset
+                return
+            if not chunk:
+                return
+            buf += chunk
+
+    def _send(self, conn: socket.socket, reply: dict) -> bool:
+        try:
+            data = json.dumps(reply).encode()
+        except (TypeError, ValueError, RecursionError) as exc:
+            data = json.dumps({"ok": False, "error": f"internal error: {exc}"}).encode()
+        try:
+            conn.settimeout(self.idle_timeout_s)  # a client that does not read
+            conn.sendall(data + b"\n")
+            return True
+        except OSError:
+            return False
 
     def _handle_line(self, line: bytes) -> dict:
         try:
             request = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[" * 60000
             return {"ok": False, "error": "malformed request: not JSON"}
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             return {
                 "ok": False,
                 "error": 'malformed request: expected {"cmd": NAME, "args": {...}}',
             }
+        if _nesting(request) > MAX_NESTING:
+            return {"ok": False, "error": f"malformed request: nested deeper than {MAX_NESTING}"}
         try:
             return {"ok": True, "result": self.handler(request)}
         except ControlError as exc:
-            return {"ok": False, "error": str(exc)}
+            return {"ok": False, "error": _cut(str(exc))}
         except Exception as exc:  # never kill the server for one bad command
-            log.exception("control command %r failed", request.get("cmd"))
-            return {"ok": False, "error": f"internal error: {exc}"}
+            log.exception("control command %s failed", _cut(repr(request.get("cmd")), 80))
+            return {"ok": False, "error": _cut(f"internal error: {exc}")}
+
+
+def _nesting(value) -> int:
+    """How deeply lists and dicts nest in ``value`` (iterative: no recursion)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            if depth > MAX_NESTING:
+                return depth
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def _cut(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """One line of at most ``limit`` characters: a request is never echoed
+    back whole."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def call(path: str, cmd: str, timeout: float = TIMEOUT_SECONDS, **args):
@@ -139,7 +261,10 @@ def call(path: str, cmd: str, timeout: float = TIMEOUT_SECONDS, **args):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(path)
-            sock.sendall(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
+            try:
+                sock.sendall(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused (e.g. too many clients): its one line may be there
             with sock.makefile("rb") as stream:
                 line = stream.readline(MAX_LINE_BYTES + 1)
     except FileNotFoundError:
@@ -148,7 +273,12 @@ def call(path: str, cmd: str, timeout: float = TIMEOUT_SECONDS, **args):
         raise ControlError(f"cannot reach zramd at {path}: {exc.strerror or exc}") from None
     if not line:
         raise ControlError(f"zramd at {path} closed the connection without a reply")
-    reply = json.loads(line)
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        raise ControlError(f"zramd at {path} sent a malformed reply") from None
+    if not isinstance(reply, dict):
+        raise ControlError(f"zramd at {path} sent a malformed reply")
     if not reply.get("ok"):
         raise ControlError(reply.get("error", "unknown error"))
     return reply.get("result")

@@ -42,6 +42,7 @@ import os
 import queue
 import re
 import threading
+import time
 
 from .config import ConfigError, Settings
 from .options import MAX_INSTANCES
@@ -184,6 +185,9 @@ def aggregate(stats_list: list[dict]) -> dict:
     return out
 
 
+STOP_GRACE_SECONDS = 1.0
+
+
 class Stripe:
     """N Servers started, watched and stopped together."""
 
@@ -229,11 +233,28 @@ class Stripe:
         server.wait()
         self._exited.put(index)
 
-    def request_stop(self) -> None:
-        """Begin stopping every instance (safe in a signal handler)."""
+    def request_stop(self, force: bool = True) -> str | None:
+        """Begin stopping every instance (safe in a signal handler).  Without
+        ``force``, refuse (and return why) if any instance is in use: all
+        go, or none (docs/design.md#security)."""
+        if not force:
+            # A client that has just hung up may not be closed in nbdkit yet:
+            # ask again for up to STOP_GRACE_SECONDS before refusing.
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            while True:
+                reasons = [(i, srv.check_stop()) for i, srv in enumerate(self.servers)]
+                reasons = [(i, why) for i, why in reasons if why]
+                if not reasons or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+            if reasons:
+                if len(self.servers) == 1:
+                    return reasons[0][1]
+                return "; ".join(f"instance {i}: {why}" for i, why in reasons)
         self.stopping = True
         for srv in self.servers:
             srv.request_stop()
+        return None
 
     def wait(self, on_death=None) -> None:
         """Return when every instance has exited.  An instance that exits
@@ -246,6 +267,8 @@ class Stripe:
             if not self.stopping:
                 server = self.servers[index]
                 status = server.stop()  # already exited: removes its sockets
+                if status == 0:  # stopped through its control socket (zramd stop)
+                    continue
                 self.died.append((index, status))
                 if on_death is not None:
                     on_death(index, status)

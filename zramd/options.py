@@ -33,7 +33,7 @@ from typing import Any
 from .checksums import CHECKSUMS
 from .codecs import CODECS
 from .device import DEFAULT_PENDING_LIMIT_BYTES, MODES
-from .units import PAGE_SIZE, format_size, parse_device_size, parse_size
+from .units import PAGE_SIZE, format_size, parse_device_size, parse_size, physical_memory_bytes
 
 
 class ConfigError(ValueError):
@@ -141,7 +141,10 @@ class Option:
         shown = self.default_help
         if shown is None and self.default is not None and self.type is not BOOL:
             shown = format_size(self.default) if self.type.name == "size" else str(self.default)
-        return f"{self.help} (default {shown})" if shown else self.help
+        text = f"{self.help} (default {shown})" if shown else self.help
+        if self.runtime:
+            text += f"; while serving: zramd set {self.runtime}"
+        return text
 
 
 # -- checks of one value ------------------------------------------------------
@@ -161,6 +164,20 @@ def at_least(label: str, low: int, unit: str = "") -> Callable[[int], None]:
     return check
 
 
+def at_most_ram(label: str) -> Callable[[int], None]:
+    """A memory amount larger than the machine's RAM is a mistake (1e38):
+    refused (docs/design.md#security)."""
+
+    def check(value: int) -> None:
+        ram = physical_memory_bytes()
+        if value > ram:
+            raise ConfigError(
+                f"{label} must be at most {format_size(ram)} (the physical memory), not {value}"
+            )
+
+    return check
+
+
 def whole_pages(label: str) -> Callable[[int], None]:
     def check(value: int) -> None:
         if value % PAGE_SIZE:
@@ -170,13 +187,16 @@ def whole_pages(label: str) -> Callable[[int], None]:
 
 
 def parse_metrics_address(text: str, allow_remote: bool = False) -> tuple[str, int]:
-    """``HOST:PORT`` (``[V6]:PORT``) -> (host, port).  Only a loopback
+    """``HOST:PORT`` (``[V6]:PORT``, or ``PORT`` for 127.0.0.1) -> (host,
+    port).  Only a loopback
     address unless ``allow_remote``: the metrics tell anyone who can reach
     them how much and how fast this machine swaps
     (docs/design.md#running-as-a-service)."""
+    if str(text).strip().isdigit():  # a port alone: loopback
+        text = f"127.0.0.1:{str(text).strip()}"
     host, sep, port_text = str(text).rpartition(":")
     if not sep or not host:
-        raise ConfigError(f"metrics_address must be HOST:PORT, not {text!r}")
+        raise ConfigError(f"metrics_address must be HOST:PORT or PORT, not {text!r}")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
         port = int(port_text)
@@ -218,6 +238,7 @@ MAX_WORKERS = 64
 FAULTS = ("no-stable-writes",)
 DEFAULT_ADDRESS = "127.0.0.1"
 MAX_INSTANCES = 64
+TLS_MODES = ("off", "on", "require")
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -263,6 +284,7 @@ OPTIONS: tuple[Option, ...] = (
         plugin_key="mem_limit",
         runtime="mem_limit",
         metavar="SIZE",
+        check=at_most_ram("mem_limit"),
         default_help="no limit",
         example="32M",
     ),
@@ -370,6 +392,7 @@ OPTIONS: tuple[Option, ...] = (
         "automatic writeback: above this much memory used, write back the coldest pages "
         "(needs --backing-file)",
         plugin_key="high_watermark",
+        check=at_most_ram("high_watermark"),
         runtime="watermarks",
         metavar="SIZE",
         default_help="off",
@@ -382,6 +405,7 @@ OPTIONS: tuple[Option, ...] = (
         0,
         "...until memory used is below this",
         plugin_key="low_watermark",
+        check=at_most_ram("low_watermark"),
         runtime="watermarks",
         metavar="SIZE",
         default_help="3/4 of the high watermark",
@@ -501,6 +525,74 @@ OPTIONS: tuple[Option, ...] = (
         "address for --port",
         aliases=("-i",),
         example="::1",
+    ),
+    # -- who may reach the device (docs/design.md#security) -------------------
+    Option(
+        "tls",
+        "tls",
+        STR,
+        None,
+        "nbdkit's TLS: require, on (TLS optional) or off",
+        choices=TLS_MODES,
+        default_help="require with --tls-psk or --tls-certificates, else off",
+        example="require",
+    ),
+    Option(
+        "tls-psk",
+        "tls_psk",
+        PATH,
+        None,
+        "TLS with pre-shared keys: FILE has lines username:hexkey, mode 0600",
+        metavar="FILE",
+        group="tls-credentials",
+        example="keys.psk",
+    ),
+    Option(
+        "tls-certificates",
+        "tls_certificates",
+        PATH,
+        None,
+        "TLS with X.509: DIR has server-cert.pem, server-key.pem (and ca-cert.pem for "
+        "--tls-verify-peer)",
+        metavar="DIR",
+        group="tls-credentials",
+        example="pki",
+    ),
+    Option(
+        "tls-verify-peer",
+        "tls_verify_peer",
+        BOOL,
+        False,
+        "require a client certificate signed by DIR/ca-cert.pem",
+        example="on",
+    ),
+    Option(
+        "insecure-tcp",
+        "insecure_tcp",
+        BOOL,
+        False,
+        "allow --port without TLS: anyone who reaches the port reads and writes the device",
+        example="on",
+    ),
+    # -- the wrapper process ---------------------------------------------------
+    Option(
+        "pid-file",
+        "pid_file",
+        PATH,
+        None,
+        "write the pid of zramd serve to PATH (created exclusively, mode 0600) once "
+        "every socket listens",
+        metavar="PATH",
+        example="zramd.pid",
+    ),
+    Option(
+        "force",
+        "force_stop",
+        BOOL,
+        False,
+        "SIGTERM/Ctrl-C stops at once even with clients connected and pages stored "
+        "(default: refuse once)",
+        example="on",
     ),
     Option(
         "instances",

@@ -16,7 +16,9 @@ from __future__ import annotations
 from .arena import FLAG_BIT, LEN_MASK, LEN_SHIFT, TAG_MASK, TAG_OBJ
 from .store import HUGE_THRESHOLD, IDLE, INCOMPRESSIBLE, PAGE_SIZE, Recompressed
 
-KINDS = ("idle", "huge", "huge_idle", "incompressible", "all", "cold")
+# what candidates() can select: zram's writeback types, and all pages in RAM
+# in page order (all) or oldest access first (cold)
+SCAN_TYPES = ("idle", "huge", "huge_idle", "incompressible", "all", "cold")
 
 
 def mark_idle(store, older_than_s: float | None = None) -> int:
@@ -44,43 +46,43 @@ def incompressible_pages(store) -> int:
     return flags.count(INCOMPRESSIBLE) + flags.count(IDLE | INCOMPRESSIBLE)
 
 
-def candidates(store, kind: str, limit: int | None = None) -> list:
-    """``[(index, handle)]`` of pages that ``kind`` selects, in page order
+def candidates(store, scan_type: str, limit: int | None = None) -> list:
+    """``[(index, handle)]`` of pages that ``scan_type`` selects, in page order
     (or oldest access first for ``cold``), at most ``limit``.
 
-    kinds: ``idle``, ``huge``, ``huge_idle``, ``incompressible`` (zram's
+    types: ``idle``, ``huge``, ``huge_idle``, ``incompressible`` (zram's
     writeback types), ``all`` and ``cold`` (every page that holds a payload
     in RAM).  Same, pending and written-back pages never qualify: they hold
     nothing worth moving.  ``store.holds(index, handle)`` tells whether a
     page is still the one selected.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown page type {kind!r}")
+    if scan_type not in SCAN_TYPES:
+        raise ValueError(f"unknown page type {scan_type!r}")
     handles, flags = store._handles, store._flags
     out = []
     for index, h in enumerate(handles):
         if h & TAG_MASK != TAG_OBJ:
             continue
         huge = not h & FLAG_BIT and (h >> LEN_SHIFT) & LEN_MASK == PAGE_SIZE
-        if kind == "idle":
+        if scan_type == "idle":
             ok = flags[index] & IDLE
-        elif kind == "huge":
+        elif scan_type == "huge":
             ok = huge
-        elif kind == "huge_idle":
+        elif scan_type == "huge_idle":
             ok = huge and flags[index] & IDLE
-        elif kind == "incompressible":
+        elif scan_type == "incompressible":
             ok = flags[index] & INCOMPRESSIBLE
         else:
             ok = True
         if ok:
             out.append((index, h))
-    if kind == "cold":
+    if scan_type == "cold":
         atime = store._atime
         out.sort(key=lambda item: atime[item[0]])
     return out if limit is None else out[:limit]
 
 
-def recompress(store, kind: str = "all", threshold: int = 0, limit: int | None = None) -> dict:
+def recompress(store, scan_type: str = "all", threshold: int = 0, limit: int | None = None) -> dict:
     """zram's ``recompress``: compress selected pages again with the
     secondary codec; only pages whose payload is at least ``threshold``
     bytes.  A page that does not shrink is marked incompressible.
@@ -88,7 +90,7 @@ def recompress(store, kind: str = "all", threshold: int = 0, limit: int | None =
     if store.recomp_codec is None:
         raise ValueError("no secondary compression algorithm is configured")
     done = {"recompressed": 0, "incompressible": 0, "skipped": 0, "saved_bytes": 0}
-    for index, h in candidates(store, kind):
+    for index, h in candidates(store, scan_type):
         if limit is not None and done["recompressed"] + done["incompressible"] >= limit:
             break
         length = (h >> LEN_SHIFT) & LEN_MASK

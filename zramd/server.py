@@ -1,36 +1,40 @@
 """Run nbdkit with the zramd plugin as a subprocess.
 
 ``Server`` (after ovirt-imageio's helper-process wrapper) builds nbdkit's
-command line from ``Settings``, starts it, waits for its socket with a
-monotonic deadline, and stops it with SIGTERM, then SIGKILL.  The CLI, the
-tests and the benchmarks all use it.  nbdkit runs in the foreground (``-f``)
-with ``--exit-with-parent``, so it never outlives whoever started it.
+command line from ``Settings``, claims the socket paths (a stale socket is
+removed, anything else refuses the start: ``sockets``), starts nbdkit, waits
+for its sockets with a monotonic deadline, and stops it through the control
+socket, then SIGTERM, then SIGKILL.  The CLI, the tests and the benchmarks all use it.
 
-nbdkit's stderr is forwarded line by line by a reader thread (to ``log_file``
-or our stderr) and its tail is kept, so that a server that dies during start
-reports nbdkit's own words.  The thread blocks in ``readline`` (C).
+nbdkit runs in the foreground (``-f``) in its own process group (a Ctrl-C
+reaches only the wrapper, which decides whether to stop), with umask 077
+(its Unix socket is ``srwx------``), and with ``--exit-with-parent`` unless
+serving swap (then it outlives a dead wrapper: docs/design.md#security).
+Its stderr is a plain file descriptor, the log file or our own stderr,
+never a pipe we read: a stalled wrapper cannot block a request that logs.
 
-Locking: a Server is used by one thread at a time (``stop`` may come from a
-signal handler in that thread); the reader thread only appends to a deque.
+Locking: a Server is used by one thread at a time (``request_stop`` may come
+from a signal handler in that thread).
 """
 
 from __future__ import annotations
 
-import collections
 import errno
 import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
 import time
 
+from . import sockets
 from .config import ConfigError, Settings
-from .control import ControlError, call, unix_socket_in_use
+from .control import ControlError, call
+from .tls import TLSError, check_certificates, nbd_uri, psk_username
 
 log = logging.getLogger("zramd.server")
 
@@ -73,14 +77,16 @@ def check_python_version(nbdkit: str = "nbdkit") -> None:
 
 
 def check_endpoint_free(settings: Settings) -> None:
-    """Refuse a socket path or TCP port another server holds, with one line."""
-    if settings.socket_path and unix_socket_in_use(settings.socket_path):
-        raise ConfigError(f"socket {settings.socket_path} is in use by another server")
-    # (a stale NBD socket is replaced by nbdkit; a stale control socket we remove)
-    if settings.control_path and os.path.exists(settings.control_path):
-        if unix_socket_in_use(settings.control_path):
-            raise ConfigError(f"control socket {settings.control_path} is in use by another server")
-        os.unlink(settings.control_path)
+    """Claim the socket paths (a stale socket is removed; a live one, or
+    anything that is not a socket, refuses the start) and refuse a TCP port
+    another server holds, with one line."""
+    try:
+        if settings.socket_path:
+            sockets.claim_socket_path(settings.socket_path, "socket")
+        if settings.control_path:
+            sockets.claim_socket_path(settings.control_path, "control socket")
+    except sockets.PathError as exc:
+        raise ConfigError(str(exc)) from None
     if settings.port is not None:
         family = socket.AF_INET6 if ":" in settings.address else socket.AF_INET
         probe = socket.socket(family, socket.SOCK_STREAM)
@@ -99,6 +105,17 @@ def check_endpoint_free(settings: Settings) -> None:
             probe.close()
 
 
+def check_tls(settings: Settings) -> None:
+    """The TLS credentials exist and nobody else can read them (tls.py)."""
+    try:
+        if settings.tls_psk:
+            psk_username(settings.tls_psk)
+        if settings.tls_certificates:
+            check_certificates(settings.tls_certificates, settings.tls_verify_peer)
+    except TLSError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def check_backing_file(settings: Settings) -> None:
     """Refuse an unwritable backing file, or one another zramd holds."""
     if not settings.backing_file:
@@ -114,18 +131,15 @@ def check_backing_file(settings: Settings) -> None:
 class Server:
     """One nbdkit process serving one zramd export.  Not started on creation."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        nbdkit: str = "nbdkit",
-        log_file=None,
-    ):
+    def __init__(self, settings: Settings, nbdkit: str = "nbdkit", log_file=None):
+        """``log_file``: where nbdkit's stderr goes, an open file or a path
+        (appended to); None: our own stderr."""
         self.settings = settings.with_defaults().validate()
         self.nbdkit = nbdkit
         self.log_file = log_file
         self.proc: subprocess.Popen | None = None
-        self._tail: collections.deque[str] = collections.deque(maxlen=40)
-        self._reader: threading.Thread | None = None
+        self._log_fd: int | None = None  # our descriptor for nbdkit's stderr
+        self._log_offset: int | None = 0  # where this run's lines begin
         # nbdkit writes its pidfile once it accepts connections: our
         # readiness signal, without probe connections (which nbdkit logs).
         self._rundir = tempfile.mkdtemp(prefix="zramd-")
@@ -143,27 +157,34 @@ class Server:
     @property
     def uri(self) -> str:
         s = self.settings
-        if s.socket_path:
-            return f"nbd+unix:///?socket={os.path.abspath(s.socket_path)}"
-        host = f"[{s.address}]" if ":" in s.address else s.address
-        return f"nbd://{host}:{s.port}/"
+        return nbd_uri(
+            socket_path=s.socket_path,
+            address=s.address,
+            port=s.port,
+            tls=s.tls_mode() == "require",
+            psk_file=s.tls_psk,
+            psk_user=s.tls_user(),
+            certificates=s.tls_certificates,
+        )
 
     # -- command line ----------------------------------------------------
     def command(self) -> list[str]:
         s = self.settings
-        cmd = [
-            self.nbdkit,
-            "-f",
-            "--exit-with-parent",
-            "--threads",
-            str(s.threads),
-            "-P",
-            self._pidfile,
-        ]
+        cmd = [self.nbdkit, "-f", "--threads", str(s.threads), "-P", self._pidfile]
+        if not s.swap:  # serving swap, nbdkit outlives a dead wrapper
+            cmd.append("--exit-with-parent")
         if s.socket_path:
             cmd += ["-U", s.socket_path]
         else:
             cmd += ["-p", str(s.port), "-i", s.address]
+        if s.tls_mode() != "off":
+            cmd.append(f"--tls={s.tls_mode()}")
+        if s.tls_psk:
+            cmd.append(f"--tls-psk={os.path.abspath(s.tls_psk)}")
+        if s.tls_certificates:
+            cmd.append(f"--tls-certificates={os.path.abspath(s.tls_certificates)}")
+        if s.tls_verify_peer:
+            cmd.append("--tls-verify-peer")
         if s.verbose:
             cmd.append("-v")
         # --swap is not passed on: the plugin locks memory itself, without
@@ -180,6 +201,7 @@ class Server:
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        env.pop("NOTIFY_SOCKET", None)  # readiness is the wrapper's to signal
         return env
 
     # -- life cycle ------------------------------------------------------
@@ -191,32 +213,27 @@ class Server:
         waiting for it.  Call it from a thread that outlives the server:
         ``--exit-with-parent`` is the parent *thread's* death signal."""
         check_python_version(self.nbdkit)
+        check_tls(self.settings)
         check_endpoint_free(self.settings)
         check_backing_file(self.settings)
         log.debug("starting %s", " ".join(self.command()))
+        self._open_log()
         self.proc = subprocess.Popen(
             self.command(),
             env=self.environment(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
+            stderr=self._log_fd,
+            umask=0o077,
+            process_group=0,
         )
-        self._reader = threading.Thread(
-            target=self._forward_stderr, name="nbdkit-stderr", daemon=True
-        )
-        self._reader.start()
         return self
 
     def wait_ready(self, timeout: float = START_TIMEOUT_SECONDS) -> Server:
         """Wait until the launched nbdkit serves (or raise why not)."""
         deadline = time.monotonic() + timeout
-        proc = self._started()
         while not self._ready():
-            if proc.poll() is not None:
-                if self._reader is not None:
-                    self._reader.join(2)
+            if self._started().poll() is not None:
                 raise ServerError(self._failure_reason())
             if time.monotonic() > deadline:
                 self.stop()
@@ -224,53 +241,89 @@ class Server:
             time.sleep(0.02)
         return self
 
+    def _open_log(self) -> None:
+        """The descriptor nbdkit's stderr gets (None: inherit ours)."""
+        target = self.log_file
+        if target is None:
+            self._log_fd = None
+            return
+        if isinstance(target, (str, os.PathLike)):
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            self._log_fd = os.open(target, flags, 0o600)
+        else:
+            target.flush()
+            self._log_fd = os.dup(target.fileno())
+        try:
+            self._log_offset = os.lseek(self._log_fd, 0, os.SEEK_END)
+        except OSError:
+            self._log_offset = None
+
     def _ready(self) -> bool:
         s = self.settings
         return os.path.exists(self._pidfile) and (
             not s.control_path or os.path.exists(s.control_path)
         )
 
+    def _tail(self) -> list[str]:
+        """This run's lines of nbdkit's stderr, if they went to a file (read
+        through /proc: our descriptor may be write-only)."""
+        fd = self._log_fd
+        if fd is None or self._log_offset is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        try:
+            with open(f"/proc/self/fd/{fd}", "rb") as f:
+                end = os.fstat(f.fileno()).st_size
+                f.seek(max(self._log_offset, end - 8192))
+                return f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return []
+
+    def _failure_reason(self) -> str:
+        tail = self._tail()
+        errors = [line for line in tail if "error" in line.lower()]
+        lines = errors or tail
+        detail = lines[-1].strip() if lines else "its message is above"
+        return f"nbdkit exited with status {self._started().returncode}: {detail}"
+
     def _started(self) -> subprocess.Popen:
         if self.proc is None:
             raise ServerError("nbdkit was not started")
         return self.proc
 
-    def _forward_stderr(self) -> None:
-        stream = self._started().stderr
-        assert stream is not None  # stderr=PIPE
-        for line in stream:
-            self._tail.append(line.rstrip("\n"))
-            out = self.log_file or sys.stderr
-            try:
-                out.write(line)
-                out.flush()
-            except ValueError:  # closed log file at shutdown
-                pass
-
-    def _failure_reason(self) -> str:
-        errors = [line for line in self._tail if "error" in line.lower()]
-        lines = errors or list(self._tail)
-        detail = lines[-1].strip() if lines else "no message"
-        return f"nbdkit exited with status {self._started().returncode}: {detail}"
-
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def request_stop(self) -> None:
+    def check_stop(self) -> str | None:
+        """Why a stop without force would be refused (clients connected and
+        pages stored), or None.  Changes nothing."""
+        if not self.running():
+            return None
+        try:
+            call(self.settings.control_path, "stop", timeout=2, check=True)
+        except ControlError as exc:
+            if str(exc).startswith("in use"):
+                return str(exc)
+        return None
+
+    def request_stop(self, force: bool = True) -> str | None:
         """Begin stopping, without waiting (safe in a signal handler).
+        Returns None, or why the server refuses (only without ``force``:
+        clients connected and pages stored, docs/design.md#security).
 
         nbdkit 1.32 on SIGTERM waits for connected clients to hang up (its
         connection threads sit in a read() the signal does not interrupt),
-        so first ask the plugin to end client connections itself.
+        so the plugin ends client connections itself (control "stop").
         """
         if not self.running():
-            return
+            return None
         try:
-            call(self.settings.control_path, "shutdown", timeout=2)
-        except ControlError:
-            pass
+            call(self.settings.control_path, "stop", timeout=2, force=force)
+        except ControlError as exc:
+            if not force and str(exc).startswith("in use"):
+                return str(exc)
         if self.running():
             self._started().send_signal(signal.SIGTERM)
+        return None
 
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
         """Stop nbdkit (then SIGKILL after ``timeout``); remove the sockets.
@@ -285,14 +338,20 @@ class Server:
             log.warning("nbdkit did not stop within %.0fs: killing it", timeout)
             proc.kill()
             proc.wait()
-        if self._reader is not None:
-            self._reader.join(2)
-        for path in (self.settings.socket_path, self.settings.control_path, self._pidfile):
-            if path:
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
+        # Only sockets are removed: a stop never deletes anything else.
+        for path in (self.settings.socket_path, self.settings.control_path):
+            if path and sockets.socket_state(path) == "stale":
                 try:
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
+        try:
+            os.unlink(self._pidfile)
+        except FileNotFoundError:
+            pass
         try:
             os.rmdir(self._rundir)
         except OSError:

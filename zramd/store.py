@@ -168,17 +168,14 @@ class Pending:
 
     ``data`` is a stable snapshot of the page (a 4096-byte bytes-like view),
     unless the no-stable-writes fault injection put a view of nbdkit's own
-    buffer there.  ``gen`` numbers pending pages in order of acceptance.
+    buffer there.  Its identity is its generation: a worker installs its
+    result only if the slot still holds this very object.
     """
 
-    __slots__ = ("data", "gen")
+    __slots__ = ("data",)
 
-    def __init__(self, data, gen: int):
+    def __init__(self, data):
         self.data = data
-        self.gen = gen
-
-    def __repr__(self):
-        return f"Pending(gen={self.gen})"
 
 
 class Recompressed:
@@ -225,7 +222,7 @@ def same_filled_word(page) -> int | None:
     return int.from_bytes(first, "little")
 
 
-def handle_kind(h: int, side=None) -> str:
+def handle_state(h: int, side=None) -> str:
     """A name for what handle ``h`` holds (for tests and diagnostics)."""
     tag = h & TAG_MASK
     if h == 0:
@@ -274,7 +271,6 @@ class PageStore:
         self._compact_lock = threading.Lock()  # one compaction at a time
         self._arena = Arena(self._lock)
         self._class_of = self._arena.class_of
-        self._gen = 0
         self.recomp_codec = recomp_codec
         self.backing = backing
         self.compactor = None  # set by compaction.AutoCompactor
@@ -463,7 +459,7 @@ class PageStore:
         length = len(buf)
         if offset < 0 or offset + length > self.size_bytes:
             self._check_range(offset, length)
-        now = self.now()
+        now = int((time.monotonic() - self._t0) * 10)  # self.now(), inlined
         try:
             if length == PAGE_SIZE and not offset & PAGE_MASK:
                 index = offset >> PAGE_SHIFT
@@ -529,23 +525,33 @@ class PageStore:
 
     def _install_obj(self, index: int, new: bytes, checksum: int) -> None:
         """``_install`` for one full-page write of an arena object (the hot
-        path), unrolled."""
+        path), unrolled, with ``Arena.alloc`` inlined (keep them in step)."""
         n = len(new)
-        now = self.now()
+        c = self._class_of[n]
+        size = c.size
+        now = int((time.monotonic() - self._t0) * 10)  # self.now(), inlined
         arena = self._arena
         with self._lock:
-            if self.mem_limit:
-                c = self._class_of[n]
+            nr_blocks = arena.nr_blocks
+            b = c.cur
+            if b < 0:
                 if (
-                    c.cur < 0
+                    self.mem_limit
                     and not c.partial
                     and self.mem_used_total + c.block_bytes > self.mem_limit
                 ):
                     self.failed_writes += 1
                     raise StoreError(errno.ENOSPC, "mem_limit reached")
+                b = arena._next_block(c)
+            fl = arena.free[b]
+            off = fl.pop() * size
+            if not fl:
+                c.cur = -1
+            arena.maps[b][off : off + n] = new
+            c.live += 1
             handles = self._handles
             old = handles[index]
-            handles[index] = arena.alloc(new)
+            handles[index] = TAG_OBJ | n << LEN_SHIFT | off << OFF_SHIFT | b << BLOCK_SHIFT
             self._flags[index] = 0
             self._atime[index] = now
             if self._sums is not None:
@@ -553,19 +559,37 @@ class PageStore:
             if n == PAGE_SIZE:
                 self.huge_pages += 1
                 self.huge_pages_since += 1
-            self.compr_data_size += n
+            self.num_writes += 1
             if old & TAG_MASK == TAG_OBJ:
-                arena.free_obj(old)
+                # arena.free_obj(old), inlined (keep in step)
+                ob = old >> BLOCK_SHIFT
+                oc = arena.owner[ob]
+                ofl = arena.free[ob]
+                ofl.append(((old >> OFF_SHIFT) & OFF_MASK) // oc.size)
+                arena.epoch = epoch = arena.epoch + 1
+                oc.live -= 1
+                k = len(ofl)
+                if k == oc.objs:
+                    if ob != oc.cur:
+                        arena._release(ob, oc)
+                elif k == 1 and ob != oc.cur and ob not in arena.draining:
+                    oc.partial[ob] = None
                 on = (old >> LEN_SHIFT) & LEN_MASK
-                self.compr_data_size -= on
-                if on == PAGE_SIZE and not old & FLAG_BIT:
-                    self.huge_pages -= 1
-                elif old & FLAG_BIT:
+                self.compr_data_size += n - on
+                if old & FLAG_BIT:
                     self.recompressed_pages -= 1
-            elif old == 0:
-                self.pages_stored += 1
+                elif on == PAGE_SIZE:
+                    self.huge_pages -= 1
+                if epoch > self._compact_check_epoch:
+                    self._kick_compactor()
+                if nr_blocks == arena.nr_blocks:
+                    return  # no block came or went: memory use is unchanged
             else:
-                self._forget(index, old, self._side.get(index))
+                self.compr_data_size += n
+                if old == 0:
+                    self.pages_stored += 1
+                else:
+                    self._forget(index, old, self._side.get(index))
             self.mem_used_total = used = (
                 arena.block_bytes
                 + arena.nr_blocks * BLOCK_META_BYTES
@@ -574,11 +598,8 @@ class PageStore:
             )
             if used > self.mem_used_max:
                 self.mem_used_max = used
-            self.num_writes += 1
-            if arena.free_spot_bytes > self._compact_trigger_bytes:
-                self._kick_compactor()
 
-    _compact_trigger_bytes = 1 << 62  # set by compaction.AutoCompactor
+    _compact_check_epoch = 1 << 62  # set by compaction.AutoCompactor
 
     def _kick_compactor(self) -> None:
         if self.compactor is not None:
@@ -634,8 +655,7 @@ class PageStore:
                     if word is not None:
                         full.append((index, word, _ANY, 0))
                     else:
-                        self._gen += 1  # racy increments only make numbers repeat
-                        entry = Pending(page, self._gen)
+                        entry = Pending(page)
                         full.append((index, entry, _ANY, self._sum(page)))
                         staged.append((index, entry))
                 pos += n
@@ -727,79 +747,94 @@ class PageStore:
             for index, _new, expected, _sum in changes:
                 if expected is not _ANY and not self._matches(index, expected):
                     return False
-            if writes and self.mem_limit:
-                lengths = []
-                more = 0
-                for _index, new, _, _ in changes:
-                    t = type(new)
-                    if t is bytes:
-                        lengths.append(len(new))
-                    elif t is Pending:
+            seq = []  # (new object's length or 0, old handle), in order
+            more = 0
+            for index, new, _, _ in changes:
+                t = type(new)
+                if t is bytes:
+                    seq.append((len(new), handles[index]))
+                elif t is Recompressed:
+                    seq.append((len(new.data), handles[index]))
+                else:
+                    seq.append((0, handles[index]))
+                    if t is Pending:
                         more += PENDING_BYTES
-                need = arena.need_bytes(lengths) + more
+            blocks = arena.blocks_to_map(seq)
+            if writes and self.mem_limit:
+                need = sum(c.block_bytes * k for c, k in blocks.items()) + more
                 if need > 0 and self.mem_used_total + need > self.mem_limit:
                     self.failed_writes += writes
                     raise StoreError(errno.ENOSPC, "mem_limit reached")
-            now = self.now()
-            flags = self._flags
-            atime = self._atime
-            sums = self._sums
-            for index, new, _, checksum in changes:
-                old = handles[index]
-                old_side = side.get(index) if old & TAG_MASK == TAG_SIDE else None
-                t = type(new)
-                if t is bytes:
-                    n = len(new)
-                    h = arena.alloc(new)
-                    self.compr_data_size += n
-                    if n == PAGE_SIZE:
-                        self.huge_pages += 1
-                        self.huge_pages_since += 1
-                elif new is None:
-                    h = 0
-                elif t is int:
-                    if new < SAME_WORD_LIMIT:
-                        h = new << 2 | TAG_SAME
-                    else:
+            # map every block the request needs first: an mmap that fails
+            # (ENOMEM) fails the request before it changes anything; blocks
+            # emptied meanwhile are released at the end (their spots count)
+            if blocks:
+                arena.map_blocks(blocks)
+                self._update_mem_locked()  # the peak includes them
+            arena.deferring = True
+            try:
+                now = self.now()
+                flags = self._flags
+                atime = self._atime
+                sums = self._sums
+                for index, new, _, checksum in changes:
+                    old = handles[index]
+                    old_side = side.get(index) if old & TAG_MASK == TAG_SIDE else None
+                    t = type(new)
+                    if t is bytes:
+                        n = len(new)
+                        h = arena.alloc(new)
+                        self.compr_data_size += n
+                        if n == PAGE_SIZE:
+                            self.huge_pages += 1
+                            self.huge_pages_since += 1
+                    elif new is None:
+                        h = 0
+                    elif t is int:
+                        if new < SAME_WORD_LIMIT:
+                            h = new << 2 | TAG_SAME
+                        else:
+                            h = TAG_SIDE
+                            side[index] = SameWord(new)
+                        self.same_pages += 1
+                    elif t is Recompressed:
+                        h = arena.alloc(new.data, FLAG_BIT)
+                        self.compr_data_size += len(new.data)
+                        self.recompressed_pages += 1
+                    else:  # Pending, Backed
                         h = TAG_SIDE
-                        side[index] = SameWord(new)
-                    self.same_pages += 1
-                elif t is Recompressed:
-                    h = arena.alloc(new.data, FLAG_BIT)
-                    self.compr_data_size += len(new.data)
-                    self.recompressed_pages += 1
-                else:  # Pending, Backed
-                    h = TAG_SIDE
-                    side[index] = new
-                    if t is Pending:
-                        self.pending_pages += 1
-                        self.compr_data_size += PAGE_SIZE
-                    else:
-                        self.bd_count += 1
-                handles[index] = h
-                # the old entry leaves
-                if old & TAG_MASK == TAG_OBJ:
-                    arena.free_obj(old)
-                    on = (old >> LEN_SHIFT) & LEN_MASK
-                    self.compr_data_size -= on
-                    if old & FLAG_BIT:
-                        self.recompressed_pages -= 1
-                    elif on == PAGE_SIZE:
-                        self.huge_pages -= 1
-                elif old != 0:
-                    self._forget(index, old, old_side)
-                if h == 0:
-                    if old != 0:
-                        self.pages_stored -= 1
-                elif old == 0:
-                    self.pages_stored += 1
-                if t is Backed:  # as zram: written-back pages are not idle
-                    flags[index] &= ~IDLE
-                elif t is not Recompressed:  # new data
-                    flags[index] = 0
-                    atime[index] = now
-                if sums is not None and checksum is not None:
-                    sums[index] = checksum
+                        side[index] = new
+                        if t is Pending:
+                            self.pending_pages += 1
+                            self.compr_data_size += PAGE_SIZE
+                        else:
+                            self.bd_count += 1
+                    handles[index] = h
+                    # the old entry leaves
+                    if old & TAG_MASK == TAG_OBJ:
+                        arena.free_obj(old)
+                        on = (old >> LEN_SHIFT) & LEN_MASK
+                        self.compr_data_size -= on
+                        if old & FLAG_BIT:
+                            self.recompressed_pages -= 1
+                        elif on == PAGE_SIZE:
+                            self.huge_pages -= 1
+                    elif old != 0:
+                        self._forget(index, old, old_side)
+                    if h == 0:
+                        if old != 0:
+                            self.pages_stored -= 1
+                    elif old == 0:
+                        self.pages_stored += 1
+                    if t is Backed:  # as zram: written-back pages are not idle
+                        flags[index] &= ~IDLE
+                    elif t is not Recompressed:  # new data
+                        flags[index] = 0
+                        atime[index] = now
+                    if sums is not None and checksum is not None:
+                        sums[index] = checksum
+            finally:
+                arena.release_deferred()
             self.pages_staged += staged
             self.pages_compressed_async += compressed_async
             self.mem_used_total = used = (
@@ -813,7 +848,7 @@ class PageStore:
             self.num_writes += writes
             self.num_discards += discards
             self.notify_free += freed
-            if arena.free_spot_bytes > self._compact_trigger_bytes:
+            if arena.epoch > self._compact_check_epoch:
                 self._kick_compactor()
         return True
 
@@ -836,19 +871,19 @@ class PageStore:
         for index in range(first, end):
             h = handles[index]
             if h == 0:
-                kind = EXTENT_HOLE | EXTENT_ZERO
+                extent_type = EXTENT_HOLE | EXTENT_ZERO
             elif h == TAG_SAME:
-                kind = EXTENT_ZERO
+                extent_type = EXTENT_ZERO
             else:
-                kind = EXTENT_DATA
-            if kind != run_type:
+                extent_type = EXTENT_DATA
+            if extent_type != run_type:
                 if run_type is not None:
                     runs.append(
                         (run_start << PAGE_SHIFT, (index - run_start) << PAGE_SHIFT, run_type)
                     )
                     if req_one:
                         return runs
-                run_start, run_type = index, kind
+                run_start, run_type = index, extent_type
         runs.append((run_start << PAGE_SHIFT, (end - run_start) << PAGE_SHIFT, run_type))
         return runs
 
@@ -870,15 +905,17 @@ class PageStore:
 
         return scan.incompressible_pages(self)
 
-    def candidates(self, kind: str, limit: int | None = None) -> list:
+    def candidates(self, scan_type: str, limit: int | None = None) -> list:
         from . import scan
 
-        return scan.candidates(self, kind, limit)
+        return scan.candidates(self, scan_type, limit)
 
-    def recompress(self, kind: str = "all", threshold: int = 0, limit: int | None = None) -> dict:
+    def recompress(
+        self, scan_type: str = "all", threshold: int = 0, limit: int | None = None
+    ) -> dict:
         from . import scan
 
-        return scan.recompress(self, kind, threshold, limit)
+        return scan.recompress(self, scan_type, threshold, limit)
 
     def commit(self, index: int, expected, new) -> bool:
         """Replace ``expected`` (an entry) by ``new`` (a ``Backed`` or
@@ -890,11 +927,11 @@ class PageStore:
                 self.bd_writes += 1
         return ok
 
-    def kind(self, index: int) -> str:
-        """What slot ``index`` holds: empty, same, compressed, huge,
-        recompressed, pending or backed."""
+    def block_state(self, index: int) -> str:
+        """What slot ``index`` holds (zram's debugfs ``block_state``): empty,
+        same, compressed, huge, recompressed, pending or backed."""
         h = self._handles[index]
-        return handle_kind(h, self._side.get(index) if h & TAG_MASK == TAG_SIDE else None)
+        return handle_state(h, self._side.get(index) if h & TAG_MASK == TAG_SIDE else None)
 
     # ------------------------------------------------------------------
     # compaction and accounting

@@ -19,7 +19,9 @@ from inside the plugin:
   nbd helpers.  It is also what makes faulting in a new page safe under
   ``MCL_ONFAULT``: the fault may reclaim, but never by swapping to us.
 
-No state, no locking.
+``set_oom_score_adj`` (-1000, inherited by nbdkit) keeps the OOM killer
+away from the wrapper and nbdkit; ``watch_parent`` runs in nbdkit and logs
+when the wrapper is gone (docs/design.md#security).  No state, no locking.
 """
 
 from __future__ import annotations
@@ -75,3 +77,62 @@ def set_io_flusher() -> str | None:
     if _c().prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) == 0:
         return None
     return os.strerror(ctypes.get_errno())
+
+
+# -- the wrapper and nbdkit as a pair (docs/design.md#security) -------------
+
+OOM_SCORE_ADJ_MIN = -1000
+
+
+def set_oom_score_adj(value: int = OOM_SCORE_ADJ_MIN, pid: str = "self") -> str | None:
+    """Write ``value`` to /proc/PID/oom_score_adj; return None, or why not.
+    Children inherit it, so the wrapper sets it before starting nbdkit."""
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def outlive_parent() -> str | None:
+    """Disarm the parent-death signal (nbdkit sets SIGTERM on its parent's
+    death in its main, with or without --exit-with-parent); return None, or
+    why not."""
+    if _c().prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0) == 0:
+        return None
+    return os.strerror(ctypes.get_errno())
+
+
+def watch_parent(on_gone):
+    """Call ``on_gone(pid)`` once, from a daemon thread, when our parent
+    process (the ``zramd serve`` wrapper) exits: with ``--swap`` nbdkit runs
+    without ``--exit-with-parent`` and keeps serving.  The thread blocks on
+    a pidfd (no polling).  Returns the thread, or None with a reason string
+    if the parent cannot be watched (Linux < 5.3)."""
+    import select
+    import threading
+
+    ppid = os.getppid()
+    try:
+        fd = os.pidfd_open(ppid)
+    except (OSError, AttributeError) as exc:
+        return f"cannot watch the zramd serve process: {exc}"
+    if os.getppid() != ppid:  # it went between getppid and pidfd_open
+        os.close(fd)
+        on_gone(ppid)
+        return None
+
+    def wait():
+        try:
+            select.select([fd], [], [])  # readable once the process has exited
+        finally:
+            os.close(fd)
+        on_gone(ppid)
+
+    thread = threading.Thread(target=wait, name="zramd-watch-parent", daemon=True)
+    thread.start()
+    return thread

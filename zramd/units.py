@@ -10,6 +10,7 @@ No state, no locking.
 
 from __future__ import annotations
 
+import os
 import re
 
 PAGE_SHIFT = 12
@@ -50,6 +51,11 @@ def human_size(nbytes: float) -> str:
             return f"{value:.0f}{suffix}" if suffix == "B" else f"{value:.1f}{suffix}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def physical_memory_bytes() -> int:
+    """The machine's RAM in bytes (the bound for mem_limit and watermarks)."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def parse_device_size(text: str | int) -> int:

@@ -24,7 +24,8 @@ def test_port_in_use(sockdir):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run("serve", "--port", str(port), "--control", os.path.join(sockdir, "c.ctl"))
+        result = run("serve", "--port", str(port), "--insecure-tcp",
+                     "--control", os.path.join(sockdir, "c.ctl"))
     assert result.returncode == 2
     assert result.stderr.strip() == f"zramd: error: port {port} on 127.0.0.1 is already in use"
 
@@ -75,7 +76,11 @@ def test_serve_stats_and_clean_stop(sockdir, signum):
         assert mm[0] == 2 * 4096 and mm[5] == 1  # orig_data_size, same_pages
         js = json.loads(run("stats", "--socket", sock, "--json").stdout)
         assert js["comp_algorithm"] == "zstd:5" and js["orig_data_size"] == 8192
-        # stop while a client is still connected: it must still stop cleanly
+        # stop while a client is still connected and pages are stored: the
+        # first signal is refused, the second (within 5 s) stops cleanly
+        proc.send_signal(signum)
+        assert "WARNING not stopping: in use: 1 client" in proc.stderr.readline()
+        assert h.pread(4096, 0) == b"\x01" * 4096
         proc.send_signal(signum)
         assert proc.wait(30) == 0
         stderr = proc.stderr.read()
@@ -104,7 +109,7 @@ def test_tcp_listens_on_loopback_only(sockdir):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     proc = subprocess.Popen(ZRAMD + ["serve", "--port", str(port), "--size", "8M",
-                                     "--control", os.path.join(sockdir, "t.ctl")],
+                                     "--insecure-tcp", "--control", os.path.join(sockdir, "t.ctl")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:

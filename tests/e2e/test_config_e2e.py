@@ -44,6 +44,14 @@ def test_serve_from_a_config_file(sockdir):
         assert js["comp_algorithm"] == "zstd:5"
         assert js["mem_limit"] == 16 << 20          # from an expression of RAM
         assert js["compress_mode"] == "hybrid" and js["workers"] == 2
+        # the other commands find the server through the same file
+        same = json.loads(subprocess.run(ZRAMD + ["stats", "--config", config, "--json"],
+                                         capture_output=True, text=True, check=True,
+                                         cwd="/").stdout)
+        assert same["disksize"] == js["disksize"]
+        text = subprocess.run(ZRAMD + ["stats", "--config", config, "--format", "prometheus"],
+                              capture_output=True, text=True, check=True).stdout
+        assert f'zramd_up{{device="{sock}"}} 1.0' in text
         url = re.search(r"curl (http://\S+)", banner).group(1)
         with urllib.request.urlopen(url, timeout=30) as reply:
             text = reply.read().decode()

@@ -70,3 +70,69 @@ def test_log_file_gets_timestamped_lines(make_server, sockdir):
     _check_bounded(text, n)
     assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\S* zramd\[\d+\]: INFO stopped with",
                      text, re.M), text
+
+
+@pytest.mark.timeout(120, method="signal")  # a blocked server fails here, not forever
+def test_a_stalled_log_reader_never_blocks_requests(sockdir):
+    """nbdkit's stderr is a pipe nobody reads, already full: failing and
+    succeeding requests still complete (without the filter, the first
+    failed request would block in write() holding the GIL, and every
+    connection with it), and the data is right."""
+    import fcntl
+    import subprocess
+    import time
+
+    from zramd.config import Settings
+    from zramd.server import Server
+    from zramd.units import parse_size
+
+    sock = os.path.join(sockdir, "stall.sock")
+    settings = Settings(size_bytes=parse_size("16M"), mem_limit_bytes=parse_size("1M"),
+                        socket_path=sock)
+    server = Server(settings)
+    r, w = os.pipe()
+    flags = fcntl.fcntl(w, fcntl.F_GETFL)
+    fcntl.fcntl(w, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    try:
+        while True:
+            os.write(w, b"x" * 4096)
+    except BlockingIOError:
+        pass
+    fcntl.fcntl(w, fcntl.F_SETFL, flags)  # nbdkit gets a blocking, full pipe
+    proc = subprocess.Popen(server.command(), env=server.environment(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=w)
+    os.close(w)
+    try:
+        while not os.path.exists(server.control_path):  # bounded by pytest's timeout
+            assert proc.poll() is None, "nbdkit died"
+            time.sleep(0.02)
+        h = nbd.NBD()
+        h.connect_unix(sock)
+        kept = os.urandom(8 * PAGE)
+        h.pwrite(kept, 0)
+        offset = 8 * PAGE
+        try:
+            while True:
+                h.pwrite(os.urandom(8 * PAGE), offset)
+                offset += 8 * PAGE
+        except nbd.Error:
+            pass
+        data = os.urandom(8 * PAGE)
+        for _ in range(2000):
+            with pytest.raises(nbd.Error):
+                h.pwrite(data, offset)
+        h2 = nbd.NBD()  # another connection is served too
+        h2.connect_unix(sock)
+        assert h2.pread(8 * PAGE, 0) == kept
+        h.trim(8 * PAGE, 0)
+        h.pwrite(data, offset)
+        assert h2.pread(8 * PAGE, offset) == data
+        h.shutdown()
+        h2.shutdown()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        finally:
+            os.close(r)
+            server.stop()

@@ -109,8 +109,8 @@ def test_metrics_under_fio_load(sockdir):
         assert textfile["zramd_up"][1] == {sock: 1.0}
         assert by_stat(textfile, sock)["disksize"][1] == 64 << 20
     finally:
-        if fio is not None:
-            fio.kill()
+        if fio is not None:  # SIGTERM: fio stops its job process too (SIGKILL would not)
+            fio.terminate()
             fio.wait()
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -124,3 +124,54 @@ def test_metrics_refuse_a_non_loopback_address(sockdir):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "not loopback" in result.stderr and "--metrics-insecure-address" in result.stderr
+
+
+def test_striped_instances_are_scraped_side_by_side(sockdir):
+    """One endpoint, one `device` label per instance, each equal to that
+    instance's own stats (no load: exactly)."""
+    import nbd
+
+    sock = os.path.join(sockdir, "i.sock")
+    proc = subprocess.Popen(ZRAMD + ["serve", "--socket", sock, "--size", "32M",
+                                     "--instances", "2", "--metrics-address", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = []
+        for line in proc.stdout:
+            banner.append(line)
+            if "Stop with Ctrl-C" in line:
+                break
+        url = re.search(r"curl (http://\S+)", "".join(banner)).group(1)
+        for i, pages in ((0, 3), (1, 7)):
+            h = nbd.NBD()
+            h.connect_unix(f"{sock}.{i}")
+            h.pwrite(os.urandom(pages * 4096), 0)
+            h.shutdown()
+        scraped = scrape(url)
+        assert scraped["zramd_up"][1] == {f"{sock}.0": 1.0, f"{sock}.1": 1.0}
+        per = json.loads(subprocess.run(
+            ZRAMD + ["stats", "--socket", sock, "--json", "--per-instance"],
+            capture_output=True, text=True, check=True).stdout)["instances"]
+        for inst in per:
+            device = metrics.device_name(inst["control"])
+            got = by_stat(scraped, device)
+            for key, (_, value) in got.items():
+                assert value == inst["stats"][key], (device, key)
+        assert by_stat(scraped, f"{sock}.1")["num_writes"][1] == 1
+        assert by_stat(scraped, f"{sock}.1")["orig_data_size"][1] == 7 * 4096
+        text = subprocess.run(ZRAMD + ["stats", "--socket", sock, "--format", "prometheus"],
+                              capture_output=True, text=True, check=True).stdout
+        assert parse(text)["zramd_orig_data_size_bytes"][1] == \
+            {f"{sock}.0": 3 * 4096.0, f"{sock}.1": 7 * 4096.0}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0, proc.stderr.read()
+
+
+def test_textfile_output_of_a_server_that_is_down_says_so(sockdir):
+    sock = os.path.join(sockdir, "gone.sock")
+    result = subprocess.run(ZRAMD + ["stats", "--socket", sock, "--format", "prometheus"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert parse(result.stdout)["zramd_up"][1] == {sock: 0.0}

@@ -100,7 +100,7 @@ def test_flags_win_over_the_file(tmp_path):
     assert (s.size_bytes, s.algorithm, s.level, s.swap) == (32 * M, "zstd", 3, True)
     assert s.socket_path == f"{tmp_path}/f.sock"
     # a flag of a group (--port) replaces the file's choice in it (socket)
-    s = serve_settings(["--config", path, "--port", "10809"]).validate()
+    s = serve_settings(["--config", path, "--port", "10809", "--insecure-tcp"]).validate()
     assert s.port == 10809 and s.socket_path is None
     # a flag given with its default value still wins
     s = serve_settings(["--config", path, "--algorithm", "lz4", "--level", "1"])
@@ -114,6 +114,9 @@ def test_flags_win_over_the_file(tmp_path):
     ('mem-limit = "1G"\n', "unknown key 'mem-limit' (did you mean mem_limit?)"),
     ('colour = "blue"\n', "unknown key 'colour'"),
     ("workers = 0\n", "workers must be 1..64, not 0"),
+    ("mem_limit = -4096\n", "mem_limit: not a size: '-4096'"),
+    ("size = 12345\n", "size 12345 is not a whole number of 4096-byte pages"),
+    ("size = 0\n", "size must be greater than 0"),
     ('algorithm = "lzma"\n', "algorithm must be one of"),
     ('size = "12345"\n', "zramd.toml: size 12345 is not a whole number of 4096-byte pages"),
     ('mem_limit = "lots"\n', "mem_limit: not a size: 'lots'"),
@@ -223,3 +226,30 @@ def test_the_example_config_in_docs_is_valid(tmp_path):
     for line in commented:
         path = write(tmp_path, line + "\n")
         configfile.load(path, ram_bytes=8 * G)
+
+
+def test_config_examples_in_the_docs_load(tmp_path):
+    """Every ```toml block of README.md and docs/swap.md is a valid config."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    blocks = []
+    for doc in ("README.md", "docs/swap.md"):
+        blocks += re.findall(r"```toml\n(.*?)```", (root / doc).read_text(), re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        configfile.load(write(tmp_path, block), ram_bytes=8 * G)
+
+
+def test_a_file_others_can_change_is_refused(tmp_path):
+    path = write(tmp_path, 'size = "64M"\n')
+    os.chmod(path, 0o664)
+    with pytest.raises(ConfigError, match=r"writable by others \(mode 664\): refused"):
+        configfile.load(path)
+    os.chmod(path, 0o644)
+    assert configfile.load(path)["size_bytes"] == 64 * M
+    if os.getuid() == 0:  # only root can give a file away
+        os.chown(path, 65534, 65534)
+        with pytest.raises(ConfigError, match=r"belongs to another user \(uid 65534\)"):
+            configfile.load(path)

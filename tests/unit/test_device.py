@@ -35,7 +35,7 @@ def test_stage_installs_pending_then_worker_compresses():
     store = PageStore(64 * PAGE_SIZE, make_codec("lz4"))
     staged = store.stage(memoryview(TEXT * 2 + bytes(PAGE_SIZE)), 0)
     assert [index for index, _ in staged] == [0, 1]      # the zero page was kept inline
-    assert [store.kind(i) for i in (0, 1, 2)] == ["pending", "pending", "same"]
+    assert [store.block_state(i) for i in (0, 1, 2)] == ["pending", "pending", "same"]
     s = store.stats()
     assert s["pending_pages"] == 2 and s["same_pages"] == 1
     assert s["compr_data_size"] == 2 * PAGE_SIZE            # pending pages are raw for now

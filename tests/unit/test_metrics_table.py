@@ -85,6 +85,7 @@ def test_exposition_parses_with_help_types_and_device_labels(tmp_path):
     ("127.0.0.1:9100", ("127.0.0.1", 9100)),
     ("[::1]:9100", ("::1", 9100)),
     ("localhost:0", ("127.0.0.1", 0)),
+    ("9711", ("127.0.0.1", 9711)),
 ])
 def test_metrics_address_loopback(text, expected):
     assert metrics.parse_address(text) == expected
@@ -93,7 +94,7 @@ def test_metrics_address_loopback(text, expected):
 @pytest.mark.parametrize("text,error", [
     ("0.0.0.0:9100", "not loopback"),
     ("192.0.2.1:9100", "--metrics-insecure-address"),
-    ("9100", "HOST:PORT"),
+    ("host9100", "HOST:PORT"),
     ("127.0.0.1:x", "must be a number"),
     ("127.0.0.1:70000", "0..65535"),
     ("example.com:1", "IP address"),

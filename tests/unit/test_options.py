@@ -22,7 +22,11 @@ COMPANIONS = {
     "high-watermark": ["--backing-file", "b.img"],
     "backing-encrypt": ["--backing-file", "b.img"],
     "low-watermark": ["--backing-file", "b.img", "--high-watermark", "8M"],
-    "address": ["--port", "10809"],
+    "address": ["--port", "10809", "--insecure-tcp"],
+    "port": ["--insecure-tcp"],
+    "insecure-tcp": ["--port", "10809"],
+    "tls": ["--tls-psk", "keys.psk"],
+    "tls-verify-peer": ["--tls-certificates", "pki"],
     "metrics-insecure-address": ["--metrics-address", "0.0.0.0:9711"],
 }
 
@@ -79,11 +83,18 @@ def test_option_round_trips_cli_plugin_settings(opt, tmp_path, monkeypatch):
 
 def test_readme_flags_all_parse():
     readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("### `zramd serve` options"):readme.index("Bad options exit")]
+    table = readme[readme.index("### `zramd serve` options") : readme.index("Bad options exit")]
     flags = set(re.findall(r"`(--?[a-z][a-z-]*)", table))
     assert len(flags) > 25
     known = {flag for opt in OPTIONS for flag in opt.flags}
     assert flags <= known, flags - known
+
+
+def test_runtime_knobs_exist():
+    """A row's ``runtime`` names the `zramd set` knob that changes it live."""
+    knobs = {opt.runtime for opt in OPTIONS if opt.runtime}
+    assert knobs and knobs <= set(cli.KNOBS)
+    assert "zramd set mem_limit" in BY_NAME["mem-limit"].help_text()
 
 
 def test_config_help_lists_every_plugin_key():

@@ -273,7 +273,7 @@ def test_stats_stay_exact_under_concurrency():
     # recompute every counter from the slot table
     s = store.stats()
     a = store.audit()  # raises on any difference
-    kinds = [store.kind(i) for i in range(32)]
+    kinds = [store.block_state(i) for i in range(32)]
     assert s["orig_data_size"] == sum(k != "empty" for k in kinds) * PAGE_SIZE
     assert s["same_pages"] == kinds.count("same") == a["same_pages"]
     assert s["huge_pages"] == kinds.count("huge") == a["huge_pages"]

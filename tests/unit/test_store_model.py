@@ -114,5 +114,5 @@ class StoreModel(RuleBasedStateMachine):
         assert s["same_pages"] + s["huge_pages"] <= s["orig_data_size"] // PAGE_SIZE
 
 
-StoreModel.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+StoreModel.TestCase.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
 test_store_matches_a_bytearray = StoreModel.TestCase

@@ -27,7 +27,7 @@ def test_rewrite_under_writeback_engine_level(tmp_path):
     store.write(text_page(7), 0)  # rewritten after selection, before writeback
     result = wb._writeback(candidates, None)
     assert result["written"] == 1 and result["superseded"] == 1
-    assert store.kind(0) == "compressed" and store.kind(1) == "backed"
+    assert store.block_state(0) == "compressed" and store.block_state(1) == "backed"
     store.audit()
     assert backing.used_blocks() == 1
     buf = bytearray(2 * PAGE)
