@@ -187,6 +187,8 @@ class Arena:
         self.owner: list = []
         self._spare_ids: list = []
         self.draining: set = set()
+        self.deferring = False  # keep emptied blocks until release_deferred()
+        self._deferred: list = []
         self.epoch = 0
         self.nr_blocks = 0
         self.block_bytes = 0
@@ -209,29 +211,58 @@ class Arena:
     def meta_bytes(self) -> int:
         return self.nr_blocks * BLOCK_META_BYTES
 
-    def need_bytes(self, lengths, create: bool = False) -> int:
-        """Block bytes that allocating objects of these lengths would add
-        (lock held): new blocks only when their classes run out of spots.
-        With ``create``, map those blocks now (they join their classes'
-        partial sets), so that the allocations cannot fail half-way."""
-        want: dict = {}
-        for n in lengths:
-            c = self.class_of[n]
-            want[c] = want.get(c, 0) + 1
-        total = 0
-        free = self.free
-        for c, k in want.items():
-            have = len(free[c.cur]) if c.cur >= 0 else 0
-            for b in c.partial:
-                if have >= k:
-                    break
-                have += len(free[b])
-            if k > have:
-                blocks = -(-(k - have) // c.objs)
-                total += blocks * c.block_bytes
-                for _ in range(blocks if create else 0):
-                    c.partial[self._new_block(c)] = None
-        return total
+    def _spots(self, c: SizeClass) -> int:
+        """Free spots a class can allocate from now (lock held)."""
+        spots = len(c.blocks) * c.objs - c.live
+        for b in self.draining:
+            if self.owner[b] is c:
+                spots -= len(self.free[b])
+        return spots
+
+    def blocks_to_map(self, seq) -> dict:
+        """``{class: new blocks}`` that a request needs (lock held).
+
+        ``seq`` lists, in the order they will happen, ``(length of the new
+        object or 0, handle it replaces)``: each allocation may use a spot
+        that an earlier change of the request frees (``deferring`` keeps
+        emptied blocks until ``release_deferred``)."""
+        avail: dict = {}
+        new: dict = {}
+        for n, old in seq:
+            if n:
+                c = self.class_of[n]
+                a = avail.get(c)
+                if a is None:
+                    a = self._spots(c)
+                if a == 0:
+                    new[c] = new.get(c, 0) + 1
+                    a = c.objs
+                avail[c] = a - 1
+            if old & TAG_MASK == TAG_OBJ and old >> BLOCK_SHIFT not in self.draining:
+                oc = self.owner[old >> BLOCK_SHIFT]
+                a = avail.get(oc)
+                avail[oc] = (self._spots(oc) if a is None else a) + 1
+        return new
+
+    def map_blocks(self, blocks: dict) -> None:
+        """Map the blocks ``blocks_to_map`` asked for (lock held)."""
+        for c, k in blocks.items():
+            for _ in range(k):
+                c.partial[self._new_block(c)] = None
+
+    def release_deferred(self) -> None:
+        """End ``deferring``: release the blocks that emptied meanwhile."""
+        self.deferring = False
+        deferred, self._deferred = self._deferred, []
+        for b in deferred:
+            c = self.owner[b]
+            if c is not None and len(self.free[b]) == c.objs and b != c.cur:
+                self._release(b, c)
+
+    def need_bytes(self, lengths) -> int:
+        """Block bytes that allocating objects of these lengths would add."""
+        blocks = self.blocks_to_map([(n, 0) for n in lengths])
+        return sum(c.block_bytes * k for c, k in blocks.items())
 
     # -- objects -------------------------------------------------------------
     def alloc(self, data, flag: int = 0) -> int:
@@ -289,7 +320,11 @@ class Arena:
         c.live -= 1
         k = len(fl)
         if k == c.objs:
-            if b != c.cur:
+            if b == c.cur:
+                pass
+            elif self.deferring:
+                self._deferred.append(b)
+            else:
                 self._release(b, c)
         elif k == 1 and b != c.cur and b not in self.draining:
             c.partial[b] = None

@@ -455,6 +455,13 @@ def cmd_serve(args) -> int:
         if exporter is not None:  # before the last line, "Stop with Ctrl-C."
             banner.insert(-1, f"  metrics     curl {exporter.url}")
         print("\n".join(banner), flush=True)
+        # the banner is for a terminal; the log gets the start as one line
+        log.info(
+            "serving %s on %s%s",
+            describe(base),
+            ", ".join(srv.uri for srv in stripe.servers),
+            f", metrics {exporter.url}" if exporter is not None else "",
+        )
         why_not = sd_notify(
             f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {stripe.servers[0].uri}"
         )

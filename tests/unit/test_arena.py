@@ -372,3 +372,29 @@ def test_automatic_compaction_runs_once_fragmentation_passes_the_trigger():
         auto.stop()
     for i in range(pages):
         assert read_page(store, i) == model[i]
+
+
+def test_a_rewrite_at_mem_limit_reuses_the_spots_it_frees():
+    """A multi-page request may use the spots its own earlier pages free
+    (each page's new copy is made before its old one goes, as in zram):
+    rewriting two full blocks needs one block of room, not two, and the
+    emptied block is released at the end of the request."""
+    from zramd.arena import BLOCK_META_BYTES
+
+    store = PageStore(128 * PAGE_SIZE, make_codec("none"))
+    store.write(os.urandom(64 * PAGE_SIZE), 0)  # 8 full blocks of huge pages
+    s = store.stats()
+    one_block = 8 * PAGE_SIZE + BLOCK_META_BYTES
+    store.set_mem_limit(s["mem_used_total"] + one_block)
+    data = os.urandom(16 * PAGE_SIZE)
+    store.write(data, 8 * PAGE_SIZE)  # rewrites pages 8..23
+    after = store.stats()
+    assert after["arena_blocks"] == s["arena_blocks"] and after["failed_writes"] == 0
+    assert after["mem_used_max"] == s["mem_used_total"] + one_block
+    with pytest.raises(OSError):  # 9 new pages need two more blocks
+        store.write(os.urandom(9 * PAGE_SIZE), 64 * PAGE_SIZE)
+    assert store.stats()["orig_data_size"] == 64 * PAGE_SIZE
+    buf = bytearray(16 * PAGE_SIZE)
+    store.read(memoryview(buf), 8 * PAGE_SIZE)
+    assert bytes(buf) == data
+    store.audit()
