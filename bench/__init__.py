@@ -11,6 +11,12 @@ and charts into one report:
               total iodepth, interleaved over rounds
     cpu       server CPU time per 4 KiB request (/proc utime+stime of the
               nbdkit processes) and the throughput it projects on N cores
+    backing   the cost of --backing-encrypt: writeback MB/s and read-back
+              latency with and without encryption, interleaved over rounds
+    memory    zramd's real memory (VmRSS above idle) next to kernel zram's
+              mem_used_total over fill, rewrite, trims and compaction; the
+              --mem-limit overshoot; the fixed footprint; the compression
+              ratio at fio compressibility 0-90% and on the corpus
 
 Modules, one job each:
 
@@ -24,7 +30,7 @@ Modules, one job each:
     fill.py         writing the corpus through NBD or onto a block device
     storage.py      compression ratio and memory per page from stats and RSS
     targets.py      ratios against peers and the targets they are judged by
-    matrix.py, scaling.py, cpu.py   the sections
+    matrix.py, scaling.py, cpu.py, backing.py, memory.py   the sections
     stats.py        medians and spreads over rounds
     plots.py        PNG charts (matplotlib, Agg)
     report.py       results.md, results.json, docs/bench and README's block
@@ -39,6 +45,7 @@ section that runs a list of systems names them there.
 Adding a section: a module with a class that has ``name``, ``title`` and
 
     run(ctx: Context) -> dict                 measure; the dict goes to results.json
+    derive(data: dict) -> None                optional: medians, ratios (rerun by --render)
     markdown(data: dict) -> list[str]         its part of results.md (## headings)
     plots(data: dict, out: Path, title: str) -> list[str]   PNG files written into out
     summary(data: dict) -> list[str]          lines for README's block ([] for none)

@@ -30,27 +30,65 @@ def title_line(meta: dict) -> str:
     return f"{meta['cpu']}, {meta['cores']} cores{' (quick mode)' if meta['quick'] else ''}"
 
 
+def _load(meta: dict) -> str:
+    """The load averages (1, 5, 15 min) at start and end: other work on the machine."""
+    text = "load average at start " + " ".join(f"{x:.2f}" for x in meta["loadavg_at_start"])
+    if meta.get("loadavg_at_end"):
+        text += ", at end " + " ".join(f"{x:.2f}" for x in meta["loadavg_at_end"])
+    return text
+
+
+def _busy(meta: dict) -> str:
+    """A warning when more tasks wanted to run than there were cores."""
+    loads = [meta["loadavg_at_start"][0], *(meta.get("loadavg_at_end") or [0])[:1]]
+    if max(loads) <= meta["cores"]:
+        return ""
+    return (
+        ": more runnable tasks than cores, other work shared the machine, so compare rows "
+        "with each other rather than with another run"
+    )
+
+
 def markdown(report: dict, sections: list) -> str:
     m = report["meta"]
     lines = [
         f"# zramd benchmark{' (quick mode)' if m['quick'] else ''}",
         "",
         f"Run {m['started']}, {m['duration_s']:.0f} s. Machine: {m['cpu']}, {m['cores']} cores, "
-        f"{m['mem_bytes'] / 2**30:.0f} GiB RAM, {m['os']}, kernel {m['kernel']}; load average at "
-        "start "
-        f"{' '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}. {m['fio']}, nbdkit "
+        f"{m['mem_bytes'] / 2**30:.0f} GiB RAM, {m['os']}, kernel {m['kernel']}; {_load(m)}"
+        f"{_busy(m)}. "
+        f"{m['fio']}, nbdkit "
         f"{m['nbdkit'].replace('nbdkit ', '')} (embedded Python {m['nbdkit_python']}). Region "
         f"{m['region_bytes'] >> 20} MiB per system; timed jobs {m['runtime_s']:.1f} s "
         f"(after a {m['ramp_s']:.1f} s ramp in the matrix). Re-measure with `make bench`.",
         "",
     ]
+    section_meta = report.get("section_meta", {})
     for section in sections:
+        own = section_meta.get(section.name)
+        # a section published from a run of its own says so under its heading
+        note = (
+            []
+            if not own or own.get("started") == m["started"]
+            else [
+                f"*From a run of this section alone: {own['started']}, {own['duration_s']:.0f} s "
+                f"(`bench/run.py --sections {section.name} --publish`).*",
+                "",
+            ]
+        )
         if section.name in report["errors"]:
-            lines += [f"## {section.title}", "", f"Failed: {report['errors'][section.name]}", ""]
+            lines += [
+                f"## {section.title}",
+                "",
+                *note,
+                f"Failed: {report['errors'][section.name]}",
+                "",
+            ]
             continue
         if section.name not in report["sections"]:
             continue
-        lines += section.markdown(report["sections"][section.name])
+        part = section.markdown(report["sections"][section.name])
+        lines += part[:2] + note + part[2:]
         charts = report["charts"].get(section.name, [])
         if charts:
             lines += ["", *(f"![{c}]({c})" for c in charts)]
@@ -63,13 +101,12 @@ def readme_block(report: dict, sections: list) -> str:
     lines = [
         README_BEGIN,
         "",
-        f"Latest run ({m['started'][:10]}; {m['cpu']}, {m['cores']} cores shared by client and "
-        "server, "
-        f"{m['mem_bytes'] / 2**30:.0f} GiB, {m['os']}, kernel {m['kernel']}; {m['fio']}, "
-        f"{m['nbdkit']}; {m['region_bytes'] >> 20} MiB region, {m['runtime_s']:.0f} s per job). "
-        "4 KiB random I/O at iodepth 16 and 128 KiB sequential writes on fio data; compression "
-        "ratio "
-        "and memory on the swap-like corpus. Every row, the targets and the charts: "
+        f"Latest run ({m['started'][:10]}; {m['cpu']}, {m['cores']} cores shared by client "
+        f"and server, {m['mem_bytes'] / 2**30:.0f} GiB, {m['os']}, kernel {m['kernel']}; "
+        f"{m['fio']}, {m['nbdkit']}; {m['region_bytes'] >> 20} MiB region, "
+        f"{m['runtime_s']:.0f} s per job; {_load(m)}{_busy(m)}). 4 KiB random I/O at "
+        "iodepth 16 and 128 KiB sequential writes on fio data; compression ratio and memory "
+        "on the swap-like corpus. Every row, the targets and the charts: "
         "[docs/bench/results.md](docs/bench/results.md).",
         "",
     ]
@@ -80,7 +117,7 @@ def readme_block(report: dict, sections: list) -> str:
         summary = section.summary(data)
         if summary:
             lines += [*summary, ""]
-    for chart in ("iops.png", "scaling.png"):
+    for chart in ("iops.png", "scaling.png", "scaling-cpu.png"):
         if any(chart in c for c in report["charts"].values()):
             lines.append(f"![{chart}](docs/bench/{chart})")
     lines += ["", README_END]
@@ -105,11 +142,63 @@ def write(report: dict, sections: list, out: Path) -> str:
     return md
 
 
+def merged_with_published(report: dict, sections: list, docs_dir: Path) -> tuple[dict, set[str]]:
+    """The published report with this run's sections in place of theirs (the
+    others keep their data and charts); each merged section's run settings in
+    "section_meta". Also the chart files that are no longer referenced."""
+    try:
+        old = json.loads((docs_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return report, set()
+    if not isinstance(old.get("sections"), dict):
+        return report, set()
+    merged = {
+        "meta": old["meta"],
+        "sections": dict(old["sections"]),
+        "charts": dict(old.get("charts", {})),
+        "errors": dict(old.get("errors", {})),
+        "section_meta": dict(old.get("section_meta", {})),
+    }
+    stale: set[str] = set()
+    for section in sections:
+        stale.update(merged["charts"].get(section.name, []))
+        for key in ("sections", "charts", "errors"):
+            merged[key].pop(section.name, None)
+            if section.name in report[key]:
+                merged[key][section.name] = report[key][section.name]
+        merged["section_meta"][section.name] = report["meta"]
+    kept = {c for cs in merged["charts"].values() for c in cs}
+    return merged, stale - kept
+
+
 def publish(
-    report: dict, sections: list, out: Path, docs_dir: Path = DOCS_BENCH, readme: Path = README
+    report: dict,
+    sections: list,
+    out: Path,
+    docs_dir: Path = DOCS_BENCH,
+    readme: Path = README,
+    all_sections: list | None = None,
 ) -> None:
-    """Replaces docs/bench/ with this run's results and charts, and README's block."""
+    """Replaces docs/bench/ with this run's results and charts, and README's block.
+
+    With ``all_sections`` (a run of some sections, ``--sections``), the run is
+    merged into what is published instead: its sections replace theirs, the
+    others stay, and results.md and README's block are written for all of
+    them in ``all_sections`` order."""
     docs_dir.mkdir(parents=True, exist_ok=True)
+    if all_sections is not None:
+        merged, stale = merged_with_published(report, sections, docs_dir)
+        shown = [
+            s for s in all_sections if s.name in merged["sections"] or s.name in merged["errors"]
+        ]
+        for name in stale:
+            (docs_dir / name).unlink(missing_ok=True)
+        for c in (c for cs in report["charts"].values() for c in cs):
+            shutil.copy(out / c, docs_dir / c)
+        (docs_dir / "results.json").write_text(json.dumps(merged, indent=2, default=str) + "\n")
+        (docs_dir / "results.md").write_text(markdown(merged, shown))
+        readme.write_text(replace_block(readme.read_text(), readme_block(merged, shown)))
+        return
     for old in docs_dir.iterdir():
         if old.is_file() and old.suffix in (".md", ".json", ".png"):
             old.unlink()

@@ -5,6 +5,9 @@ them. A section is any object with:
     title: str
     estimate_s(ctx) -> float                   for the progress line at the start
     run(ctx: Context) -> dict                  measure; must be JSON-serialisable
+    derive(data) -> None                       optional: add what is computed from the
+                                               measurements (ratios, medians); rerun by
+                                               --render
     markdown(data) -> list[str]                its part of results.md
     plots(data, out: Path, title) -> list[str] PNG files written into out (may be [])
     summary(data) -> list[str]                 lines for README's generated block
@@ -17,9 +20,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from bench.backing import BackingEncryption
 from bench.context import Context
 from bench.cpu import ServerCpu
 from bench.matrix import Matrix
+from bench.memory import Memory
 from bench.scaling import ConnectionScaling
 
 
@@ -38,7 +43,13 @@ class Section(Protocol):
     def summary(self, data: dict) -> list[str]: ...
 
 
-SECTIONS: list[Section] = [Matrix(), ConnectionScaling(), ServerCpu()]
+SECTIONS: list[Section] = [
+    Matrix(),
+    ConnectionScaling(),
+    ServerCpu(),
+    BackingEncryption(),
+    Memory(),
+]
 
 
 def by_names(names: list[str]) -> list[Section]:

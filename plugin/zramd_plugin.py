@@ -75,6 +75,11 @@ def config_complete():
         warning = swap.lock_memory()
         if warning:
             print(f"zramd: warning: {warning}", file=sys.stderr)
+        # nbdkit 1.32 arms the parent-death signal itself: serving swap, it
+        # must outlive a dead wrapper (docs/design.md#security).
+        why_not = swap.outlive_parent()
+        if why_not:
+            logs.log("WARNING", f"nbdkit will stop with the zramd serve process: {why_not}")
 
 
 def config_help():

@@ -41,8 +41,9 @@ Invariants (whenever the owner's lock is free)
 - a block with no live object is released (munmap), except a class's
   ``cur`` block, kept so that a class that hovers around zero objects does
   not mmap/munmap on every write (``compact`` releases those too);
-- ``block_bytes`` = sum of the live blocks' sizes; ``free_spot_bytes`` =
-  sum over blocks of ``len(free[b]) * size``; ``nr_blocks`` = live blocks.
+- ``block_bytes`` = sum of the live blocks' sizes; ``nr_blocks`` = live
+  blocks; a class's ``live`` = its objects (so its free spots are
+  ``len(blocks) * objs - live``, worked out when asked, not on every I/O).
 
 Locking
 -------
@@ -186,10 +187,11 @@ class Arena:
         self.owner: list = []
         self._spare_ids: list = []
         self.draining: set = set()
+        self.deferring = False  # keep emptied blocks until release_deferred()
+        self._deferred: list = []
         self.epoch = 0
         self.nr_blocks = 0
         self.block_bytes = 0
-        self.free_spot_bytes = 0
         self.pages_compacted = 0
         self.blocks_released = 0
         self.release_errors = 0
@@ -201,27 +203,66 @@ class Arena:
         return sum(c.live for c in self.classes)
 
     @property
+    def free_spot_bytes(self) -> int:
+        """Bytes of free spots inside blocks (tails not counted)."""
+        return sum((len(c.blocks) * c.objs - c.live) * c.size for c in self.classes)
+
+    @property
     def meta_bytes(self) -> int:
         return self.nr_blocks * BLOCK_META_BYTES
 
+    def _spots(self, c: SizeClass) -> int:
+        """Free spots a class can allocate from now (lock held)."""
+        spots = len(c.blocks) * c.objs - c.live
+        for b in self.draining:
+            if self.owner[b] is c:
+                spots -= len(self.free[b])
+        return spots
+
+    def blocks_to_map(self, seq) -> dict:
+        """``{class: new blocks}`` that a request needs (lock held).
+
+        ``seq`` lists, in the order they will happen, ``(length of the new
+        object or 0, handle it replaces)``: each allocation may use a spot
+        that an earlier change of the request frees (``deferring`` keeps
+        emptied blocks until ``release_deferred``)."""
+        avail: dict = {}
+        new: dict = {}
+        for n, old in seq:
+            if n:
+                c = self.class_of[n]
+                a = avail.get(c)
+                if a is None:
+                    a = self._spots(c)
+                if a == 0:
+                    new[c] = new.get(c, 0) + 1
+                    a = c.objs
+                avail[c] = a - 1
+            if old & TAG_MASK == TAG_OBJ and old >> BLOCK_SHIFT not in self.draining:
+                oc = self.owner[old >> BLOCK_SHIFT]
+                a = avail.get(oc)
+                avail[oc] = (self._spots(oc) if a is None else a) + 1
+        return new
+
+    def map_blocks(self, blocks: dict) -> None:
+        """Map the blocks ``blocks_to_map`` asked for (lock held)."""
+        for c, k in blocks.items():
+            for _ in range(k):
+                c.partial[self._new_block(c)] = None
+
+    def release_deferred(self) -> None:
+        """End ``deferring``: release the blocks that emptied meanwhile."""
+        self.deferring = False
+        deferred, self._deferred = self._deferred, []
+        for b in deferred:
+            c = self.owner[b]
+            if c is not None and len(self.free[b]) == c.objs and b != c.cur:
+                self._release(b, c)
+
     def need_bytes(self, lengths) -> int:
-        """Block bytes that allocating objects of these lengths would add
-        (lock held): new blocks only when their classes run out of spots."""
-        want: dict = {}
-        for n in lengths:
-            c = self.class_of[n]
-            want[c] = want.get(c, 0) + 1
-        total = 0
-        free = self.free
-        for c, k in want.items():
-            have = len(free[c.cur]) if c.cur >= 0 else 0
-            for b in c.partial:
-                if have >= k:
-                    break
-                have += len(free[b])
-            if k > have:
-                total += -(-(k - have) // c.objs) * c.block_bytes
-        return total
+        """Block bytes that allocating objects of these lengths would add."""
+        blocks = self.blocks_to_map([(n, 0) for n in lengths])
+        return sum(c.block_bytes * k for c, k in blocks.items())
 
     # -- objects -------------------------------------------------------------
     def alloc(self, data, flag: int = 0) -> int:
@@ -238,7 +279,6 @@ class Arena:
             c.cur = -1
         self.maps[b][off : off + n] = data
         c.live += 1
-        self.free_spot_bytes -= c.size
         return TAG_OBJ | flag | n << LEN_SHIFT | off << OFF_SHIFT | b << BLOCK_SHIFT
 
     def _next_block(self, c: SizeClass) -> int:
@@ -268,7 +308,6 @@ class Arena:
         c.blocks.add(b)
         self.nr_blocks += 1
         self.block_bytes += c.block_bytes
-        self.free_spot_bytes += c.objs * c.size
         return b
 
     def free_obj(self, h: int) -> None:
@@ -279,10 +318,13 @@ class Arena:
         fl.append(((h >> OFF_SHIFT) & OFF_MASK) // c.size)
         self.epoch += 1
         c.live -= 1
-        self.free_spot_bytes += c.size
         k = len(fl)
         if k == c.objs:
-            if b != c.cur:
+            if b == c.cur:
+                pass
+            elif self.deferring:
+                self._deferred.append(b)
+            else:
                 self._release(b, c)
         elif k == 1 and b != c.cur and b not in self.draining:
             c.partial[b] = None
@@ -301,7 +343,6 @@ class Arena:
         self._spare_ids.append(b)
         self.nr_blocks -= 1
         self.block_bytes -= c.block_bytes
-        self.free_spot_bytes -= c.objs * c.size
         self.blocks_released += 1
         try:
             mm.close()

@@ -116,6 +116,7 @@ def build_parser() -> Parser:
     _add_target(wb)
     wb.add_argument("type", choices=WRITEBACK_TYPES)
     wb.add_argument("--limit", type=int, help="at most this many pages")
+    wb.add_argument("--json", action="store_true", help="the result as JSON (one line each)")
 
     idle = sub.add_parser(
         "idle", help="mark pages idle: all, or those not accessed for SECONDS (zram's idle knob)"
@@ -388,19 +389,22 @@ def cmd_serve(args) -> int:
             claim_pid_file(base.pid_file)
         except PathError as exc:
             raise ConfigError(str(exc)) from None
-    stripe = Stripe(Server(s) for s in instance_settings(base, base.instances))
+    # with a log file, nbdkit writes there from its first line (docs/design.md#logs)
+    stripe = Stripe(Server(s, log_file=s.log_file) for s in instance_settings(base, base.instances))
     if base.swap:
         protect_wrapper()
-    refused_at: list[float] = []
+    signals_at: list[float] = []
     pid_written = False
     exporter = None
 
     def on_signal(signum, frame):
+        # A second signal may arrive while the first is still being handled
+        # (asking the server takes up to a second): count signals, not refusals.
         now = time.monotonic()
-        force = base.force_stop or bool(refused_at and now - refused_at[-1] <= STOP_CONFIRM_SECONDS)
+        force = base.force_stop or bool(signals_at and now - signals_at[-1] <= STOP_CONFIRM_SECONDS)
+        signals_at.append(now)
         why_not = stripe.request_stop(force=force)
-        if why_not:
-            refused_at.append(now)
+        if why_not and not stripe.stopping:
             log.warning(
                 "not stopping: %s, or send the signal again within %.0fs",
                 why_not,
@@ -451,6 +455,13 @@ def cmd_serve(args) -> int:
         if exporter is not None:  # before the last line, "Stop with Ctrl-C."
             banner.insert(-1, f"  metrics     curl {exporter.url}")
         print("\n".join(banner), flush=True)
+        # the banner is for a terminal; the log gets the start as one line
+        log.info(
+            "serving %s on %s%s",
+            describe(base),
+            ", ".join(srv.uri for srv in stripe.servers),
+            f", metrics {exporter.url}" if exporter is not None else "",
+        )
         why_not = sd_notify(
             f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {stripe.servers[0].uri}"
         )
@@ -498,7 +509,10 @@ def cmd_stop(args) -> int:
         if reasons:
             raise ControlError("; ".join(reasons))
     for _, path in instances:
-        call(path, "stop", force=True)
+        try:
+            call(path, "stop", force=True)
+        except ControlError:
+            pass  # the server may exit before its reply is sent: the wait below tells
     deadline = time.monotonic() + args.timeout
     for _, path in instances:
         while socket_state(path) == "live":
@@ -525,7 +539,27 @@ def _all_stats(instances) -> list[dict]:
     return [call(path, "stats") for _, path in instances]
 
 
+def stats_prometheus(args) -> int:
+    """The text exposition for node_exporter's textfile collector.  A server
+    that is down is ``zramd_up 0`` (exit 0), so the collector's file says so
+    instead of going stale."""
+    try:
+        instances = _instances(args)
+    except ControlError:
+        instances = [("", _control_path(args))]
+    results = []
+    for _, path in instances:
+        try:
+            results.append((metrics.device_name(path), call(path, "stats")))
+        except ControlError:
+            results.append((metrics.device_name(path), None))
+    sys.stdout.write(metrics.exposition(results))
+    return 0
+
+
 def cmd_stats(args) -> int:
+    if args.format == "prometheus":
+        return stats_prometheus(args)
     instances = _instances(args)
     if args.watch:
         return watch(
@@ -538,16 +572,6 @@ def cmd_stats(args) -> int:
             args.count,
         )
     each = _all_stats(instances)
-    if args.format == "prometheus":
-        sys.stdout.write(
-            metrics.exposition(
-                [
-                    (metrics.device_name(path), st)
-                    for (_, path), st in zip(instances, each, strict=True)
-                ]
-            )
-        )
-        return 0
     total = aggregate(each) if len(each) > 1 else each[0]
     if args.json or args.format == "json":
         doc = total
@@ -672,10 +696,14 @@ def cmd_writeback(args) -> int:
     failed = False
     for (label, path), limit in zip(targets, _split_count(args.limit, len(targets)), strict=True):
         result = call(path, "writeback", timeout=3600, type=args.type, limit=limit)
-        print(
-            f"{label}writeback {args.type}: {result['written']} pages written, "
-            f"{result['superseded']} rewritten meanwhile, of {result['candidates']} candidates"
-        )
+        if args.json:
+            print(json.dumps(result, sort_keys=True))
+        else:
+            print(
+                f"{label}writeback {args.type}: {result['written']} pages written, "
+                f"{result['superseded']} rewritten meanwhile, of {result['candidates']} "
+                f"candidates"
+            )
         if result.get("error"):
             print(f"zramd: error: {label}writeback stopped: {result['error']}", file=sys.stderr)
             failed = True

@@ -4,19 +4,20 @@ compacts when fragmentation passes a threshold.
 
 Why these numbers: docs/design.md#page-arena-and-memory-accounting.
 
-Policy: after a free, the store compares the arena's free spot bytes with
-``store._compact_trigger_bytes`` (one attribute compare on the I/O path)
-and, past it, kicks this thread.  The thread runs ``store.compact()`` if at
-least ``AUTO_MIN_BYTES`` could be given back, then sets the next trigger
-to the free bytes left plus ``max(AUTO_MIN_BYTES, AUTO_RATIO *
-block_bytes)``, so it never runs again until that much more was freed
-(no busy loop when the free space cannot be compacted: the tails of 119
-classes' blocks).
+Policy: every ``AUTO_CHECK_FREES`` frees (the arena's ``epoch`` counts
+them; the I/O path compares it with ``store._compact_check_epoch``, one
+compare after a free), this thread looks at what compaction could give
+back (whole blocks' worth of free spots per class, O(classes)) and
+compacts if that is at least ``max(AUTO_MIN_BYTES, AUTO_RATIO *
+block_bytes)``.  Fragmentation only grows by frees, so nothing is checked
+while pages are only being added, and free space that no compaction can
+reclaim (the tails of up to 119 classes' blocks) never makes it loop.
 
 Data structure: one daemon thread, ``zramd-compact``, blocked in C on an
 ``Event`` (never spinning).  ``kick`` only sets the event.  Locking: the
 store's compaction lock serialises it with the ``compact`` command; the
-store's lock is taken by the compaction itself, a batch at a time.
+store's lock is taken by the compaction itself, a batch at a time, and
+briefly here to read the arena's counters.
 """
 
 from __future__ import annotations
@@ -26,29 +27,39 @@ import threading
 
 log = logging.getLogger("zramd.compaction")
 
+AUTO_CHECK_FREES = 4096
 AUTO_MIN_BYTES = 16 << 20
-AUTO_RATIO = 0.25
+AUTO_RATIO = 0.125
 
 
 class AutoCompactor:
-    def __init__(self, store, min_bytes: int = AUTO_MIN_BYTES, ratio: float = AUTO_RATIO):
+    def __init__(
+        self,
+        store,
+        min_bytes: int = AUTO_MIN_BYTES,
+        ratio: float = AUTO_RATIO,
+        check_frees: int = AUTO_CHECK_FREES,
+    ):
         self.store = store
         self.min_bytes = min_bytes
         self.ratio = ratio
+        self.check_frees = check_frees
         self._event = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
         self.runs = 0
+        self.checks = 0
         self.pages_freed = 0
         store.compactor = self
-        self._set_trigger()
+        self._arm()
 
-    def _set_trigger(self) -> None:
-        arena = self.store._arena
+    def _arm(self) -> None:
+        """Ask for the next check after ``check_frees`` more frees."""
         with self.store._lock:
-            self.store._compact_trigger_bytes = arena.free_spot_bytes + max(
-                self.min_bytes, int(self.ratio * arena.block_bytes)
-            )
+            self.store._compact_check_epoch = self.store._arena.epoch + self.check_frees
+
+    def threshold_bytes(self) -> int:
+        return max(self.min_bytes, int(self.ratio * self.store._arena.block_bytes))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="zramd-compact", daemon=True)
@@ -61,11 +72,11 @@ class AutoCompactor:
             self._thread.join()
             self._thread = None
         self.store.compactor = None
-        self.store._compact_trigger_bytes = 1 << 62
+        self.store._compact_check_epoch = 1 << 62
 
     def kick(self) -> None:
-        """Called by the store (lock held) when the trigger is passed."""
-        self.store._compact_trigger_bytes = 1 << 62  # once until the next run
+        """Called by the store (its lock held) when the check is due."""
+        self.store._compact_check_epoch = 1 << 62  # once, until re-armed
         self._event.set()
 
     def _run(self) -> None:
@@ -75,11 +86,14 @@ class AutoCompactor:
             if self._stop:
                 return
             try:
-                if self.store.fragmented_bytes() >= self.min_bytes:
+                self.checks += 1
+                with self.store._lock:
+                    due = self.store._arena.fragmented_bytes() >= self.threshold_bytes()
+                if due:
                     result = self.store.compact()
                     self.runs += 1
                     self.pages_freed += result["pages_freed"]
             except Exception:  # keep serving
                 log.exception("automatic compaction failed")
             finally:
-                self._set_trigger()
+                self._arm()

@@ -13,8 +13,9 @@ shuts the listening socket down, which wakes ``accept``, and unlinks the path.
 Hostile or broken clients (docs/design.md#security): a request line is
 read with ``recv`` into a buffer that never holds more than
 ``max_line_bytes`` + 1 bytes; a longer line gets one error reply and the
-connection is closed.  A client that sends nothing for ``idle_timeout_s``
-is disconnected; at most ``max_clients`` are served at once (one more gets
+connection is closed.  A client that does not complete a request line
+within ``idle_timeout_s`` (of connecting or of its last reply) is
+disconnected; at most ``max_clients`` are served at once (one more gets
 an error line and is closed at once, by the accept thread).  Every request
 gets exactly one reply line, whatever it holds: bad JSON, deep nesting
 (the parser's RecursionError, and a nesting limit on what parsed), wrong
@@ -33,6 +34,7 @@ import os
 import socket
 import struct
 import threading
+import time
 
 log = logging.getLogger("zramd.control")
 
@@ -168,22 +170,30 @@ class ControlServer:
 
     def _lines(self, conn: socket.socket):
         """Yield request lines (without the newline); None for a line longer
-        than ``max_line_bytes``.  Holds at most ``max_line_bytes`` + 1 bytes."""
+        than ``max_line_bytes``.  Holds at most ``max_line_bytes`` + 1 bytes.
+        Each line must arrive whole within ``idle_timeout_s`` of the previous
+        reply (a byte now and then does not keep a client alive)."""
         limit = self.max_line_bytes
         buf = bytearray()
+        deadline = time.monotonic() + self.idle_timeout_s
         while True:
             newline = buf.find(b"\n")
             if newline >= 0:
                 line = bytes(buf[:newline])
                 del buf[: newline + 1]
                 yield line if len(line) <= limit else None
+                deadline = time.monotonic() + self.idle_timeout_s
                 continue
             if len(buf) > limit:
                 yield None
                 return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
             try:
+                conn.settimeout(left)
                 chunk = conn.recv(min(65536, limit + 1 - len(buf)))
-            except OSError:  # idle timeout, reset
+            except OSError:  # timed out, reset
                 return
             if not chunk:
                 return
@@ -195,6 +205,7 @@ class ControlServer:
         except (TypeError, ValueError, RecursionError) as exc:
             data = json.dumps({"ok": False, "error": f"internal error: {exc}"}).encode()
         try:
+            conn.settimeout(self.idle_timeout_s)  # a client that does not read
             conn.sendall(data + b"\n")
             return True
         except OSError:

@@ -199,6 +199,7 @@ class StderrFilter:
         self._saved_fd2: int | None = None
         self._r: int | None = None
         self._thread: threading.Thread | None = None
+        self._dropped_reported = 0
         self._continuing = False  # the last head line was passed (continuations follow it)
         self._last_level = "INFO"
 
@@ -281,6 +282,10 @@ class StderrFilter:
     def _report_suppressed(self, force: bool = False) -> None:
         for count, sample in self.limiter.expired(force):
             self._emit_suppressed(count, sample)
+        dropped = dropped_lines - self._dropped_reported
+        if dropped:
+            self._dropped_reported += dropped
+            self._emit("WARNING", f"dropped {dropped} log lines: the log could not keep up")
 
     def _emit_suppressed(self, count: int, sample: str) -> None:
         self._emit(
@@ -331,12 +336,18 @@ class _LineWriter:
         return 2
 
 
+# Our own lines dropped on a full pipe (a racy count: a report, not a
+# ledger); nbdkit's own dropped lines cannot be counted.
+dropped_lines = 0
+
+
 def _write_fd2(line: str) -> None:
+    global dropped_lines
     data = line.encode("utf-8", "replace")[: MAX_LINE_BYTES - 1] + b"\n"
     try:
         os.write(2, data)
-    except (BlockingIOError, OSError):
-        pass  # a full pipe: the line is dropped, the caller never waits
+    except OSError:
+        dropped_lines += 1  # a full pipe: the line is dropped, the caller never waits
 
 
 def log(level: str, message: str) -> None:

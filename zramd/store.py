@@ -459,7 +459,7 @@ class PageStore:
         length = len(buf)
         if offset < 0 or offset + length > self.size_bytes:
             self._check_range(offset, length)
-        now = self.now()
+        now = int((time.monotonic() - self._t0) * 10)  # self.now(), inlined
         try:
             if length == PAGE_SIZE and not offset & PAGE_MASK:
                 index = offset >> PAGE_SHIFT
@@ -529,7 +529,7 @@ class PageStore:
         n = len(new)
         c = self._class_of[n]
         size = c.size
-        now = self.now()
+        now = int((time.monotonic() - self._t0) * 10)  # self.now(), inlined
         arena = self._arena
         with self._lock:
             nr_blocks = arena.nr_blocks
@@ -549,7 +549,6 @@ class PageStore:
                 c.cur = -1
             arena.maps[b][off : off + n] = new
             c.live += 1
-            arena.free_spot_bytes -= size
             handles = self._handles
             old = handles[index]
             handles[index] = TAG_OBJ | n << LEN_SHIFT | off << OFF_SHIFT | b << BLOCK_SHIFT
@@ -562,14 +561,26 @@ class PageStore:
                 self.huge_pages_since += 1
             self.num_writes += 1
             if old & TAG_MASK == TAG_OBJ:
-                arena.free_obj(old)
+                # arena.free_obj(old), inlined (keep in step)
+                ob = old >> BLOCK_SHIFT
+                oc = arena.owner[ob]
+                ofl = arena.free[ob]
+                ofl.append(((old >> OFF_SHIFT) & OFF_MASK) // oc.size)
+                arena.epoch = epoch = arena.epoch + 1
+                oc.live -= 1
+                k = len(ofl)
+                if k == oc.objs:
+                    if ob != oc.cur:
+                        arena._release(ob, oc)
+                elif k == 1 and ob != oc.cur and ob not in arena.draining:
+                    oc.partial[ob] = None
                 on = (old >> LEN_SHIFT) & LEN_MASK
                 self.compr_data_size += n - on
                 if old & FLAG_BIT:
                     self.recompressed_pages -= 1
                 elif on == PAGE_SIZE:
                     self.huge_pages -= 1
-                if arena.free_spot_bytes > self._compact_trigger_bytes:
+                if epoch > self._compact_check_epoch:
                     self._kick_compactor()
                 if nr_blocks == arena.nr_blocks:
                     return  # no block came or went: memory use is unchanged
@@ -588,7 +599,7 @@ class PageStore:
             if used > self.mem_used_max:
                 self.mem_used_max = used
 
-    _compact_trigger_bytes = 1 << 62  # set by compaction.AutoCompactor
+    _compact_check_epoch = 1 << 62  # set by compaction.AutoCompactor
 
     def _kick_compactor(self) -> None:
         if self.compactor is not None:
@@ -736,79 +747,94 @@ class PageStore:
             for index, _new, expected, _sum in changes:
                 if expected is not _ANY and not self._matches(index, expected):
                     return False
-            if writes and self.mem_limit:
-                lengths = []
-                more = 0
-                for _index, new, _, _ in changes:
-                    t = type(new)
-                    if t is bytes:
-                        lengths.append(len(new))
-                    elif t is Pending:
+            seq = []  # (new object's length or 0, old handle), in order
+            more = 0
+            for index, new, _, _ in changes:
+                t = type(new)
+                if t is bytes:
+                    seq.append((len(new), handles[index]))
+                elif t is Recompressed:
+                    seq.append((len(new.data), handles[index]))
+                else:
+                    seq.append((0, handles[index]))
+                    if t is Pending:
                         more += PENDING_BYTES
-                need = arena.need_bytes(lengths) + more
+            blocks = arena.blocks_to_map(seq)
+            if writes and self.mem_limit:
+                need = sum(c.block_bytes * k for c, k in blocks.items()) + more
                 if need > 0 and self.mem_used_total + need > self.mem_limit:
                     self.failed_writes += writes
                     raise StoreError(errno.ENOSPC, "mem_limit reached")
-            now = self.now()
-            flags = self._flags
-            atime = self._atime
-            sums = self._sums
-            for index, new, _, checksum in changes:
-                old = handles[index]
-                old_side = side.get(index) if old & TAG_MASK == TAG_SIDE else None
-                t = type(new)
-                if t is bytes:
-                    n = len(new)
-                    h = arena.alloc(new)
-                    self.compr_data_size += n
-                    if n == PAGE_SIZE:
-                        self.huge_pages += 1
-                        self.huge_pages_since += 1
-                elif new is None:
-                    h = 0
-                elif t is int:
-                    if new < SAME_WORD_LIMIT:
-                        h = new << 2 | TAG_SAME
-                    else:
+            # map every block the request needs first: an mmap that fails
+            # (ENOMEM) fails the request before it changes anything; blocks
+            # emptied meanwhile are released at the end (their spots count)
+            if blocks:
+                arena.map_blocks(blocks)
+                self._update_mem_locked()  # the peak includes them
+            arena.deferring = True
+            try:
+                now = self.now()
+                flags = self._flags
+                atime = self._atime
+                sums = self._sums
+                for index, new, _, checksum in changes:
+                    old = handles[index]
+                    old_side = side.get(index) if old & TAG_MASK == TAG_SIDE else None
+                    t = type(new)
+                    if t is bytes:
+                        n = len(new)
+                        h = arena.alloc(new)
+                        self.compr_data_size += n
+                        if n == PAGE_SIZE:
+                            self.huge_pages += 1
+                            self.huge_pages_since += 1
+                    elif new is None:
+                        h = 0
+                    elif t is int:
+                        if new < SAME_WORD_LIMIT:
+                            h = new << 2 | TAG_SAME
+                        else:
+                            h = TAG_SIDE
+                            side[index] = SameWord(new)
+                        self.same_pages += 1
+                    elif t is Recompressed:
+                        h = arena.alloc(new.data, FLAG_BIT)
+                        self.compr_data_size += len(new.data)
+                        self.recompressed_pages += 1
+                    else:  # Pending, Backed
                         h = TAG_SIDE
-                        side[index] = SameWord(new)
-                    self.same_pages += 1
-                elif t is Recompressed:
-                    h = arena.alloc(new.data, FLAG_BIT)
-                    self.compr_data_size += len(new.data)
-                    self.recompressed_pages += 1
-                else:  # Pending, Backed
-                    h = TAG_SIDE
-                    side[index] = new
-                    if t is Pending:
-                        self.pending_pages += 1
-                        self.compr_data_size += PAGE_SIZE
-                    else:
-                        self.bd_count += 1
-                handles[index] = h
-                # the old entry leaves
-                if old & TAG_MASK == TAG_OBJ:
-                    arena.free_obj(old)
-                    on = (old >> LEN_SHIFT) & LEN_MASK
-                    self.compr_data_size -= on
-                    if old & FLAG_BIT:
-                        self.recompressed_pages -= 1
-                    elif on == PAGE_SIZE:
-                        self.huge_pages -= 1
-                elif old != 0:
-                    self._forget(index, old, old_side)
-                if h == 0:
-                    if old != 0:
-                        self.pages_stored -= 1
-                elif old == 0:
-                    self.pages_stored += 1
-                if t is Backed:  # as zram: written-back pages are not idle
-                    flags[index] &= ~IDLE
-                elif t is not Recompressed:  # new data
-                    flags[index] = 0
-                    atime[index] = now
-                if sums is not None and checksum is not None:
-                    sums[index] = checksum
+                        side[index] = new
+                        if t is Pending:
+                            self.pending_pages += 1
+                            self.compr_data_size += PAGE_SIZE
+                        else:
+                            self.bd_count += 1
+                    handles[index] = h
+                    # the old entry leaves
+                    if old & TAG_MASK == TAG_OBJ:
+                        arena.free_obj(old)
+                        on = (old >> LEN_SHIFT) & LEN_MASK
+                        self.compr_data_size -= on
+                        if old & FLAG_BIT:
+                            self.recompressed_pages -= 1
+                        elif on == PAGE_SIZE:
+                            self.huge_pages -= 1
+                    elif old != 0:
+                        self._forget(index, old, old_side)
+                    if h == 0:
+                        if old != 0:
+                            self.pages_stored -= 1
+                    elif old == 0:
+                        self.pages_stored += 1
+                    if t is Backed:  # as zram: written-back pages are not idle
+                        flags[index] &= ~IDLE
+                    elif t is not Recompressed:  # new data
+                        flags[index] = 0
+                        atime[index] = now
+                    if sums is not None and checksum is not None:
+                        sums[index] = checksum
+            finally:
+                arena.release_deferred()
             self.pages_staged += staged
             self.pages_compressed_async += compressed_async
             self.mem_used_total = used = (
@@ -822,7 +848,7 @@ class PageStore:
             self.num_writes += writes
             self.num_discards += discards
             self.notify_free += freed
-            if arena.free_spot_bytes > self._compact_trigger_bytes:
+            if arena.epoch > self._compact_check_epoch:
                 self._kick_compactor()
         return True
 

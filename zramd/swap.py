@@ -95,6 +95,18 @@ def set_oom_score_adj(value: int = OOM_SCORE_ADJ_MIN, pid: str = "self") -> str 
     return None
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def outlive_parent() -> str | None:
+    """Disarm the parent-death signal (nbdkit sets SIGTERM on its parent's
+    death in its main, with or without --exit-with-parent); return None, or
+    why not."""
+    if _c().prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0) == 0:
+        return None
+    return os.strerror(ctypes.get_errno())
+
+
 def watch_parent(on_gone):
     """Call ``on_gone(pid)`` once, from a daemon thread, when our parent
     process (the ``zramd serve`` wrapper) exits: with ``--swap`` nbdkit runs

@@ -211,7 +211,10 @@ class Writeback:
             what, job = item
             try:
                 if what == "writeback":
-                    job.result = self._writeback(self.store.candidates(job.wb_type), job.limit)
+                    started = time.monotonic()
+                    result = self._writeback(self.store.candidates(job.wb_type), job.limit)
+                    result["elapsed_s"] = round(time.monotonic() - started, 6)
+                    job.result = result
                 else:
                     with self._cond:
                         self._policy_queued = False

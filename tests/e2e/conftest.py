@@ -14,11 +14,16 @@ from zramd.server import Server
 from zramd.units import parse_size
 
 
+@pytest.fixture(autouse=True)
+def _needs_nbdkit():
+    """Every end-to-end test runs a real nbdkit (directly or via `zramd serve`)."""
+    if not shutil.which("nbdkit"):
+        pytest.skip("nbdkit not installed (apt-get install nbdkit nbdkit-plugin-python)")
+
+
 @pytest.fixture
 def make_server(sockdir):
     """Factory for servers that are not started yet: make_server(size="64M", ...)."""
-    if not shutil.which("nbdkit"):
-        pytest.skip("nbdkit not installed (apt-get install nbdkit nbdkit-plugin-python)")
     servers = []
 
     def factory(size="64M", mem_limit="0", **kwargs) -> Server:

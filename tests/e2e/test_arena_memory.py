@@ -198,3 +198,32 @@ def test_enospc_at_mem_limit_holds_for_real_memory(make_server):
         h.pwrite(page_data(rng, 20, 64), 255 * MiB)
         assert stats(server)["mem_used_total"] <= limit
         h.shutdown()
+
+
+def test_zramd_compact_command(make_server):
+    """``zramd compact`` (zram's compact knob) reports what it gave back;
+    a stray argument is one line and status 2."""
+    import subprocess
+    import sys
+
+    rng = random.Random(11)
+    with make_server(size="64M") as server:
+        h = connect(server)
+        data = page_data(rng, 50, 2048)
+        h.pwrite(data, 0)
+        for index in range(0, 2048, 2):
+            h.trim(PAGE, index * PAGE)
+        before = stats(server)
+        cmd = [sys.executable, "-m", "zramd.cli", "compact", "--socket", server.socket_path]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("compact: ") and "pages" in done.stdout
+        after = stats(server)
+        assert after["pages_compacted"] > 0
+        assert after["mem_used_total"] < before["mem_used_total"]
+        assert f"pages_compacted {after['pages_compacted']}" in done.stdout
+        bad = subprocess.run(cmd + ["now"], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+        for index in range(1, 2048, 2):
+            assert h.pread(PAGE, index * PAGE) == data[index * PAGE:(index + 1) * PAGE]
+        h.shutdown()

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from bench import cpu, scaling, systems  # noqa: E402
+from bench import backing, cpu, memory, scaling, systems  # noqa: E402
 from bench.targets import lookup  # noqa: E402
 
 # Only systems the machine may lack are allowed to be skipped.
@@ -40,7 +40,7 @@ def quick_run(tmp_path_factory):
         ],
         capture_output=True,
         text=True,
-        timeout=420,
+        timeout=600,
         cwd=str(ROOT),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -51,7 +51,7 @@ def quick_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(720)
 def test_quick_run_covers_every_system(quick_run):
     out, report, _ = quick_run
     matrix = report["sections"]["matrix"]
@@ -82,7 +82,7 @@ def test_quick_run_covers_every_system(quick_run):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(720)
 def test_quick_run_storage_stats(quick_run):
     out, report, _ = quick_run
     matrix = report["sections"]["matrix"]
@@ -112,7 +112,7 @@ def test_quick_run_storage_stats(quick_run):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(720)
 def test_quick_run_connection_scaling(quick_run):
     out, report, _ = quick_run
     data = report["sections"]["scaling"]
@@ -137,7 +137,20 @@ def test_quick_run_connection_scaling(quick_run):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(720)
+def test_quick_run_backing_encryption(quick_run):
+    out, report, _ = quick_run
+    data = report["sections"]["backing"]
+    assert not data["skipped"] and not data.get("errors")
+    assert [r["system"] for r in data["summary"]] == list(backing.SYSTEMS)
+    for run in data["runs"]:
+        assert run["pages_written"] * 4096 == data["region_bytes"], run
+        assert run["writeback_mb_s"] > 0 and run["read_iops"] > 0 and run["read_p50_us"] > 0
+    assert "## Backing file encryption" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(720)
 def test_quick_run_server_cpu_and_projection(quick_run):
     out, report, _ = quick_run
     data = report["sections"]["cpu"]
@@ -157,7 +170,7 @@ def test_quick_run_server_cpu_and_projection(quick_run):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(720)
 def test_quick_run_markdown_and_charts(quick_run):
     out, report, stdout = quick_run
     md = (out / "results.md").read_text()
@@ -184,3 +197,22 @@ def test_quick_run_markdown_and_charts(quick_run):
         for line in lines
     )
     assert any(line.startswith("[") and "scaling round" in line for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(720)
+def test_quick_run_measures_memory(quick_run):
+    """The memory section: every churn phase has zramd's payload and RSS,
+    the footprint and the ratio sweep ran, and its charts exist."""
+    out, report, _ = quick_run
+    mem = report["sections"]["memory"]
+    assert mem["errors"] == {}, mem["errors"]
+    phases = mem["churn"]["summary"]["zramd"]
+    assert [p["phase"] for p in phases] == memory.CHURN_PHASES
+    filled = phases[memory.CHURN_PHASES.index("filled")]
+    assert filled["compr_data_size"]["median"] > 0 and filled["rss_above_idle"]["median"] > 0
+    assert mem["footprint"]["rss"]["plain idle"]["median"] > 0
+    assert mem["sweep"]["rows"]["50%"]["zramd"]["ratio_compr"] > 1.5
+    assert {t["target"] for t in mem["targets"]} and all("want" in t for t in mem["targets"])
+    for chart in ("memory.png", "memory_ratio.png"):
+        assert (out / chart).stat().st_size > 1000

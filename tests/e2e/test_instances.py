@@ -59,6 +59,10 @@ def start(sockdir, *args):
         if "Stop with Ctrl-C" in line:
             break
     assert proc.poll() is None, proc.stderr.read()
+    for line in proc.stderr:  # the start, logged as one line after the banner
+        if re.match(r"zramd\[\d+\]: INFO serving ", line):
+            break
+    assert proc.poll() is None, proc.stderr.read()
     return proc, sock, "".join(banner)
 
 

@@ -167,3 +167,11 @@ def test_striped_instances_are_scraped_side_by_side(sockdir):
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     assert proc.returncode == 0, proc.stderr.read()
+
+
+def test_textfile_output_of_a_server_that_is_down_says_so(sockdir):
+    sock = os.path.join(sockdir, "gone.sock")
+    result = subprocess.run(ZRAMD + ["stats", "--socket", sock, "--format", "prometheus"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert parse(result.stdout)["zramd_up"][1] == {sock: 0.0}

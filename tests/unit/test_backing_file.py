@@ -108,3 +108,30 @@ def test_stall_engine_level(tmp_path):
     wb.set_watermarks(8 * PAGE, 4 * PAGE)
     assert wb.stall_reason is None
     backing.close()
+
+
+def test_a_read_racing_a_reuse_is_not_an_auth_error(tmp_path, monkeypatch):
+    """The block is freed, punched, reused and rewritten between the
+    reader's sidecar snapshot and its pread: the data does not authenticate
+    under the old counter, but that is a race (the store reloads the slot),
+    not tampering."""
+    b = BackingFile(str(tmp_path / "b.img"), 1 * PAGE, "aes-256-gcm")
+    blk = b.alloc()
+    b.write(blk, page(b"old"))
+    real_pread = os.pread
+    raced = []
+
+    def pread_after_reuse(fd, n, offset):
+        if not raced:
+            raced.append(True)
+            b.free(blk)
+            assert b.alloc() == blk  # the only block: discarded, then reused
+            b.write(blk, page(b"new"))
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", pread_after_reuse)
+    assert b.read(blk) == bytes(PAGE) and raced
+    assert b.auth_errors == 0
+    monkeypatch.setattr(os, "pread", real_pread)
+    assert b.read(blk) == page(b"new")
+    b.close()

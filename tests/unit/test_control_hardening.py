@@ -95,6 +95,23 @@ def test_a_silent_client_is_disconnected(make_control):
     assert call(path, "stats")["orig_data_size"] == 2 * PAGE
 
 
+def test_a_trickling_client_is_disconnected(make_control):
+    """A byte now and then does not keep a connection: the whole line must
+    arrive within the timeout."""
+    _, path, _ = make_control(idle_timeout_s=0.5)
+    s = client(path, timeout=30)
+    sent = 0
+    try:
+        for byte in b'{"cmd": "stats"' * 100:
+            s.sendall(bytes([byte]))
+            sent += 1
+            time.sleep(0.05)
+    except OSError:
+        pass
+    assert sent < 200  # cut off long before the line could end
+    s.close()
+
+
 def test_clients_are_capped(make_control):
     _, path, srv = make_control(max_clients=2)
     a, b = client(path), client(path)

@@ -125,3 +125,15 @@ def test_log_file_is_owner_only_and_never_a_symlink(tmp_path):
         logs.open_log_file(str(path))
     with pytest.raises(logs.LogFileError, match="not a regular file"):
         logs.open_log_file(os.devnull)
+
+
+def test_dropped_lines_are_reported(tmp_path, monkeypatch):
+    path = tmp_path / "log"
+    fd = logs.open_log_file(str(path))
+    f = logs.StderrFilter(fd)
+    monkeypatch.setattr(logs, "dropped_lines", 3)
+    f._report_suppressed()
+    f._report_suppressed()  # reported once
+    os.close(fd)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 and "WARNING dropped 3 log lines" in lines[0]

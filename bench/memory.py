@@ -1,0 +1,1238 @@
+"""The memory section: zramd's real memory next to kernel zram's, on the same
+data and the same phases, and the compression ratio against zram's.
+
+Four measurements, each with its targets (met or missed in the report):
+
+churn       zramd (lz4, inline) and kernel zram (lz4) on a fresh device
+            each, one after the other, the order alternating over rounds;
+            the same fio data (fixed seeds) and phases for both:
+              idle; fill FILL bytes at 50% compressible (128 KiB writes);
+              random 4 KiB rewrite of as many bytes at 20% compressible;
+              random trim of half the pages (each page once); compact;
+              trim of the whole device; compact.
+            After each phase: compr_data_size, mem_used_total and what the
+            data really costs: zramd's VmRSS above its idle VmRSS (the
+            nbdkit process, /proc/PID/status), zram's mem_used_total
+            (zsmalloc's pages: the kernel's real memory for the data).
+mem_limit   zramd with --mem-limit: fill at 50%, rewrite at 80%, then at
+            20% compressible (writes past the limit fail with ENOSPC and
+            fio goes on), full trim, compact; the peak VmRSS above idle
+            (VmHWM, and a 20 ms sampler per phase) against the limit.
+footprint   idle VmRSS of a 1 GiB device, plain and with --swap, alone and
+            with two clients connected; idle VmRSS at 1 and 4 GiB, whose
+            difference is the per-page tables' cost per device page.
+sweep       orig/compr_data_size and orig/mem_used_total at fio
+            compressibility 0, 10, ..., 90% and on the swap-like corpus
+            (bench/corpus.py), zramd and kernel zram lz4, the same device
+            size, each point on a trimmed and compacted device.
+
+Compaction is `zramd compact` (zram's `compact` knob); a zramd without it
+is reported as such and the compaction targets as missed. Kernel zram
+(/dev/zramN, fio libaio direct) is held under --zram-lock while in use; where
+there is none, zramd is measured alone and the comparisons say n/a.
+
+Data (results.json "sections"/"memory"): settings, churn (per system: the
+rounds' phase records and the median/min/max per phase), mem_limit, footprint,
+sweep, targets. Nothing here is locked: one bench thread drives it, plus
+the RSS sampler thread, which only appends to its own list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from bench import corpus, fill
+from bench.context import Context
+from bench.kernel_zram import ZramDevice
+from bench.servers import ServerProcess, SkipSystem, zramd_stats
+from bench.stats import num, spread
+
+MIB = 1 << 20
+PAGE_BYTES = 4096
+SEED = 20260101
+ZRAMD_ARGS = ("--algorithm", "lz4")
+ZRAM_ALGORITHM = "lz4"
+
+# Targets (the numbers the report judges by)
+COMPACTED_RSS_PER_COMPR_MAX = 1.08  # zramd RSS above idle / compr_data_size after compaction
+MEM_LIMIT_OVERSHOOT_MAX = 1.05  # peak RSS above idle / mem_limit
+TRIMMED_RSS_ABOVE_IDLE_MAX = 8 * MIB  # full trim + compact
+METADATA_BYTES_PER_PAGE_MAX = 24
+IDLE_RSS_MAX = 32 * MIB  # 1 GiB device
+SWAP_RSS_MAX = 48 * MIB
+RATIO_TOLERANCE = 0.03  # compression ratio vs kernel zram lz4
+
+CHURN_PHASES = [
+    "idle",
+    "filled",
+    "rewritten",
+    "half trimmed",
+    "compacted",
+    "fully trimmed",
+    "trimmed + compacted",
+]
+LIMIT_PHASES = [
+    "idle",
+    "filled 50%",
+    "rewritten 80%",
+    "rewritten 20%",
+    "fully trimmed",
+    "compacted",
+]
+STAT_KEYS = (
+    "orig_data_size",
+    "compr_data_size",
+    "mem_used_total",
+    "pages_compacted",
+    "huge_pages",
+    "same_pages",
+)
+
+
+def settings(ctx: Context) -> dict:
+    quick = ctx.args.quick
+    return {
+        "disksize_bytes": (128 if quick else 1024) * MIB,
+        "fill_bytes": (32 if quick else 512) * MIB,
+        "mem_limit_bytes": (24 if quick else 300) * MIB,
+        "sweep_bytes": ctx.region_bytes,
+        "compressibilities": [0, 50, 90] if quick else list(range(0, 100, 10)),
+        "rounds": 1 if quick else max(1, min(ctx.args.rounds, 3)),
+        "footprint_rounds": 1 if quick else 3,
+    }
+
+
+# --------------------------------------------------------------------------
+# /proc
+
+
+def status_bytes(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM, VmLck of a process, in bytes."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key = line.split(":", 1)[0]
+            if key in ("VmRSS", "VmHWM", "VmLck"):
+                out[key] = int(line.split()[1]) * 1024
+    return out
+
+
+def nbdkit_pid(server: ServerProcess, timeout_s: float = 10) -> int:
+    """The nbdkit process under `zramd serve` (where zramd's memory is)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for pid in server.pids():
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "nbdkit":
+                    return pid
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("no nbdkit process under zramd serve")
+        time.sleep(0.05)
+
+
+class RssSampler:
+    """VmRSS of one process every `interval_s`, in a thread; `peak_since(t)`."""
+
+    def __init__(self, pid: int, interval_s: float = 0.02):
+        self.pid = pid
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self.t0 = time.monotonic()
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rss = status_bytes(self.pid)["VmRSS"]
+            except (OSError, KeyError):
+                return
+            self.samples.append((time.monotonic() - self.t0, rss))
+            self._stop.wait(self.interval_s)
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def peak_since(self, t: float) -> int | None:
+        values = [rss for ts, rss in list(self.samples) if ts >= t]
+        return max(values) if values else None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
+# --------------------------------------------------------------------------
+# fio
+
+
+def fio(
+    target: list[str],
+    log: IO[str],
+    json_path: Path,
+    *,
+    rw: str,
+    bs: int,
+    size: int,
+    io_size: int | None = None,
+    compress: int | None = None,
+    iodepth: int = 16,
+    tolerate_errors: bool = False,
+    extra: tuple[str, ...] = (),
+) -> dict:
+    """One fio job; {"seconds", "errors", "iops"}. Fixed seeds: every system
+    gets the same data and offsets."""
+    cmd = [
+        "fio",
+        "--name=memory",
+        "--output-format=json",
+        f"--output={json_path}",
+        f"--rw={rw}",
+        f"--bs={bs}",
+        f"--size={size}",
+        f"--iodepth={iodepth}",
+        f"--randseed={SEED}",
+        "--randrepeat=1",
+        *target,
+    ]
+    if io_size:
+        cmd.append(f"--io_size={io_size}")
+    if compress is not None:
+        cmd.append(f"--buffer_compress_percentage={compress}")
+    if tolerate_errors:
+        # ENOSPC is fatal to fio unless listed (only EIO and EILSEQ are not)
+        cmd += ["--continue_on_error=write", "--ignore_error=,ENOSPC"]
+    cmd += list(extra)
+    t0 = time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    log.write(f"$ {' '.join(cmd)}\n{out.stdout}{out.stderr}")
+    log.flush()
+    try:
+        text = json_path.read_text()
+        job = json.loads(text[text.index("{") :])["jobs"][0]
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        raise RuntimeError(
+            f"fio failed (rc {out.returncode}): {out.stderr.strip()[-400:]} {e}"
+        ) from e
+    errors = int(job.get("total_err") or 0)
+    if (out.returncode != 0 or job.get("error")) and not (tolerate_errors and errors):
+        raise RuntimeError(
+            f"fio failed (rc {out.returncode}, error {job.get('error')}): "
+            f"{out.stderr.strip()[-400:]}"
+        )
+    iops = sum(job[d]["iops"] for d in ("read", "write", "trim") if d in job)
+    return {"seconds": round(time.monotonic() - t0, 2), "errors": errors, "iops": round(iops)}
+
+
+# --------------------------------------------------------------------------
+# The two systems behind one interface
+
+
+class ZramdTarget:
+    """zramd serve on a Unix socket; memory = nbdkit's VmRSS above idle."""
+
+    kind = "zramd"
+
+    def __init__(self, ctx: Context, name: str, disksize: int, extra: tuple[str, ...] = ()):
+        if not ctx.zramd:
+            raise SkipSystem("zramd CLI not found (run `make setup`, or pass --zramd PATH)")
+        self.ctx = ctx
+        self.sock = str(ctx.tmp / f"memory-{name}.sock")
+        cmd = [
+            ctx.zramd,
+            "serve",
+            "--socket",
+            self.sock,
+            "--size",
+            str(disksize),
+            *ZRAMD_ARGS,
+            *extra,
+        ]
+        self.server = ServerProcess(
+            cmd, [self.sock, self.sock + ".ctl"], ctx.logs / f"memory-{name}.server.log"
+        )
+        self.pid = 0
+        self.idle_rss = 0
+        self.sampler: RssSampler | None = None
+
+    def start(self, sample: bool = True) -> ZramdTarget:
+        self.server.start()
+        self.pid = nbdkit_pid(self.server)
+        time.sleep(0.3)
+        self.idle_rss = status_bytes(self.pid)["VmRSS"]
+        if sample:
+            self.sampler = RssSampler(self.pid).start()
+        return self
+
+    @property
+    def fio_target(self) -> list[str]:
+        return ["--ioengine=nbd", f"--uri=nbd+unix:///?socket={self.sock}"]
+
+    def stats(self) -> dict:
+        return zramd_stats(self.ctx.zramd, self.sock)
+
+    def compact(self) -> str | None:
+        """None, or why compaction is not available."""
+        out = subprocess.run(
+            [self.ctx.zramd, "compact", "--socket", self.sock],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if out.returncode != 0:
+            return (out.stderr.strip() or out.stdout.strip()).splitlines()[-1]
+        return None
+
+    def memory(self, stats: dict) -> dict:
+        st = status_bytes(self.pid)
+        return {
+            "rss": st["VmRSS"],
+            "rss_above_idle": st["VmRSS"] - self.idle_rss,
+            "hwm": st["VmHWM"],
+            "memory": st["VmRSS"] - self.idle_rss,
+        }
+
+    def fill_corpus(self, path: str) -> None:
+        fill.corpus_over_nbd(self.sock, path, 256 << 10)
+
+    def stop(self) -> None:
+        if self.sampler:
+            self.sampler.stop()
+        self.server.stop()
+
+
+class ZramTarget:
+    """A kernel zram device; memory = mem_used_total (zsmalloc's pages)."""
+
+    kind = "zram"
+
+    def __init__(self, ctx: Context, name: str, disksize: int):
+        self.dev = ZramDevice(
+            ZRAM_ALGORITHM, disksize, lock_path=getattr(ctx.args, "zram_lock", None)
+        )
+        self.sampler = None
+        self.idle_rss = 0
+
+    def start(self, sample: bool = True) -> ZramTarget:
+        self.dev.setup()
+        return self
+
+    @property
+    def fio_target(self) -> list[str]:
+        return ["--ioengine=libaio", "--direct=1", f"--filename={self.dev.dev}"]
+
+    def stats(self) -> dict:
+        return self.dev.mm_stat()
+
+    def compact(self) -> str | None:
+        (self.dev.sys / "compact").write_text("1")
+        return None
+
+    def memory(self, stats: dict) -> dict:
+        return {"rss": None, "rss_above_idle": None, "hwm": None, "memory": stats["mem_used_total"]}
+
+    def fill_corpus(self, path: str) -> None:
+        fill.corpus_onto_device(self.dev.dev, path, 256 << 10)
+
+    def stop(self) -> None:
+        self.dev.teardown()
+
+
+def make_target(ctx: Context, kind: str, name: str, disksize: int, extra: tuple[str, ...] = ()):
+    if kind == "zramd":
+        return ZramdTarget(ctx, name, disksize, extra)
+    reason = ZramDevice.unavailable()
+    if reason:
+        raise SkipSystem(reason)
+    return ZramTarget(ctx, name, disksize)
+
+
+def record(target, phase: str, t_phase: float | None, extra: dict | None = None) -> dict:
+    stats = target.stats()
+    rec = {"phase": phase, **{k: stats.get(k) for k in STAT_KEYS}}
+    rec.update(target.memory(stats))
+    if target.sampler is not None and t_phase is not None:
+        peak = target.sampler.peak_since(t_phase)
+        rec["peak_rss_above_idle"] = (
+            None if peak is None else max(peak, rec["rss"]) - target.idle_rss
+        )
+    compr = rec["compr_data_size"]
+    rec["memory_per_compr"] = rec["memory"] / compr if compr else None
+    # every non-standard counter the store offers (arena blocks, free space...)
+    rec["extra_stats"] = {
+        k: v
+        for k, v in stats.items()
+        if type(v) in (int, float)
+        and k not in STAT_KEYS
+        and any(w in k for w in ("arena", "block", "slot", "frag", "free_bytes", "compact"))
+    }
+    if extra:
+        rec.update(extra)
+    return rec
+
+
+# --------------------------------------------------------------------------
+# The section
+
+
+class Memory:
+    name = "memory"
+    title = "Memory: zramd against kernel zram"
+
+    def estimate_s(self, ctx: Context) -> float:
+        s = settings(ctx)
+        per_churn = 8 + s["fill_bytes"] / (150 * MIB) + s["fill_bytes"] / PAGE_BYTES / 40_000
+        return (
+            2 * s["rounds"] * per_churn
+            + per_churn
+            + s["footprint_rounds"] * 4 * 4
+            + 2 * (len(s["compressibilities"]) + 1) * (2 + s["sweep_bytes"] / (200 * MIB))
+        )
+
+    def run(self, ctx: Context) -> dict:
+        s = settings(ctx)
+        data: dict = {"settings": s, "skipped": {}, "errors": {}}
+        kinds = ["zramd", "zram"]
+        reason = ZramDevice.unavailable()
+        if reason:
+            data["skipped"]["zram"] = reason
+            ctx.progress(f"memory: kernel zram SKIPPED: {reason}")
+            kinds = ["zramd"]
+        with open(ctx.logs / "memory.fio.log", "a") as log:
+            data["churn"] = self._churn(ctx, s, kinds, log, data)
+            data["mem_limit"] = self._guarded(
+                ctx, data, "mem_limit", lambda: self._mem_limit(ctx, s, log)
+            )
+            data["footprint"] = self._guarded(
+                ctx, data, "footprint", lambda: self._footprint(ctx, s)
+            )
+            data["sweep"] = self._guarded(
+                ctx, data, "sweep", lambda: self._sweep(ctx, s, kinds, log, data)
+            )
+        data["targets"] = evaluate(data)
+        for t in data["targets"]:
+            met = "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")
+            ctx.progress(f"memory target: {t['target']}: {t['measured']} (want {t['want']}): {met}")
+        return data
+
+    @staticmethod
+    def _guarded(ctx: Context, data: dict, part: str, fn):
+        try:
+            return fn()
+        except SkipSystem as e:
+            data["skipped"][part] = str(e)
+            ctx.progress(f"memory {part}: SKIPPED: {e}")
+        except Exception as e:  # one failed part must not cost the others
+            data["errors"][part] = f"{type(e).__name__}: {e}"
+            ctx.progress(f"memory {part}: FAILED: {e}")
+        return None
+
+    # -- churn -------------------------------------------------------------
+    def _churn(self, ctx: Context, s: dict, kinds: list[str], log: IO[str], data: dict) -> dict:
+        runs: dict[str, list[list[dict]]] = {k: [] for k in kinds}
+        for rnd in range(s["rounds"]):
+            order = kinds if rnd % 2 == 0 else kinds[::-1]
+            for kind in order:
+                label = f"memory churn {kind} (round {rnd + 1}/{s['rounds']})"
+                try:
+                    runs[kind].append(self._churn_once(ctx, s, kind, log, label))
+                except SkipSystem as e:
+                    data["skipped"][kind] = str(e)
+                    ctx.progress(f"{label}: SKIPPED: {e}")
+                except Exception as e:
+                    data["errors"][f"churn {kind}"] = f"{type(e).__name__}: {e}"
+                    ctx.progress(f"{label}: FAILED: {e}")
+        summary = {}
+        for kind, rounds in runs.items():
+            if not rounds:
+                continue
+            summary[kind] = []
+            for i, phase in enumerate(CHURN_PHASES):
+                recs = [r[i] for r in rounds if i < len(r)]
+                row = {"phase": phase}
+                for key in (
+                    "compr_data_size",
+                    "mem_used_total",
+                    "memory",
+                    "rss_above_idle",
+                    "peak_rss_above_idle",
+                    "memory_per_compr",
+                    "pages_compacted",
+                    "orig_data_size",
+                ):
+                    row[key] = spread([r.get(key) for r in recs])
+                row["compact_error"] = next(
+                    (r.get("compact_error") for r in recs if r.get("compact_error")), None
+                )
+                summary[kind].append(row)
+        return {"rounds": runs, "summary": summary}
+
+    def _churn_once(self, ctx: Context, s: dict, kind: str, log: IO[str], label: str) -> list[dict]:
+        fill_bytes, disk = s["fill_bytes"], s["disksize_bytes"]
+        target = make_target(ctx, kind, "churn", disk)
+        recs = []
+        try:
+            target.start()
+            tag = f"{kind}.churn"
+
+            def phase(name: str, action) -> None:
+                t = target.sampler.now() if target.sampler else None
+                t0 = time.monotonic()
+                extra = action() or {}
+                rec = record(target, name, t, extra)
+                rec["seconds"] = round(time.monotonic() - t0, 2)
+                recs.append(rec)
+                mem = rec["memory"]
+                ctx.progress(
+                    f"{label}: {name:<20} compr {rec['compr_data_size'] / MIB:7.1f} MiB  "
+                    f"mem_used_total {rec['mem_used_total'] / MIB:7.1f} MiB  "
+                    f"{'RSS above idle' if kind == 'zramd' else 'memory'} {mem / MIB:7.1f} MiB"
+                )
+
+            def run_fio(name, **kw):
+                return lambda: {
+                    "fio": fio(target.fio_target, log, ctx.logs / f"memory.{tag}.{name}.json", **kw)
+                }
+
+            def compact():
+                why = target.compact()
+                return {"compact_error": why} if why else {}
+
+            phase("idle", lambda: None)
+            phase("filled", run_fio("fill", rw="write", bs=128 << 10, size=fill_bytes, compress=50))
+            phase(
+                "rewritten",
+                run_fio(
+                    "rewrite",
+                    rw="randwrite",
+                    bs=PAGE_BYTES,
+                    size=fill_bytes,
+                    io_size=fill_bytes,
+                    compress=20,
+                    extra=("--norandommap",),
+                ),
+            )
+            phase(
+                "half trimmed",
+                run_fio(
+                    "halftrim",
+                    rw="randtrim",
+                    bs=PAGE_BYTES,
+                    size=fill_bytes,
+                    io_size=fill_bytes // 2,
+                ),
+            )
+            phase("compacted", compact)
+            phase("fully trimmed", run_fio("fulltrim", rw="trim", bs=1 << 20, size=disk, iodepth=4))
+            phase("trimmed + compacted", compact)
+        finally:
+            target.stop()
+        return recs
+
+    # -- mem_limit ---------------------------------------------------------
+    def _mem_limit(self, ctx: Context, s: dict, log: IO[str]) -> dict:
+        limit, fill_bytes, disk = s["mem_limit_bytes"], s["fill_bytes"], s["disksize_bytes"]
+        target = ZramdTarget(ctx, "limit", disk, ("--mem-limit", str(limit)))
+        recs = []
+        label = f"memory mem_limit {limit >> 20} MiB"
+        try:
+            target.start()
+
+            def phase(name, **kw):
+                t = target.sampler.now()
+                extra = {}
+                if kw:
+                    extra["fio"] = fio(
+                        target.fio_target,
+                        log,
+                        ctx.logs / f"memory.limit.{len(recs)}.json",
+                        tolerate_errors=True,
+                        **kw,
+                    )
+                elif name == "compacted":
+                    why = target.compact()
+                    if why:
+                        extra["compact_error"] = why
+                rec = record(target, name, t, extra)
+                rec["t_start"] = round(t, 3)
+                rec["peak_per_limit"] = (
+                    rec["peak_rss_above_idle"] / limit
+                    if rec.get("peak_rss_above_idle") is not None
+                    else None
+                )
+                recs.append(rec)
+                errs = rec.get("fio", {}).get("errors", 0)
+                enospc = f"  ENOSPC x {errs}" if errs else ""
+                ctx.progress(
+                    f"{label}: {name:<15} mem_used_total {rec['mem_used_total'] / MIB:7.1f} MiB  "
+                    f"peak RSS above idle {rec['peak_rss_above_idle'] / MIB:7.1f} MiB "
+                    f"({rec['peak_per_limit']:.2f}x the limit){enospc}"
+                )
+
+            phase("idle")
+            phase("filled 50%", rw="write", bs=128 << 10, size=fill_bytes, compress=50)
+            phase(
+                "rewritten 80%",
+                rw="randwrite",
+                bs=PAGE_BYTES,
+                size=fill_bytes,
+                io_size=fill_bytes,
+                compress=80,
+                extra=("--norandommap",),
+            )
+            phase(
+                "rewritten 20%",
+                rw="randwrite",
+                bs=PAGE_BYTES,
+                size=fill_bytes,
+                io_size=fill_bytes,
+                compress=20,
+                extra=("--norandommap",),
+            )
+            phase("fully trimmed", rw="trim", bs=1 << 20, size=disk, iodepth=4)
+            phase("compacted")
+            hwm = status_bytes(target.pid)["VmHWM"]
+            samples = [
+                (round(t, 3), rss - target.idle_rss) for t, rss in target.sampler.samples[::5]
+            ]
+        finally:
+            target.stop()
+        return {
+            "mem_limit_bytes": limit,
+            "idle_rss": target.idle_rss,
+            "phases": recs,
+            "hwm_above_idle": hwm - target.idle_rss,
+            "hwm_per_limit": (hwm - target.idle_rss) / limit,
+            "samples": samples,
+        }
+
+    # -- footprint ---------------------------------------------------------
+    def _footprint(self, ctx: Context, s: dict) -> dict:
+        import_nbd = _libnbd()
+        variants = [("plain", 1 << 30, ()), ("swap", 1 << 30, ("--swap",))]
+        if not ctx.args.quick:  # the per-page tables' idle cost: 4 GiB against 1 GiB
+            variants.append(("plain 4G", 4 << 30, ()))
+        if os.geteuid() != 0:
+            variants = [v for v in variants if v[0] != "swap"]
+        values: dict[str, list[int]] = {}
+        for rnd in range(s["footprint_rounds"]):
+            for name, size, extra in variants:
+                target = ZramdTarget(ctx, "footprint", size, extra)
+                try:
+                    target.start(sample=False)
+                    values.setdefault(f"{name} idle", []).append(target.idle_rss)
+                    if import_nbd and size == 1 << 30:
+                        handles = []
+                        for _ in range(2):
+                            h = import_nbd.NBD()
+                            h.connect_unix(target.sock)
+                            h.pread(PAGE_BYTES, 0)
+                            handles.append(h)
+                        values.setdefault(f"{name} 2 clients", []).append(
+                            status_bytes(target.pid)["VmRSS"]
+                        )
+                        for h in handles:
+                            h.shutdown()
+                finally:
+                    target.stop()
+            now = ", ".join(f"{k} {v[-1] / MIB:.1f} MiB" for k, v in values.items())
+            ctx.progress(f"memory footprint round {rnd + 1}/{s['footprint_rounds']}: {now}")
+        out = {k: spread(v) for k, v in values.items()}
+        per_page = None
+        if values.get("plain idle") and values.get("plain 4G idle"):
+            diff = statistics.median(values["plain 4G idle"]) - statistics.median(
+                values["plain idle"]
+            )
+            per_page = diff / ((3 << 30) // PAGE_BYTES)
+        return {
+            "rss": out,
+            "table_bytes_per_device_page": per_page,
+            "swap_skipped": None if os.geteuid() == 0 else "--swap needs root",
+        }
+
+    # -- sweep -------------------------------------------------------------
+    def _sweep(self, ctx: Context, s: dict, kinds: list[str], log: IO[str], data: dict) -> dict:
+        size = s["sweep_bytes"]
+        corpus_path = None
+        try:
+            ctx.progress(f"memory sweep: corpus of {size >> 20} MiB in {ctx.args.corpus_dir}")
+            corpus_path, corpus_info = corpus.ensure(
+                ctx.args.corpus_dir, size, ctx.args.regenerate_corpus
+            )
+        except Exception as e:  # the fio points still say most of it
+            data["errors"]["corpus"] = f"{type(e).__name__}: {e}"
+            corpus_info = None
+        points = [f"{c}%" for c in s["compressibilities"]] + (["corpus"] if corpus_path else [])
+        rows: dict[str, dict[str, dict]] = {p: {} for p in points}
+        for kind in kinds:
+            try:
+                target = make_target(ctx, kind, "sweep", size)
+            except SkipSystem as e:
+                data["skipped"][f"sweep {kind}"] = str(e)
+                continue
+            try:
+                target.start(sample=False)
+                for point in points:
+                    if point == "corpus":
+                        target.fill_corpus(corpus_path)
+                    else:
+                        fio(
+                            target.fio_target,
+                            log,
+                            ctx.logs / f"memory.sweep.{kind}.{point[:-1]}.json",
+                            rw="write",
+                            bs=128 << 10,
+                            size=size,
+                            compress=int(point[:-1]),
+                        )
+                    st = target.stats()
+                    orig, compr, used = (
+                        st["orig_data_size"],
+                        st["compr_data_size"],
+                        st["mem_used_total"],
+                    )
+                    rows[point][kind] = {
+                        "orig_data_size": orig,
+                        "compr_data_size": compr,
+                        "mem_used_total": used,
+                        "ratio_compr": orig / compr if compr else None,
+                        "ratio_mem": orig / used if used else None,
+                        "huge_pages": st.get("huge_pages"),
+                        "same_pages": st.get("same_pages"),
+                    }
+                    r = rows[point][kind]
+                    ctx.progress(
+                        f"memory sweep {kind:<5} {point:>6}: orig/compr "
+                        f"{num(r['ratio_compr'], '.3f')}  "
+                        f"orig/mem_used {num(r['ratio_mem'], '.3f')}"
+                    )
+                    fio(
+                        target.fio_target,
+                        log,
+                        ctx.logs / f"memory.sweep.{kind}.trim.json",
+                        rw="trim",
+                        bs=1 << 20,
+                        size=size,
+                        iodepth=4,
+                    )
+                    target.compact()
+            finally:
+                target.stop()
+        for by_kind in rows.values():
+            z, k = by_kind.get("zramd"), by_kind.get("zram")
+            for key in ("ratio_compr", "ratio_mem"):
+                if z and k and z[key] and k[key]:
+                    by_kind[f"{key}_vs_zram"] = z[key] / k[key]
+        return {"size_bytes": size, "points": points, "rows": rows, "corpus": corpus_info}
+
+    # -- report ------------------------------------------------------------
+    def markdown(self, data: dict) -> list[str]:
+        return markdown(data)
+
+    def plots(self, data: dict, out: Path, title: str) -> list[str]:
+        return plots(data, out, title)
+
+    def summary(self, data: dict) -> list[str]:
+        return summary(data)
+
+
+def _libnbd():
+    try:
+        import nbd
+
+        return nbd
+    except ImportError:
+        return None
+
+
+# --------------------------------------------------------------------------
+# Targets
+
+
+def _median(spread_or_none):
+    return None if not spread_or_none else spread_or_none.get("median")
+
+
+def _phase(data: dict, kind: str, phase: str) -> dict | None:
+    rows = ((data.get("churn") or {}).get("summary") or {}).get(kind) or []
+    return next((r for r in rows if r["phase"] == phase), None)
+
+
+def metadata_bytes_per_page(data: dict) -> tuple[float | None, str]:
+    """Memory per stored page that is neither payload nor block space, after
+    compaction: from the store's own accounting where it has an arena
+    (mem_used_total - arena_block_bytes: the per-page table entries and the
+    blocks' bookkeeping), else the per-page tables' idle cost per device page
+    plus what mem_used_total counts beyond payload and free space."""
+    rounds = ((data.get("churn") or {}).get("rounds") or {}).get("zramd") or []
+    recs = [
+        r[CHURN_PHASES.index("compacted")]
+        for r in rounds
+        if len(r) > CHURN_PHASES.index("compacted")
+    ]
+    recs = [r for r in recs if r.get("orig_data_size")]
+    if not recs:
+        return None, "not measured"
+    if all("arena_block_bytes" in r["extra_stats"] for r in recs):
+        v = statistics.median(
+            (r["mem_used_total"] - r["extra_stats"]["arena_block_bytes"])
+            / (r["orig_data_size"] // PAGE_BYTES)
+            for r in recs
+        )
+        return v, "(mem_used_total - arena_block_bytes) / stored pages"
+    table = (data.get("footprint") or {}).get("table_bytes_per_device_page")
+    if table is None:
+        return None, "not measured"
+    dyn = []
+    for rec in recs:
+        pages = (rec["orig_data_size"] // PAGE_BYTES) - (rec.get("same_pages") or 0)
+        free = next((v for k, v in rec["extra_stats"].items() if "free" in k and "bytes" in k), 0)
+        dyn.append((rec["mem_used_total"] - rec["compr_data_size"] - free) / max(1, pages))
+    d = statistics.median(dyn)
+    return (
+        table + d,
+        f"{table:.1f} B/page of tables + {d:.1f} B/page in mem_used_total beyond payload and free "
+        "space",
+    )
+
+
+def evaluate(data: dict) -> list[dict]:
+    out = []
+
+    def add(target, want, measured, met):
+        out.append({"target": target, "want": want, "measured": measured, "met": met})
+
+    comp = _phase(data, "zramd", "compacted")
+    ratio = _median(comp["memory_per_compr"]) if comp else None
+    zram_comp = _phase(data, "zram", "compacted")
+    zratio = _median(zram_comp["memory_per_compr"]) if zram_comp else None
+    if comp and comp.get("compact_error"):
+        add(
+            "after compaction, zramd RSS above idle / compr_data_size",
+            f"<= {COMPACTED_RSS_PER_COMPR_MAX}x",
+            f"no compaction: {comp['compact_error']}",
+            False,
+        )
+    else:
+        add(
+            "after compaction, zramd RSS above idle / compr_data_size",
+            f"<= {COMPACTED_RSS_PER_COMPR_MAX}x",
+            None
+            if ratio is None
+            else f"{ratio:.3f}x (kernel zram mem_used_total/compr {num(zratio, '.3f')}x)",
+            None if ratio is None else ratio <= COMPACTED_RSS_PER_COMPR_MAX,
+        )
+    lim = data.get("mem_limit")
+    if lim:
+        peak = max([lim["hwm_per_limit"]] + [p.get("peak_per_limit") or 0 for p in lim["phases"]])
+        add(
+            f"peak RSS above idle vs --mem-limit {lim['mem_limit_bytes'] >> 20}M",
+            f"<= {MEM_LIMIT_OVERSHOOT_MAX}x",
+            f"{peak:.3f}x ({peak * lim['mem_limit_bytes'] / MIB:.0f} MiB)",
+            peak <= MEM_LIMIT_OVERSHOOT_MAX,
+        )
+    end = _phase(data, "zramd", "trimmed + compacted")
+    if end:
+        v = _median(end["rss_above_idle"])
+        lim_end = lim["phases"][-1]["rss_above_idle"] if lim else None
+        worst = (
+            max(x for x in (v, lim_end) if x is not None)
+            if (v is not None or lim_end is not None)
+            else None
+        )
+        add(
+            "full trim + compact: RSS above idle",
+            f"<= {TRIMMED_RSS_ABOVE_IDLE_MAX >> 20} MiB",
+            None
+            if worst is None
+            else f"{worst / MIB:.1f} MiB (churn {num(v and v / MIB, '.1f')}, "
+            f"mem_limit run {num(lim_end and lim_end / MIB, '.1f')})",
+            None if worst is None else worst <= TRIMMED_RSS_ABOVE_IDLE_MAX,
+        )
+    meta, how = metadata_bytes_per_page(data)
+    add(
+        "metadata per stored page",
+        f"<= {METADATA_BYTES_PER_PAGE_MAX} B",
+        None if meta is None else f"{meta:.1f} B, {how}",
+        None if meta is None else meta <= METADATA_BYTES_PER_PAGE_MAX,
+    )
+    fp = (data.get("footprint") or {}).get("rss") or {}
+    for key, limit, label in (
+        ("plain idle", IDLE_RSS_MAX, "idle RSS, 1 GiB device"),
+        ("swap idle", SWAP_RSS_MAX, "idle RSS with --swap, 1 GiB device"),
+        ("swap 2 clients", SWAP_RSS_MAX, "RSS with --swap, 2 clients connected"),
+    ):
+        v = fp.get(key)
+        if v and v["median"] is not None:
+            add(label, f"<= {limit >> 20} MiB", f"{_mib_spread(v)} MiB", v["max"] <= limit)
+    sweep = data.get("sweep")
+    if sweep:
+        for key, label in (
+            ("ratio_compr_vs_zram", "orig/compr_data_size"),
+            ("ratio_mem_vs_zram", "orig/mem_used_total"),
+        ):
+            devs = {
+                p: sweep["rows"][p].get(key) for p in sweep["points"] if sweep["rows"][p].get(key)
+            }
+            if not devs:
+                continue
+            worst_point = max(devs, key=lambda p: abs(devs[p] - 1))
+            worst = devs[worst_point]
+            add(
+                f"compression ratio {label} vs kernel zram lz4, every point",
+                f"within {RATIO_TOLERANCE:.0%}",
+                f"worst {(worst - 1) * 100:+.1f}% at {worst_point}",
+                abs(worst - 1) <= RATIO_TOLERANCE,
+            )
+    return out
+
+
+# --------------------------------------------------------------------------
+# Report
+
+
+def _mib(v) -> str:
+    return "-" if v is None else f"{v / MIB:.1f}"
+
+
+def _mib_spread(s: dict | None) -> str:
+    if not s or s.get("median") is None:
+        return "-"
+    if s["n"] <= 1 or s["max"] - s["min"] < 0.05 * MIB:
+        return _mib(s["median"])
+    return f"{_mib(s['median'])} ({_mib(s['min'])}-{_mib(s['max'])})"
+
+
+def _x(s: dict | None) -> str:
+    if not s or s.get("median") is None:
+        return "-"
+    if s["n"] <= 1 or s["max"] - s["min"] < 0.005:
+        return f"{s['median']:.2f}x"
+    return f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f})"
+
+
+def markdown(data: dict) -> list[str]:
+    s = data["settings"]
+    lines = ["## Memory: zramd against kernel zram", ""]
+    churn = (data.get("churn") or {}).get("summary") or {}
+    lines += [
+        f"A {s['disksize_bytes'] >> 20} MiB device each (zramd `{' '.join(ZRAMD_ARGS)}`, inline; "
+        "kernel zram "
+        f"lz4); fill {s['fill_bytes'] >> 20} MiB at 50% compressible (fio, 128 KiB), rewrite as "
+        "many bytes "
+        "in random 4 KiB writes at 20%, trim a random half of the pages, compact, trim "
+        "everything, compact "
+        "again; the same fio data for both (fixed seeds). **memory** is what the data really "
+        "costs: "
+        f"zramd's VmRSS above its idle VmRSS (the nbdkit process), kernel zram's mem_used_total "
+        f"(zsmalloc's pages). MiB, median of {s['rounds']} round(s) (min-max where they differ).",
+        "",
+    ]
+    if churn:
+        z, k = churn.get("zramd") or [], churn.get("zram") or []
+        lines += [
+            "| phase | zramd compr | zramd mem_used_total | zramd RSS above idle | zramd "
+            "memory/compr "
+            "| zram compr | zram mem_used_total | zram memory/compr |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for i, phase in enumerate(CHURN_PHASES):
+            zr = z[i] if i < len(z) else {}
+            kr = k[i] if i < len(k) else {}
+            lines.append(
+                f"| {phase} | {_mib_spread(zr.get('compr_data_size'))} | "
+                f"{_mib_spread(zr.get('mem_used_total'))} | "
+                f"{_mib_spread(zr.get('rss_above_idle'))} | "
+                f"{_x(zr.get('memory_per_compr'))} | {_mib_spread(kr.get('compr_data_size'))} | "
+                f"{_mib_spread(kr.get('mem_used_total'))} | {_x(kr.get('memory_per_compr'))} |"
+            )
+        errs = {r["compact_error"] for r in z if r.get("compact_error")}
+        if errs:
+            lines += ["", f"zramd compaction unavailable: {'; '.join(sorted(errs))}."]
+        lines.append("")
+    lim = data.get("mem_limit")
+    if lim:
+        lines += [
+            f"### With --mem-limit {lim['mem_limit_bytes'] >> 20}M",
+            "",
+            "zramd alone: fill at 50%, rewrite at 80% then 20% compressible (writes past the "
+            "limit fail "
+            "with ENOSPC and fio goes on), trim everything, compact. Peak = the highest VmRSS "
+            "sampled "
+            "every 20 ms during the phase, above idle.",
+            "",
+            "| phase | compr | mem_used_total | RSS above idle | peak RSS above idle | peak / "
+            "mem_limit "
+            "| ENOSPC writes |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for p in lim["phases"]:
+            lines.append(
+                f"| {p['phase']} | {_mib(p['compr_data_size'])} | {_mib(p['mem_used_total'])} | "
+                f"{_mib(p['rss_above_idle'])} | {_mib(p.get('peak_rss_above_idle'))} | "
+                f"{num(p.get('peak_per_limit'), '.3f')} | {p.get('fio', {}).get('errors', '-')} |"
+            )
+        lines += [
+            "",
+            f"VmHWM above idle over the whole run: {_mib(lim['hwm_above_idle'])} MiB "
+            f"({lim['hwm_per_limit']:.3f}x the limit).",
+            "",
+        ]
+    fp = data.get("footprint")
+    if fp:
+        lines += [
+            "### Fixed footprint",
+            "",
+            f"VmRSS of the nbdkit process before anything is stored, MiB, median of "
+            f"{s['footprint_rounds']} start(s) (min-max). 2 clients: two libnbd connections, one "
+            "read each.",
+            "",
+            "| server | idle | 2 clients connected |",
+            "|---|---:|---:|",
+        ]
+        for name, label in (
+            ("plain", "1 GiB device"),
+            ("swap", "1 GiB device, --swap"),
+            ("plain 4G", "4 GiB device"),
+        ):
+            lines.append(
+                f"| {label} | {_mib_spread(fp['rss'].get(name + ' idle'))} | "
+                f"{_mib_spread(fp['rss'].get(name + ' 2 clients'))} |"
+            )
+        if fp.get("table_bytes_per_device_page") is not None:
+            lines += [
+                "",
+                f"Per-page tables: {fp['table_bytes_per_device_page']:.1f} bytes per device page "
+                f"(idle VmRSS at 4 GiB minus 1 GiB, per page).",
+            ]
+        if fp.get("swap_skipped"):
+            lines += ["", f"--swap not measured: {fp['swap_skipped']}."]
+        lines.append("")
+    sweep = data.get("sweep")
+    if sweep:
+        lines += [
+            "### Compression ratio against kernel zram",
+            "",
+            f"{sweep['size_bytes'] >> 20} MiB written (fio, 128 KiB, `buffer_compress_percentage` "
+            "as given; "
+            "or the swap-like corpus) onto a device of that size, then trimmed and compacted "
+            "before the "
+            f"next point. ratio = orig_data_size / compr_data_size (payload) and orig_data_size / "
+            f"mem_used_total (memory); vs = zramd / kernel zram.",
+            "",
+            "| data | zramd orig/compr | zram orig/compr | vs | zramd orig/mem_used | zram "
+            "orig/mem_used | vs "
+            "| zramd huge pages | zram huge pages |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for p in sweep["points"]:
+            row = sweep["rows"][p]
+            z, k = row.get("zramd") or {}, row.get("zram") or {}
+            vs_c, vs_m = row.get("ratio_compr_vs_zram"), row.get("ratio_mem_vs_zram")
+            lines.append(
+                f"| {p} | {num(z.get('ratio_compr'), '.3f')} | {num(k.get('ratio_compr'), '.3f')} "
+                "| "
+                f"{'-' if vs_c is None else f'{(vs_c - 1) * 100:+.1f}%'} | "
+                f"{num(z.get('ratio_mem'), '.3f')} | {num(k.get('ratio_mem'), '.3f')} | "
+                f"{'-' if vs_m is None else f'{(vs_m - 1) * 100:+.1f}%'} | "
+                f"{num(z.get('huge_pages'))} | {num(k.get('huge_pages'))} |"
+            )
+        lines.append("")
+    if data.get("targets"):
+        lines += [
+            "### Memory targets",
+            "",
+            "| target | want | measured | met |",
+            "|---|---|---|---|",
+        ]
+        for t in data["targets"]:
+            met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
+            lines.append(f"| {t['target']} | {t['want']} | {t['measured'] or '-'} | {met} |")
+        lines.append("")
+    notes = [f"- {k}: skipped: {v}" for k, v in data.get("skipped", {}).items()]
+    notes += [f"- {k}: failed: {v}" for k, v in data.get("errors", {}).items()]
+    if notes:
+        lines += ["Skipped or failed:", "", *notes, ""]
+    return lines
+
+
+def summary(data: dict) -> list[str]:
+    out = []
+    comp = _phase(data, "zramd", "compacted")
+    zcomp = _phase(data, "zram", "compacted")
+    if comp and _median(comp["memory_per_compr"]) is not None:
+        out.append(
+            f"Memory after fill, rewrite, half trim and compaction: zramd's RSS above idle is "
+            f"{_median(comp['memory_per_compr']):.2f}x its compressed payload"
+            + (
+                f", kernel zram's mem_used_total {_median(zcomp['memory_per_compr']):.2f}x"
+                if zcomp and _median(zcomp["memory_per_compr"])
+                else ""
+            )
+            + "."
+        )
+    fp = (data.get("footprint") or {}).get("rss") or {}
+    if fp.get("plain idle"):
+        swap = fp.get("swap idle")
+        out.append(
+            f"Idle RSS (1 GiB device): {fp['plain idle']['median'] / MIB:.1f} MiB"
+            + (f", with --swap {swap['median'] / MIB:.1f} MiB" if swap else "")
+            + "."
+        )
+    met = [t for t in data.get("targets", []) if t["met"] is not None]
+    if met:
+        out.append(
+            f"Memory targets met: {sum(t['met'] for t in met)} of {len(met)} "
+            f"(docs/bench/results.md, section Memory)."
+        )
+    return out
+
+
+def plots(data: dict, out: Path, title: str) -> list[str]:
+    from bench.plots import _pyplot
+
+    plt = _pyplot()
+    written = []
+    churn = (data.get("churn") or {}).get("summary") or {}
+    if churn:
+        series = []
+        if "zramd" in churn:
+            series += [
+                ("zramd RSS above idle", "zramd", "rss_above_idle", "C0", None),
+                ("zramd mem_used_total", "zramd", "mem_used_total", "C0", "//"),
+                ("zramd compr_data_size", "zramd", "compr_data_size", "C0", ".."),
+            ]
+        if "zram" in churn:
+            series += [
+                ("zram mem_used_total", "zram", "mem_used_total", "C1", None),
+                ("zram compr_data_size", "zram", "compr_data_size", "C1", ".."),
+            ]
+        fig, ax = plt.subplots(figsize=(12, 5.5))
+        width = 0.8 / len(series)
+        for i, (label, kind, key, color, hatch) in enumerate(series):
+            xs, ys, lo, hi = [], [], [], []
+            for g, row in enumerate(churn[kind]):
+                sp = row.get(key)
+                if not sp or sp["median"] is None:
+                    continue
+                xs.append(g - 0.4 + width * (i + 0.5))
+                ys.append(sp["median"] / MIB)
+                lo.append((sp["median"] - sp["min"]) / MIB)
+                hi.append((sp["max"] - sp["median"]) / MIB)
+            ax.bar(
+                xs,
+                ys,
+                width,
+                yerr=[lo, hi],
+                capsize=2,
+                label=label,
+                color=color,
+                alpha=1.0 if hatch is None else 0.55,
+                hatch=hatch,
+                edgecolor="black",
+                linewidth=0.3,
+            )
+        ax.set_xticks(range(len(CHURN_PHASES)))
+        ax.set_xticklabels(CHURN_PHASES, rotation=15, ha="right", fontsize=8)
+        ax.set_ylabel("MiB")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.set_title(f"Memory per phase, zramd vs kernel zram (lz4): {title}", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(out / "memory.png", dpi=110)
+        plt.close(fig)
+        written.append("memory.png")
+    lim = data.get("mem_limit")
+    if lim and lim.get("samples"):
+        fig, ax = plt.subplots(figsize=(10, 4.5))
+        ts = [t for t, _ in lim["samples"]]
+        ax.plot(ts, [v / MIB for _, v in lim["samples"]], lw=1, label="zramd VmRSS above idle")
+        ax.axhline(lim["mem_limit_bytes"] / MIB, color="C3", ls="--", lw=1, label="mem_limit")
+        ax.axhline(
+            lim["mem_limit_bytes"] * MEM_LIMIT_OVERSHOOT_MAX / MIB,
+            color="C3",
+            ls=":",
+            lw=1,
+            label=f"mem_limit x {MEM_LIMIT_OVERSHOOT_MAX}",
+        )
+        for p in lim["phases"][1:]:  # each phase from its start
+            if p.get("t_start") is not None:
+                ax.axvline(p["t_start"], color="gray", lw=0.6, ls=":")
+                ax.text(
+                    p["t_start"],
+                    ax.get_ylim()[1] * 0.98,
+                    " " + p["phase"],
+                    fontsize=7,
+                    va="top",
+                    rotation=90,
+                    color="gray",
+                )
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("MiB")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        ax.set_title(f"RSS under --mem-limit {lim['mem_limit_bytes'] >> 20}M: {title}", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(out / "memory_limit.png", dpi=110)
+        plt.close(fig)
+        written.append("memory_limit.png")
+    sweep = data.get("sweep")
+    if sweep:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+        pts = sweep["points"]
+        for ax, key, label in (
+            (ax1, "ratio_compr", "orig / compr_data_size"),
+            (ax2, "ratio_mem", "orig / mem_used_total"),
+        ):
+            for kind, color, marker in (("zramd", "C0", "o"), ("zram", "C1", "s")):
+                name = "zramd" if kind == "zramd" else "kernel zram lz4"
+                xs = [i for i, p in enumerate(pts) if (sweep["rows"][p].get(kind) or {}).get(key)]
+                line = [i for i in xs if pts[i] != "corpus"]
+                if line:  # the fio points as a line, the corpus as its own point
+                    ax.plot(
+                        line,
+                        [sweep["rows"][pts[i]][kind][key] for i in line],
+                        marker=marker,
+                        color=color,
+                        label=name,
+                        alpha=0.8,
+                    )
+                for i in xs:
+                    if pts[i] == "corpus":
+                        ax.scatter(
+                            [i],
+                            [sweep["rows"][pts[i]][kind][key]],
+                            marker=marker,
+                            color=color,
+                            zorder=3,
+                        )
+            ax.set_xticks(range(len(pts)))
+            ax.set_xticklabels(pts, fontsize=8)
+            ax.set_xlabel("fio buffer_compress_percentage, or the swap-like corpus")
+            ax.set_ylabel(label)
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+            ax.yaxis.set_minor_formatter(plt.matplotlib.ticker.NullFormatter())
+            ax.set_yticks([1, 1.5, 2, 3, 4, 6, 8])
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=8)
+            ax.set_title(label, fontsize=10)
+        fig.suptitle(f"Compression ratio: {title}", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(out / "memory_ratio.png", dpi=110)
+        plt.close(fig)
+        written.append("memory_ratio.png")
+    return written
