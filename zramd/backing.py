@@ -24,11 +24,12 @@ Security (docs/design.md#security)
   zeroing where that is not supported).  ``discard_freed`` runs outside the
   store's lock, in the request thread that freed the block, before the
   reply (see device.py), and on the writeback thread.
-- ``open`` discards a whole existing file (old contents are meaningless to
-  a new zramd: a crashed one may have left pages there); ``close`` (clean
-  stop) discards it again and removes a file we created; an existing file
-  or device is kept, emptied (a device is zeroed over the blocks we used,
-  ``BLKZEROOUT``).
+- Opening an existing file punches it whole (a device: one BLKDISCARD,
+  best effort, never a zeroing pass over a whole disk): old contents are
+  meaningless to a new zramd, and a crashed one may have left pages there.
+  ``close`` (clean stop) discards every block below ``_next`` (all we ever
+  wrote; a device with BLKZEROOUT, which promises zeros) and removes a
+  file we created; an existing file or device is kept, emptied.
 
 Encryption at rest (``cipher``: ``aes-256-gcm`` or ``chacha20-poly1305``)
 -------------------------------------------------------------------------
@@ -320,7 +321,7 @@ class BackingFile:
         self.freed_total = 0  # blocks ever freed: the writeback stall watches it
         if not self.created:
             # a crashed zramd may have left pages here; they are meaningless to us
-            self._discard(0, self.nr_blocks, whole=True)
+            self._discard(0, self.nr_blocks, how="start")
 
     # -- blocks ------------------------------------------------------------
     def alloc(self) -> int:
@@ -381,38 +382,46 @@ class BackingFile:
             self._free.extend(reversed(blocks))
             self.discarded_blocks += len(blocks)
 
-    def _discard(self, first: int, count: int, whole: bool = False) -> None:
+    def _discard(self, first: int, count: int, how: str = "free") -> None:
         """Make blocks ``first .. first+count-1`` hold nothing of their data.
 
-        File: punch a hole (zeros written where that is unsupported).
-        Device: BLKDISCARD, or BLKZEROOUT if unsupported; ``whole`` (clean
-        stop of a device) zeroes with BLKZEROOUT, which promises zeros.
+        ``free`` (a freed block): punch a hole in a file, BLKDISCARD on a
+        device, and where that is unsupported BLKZEROOUT or zeros written.
+        ``stop`` (clean stop): the same for a file; a device is zeroed with
+        BLKZEROOUT, which promises zeros where a discard may not.  ``start``
+        (leftovers of an earlier run, possibly a whole disk): only what is
+        cheap, punch or BLKDISCARD, never writing zeros over the range.
         """
         offset, length = first * PAGE_SIZE, count * PAGE_SIZE
         if not length:
             return
+        unsupported = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTTY)
         try:
             if not self.is_device:
                 try:
                     punch_hole(self.fd, offset, length)
                     return
                 except OSError as exc:
-                    if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                    if exc.errno not in unsupported:
                         raise
+                    if how == "start":
+                        return
             else:
                 rng = struct.pack("QQ", offset, length)
-                if not whole:
+                if how != "stop":
                     try:
                         fcntl.ioctl(self.fd, BLKDISCARD, rng)
                         return
                     except OSError as exc:
-                        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY):
+                        if exc.errno not in unsupported:
                             raise
+                        if how == "start":
+                            return
                 try:
                     fcntl.ioctl(self.fd, BLKZEROOUT, rng)
                     return
                 except OSError as exc:
-                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY):
+                    if exc.errno not in unsupported:
                         raise
             for pos in range(offset, offset + length, PAGE_SIZE):
                 os.pwrite(self.fd, ZERO_PAGE, pos)
@@ -497,10 +506,9 @@ class BackingFile:
         if self.fd < 0:
             return
         opened = self._opened
-        if self.is_device:
-            self._discard(0, self._next, whole=True)
-        else:
-            self._discard(0, self.nr_blocks, whole=True)
+        # everything we wrote is below _next (an existing file was emptied at start)
+        self._discard(0, self._next, how="stop")
+        if not self.is_device:
             if self.created:
                 try:  # only if the name still means our file
                     st, here = os.fstat(self.fd), os.lstat(opened.name, dir_fd=opened.dir_fd)
