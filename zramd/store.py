@@ -122,6 +122,9 @@ TAG_SIDE = 3
 SAME_WORD_LIMIT = 1 << 62
 OBJ_CODEC_MASK = TAG_MASK | FLAG_BIT  # TAG_OBJ: primary codec
 
+# A trim is installed this many pages at a time (32 MiB).
+DISCARD_CHUNK_PAGES = 8192
+
 # A trim of at least this many pages (256 KiB) gives back the per-page
 # tables' pages it leaves empty (a 4 KiB page of handles covers 512 slots,
 # of flags 4096): a few us per trim, so small trims skip it.
@@ -732,10 +735,23 @@ class PageStore:
                 )
             if end & PAGE_MASK:
                 edges.append((end_full, 0, bytes(end & PAGE_MASK)))
-        full = [(index, None, _ANY, 0) for index in range(first_full, end_full)]
-        self._install_with_edges(
-            full, edges, discards=1, freed=len(full), zero_range=(first_full, end_full)
-        )
+        # In chunks: a whole-device trim must not build a list of a million
+        # changes (100 bytes a page); each chunk is installed whole.
+        start = first_full
+        while True:
+            stop = min(start + DISCARD_CHUNK_PAGES, end_full)
+            last = stop >= end_full
+            full = [(index, None, _ANY, 0) for index in range(start, stop)]
+            self._install_with_edges(
+                full,
+                edges if last else [],
+                discards=1 if last else 0,
+                freed=len(full),
+                zero_range=(start, stop),
+            )
+            if last:
+                return
+            start = stop
 
     def _release_table_pages(self, first: int, end: int) -> None:
         """Give back the per-page tables' pages that hold only empty slots
