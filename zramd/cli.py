@@ -732,12 +732,14 @@ def cmd_recompress(args) -> int:
 
 
 def cmd_compact(args) -> int:
-    r = call(_control_path(args), "compact", timeout=3600)
-    print(
-        f"compact: {r['moved']} objects moved, {r['pages_freed']} pages "
-        f"({human_size(r['pages_freed'] * PAGE_SIZE)}) given back; "
-        f"pages_compacted {r['pages_compacted']}, mem_used_total {human_size(r['mem_used_total'])}"
-    )
+    for label, path in _each(args):
+        r = call(path, "compact", timeout=3600)
+        print(
+            f"{label}compact: {r['moved']} objects moved, {r['pages_freed']} pages "
+            f"({human_size(r['pages_freed'] * PAGE_SIZE)}) given back; "
+            f"pages_compacted {r['pages_compacted']}, "
+            f"mem_used_total {human_size(r['mem_used_total'])}"
+        )
     return 0
 
 
