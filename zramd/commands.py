@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from . import heap
 from .control import ControlError
 from .units import PAGE_SIZE, format_size, parse_size, physical_memory_bytes
 
@@ -171,6 +172,7 @@ def _compact(device, args):
     give the emptied blocks back; returns what was freed."""
     _no_args(args, "compact")
     result = device.store.compact()
+    heap.trim()  # and what the heaps keep besides the arena (zramd/heap.py)
     return {
         "moved": result["moved"],
         "pages_freed": result["pages_freed"],

@@ -74,8 +74,8 @@ def _tokens(text: str) -> list[tuple[str, str]]:
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
             raise ConfigError(f"unexpected {text[pos:].strip()[:10]!r} in {text!r}")
-        kind = m.lastgroup or ""
-        out.append((kind, m.group(kind).replace(" ", "").lower()))
+        token_type = m.lastgroup or ""
+        out.append((token_type, m.group(token_type).replace(" ", "").lower()))
         pos = m.end()
     return out
 
@@ -161,10 +161,10 @@ class _Parser:
         return self.atom()
 
     def atom(self) -> Fraction:
-        kind, value = self.take()
-        if kind == "num":
+        token_type, value = self.take()
+        if token_type == "num":
             return _number(value)
-        if kind == "name":
+        if token_type == "name":
             if value == "ram":
                 return Fraction(self.ram)
             if value in ("min", "max"):
@@ -249,8 +249,8 @@ def _check_owner(path: str, st: os.stat_result) -> None:
 
 def _value(opt: Option, raw, base: str, ram_bytes: int | None):
     if isinstance(raw, (dict, list)):
-        kind = "table" if isinstance(raw, dict) else "list"
-        raise ConfigError(f"must be a {opt.type.name}, not a {kind}")
+        found = "table" if isinstance(raw, dict) else "list"
+        raise ConfigError(f"must be a {opt.type.name}, not a {found}")
     if isinstance(raw, float):
         raise ConfigError(f"must be a {opt.type.name}, not the number {raw!r}")
     if isinstance(raw, (int, bool)) and opt.type.python is str and not isinstance(raw, bool):

@@ -305,8 +305,8 @@ def families(stats_by_device: list[tuple[str, dict | None]]):
         labels=["device", *INFO_LABELS],
     )
     fams: dict[str, Any] = {}
-    for key, (name, kind, text) in METRICS.items():
-        cls = CounterMetricFamily if kind == COUNTER else GaugeMetricFamily
+    for key, (name, metric_type, text) in METRICS.items():
+        cls = CounterMetricFamily if metric_type == COUNTER else GaugeMetricFamily
         fams[key] = cls(PREFIX + name, text, labels=["device"])
     for device, stats in stats_by_device:
         up.add_metric([device], 1 if stats is not None else 0)

@@ -60,8 +60,8 @@ def claim_socket_path(path: str, label: str) -> bool:
     if state == "live":
         raise PathError(f"{label} {path} is in use by another server")
     if state == "other":
-        kind = _kind(path)
-        raise PathError(f"{label} path {path} is taken by {kind}: not removing it")
+        what = _file_type(path)
+        raise PathError(f"{label} path {path} is taken by {what}: not removing it")
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -71,7 +71,7 @@ def claim_socket_path(path: str, label: str) -> bool:
     return True
 
 
-def _kind(path: str) -> str:
+def _file_type(path: str) -> str:
     try:
         mode = os.lstat(path).st_mode
     except OSError:
@@ -106,7 +106,7 @@ def claim_pid_file(path: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISREG(st.st_mode):
-        raise PathError(f"pid file path {path} is taken by {_kind(path)}: not removing it")
+        raise PathError(f"pid file path {path} is taken by {_file_type(path)}: not removing it")
     if st.st_uid != os.geteuid():
         raise PathError(f"pid file {path} belongs to uid {st.st_uid}: not removing it")
     try:
