@@ -130,8 +130,11 @@ class GuestRun:
     def boot(self, append: str) -> None:
         r = self.res
         cmd = qemu_command(
-            r.dev, self.server.sockets() if self.server else None, self.console,
-            r.guest_ram_mib, append,
+            r.dev,
+            self.server.sockets() if self.server else None,
+            self.console,
+            r.guest_ram_mib,
+            append,
         )
         self.stamp(
             f"booting guest ({r.guest_ram_mib} MiB RAM, hog {r.hog_mib} MiB x {r.passes} passes, "

@@ -78,7 +78,12 @@ class TargetServer:
         if self.kind == "zramd":
             striped = ["--instances", str(self.instances)] if self.instances > 1 else []
             return zramd_command() + [
-                "serve", "--socket", str(self.sock), "--size", self.size, *striped
+                "serve",
+                "--socket",
+                str(self.sock),
+                "--size",
+                self.size,
+                *striped,
             ]
         if self.kind == "nbdkit-memory":
             return ["nbdkit", "-f", "-U", str(self.sock), "memory", self.size]
