@@ -101,7 +101,7 @@ def test_kernel_swaps_on_zramd(guest, target):
     assert res.after_swapoff["orig_data_size"] < res.peak["orig_data_size"] * vm.AFTER_SWAPOFF_MAX_FRACTION
     assert res.after_swapoff["notify_free"] > res.peak["notify_free"]
     assert res.final["orig_data_size"] == 0
-    assert res.final["mem_used_total"] <= vm.MAX_LEFT_AFTER_TEARDOWN_BYTES
+    assert res.final["mem_used_total"] <= vm.max_mem_left_after_teardown_bytes()
 
 
 def test_corruption_is_detected(guest):
