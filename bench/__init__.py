@@ -45,6 +45,7 @@ section that runs a list of systems names them there.
 Adding a section: a module with a class that has ``name``, ``title`` and
 
     run(ctx: Context) -> dict                 measure; the dict goes to results.json
+    derive(data: dict) -> None                optional: medians, ratios (rerun by --render)
     markdown(data: dict) -> list[str]         its part of results.md (## headings)
     plots(data: dict, out: Path, title: str) -> list[str]   PNG files written into out
     summary(data: dict) -> list[str]          lines for README's block ([] for none)

@@ -16,7 +16,8 @@ N cores, sharing nothing, about N times that with the client elsewhere, or
 N * 1e6 / (server + client µs per request) where the client shares the
 cores, as it does on the 2-core machine the bench runs on. It ignores what
 does not scale (memory bandwidth, the kernel's block layer and swap
-round-robin, NBD transport) and is an upper bound, not a measurement.
+round-robin, NBD transport) and is an upper bound, not a measurement
+(docs/design.md#connections).
 
 Data (results.json "sections"/"cpu"): jobs, summary, projection, instances
 tried, and why an instance count was left out.
@@ -79,9 +80,11 @@ class ServerCpu:
                 order = counts[rnd % len(counts) :] + counts[: rnd % len(counts)]
                 for n in order:
                     self._round(ctx, data, system, n, rnd, log)
+        return data
+
+    def derive(self, data: dict) -> None:
         data["summary"] = summarize(data)
         data["projection"] = project(data["summary"])
-        return data
 
     def _round(self, ctx: Context, data: dict, system, n: int, rnd: int, log) -> None:
         sock = str(ctx.tmp / f"cpu-{n}.sock")
@@ -121,18 +124,16 @@ class ServerCpu:
             server.stop()
 
     def markdown(self, data: dict) -> list[str]:
+        load = spread([j.get("loadavg_1m") for j in data["jobs"]])
         lines = [
             f"## {self.title}",
             "",
             f"{data['description']}, 4 KiB random I/O at total iodepth {data['total_iodepth']}, "
-            "one connection "
-            f"per instance; {data['rounds']} round(s) of {data['runtime_s']:.1f} s per job. "
-            "Server: utime+stime "
-            "of the nbdkit process(es) from /proc over the job / requests; client: fio's own CPU "
-            "time / "
-            f"requests. Median (min-max) over the rounds. **Measured on {data['cores']} cores "
-            "shared by "
-            "client and server.**",
+            f"one connection per instance; {data['rounds']} round(s) of {data['runtime_s']:.1f} s "
+            "per job. Server: utime+stime of the nbdkit process(es) from /proc over the job / "
+            "requests; client: fio's own CPU time / requests. Median (min-max) over the rounds. "
+            f"**Measured on {data['cores']} cores shared by client and server**"
+            + (f" (1-minute load average {with_spread(load, _us)})." if load["n"] else "."),
             "",
         ]
         for n, why in data.get("left_out", {}).items():

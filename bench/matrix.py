@@ -89,9 +89,11 @@ class Matrix:
             )
         for system in chosen:
             self._run_system(ctx, system, data, corpus_path)
+        return data
+
+    def derive(self, data: dict) -> None:
         targets.add_ratios(data)
         data["targets"] = targets.evaluate(data)
-        return data
 
     def _run_system(
         self, ctx: Context, system: System, data: dict, corpus_path: str | None

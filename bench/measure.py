@@ -12,6 +12,7 @@ error near 1%.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import IO
 
 from bench import fio
@@ -41,10 +42,12 @@ def job(
         numjobs=numjobs,
         iodepth=iodepth,
     )
+    loadavg_1m = os.getloadavg()[0]
     cpu0 = server.cpu_seconds()
     res = fio.run(cmd, log, timeout_s=ctx.fio_timeout_s())
     server_cpu_s = server.cpu_seconds() - cpu0
     ios = res["ios"] or 0
+    res["loadavg_1m"] = loadavg_1m
     res["server_cpu_s"] = round(server_cpu_s, 3)
     res["server_us_per_request"] = server_cpu_s * 1e6 / ios if ios else None
     res["client_us_per_request"] = res["client_cpu_s"] * 1e6 / ios if ios else None

@@ -30,15 +30,34 @@ def title_line(meta: dict) -> str:
     return f"{meta['cpu']}, {meta['cores']} cores{' (quick mode)' if meta['quick'] else ''}"
 
 
+def _load(meta: dict) -> str:
+    """The load averages (1, 5, 15 min) at start and end: other work on the machine."""
+    text = "load average at start " + " ".join(f"{x:.2f}" for x in meta["loadavg_at_start"])
+    if meta.get("loadavg_at_end"):
+        text += ", at end " + " ".join(f"{x:.2f}" for x in meta["loadavg_at_end"])
+    return text
+
+
+def _busy(meta: dict) -> str:
+    """A warning when more tasks wanted to run than there were cores."""
+    loads = [meta["loadavg_at_start"][0], *(meta.get("loadavg_at_end") or [0])[:1]]
+    if max(loads) <= meta["cores"]:
+        return ""
+    return (
+        ": more runnable tasks than cores, other work shared the machine, so compare rows "
+        "with each other rather than with another run"
+    )
+
+
 def markdown(report: dict, sections: list) -> str:
     m = report["meta"]
     lines = [
         f"# zramd benchmark{' (quick mode)' if m['quick'] else ''}",
         "",
         f"Run {m['started']}, {m['duration_s']:.0f} s. Machine: {m['cpu']}, {m['cores']} cores, "
-        f"{m['mem_bytes'] / 2**30:.0f} GiB RAM, {m['os']}, kernel {m['kernel']}; load average at "
-        "start "
-        f"{' '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}. {m['fio']}, nbdkit "
+        f"{m['mem_bytes'] / 2**30:.0f} GiB RAM, {m['os']}, kernel {m['kernel']}; {_load(m)}"
+        f"{_busy(m)}. "
+        f"{m['fio']}, nbdkit "
         f"{m['nbdkit'].replace('nbdkit ', '')} (embedded Python {m['nbdkit_python']}). Region "
         f"{m['region_bytes'] >> 20} MiB per system; timed jobs {m['runtime_s']:.1f} s "
         f"(after a {m['ramp_s']:.1f} s ramp in the matrix). Re-measure with `make bench`.",
@@ -82,13 +101,12 @@ def readme_block(report: dict, sections: list) -> str:
     lines = [
         README_BEGIN,
         "",
-        f"Latest run ({m['started'][:10]}; {m['cpu']}, {m['cores']} cores shared by client and "
-        "server, "
-        f"{m['mem_bytes'] / 2**30:.0f} GiB, {m['os']}, kernel {m['kernel']}; {m['fio']}, "
-        f"{m['nbdkit']}; {m['region_bytes'] >> 20} MiB region, {m['runtime_s']:.0f} s per job). "
-        "4 KiB random I/O at iodepth 16 and 128 KiB sequential writes on fio data; compression "
-        "ratio "
-        "and memory on the swap-like corpus. Every row, the targets and the charts: "
+        f"Latest run ({m['started'][:10]}; {m['cpu']}, {m['cores']} cores shared by client "
+        f"and server, {m['mem_bytes'] / 2**30:.0f} GiB, {m['os']}, kernel {m['kernel']}; "
+        f"{m['fio']}, {m['nbdkit']}; {m['region_bytes'] >> 20} MiB region, "
+        f"{m['runtime_s']:.0f} s per job; {_load(m)}{_busy(m)}). 4 KiB random I/O at "
+        "iodepth 16 and 128 KiB sequential writes on fio data; compression ratio and memory "
+        "on the swap-like corpus. Every row, the targets and the charts: "
         "[docs/bench/results.md](docs/bench/results.md).",
         "",
     ]
@@ -99,7 +117,7 @@ def readme_block(report: dict, sections: list) -> str:
         summary = section.summary(data)
         if summary:
             lines += [*summary, ""]
-    for chart in ("iops.png", "scaling.png"):
+    for chart in ("iops.png", "scaling.png", "scaling-cpu.png"):
         if any(chart in c for c in report["charts"].values()):
             lines.append(f"![{chart}](docs/bench/{chart})")
     lines += ["", README_END]

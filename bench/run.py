@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import shutil
 import sys
@@ -91,6 +92,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "parts are replaced",
     )
     p.add_argument(
+        "--render",
+        metavar="DIR",
+        help="re-render DIR/results.json of an earlier run (tables, charts; with --publish, "
+        "docs/bench and README) without measuring",
+    )
+    p.add_argument(
         "--list", action="store_true", help="list sections, systems and workloads, then exit"
     )
     a = p.parse_args(argv)
@@ -117,6 +124,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.rounds = a.rounds or (1 if a.quick else 3)
     if a.rounds < 1:
         p.error("--rounds must be at least 1")
+    a.publish_explicit = a.publish
     if a.publish is None:
         a.publish = not a.quick and not selected
     if a.out is None:
@@ -136,30 +144,19 @@ def list_all() -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = parse_args(sys.argv[1:] if argv is None else argv)
-    if a.list:
-        list_all()
-        return 0
-    sections = by_names(a.sections)
-    if not shutil.which("fio"):
-        raise SystemExit("missing tool: fio (make setup installs it)")
-    out = Path(a.out)
-    (out / "logs").mkdir(parents=True, exist_ok=True)
+def measure(a: argparse.Namespace, sections: list, out: Path) -> dict:
+    """Runs the sections; the report (see bench/report.py)."""
     progress = Progress()
     zramd = find_zramd(a.zramd)
     started = datetime.datetime.now()
-    rep: dict = {"meta": {}, "sections": {}, "charts": {}, "errors": {}}
+    rep: dict = {"meta": machine.info(zramd), "sections": {}, "charts": {}, "errors": {}}
     with tempfile.TemporaryDirectory(prefix="zramd-bench-") as tmp:
         ctx = Context(
             args=a, out=out, logs=out / "logs", tmp=Path(tmp), zramd=zramd, progress=progress
         )
         estimate = sum(s.estimate_s(ctx) for s in sections)
-        progress(
-            f"zramd bench: sections {', '.join(s.name for s in sections)}; estimated about "
-            f"{estimate:.0f} s; "
-            f"out {out}"
-        )
+        names = ", ".join(s.name for s in sections)
+        progress(f"zramd bench: sections {names}; estimated about {estimate:.0f} s; out {out}")
         for section in sections:
             progress(f"== {section.title}")
             try:
@@ -171,36 +168,68 @@ def main(argv: list[str] | None = None) -> int:
                 rep["errors"][section.name] = f"{type(e).__name__}: {e}"
                 progress(f"{section.name} FAILED: {e}")
     progress(f"done in {progress.elapsed():.0f} s")
-    rep["meta"] = {
-        **machine.info(zramd),
-        "started": started.isoformat(timespec="seconds"),
-        "duration_s": round(progress.elapsed(), 1),
-        "quick": a.quick,
-        "region_bytes": a.region_bytes,
-        "runtime_s": a.runtime_s,
-        "ramp_s": a.ramp_s,
-        "rounds": a.rounds,
-        "fio_data_options": FIO_DATA_OPTIONS,
-    }
+    rep["meta"].update(
+        started=started.isoformat(timespec="seconds"),
+        duration_s=round(progress.elapsed(), 1),
+        loadavg_at_end=os.getloadavg(),
+        quick=a.quick,
+        region_bytes=a.region_bytes,
+        runtime_s=a.runtime_s,
+        ramp_s=a.ramp_s,
+        rounds=a.rounds,
+        fio_data_options=FIO_DATA_OPTIONS,
+    )
+    return rep
+
+
+def render(rep: dict, sections: list, out: Path, publish: bool) -> None:
+    """Charts, results.json and results.md in out; docs/bench and README if publishing."""
     title = report.title_line(rep["meta"])
     for section in sections:
         if section.name in rep["sections"]:
+            derive = getattr(section, "derive", None)  # optional: see bench/sections.py
+            if derive is not None:
+                derive(rep["sections"][section.name])
             try:
                 rep["charts"][section.name] = section.plots(
                     rep["sections"][section.name], out, title
                 )
             except ImportError as e:
-                print(
-                    f"charts skipped: matplotlib missing ({e}); install the bench extra", flush=True
-                )
+                print(f"charts skipped: matplotlib missing ({e}); install the bench extra")
     md = report.write(rep, sections, out)
     print()
     print(md)
-    if a.publish:
+    if publish:
         # a run of some sections is merged into what is published
-        report.publish(rep, sections, out, all_sections=SECTIONS if a.sections else None)
+        partial = {x.name for x in sections} != {x.name for x in SECTIONS}
+        report.publish(rep, sections, out, all_sections=SECTIONS if partial else None)
         print(f"published: {report.DOCS_BENCH} and README.md's bench block", flush=True)
     print(f"results: {out}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(sys.argv[1:] if argv is None else argv)
+    if a.list:
+        list_all()
+        return 0
+    if a.render:
+        # Re-render a finished run (after a change to the tables or charts).
+        out = Path(a.render)
+        try:
+            rep = json.loads((out / "results.json").read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--render {out}: no readable results.json ({e})") from None
+        sections = [s for s in SECTIONS if s.name in rep["sections"] or s.name in rep["errors"]]
+        rep["charts"] = {}
+        render(rep, sections, out, publish=bool(a.publish_explicit))
+        return 0
+    sections = by_names(a.sections)
+    if not shutil.which("fio"):
+        raise SystemExit("missing tool: fio (make setup installs it)")
+    out = Path(a.out)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    rep = measure(a, sections, out)
+    render(rep, sections, out, a.publish)
     return 1 if rep["errors"] else 0
 
 

@@ -8,7 +8,9 @@ hit stored pages) and runs all its jobs; the order of systems rotates from
 round to round, so slow minutes on the shared machine spread over all of
 them. Per system, workload and connection count: median and min-max of IOPS
 over the rounds, and of the per-round ratio to 1 connection (the steadier
-number: both halves of a ratio come from the same few seconds).
+number: both halves of a ratio come from the same few seconds), and the CPU
+time per request of server and client, the steadier number on a shared
+machine (why: docs/design.md#connections).
 
 Data (results.json "sections"/"scaling"): jobs (one per round, system,
 workload, connections), summary (the spreads), the settings.
@@ -52,6 +54,7 @@ class ConnectionScaling:
             "runtime_s": a.runtime_s,
             "systems": [s.name for s in systems],
             "descriptions": {s.name: s.description for s in systems},
+            "cores": ctx.cores,
             "jobs": [],
             "skipped": {},
         }
@@ -114,32 +117,39 @@ class ConnectionScaling:
                         data.setdefault("errors", []).append(f"{system.name} round {rnd + 1}: {e}")
                     finally:
                         server.stop()
-        data["summary"] = summarize(data)
         return data
+
+    def derive(self, data: dict) -> None:
+        data["summary"] = summarize(data)
 
     def markdown(self, data: dict) -> list[str]:
         conns = data["connections"]
         depth = data["total_iodepth"]
         shapes = ", ".join(f"{c} x {max(1, depth // c)}" for c in conns)
+        load = spread([j.get("loadavg_1m") for j in data["jobs"]])
         lines = [
             f"## {self.title}",
             "",
-            "4 KiB random I/O over 1, 2 and 4 NBD connections (fio `ioengine=nbd`, one connection "
-            "per "
-            f"fio job) at the same total iodepth {depth} ({shapes}); "
-            f"{data['rounds']} round(s) of {data['runtime_s']:.1f} s per job, systems interleaved. "
-            'IOPS: median (min-max) over the rounds; "N vs 1": median (min-max) of the per-round '
-            "ratio to one connection. Server µs/request: utime+stime of the server's nbdkit "
-            "process over the job / requests. The client (fio) runs on the same 2 cores.",
+            "4 KiB random I/O over 1, 2 and 4 NBD connections (fio `ioengine=nbd`, one "
+            f"connection per fio job) at the same total iodepth {depth} ({shapes}); "
+            f"{data['rounds']} round(s) of {data['runtime_s']:.1f} s per job, systems "
+            'interleaved. Median (min-max) over the rounds; "N vs 1" is the median (min-max) '
+            "of the per-round ratio to one connection. The client (fio, one process per "
+            "connection) runs on the same cores as the server"
+            + (
+                f"; 1-minute load average during the jobs {with_spread(load, _load)}"
+                if load["n"]
+                else ""
+            )
+            + ". Where other work loads the machine, IOPS measure how much CPU the client "
+            "processes get as much as the server: CPU time per request is the steadier number.",
             "",
             "| system | workload | "
             + " | ".join(f"{c} conn IOPS" for c in conns)
             + " | "
             + " | ".join(f"{c} vs 1" for c in conns[1:])
-            + " | "
-            + " | ".join(f"server µs/req, {c} conn" for c in conns)
             + " |",
-            "|---|---|" + "---:|" * (2 * len(conns) + len(conns) - 1),
+            "|---|---|" + "---:|" * (2 * len(conns) - 1),
         ]
         for row in data["summary"]:
             lines.append(
@@ -147,8 +157,29 @@ class ConnectionScaling:
                 + " | ".join(with_spread(row["iops"][str(c)]) for c in conns)
                 + " | "
                 + " | ".join(with_spread(row["vs_one"][str(c)], times) for c in conns[1:])
-                + " | "
+                + " |"
+            )
+        lines += [
+            "",
+            "CPU time per request, µs: server = utime+stime of the server's nbdkit process "
+            "(/proc) over the job / requests; client = fio's own CPU time / requests.",
+            "",
+            "| system | workload | "
+            + " | ".join(f"server, {c} conn" for c in conns)
+            + " | "
+            + " | ".join(f"client, {c} conn" for c in conns)
+            + " |",
+            "|---|---|" + "---:|" * (2 * len(conns)),
+        ]
+        for row in data["summary"]:
+            client = row.get("client_us", {})
+            lines.append(
+                f"| {row['system']} | {row['workload']} | "
                 + " | ".join(with_spread(row["server_us"][str(c)], _us) for c in conns)
+                + " | "
+                + " | ".join(
+                    with_spread(client[str(c)], _us) if str(c) in client else "-" for c in conns
+                )
                 + " |"
             )
         for name, why in data.get("skipped", {}).items():
@@ -173,30 +204,57 @@ class ConnectionScaling:
             f"4 KiB random I/O, total iodepth {data['total_iodepth']}",
             title,
         )
-        return ["scaling.png"]
+        series_cpu = {
+            f"{c} connection{'s' if c > 1 else ''}": [
+                r["server_us"][str(c)] for r in data["summary"]
+            ]
+            for c in data["connections"]
+        }
+        plots.medians_by_group(
+            out / "scaling-cpu.png",
+            groups,
+            series_cpu,
+            "server CPU µs per request (median, bars: min-max)",
+            "Server CPU per 4 KiB request by connections",
+            title,
+        )
+        return ["scaling.png", "scaling-cpu.png"]
 
     def summary(self, data: dict) -> list[str]:
         if not data["summary"]:
             return []
         conns = data["connections"]
+        load = spread([j.get("loadavg_1m") for j in data["jobs"]])
         lines = [
-            f"Connections (4 KiB random, total iodepth {data['total_iodepth']}, IOPS median "
-            "(min-max) "
-            f"over {data['rounds']} rounds; client and server share 2 cores):",
+            f"Connections: 4 KiB random I/O, total iodepth {data['total_iodepth']} split over 1, 2 "
+            f"and 4 connections; median (min-max) over {data['rounds']} interleaved rounds; "
+            f"client and server share the machine's {data.get('cores', 2)} cores"
+            + (f" (1-minute load average {with_spread(load, _load)})" if load["n"] else "")
+            + ". Server µs/request: CPU time of the server's nbdkit process per request.",
             "",
-            "| system | workload | " + " | ".join(f"{c} conn" for c in conns) + " |",
-            "|---|---|" + "---:|" * len(conns),
+            "| system | workload | "
+            + " | ".join(f"IOPS, {c} conn" for c in conns)
+            + " | "
+            + " | ".join(f"server µs/req, {c} conn" for c in conns)
+            + " |",
+            "|---|---|" + "---:|" * (2 * len(conns)),
         ]
         for row in data["summary"]:
             lines.append(
                 f"| {data['descriptions'].get(row['system'], row['system'])} | {row['workload']} | "
                 + " | ".join(with_spread(row["iops"][str(c)]) for c in conns)
+                + " | "
+                + " | ".join(with_spread(row["server_us"][str(c)], _us) for c in conns)
                 + " |"
             )
         return lines
 
 
 def _us(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _load(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
@@ -214,11 +272,13 @@ def summarize(data: dict) -> list[dict]:
                 "iops": {},
                 "vs_one": {},
                 "server_us": {},
+                "client_us": {},
             }
             for c in data["connections"]:
                 at_c = [j for j in mine if j["connections"] == c]
                 row["iops"][str(c)] = spread([j["iops"] for j in at_c])
                 row["server_us"][str(c)] = spread([j["server_us_per_request"] for j in at_c])
+                row["client_us"][str(c)] = spread([j.get("client_us_per_request") for j in at_c])
                 ratios = []
                 for j in at_c:
                     one = next(

@@ -5,6 +5,9 @@ them. A section is any object with:
     title: str
     estimate_s(ctx) -> float                   for the progress line at the start
     run(ctx: Context) -> dict                  measure; must be JSON-serialisable
+    derive(data) -> None                       optional: add what is computed from the
+                                               measurements (ratios, medians); rerun by
+                                               --render
     markdown(data) -> list[str]                its part of results.md
     plots(data, out: Path, title) -> list[str] PNG files written into out (may be [])
     summary(data) -> list[str]                 lines for README's generated block

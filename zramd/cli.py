@@ -393,16 +393,18 @@ def cmd_serve(args) -> int:
     stripe = Stripe(Server(s, log_file=s.log_file) for s in instance_settings(base, base.instances))
     if base.swap:
         protect_wrapper()
-    refused_at: list[float] = []
+    signals_at: list[float] = []
     pid_written = False
     exporter = None
 
     def on_signal(signum, frame):
+        # A second signal may arrive while the first is still being handled
+        # (asking the server takes up to a second): count signals, not refusals.
         now = time.monotonic()
-        force = base.force_stop or bool(refused_at and now - refused_at[-1] <= STOP_CONFIRM_SECONDS)
+        force = base.force_stop or bool(signals_at and now - signals_at[-1] <= STOP_CONFIRM_SECONDS)
+        signals_at.append(now)
         why_not = stripe.request_stop(force=force)
-        if why_not:
-            refused_at.append(now)
+        if why_not and not stripe.stopping:
             log.warning(
                 "not stopping: %s, or send the signal again within %.0fs",
                 why_not,
@@ -453,6 +455,13 @@ def cmd_serve(args) -> int:
         if exporter is not None:  # before the last line, "Stop with Ctrl-C."
             banner.insert(-1, f"  metrics     curl {exporter.url}")
         print("\n".join(banner), flush=True)
+        # the banner is for a terminal; the log gets the start as one line
+        log.info(
+            "serving %s on %s%s",
+            describe(base),
+            ", ".join(srv.uri for srv in stripe.servers),
+            f", metrics {exporter.url}" if exporter is not None else "",
+        )
         why_not = sd_notify(
             f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {stripe.servers[0].uri}"
         )
@@ -723,12 +732,14 @@ def cmd_recompress(args) -> int:
 
 
 def cmd_compact(args) -> int:
-    r = call(_control_path(args), "compact", timeout=3600)
-    print(
-        f"compact: {r['moved']} objects moved, {r['pages_freed']} pages "
-        f"({human_size(r['pages_freed'] * PAGE_SIZE)}) given back; "
-        f"pages_compacted {r['pages_compacted']}, mem_used_total {human_size(r['mem_used_total'])}"
-    )
+    for label, path in _each(args):
+        r = call(path, "compact", timeout=3600)
+        print(
+            f"{label}compact: {r['moved']} objects moved, {r['pages_freed']} pages "
+            f"({human_size(r['pages_freed'] * PAGE_SIZE)}) given back; "
+            f"pages_compacted {r['pages_compacted']}, "
+            f"mem_used_total {human_size(r['mem_used_total'])}"
+        )
     return 0
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -56,6 +57,12 @@ def start_serve(sockdir, *args):
         banner.append(line)
         if "Stop with Ctrl-C" in line:
             break
+    assert proc.poll() is None, proc.stderr.read()
+    proc.early_stderr = ""  # what came before the start line (warnings)
+    for line in proc.stderr:  # the start, logged as one line after the banner
+        if re.match(r"zramd\[\d+\]: INFO serving ", line):
+            break
+        proc.early_stderr += line
     return proc, sock, "".join(banner)
 
 
@@ -146,5 +153,5 @@ def test_swap_mode_locks_memory(sockdir):
     with open("/proc/self/status") as f:
         cap_eff = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
     can_flusher = bool(cap_eff & (1 << 24))  # CAP_SYS_RESOURCE (some sandboxes drop it)
-    warned = "cannot mark the server as an I/O flusher" in proc.stderr.read()
+    warned = "cannot mark the server as an I/O flusher" in proc.early_stderr + proc.stderr.read()
     assert warned != can_flusher

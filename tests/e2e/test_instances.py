@@ -59,6 +59,10 @@ def start(sockdir, *args):
         if "Stop with Ctrl-C" in line:
             break
     assert proc.poll() is None, proc.stderr.read()
+    for line in proc.stderr:  # the start, logged as one line after the banner
+        if re.match(r"zramd\[\d+\]: INFO serving ", line):
+            break
+    assert proc.poll() is None, proc.stderr.read()
     return proc, sock, "".join(banner)
 
 
@@ -135,6 +139,9 @@ def test_two_instances_data_stats_status(sockdir):
         idle = run("idle", "--socket", sock).stdout.splitlines()
         assert [x.split(": ")[0] for x in idle] == paths    # one line per instance
         assert idle[0] == f"{paths[0]}: 1 pages idle"
+        compact = run("compact", "--socket", sock)
+        assert compact.returncode == 0, compact.stderr
+        assert [x.split(": ")[0] for x in compact.stdout.splitlines()] == paths
         for h in handles:
             h.shutdown()
 
