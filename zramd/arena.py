@@ -40,7 +40,10 @@ Invariants (whenever the owner's lock is free)
 - ``len(free[b]) + live objects in b == owner[b].objs`` for every block;
 - a block with no live object is released (munmap), except a class's
   ``cur`` block, kept so that a class that hovers around zero objects does
-  not mmap/munmap on every write (``compact`` releases those too);
+  not mmap/munmap on every write (``compact`` releases those too), and
+  blocks emptied during a multi-page install (``deferring``), released at
+  its end so that its later pages can use the spots its earlier ones
+  freed (``blocks_to_map`` counts on that);
 - ``block_bytes`` = sum of the live blocks' sizes; ``nr_blocks`` = live
   blocks; a class's ``live`` = its objects (so its free spots are
   ``len(blocks) * objs - live``, worked out when asked, not on every I/O).

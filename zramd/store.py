@@ -44,8 +44,10 @@ Invariants (whenever ``_lock`` is free)
   page; ``same_pages``, ``huge_pages``, ``pending_pages``, ``bd_count``,
   ``recompressed_pages`` count their handles;
 - ``mem_used_total`` = the arena's blocks (free space included) + their
-  bookkeeping + ``SLOT_META_BYTES`` per stored page + ``PENDING_BYTES`` per
-  pending snapshot; ``mem_used_max`` is its peak;
+  bookkeeping (``BLOCK_META_BYTES`` each) + ``slot_meta_bytes`` per stored
+  page + ``PENDING_BYTES`` per pending snapshot; ``mem_used_max`` is its
+  peak (a multi-page request's blocks are mapped before its old pages are
+  freed, and the peak counts them);
 - ``mem_used_total <= mem_limit`` whenever a limit is set, except when the
   limit was lowered below current use at run time (as in zram): a write
   that needs a new block past the limit fails with ENOSPC before it
@@ -68,9 +70,13 @@ mismatch is real corruption, never a race.  A ``Backed`` page's file block
 is freed when the slot is rewritten, so a reader re-checks the side entry
 after reading the file.  A worker installs a compressed page only if the
 slot still holds the very ``Pending`` object it compressed.  Compaction
-(arena.py) moves objects under the lock in batches and bumps ``epoch``.
+(arena.py) takes ``_compact_lock`` (one compaction at a time), then
+``_lock`` a batch at a time; it moves objects and bumps ``epoch``.  A
+handle is always replaced before its old spot is freed, so a handle a
+lockless reader loads points at a live object until ``epoch`` moves.
 Flags and atimes are updated without the lock (a racing reader can at
-worst leave a page marked idle a little longer).
+worst leave a page marked idle a little longer); a large trim gives the
+tables' emptied pages back under the lock, so no install races it.
 """
 
 from __future__ import annotations
