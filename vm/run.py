@@ -59,6 +59,7 @@ from vm.result import (  # noqa: E402,F401  (re-exported for tests/test_vm.py)
     PAGE_BYTES,
     Result,
     check,
+    max_mem_left_after_teardown_bytes,
     measure,
 )
 from vm.servers import DEFAULT_DEVICE_SIZE, StatsSampler, TargetServer, log, zramd_available  # noqa: E402,F401
