@@ -22,7 +22,7 @@ try:
 except ImportError:  # run from a checkout without PYTHONPATH
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zramd import commands, logs, pinning, shutdown, swap
+from zramd import commands, failures, logs, pinning, shutdown, swap
 from zramd import config as zconfig
 from zramd.backing import BackingFile
 from zramd.checksums import make_checksum
@@ -63,6 +63,7 @@ def config(key, value):
 
 def config_complete():
     global _settings, _pin, _pin_each
+    failures.install()  # nbdkit's error printing (zramd/failures.py)
     _settings = zconfig.from_plugin_params(_params)
     logs.configure_plugin()
     _pin = _settings.pin_thread_state
@@ -220,6 +221,7 @@ def close(h):
     with _connections_lock:
         _connections -= 1
     _device.drain()  # a client that hangs up leaves nothing half-done
+    failures.release_last()  # what nbdkit kept of this thread's last error
     if _pin:
         pinning.unpin()
 
@@ -268,22 +270,6 @@ def can_fua(h):
     return nbdkit.FUA_NATIVE
 
 
-def _failure(exc: OSError) -> OSError:
-    """The exception a callback raises for ``exc``, with nbdkit's errno set.
-
-    nbdkit 1.32's python plugin never releases an exception a callback
-    raises (its check_python_failure fetches it and drops the references),
-    so everything the traceback reaches leaks: every frame down to the
-    store, with the request's compressed page in them, 5.8 KiB per failed
-    write (ENOSPC at mem_limit), and RSS far above mem_limit
-    (docs/design.md#page-arena-and-memory-accounting).  So the callbacks
-    raise a new exception outside their ``except`` block (no context, a
-    traceback of one frame) after dropping the request buffer.
-    """
-    nbdkit.set_error(exc.errno)
-    return OSError(exc.errno, exc.strerror or str(exc))
-
-
 def pread(h, buf, offset, flags):
     if _pin_each:
         pinning.pin()
@@ -291,9 +277,10 @@ def pread(h, buf, offset, flags):
         _read(buf, offset)
         return
     except OSError as exc:
-        failure = _failure(exc)
-    del h, buf  # raised outside the except block: see _failure
-    raise failure
+        err, message = exc.errno, exc.strerror or str(exc)
+    del h, buf  # raised outside the except block (zramd/failures.py)
+    nbdkit.set_error(err)
+    raise failures.failure(err, message)
 
 
 def pwrite(h, buf, offset, flags):
@@ -306,9 +293,10 @@ def pwrite(h, buf, offset, flags):
             _device.write(buf, offset, flags & nbdkit.FLAG_FUA)
         return
     except OSError as exc:
-        failure = _failure(exc)
-    del h, buf  # raised outside the except block: see _failure
-    raise failure
+        err, message = exc.errno, exc.strerror or str(exc)
+    del h, buf  # raised outside the except block (zramd/failures.py)
+    nbdkit.set_error(err)
+    raise failures.failure(err, message)
 
 
 def trim(h, count, offset, flags):
@@ -316,8 +304,9 @@ def trim(h, count, offset, flags):
         _device.discard(offset, count)
         return
     except OSError as exc:
-        failure = _failure(exc)
-    raise failure
+        err, message = exc.errno, exc.strerror or str(exc)
+    nbdkit.set_error(err)  # raised outside the except block (zramd/failures.py)
+    raise failures.failure(err, message)
 
 
 # Write-zeroes frees whole pages and zeroes the edges, as trim does (zram
@@ -333,5 +322,6 @@ def extents(h, count, offset, flags):
     try:
         return _device.extents(offset, count, bool(flags & nbdkit.FLAG_REQ_ONE))
     except OSError as exc:
-        failure = _failure(exc)
-    raise failure
+        err, message = exc.errno, exc.strerror or str(exc)
+    nbdkit.set_error(err)  # raised outside the except block (zramd/failures.py)
+    raise failures.failure(err, message)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import timeit
@@ -17,6 +18,7 @@ import zlib
 import lz4.block
 import xxhash
 
+from zramd.backing import BackingFile
 from zramd.codecs import make_codec
 from zramd.store import PageStore
 
@@ -67,8 +69,19 @@ def main() -> int:
         ("snapshot bytes(buf), 128 KiB", lambda: bytes(snap128)),
         ("PageStore.write, one page, lz4", lambda: store.write(PAGE, 8192)),
     ]
-    for label, stmt in rows:
-        print(f"{label:34} {per_call_us(stmt)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        # the backing file, in the page cache: the cost of --backing-encrypt per page
+        for cipher in (None, "aes-256-gcm", "chacha20-poly1305"):
+            backing = BackingFile(f"{tmp}/{cipher}.img", 1 << 20, cipher)
+            block = backing.alloc()
+            backing.write(block, PAGE)
+            name = cipher or "plain"
+            rows += [
+                (f"backing write, {name}", lambda b=backing, k=block: b.write(k, PAGE)),
+                (f"backing read, {name}", lambda b=backing, k=block: b.read(k)),
+            ]
+        for label, stmt in rows:
+            print(f"{label:34} {per_call_us(stmt)}")
     for word in (b"\x11", bytes(range(8))):
         page = word * (4096 // len(word))
         print(

@@ -10,7 +10,8 @@
 #                                 virtio_blk, virtio_net, nbd, zram + zsmalloc +
 #                                 lz4) listed in load order per group,
 #                                 nbd-client with the libraries ldd lists, and
-#                                 vm/hog.c built with gcc -static
+#                                 vm/hog.c and vm/swapon-prio.c built with
+#                                 gcc -static
 #   vm/cache/guest.env            what was built (kernel version, ...)
 #
 # Installs the Debian packages it needs with apt-get when they are missing.
@@ -43,8 +44,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# 2. Is the cache up to date? Inputs: this script, the guest init, hog.c.
-inputs_sum=$(cat "$here/build-guest.sh" "$here/guest-init.sh" "$here/hog.c" | sha256sum | cut -c1-16)
+# 2. Is the cache up to date? Inputs: this script, the guest init, the C helpers.
+inputs_sum=$(cat "$here/build-guest.sh" "$here/guest-init.sh" "$here/hog.c" "$here/swapon-prio.c" | sha256sum | cut -c1-16)
 if [ "$force" != --force ] && [ -f "$cache/guest.env" ] && [ -f "$cache/vmlinuz" ] \
         && [ -f "$cache/initramfs.cpio.gz" ] && grep -qx "INPUTS=$inputs_sum" "$cache/guest.env"; then
     log "up to date ($(grep '^KVER=' "$cache/guest.env"))"
@@ -97,6 +98,7 @@ cp "$work/busybox/bin/busybox" "$root/bin/busybox"
 cp "$here/guest-init.sh" "$root/init"
 chmod 755 "$root/init"
 gcc -O2 -Wall -Wextra -static -o "$root/bin/hog" "$here/hog.c"
+gcc -O2 -Wall -Wextra -static -o "$root/bin/swapon-prio" "$here/swapon-prio.c"
 
 # nbd-client and the shared libraries ldd lists (from the host's copies,
 # which the nbd-client package installed above pulled in).

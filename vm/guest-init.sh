@@ -9,6 +9,10 @@
 #   zramd.corrupt=I         self-test: hog flips a byte of page I (-1: off)
 #   zramd.zram_mib=N        zram disksize (dev=zram)
 #   zramd.nbd_conns=N       nbd-client connections (dev=nbd)
+#   zramd.ndev=N            striped: N swap devices of the same kind at equal
+#                           priority, one per zramd instance (vda vdb ...;
+#                           or nbd0 nbd1 ... on forwarded ports P, P+1, ...)
+#   zramd.nbd_port=P        the first forwarded port (dev=nbd; default 10809)
 # It prints machine-readable lines on the console:
 #   ZRAMD-PHASE name                       progress
 #   ZRAMD-RESULT key=value ...             measurements
@@ -48,10 +52,10 @@ load_group() {  # load_group NAME: insmod the modules of one group, in order
     done
 }
 wait_for() {  # wait_for PATH SECONDS
-    i=0
+    local tries=0
     while [ ! -e "$1" ]; do
-        i=$((i + 1))
-        [ $i -gt $(($2 * 10)) ] && fail "timeout waiting for $1"
+        tries=$((tries + 1))
+        [ $tries -gt $(($2 * 10)) ] && fail "timeout waiting for $1"
         usleep 100000
     done
 }
@@ -62,40 +66,61 @@ passes=$(param passes 2)
 corrupt=$(param corrupt -1)
 zram_mib=$(param zram_mib 512)
 nbd_conns=$(param nbd_conns 1)
+ndev=$(param ndev 1)
+nbd_port=$(param nbd_port 10809)
+# Every swap device gets this priority: equal priorities make the kernel
+# use them round-robin (striping), as one zram device per CPU once did.
+swap_prio=10
 mem_kib=$(awk '$1 == "MemTotal:" { print $2 }' /proc/meminfo)
-result "boot_s=$(uptime_s) dev=$dev_kind mem_total_kib=$mem_kib hog_mib=$hog_mib passes=$passes kernel=$(uname -r)"
+result "boot_s=$(uptime_s) dev=$dev_kind ndev=$ndev mem_total_kib=$mem_kib hog_mib=$hog_mib passes=$passes kernel=$(uname -r)"
 
 phase attach
+devs=""
 case $dev_kind in
 vda)
     load_group base
     load_group blk
-    dev=/dev/vda
-    wait_for $dev 20
-    # virtio-blk says "rotational", and the kernel discards freed swap pages
-    # (swapon --discard=pages) only on non-rotational devices: tell it the
-    # truth, as an administrator would for any RAM- or flash-backed disk.
-    echo 0 > /sys/block/vda/queue/rotational
+    for l in a b c d e f g h; do
+        [ $(echo $devs | wc -w) -ge $ndev ] && break
+        d=/dev/vd$l
+        wait_for $d 20
+        # virtio-blk says "rotational", and the kernel discards freed swap
+        # pages (swapon --discard=pages) only on non-rotational devices: tell
+        # it the truth, as an administrator would for any RAM- or flash-backed disk.
+        echo 0 > /sys/block/vd$l/queue/rotational
+        devs="$devs $d"
+    done
     ;;
 nbd)
     load_group base
     load_group net
     load_group nbd
+    # Swap over a network: the replies to swap-out writes arrive in skbs
+    # that need free memory, at the moment there is least of it. A larger
+    # reserve makes reclaim start earlier and leaves room for them (with two
+    # nbd swap devices the guest stalled at the onset of swapping without
+    # it, 2 runs in 3: kblockd blocked for minutes after ~300 pages).
+    echo 8192 > /proc/sys/vm/min_free_kbytes
     wait_for /sys/class/net/eth0 20
     ip link set lo up
     ip link set eth0 up || fail "eth0 up"
     ip addr add 10.0.2.15/24 dev eth0 || fail "eth0 address"
-    dev=/dev/nbd0
-    wait_for $dev 10
-    # 10.0.2.100:10809 exists only inside qemu: its guestfwd rule hands the
-    # connection to the host's Unix socket and nowhere else.
     conns=""
     [ "$nbd_conns" -gt 1 ] && conns="-C $nbd_conns"
-    nbd-client 10.0.2.100 10809 $dev -swap -b 4096 $conns || fail "nbd-client"
+    k=0
+    while [ $k -lt $ndev ]; do
+        d=/dev/nbd$k
+        wait_for $d 10
+        # 10.0.2.100:PORT exists only inside qemu: its guestfwd rules hand
+        # each port's connection to one host Unix socket and nowhere else.
+        nbd-client 10.0.2.100 $((nbd_port + k)) $d -swap -b 4096 $conns || fail "nbd-client $d"
+        devs="$devs $d"
+        k=$((k + 1))
+    done
     ;;
 zram)
     load_group zram
-    dev=/dev/zram0
+    devs=/dev/zram0
     wait_for /sys/block/zram0/disksize 10
     echo lz4 > /sys/block/zram0/comp_algorithm || fail "zram comp_algorithm"
     echo "${zram_mib}M" > /sys/block/zram0/disksize || fail "zram disksize"
@@ -104,14 +129,21 @@ zram)
     fail "unknown zramd.dev=$dev_kind"
     ;;
 esac
-q=/sys/block/${dev#/dev/}/queue
-result "attach_s=$(uptime_s) dev_bytes=$(blockdev --getsize64 $dev) discard_max_bytes=$(cat $q/discard_max_bytes) rotational=$(cat $q/rotational) logical_block_size=$(cat $q/logical_block_size)"
+for dev in $devs; do
+    q=/sys/block/${dev#/dev/}/queue
+    result "attach_s=$(uptime_s) dev_bytes=$(blockdev --getsize64 $dev) discard_max_bytes=$(cat $q/discard_max_bytes) rotational=$(cat $q/rotational) logical_block_size=$(cat $q/logical_block_size)"
+done
 
 phase mkswap
-mkswap $dev > /dev/null || fail "mkswap $dev"
+for dev in $devs; do
+    mkswap $dev > /dev/null || fail "mkswap $dev"
+done
 phase swapon
-swapon -d $dev || fail "swapon -d $dev"
-result "swapon_s=$(uptime_s) $(vmstat | sed 's/=/_before=/g')"
+for dev in $devs; do
+    swapon-prio $swap_prio $dev || fail "swapon-prio $swap_prio $dev"
+done
+# /proc/swaps: name type size used priority; one key per device, e.g. swap_prio_vda=10
+result "swapon_s=$(uptime_s) $(vmstat | sed 's/=/_before=/g') $(awk 'NR > 1 { n = $1; sub(".*/", "", n); printf "swap_prio_%s=%s ", n, $5 }' /proc/swaps)"
 
 phase hog
 statfile=""
@@ -124,7 +156,9 @@ result "hog_rc=$hog_rc hog_start_s=$t0 hog_end_s=$t1 $(vmstat | sed 's/=/_after=
 [ "$dev_kind" = zram ] && result "zram_mm_stat_after_hog=$(tr -s ' ' , < /sys/block/zram0/mm_stat | sed 's/^,//')"
 
 phase swapoff
-swapoff $dev || fail "swapoff $dev"
+for dev in $devs; do
+    swapoff $dev || fail "swapoff $dev"
+done
 result "swapoff_s=$(uptime_s) $(vmstat | sed 's/=/_swapoff=/g')"
 [ "$dev_kind" = zram ] && result "zram_mm_stat_after_swapoff=$(tr -s ' ' , < /sys/block/zram0/mm_stat | sed 's/^,//') zram_io_stat_after_swapoff=$(tr -s ' ' , < /sys/block/zram0/io_stat | sed 's/^,//')"
 # The host samples the server now: what the kernel's own discards returned.
@@ -134,11 +168,15 @@ sleep 3
 if [ "$dev_kind" != zram ]; then
     # Teardown: discard the whole device so the server returns every page.
     phase blkdiscard
-    blkdiscard $dev || fail "blkdiscard $dev"
+    for dev in $devs; do
+        blkdiscard $dev || fail "blkdiscard $dev"
+    done
 fi
 if [ "$dev_kind" = nbd ]; then
     phase disconnect
-    nbd-client -d $dev > /dev/null 2>&1 || fail "nbd-client -d"
+    for dev in $devs; do
+        nbd-client -d $dev > /dev/null 2>&1 || fail "nbd-client -d $dev"
+    done
 fi
 dmesg | grep -iE 'error|fail|oom|killed|corrupt|bad page' | grep -iv 'command line' | tail -n 10 | sed 's/^/ZRAMD-DMESG /'
 [ "$hog_rc" = 0 ] && finish 1

@@ -8,6 +8,9 @@ Two ways for the guest to reach the server's Unix socket:
          with restrict=on and one guestfwd rule that qemu connects to the
          socket itself: the guest can reach nothing else
   "zram" no server: the guest's own zram
+
+Striped (``zramd serve --instances N``): N sockets, N drives or N guestfwd
+rules on consecutive ports, one guest swap device each, at equal priority.
 """
 
 from __future__ import annotations
@@ -34,18 +37,21 @@ def build_guest(force: bool = False) -> None:
     subprocess.run(cmd, check=True)
 
 
-def kernel_append(dev: str, hog_mib: int, passes: int, corrupt_page: int) -> str:
+def kernel_append(dev: str, hog_mib: int, passes: int, corrupt_page: int, ndev: int = 1) -> str:
     """The kernel command line: console, and the scenario for guest-init.sh."""
     return (
         f"console=ttyS0 loglevel=4 panic=-1 mitigations=off "
         f"zramd.dev={dev} zramd.hog_mib={hog_mib} zramd.passes={passes} "
-        f"zramd.corrupt={corrupt_page}"
+        f"zramd.corrupt={corrupt_page} zramd.ndev={ndev}"
     )
 
 
 def qemu_command(
-    dev: str, sock: Path | None, console: Path, mem_mib: int, append: str
+    dev: str, sock: Path | list[Path] | None, console: Path, mem_mib: int, append: str
 ) -> list[str]:
+    """qemu's command line; ``sock`` is the server's socket, or a list of
+    them (striped instances: one guest device each, in order)."""
+    socks = sock if isinstance(sock, list) else [sock]
     cmd = [
         qemu_binary() or "qemu-system-x86_64",
         "-accel",
@@ -72,18 +78,24 @@ def qemu_command(
     if dev == "vda":
         # Path 1: qemu's own NBD client, a virtio disk in the guest. discard=unmap
         # passes the guest's discards on as NBD trims.
-        cmd += [
-            "-drive",
-            f"driver=nbd,server.type=unix,server.path={sock},if=none,id=d0,discard=unmap",
-            "-device",
-            "virtio-blk-pci,drive=d0",
-        ]
+        for i, path in enumerate(socks):  # /dev/vda, /dev/vdb, ...
+            cmd += [
+                "-drive",
+                f"driver=nbd,server.type=unix,server.path={path},if=none,id=d{i},discard=unmap",
+                "-device",
+                f"virtio-blk-pci,drive=d{i}",
+            ]
     elif dev == "nbd":
         # Path 2: the guest's nbd driver. restrict=on cuts the guest off from
-        # everything but the guestfwd rule, which qemu itself connects to SOCK.
+        # everything but the guestfwd rules, which qemu itself connects to the
+        # sockets: port GUEST_FWD_PORT + i leads to socket i (/dev/nbdI).
+        fwds = ",".join(
+            f"guestfwd=tcp:{GUEST_FWD_ADDR}:{GUEST_FWD_PORT + i}-unix:{path}"
+            for i, path in enumerate(socks)
+        )
         cmd += [
             "-netdev",
-            f"user,id=n0,restrict=on,guestfwd=tcp:{GUEST_FWD_ADDR}:{GUEST_FWD_PORT}-unix:{sock}",
+            f"user,id=n0,restrict=on,{fwds}",
             "-device",
             "virtio-net-pci,netdev=n0",
         ]

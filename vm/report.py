@@ -28,6 +28,7 @@ def report(results: list[Result]) -> str:
         "peak used MiB",
         "used after swapoff MiB",
         "after blkdiscard MiB",
+        "pages per instance",
     ]
     rows = []
     for r in results:
@@ -53,6 +54,7 @@ def report(results: list[Result]) -> str:
                 _mib(peak),
                 _mib(swapoff),
                 _mib(final),
+                "/".join(map(str, r.instance_pages)) if r.instance_pages else "-",
             ]
         )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]

@@ -14,6 +14,12 @@ Targets (name: server, how the guest reaches it):
   memory-virtio  reference: nbdkit's memory plugin (C, uncompressed), path 1
   memory-nbd     reference: nbdkit's memory plugin, path 2
   guest-zram     reference: the guest kernel's own zram (lz4), no NBD
+  striped-virtio zramd --instances 2, two virtio disks (/dev/vda, /dev/vdb)
+  striped-nbd    zramd --instances 2, the guest's nbd driver on two
+                 forwarded ports (/dev/nbd0, /dev/nbd1)
+                 (striped: swap on every device at one priority, so the
+                 kernel stripes pages over the instances; each must get a
+                 fair share)
 
 Guest traffic never leaves qemu: path 2 uses
 `-netdev user,restrict=on,guestfwd=tcp:10.0.2.100:10809-unix:SOCK`, so the
@@ -48,10 +54,12 @@ from vm.report import report  # noqa: E402
 from vm.result import (  # noqa: E402,F401  (re-exported for tests/test_vm.py)
     AFTER_SWAPOFF_MAX_FRACTION,
     MAX_LEFT_AFTER_TEARDOWN_BYTES,
+    MIN_INSTANCE_SHARE,
     MIN_RATIO,
     PAGE_BYTES,
     Result,
     check,
+    max_mem_left_after_teardown_bytes,
     measure,
 )
 from vm.servers import DEFAULT_DEVICE_SIZE, StatsSampler, TargetServer, log, zramd_available  # noqa: E402,F401
@@ -63,8 +71,12 @@ TARGETS = {
     "memory-virtio": ("nbdkit-memory", "vda"),
     "memory-nbd": ("nbdkit-memory", "nbd"),
     "guest-zram": (None, "zram"),
+    "striped-virtio": ("zramd", "vda"),
+    "striped-nbd": ("zramd", "nbd"),
 }
-ZRAMD_TARGETS = ["zramd-virtio", "zramd-nbd"]
+# Targets served by `zramd serve --instances N` (docs/design.md#scaling-past-one-core).
+STRIPED = {"striped-virtio": 2, "striped-nbd": 2}
+ZRAMD_TARGETS = ["zramd-virtio", "zramd-nbd", *STRIPED]
 
 # Defaults, chosen so that one target runs in about 20-45 s under TCG on two
 # shared cores: a 128 MiB guest (about 80 MiB of it usable after the kernel)
@@ -95,7 +107,7 @@ class GuestRun:
         self.qemu_log = self.tmp / "qemu.log"
         self.t0 = time.monotonic()
         self.server = (
-            TargetServer(server_kind, self.sock, self.server_log, device_size)
+            TargetServer(server_kind, self.sock, self.server_log, device_size, res.instances)
             if server_kind
             else None
         )
@@ -119,7 +131,11 @@ class GuestRun:
     def boot(self, append: str) -> None:
         r = self.res
         cmd = qemu_command(
-            r.dev, self.sock if self.server else None, self.console, r.guest_ram_mib, append
+            r.dev,
+            self.server.sockets() if self.server else None,
+            self.console,
+            r.guest_ram_mib,
+            append,
         )
         self.stamp(
             f"booting guest ({r.guest_ram_mib} MiB RAM, hog {r.hog_mib} MiB x {r.passes} passes, "
@@ -215,6 +231,13 @@ class GuestRun:
             )
         if self.sampler is not None:
             self.sampler.stop()
+            if self.server is not None and self.server.alive():
+                # After the guest's blkdiscard no page is stored, but the
+                # arena keeps a block per size class until compaction
+                # (docs/design.md#page-arena-and-memory-accounting): compact,
+                # as zram's `echo 1 > compact`, then judge what is left.
+                self.sampler.sample("after-blkdiscard")
+                self.server.compact()
             res.final = self.sampler.sample("final")
             res.samples += self.sampler.samples
             if self.sampler.errors:
@@ -291,12 +314,13 @@ def run_target(
         hog_mib=hog_mib,
         passes=passes,
         guest_ram_mib=guest_ram_mib,
+        instances=STRIPED.get(target, 1),
     )
     LOGS.mkdir(parents=True, exist_ok=True)
     run = GuestRun(target, res, server_kind, device_size, quiet)
     try:
         run.start_server()
-        run.boot(kernel_append(dev, hog_mib, passes, corrupt_page))
+        run.boot(kernel_append(dev, hog_mib, passes, corrupt_page, res.instances))
         run.watch(timeout_s)
         run.collect()
     except Exception as e:

@@ -1,8 +1,9 @@
 """The NBD server under test, and a thread sampling its stats.
 
 ``TargetServer`` runs one server process on a Unix socket: kind "zramd"
-(`zramd serve`, foreground, stops on SIGTERM) or "nbdkit-memory" (`nbdkit -f
--U SOCK memory SIZE`). One thread (the run's) starts and stops it.
+(`zramd serve`, foreground, stops on SIGTERM; with ``instances`` > 1
+`--instances N` on SOCK.0 ... SOCK.N-1) or "nbdkit-memory" (`nbdkit -f -U
+SOCK memory SIZE`). One thread (the run's) starts and stops it.
 
 ``StatsSampler`` is a daemon thread calling ``TargetServer.stats()`` every
 interval and when poked (a hog pass ended); the run's thread also samples
@@ -57,17 +58,33 @@ def zramd_available() -> tuple[bool, str]:
 class TargetServer:
     """The NBD server under test, on a Unix socket: start, stats, stop."""
 
-    def __init__(self, kind: str, sock: Path, log_path: Path, size: str = DEFAULT_DEVICE_SIZE):
+    def __init__(
+        self,
+        kind: str,
+        sock: Path,
+        log_path: Path,
+        size: str = DEFAULT_DEVICE_SIZE,
+        instances: int = 1,
+    ):
         self.kind = kind
         self.sock = sock
         self.log_path = log_path
         self.size = size
+        self.instances = instances
         self.proc: subprocess.Popen | None = None
         self._log: IO[bytes] | None = None
 
     def command(self) -> list[str]:
         if self.kind == "zramd":
-            return zramd_command() + ["serve", "--socket", str(self.sock), "--size", self.size]
+            striped = ["--instances", str(self.instances)] if self.instances > 1 else []
+            return zramd_command() + [
+                "serve",
+                "--socket",
+                str(self.sock),
+                "--size",
+                self.size,
+                *striped,
+            ]
         if self.kind == "nbdkit-memory":
             return ["nbdkit", "-f", "-U", str(self.sock), "memory", self.size]
         raise ValueError(f"unknown server kind {self.kind}")
@@ -83,7 +100,8 @@ class TargetServer:
         )
         deadline = time.monotonic() + timeout_s
         # zramd's control socket (stats) comes up just after the NBD socket.
-        ready = [self.sock] + ([Path(f"{self.sock}.ctl")] if self.kind == "zramd" else [])
+        ctl = self.kind == "zramd"
+        ready = [p for s in self.sockets() for p in [s] + ([Path(f"{s}.ctl")] if ctl else [])]
         while not all(p.exists() for p in ready):
             if self.proc.poll() is not None:
                 raise RuntimeError(
@@ -97,6 +115,12 @@ class TargetServer:
                 )
             time.sleep(0.05)
 
+    def sockets(self) -> list[Path]:
+        """The NBD sockets: SOCK, or SOCK.0 ... SOCK.N-1 for striped instances."""
+        if self.instances == 1:
+            return [self.sock]
+        return [Path(f"{self.sock}.{i}") for i in range(self.instances)]
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -105,18 +129,36 @@ class TargetServer:
         return None if self.proc is None else self.proc.returncode
 
     def stats(self) -> dict | None:
-        """zramd's counters (zram names), or None for servers without any."""
+        """zramd's counters (zram names), or None for servers without any.
+        Striped instances: their sum, plus ``per_instance``, each one's."""
         if self.kind != "zramd":
             return None
+        per = ["--per-instance"] if self.instances > 1 else []
         p = subprocess.run(
-            zramd_command() + ["stats", "--socket", str(self.sock), "--json"],
+            zramd_command() + ["stats", "--socket", str(self.sock), "--json", *per],
             capture_output=True,
             text=True,
             timeout=30,
         )
         if p.returncode != 0:
             raise RuntimeError(f"zramd stats failed: {(p.stderr or p.stdout).strip()[-300:]}")
-        return json.loads(p.stdout)
+        doc = json.loads(p.stdout)
+        if not per:
+            return doc
+        return dict(doc["total"], per_instance=[i["stats"] for i in doc["instances"]])
+
+    def compact(self) -> None:
+        """zramd's `compact` (every instance); a no-op for other servers."""
+        if self.kind != "zramd":
+            return
+        p = subprocess.run(
+            zramd_command() + ["compact", "--socket", str(self.sock)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if p.returncode != 0:
+            raise RuntimeError(f"zramd compact failed: {(p.stderr or p.stdout).strip()[-300:]}")
 
     def allocated_bytes(self) -> int | None:
         """Bytes the server reports as data (not holes) via nbdinfo --map, if available."""

@@ -40,7 +40,10 @@ Invariants (whenever the owner's lock is free)
 - ``len(free[b]) + live objects in b == owner[b].objs`` for every block;
 - a block with no live object is released (munmap), except a class's
   ``cur`` block, kept so that a class that hovers around zero objects does
-  not mmap/munmap on every write (``compact`` releases those too);
+  not mmap/munmap on every write (``compact`` releases those too), and
+  blocks emptied during a multi-page install (``deferring``), released at
+  its end so that its later pages can use the spots its earlier ones
+  freed (``blocks_to_map`` counts on that);
 - ``block_bytes`` = sum of the live blocks' sizes; ``nr_blocks`` = live
   blocks; a class's ``live`` = its objects (so its free spots are
   ``len(blocks) * objs - live``, worked out when asked, not on every I/O).
@@ -96,6 +99,9 @@ BLOCK_META_BYTES = 96 + 57 + 24
 
 # Objects moved per hold of the lock during compaction (about 0.1 ms).
 COMPACT_BATCH = 64
+# Objects found by the table scan before they are moved: bounds the scan's
+# list (72 bytes an entry) whatever the device size.
+COMPACT_SCAN_OBJECTS = 4096
 
 _MMAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
 
@@ -372,6 +378,10 @@ class Arena:
             if b >= 0 and len(self.free[b]) == c.objs:
                 self._release(b, c)
                 pages += c.pages
+        if self.nr_blocks == 0 and not self.draining and self.maps:
+            # empty: drop the per-block lists grown to the peak (and the
+            # recycled ids, int objects of 28 bytes each)
+            self.maps, self.free, self.owner, self._spare_ids = [], [], [], []
         if self._zombies:
             for mm in list(self._zombies):
                 try:
@@ -431,17 +441,17 @@ class Arena:
         moved = 0
         try:
             if sources:
-                todo = []
+                todo: list = []
                 shift, mask = BLOCK_SHIFT, TAG_MASK
                 for i, h in enumerate(table):
                     if h & mask == TAG_OBJ and h >> shift in sources:
                         todo.append((i, h))
-                for start in range(0, len(todo), COMPACT_BATCH):
-                    with lock:
-                        m, p, k = self._move_batch(table, todo[start : start + COMPACT_BATCH])
-                    moved += m
-                    freed += p
-                    blocks += k
+                        if len(todo) == COMPACT_SCAN_OBJECTS:  # bounded memory
+                            m, p, k = self._move(table, todo, lock)
+                            moved, freed, blocks = moved + m, freed + p, blocks + k
+                            todo = []
+                m, p, k = self._move(table, todo, lock)
+                moved, freed, blocks = moved + m, freed + p, blocks + k
         finally:
             with lock:
                 for b in self.draining:
@@ -454,6 +464,15 @@ class Arena:
                 blocks += self.blocks_released - before
                 self.pages_compacted += freed
         return {"moved": moved, "pages_freed": freed, "blocks_freed": blocks}
+
+    def _move(self, table, todo: list, lock) -> tuple:
+        """Move ``todo`` in batches, each under one hold of ``lock``."""
+        moved = pages = blocks = 0
+        for start in range(0, len(todo), COMPACT_BATCH):
+            with lock:
+                m, p, k = self._move_batch(table, todo[start : start + COMPACT_BATCH])
+            moved, pages, blocks = moved + m, pages + p, blocks + k
+        return moved, pages, blocks
 
     def _move_batch(self, table, batch) -> tuple:
         """Move one batch (lock held): (objects moved, pages freed, blocks freed)."""

@@ -393,16 +393,18 @@ def cmd_serve(args) -> int:
     stripe = Stripe(Server(s, log_file=s.log_file) for s in instance_settings(base, base.instances))
     if base.swap:
         protect_wrapper()
-    refused_at: list[float] = []
+    signals_at: list[float] = []
     pid_written = False
     exporter = None
 
     def on_signal(signum, frame):
+        # A second signal may arrive while the first is still being handled
+        # (asking the server takes up to a second): count signals, not refusals.
         now = time.monotonic()
-        force = base.force_stop or bool(refused_at and now - refused_at[-1] <= STOP_CONFIRM_SECONDS)
+        force = base.force_stop or bool(signals_at and now - signals_at[-1] <= STOP_CONFIRM_SECONDS)
+        signals_at.append(now)
         why_not = stripe.request_stop(force=force)
-        if why_not:
-            refused_at.append(now)
+        if why_not and not stripe.stopping:
             log.warning(
                 "not stopping: %s, or send the signal again within %.0fs",
                 why_not,
@@ -632,11 +634,36 @@ def watch(fetch, interval: float, count: int | None) -> int:
     return 0
 
 
+STATUS_HEADS = (
+    "NAME",
+    "DISKSIZE",
+    "DATA",
+    "COMPR",
+    "ALGORITHM",
+    "MODE",
+    "ZERO-PAGES",
+    "TOTAL",
+    "MEM-LIMIT",
+    "MEM-USED",
+    "RATIO",
+    "WRITEBACK",
+)
+
+
 def cmd_status(args) -> int:
-    """zramctl's table: one row per device, here per running instance."""
+    """zramctl's table: one row per device, here per running instance.  An
+    instance whose control socket does not answer (a stale socket left by
+    a killed server) gets a row of dashes and a line on stderr, and the
+    status is 1; the others are still listed."""
     rows = []
+    unreachable = []
     for name, path in _instances(args):
-        s = call(path, "stats")
+        try:
+            s = call(path, "stats")
+        except ControlError as exc:
+            unreachable.append(f"zramd: error: {name}: {exc}")
+            rows.append([("NAME", name)] + [(h, "-") for h in STATUS_HEADS[1:]])
+            continue
         ratio = s["orig_data_size"] / s["compr_data_size"] if s["compr_data_size"] else 0.0
         rows.append(
             [
@@ -657,7 +684,7 @@ def cmd_status(args) -> int:
                 ),
             ]
         )
-    heads = [h for h, _ in rows[0]]
+    heads = list(STATUS_HEADS)
     widths = [max(len(h), *(len(r[i][1]) for r in rows)) for i, h in enumerate(heads)]
 
     def line(cells):
@@ -669,7 +696,9 @@ def cmd_status(args) -> int:
     print(line(heads))
     for r in rows:
         print(line([v for _, v in r]))
-    return 0
+    for message in unreachable:
+        print(message, file=sys.stderr)
+    return 1 if unreachable else 0
 
 
 def _each(args):
@@ -730,12 +759,14 @@ def cmd_recompress(args) -> int:
 
 
 def cmd_compact(args) -> int:
-    r = call(_control_path(args), "compact", timeout=3600)
-    print(
-        f"compact: {r['moved']} objects moved, {r['pages_freed']} pages "
-        f"({human_size(r['pages_freed'] * PAGE_SIZE)}) given back; "
-        f"pages_compacted {r['pages_compacted']}, mem_used_total {human_size(r['mem_used_total'])}"
-    )
+    for label, path in _each(args):
+        r = call(path, "compact", timeout=3600)
+        print(
+            f"{label}compact: {r['moved']} objects moved, {r['pages_freed']} pages "
+            f"({human_size(r['pages_freed'] * PAGE_SIZE)}) given back; "
+            f"pages_compacted {r['pages_compacted']}, "
+            f"mem_used_total {human_size(r['mem_used_total'])}"
+        )
     return 0
 
 

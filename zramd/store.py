@@ -44,8 +44,10 @@ Invariants (whenever ``_lock`` is free)
   page; ``same_pages``, ``huge_pages``, ``pending_pages``, ``bd_count``,
   ``recompressed_pages`` count their handles;
 - ``mem_used_total`` = the arena's blocks (free space included) + their
-  bookkeeping + ``SLOT_META_BYTES`` per stored page + ``PENDING_BYTES`` per
-  pending snapshot; ``mem_used_max`` is its peak;
+  bookkeeping (``BLOCK_META_BYTES`` each) + ``slot_meta_bytes`` per stored
+  page + ``PENDING_BYTES`` per pending snapshot; ``mem_used_max`` is its
+  peak (a multi-page request's blocks are mapped before its old pages are
+  freed, and the peak counts them);
 - ``mem_used_total <= mem_limit`` whenever a limit is set, except when the
   limit was lowered below current use at run time (as in zram): a write
   that needs a new block past the limit fails with ENOSPC before it
@@ -68,9 +70,13 @@ mismatch is real corruption, never a race.  A ``Backed`` page's file block
 is freed when the slot is rewritten, so a reader re-checks the side entry
 after reading the file.  A worker installs a compressed page only if the
 slot still holds the very ``Pending`` object it compressed.  Compaction
-(arena.py) moves objects under the lock in batches and bumps ``epoch``.
+(arena.py) takes ``_compact_lock`` (one compaction at a time), then
+``_lock`` a batch at a time; it moves objects and bumps ``epoch``.  A
+handle is always replaced before its old spot is freed, so a handle a
+lockless reader loads points at a live object until ``epoch`` moves.
 Flags and atimes are updated without the lock (a racing reader can at
-worst leave a page marked idle a little longer).
+worst leave a page marked idle a little longer); a large trim gives the
+tables' emptied pages back under the lock, so no install races it.
 """
 
 from __future__ import annotations
@@ -121,6 +127,34 @@ TAG_SAME = 2
 TAG_SIDE = 3
 SAME_WORD_LIMIT = 1 << 62
 OBJ_CODEC_MASK = TAG_MASK | FLAG_BIT  # TAG_OBJ: primary codec
+
+# A trim is installed this many pages at a time (32 MiB).
+DISCARD_CHUNK_PAGES = 8192
+
+# A trim of at least this many pages (256 KiB) gives back the per-page
+# tables' pages it leaves empty (a 4 KiB page of handles covers 512 slots,
+# of flags 4096): a few us per trim, so small trims skip it.
+TABLE_PAGE_BYTES = 4096
+TABLE_RELEASE_MIN_PAGES = 64
+_ZERO_TABLE = bytes(8 * TABLE_PAGE_BYTES)  # the handles a flags page covers
+
+
+_malloc_trim_fn: list = []  # [glibc's malloc_trim or None], resolved on first use
+
+
+def _malloc_trim() -> None:
+    """Return the heap's free memory to the OS (glibc's malloc_trim): after
+    a compaction, what its lists and earlier requests left in the heap."""
+    if not _malloc_trim_fn:
+        try:
+            import ctypes  # only when compacting: not on every server's import
+
+            _malloc_trim_fn.append(ctypes.CDLL(None).malloc_trim)
+        except (OSError, AttributeError):  # not glibc
+            _malloc_trim_fn.append(None)
+    if _malloc_trim_fn[0] is not None:
+        _malloc_trim_fn[0](0)
+
 
 # A lockless read that saw the arena move this many times takes the lock.
 READ_RETRIES = 3
@@ -260,6 +294,7 @@ class PageStore:
         self.codec = codec
         self.checksum = checksum
         self._maps: list[mmap.mmap] = []  # keeps the tables' mmaps alive
+        self._itemsizes: list[int] = []
         self._handles = self._table(n, "Q", 8)
         self._flags = self._table(n, "B", 1)
         self._atime = self._table(n, "I", 4)
@@ -310,6 +345,7 @@ class PageStore:
         memory once touched), as a memoryview cast to ``fmt``."""
         mm = mmap.mmap(-1, count * itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._maps.append(mm)
+        self._itemsizes.append(itemsize)
         return memoryview(mm).cast(fmt)  # type: ignore[call-overload]
 
     def now(self) -> int:
@@ -378,7 +414,7 @@ class PageStore:
             if tag == TAG_OBJ:
                 try:
                     payload = arena.read(h)
-                except (TypeError, ValueError, AttributeError):
+                except (TypeError, ValueError, IndexError):
                     continue
                 if arena.epoch == epoch:
                     return h, payload
@@ -471,7 +507,7 @@ class PageStore:
                     off = (h >> OFF_SHIFT) & OFF_MASK
                     try:
                         data = arena.maps[h >> BLOCK_SHIFT][off : off + n]
-                    except (TypeError, ValueError):
+                    except (TypeError, ValueError, IndexError):
                         data = None
                     if arena.epoch == epoch and data is not None:
                         buf[:] = data if n == PAGE_SIZE else self.codec.decompress(data)
@@ -705,8 +741,43 @@ class PageStore:
                 )
             if end & PAGE_MASK:
                 edges.append((end_full, 0, bytes(end & PAGE_MASK)))
-        full = [(index, None, _ANY, 0) for index in range(first_full, end_full)]
-        self._install_with_edges(full, edges, discards=1, freed=len(full))
+        # In chunks: a whole-device trim must not build a list of a million
+        # changes (100 bytes a page); each chunk is installed whole.
+        start = first_full
+        while True:
+            stop = min(start + DISCARD_CHUNK_PAGES, end_full)
+            last = stop >= end_full
+            full = [(index, None, _ANY, 0) for index in range(start, stop)]
+            self._install_with_edges(
+                full,
+                edges if last else [],
+                discards=1 if last else 0,
+                freed=len(full),
+                zero_range=(start, stop),
+            )
+            if last:
+                return
+            start = stop
+
+    def _release_table_pages(self, first: int, end: int) -> None:
+        """Give back the per-page tables' pages that hold only empty slots
+        among those that slots ``first..end`` (just trimmed) touch (lock
+        held): a trimmed device's table costs no memory, as a never-written
+        one.  A table page is released when every handle of the slots it
+        covers is 0 (their flags are 0 too; atimes and checksums of empty
+        slots mean nothing)."""
+        handles_mm = self._maps[0]
+        for mm, itemsize in zip(self._maps, self._itemsizes, strict=True):
+            slots_per_page = TABLE_PAGE_BYTES // itemsize
+            for page in range(first // slots_per_page, -(-end // slots_per_page)):
+                lo = page * slots_per_page
+                hi = min(lo + slots_per_page, self.nr_pages)
+                if not _ZERO_TABLE.startswith(handles_mm[lo * 8 : hi * 8]):
+                    continue
+                start = page * TABLE_PAGE_BYTES
+                length = min(TABLE_PAGE_BYTES, len(mm) - start)
+                if length == TABLE_PAGE_BYTES:
+                    mm.madvise(mmap.MADV_DONTNEED, start, length)
 
     # ------------------------------------------------------------------
     # installing entries
@@ -727,7 +798,14 @@ class PageStore:
                 return
 
     def _install(
-        self, changes, writes=0, discards=0, freed=0, staged=0, compressed_async=0
+        self,
+        changes,
+        writes=0,
+        discards=0,
+        freed=0,
+        staged=0,
+        compressed_async=0,
+        zero_range=None,
     ) -> bool:
         """Install ``[(index, new, expected_old, checksum)]`` atomically.
 
@@ -835,6 +913,8 @@ class PageStore:
                         sums[index] = checksum
             finally:
                 arena.release_deferred()
+            if zero_range is not None and zero_range[1] - zero_range[0] >= TABLE_RELEASE_MIN_PAGES:
+                self._release_table_pages(*zero_range)
             self.pages_staged += staged
             self.pages_compressed_async += compressed_async
             self.mem_used_total = used = (
@@ -940,6 +1020,7 @@ class PageStore:
         the emptied blocks back to the OS.  Safe under I/O."""
         with self._compact_lock:
             result = self._arena.compact(self._handles, self._lock)
+            _malloc_trim()  # the heap the compaction's lists and old requests left
         with self._lock:
             self._update_mem_locked()
             result["pages_compacted"] = self._arena.pages_compacted

@@ -359,3 +359,21 @@ def test_encrypted_reads_racing_rewrites_and_trims_are_never_false_eio(make_serv
         assert s["backing_discarded_blocks"] > 0 and s["backing_discard_errors"] == 0
         assert s["bd_count"] == s["backing_used_blocks"]  # no leaked blocks
         h.shutdown()
+
+
+def test_after_kill_9_only_ciphertext_remains_and_the_next_start_empties_it(make_server,
+                                                                            backing_path):
+    server = make_server(backing_file=backing_path, backing_encrypt="aes-256-gcm")
+    server.start()
+    h = connect(server)
+    h.pwrite(b"".join(marked_page(b"crash%d" % i) for i in range(16)), 0)
+    assert writeback_all(server) == 16
+    h.shutdown()
+    server.proc.kill()  # SIGKILL: no clean stop, the key dies with the process
+    server.proc.wait()
+    data = file_bytes(backing_path)
+    assert os.stat(backing_path).st_blocks > 0 and data[:16 * PAGE].count(0) < 16 * PAGE // 100
+    assert not any(marker(b"crash%d" % i) in data for i in range(16))
+    server.stop()
+    with make_server(backing_file=backing_path, backing_encrypt="aes-256-gcm"):
+        assert os.stat(backing_path).st_blocks == 0  # the leftovers are punched at start

@@ -6,6 +6,7 @@ the device keeps serving; a second signal within 5 s, `serve --force` or
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -102,6 +103,21 @@ def test_zramd_stop_when_idle(sockdir):
         h.shutdown()
         result = run("stop", "--socket", sock)
         assert result.returncode == 0, result.stderr
+        assert srv.wait() == 0
+    finally:
+        srv.kill()
+
+
+def test_two_quick_signals_stop(sockdir):
+    """The second signal may arrive while the first is still being handled
+    (Ctrl-C pressed twice; asking the server takes up to a second): it
+    still counts as the confirmation.  (Two signals sent at the very same
+    moment are one: the kernel merges pending signals.)"""
+    srv, sock, h = in_use(sockdir)
+    try:
+        srv.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        srv.signal(signal.SIGTERM)
         assert srv.wait() == 0
     finally:
         srv.kill()

@@ -398,3 +398,33 @@ def test_a_rewrite_at_mem_limit_reuses_the_spots_it_frees():
     store.read(memoryview(buf), 8 * PAGE_SIZE)
     assert bytes(buf) == data
     store.audit()
+
+
+def vm_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_trimmed_slots_give_their_table_pages_back():
+    """The per-page tables (13 bytes a page) are touched only where pages
+    are stored, and trims give back the table pages they leave empty."""
+    pages = 1 << 20  # a 4 GiB device: 13 MiB of tables
+    table_bytes = pages * 13
+    before = vm_rss_bytes()
+    store = PageStore(pages * PAGE_SIZE, make_codec("lz4"))
+    assert vm_rss_bytes() - before < table_bytes // 4  # nothing stored: little resident
+    same = b"\x11" * PAGE_SIZE  # a same-filled page: table entries, no block
+    for i in range(0, pages, 8):
+        store.write(same, i * PAGE_SIZE)
+    full = vm_rss_bytes()
+    assert full - before > table_bytes * 0.9
+    store.discard(0, pages * PAGE_SIZE // 2)  # in one request
+    for off in range(pages * PAGE_SIZE // 2, pages * PAGE_SIZE, 1 << 20):
+        store.discard(off, 1 << 20)  # in 1 MiB requests (256 slots each)
+    assert full - vm_rss_bytes() > table_bytes * 0.9
+    store.write(same, 100 * PAGE_SIZE)
+    assert read_page(store, 100) == same and read_page(store, 108) == bytes(PAGE_SIZE)
+    store.audit()

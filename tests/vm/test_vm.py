@@ -12,6 +12,10 @@ Two ways in, one test each:
   zramd-nbd     the guest kernel's nbd driver (nbd-client -swap -b 4096),
                 reaching zramd's Unix socket only through qemu's user-mode
                 forwarding (restrict=on)
+and both again striped: `zramd serve --instances 2`, two guest swap
+devices at equal priority (striped-virtio: two virtio disks; striped-nbd:
+two nbd devices on two forwarded ports); each instance must receive a fair
+share of the pages (docs/design.md#scaling-past-one-core).
 
 About 20 s and 45 s under TCG on two cores. Skipped only when qemu cannot
 run at all; a guest that cannot be built is an error. `make vm-test` runs the
@@ -101,7 +105,19 @@ def test_kernel_swaps_on_zramd(guest, target):
     assert res.after_swapoff["orig_data_size"] < res.peak["orig_data_size"] * vm.AFTER_SWAPOFF_MAX_FRACTION
     assert res.after_swapoff["notify_free"] > res.peak["notify_free"]
     assert res.final["orig_data_size"] == 0
-    assert res.final["mem_used_total"] <= vm.MAX_LEFT_AFTER_TEARDOWN_BYTES
+    most = vm.max_mem_left_after_teardown_bytes() * max(1, res.instances)
+    assert res.final["mem_used_total"] <= most
+    if res.instances > 1:
+        # Striped: one swap device per instance, all at one priority, and the
+        # kernel's round-robin gave every instance a fair share of the pages.
+        assert len(res.instance_pages) == res.instances == len(res.peak["per_instance"])
+        assert sum(res.instance_pages) == res.peak["orig_data_size"] // vm.PAGE_BYTES
+        for pages in res.instance_pages:
+            assert pages >= vm.MIN_INSTANCE_SHARE * sum(res.instance_pages), res.instance_pages
+        prios = {k: v for k, v in res.guest.items() if k.startswith("swap_prio_")}
+        assert len(prios) == res.instances and len(set(prios.values())) == 1, prios
+        for each in res.final["per_instance"]:
+            assert each["num_writes"] > 0 and each["num_reads"] > 0
 
 
 def test_corruption_is_detected(guest):
