@@ -16,6 +16,8 @@ The package holds all logic and imports without nbdkit:
 - ``pinning``  keeps nbdkit's per-thread Python thread state alive
 - ``shutdown`` ends client connections so that nbdkit can exit
 - ``swap``     defences for serving swap to the host itself
+- ``sockets``  socket and pid-file paths at start (stale, live, not ours), sd_notify
+- ``tls``      TLS credential checks and the attach URIs/commands
 - ``server``   runs nbdkit with our plugin as a subprocess
 - ``cli``      the ``zramd`` command
 """

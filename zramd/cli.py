@@ -634,11 +634,36 @@ def watch(fetch, interval: float, count: int | None) -> int:
     return 0
 
 
+STATUS_HEADS = (
+    "NAME",
+    "DISKSIZE",
+    "DATA",
+    "COMPR",
+    "ALGORITHM",
+    "MODE",
+    "ZERO-PAGES",
+    "TOTAL",
+    "MEM-LIMIT",
+    "MEM-USED",
+    "RATIO",
+    "WRITEBACK",
+)
+
+
 def cmd_status(args) -> int:
-    """zramctl's table: one row per device, here per running instance."""
+    """zramctl's table: one row per device, here per running instance.  An
+    instance whose control socket does not answer (a stale socket left by
+    a killed server) gets a row of dashes and a line on stderr, and the
+    status is 1; the others are still listed."""
     rows = []
+    unreachable = []
     for name, path in _instances(args):
-        s = call(path, "stats")
+        try:
+            s = call(path, "stats")
+        except ControlError as exc:
+            unreachable.append(f"zramd: error: {name}: {exc}")
+            rows.append([("NAME", name)] + [(h, "-") for h in STATUS_HEADS[1:]])
+            continue
         ratio = s["orig_data_size"] / s["compr_data_size"] if s["compr_data_size"] else 0.0
         rows.append(
             [
@@ -659,7 +684,7 @@ def cmd_status(args) -> int:
                 ),
             ]
         )
-    heads = [h for h, _ in rows[0]]
+    heads = list(STATUS_HEADS)
     widths = [max(len(h), *(len(r[i][1]) for r in rows)) for i, h in enumerate(heads)]
 
     def line(cells):
@@ -671,7 +696,9 @@ def cmd_status(args) -> int:
     print(line(heads))
     for r in rows:
         print(line([v for _, v in r]))
-    return 0
+    for message in unreachable:
+        print(message, file=sys.stderr)
+    return 1 if unreachable else 0
 
 
 def _each(args):

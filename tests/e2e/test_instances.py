@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -175,6 +176,27 @@ def test_one_instance_dies_the_others_keep_serving(sockdir):
         h.shutdown()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 1  # an instance died: not a clean run
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_status_lists_a_stale_instance_as_unreachable(sockdir):
+    """A control socket left behind by a killed server: its row is dashes,
+    stderr names it, the status is 1, and the live instances are listed."""
+    proc, sock, _ = start(sockdir, "--instances", "2", "--size", "8M")
+    stale = f"{sock}.2.ctl"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(stale)  # bound, never listening: connections are refused
+    try:
+        result = run("status", "--socket", sock)
+        assert result.returncode == 1
+        rows = result.stdout.splitlines()[1:]
+        assert [r.split()[0] for r in rows] == [f"{sock}.0", f"{sock}.1", f"{sock}.2"]
+        assert set(rows[2].split()[1:]) == {"-"}
+        assert result.stderr.count("\n") == 1 and f"{sock}.2: " in result.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
