@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import heap
 from .control import ControlError
 from .units import PAGE_SIZE, format_size, parse_size, physical_memory_bytes
 
@@ -171,8 +170,7 @@ def _compact(device, args):
     """zram's ``echo 1 > compact``: move objects out of sparse blocks and
     give the emptied blocks back; returns what was freed."""
     _no_args(args, "compact")
-    result = device.store.compact()
-    heap.trim()  # and what the heaps keep besides the arena (zramd/heap.py)
+    result = device.store.compact()  # (which trims the heaps too: zramd/heap.py)
     return {
         "moved": result["moved"],
         "pages_freed": result["pages_freed"],

@@ -87,6 +87,7 @@ import sys
 import threading
 import time
 
+from . import heap
 from .arena import (
     BLOCK_META_BYTES,
     BLOCK_SHIFT,
@@ -137,23 +138,6 @@ DISCARD_CHUNK_PAGES = 8192
 TABLE_PAGE_BYTES = 4096
 TABLE_RELEASE_MIN_PAGES = 64
 _ZERO_TABLE = bytes(8 * TABLE_PAGE_BYTES)  # the handles a flags page covers
-
-
-_malloc_trim_fn: list = []  # [glibc's malloc_trim or None], resolved on first use
-
-
-def _malloc_trim() -> None:
-    """Return the heap's free memory to the OS (glibc's malloc_trim): after
-    a compaction, what its lists and earlier requests left in the heap."""
-    if not _malloc_trim_fn:
-        try:
-            import ctypes  # only when compacting: not on every server's import
-
-            _malloc_trim_fn.append(ctypes.CDLL(None).malloc_trim)
-        except (OSError, AttributeError):  # not glibc
-            _malloc_trim_fn.append(None)
-    if _malloc_trim_fn[0] is not None:
-        _malloc_trim_fn[0](0)
 
 
 # A lockless read that saw the arena move this many times takes the lock.
@@ -1020,7 +1004,7 @@ class PageStore:
         the emptied blocks back to the OS.  Safe under I/O."""
         with self._compact_lock:
             result = self._arena.compact(self._handles, self._lock)
-            _malloc_trim()  # the heap the compaction's lists and old requests left
+            heap.trim()  # what the heaps keep besides the arena (zramd/heap.py)
         with self._lock:
             self._update_mem_locked()
             result["pages_compacted"] = self._arena.pages_compacted
