@@ -33,7 +33,10 @@ def main() -> None:
                 f.write(os.urandom(2048) + bytes(2048))
         psk = write_psk(os.path.join(d, "keys.psk"))
         results: dict[str, tuple[list[float], list[float]]] = {
-            "unix": ([], []), "tcp": ([], []), "tcp+tls": ([], [])}
+            "unix": ([], []),
+            "tcp": ([], []),
+            "tcp+tls": ([], []),
+        }
         for _ in range(rounds):
             for kind, (writes, reads) in results.items():
                 port = free_port()
@@ -59,9 +62,11 @@ def main() -> None:
                     srv.wait()
                     srv.kill()
         for kind, (writes, reads) in results.items():
-            print(f"{kind:8} write MiB/s {statistics.median(writes):5.0f} "
-                  f"({min(writes):.0f}-{max(writes):.0f})   read MiB/s "
-                  f"{statistics.median(reads):5.0f} ({min(reads):.0f}-{max(reads):.0f})")
+            print(
+                f"{kind:8} write MiB/s {statistics.median(writes):5.0f} "
+                f"({min(writes):.0f}-{max(writes):.0f})   read MiB/s "
+                f"{statistics.median(reads):5.0f} ({min(reads):.0f}-{max(reads):.0f})"
+            )
 
 
 if __name__ == "__main__":

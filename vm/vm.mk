@@ -1,6 +1,8 @@
 # `make vm-test`: a real Linux kernel swaps onto zramd in a qemu guest (TCG),
 # through qemu's NBD client (virtio disk) and through the guest kernel's nbd
-# driver, with every byte verified; then the same workload on the reference
+# driver, with every byte verified; the same onto two striped instances
+# (zramd serve --instances 2) at equal swap priority, both ways, each
+# instance getting a fair share; then the same workload on the reference
 # targets (nbdkit's memory plugin on both paths, the guest's own zram).
 # The guest is built from Debian packages and cached in vm/cache/ (not in git).
 # Included by the main Makefile, which defines VENV, PY and `setup`.

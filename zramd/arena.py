@@ -82,6 +82,7 @@ MAX_CHAIN_PAGES = 8  # zsmalloc's CONFIG_ZSMALLOC_CHAIN_SIZE default
 MIN_CLASS_BYTES = 32  # zsmalloc's ZS_MIN_ALLOC_SIZE on x86-64
 CLASS_STEP_BYTES = 16  # zsmalloc's ZS_SIZE_CLASS_DELTA with 4 KiB pages
 HUGE_BLOCK_PAGES = 8  # huge pages per block (zsmalloc: 1)
+MIN_BLOCK_PAGES = 8  # shorter chains are repeated up to this
 
 TAG_MASK = 3
 TAG_OBJ = 1
@@ -165,6 +166,12 @@ def build_classes() -> list:
     size, pages, objs = table[-1]
     assert size == PAGE_SIZE and objs == 1
     table[-1] = (PAGE_SIZE, HUGE_BLOCK_PAGES, HUGE_BLOCK_PAGES)
+    # Short chains repeated up to MIN_BLOCK_PAGES (same tail waste per
+    # object): a block's own cost (BLOCK_META_BYTES) is shared by more
+    # objects; at most 256 spots (the free stack holds bytes).
+    for i, (size, pages, objs) in enumerate(table[:-1]):
+        times = max(1, min(MIN_BLOCK_PAGES // pages, 256 // objs))
+        table[i] = (size, pages * times, objs * times)
     return [SizeClass(i, *t) for i, t in enumerate(table)]
 
 
