@@ -188,6 +188,11 @@ def aggregate(stats_list: list[dict]) -> dict:
 STOP_GRACE_SECONDS = 1.0
 
 
+# How often the waiting main thread wakes up to run signal handlers (a bound
+# on how late a Ctrl-C or SIGTERM is acted on).
+SIGNAL_POLL_S = 0.5
+
+
 class Stripe:
     """N Servers started, watched and stopped together."""
 
@@ -262,7 +267,13 @@ class Stripe:
         removed, and ``on_death(index, status)`` is called; the others go on."""
         remaining = len(self.servers)
         while remaining:
-            index = self._exited.get()
+            # Wake up now and then: CPython runs signal handlers only in the
+            # main thread, and a SIGTERM the kernel hands to another thread
+            # (a watcher, the metrics server) does not interrupt this wait.
+            try:
+                index = self._exited.get(timeout=SIGNAL_POLL_S)
+            except queue.Empty:
+                continue
             remaining -= 1
             if not self.stopping:
                 server = self.servers[index]
