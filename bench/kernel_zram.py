@@ -20,19 +20,9 @@ from pathlib import Path
 from typing import IO
 
 from bench.servers import SkipSystem
+from zramd.store import MM_STAT_FIELDS  # zram's mm_stat columns, one list
 
 ZRAM_CONTROL = Path("/sys/class/zram-control")
-MM_STAT_FIELDS = [
-    "orig_data_size",
-    "compr_data_size",
-    "mem_used_total",
-    "mem_limit",
-    "mem_used_max",
-    "same_pages",
-    "pages_compacted",
-    "huge_pages",
-    "huge_pages_since",
-]
 
 
 class ZramDevice:

@@ -23,17 +23,8 @@ import dataclasses
 import re
 from pathlib import Path
 
-MM_STAT_FIELDS = [
-    "orig_data_size",
-    "compr_data_size",
-    "mem_used_total",
-    "mem_limit",
-    "mem_used_max",
-    "same_pages",
-    "pages_compacted",
-    "huge_pages",
-    "huge_pages_since",
-]
+from zramd.store import MM_STAT_FIELDS  # zram's mm_stat columns, one list
+
 _ZRAM_MM_STAT = "/zram0/mm_stat "
 
 
