@@ -84,7 +84,7 @@ def test_an_endless_line_is_not_buffered(make_control):
 
 
 def test_a_silent_client_is_disconnected(make_control):
-    _, path, _ = make_control(idle_timeout_s=0.3)
+    _, path, _ = make_control(idle_timeout_s=0.1)
     s = client(path, timeout=30)
     assert s.recv(1) == b""  # closed by the server, not by our timeout
     s.close()
@@ -98,14 +98,14 @@ def test_a_silent_client_is_disconnected(make_control):
 def test_a_trickling_client_is_disconnected(make_control):
     """A byte now and then does not keep a connection: the whole line must
     arrive within the timeout."""
-    _, path, _ = make_control(idle_timeout_s=0.5)
+    _, path, _ = make_control(idle_timeout_s=0.2)
     s = client(path, timeout=30)
     sent = 0
     try:
         for byte in b'{"cmd": "stats"' * 100:
             s.sendall(bytes([byte]))
             sent += 1
-            time.sleep(0.05)
+            time.sleep(0.02)
     except OSError:
         pass
     assert sent < 200  # cut off long before the line could end

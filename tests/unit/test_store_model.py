@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import settings, strategies as st
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from zramd import heap
 from zramd.arena import BLOCK_META_BYTES
 from zramd.codecs import make_codec
 from zramd.store import PageStore
@@ -45,6 +48,15 @@ def payloads(draw, max_bytes: int) -> bytes:
         start = draw(st.integers(0, PAGE_SIZE - 1))
         return ((RANDOM[start:] + RANDOM) * (length // PAGE_SIZE + 1))[:length]
     return draw(st.binary(min_size=length, max_size=length))
+
+
+@pytest.fixture(autouse=True)
+def no_heap_trim(monkeypatch):
+    """``compact`` ends with a full garbage collection and malloc_trim
+    (zramd/heap.py, tested on its own in test_heap.py); in a process full of
+    hypothesis's objects that costs tens of milliseconds per call and would
+    make this model test the slowest of the unit layer."""
+    monkeypatch.setattr(heap, "trim", lambda: True)
 
 
 class StoreModel(RuleBasedStateMachine):
