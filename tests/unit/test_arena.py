@@ -439,7 +439,7 @@ def vm_rss_bytes() -> int:
 def test_trimmed_slots_give_their_table_pages_back():
     """The per-page tables (13 bytes a page) are touched only where pages
     are stored, and trims give back the table pages they leave empty."""
-    pages = 1 << 18  # a 1 GiB device: 3.25 MiB of tables
+    pages = 1 << 19  # a 2 GiB device: 6.5 MiB of tables
     table_bytes = pages * 13
     before = vm_rss_bytes()
     store = PageStore(pages * PAGE_SIZE, make_codec("lz4"))
@@ -452,7 +452,9 @@ def test_trimmed_slots_give_their_table_pages_back():
     store.discard(0, pages * PAGE_SIZE // 2)  # in one request
     for off in range(pages * PAGE_SIZE // 2, pages * PAGE_SIZE, 1 << 20):
         store.discard(off, 1 << 20)  # in 1 MiB requests (256 slots each)
-    assert full - vm_rss_bytes() > table_bytes * 0.9
+    # 0.8: the rest of the process may grow a little meanwhile (a full run
+    # of the unit layer shares the process)
+    assert full - vm_rss_bytes() > table_bytes * 0.8
     store.write(same, 100 * PAGE_SIZE)
     assert read_page(store, 100) == same and read_page(store, 108) == bytes(PAGE_SIZE)
     store.audit()
