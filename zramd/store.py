@@ -901,14 +901,7 @@ class PageStore:
                 self._release_table_pages(*zero_range)
             self.pages_staged += staged
             self.pages_compressed_async += compressed_async
-            self.mem_used_total = used = (
-                arena.block_bytes
-                + arena.nr_blocks * BLOCK_META_BYTES
-                + self.pages_stored * self.slot_meta_bytes
-                + self.pending_pages * PENDING_BYTES
-            )
-            if used > self.mem_used_max:
-                self.mem_used_max = used
+            self._update_mem_locked()  # once per request (the 4 KiB path inlines it)
             self.num_writes += writes
             self.num_discards += discards
             self.notify_free += freed
