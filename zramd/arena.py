@@ -280,7 +280,7 @@ class Arena:
     # -- objects -------------------------------------------------------------
     def alloc(self, data, flag: int = 0) -> int:
         """Copy ``data`` (1..4096 bytes) into a spot; return its handle.
-        Lock held.  (PageStore._install_obj inlines this: keep in step.)"""
+        Lock held.  (PageStore.write inlines this: keep in step.)"""
         n = len(data)
         c = self.class_of[n]
         b = c.cur
@@ -324,7 +324,7 @@ class Arena:
         return b
 
     def free_obj(self, h: int) -> None:
-        """Give the spot of handle ``h`` back.  Lock held."""
+        """Give the spot of handle ``h`` back.  Lock held.  (PageStore.write inlines this: keep in step.)"""
         b = h >> BLOCK_SHIFT
         c = self.owner[b]
         fl = self.free[b]
@@ -340,7 +340,10 @@ class Arena:
             else:
                 self._release(b, c)
         elif k == 1 and b != c.cur and b not in self.draining:
-            c.partial[b] = None
+            if c.cur < 0:  # no block being filled: this one is next
+                c.cur = b
+            else:
+                c.partial[b] = None
 
     def _release(self, b: int, c: SizeClass) -> None:
         """munmap an empty block (lock held)."""
