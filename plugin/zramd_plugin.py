@@ -140,6 +140,8 @@ def after_fork():
     dest = logs.open_log_file(_settings.log_file) if _settings.log_file else None
     _log_filter = logs.StderrFilter(dest)
     _log_filter.install()
+    assert _log_filter.dest_fd is not None  # set by install()
+    logs.enable_stack_dumps(_log_filter.dest_fd)  # kill -USR1: Python stacks into the log
     _device.start()  # threads: only after nbdkit's fork
     if _settings.control_path:
         _control = ControlServer(_settings.control_path, _control_request)
