@@ -30,7 +30,7 @@ Modules, one job each:
     fill.py         writing the corpus through NBD or onto a block device
     storage.py      compression ratio and memory per page from stats and RSS
     targets.py      ratios against peers and the targets they are judged by
-    matrix.py, scaling.py, cpu.py, backing.py, memory.py   the sections
+    matrix.py, scaling.py, cpu.py, baseline.py, backing.py, memory.py   the sections
     stats.py        medians and spreads over rounds
     plots.py        PNG charts (matplotlib, Agg)
     report.py       results.md, results.json, docs/bench and README's block

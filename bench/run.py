@@ -78,6 +78,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--zramd", help="path of the zramd CLI (default: next to this Python, or .venv/bin/zramd)"
     )
     p.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="baseline section: the earlier commit to compare with (default: the store "
+        "before the page arena)",
+    )
+    p.add_argument(
         "--zram-lock",
         default=os.environ.get("ZRAMD_BENCH_ZRAM_LOCK"),
         help="hold flock(2) on this file while using a kernel zram device "
@@ -111,6 +117,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             a.runtime,
             a.ramp,
             a.rounds,
+            a.baseline,
             a.datasets != "fio,corpus",
         )
     )

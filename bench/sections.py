@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bench.backing import BackingEncryption
+from bench.baseline import Baseline
 from bench.context import Context
 from bench.cpu import ServerCpu
 from bench.matrix import Matrix
@@ -47,6 +48,7 @@ SECTIONS: list[Section] = [
     Matrix(),
     ConnectionScaling(),
     ServerCpu(),
+    Baseline(),
     BackingEncryption(),
     Memory(),
 ]

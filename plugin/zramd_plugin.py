@@ -22,7 +22,7 @@ try:
 except ImportError:  # run from a checkout without PYTHONPATH
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zramd import commands, failures, logs, pinning, shutdown, swap
+from zramd import commands, failures, logs, nodump, pinning, shutdown, swap
 from zramd import config as zconfig
 from zramd.backing import BackingFile
 from zramd.checksums import make_checksum
@@ -66,6 +66,10 @@ def config_complete():
     failures.install()  # nbdkit's error printing (zramd/failures.py)
     _settings = zconfig.from_plugin_params(_params)
     logs.configure_plugin()
+    # Before any page is stored: no core dump, no /proc/PID/mem (zramd/nodump.py).
+    why_not = nodump.forbid_dumps()
+    if why_not:
+        logs.log("WARNING", why_not)
     _pin = _settings.pin_thread_state
     # With --threads 1, nbdkit runs open, every request and close of a
     # connection on one thread (checked), so pinning in open() is enough.
@@ -140,6 +144,8 @@ def after_fork():
     dest = logs.open_log_file(_settings.log_file) if _settings.log_file else None
     _log_filter = logs.StderrFilter(dest)
     _log_filter.install()
+    assert _log_filter.dest_fd is not None  # set by install()
+    logs.enable_stack_dumps(_log_filter.dest_fd)  # kill -USR1: Python stacks into the log
     _device.start()  # threads: only after nbdkit's fork
     if _settings.control_path:
         _control = ControlServer(_settings.control_path, _control_request)

@@ -54,6 +54,13 @@ class GuestResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class Progress:
+    """The guest's watchdog line while the hog runs: seconds, swap counters."""
+
+    values: dict
+
+
+@dataclasses.dataclass(frozen=True)
 class GuestFail:
     line: str
 
@@ -96,6 +103,8 @@ def parse_line(line: str) -> Event | None:
         return Phase(rest)
     if tag == "ZRAMD-RESULT":
         return GuestResult(kv(rest))
+    if tag == "ZRAMD-PROGRESS":
+        return Progress(kv(rest))
     if tag == "ZRAMD-FAIL":
         return GuestFail(line)
     if tag == "ZRAMD-DONE":

@@ -17,6 +17,7 @@
 #   ZRAMD-PHASE name                       progress
 #   ZRAMD-RESULT key=value ...             measurements
 #   HOG-...                                the hog's own lines (vm/hog.c)
+#   ZRAMD-PROGRESS t=S pswpin=.. ...       every 10 s while the hog runs
 #   ZRAMD-FAIL reason                      a step failed
 #   ZRAMD-DONE ok=0|1                      last line before power-off
 /bin/busybox mkdir -p /usr/bin /usr/sbin
@@ -74,6 +75,15 @@ swap_prio=10
 mem_kib=$(awk '$1 == "MemTotal:" { print $2 }' /proc/meminfo)
 result "boot_s=$(uptime_s) dev=$dev_kind ndev=$ndev mem_total_kib=$mem_kib hog_mib=$hog_mib passes=$passes kernel=$(uname -r)"
 
+# A larger free-memory reserve for a 128 MiB guest that swaps 2.6x its RAM:
+# reclaim starts earlier and leaves room for what swap-out itself needs.
+# Swap over a network needs it most (the replies to swap-out writes arrive
+# in skbs allocated when memory is lowest: with two nbd swap devices the
+# guest stalled at the onset of swapping without it, 2 runs in 3, kblockd
+# blocked for minutes after ~300 pages); the virtio disks get the same
+# reserve, so every target runs under one memory policy.
+echo 8192 > /proc/sys/vm/min_free_kbytes
+
 phase attach
 devs=""
 case $dev_kind in
@@ -95,12 +105,6 @@ nbd)
     load_group base
     load_group net
     load_group nbd
-    # Swap over a network: the replies to swap-out writes arrive in skbs
-    # that need free memory, at the moment there is least of it. A larger
-    # reserve makes reclaim start earlier and leaves room for them (with two
-    # nbd swap devices the guest stalled at the onset of swapping without
-    # it, 2 runs in 3: kblockd blocked for minutes after ~300 pages).
-    echo 8192 > /proc/sys/vm/min_free_kbytes
     wait_for /sys/class/net/eth0 20
     ip link set lo up
     ip link set eth0 up || fail "eth0 up"
@@ -149,8 +153,24 @@ phase hog
 statfile=""
 [ "$dev_kind" = zram ] && statfile="-s /sys/block/zram0/mm_stat"
 t0=$(uptime_s)
+# A watchdog beside the hog: swap counters every 10 s (does I/O still move?),
+# and at 120 s the blocked tasks' kernel stacks, so that a guest that stops
+# making progress says where it waits before the host's timeout kills it.
+(
+    n=0
+    while sleep 10; do
+        n=$((n + 10))
+        echo "ZRAMD-PROGRESS t=$n $(vmstat)$(awk '$1 == "MemFree:" { printf "memfree_kib=%s", $2 }' /proc/meminfo)"
+        if [ $n = 120 ]; then
+            echo w > /proc/sysrq-trigger
+            dmesg | tail -n 120 | sed 's/^/ZRAMD-DMESG /'
+        fi
+    done
+) &
+watchdog=$!
 hog -p "$passes" -x "$corrupt" $statfile "$hog_mib"
 hog_rc=$?
+kill $watchdog 2>/dev/null
 t1=$(uptime_s)
 result "hog_rc=$hog_rc hog_start_s=$t0 hog_end_s=$t1 $(vmstat | sed 's/=/_after=/g')"
 [ "$dev_kind" = zram ] && result "zram_mm_stat_after_hog=$(tr -s ' ' , < /sys/block/zram0/mm_stat | sed 's/^,//')"

@@ -170,10 +170,44 @@ class GuestRun:
                 return
             if time.monotonic() > deadline:
                 self.timed_out = True
-                self._kill_qemu()
                 self.res.failures.append(f"timeout: guest still running after {timeout_s} s")
+                self.diagnose_stall()
+                self._kill_qemu()
                 return
             time.sleep(POLL_INTERVAL_S)
+
+    def diagnose_stall(self, window_s: float = 2.0) -> None:
+        """Before a timed-out guest is killed: is the server still serving
+        (its request counters over ``window_s``, per instance), where do its
+        threads wait, and (zramd) its Python stacks, dumped into its log."""
+        if self.server is None or not self.server.alive():
+            return
+        lines = []
+        if self.sampler is not None:
+            a = self.sampler.sample("stall")
+            time.sleep(window_s)
+            b = self.sampler.sample("stall")
+            if a and b:
+                before = a.get("per_instance") or [a]
+                after = b.get("per_instance") or [b]
+                for i, (x, y) in enumerate(zip(before, after, strict=False)):
+                    moved = {
+                        k: y.get(k, 0) - x.get(k, 0)
+                        for k in ("num_reads", "num_writes", "num_discards")
+                    }
+                    lines.append(
+                        f"  instance {i}: "
+                        + ", ".join(f"{v} {k}" for k, v in moved.items())
+                        + f" in {window_s} s; totals {y.get('num_reads')} reads, "
+                        f"{y.get('num_writes')} writes"
+                    )
+        states = self.server.thread_states()
+        if states:
+            lines.append(states)
+        if self.server.dump_stacks():
+            time.sleep(0.5)
+            lines.append("  Python stacks: in the server log (SIGUSR1)")
+        self.res.failures.append("server at the timeout:\n" + "\n".join(lines))
 
     def on_event(self, event: console.Event) -> None:
         res = self.res
@@ -189,6 +223,12 @@ class GuestRun:
                 self.stamp("sampled the server after swapoff")
         elif isinstance(event, console.GuestResult):
             res.guest.update(event.values)
+        elif isinstance(event, console.Progress):
+            v = event.values
+            self.stamp(
+                f"hog running {v.get('t')} s: pswpin {v.get('pswpin')}, pswpout "
+                f"{v.get('pswpout')}, MemFree {v.get('memfree_kib')} KiB"
+            )
         elif isinstance(event, console.HogPass):
             v = event.values
             self.stamp(
@@ -331,14 +371,18 @@ def run_target(
     check(res, min_ratio)
     res.ok = not res.failures
     if not res.ok and not quiet:
+        # A timeout brings the guest's blocked-task stacks and the server's
+        # Python stacks: show enough of both logs to read them.
+        stalled = run.timed_out
         log(f"---- {target} FAILED:\n  " + "\n  ".join(res.failures))
         log(
-            f"---- {target}: guest console tail ({res.console_log}):\n{tail(Path(res.console_log))}"
+            f"---- {target}: guest console tail ({res.console_log}):\n"
+            f"{tail(Path(res.console_log), 200 if stalled else 40)}"
         )
         if res.server_log:
             log(
                 f"---- {target}: server log tail "
-                f"({res.server_log}):\n{tail(Path(res.server_log), 20)}"
+                f"({res.server_log}):\n{tail(Path(res.server_log), 200 if stalled else 20)}"
             )
     return res
 

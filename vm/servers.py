@@ -183,6 +183,54 @@ class TargetServer:
         # type bit 0 = hole; anything without it holds data.
         return sum(r["size"] for r in rows if not (r.get("type", 0) & 1))
 
+    def nbdkit_pids(self) -> list[int]:
+        """The server's nbdkit processes: the process itself, or the
+        children of ``zramd serve`` (one per instance)."""
+        if not self.alive():
+            return []
+        assert self.proc is not None
+        found = []
+        for pid in [self.proc.pid] + _children(self.proc.pid):
+            try:
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if comm == "nbdkit":
+                found.append(pid)
+        return found
+
+    def thread_states(self) -> str:
+        """One line per nbdkit thread: name, state, kernel wait channel and
+        syscall number (what a stalled server waits on, without a debugger)."""
+        lines = []
+        for pid in self.nbdkit_pids():
+            for task in sorted(Path(f"/proc/{pid}/task").glob("*"), key=lambda t: int(t.name)):
+                try:
+                    comm = (task / "comm").read_text().strip()
+                    state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                    wchan = (task / "wchan").read_text().strip() or "-"
+                    syscall = (task / "syscall").read_text().split()[0]
+                except (OSError, IndexError):
+                    continue
+                lines.append(
+                    f"  nbdkit {pid} thread {task.name} {comm}: state {state}, "
+                    f"wchan {wchan}, syscall {syscall}"
+                )
+        return "\n".join(lines)
+
+    def dump_stacks(self) -> int:
+        """Ask each zramd nbdkit process for its Python threads' stacks
+        (SIGUSR1: written to its log); returns how many were asked."""
+        if self.kind != "zramd":
+            return 0  # SIGUSR1 would kill a server that does not handle it
+        pids = self.nbdkit_pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGUSR1)
+            except OSError:
+                pass
+        return len(pids)
+
     def stop(self, timeout_s: float = 20) -> int | None:
         if self.proc is None:
             return None
@@ -243,3 +291,14 @@ class StatsSampler(threading.Thread):
         self._halt.set()
         self._poke.set()
         self.join(30)
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc: every thread's children list)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out

@@ -5,25 +5,33 @@ Why it exists and how its numbers were chosen: docs/design.md#page-arena-and-mem
 Data structure
 --------------
 Objects (compressed pages, 1..4096 bytes) live in *blocks*: private
-anonymous mmaps of 1..8 pages (zsmalloc's zspages).  Each block belongs to
+anonymous mmaps of 1..16 pages (zsmalloc's zspages).  Each block belongs to
 one *size class* and is cut into ``objs`` equal spots of the class's
-``size``.  The class table is zsmalloc's (16-byte steps from 32 bytes, a
-chain of at most 8 pages chosen for the least tail waste, neighbouring
-classes with the same pages/objects merged: 119 classes); the last class,
-4096 bytes, holds huge pages, 8 to a block (zsmalloc uses one page per huge
-zspage; one mmap per 4 KiB would cost a syscall per huge write).
+``size``.  The class sizes are zsmalloc's (16-byte steps from 32 bytes,
+neighbours that an 8-page chain cuts into the same pages/objects merged:
+119 classes); each class's block is the chain of up to 16 pages that costs
+least per object, tail waste and ``BLOCK_META_BYTES`` together, at most 256
+spots.  The last class, 4096 bytes, holds huge pages, 8 to a block
+(zsmalloc uses one page per huge zspage; one mmap per 4 KiB would cost a
+syscall per huge write).
 
-Per block, indexed by block id (ids are recycled):
+Per block, indexed by block id (ids are recycled through ``_spare_ids``),
+in tables that hold no Python object per block but the mmap:
 
-- ``maps[id]``   the mmap (None once released),
-- ``free[id]``   a ``bytearray`` of free spot numbers (all classes have at
-  most 256 spots), used as a stack,
-- ``owner[id]``  its ``SizeClass``.
+- ``maps[id]``    the mmap (None once released),
+- ``owner[id]``   its ``SizeClass`` (None once released),
+- ``fhead[id]``   its first free spot, ``fcount[id]`` how many are free:
+  the free list lives in the free spots themselves (zsmalloc's link_free):
+  the first byte of a free spot ``s`` holds ``(next - s - 1) & 255``, so a
+  fresh map, all zeros, is the list 0, 1, 2, ... without being written
+  (or made resident);
+- ``pnext[id]``, ``pprev[id]``  its class's partial list (doubly linked;
+  ``pprev`` is ``UNLISTED`` when it is on none).
 
-Per class: ``cur`` (the block being filled, or -1), ``partial`` (a dict used
-as an ordered set of the other blocks with free spots), ``blocks`` (all its
-blocks).  A block is in at most one of ``cur``/``partial``; a full block is
-in neither; a block being drained by compaction is in neither.
+Per class: ``cur`` (the block being filled, or -1), ``phead`` (the head of
+the list of its other blocks with free spots, or -1), ``nblocks``.  A block
+is in at most one of ``cur``/partial list; a full block is in neither; a
+block being drained by compaction is in neither.
 
 A handle is one 64-bit int (so a page's slot costs 8 bytes)::
 
@@ -35,9 +43,9 @@ A handle is one 64-bit int (so a page's slot costs 8 bytes)::
 
 Invariants (whenever the owner's lock is free)
 ----------------------------------------------
-- every live handle points at a spot that is not in its block's free stack,
+- every live handle points at a spot that is not on its block's free list,
   and no two live handles share a spot;
-- ``len(free[b]) + live objects in b == owner[b].objs`` for every block;
+- ``fcount[b] + live objects in b == owner[b].objs`` for every block;
 - a block with no live object is released (munmap), except a class's
   ``cur`` block, kept so that a class that hovers around zero objects does
   not mmap/munmap on every write (``compact`` releases those too), and
@@ -45,8 +53,10 @@ Invariants (whenever the owner's lock is free)
   its end so that its later pages can use the spots its earlier ones
   freed (``blocks_to_map`` counts on that);
 - ``block_bytes`` = sum of the live blocks' sizes; ``nr_blocks`` = live
-  blocks; a class's ``live`` = its objects (so its free spots are
-  ``len(blocks) * objs - live``, worked out when asked, not on every I/O).
+  blocks; ``meta_bytes`` = ``BLOCK_META_BYTES`` per live block +
+  ``SPARE_ID_BYTES`` per spare id; a class's ``live`` = its objects (so its
+  free spots are ``nblocks * objs - live``, worked out when asked, not on
+  every I/O).
 
 Locking
 -------
@@ -55,7 +65,9 @@ every counter are used under the owner's lock (the store's ``_lock``, passed
 in as ``lock``), which ``compact`` takes itself, a batch at a time.
 ``read`` takes no lock.  A lockless reader proves its copy is good with
 ``epoch``: the count of spots freed or moved, bumped (under the lock)
-before any freed spot can be reused or any block released.  The reader
+before a freed spot's first byte becomes its free-list link, before any
+freed spot can be reused and before any block is released; the owner
+takes the handle out of its table before it frees the spot.  The reader
 loads ``epoch``, then the handle, copies the bytes (an mmap slice is one
 memcpy under the GIL), and loads ``epoch`` again: if it did not change, no
 spot was freed in between, so the object was live at its place during the
@@ -75,14 +87,15 @@ are released; ``pages_compacted`` counts their 4 KiB pages.
 from __future__ import annotations
 
 import mmap
+from array import array
 
 from .units import PAGE_SIZE
 
-MAX_CHAIN_PAGES = 8  # zsmalloc's CONFIG_ZSMALLOC_CHAIN_SIZE default
+MAX_CHAIN_PAGES = 8  # zsmalloc's CONFIG_ZSMALLOC_CHAIN_SIZE default: the class table
+MAX_BLOCK_PAGES = 16  # our blocks: zsmalloc's largest CONFIG_ZSMALLOC_CHAIN_SIZE
 MIN_CLASS_BYTES = 32  # zsmalloc's ZS_MIN_ALLOC_SIZE on x86-64
 CLASS_STEP_BYTES = 16  # zsmalloc's ZS_SIZE_CLASS_DELTA with 4 KiB pages
 HUGE_BLOCK_PAGES = 8  # huge pages per block (zsmalloc: 1)
-MIN_BLOCK_PAGES = 8  # shorter chains are repeated up to this
 
 TAG_MASK = 3
 TAG_OBJ = 1
@@ -93,15 +106,26 @@ OFF_SHIFT = 16
 OFF_MASK = 0xFFFFF
 BLOCK_SHIFT = 36
 
-# What one block costs besides its pages (measured with sys.getsizeof on
-# CPython 3.11: the mmap object 96, its bytearray free stack 57 + one byte
-# per spot, three list slots 24): counted in ``meta_bytes``.
-BLOCK_META_BYTES = 96 + 57 + 24
+# What one block costs besides its pages, counted in ``meta_bytes`` and so
+# in mem_used_total (docs/design.md#page-arena-and-memory-accounting says
+# how it was measured: tracemalloc around mapping blocks, rounded up to
+# pymalloc's 16-byte size classes): the mmap object, and its slots in the
+# per-block tables (``maps``, ``owner``: 8 bytes each; ``pnext``, ``pprev``:
+# 4; ``fcount``: 2; ``fhead``: 1), plus an eighth for the tables' growth.
+# tests/unit/test_arena.py checks it against tracemalloc.
+_SLOT_BYTES = 8 + 8 + 4 + 4 + 2 + 1
+BLOCK_META_BYTES = 96 + _SLOT_BYTES + _SLOT_BYTES // 8 + 1
+# A block id no block uses (released, kept for reuse): its table slots and
+# its entry in ``_spare_ids`` (4 bytes).  The tables never shrink while
+# any block is mapped.
+SPARE_ID_BYTES = _SLOT_BYTES + 4 + (_SLOT_BYTES + 4) // 8 + 1
+UNLISTED = -2  # ``pprev`` of a block on no partial list
+MAX_BLOCKS = 1 << (64 - BLOCK_SHIFT)  # block ids a handle can hold
 
 # Objects moved per hold of the lock during compaction (about 0.1 ms).
 COMPACT_BATCH = 64
 # Objects found by the table scan before they are moved: bounds the scan's
-# list (72 bytes an entry) whatever the device size.
+# array (16 bytes an entry) whatever the device size.
 COMPACT_SCAN_OBJECTS = 4096
 
 _MMAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
@@ -128,8 +152,8 @@ class SizeClass:
         "objs",
         "block_bytes",
         "cur",
-        "partial",
-        "blocks",
+        "phead",
+        "nblocks",
         "live",
     )
 
@@ -140,8 +164,8 @@ class SizeClass:
         self.objs = objs
         self.block_bytes = pages * PAGE_SIZE
         self.cur = -1
-        self.partial: dict = {}
-        self.blocks: set = set()
+        self.phead = -1  # first block of its partial list, or -1
+        self.nblocks = 0
         self.live = 0
 
     def __repr__(self):
@@ -149,8 +173,11 @@ class SizeClass:
 
 
 def build_classes() -> list:
-    """zsmalloc's class table (merged classes), smallest first; the last
-    class is the huge class (4096 bytes)."""
+    """zsmalloc's class table (merged classes, 8-page chains), smallest
+    first; the last class is the huge class (4096 bytes).  Each class's
+    block is then the chain of up to ``MAX_BLOCK_PAGES`` pages that costs
+    least per object, tail waste and ``BLOCK_META_BYTES`` together (see
+    ``_block_pages``)."""
     n = (PAGE_SIZE - MIN_CLASS_BYTES) // CLASS_STEP_BYTES + 1
     table = []
     prev = None
@@ -166,13 +193,27 @@ def build_classes() -> list:
     size, pages, objs = table[-1]
     assert size == PAGE_SIZE and objs == 1
     table[-1] = (PAGE_SIZE, HUGE_BLOCK_PAGES, HUGE_BLOCK_PAGES)
-    # Short chains repeated up to MIN_BLOCK_PAGES (same tail waste per
-    # object): a block's own cost (BLOCK_META_BYTES) is shared by more
-    # objects; at most 256 spots (the free stack holds bytes).
-    for i, (size, pages, objs) in enumerate(table[:-1]):
-        times = max(1, min(MIN_BLOCK_PAGES // pages, 256 // objs))
-        table[i] = (size, pages * times, objs * times)
+    for i, (size, _pages, _objs) in enumerate(table[:-1]):
+        pages = _block_pages(size)
+        table[i] = (size, pages, pages * PAGE_SIZE // size)
     return [SizeClass(i, *t) for i, t in enumerate(table)]
+
+
+def _block_pages(size: int) -> int:
+    """Pages per block for objects of ``size`` bytes: of 1..MAX_BLOCK_PAGES,
+    the one with the least tail waste plus block bookkeeping per object
+    (zsmalloc weighs the tail only; here a block also costs
+    ``BLOCK_META_BYTES`` of Python objects), at most 256 spots (the free
+    stack holds bytes); the shorter chain on a tie."""
+    best_cost, best = None, 1
+    for pages in range(1, MAX_BLOCK_PAGES + 1):
+        objs = pages * PAGE_SIZE // size
+        if objs > 256:
+            break
+        cost = (pages * PAGE_SIZE - objs * size + BLOCK_META_BYTES) / objs
+        if best_cost is None or cost < best_cost:
+            best_cost, best = cost, pages
+    return best
 
 
 CLASS_TABLE = build_classes()
@@ -196,13 +237,17 @@ class Arena:
             self.class_of[n] = self.classes[ci]
         self.class_of[0] = self.classes[0]
         self.maps: list = []
-        self.free: list = []
+        self.fhead = bytearray()  # first free spot of each block
+        self.fcount = array("H")  # free spots of each block
         self.owner: list = []
-        self._spare_ids: list = []
+        self.pnext = array("i")  # partial lists: next block, or -1
+        self.pprev = array("i")  # previous block, -1 at the head, UNLISTED if none
+        self._spare_ids = array("i")
         self.draining: set = set()
         self.deferring = False  # keep emptied blocks until release_deferred()
         self._deferred: list = []
         self.epoch = 0
+        self.meta_bytes = 0  # BLOCK_META_BYTES a block + SPARE_ID_BYTES a spare id
         self.nr_blocks = 0
         self.block_bytes = 0
         self.pages_compacted = 0
@@ -218,18 +263,38 @@ class Arena:
     @property
     def free_spot_bytes(self) -> int:
         """Bytes of free spots inside blocks (tails not counted)."""
-        return sum((len(c.blocks) * c.objs - c.live) * c.size for c in self.classes)
+        return sum((c.nblocks * c.objs - c.live) * c.size for c in self.classes)
 
-    @property
-    def meta_bytes(self) -> int:
-        return self.nr_blocks * BLOCK_META_BYTES
+    # -- partial lists -------------------------------------------------------
+    def partial_add(self, b: int, c: SizeClass) -> None:
+        """List block ``b`` as partial in its class (lock held; not listed)."""
+        h = c.phead
+        self.pnext[b] = h
+        self.pprev[b] = -1
+        if h >= 0:
+            self.pprev[h] = b
+        c.phead = b
+
+    def _partial_remove(self, b: int, c: SizeClass) -> None:
+        """Unlist block ``b`` if it is listed (lock held)."""
+        p = self.pprev[b]
+        if p == UNLISTED:
+            return
+        n = self.pnext[b]
+        if p >= 0:
+            self.pnext[p] = n
+        else:
+            c.phead = n
+        if n >= 0:
+            self.pprev[n] = p
+        self.pprev[b] = UNLISTED
 
     def _spots(self, c: SizeClass) -> int:
         """Free spots a class can allocate from now (lock held)."""
-        spots = len(c.blocks) * c.objs - c.live
+        spots = c.nblocks * c.objs - c.live
         for b in self.draining:
             if self.owner[b] is c:
-                spots -= len(self.free[b])
+                spots -= self.fcount[b]
         return spots
 
     def blocks_to_map(self, seq) -> dict:
@@ -261,7 +326,7 @@ class Arena:
         """Map the blocks ``blocks_to_map`` asked for (lock held)."""
         for c, k in blocks.items():
             for _ in range(k):
-                c.partial[self._new_block(c)] = None
+                self.partial_add(self._new_block(c), c)
 
     def release_deferred(self) -> None:
         """End ``deferring``: release the blocks that emptied meanwhile."""
@@ -269,7 +334,7 @@ class Arena:
         deferred, self._deferred = self._deferred, []
         for b in deferred:
             c = self.owner[b]
-            if c is not None and len(self.free[b]) == c.objs and b != c.cur:
+            if c is not None and self.fcount[b] == c.objs and b != c.cur:
                 self._release(b, c)
 
     def need_bytes(self, lengths) -> int:
@@ -286,17 +351,27 @@ class Arena:
         b = c.cur
         if b < 0:
             b = self._next_block(c)
-        fl = self.free[b]
-        off = fl.pop() * c.size
-        if not fl:
+        mm = self.maps[b]
+        fhead = self.fhead
+        s = fhead[b]
+        off = s * c.size
+        fhead[b] = (s + 1 + mm[off]) & 255  # the spot's link (module doc)
+        k = self.fcount[b] - 1
+        self.fcount[b] = k
+        if not k:
             c.cur = -1
-        self.maps[b][off : off + n] = data
+        mm[off : off + n] = data
         c.live += 1
         return TAG_OBJ | flag | n << LEN_SHIFT | off << OFF_SHIFT | b << BLOCK_SHIFT
 
     def _next_block(self, c: SizeClass) -> int:
-        if c.partial:
-            b = c.partial.popitem()[0]
+        b = c.phead
+        if b >= 0:  # pop the head of the partial list
+            n = self.pnext[b]
+            c.phead = n
+            if n >= 0:
+                self.pprev[n] = -1
+            self.pprev[b] = UNLISTED
         else:
             b = self._new_block(c)
         c.cur = b
@@ -304,21 +379,27 @@ class Arena:
 
     def _new_block(self, c: SizeClass) -> int:
         mm = mmap.mmap(-1, c.block_bytes, flags=_MMAP_FLAGS)
-        spots = bytearray(range(c.objs - 1, -1, -1))  # pop() gives spot 0 first
         if self._spare_ids:
             b = self._spare_ids.pop()
             self.maps[b] = mm
-            self.free[b] = spots
             self.owner[b] = c
+            self.meta_bytes -= SPARE_ID_BYTES
         else:
             b = len(self.maps)
-            if b >> (64 - BLOCK_SHIFT):
+            if b >= MAX_BLOCKS:
                 mm.close()
                 raise MemoryError("arena: out of block ids")
             self.maps.append(mm)
-            self.free.append(spots)
             self.owner.append(c)
-        c.blocks.add(b)
+            self.pnext.append(-1)
+            self.pprev.append(UNLISTED)
+            self.fhead.append(0)
+            self.fcount.append(0)
+        # a fresh map reads as zeros: links of 0, the free list 0, 1, 2, ...
+        self.fhead[b] = 0
+        self.fcount[b] = c.objs
+        c.nblocks += 1
+        self.meta_bytes += BLOCK_META_BYTES
         self.nr_blocks += 1
         self.block_bytes += c.block_bytes
         return b
@@ -327,11 +408,14 @@ class Arena:
         """Give the spot of handle ``h`` back.  Lock held.  (PageStore.write inlines this: keep in step.)"""
         b = h >> BLOCK_SHIFT
         c = self.owner[b]
-        fl = self.free[b]
-        fl.append(((h >> OFF_SHIFT) & OFF_MASK) // c.size)
-        self.epoch += 1
+        off = (h >> OFF_SHIFT) & OFF_MASK
+        s = off // c.size
+        self.epoch += 1  # before the link overwrites the object's first byte
+        self.maps[b][off] = (self.fhead[b] - s - 1) & 255
+        self.fhead[b] = s
+        k = self.fcount[b] + 1
+        self.fcount[b] = k
         c.live -= 1
-        k = len(fl)
         if k == c.objs:
             if b == c.cur:
                 pass
@@ -343,20 +427,22 @@ class Arena:
             if c.cur < 0:  # no block being filled: this one is next
                 c.cur = b
             else:
-                c.partial[b] = None
+                self.partial_add(b, c)
 
     def _release(self, b: int, c: SizeClass) -> None:
         """munmap an empty block (lock held)."""
         self.epoch += 1
-        c.partial.pop(b, None)
-        c.blocks.discard(b)
+        self._partial_remove(b, c)
+        c.nblocks -= 1
+        self.meta_bytes -= BLOCK_META_BYTES
         if c.cur == b:
             c.cur = -1
         mm = self.maps[b]
         self.maps[b] = None
-        self.free[b] = None
+        self.fcount[b] = 0
         self.owner[b] = None
         self._spare_ids.append(b)
+        self.meta_bytes += SPARE_ID_BYTES
         self.nr_blocks -= 1
         self.block_bytes -= c.block_bytes
         self.blocks_released += 1
@@ -372,6 +458,20 @@ class Arena:
                 pass
             self._zombies.append(mm)
 
+    def free_spots(self, b: int):
+        """The free spots of block ``b``, following its free list (lock
+        held); None if the list is broken (a spot out of range or twice)."""
+        c = self.owner[b]
+        mm = self.maps[b]
+        s = self.fhead[b]
+        spots = set()
+        for _ in range(self.fcount[b]):
+            if s >= c.objs or s in spots:
+                return None
+            spots.add(s)
+            s = (s + 1 + mm[s * c.size]) & 255
+        return spots
+
     def read(self, h: int) -> bytes:
         """The object's bytes (no lock: see the module doc for the epoch
         check the caller does around it)."""
@@ -385,13 +485,16 @@ class Arena:
         pages = 0
         for c in self.classes:
             b = c.cur
-            if b >= 0 and len(self.free[b]) == c.objs:
+            if b >= 0 and self.fcount[b] == c.objs:
                 self._release(b, c)
                 pages += c.pages
         if self.nr_blocks == 0 and not self.draining and self.maps:
             # empty: drop the per-block lists grown to the peak (and the
             # recycled ids, int objects of 28 bytes each)
-            self.maps, self.free, self.owner, self._spare_ids = [], [], [], []
+            self.maps, self.owner = [], []
+            self.pnext, self.pprev, self._spare_ids = array("i"), array("i"), array("i")
+            self.fhead, self.fcount = bytearray(), array("H")
+            self.meta_bytes = 0
         if self._zombies:
             for mm in list(self._zombies):
                 try:
@@ -407,8 +510,8 @@ class Arena:
         whole blocks' worth of free spots."""
         total = 0
         for c in self.classes:
-            if c.blocks:
-                spare = len(c.blocks) * c.objs - c.live
+            if c.nblocks:
+                spare = c.nblocks * c.objs - c.live
                 total += (spare // c.objs) * c.block_bytes
         return total
 
@@ -416,20 +519,24 @@ class Arena:
         """Mark the sparsest blocks of each class draining (lock held)."""
         self._plan_freed = self.release_empty()  # an empty cur block would soak up moves
         sources = set()
-        free = self.free
+        free = self.fcount
+        spare: dict = {}  # class -> blocks it could empty
         for c in self.classes:
-            nblocks = len(c.blocks)
-            if nblocks < 2:
-                continue
+            if c.nblocks >= 2 and c.nblocks - -(-c.live // c.objs) >= 1:
+                spare[c] = []
+        if spare:  # one pass over the blocks (classes keep counts, not sets)
+            for b, c in enumerate(self.owner):
+                if c in spare:
+                    spare[c].append(b)
+        for c, blocks in spare.items():
+            nblocks = len(blocks)
             keep = -(-c.live // c.objs)
-            if nblocks - keep < 1:
-                continue
-            order = sorted(c.blocks, key=lambda b: len(free[b]), reverse=True)
+            order = sorted(blocks, key=lambda b: free[b], reverse=True)
             for b in order[: nblocks - keep]:
-                if len(free[b]) == c.objs:
+                if free[b] == c.objs:
                     continue  # already empty: release_empty / free will do it
                 sources.add(b)
-                c.partial.pop(b, None)
+                self._partial_remove(b, c)
                 if c.cur == b:
                     c.cur = -1
         self.draining = sources
@@ -451,23 +558,26 @@ class Arena:
         moved = 0
         try:
             if sources:
-                todo: list = []
+                todo = array("Q")  # slot, handle, slot, handle, ...: no objects
                 shift, mask = BLOCK_SHIFT, TAG_MASK
                 for i, h in enumerate(table):
                     if h & mask == TAG_OBJ and h >> shift in sources:
-                        todo.append((i, h))
-                        if len(todo) == COMPACT_SCAN_OBJECTS:  # bounded memory
+                        todo.append(i)
+                        todo.append(h)
+                        if len(todo) == 2 * COMPACT_SCAN_OBJECTS:  # bounded memory
                             m, p, k = self._move(table, todo, lock)
                             moved, freed, blocks = moved + m, freed + p, blocks + k
-                            todo = []
+                            del todo[:]
                 m, p, k = self._move(table, todo, lock)
                 moved, freed, blocks = moved + m, freed + p, blocks + k
         finally:
             with lock:
                 for b in self.draining:
                     c = self.owner[b]
-                    if c is not None and self.free[b] and c.cur != b:
-                        c.partial[b] = None
+                    if c is None or not self.fcount[b] or c.cur == b:
+                        continue
+                    if self.pprev[b] == UNLISTED:
+                        self.partial_add(b, c)
                 self.draining = set()
                 before = self.blocks_released
                 freed += self.release_empty()
@@ -475,24 +585,26 @@ class Arena:
                 self.pages_compacted += freed
         return {"moved": moved, "pages_freed": freed, "blocks_freed": blocks}
 
-    def _move(self, table, todo: list, lock) -> tuple:
-        """Move ``todo`` in batches, each under one hold of ``lock``."""
+    def _move(self, table, todo, lock) -> tuple:
+        """Move ``todo`` (slot, handle pairs) in batches, each under one hold
+        of ``lock``."""
         moved = pages = blocks = 0
-        for start in range(0, len(todo), COMPACT_BATCH):
+        for start in range(0, len(todo), 2 * COMPACT_BATCH):
             with lock:
-                m, p, k = self._move_batch(table, todo[start : start + COMPACT_BATCH])
+                m, p, k = self._move_batch(table, todo[start : start + 2 * COMPACT_BATCH])
             moved, pages, blocks = moved + m, pages + p, blocks + k
         return moved, pages, blocks
 
     def _move_batch(self, table, batch) -> tuple:
         """Move one batch (lock held): (objects moved, pages freed, blocks freed)."""
         moved = pages = blocks = 0
-        for i, h in batch:
+        for j in range(0, len(batch), 2):
+            i, h = batch[j], batch[j + 1]
             if table[i] != h:
                 continue  # rewritten or trimmed meanwhile: its spot is free already
             b = h >> BLOCK_SHIFT
             c = self.owner[b]
-            if c.cur < 0 and not c.partial:
+            if c.cur < 0 and c.phead < 0:
                 continue  # no room left outside the draining blocks
             nh = self.alloc(self.read(h), h & FLAG_BIT)
             table[i] = nh
@@ -510,35 +622,60 @@ class Arena:
         recomputed figures; raises AssertionError listing what is wrong."""
         errors = []
         nr_blocks = block_bytes = free_spot = live = 0
+        per_class: dict = {}
+        listed_in: dict = {}
+        frees: dict = {}  # block -> its free spots
+        meta = SPARE_ID_BYTES * len(self._spare_ids)
+        clive: dict = {}
         for b, mm in enumerate(self.maps):
             c = self.owner[b]
             if mm is None:
-                if c is not None or self.free[b] is not None:
+                if c is not None or self.fcount[b] or self.pprev[b] != UNLISTED:
                     errors.append(f"released block {b} still has state")
                 continue
             nr_blocks += 1
             block_bytes += c.block_bytes
+            meta += BLOCK_META_BYTES
             if len(mm) != c.block_bytes:
                 errors.append(f"block {b}: {len(mm)} bytes, class wants {c.block_bytes}")
-            fl = self.free[b]
-            if len(set(fl)) != len(fl) or any(s >= c.objs for s in fl):
-                errors.append(f"block {b}: bad free stack")
+            fl = self.free_spots(b)
+            if fl is None:
+                errors.append(f"block {b}: bad free list")
+                fl = set()
+            frees[b] = fl
+            if len(fl) != self.fcount[b]:
+                errors.append(f"block {b}: {self.fcount[b]} free spots counted, {len(fl)} listed")
             free_spot += len(fl) * c.size
             live += c.objs - len(fl)
-            if b not in c.blocks:
-                errors.append(f"block {b} missing from its class")
+            per_class[c] = per_class.get(c, 0) + 1
+            clive[c] = clive.get(c, 0) + c.objs - len(fl)
             if len(fl) == c.objs and b != c.cur and b not in self.draining:
                 errors.append(f"block {b} empty but not released")
-            if fl and b != c.cur and b not in c.partial and b not in self.draining:
+            listed = self.pprev[b] != UNLISTED
+            listed_in[c] = listed_in.get(c, 0) + listed
+            if fl and b != c.cur and not listed and b not in self.draining:
                 errors.append(f"block {b} has free spots but cannot be allocated from")
-            if not fl and b in c.partial:
-                errors.append(f"block {b} full but listed partial")
+            if listed and (not fl or b == c.cur or b in self.draining):
+                errors.append(f"block {b} listed partial but full, current or draining")
+        spare = set(self._spare_ids)
+        if len(spare) != len(self._spare_ids) or spare != {
+            b for b, mm in enumerate(self.maps) if mm is None
+        }:
+            errors.append("spare block ids are not exactly the released ones")
         for c in self.classes:
-            clive = sum(c.objs - len(self.free[b]) for b in c.blocks if self.maps[b] is not None)
-            if clive != c.live:
-                errors.append(f"class {c.size}: live {c.live}, counted {clive}")
-            if c.cur >= 0 and c.cur in c.partial:
-                errors.append(f"class {c.size}: cur block also partial")
+            if per_class.get(c, 0) != c.nblocks:
+                errors.append(f"class {c.size}: nblocks {c.nblocks}, counted {per_class.get(c, 0)}")
+            if clive.get(c, 0) != c.live:
+                errors.append(f"class {c.size}: live {c.live}, counted {clive.get(c, 0)}")
+            n, b, prev = 0, c.phead, -1
+            while b >= 0 and n <= len(self.maps):
+                if self.owner[b] is not c or self.pprev[b] != prev:
+                    errors.append(f"class {c.size}: partial list broken at block {b}")
+                    break
+                n, prev, b = n + 1, b, self.pnext[b]
+            nlisted = listed_in.get(c, 0)
+            if n != nlisted:
+                errors.append(f"class {c.size}: {n} blocks on the partial list, {nlisted} marked")
         seen: dict = {}
         compr = 0
         for i, h in enumerate(table):
@@ -554,7 +691,7 @@ class Arena:
             c = self.owner[b]
             if off % c.size or off // c.size >= c.objs or n > c.size or self.class_of[n] is not c:
                 errors.append(f"slot {i}: bad handle {h:#x}")
-            elif off // c.size in self.free[b]:
+            elif off // c.size in frees.get(b, ()):
                 errors.append(f"slot {i}: handle to a free spot")
             if (b, off) in seen:
                 errors.append(f"slots {seen[(b, off)]} and {i} share a spot")
@@ -566,6 +703,7 @@ class Arena:
             ("block_bytes", block_bytes),
             ("free_spot_bytes", free_spot),
             ("live_objects", live),  # a property: the classes' live counts
+            ("meta_bytes", meta),
         ):
             if getattr(self, name) != value:
                 errors.append(f"{name} is {getattr(self, name)}, recomputed {value}")
@@ -576,5 +714,6 @@ class Arena:
             "block_bytes": block_bytes,
             "free_spot_bytes": free_spot,
             "live_objects": live,
+            "meta_bytes": meta,
             "compr_bytes": compr,
         }

@@ -20,7 +20,8 @@ Two users (docs/design.md#running-as-a-service):
   the destination.  :func:`install_exception_format` makes nbdkit print an
   OSError (ENOSPC, EIO, EINVAL: the errors a client can cause) or a
   ConfigError as one line instead of a traceback; other exceptions are bugs
-  and keep their traceback.
+  and keep their traceback.  :func:`enable_stack_dumps`: ``kill -USR1`` of
+  an nbdkit process writes every Python thread's stack to the destination.
 
 Locking: ``RateLimiter`` is used by the drain thread only.  ``StderrFilter``'s
 drain thread owns its buffer; ``log()`` from any thread is one ``os.write``
@@ -30,11 +31,13 @@ of a whole line to the pipe (atomic below PIPE_BUF).
 from __future__ import annotations
 
 import errno
+import faulthandler
 import fcntl
 import logging
 import os
 import re
 import select
+import signal
 import stat
 import sys
 import threading
@@ -348,6 +351,14 @@ def _write_fd2(line: str) -> None:
         os.write(2, data)
     except OSError:
         dropped_lines += 1  # a full pipe: the line is dropped, the caller never waits
+
+
+def enable_stack_dumps(fd: int, signum: int = signal.SIGUSR1) -> None:
+    """On ``signum`` (``kill -USR1`` of an nbdkit process), write every
+    Python thread's stack straight to ``fd``, the log destination: not
+    through the filter's pipe, which would drop most of a long dump.  For a
+    server that looks stuck; it keeps serving."""
+    faulthandler.register(signum, file=fd, all_threads=True, chain=False)
 
 
 def log(level: str, message: str) -> None:

@@ -44,7 +44,7 @@ Invariants (whenever ``_lock`` is free)
   page; ``same_pages``, ``huge_pages``, ``pending_pages``, ``bd_count``,
   ``recompressed_pages`` count their handles;
 - ``mem_used_total`` = the arena's blocks (free space included) + their
-  bookkeeping (``BLOCK_META_BYTES`` each) + ``slot_meta_bytes`` per stored
+  bookkeeping (``Arena.meta_bytes``) + ``slot_meta_bytes`` per stored
   page + ``PENDING_BYTES`` per pending snapshot; ``mem_used_max`` is its
   peak (a multi-page request's blocks are mapped before its old pages are
   freed, and the peak counts them);
@@ -90,7 +90,6 @@ from time import monotonic_ns as _monotonic_ns
 
 from . import heap
 from .arena import (
-    BLOCK_META_BYTES,
     BLOCK_SHIFT,
     FLAG_BIT,
     LEN_MASK,
@@ -576,18 +575,24 @@ class PageStore:
             if b < 0:
                 if (
                     self.mem_limit
-                    and not c.partial
+                    and c.phead < 0
                     and self.mem_used_total + c.block_bytes > self.mem_limit
                 ):
                     self.failed_writes += 1
                     raise StoreError(errno.ENOSPC, "mem_limit reached")
                 b = arena._next_block(c)
             # arena.alloc(new), inlined
-            fl = arena.free[b]
-            off = fl.pop() * c.size
-            if not fl:
+            mm = arena.maps[b]
+            fhead = arena.fhead
+            s = fhead[b]
+            off = s * c.size
+            fhead[b] = (s + 1 + mm[off]) & 255  # the spot's link (arena.py)
+            fcount = arena.fcount
+            k = fcount[b] - 1
+            fcount[b] = k
+            if not k:
                 c.cur = -1
-            arena.maps[b][off : off + n] = new
+            mm[off : off + n] = new
             handles = self._handles
             old = handles[index]
             handles[index] = TAG_OBJ | n << LEN_SHIFT | off << OFF_SHIFT | b << BLOCK_SHIFT
@@ -604,13 +609,16 @@ class PageStore:
                 # arena.free_obj(old), inlined
                 ob = old >> BLOCK_SHIFT
                 oc = arena.owner[ob]
-                ofl = arena.free[ob]
-                ofl.append(((old >> OFF_SHIFT) & OFF_MASK) // oc.size)
-                arena.epoch = epoch = arena.epoch + 1
+                ooff = (old >> OFF_SHIFT) & OFF_MASK
+                s = ooff // oc.size
+                arena.epoch = epoch = arena.epoch + 1  # before the link is written
+                arena.maps[ob][ooff] = (fhead[ob] - s - 1) & 255
+                fhead[ob] = s
+                k = fcount[ob] + 1
+                fcount[ob] = k
                 if oc is not c:  # (c.live += 1 and oc.live -= 1 cancel out)
                     c.live += 1
                     oc.live -= 1
-                k = len(ofl)
                 if k == oc.objs:
                     if ob != oc.cur:
                         arena._release(ob, oc)
@@ -618,7 +626,13 @@ class PageStore:
                     if oc.cur < 0:  # a rewrite's next page goes here
                         oc.cur = ob
                     else:
-                        oc.partial[ob] = None
+                        # arena.partial_add(ob, oc), inlined
+                        nb = oc.phead
+                        arena.pnext[ob] = nb
+                        arena.pprev[ob] = -1
+                        if nb >= 0:
+                            arena.pprev[nb] = ob
+                        oc.phead = ob
                 on = (old >> LEN_SHIFT) & LEN_MASK
                 self.compr_data_size += n - on
                 if old & FLAG_BIT:
@@ -638,7 +652,7 @@ class PageStore:
                     self._forget(index, old, self._side.get(index))
             self.mem_used_total = used = (
                 arena.block_bytes
-                + arena.nr_blocks * BLOCK_META_BYTES
+                + arena.meta_bytes
                 + self.pages_stored * self.slot_meta_bytes
                 + self.pending_pages * PENDING_BYTES
             )
@@ -1036,7 +1050,7 @@ class PageStore:
         arena = self._arena
         self.mem_used_total = used = (
             arena.block_bytes
-            + arena.nr_blocks * BLOCK_META_BYTES
+            + arena.meta_bytes
             + self.pages_stored * self.slot_meta_bytes
             + self.pending_pages * PENDING_BYTES
         )
@@ -1099,7 +1113,7 @@ class PageStore:
                 errors.append(f"compr_data_size is {self.compr_data_size}, recomputed {compr}")
             mem = (
                 a["block_bytes"]
-                + a["nr_blocks"] * BLOCK_META_BYTES
+                + a["meta_bytes"]
                 + counts["pages_stored"] * self.slot_meta_bytes
                 + counts["pending_pages"] * PENDING_BYTES
             )
@@ -1152,7 +1166,7 @@ class PageStore:
                 "arena_blocks": arena.nr_blocks,
                 "arena_block_bytes": arena.block_bytes,
                 "arena_free_bytes": arena.free_spot_bytes,
-                "arena_meta_bytes": arena.nr_blocks * BLOCK_META_BYTES,
+                "arena_meta_bytes": arena.meta_bytes,
                 "slot_meta_bytes": self.pages_stored * self.slot_meta_bytes,
                 "compactable_bytes": arena.fragmented_bytes(),
                 "compact_runs": self.compactor.runs if self.compactor else 0,

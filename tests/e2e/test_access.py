@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import textwrap
+import time
 
 import pytest
 
@@ -149,3 +150,47 @@ def test_other_user_cannot_use_tcp_without_the_key(open_dir):
     finally:
         srv.signal(signal.SIGTERM)
         srv.kill()
+
+
+def test_the_servers_own_user_cannot_read_its_memory(open_dir):
+    """nbdkit running as uid 65534 holds a stored page; another process of
+    that same user can neither read /proc/PID/mem or environ nor get a core
+    dump (the dumpable flag is clear), while /proc/PID/status, which
+    monitoring reads, stays readable. Positive control: a process of that
+    user that did not clear the flag (`sleep`) is readable."""
+    from zramd.config import Settings
+    from zramd.server import Server
+    from zramd.units import parse_size
+
+    sock = os.path.join(open_dir, "own.sock")
+    server = Server(Settings(size_bytes=parse_size("8M"), socket_path=sock))
+    cmd = server.command()
+    i = cmd.index("-P")  # the pid file's directory is root's
+    del cmd[i : i + 2]
+    err = open(os.path.join(open_dir, "own.stderr"), "w")
+    os.chmod(open_dir, 0o777)  # nobody creates its sockets here
+    proc = subprocess.Popen(NOBODY + cmd, env=server.environment(), stdin=subprocess.DEVNULL,
+                            stdout=err, stderr=err, cwd="/")
+    sleeper = subprocess.Popen(NOBODY + ["sleep", "60"], env=SYSTEM_ENV, cwd="/")
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock + ".ctl"):
+            assert proc.poll() is None and time.monotonic() < deadline, open(err.name).read()
+            time.sleep(0.05)
+        h = nbd.NBD()
+        h.connect_unix(sock)
+        h.pwrite(SECRET, 0)
+        h.shutdown()
+        for name in ("mem", "environ"):
+            r = as_nobody("head", "-c", "1", f"/proc/{proc.pid}/{name}")
+            assert r.returncode != 0 and "Permission denied" in r.stderr, r
+        assert os.stat(f"/proc/{proc.pid}/environ").st_uid == 0  # not the server's user
+        status = as_nobody("cat", f"/proc/{proc.pid}/status")
+        assert status.returncode == 0 and "VmRSS" in status.stdout, status
+        control = as_nobody("head", "-c", "1", f"/proc/{sleeper.pid}/environ")
+        assert control.returncode == 0, control
+    finally:
+        sleeper.kill()
+        proc.terminate()
+        proc.wait(30)
+        err.close()

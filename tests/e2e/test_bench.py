@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from bench import backing, cpu, memory, scaling, systems  # noqa: E402
+from bench import backing, baseline, cpu, memory, scaling, systems  # noqa: E402
 from bench.targets import lookup  # noqa: E402
 
 # Only systems the machine may lack are allowed to be skipped.
@@ -167,6 +167,34 @@ def test_quick_run_server_cpu_and_projection(quick_run):
         assert p["client_sharing_iops"] < p["client_elsewhere_iops"]
     md = (out / "results.md").read_text()
     assert "Projection, not a measurement" in md and "shared by client and server" in md
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(720)
+def test_quick_run_against_the_baseline_commit(quick_run):
+    """Both trees served in every round (the baseline's own package, not
+    this one), or, where the checkout lacks the commit, one line saying so."""
+    out, report, _ = quick_run
+    data = report["sections"]["baseline"]
+    md = (out / "results.md").read_text()
+    has_rev = subprocess.run(
+        ["git", "-C", str(ROOT), "cat-file", "-e", f"{baseline.BASELINE_REV}^{{commit}}"],
+        capture_output=True,
+    ).returncode == 0
+    if not has_rev:
+        assert "not in this checkout's git history" in data["left_out"]
+        assert "Not measured:" in md
+        return
+    assert data["left_out"] is None and not data.get("errors"), data
+    for tree in baseline.TREES:
+        for w in baseline.WORKLOADS:
+            jobs = [j for j in data["jobs"] if (j["tree"], j["workload"]) == (tree, w.name)]
+            assert len(jobs) == data["rounds"] and all(j["iops"] > 0 for j in jobs), jobs
+    for row in data["summary"]:
+        assert row["ratio"]["median"] > 0, row
+    log = (out / "logs" / "baseline-baseline.server.log").read_text()
+    assert "PYTHONPATH=" in log and "baseline-tree" in log
+    assert "| randwrite-4k |" in md and (out / "baseline.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow

@@ -72,6 +72,32 @@ def test_log_file_gets_timestamped_lines(make_server, sockdir):
                      text, re.M), text
 
 
+def test_sigusr1_dumps_python_stacks_and_keeps_serving(make_server, sockdir):
+    """kill -USR1 of the nbdkit process: every Python thread's stack goes to
+    the log (where a stuck server waits), and the server keeps serving."""
+    import signal
+    import time
+
+    path = os.path.join(sockdir, "stacks.log")
+    server = make_server(size="16M", log_file=path)
+    with server:
+        h = connect(server)
+        data = os.urandom(PAGE)
+        h.pwrite(data, 0)
+        os.kill(server.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while "most recent call first" not in open(path).read():
+            assert time.monotonic() < deadline, open(path).read()
+            time.sleep(0.05)
+        assert h.pread(PAGE, 0) == data
+        h.pwrite(data, PAGE)
+        h.shutdown()
+        assert server.running()
+    text = open(path).read()
+    assert re.search(r"^Thread 0x[0-9a-f]+ \(most recent call first\):", text, re.M), text
+    assert "zramd/" in text  # frames of our own threads (control server, log drain)
+
+
 @pytest.mark.timeout(120, method="signal")  # a blocked server fails here, not forever
 def test_a_stalled_log_reader_never_blocks_requests(sockdir):
     """nbdkit's stderr is a pipe nobody reads, already full: failing and

@@ -14,6 +14,7 @@ import pytest
 
 from zramd import heap
 from zramd.arena import (
+    BLOCK_META_BYTES,
     BLOCK_SHIFT,
     CLASS_TABLE,
     LEN_MASK,
@@ -42,10 +43,19 @@ def test_class_table_is_zsmalloc_with_8_page_chains():
     assert sizes == sorted(sizes) and sizes[0] == 32 and sizes[-1] == PAGE_SIZE
     assert len(CLASS_TABLE) == 119  # zsmalloc's merged classes with 8-page chains
     for c in CLASS_TABLE[:-1]:
-        assert 1 <= c.pages <= 8 and c.objs == c.pages * PAGE_SIZE // c.size >= 2
-    # the biggest class that still packs objects: 9 of 3632 bytes in 8 pages
+        assert 1 <= c.pages <= 16 and c.objs == c.pages * PAGE_SIZE // c.size
+        assert 2 <= c.objs <= 256  # the free list's links are bytes
+        # the block length costs least per object, tail and bookkeeping together
+        def cost(pages, size=c.size):
+            objs = pages * PAGE_SIZE // size
+            return (pages * PAGE_SIZE - objs * size + BLOCK_META_BYTES) / objs
+        assert all(cost(c.pages) <= cost(p) for p in range(1, 17)
+                   if p * PAGE_SIZE // c.size <= 256)
+    # the biggest class that still packs objects: 3632 bytes (9 in 8 pages,
+    # as zsmalloc; 18 in our 16-page blocks)
     big = CLASS_TABLE[-2]
-    assert (big.size, big.pages, big.objs) == (3632, 8, 9) == (MAX_COMPRESSED_BYTES, 8, 9)
+    assert (big.size, big.pages, big.objs) == (3632, 16, 18)
+    assert big.size == MAX_COMPRESSED_BYTES
     assert HUGE_THRESHOLD == 3633
     huge = CLASS_TABLE[-1]
     assert huge.objs == huge.pages  # raw pages, whole
@@ -68,7 +78,7 @@ def test_alloc_in_every_class_then_free_releases_every_block():
         a = arena.audit(table)
     assert a["live_objects"] == len(table)
     assert a["block_bytes"] == arena.block_bytes == sum(
-        len(c.blocks) * c.block_bytes for c in arena.classes)
+        c.nblocks * c.block_bytes for c in arena.classes)
     for i, h in enumerate(table):
         assert arena.read(h) == data[i]
     maps = [m for m in arena.maps if m is not None]
@@ -137,7 +147,7 @@ def test_compaction_packs_sparse_blocks_and_releases_them():
     assert arena.pages_compacted == result["pages_freed"]
     # what is left is dense: at most one partly empty block per class
     for c in arena.classes:
-        assert len(c.blocks) == -(-c.live // c.objs)
+        assert c.nblocks == -(-c.live // c.objs)
     for i, data in enumerate(contents):
         if data is not None:
             assert arena.read(table[i]) == data
@@ -257,7 +267,7 @@ def test_compaction_under_concurrent_readers_and_writers(checksum, fast_thread_s
     assert s["checksum_errors"] == 0
     # what is left is dense: per class at most one block not full
     arena = store._arena
-    assert all(len(c.blocks) == -(-c.live // c.objs) for c in arena.classes)
+    assert all(c.nblocks == -(-c.live // c.objs) for c in arena.classes)
     assert a["mem_used_total"] == s["mem_used_total"]
 
 
@@ -458,3 +468,56 @@ def test_trimmed_slots_give_their_table_pages_back():
     store.write(same, 100 * PAGE_SIZE)
     assert read_page(store, 100) == same and read_page(store, 108) == bytes(PAGE_SIZE)
     store.audit()
+
+
+def test_meta_bytes_is_what_the_bookkeeping_really_costs():
+    """mem_used_total counts ``Arena.meta_bytes`` for the blocks' Python side
+    (BLOCK_META_BYTES a block, SPARE_ID_BYTES a spare id).  tracemalloc sees
+    every Python allocation (not the mmap'd pages): it must find no more than
+    that, and not much less, when the arena is filled, after random frees
+    (blocks on partial lists) and after compaction (spare ids)."""
+    import tracemalloc
+
+    from zramd.arena import SPARE_ID_BYTES
+
+    rng = random.Random(7)
+    sizes = [3300, 3400, 2100, 2000, 1200, 500, 100, 40, PAGE_SIZE]
+    n = 30000
+    table = array.array("Q", bytes(8 * n))  # made before tracing starts
+    datas = {s: payload(s, s) for s in sizes}
+    order = list(range(n))
+    rng.shuffle(order)
+    arena = fresh_arena()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+
+        def check(state):
+            traced = tracemalloc.get_traced_memory()[0] - base
+            want = arena.nr_blocks * BLOCK_META_BYTES + len(arena._spare_ids) * SPARE_ID_BYTES
+            assert arena.meta_bytes == want, state
+            assert traced <= arena.meta_bytes, (state, traced, arena.meta_bytes)
+            assert traced >= 0.85 * arena.meta_bytes - 4096, (state, traced, arena.meta_bytes)
+
+        with arena.lock:
+            for i in range(n):
+                table[i] = arena.alloc(datas[sizes[i % len(sizes)]])
+        check("filled")
+        with arena.lock:
+            for i in order[: n // 2]:
+                arena.free_obj(table[i])
+                table[i] = 0
+        assert sum(1 for c in arena.classes if c.phead >= 0) > 0
+        check("half freed")
+        arena.compact(table)
+        assert arena._spare_ids
+        check("compacted")
+        with arena.lock:
+            for i in order[n // 2 :]:
+                arena.free_obj(table[i])
+                table[i] = 0
+        arena.compact(table)
+        assert arena.nr_blocks == arena.meta_bytes == 0
+        assert tracemalloc.get_traced_memory()[0] - base < 4096
+    finally:
+        tracemalloc.stop()

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from zramd import heap
-from zramd.arena import BLOCK_META_BYTES
+from zramd.arena import BLOCK_META_BYTES, SPARE_ID_BYTES
 from zramd.codecs import make_codec
 from zramd.store import PageStore
 from zramd.units import PAGE_SIZE
@@ -101,9 +101,15 @@ class StoreModel(RuleBasedStateMachine):
     @rule()
     def compact(self):
         before = self.store.stats()["mem_used_total"]
+        arena = self.store._arena
+        spare_before = len(arena._spare_ids)
         result = self.store.compact()
+        # each freed block leaves its id spare, unless the arena emptied and
+        # dropped its tables (then no spare ids are left at all)
+        spare_ids = len(arena._spare_ids) - spare_before
+        assert spare_ids == result["blocks_freed"] or arena.nr_blocks == 0
         assert result["mem_used_total"] == before - result["pages_freed"] * PAGE_SIZE \
-            - result["blocks_freed"] * BLOCK_META_BYTES
+            - result["blocks_freed"] * BLOCK_META_BYTES + spare_ids * SPARE_ID_BYTES
 
     @invariant()
     def audit_recomputes_every_counter(self):

@@ -23,6 +23,9 @@ def test_phase_and_guest_lines():
     assert parse_line("ZRAMD-FAIL mkswap failed") == console.GuestFail("ZRAMD-FAIL mkswap failed")
     assert parse_line("ZRAMD-DONE ok=1") == console.Done(1)
     assert parse_line("ZRAMD-DONE ok=0") == console.Done(0)
+    assert parse_line("ZRAMD-PROGRESS t=20 pswpin=5 pswpout=9 memfree_kib=812") == (
+        console.Progress({"t": 20, "pswpin": 5, "pswpout": 9, "memfree_kib": 812})
+    )
 
 
 def test_hog_lines():

@@ -1,0 +1,235 @@
+"""The baseline section: this tree's zramd against an earlier commit's, on
+4 KiB random writes and reads at iodepth 16 (one connection), in one run.
+
+Why: a change to the store (the page arena, a leaner write path) must not
+cost the hot path more than it says; IOPS from another day cannot show
+that on a machine that moves 30-50% between minutes. So both trees are
+served here, alternately: each round starts the baseline and the current
+zramd fresh (region filled first, so reads hit stored pages) and runs both
+workloads on each, and the order flips from round to round. Per workload:
+median (min-max) of IOPS and of server CPU µs per request for each tree,
+and of the per-round ratio current / baseline, the steadier number.
+
+The baseline is a commit (``--baseline REV``, default ``BASELINE_REV``: the
+last store that kept one Python ``bytes`` per page, before the page arena,
+docs/design.md#page-arena-and-memory-accounting). Its tree is taken with
+``git archive`` into the run's temporary directory and served by its own
+``zramd serve`` under this venv's Python (``PYTHONPATH`` = that tree, so its
+package and plugin are the ones that run). Where the checkout has no git
+history with that commit (a shallow clone, an unpacked tarball), the
+section says why and measures nothing.
+
+Target: current / baseline >= ``MIN_RATIO`` on both workloads (medians of
+the per-round ratios).
+
+Data (results.json "sections"/"baseline"): rev, jobs (one per round, tree,
+workload), summary, left_out (why nothing ran), errors.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from bench import measure, plots
+from bench.context import Context
+from bench.servers import ROOT, ServerProcess, SkipSystem, server_command
+from bench.stats import spread, times, with_spread
+from bench.systems import by_name
+
+BASELINE_REV = "a3eee5cb7015fc86bc117c7aa1a43835f540f281"
+SYSTEM_NAME = "zramd-lz4"
+TREES = ("baseline", "current")
+WORKLOADS = (measure.RANDWRITE_4K, measure.RANDREAD_4K)
+MIN_RATIO = 0.95
+
+
+class Baseline:
+    name = "baseline"
+    title = "Against an earlier commit"
+
+    def estimate_s(self, ctx: Context) -> float:
+        return ctx.args.rounds * len(TREES) * (len(WORKLOADS) * (ctx.args.runtime_s + 0.5) + 3)
+
+    def run(self, ctx: Context) -> dict:
+        a = ctx.args
+        rev = a.baseline or BASELINE_REV
+        system = by_name(SYSTEM_NAME)
+        data: dict = {
+            "rev": rev,
+            "system": SYSTEM_NAME,
+            "description": system.description,
+            "rounds": a.rounds,
+            "runtime_s": a.runtime_s,
+            "jobs": [],
+            "left_out": None,
+        }
+        if not ctx.zramd:
+            data["left_out"] = "zramd CLI not found"
+            return data
+        tree = ctx.tmp / "baseline-tree"
+        why = export_tree(rev, tree)
+        if why:
+            data["left_out"] = why
+            ctx.progress(f"baseline: not measured: {why}")
+            return data
+        data["rev_subject"] = _git("log", "-1", "--format=%h %s", rev)
+        python = str(Path(ctx.zramd).parent / "python")
+        commands = {
+            "baseline": ["env", f"PYTHONPATH={tree}", python, "-m", "zramd.cli"],
+            "current": [ctx.zramd],
+        }
+        ctx.progress(
+            f"baseline: {SYSTEM_NAME} now and at {rev[:12]}, {len(WORKLOADS)} workloads x "
+            f"{a.rounds} rounds of {a.runtime_s:.1f} s"
+        )
+        with open(ctx.logs / "baseline.fio.log", "a") as log:
+            for rnd in range(a.rounds):
+                order = TREES if rnd % 2 == 0 else TREES[::-1]
+                for which in order:
+                    self._round(ctx, data, system, which, commands[which], rnd, log)
+        return data
+
+    def _round(self, ctx: Context, data: dict, system, which: str, cli: list, rnd: int, log):
+        sock = str(ctx.tmp / f"baseline-{which}.sock")
+        try:
+            cmd = server_command(system, sock, ctx.region_bytes, "zramd")
+        except SkipSystem as e:  # not for a zramd CLI that exists; kept for the type
+            data.setdefault("errors", []).append(f"{which}: {e}")
+            return
+        cmd = cli + cmd[1:]  # the same serve arguments, under this tree's CLI
+        server = ServerProcess(cmd, [sock], ctx.logs / f"baseline-{which}.server.log")
+        try:
+            server.start()
+            measure.fill(ctx, server, log, f"baseline-{which}-r{rnd}")
+            for w in WORKLOADS:
+                res = measure.job(ctx, server, w, log, f"baseline-{which}-{w.name}-r{rnd}")
+                data["jobs"].append({"tree": which, "workload": w.name, "round": rnd, **res})
+                ctx.progress(
+                    f"baseline round {rnd + 1}/{data['rounds']} {which:<8} {w.name:<12} "
+                    f"{res['iops']:9.0f} IOPS, server {_us(res['server_us_per_request'])} "
+                    "µs/request"
+                )
+        except (RuntimeError, OSError, ValueError) as e:
+            ctx.progress(f"baseline {which} round {rnd + 1}: FAILED: {e}")
+            data.setdefault("errors", []).append(f"{which} round {rnd + 1}: {e}")
+        finally:
+            server.stop()
+
+    def derive(self, data: dict) -> None:
+        data["summary"] = summarize(data)
+
+    def markdown(self, data: dict) -> list[str]:
+        rev = data["rev"][:12]
+        lines = [f"## {self.title}", ""]
+        if data.get("left_out"):
+            return lines + [f"Not measured: {data['left_out']}."]
+        lines += [
+            f"{data['description']}: this tree against commit {rev} "
+            f"({data.get('rev_subject', '').split(' ', 1)[-1]}), 4 KiB random I/O at iodepth "
+            f"16, one connection; {data['rounds']} round(s) of {data['runtime_s']:.1f} s per "
+            "job, the two trees alternating and the order flipped each round. Median (min-max) "
+            "over the rounds; the ratio is the median (min-max) of the per-round ratios. "
+            "Server µs/request: utime+stime of nbdkit from /proc over the job / requests.",
+            "",
+            "| workload | baseline IOPS | current IOPS | current / baseline | baseline server "
+            "µs/request | current server µs/request | target | met |",
+            "|---|---:|---:|---:|---:|---:|---|---|",
+        ]
+        for row in data.get("summary", []):
+            r = row["ratio"]["median"]
+            met = "-" if r is None else ("yes" if r >= MIN_RATIO else "**no**")
+            lines.append(
+                f"| {row['workload']} | {with_spread(row['iops']['baseline'])} | "
+                f"{with_spread(row['iops']['current'])} | {with_spread(row['ratio'], times)} | "
+                f"{with_spread(row['server_us']['baseline'], _us)} | "
+                f"{with_spread(row['server_us']['current'], _us)} | >= {MIN_RATIO}x | {met} |"
+            )
+        for err in data.get("errors", []):
+            lines.append(f"\n- failed: {err}")
+        return lines
+
+    def plots(self, data: dict, out: Path, title: str) -> list[str]:
+        if not data.get("summary"):
+            return []
+        groups = [row["workload"] for row in data["summary"]]
+        series = {
+            f"{which} ({data['rev'][:12]})" if which == "baseline" else which: [
+                row["iops"][which] for row in data["summary"]
+            ]
+            for which in TREES
+        }
+        plots.medians_by_group(
+            out / "baseline.png",
+            groups,
+            series,
+            "IOPS (median, bars: min-max)",
+            "zramd against an earlier commit",
+            title,
+        )
+        return ["baseline.png"]
+
+    def summary(self, data: dict) -> list[str]:
+        rows = data.get("summary") or []
+        if not rows:
+            return []
+        parts = [f"{r['workload']} {with_spread(r['ratio'], times)}" for r in rows]
+        return [
+            f"- Against commit {data['rev'][:12]} (the store before the page arena), same run: "
+            + ", ".join(parts)
+            + f" (target >= {MIN_RATIO}x)."
+        ]
+
+
+def summarize(data: dict) -> list[dict]:
+    rows = []
+    jobs = data["jobs"]
+    for w in WORKLOADS:
+        mine = [j for j in jobs if j["workload"] == w.name]
+        if not mine:
+            continue
+        row: dict = {"workload": w.name, "iops": {}, "server_us": {}}
+        for which in TREES:
+            at = [j for j in mine if j["tree"] == which]
+            row["iops"][which] = spread([j["iops"] for j in at])
+            row["server_us"][which] = spread([j["server_us_per_request"] for j in at])
+        ratios = []
+        for rnd in sorted({j["round"] for j in mine}):
+            pair = {j["tree"]: j for j in mine if j["round"] == rnd}
+            if len(pair) == 2 and pair["baseline"]["iops"]:
+                ratios.append(pair["current"]["iops"] / pair["baseline"]["iops"])
+        row["ratio"] = spread(ratios)
+        rows.append(row)
+    return rows
+
+
+def export_tree(rev: str, dest: Path) -> str | None:
+    """``git archive rev`` unpacked into ``dest``; why not, or None."""
+    if _git("cat-file", "-e", f"{rev}^{{commit}}") is None:
+        return f"commit {rev[:12]} is not in this checkout's git history (a shallow clone?)"
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", rev], capture_output=True
+    )
+    if archive.returncode != 0:
+        return f"git archive {rev[:12]} failed: {archive.stderr.decode()[-200:].strip()}"
+    untar = subprocess.run(
+        ["tar", "-x", "-C", str(dest)], input=archive.stdout, capture_output=True
+    )
+    if untar.returncode != 0:
+        return f"unpacking {rev[:12]} failed: {untar.stderr.decode()[-200:].strip()}"
+    return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        p = subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return p.stdout.strip() if p.returncode == 0 else None
+
+
+def _us(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
