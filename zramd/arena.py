@@ -405,7 +405,8 @@ class Arena:
         return b
 
     def free_obj(self, h: int) -> None:
-        """Give the spot of handle ``h`` back.  Lock held.  (PageStore.write inlines this: keep in step.)"""
+        """Give the spot of handle ``h`` back.  Lock held.
+        (PageStore.write inlines this: keep in step.)"""
         b = h >> BLOCK_SHIFT
         c = self.owner[b]
         off = (h >> OFF_SHIFT) & OFF_MASK

@@ -543,6 +543,7 @@ class PageStore:
         if len(data) != PAGE_SIZE or offset & PAGE_MASK or not 0 <= offset < self.size_bytes:
             self._write(data, offset, None)
             return
+        new: int | bytes | None
         try:  # encode(data), inlined
             if ZERO_PAGE.startswith(data):
                 new = 0
