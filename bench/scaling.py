@@ -12,8 +12,15 @@ number: both halves of a ratio come from the same few seconds), and the CPU
 time per request of server and client, the steadier number on a shared
 machine (why: docs/design.md#connections).
 
+Targets (``CEILING_TARGETS``): zramd-lz4's 4 KiB IOPS at one connection over
+the pinned Python null plugin's, the ratio taken within each round (both
+halves from the same few minutes), median and min-max over the rounds;
+beside it, the server CPU µs per request zramd spends beyond the null
+plugin in the same round: what the Python store costs per request
+(docs/design.md#a-4-kib-write-step-by-step).
+
 Data (results.json "sections"/"scaling"): jobs (one per round, system,
-workload, connections), summary (the spreads), the settings.
+workload, connections), summary (the spreads), targets, the settings.
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ SYSTEM_NAMES = ["zramd-lz4", PYTHON_CEILING, C_CEILING]
 CONNECTIONS = (1, 2, 4)
 TOTAL_IODEPTH = 16
 WORKLOADS = (measure.RANDREAD_4K, measure.RANDWRITE_4K)
+# (workload, at least): zramd-lz4 IOPS / the pinned Python null plugin's at
+# one connection, per round.
+TARGET_SYSTEM = "zramd-lz4"
+CEILING_TARGETS = ((measure.RANDWRITE_4K, 0.7), (measure.RANDREAD_4K, 0.85))
 
 
 class ConnectionScaling:
@@ -121,6 +132,7 @@ class ConnectionScaling:
 
     def derive(self, data: dict) -> None:
         data["summary"] = summarize(data)
+        data["targets"] = ceiling_targets(data)
 
     def markdown(self, data: dict) -> list[str]:
         conns = data["connections"]
@@ -182,6 +194,7 @@ class ConnectionScaling:
                 )
                 + " |"
             )
+        lines += ["", *targets_markdown(data)]
         for name, why in data.get("skipped", {}).items():
             lines.append(f"\n- {name}: skipped: {why}")
         for err in data.get("errors", []):
@@ -247,7 +260,8 @@ class ConnectionScaling:
                 + " | ".join(with_spread(row["server_us"][str(c)], _us) for c in conns)
                 + " |"
             )
-        return lines
+        targets = targets_markdown(data)
+        return lines + ["", *targets] if targets else lines
 
 
 def _us(v: float | None) -> str:
@@ -290,3 +304,65 @@ def summarize(data: dict) -> list[dict]:
                 row["vs_one"][str(c)] = spread(ratios)
             rows.append(row)
     return rows
+
+
+def ceiling_targets(data: dict) -> list[dict]:
+    """One row per ``CEILING_TARGETS`` entry: the per-round IOPS ratio of
+    TARGET_SYSTEM to PYTHON_CEILING at one connection (median, min-max),
+    and the per-round server CPU µs per request beyond the ceiling's."""
+    jobs = data["jobs"]
+
+    def one_conn(system: str, workload: str) -> dict:
+        return {
+            j["round"]: j
+            for j in jobs
+            if j["system"] == system and j["workload"] == workload and j["connections"] == 1
+        }
+
+    rows = []
+    for w, want in CEILING_TARGETS:
+        mine, peer = one_conn(TARGET_SYSTEM, w.name), one_conn(PYTHON_CEILING, w.name)
+        both = sorted(set(mine) & set(peer))
+        ratio = spread([mine[r]["iops"] / peer[r]["iops"] for r in both if peer[r]["iops"]])
+        extra = spread(
+            [
+                mine[r]["server_us_per_request"] - peer[r]["server_us_per_request"]
+                for r in both
+                if mine[r].get("server_us_per_request") is not None
+                and peer[r].get("server_us_per_request") is not None
+            ]
+        )
+        rows.append(
+            {
+                "target": f"{TARGET_SYSTEM} {w.bs_bytes // 1024} KiB {w.rw} QD{TOTAL_IODEPTH} "
+                f"vs {PYTHON_CEILING}",
+                "workload": w.name,
+                "want": want,
+                "ratio": ratio,
+                "server_us_beyond": extra,
+                "met": None if ratio["median"] is None else ratio["median"] >= want,
+            }
+        )
+    return rows
+
+
+def targets_markdown(data: dict) -> list[str]:
+    rows = data.get("targets") or ceiling_targets(data)
+    if not any(r["ratio"]["n"] for r in rows):
+        return []
+    lines = [
+        f"Targets: IOPS of {TARGET_SYSTEM} over the pinned Python null plugin's "
+        f"({PYTHON_CEILING}), one connection at iodepth {data['total_iodepth']}; the ratio is "
+        "taken within each round, median (min-max) over the rounds. The last column is the "
+        "server CPU per request that zramd spends beyond the null plugin in the same round.",
+        "",
+        "| target | want | measured | met | server µs/request beyond the null plugin |",
+        "|---|---|---:|---|---:|",
+    ]
+    for r in rows:
+        met = "n/a" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        lines.append(
+            f"| {r['target']} | >= {r['want']:.2f}x | {with_spread(r['ratio'], times)} | {met} "
+            f"| {with_spread(r['server_us_beyond'], _us)} |"
+        )
+    return lines

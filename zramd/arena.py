@@ -346,7 +346,7 @@ class Arena:
     # -- objects -------------------------------------------------------------
     def alloc(self, data, flag: int = 0) -> int:
         """Copy ``data`` (1..4096 bytes) into a spot; return its handle.
-        Lock held.  (PageStore._install_obj inlines this: keep in step.)"""
+        Lock held.  (PageStore.write inlines this: keep in step.)"""
         n = len(data)
         c = self.class_of[n]
         b = c.cur
@@ -406,7 +406,8 @@ class Arena:
         return b
 
     def free_obj(self, h: int) -> None:
-        """Give the spot of handle ``h`` back.  Lock held."""
+        """Give the spot of handle ``h`` back.  Lock held.
+        (PageStore.write inlines this: keep in step.)"""
         b = h >> BLOCK_SHIFT
         c = self.owner[b]
         off = (h >> OFF_SHIFT) & OFF_MASK
@@ -425,7 +426,10 @@ class Arena:
             else:
                 self._release(b, c)
         elif k == 1 and b != c.cur and b not in self.draining:
-            self.partial_add(b, c)
+            if c.cur < 0:  # no block being filled: this one is next
+                c.cur = b
+            else:
+                self.partial_add(b, c)
 
     def _release(self, b: int, c: SizeClass) -> None:
         """munmap an empty block (lock held)."""

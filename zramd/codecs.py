@@ -67,7 +67,7 @@ class Lz4Codec(Codec):
         return out if len(out) < max_len else None
 
     def decompress(self, data):
-        return lz4.block.decompress(data, uncompressed_size=PAGE_SIZE)
+        return lz4.block.decompress(data, PAGE_SIZE)  # positional: no keyword parsing
 
 
 class ZstdCodec(Codec):

@@ -86,6 +86,7 @@ import mmap
 import sys
 import threading
 import time
+from time import monotonic_ns as _monotonic_ns
 
 from . import heap
 from .arena import (
@@ -138,6 +139,8 @@ TABLE_PAGE_BYTES = 4096
 TABLE_RELEASE_MIN_PAGES = 64
 _ZERO_TABLE = bytes(8 * TABLE_PAGE_BYTES)  # the handles a flags page covers
 
+
+DECISECOND_NS = 100_000_000  # the unit of ``_atime``
 
 # A lockless read that saw the arena move this many times takes the lock.
 READ_RETRIES = 3
@@ -284,11 +287,13 @@ class PageStore:
         self._sums = self._table(n, "Q", 8) if checksum else None
         self.slot_meta_bytes = 13 + (8 if checksum else 0)
         self._side: dict = {}
-        self._t0 = time.monotonic()
+        self._t0_ds = time.monotonic_ns() // DECISECOND_NS  # the clock's zero
         self._lock = threading.Lock()
         self._compact_lock = threading.Lock()  # one compaction at a time
         self._arena = Arena(self._lock)
         self._class_of = self._arena.class_of
+        self._compress = codec.compress  # bound once for the 4 KiB paths
+        self._decompress = codec.decompress
         self.recomp_codec = recomp_codec
         self.backing = backing
         self.compactor = None  # set by compaction.AutoCompactor
@@ -333,7 +338,7 @@ class PageStore:
 
     def now(self) -> int:
         """The store's clock for ``_atime``: deciseconds since creation."""
-        return int((time.monotonic() - self._t0) * 10)
+        return time.monotonic_ns() // DECISECOND_NS - self._t0_ds
 
     # ------------------------------------------------------------------
     # encoding
@@ -478,7 +483,7 @@ class PageStore:
         length = len(buf)
         if offset < 0 or offset + length > self.size_bytes:
             self._check_range(offset, length)
-        now = int((time.monotonic() - self._t0) * 10)  # self.now(), inlined
+        now = _monotonic_ns() // DECISECOND_NS - self._t0_ds  # self.now(), inlined
         try:
             if length == PAGE_SIZE and not offset & PAGE_MASK:
                 index = offset >> PAGE_SHIFT
@@ -493,7 +498,7 @@ class PageStore:
                     except (TypeError, ValueError, IndexError):
                         data = None
                     if arena.epoch == epoch and data is not None:
-                        buf[:] = data if n == PAGE_SIZE else self.codec.decompress(data)
+                        buf[:] = data if n == PAGE_SIZE else self._decompress(data)
                     else:
                         buf[:] = self._load(index)[1]
                 elif h == 0:
@@ -501,7 +506,9 @@ class PageStore:
                 else:
                     buf[:] = self._load(index)[1]
                 self._atime[index] = now
-                self._flags[index] &= ~IDLE
+                flags = self._flags
+                if flags[index]:  # mostly 0: no store
+                    flags[index] &= ~IDLE
             else:
                 pos = 0
                 while pos < length:
@@ -526,31 +533,44 @@ class PageStore:
 
     def write(self, data, offset: int) -> None:
         """Store ``data`` (bytes-like) at ``offset``, compressing in this
-        thread: all of it, or nothing."""
-        if len(data) == PAGE_SIZE and not offset & PAGE_MASK and 0 <= offset < self.size_bytes:
-            try:  # the 4 KiB hot path: one page, no loops
-                new = self.encode(data)
-                checksum = self.checksum(data) if self._sums is not None else 0
-            except Exception as exc:
-                with self._lock:
-                    self.failed_writes += 1
-                raise StoreError(errno.EIO, f"write failed at offset {offset}: {exc}") from exc
-            if type(new) is bytes:
-                self._install_obj(offset >> PAGE_SHIFT, new, checksum)
-            else:
-                self._install([(offset >> PAGE_SHIFT, new, _ANY, checksum)], writes=1)
-        else:
-            self._write(data, offset, None)
+        thread: all of it, or nothing.
 
-    def _install_obj(self, index: int, new: bytes, checksum: int) -> None:
-        """``_install`` for one full-page write of an arena object (the hot
-        path), unrolled, with ``Arena.alloc`` inlined (keep them in step)."""
+        A 4 KiB aligned write runs in this one frame
+        (docs/design.md#a-4-kib-write-step-by-step): ``encode`` and ``_install``'s
+        one-page case unrolled, with ``Arena.alloc`` and ``Arena.free_obj``
+        inlined; keep them in step.
+        """
+        if len(data) != PAGE_SIZE or offset & PAGE_MASK or not 0 <= offset < self.size_bytes:
+            self._write(data, offset, None)
+            return
+        new: int | bytes | None
+        try:  # encode(data), inlined
+            if ZERO_PAGE.startswith(data):
+                new = 0
+            else:
+                new = self._compress(data, HUGE_THRESHOLD)
+                if new is None or len(new) <= SAME_CANDIDATE_MAX_BYTES:
+                    word = same_filled_word(data)
+                    if word is not None:
+                        new = word
+                    elif new is None:
+                        new = bytes(data)
+            checksum = self.checksum(data) if self._sums is not None else 0
+        except Exception as exc:
+            with self._lock:
+                self.failed_writes += 1
+            raise StoreError(errno.EIO, f"write failed at offset {offset}: {exc}") from exc
+        index = offset >> PAGE_SHIFT
+        if type(new) is not bytes:  # a same page: no arena object
+            self._install([(index, new, _ANY, checksum)], writes=1)
+            return
         n = len(new)
         c = self._class_of[n]
-        size = c.size
-        now = int((time.monotonic() - self._t0) * 10)  # self.now(), inlined
+        now = _monotonic_ns() // DECISECOND_NS - self._t0_ds  # self.now(), inlined
         arena = self._arena
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             nr_blocks = arena.nr_blocks
             b = c.cur
             if b < 0:
@@ -562,31 +582,32 @@ class PageStore:
                     self.failed_writes += 1
                     raise StoreError(errno.ENOSPC, "mem_limit reached")
                 b = arena._next_block(c)
+            # arena.alloc(new), inlined
             mm = arena.maps[b]
             fhead = arena.fhead
             s = fhead[b]
-            off = s * size
-            fhead[b] = (s + 1 + mm[off]) & 255
+            off = s * c.size
+            fhead[b] = (s + 1 + mm[off]) & 255  # the spot's link (arena.py)
             fcount = arena.fcount
             k = fcount[b] - 1
             fcount[b] = k
             if not k:
                 c.cur = -1
             mm[off : off + n] = new
-            c.live += 1
             handles = self._handles
             old = handles[index]
             handles[index] = TAG_OBJ | n << LEN_SHIFT | off << OFF_SHIFT | b << BLOCK_SHIFT
             self._flags[index] = 0
             self._atime[index] = now
-            if self._sums is not None:
-                self._sums[index] = checksum
+            sums = self._sums
+            if sums is not None:
+                sums[index] = checksum
+            self.num_writes += 1
             if n == PAGE_SIZE:
                 self.huge_pages += 1
                 self.huge_pages_since += 1
-            self.num_writes += 1
             if old & TAG_MASK == TAG_OBJ:
-                # arena.free_obj(old), inlined (keep in step)
+                # arena.free_obj(old), inlined
                 ob = old >> BLOCK_SHIFT
                 oc = arena.owner[ob]
                 ooff = (old >> OFF_SHIFT) & OFF_MASK
@@ -596,18 +617,23 @@ class PageStore:
                 fhead[ob] = s
                 k = fcount[ob] + 1
                 fcount[ob] = k
-                oc.live -= 1
+                if oc is not c:  # (c.live += 1 and oc.live -= 1 cancel out)
+                    c.live += 1
+                    oc.live -= 1
                 if k == oc.objs:
                     if ob != oc.cur:
                         arena._release(ob, oc)
                 elif k == 1 and ob != oc.cur and ob not in arena.draining:
-                    # arena.partial_add(ob, oc), inlined
-                    nb = oc.phead
-                    arena.pnext[ob] = nb
-                    arena.pprev[ob] = -1
-                    if nb >= 0:
-                        arena.pprev[nb] = ob
-                    oc.phead = ob
+                    if oc.cur < 0:  # a rewrite's next page goes here
+                        oc.cur = ob
+                    else:
+                        # arena.partial_add(ob, oc), inlined
+                        nb = oc.phead
+                        arena.pnext[ob] = nb
+                        arena.pprev[ob] = -1
+                        if nb >= 0:
+                            arena.pprev[nb] = ob
+                        oc.phead = ob
                 on = (old >> LEN_SHIFT) & LEN_MASK
                 self.compr_data_size += n - on
                 if old & FLAG_BIT:
@@ -619,6 +645,7 @@ class PageStore:
                 if nr_blocks == arena.nr_blocks:
                     return  # no block came or went: memory use is unchanged
             else:
+                c.live += 1
                 self.compr_data_size += n
                 if old == 0:
                     self.pages_stored += 1
@@ -632,6 +659,8 @@ class PageStore:
             )
             if used > self.mem_used_max:
                 self.mem_used_max = used
+        finally:
+            lock.release()
 
     _compact_check_epoch = 1 << 62  # set by compaction.AutoCompactor
 

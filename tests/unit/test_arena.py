@@ -105,6 +105,50 @@ def test_spots_are_reused_before_new_blocks():
         assert arena.nr_blocks == blocks
 
 
+def test_a_spot_freed_in_a_full_class_is_the_next_one_filled():
+    """With no block being filled, a block that gets a free spot becomes
+    the class's cur block (what its partial list would hand out next
+    anyway), so a steady stream of rewrites does not list and unlist a
+    block per write."""
+    arena = fresh_arena()
+    c = arena.class_of[100]
+    with arena.lock:
+        hs = [arena.alloc(b"x" * 100) for _ in range(3 * c.objs)]
+        assert c.cur == -1 and c.phead == -1 and arena.nr_blocks == 3
+        first, second = hs[5], hs[c.objs + 5]
+        arena.free_obj(first)
+        assert c.cur == first >> BLOCK_SHIFT and c.phead == -1
+        arena.free_obj(second)  # a block is being filled: this one waits in the list
+        assert c.cur == first >> BLOCK_SHIFT and c.phead == second >> BLOCK_SHIFT
+        assert arena.alloc(b"y" * 100) >> BLOCK_SHIFT == first >> BLOCK_SHIFT
+        assert arena.alloc(b"y" * 100) >> BLOCK_SHIFT == second >> BLOCK_SHIFT
+        assert arena.nr_blocks == 3
+        arena.audit()
+
+
+def test_4k_rewrites_in_a_full_class_map_no_block():
+    """The store's 4 KiB write path (its own copy of alloc and free) does
+    the same: the spot a write frees takes the next write."""
+    store = PageStore(64 * PAGE_SIZE, make_codec("none"))  # every page huge: 8 a block
+    pages = {i: os.urandom(PAGE_SIZE) for i in range(24)}
+    store.write(b"".join(pages.values()), 0)  # 3 full blocks
+    huge = store._arena.classes[-1]
+    assert store.stats()["arena_blocks"] == 3 and huge.cur == -1
+    store.discard(5 * PAGE_SIZE, PAGE_SIZE)  # Arena.free_obj
+    del pages[5]
+    for i in (6, 7, 20, 13, 30):  # rewrites move the one free spot around; a new page takes it
+        old_block = store._handles[i] >> BLOCK_SHIFT if i in pages else -1
+        pages[i] = os.urandom(PAGE_SIZE)
+        store.write(pages[i], i * PAGE_SIZE)
+        assert store.stats()["arena_blocks"] == 3 and huge.phead == -1
+        assert huge.cur == old_block  # the block the write freed a spot in (none: full)
+    for i, page in pages.items():
+        buf = bytearray(PAGE_SIZE)
+        store.read(memoryview(buf), i * PAGE_SIZE)
+        assert bytes(buf) == page
+    store.audit()
+
+
 def test_audit_catches_a_wrong_counter_and_a_shared_spot():
     arena = fresh_arena()
     with arena.lock:

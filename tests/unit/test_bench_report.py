@@ -45,6 +45,33 @@ def test_scaling_ratio_is_taken_within_each_round():
     assert rows[0]["iops"]["1"]["median"] == 150.0
 
 
+def test_ceiling_targets_take_the_ratio_within_each_round():
+    def job(system, workload, rnd, iops, us, conns=1):
+        return {**_job(system, workload, conns, rnd, iops), "server_us_per_request": us}
+
+    jobs = [
+        job("zramd-lz4", "randwrite-4k", 0, 70.0, 14.0),
+        job("python-null-pinned", "randwrite-4k", 0, 100.0, 6.0),
+        job("zramd-lz4", "randwrite-4k", 1, 40.0, 12.0),
+        job("python-null-pinned", "randwrite-4k", 1, 50.0, 7.0),
+        job("zramd-lz4", "randwrite-4k", 2, 90.0, 11.0),  # no peer in round 2: left out
+        job("zramd-lz4", "randwrite-4k", 0, 10.0, 1.0, conns=2),  # not one connection
+        job("zramd-lz4", "randread-4k", 0, 90.0, 10.0),
+        job("python-null-pinned", "randread-4k", 0, 100.0, 7.0),
+    ]
+    rows = {r["workload"]: r for r in scaling.ceiling_targets({"jobs": jobs})}
+    write, read = rows["randwrite-4k"], rows["randread-4k"]
+    assert write["target"] == "zramd-lz4 4 KiB randwrite QD16 vs python-null-pinned"
+    assert write["ratio"] == {"median": 0.75, "min": 0.7, "max": 0.8, "n": 2}
+    assert write["server_us_beyond"]["median"] == 6.5
+    assert write["met"] is True and write["want"] == 0.7
+    assert read["ratio"]["median"] == 0.9 and read["met"] is True
+    text = "\n".join(scaling.targets_markdown({"jobs": jobs, "total_iodepth": 16}))
+    assert "| zramd-lz4 4 KiB randread QD16 vs python-null-pinned | >= 0.85x | 0.90x | yes |" in text
+    jobs[0]["iops"] = 30.0  # round 0 now 0.3x: median 0.55x, below 0.7x
+    assert scaling.ceiling_targets({"jobs": jobs})[0]["met"] is False
+
+
 def test_projection_scales_one_instance_cost():
     summary = [
         {
