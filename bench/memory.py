@@ -889,13 +889,19 @@ def evaluate(data: dict) -> list[dict]:
             }
             if not devs:
                 continue
-            worst_point = max(devs, key=lambda p: abs(devs[p] - 1))
-            worst = devs[worst_point]
+            # Judged one-sided: zramd may not save less memory than zram by
+            # more than the tolerance; saving more is not a defect (python-lz4
+            # output is a little smaller than the kernel's, and zsmalloc puts a
+            # handle in front of each object). The best point is shown too.
+            worst_point = min(devs, key=lambda p: devs[p])
+            best_point = max(devs, key=lambda p: devs[p])
+            worst, best = devs[worst_point], devs[best_point]
             add(
                 f"compression ratio {label} vs kernel zram lz4, every point",
-                f"within {RATIO_TOLERANCE:.0%}",
-                f"worst {(worst - 1) * 100:+.1f}% at {worst_point}",
-                abs(worst - 1) <= RATIO_TOLERANCE,
+                f"at most {RATIO_TOLERANCE:.0%} below",
+                f"lowest {(worst - 1) * 100:+.1f}% at {worst_point}, "
+                f"highest {(best - 1) * 100:+.1f}% at {best_point}",
+                worst >= 1 - RATIO_TOLERANCE,
             )
     return out
 

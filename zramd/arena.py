@@ -107,12 +107,13 @@ OFF_MASK = 0xFFFFF
 BLOCK_SHIFT = 36
 
 # What one block costs besides its pages, counted in ``meta_bytes`` and so
-# in mem_used_total (docs/design.md#page-arena-and-memory-accounting says
-# how it was measured: tracemalloc around mapping blocks, rounded up to
-# pymalloc's 16-byte size classes): the mmap object, and its slots in the
-# per-block tables (``maps``, ``owner``: 8 bytes each; ``pnext``, ``pprev``:
-# 4; ``fcount``: 2; ``fhead``: 1), plus an eighth for the tables' growth.
-# tests/unit/test_arena.py checks it against tracemalloc.
+# in mem_used_total: the mmap object (96 bytes, a pymalloc size) and the
+# block's slots in the per-block tables (``maps``, ``owner``: 8 bytes each;
+# ``pnext``, ``pprev``: 4; ``fcount``: 2; ``fhead``: 1), plus an eighth for
+# the tables' over-allocation.  Measured with tracemalloc around mapping
+# blocks, not sys.getsizeof (which misses what a block costs in other
+# containers): docs/design.md#bookkeeping-per-block.
+# tests/unit/test_arena.py checks it against tracemalloc in every state.
 _SLOT_BYTES = 8 + 8 + 4 + 4 + 2 + 1
 BLOCK_META_BYTES = 96 + _SLOT_BYTES + _SLOT_BYTES // 8 + 1
 # A block id no block uses (released, kept for reuse): its table slots and

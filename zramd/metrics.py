@@ -134,7 +134,7 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "arena_meta_bytes": (
         "arena_meta_bytes",
         GAUGE,
-        "bookkeeping of the page arena's blocks (Python objects per block)",
+        "bookkeeping of the page arena's blocks (mmap objects, table slots, spare ids)",
     ),
     "slot_meta_bytes": (
         "slot_meta_bytes",
