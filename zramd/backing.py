@@ -70,6 +70,7 @@ import stat
 import struct
 import threading
 
+from .libc import LIBC
 from .units import PAGE_SIZE
 
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -80,9 +81,8 @@ CIPHERS = ("aes-256-gcm", "chacha20-poly1305")
 TAG_BYTES = 16
 ZERO_PAGE = bytes(PAGE_SIZE)
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-_libc.fallocate.restype = ctypes.c_int
+LIBC.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+LIBC.fallocate.restype = ctypes.c_int
 
 
 class BackingError(OSError):
@@ -96,7 +96,7 @@ class BackingFull(BackingError):
 def punch_hole(fd: int, offset: int, length: int) -> None:
     """fallocate(PUNCH_HOLE | KEEP_SIZE): the range reads as zeros and its
     disk blocks go back to the filesystem."""
-    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length):
+    if LIBC.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length):
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 

@@ -18,18 +18,15 @@ from __future__ import annotations
 import ctypes
 import gc
 
-_libc = None
+from .libc import LIBC
 
 
 def trim() -> bool:
     """Collect garbage and return free malloc pages; False where the C
     library has no malloc_trim (not glibc)."""
-    global _libc
     gc.collect()
-    if _libc is None:
-        _libc = ctypes.CDLL(None)  # the process's own symbols include libc's
     try:
-        malloc_trim = _libc.malloc_trim
+        malloc_trim = LIBC.malloc_trim
     except AttributeError:
         return False
     malloc_trim.argtypes = [ctypes.c_size_t]

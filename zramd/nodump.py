@@ -17,38 +17,18 @@ No state, no locking.
 
 from __future__ import annotations
 
-import ctypes
-import os
+from .libc import LIBC, prctl
 
-PR_SET_DUMPABLE = 4
 PR_GET_DUMPABLE = 3
-
-
-def _prctl(option: int, arg: int = 0) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl.argtypes = [
-        ctypes.c_int,
-        ctypes.c_ulong,
-        ctypes.c_ulong,
-        ctypes.c_ulong,
-        ctypes.c_ulong,
-    ]
-    rc = libc.prctl(option, arg, 0, 0, 0)
-    if rc < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return rc
+PR_SET_DUMPABLE = 4
 
 
 def forbid_dumps() -> str | None:
     """Clear the dumpable flag; returns why not, or None when done."""
-    try:
-        _prctl(PR_SET_DUMPABLE, 0)
-    except (OSError, AttributeError) as exc:
-        return f"cannot keep the stored pages out of core dumps: {exc}"
-    return None
+    why_not = prctl(PR_SET_DUMPABLE, 0)
+    return why_not and f"cannot keep the stored pages out of core dumps: {why_not}"
 
 
 def dumpable() -> bool:
-    """This process's dumpable flag (for tests and `--help`-level checks)."""
-    return _prctl(PR_GET_DUMPABLE) != 0
+    """This process's dumpable flag."""
+    return LIBC.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != 0

@@ -30,21 +30,12 @@ import ctypes
 import errno
 import os
 
+from .libc import LIBC, prctl
+
 PR_SET_IO_FLUSHER = 57
 MCL_CURRENT = 1
 MCL_FUTURE = 2
 MCL_ONFAULT = 4
-
-_libc = None
-
-
-def _c():
-    global _libc
-    if _libc is None:
-        # The process's own symbols include libc's; ctypes.util.find_library
-        # would import subprocess, shutil and tempfile: 2 MiB of RSS.
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc
 
 
 class LockError(OSError):
@@ -58,15 +49,14 @@ def lock_memory() -> str | None:
     raises ``LockError`` when memory cannot be locked at all (no root, or
     RLIMIT_MEMLOCK too low).
     """
-    libc = _c()
-    if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0:
+    if LIBC.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0:
         return None
     err = ctypes.get_errno()
     if err != errno.EINVAL:  # EINVAL: a kernel without MCL_ONFAULT
         raise LockError(
             err, f"mlockall: {os.strerror(err)} (needs root or a raised RLIMIT_MEMLOCK)"
         )
-    if libc.mlockall(MCL_CURRENT | MCL_FUTURE) == 0:
+    if LIBC.mlockall(MCL_CURRENT | MCL_FUTURE) == 0:
         return "this kernel has no MCL_ONFAULT: every mapping is populated and locked"
     err = ctypes.get_errno()
     raise LockError(err, f"mlockall: {os.strerror(err)} (needs root or a raised RLIMIT_MEMLOCK)")
@@ -74,9 +64,7 @@ def lock_memory() -> str | None:
 
 def set_io_flusher() -> str | None:
     """Mark this process as an I/O flusher; return None, or why not."""
-    if _c().prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) == 0:
-        return None
-    return os.strerror(ctypes.get_errno())
+    return prctl(PR_SET_IO_FLUSHER, 1)
 
 
 # -- the wrapper and nbdkit as a pair (docs/design.md#security) -------------
@@ -102,9 +90,7 @@ def outlive_parent() -> str | None:
     """Disarm the parent-death signal (nbdkit sets SIGTERM on its parent's
     death in its main, with or without --exit-with-parent); return None, or
     why not."""
-    if _c().prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0) == 0:
-        return None
-    return os.strerror(ctypes.get_errno())
+    return prctl(PR_SET_PDEATHSIG, 0)
 
 
 def watch_parent(on_gone):
