@@ -338,11 +338,6 @@ class Arena:
             if c is not None and self.fcount[b] == c.objs and b != c.cur:
                 self._release(b, c)
 
-    def need_bytes(self, lengths) -> int:
-        """Block bytes that allocating objects of these lengths would add."""
-        blocks = self.blocks_to_map([(n, 0) for n in lengths])
-        return sum(c.block_bytes * k for c, k in blocks.items())
-
     # -- objects -------------------------------------------------------------
     def alloc(self, data, flag: int = 0) -> int:
         """Copy ``data`` (1..4096 bytes) into a spot; return its handle.
