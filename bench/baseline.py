@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bench import measure, plots
 from bench.context import Context
-from bench.servers import ROOT, ServerProcess, SkipSystem, server_command
+from bench.servers import ROOT, ServerProcess, server_command
 from bench.stats import spread, times, with_spread
 from bench.systems import by_name
 
@@ -92,12 +92,8 @@ class Baseline:
 
     def _round(self, ctx: Context, data: dict, system, which: str, cli: list, rnd: int, log):
         sock = str(ctx.tmp / f"baseline-{which}.sock")
-        try:
-            cmd = server_command(system, sock, ctx.region_bytes, "zramd")
-        except SkipSystem as e:  # not for a zramd CLI that exists; kept for the type
-            data.setdefault("errors", []).append(f"{which}: {e}")
-            return
-        cmd = cli + cmd[1:]  # the same serve arguments, under this tree's CLI
+        # the same serve arguments as any zramd system, under this tree's CLI
+        cmd = cli + server_command(system, sock, ctx.region_bytes, "zramd")[1:]
         server = ServerProcess(cmd, [sock], ctx.logs / f"baseline-{which}.server.log")
         try:
             server.start()
