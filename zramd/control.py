@@ -153,10 +153,10 @@ class ControlServer:
     def _serve_client(self, conn: socket.socket) -> None:
         try:
             with conn:
-                conn.settimeout(self.idle_timeout_s)
                 if not self._peer_allowed(conn):
                     return
                 for line in self._lines(conn):
+                    conn.settimeout(self.idle_timeout_s)  # the reply: a client that does not read
                     if line is None:
                         error = f"request longer than {self.max_line_bytes} bytes"
                         self._send(conn, {"ok": False, "error": error})
@@ -205,7 +205,6 @@ class ControlServer:
         except (TypeError, ValueError, RecursionError) as exc:
             data = json.dumps({"ok": False, "error": f"internal error: {exc}"}).encode()
         try:
-            conn.settimeout(self.idle_timeout_s)  # a client that does not read
             conn.sendall(data + b"\n")
             return True
         except OSError:
