@@ -79,6 +79,8 @@ BLKDISCARD = 0x1277  # _IO(0x12, 119)
 BLKZEROOUT = 0x127F  # _IO(0x12, 127)
 CIPHERS = ("aes-256-gcm", "chacha20-poly1305")
 TAG_BYTES = 16
+# errnos meaning "this file or device cannot discard": fall back to zeroing
+_UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTTY)
 ZERO_PAGE = bytes(PAGE_SIZE)
 
 LIBC.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
@@ -395,14 +397,13 @@ class BackingFile:
         offset, length = first * PAGE_SIZE, count * PAGE_SIZE
         if not length:
             return
-        unsupported = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTTY)
         try:
             if not self.is_device:
                 try:
                     punch_hole(self.fd, offset, length)
                     return
                 except OSError as exc:
-                    if exc.errno not in unsupported:
+                    if exc.errno not in _UNSUPPORTED:
                         raise
                     if how == "start":
                         return
@@ -413,7 +414,7 @@ class BackingFile:
                         fcntl.ioctl(self.fd, BLKDISCARD, rng)
                         return
                     except OSError as exc:
-                        if exc.errno not in unsupported:
+                        if exc.errno not in _UNSUPPORTED:
                             raise
                         if how == "start":
                             return
@@ -421,7 +422,7 @@ class BackingFile:
                     fcntl.ioctl(self.fd, BLKZEROOUT, rng)
                     return
                 except OSError as exc:
-                    if exc.errno not in unsupported:
+                    if exc.errno not in _UNSUPPORTED:
                         raise
             for pos in range(offset, offset + length, PAGE_SIZE):
                 os.pwrite(self.fd, ZERO_PAGE, pos)
