@@ -134,31 +134,27 @@ class TargetServer:
         if self.kind != "zramd":
             return None
         per = ["--per-instance"] if self.instances > 1 else []
-        p = subprocess.run(
-            zramd_command() + ["stats", "--socket", str(self.sock), "--json", *per],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if p.returncode != 0:
-            raise RuntimeError(f"zramd stats failed: {(p.stderr or p.stdout).strip()[-300:]}")
-        doc = json.loads(p.stdout)
+        doc = json.loads(self._zramd("stats", "--json", *per, timeout_s=30))
         if not per:
             return doc
         return dict(doc["total"], per_instance=[i["stats"] for i in doc["instances"]])
 
     def compact(self) -> None:
         """zramd's `compact` (every instance); a no-op for other servers."""
-        if self.kind != "zramd":
-            return
+        if self.kind == "zramd":
+            self._zramd("compact", timeout_s=120)
+
+    def _zramd(self, command: str, *args: str, timeout_s: float) -> str:
+        """``zramd COMMAND --socket SOCK ARGS``: its stdout, or RuntimeError."""
         p = subprocess.run(
-            zramd_command() + ["compact", "--socket", str(self.sock)],
+            zramd_command() + [command, "--socket", str(self.sock), *args],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout_s,
         )
         if p.returncode != 0:
-            raise RuntimeError(f"zramd compact failed: {(p.stderr or p.stdout).strip()[-300:]}")
+            raise RuntimeError(f"zramd {command} failed: {(p.stderr or p.stdout).strip()[-300:]}")
+        return p.stdout
 
     def allocated_bytes(self) -> int | None:
         """Bytes the server reports as data (not holes) via nbdinfo --map, if available."""
@@ -189,15 +185,12 @@ class TargetServer:
         if not self.alive():
             return []
         assert self.proc is not None
-        found = []
-        for pid in [self.proc.pid] + _children(self.proc.pid):
-            try:
-                comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            except OSError:
-                continue
-            if comm == "nbdkit":
-                found.append(pid)
-        return found
+        if self.kind != "zramd":
+            return [self.proc.pid]
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid), "-x", "nbdkit"], capture_output=True, text=True
+        ).stdout
+        return [int(pid) for pid in out.split()]
 
     def thread_states(self) -> str:
         """One line per nbdkit thread: name, state, kernel wait channel and
@@ -291,14 +284,3 @@ class StatsSampler(threading.Thread):
         self._halt.set()
         self._poke.set()
         self.join(30)
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid`` (from /proc: every thread's children list)."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
