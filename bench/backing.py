@@ -27,7 +27,7 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.servers import ServerProcess, SkipSystem, zramd_serve_has
-from bench.stats import num, spread, times, with_spread
+from bench.stats import num, per_round_ratio, spread, times, with_spread
 from bench.systems import Workload, size_arg
 
 SYSTEMS = {
@@ -214,13 +214,6 @@ def summarize(data: dict) -> list[dict]:
             ("writeback_mb_s", "writeback_vs_plain"),
             ("read_iops", "read_iops_vs_plain"),
         ):
-            ratios = []
-            for r in mine:
-                plain = next(
-                    (p for p in runs if p["system"] == "plain" and p["round"] == r["round"]), None
-                )
-                if plain and plain[key]:
-                    ratios.append(r[key] / plain[key])
-            row[out] = spread(ratios)
+            row[out] = per_round_ratio(mine, [p for p in runs if p["system"] == "plain"], key)
         rows.append(row)
     return rows

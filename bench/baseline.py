@@ -34,7 +34,7 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.servers import ROOT, ServerProcess, server_command
-from bench.stats import spread, times, with_spread
+from bench.stats import per_round_ratio, spread, times, with_spread
 from bench.systems import by_name
 
 BASELINE_REV = "a3eee5cb7015fc86bc117c7aa1a43835f540f281"
@@ -185,16 +185,11 @@ def summarize(data: dict) -> list[dict]:
         if not mine:
             continue
         row: dict = {"workload": w.name, "iops": {}, "server_us": {}}
+        at = {which: [j for j in mine if j["tree"] == which] for which in TREES}
         for which in TREES:
-            at = [j for j in mine if j["tree"] == which]
-            row["iops"][which] = spread([j["iops"] for j in at])
-            row["server_us"][which] = spread([j["server_us_per_request"] for j in at])
-        ratios = []
-        for rnd in sorted({j["round"] for j in mine}):
-            pair = {j["tree"]: j for j in mine if j["round"] == rnd}
-            if len(pair) == 2 and pair["baseline"]["iops"]:
-                ratios.append(pair["current"]["iops"] / pair["baseline"]["iops"])
-        row["ratio"] = spread(ratios)
+            row["iops"][which] = spread([j["iops"] for j in at[which]])
+            row["server_us"][which] = spread([j["server_us_per_request"] for j in at[which]])
+        row["ratio"] = per_round_ratio(at["current"], at["baseline"])
         rows.append(row)
     return rows
 

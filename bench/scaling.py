@@ -30,7 +30,7 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.servers import ServerProcess, SkipSystem, server_command
-from bench.stats import spread, times, with_spread
+from bench.stats import per_round_ratio, spread, times, with_spread
 from bench.systems import C_CEILING, PYTHON_CEILING, by_name, select
 
 SYSTEM_NAMES = ["zramd-lz4", PYTHON_CEILING, C_CEILING]
@@ -293,15 +293,8 @@ def summarize(data: dict) -> list[dict]:
                 row["iops"][str(c)] = spread([j["iops"] for j in at_c])
                 row["server_us"][str(c)] = spread([j["server_us_per_request"] for j in at_c])
                 row["client_us"][str(c)] = spread([j.get("client_us_per_request") for j in at_c])
-                ratios = []
-                for j in at_c:
-                    one = next(
-                        (x for x in mine if x["connections"] == 1 and x["round"] == j["round"]),
-                        None,
-                    )
-                    if one and one["iops"]:
-                        ratios.append(j["iops"] / one["iops"])
-                row["vs_one"][str(c)] = spread(ratios)
+                one = [x for x in mine if x["connections"] == 1]
+                row["vs_one"][str(c)] = per_round_ratio(at_c, one)
             rows.append(row)
     return rows
 
@@ -323,7 +316,7 @@ def ceiling_targets(data: dict) -> list[dict]:
     for w, want in CEILING_TARGETS:
         mine, peer = one_conn(TARGET_SYSTEM, w.name), one_conn(PYTHON_CEILING, w.name)
         both = sorted(set(mine) & set(peer))
-        ratio = spread([mine[r]["iops"] / peer[r]["iops"] for r in both if peer[r]["iops"]])
+        ratio = per_round_ratio([mine[r] for r in both], [peer[r] for r in both])
         extra = spread(
             [
                 mine[r]["server_us_per_request"] - peer[r]["server_us_per_request"]

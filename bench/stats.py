@@ -17,6 +17,20 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(vs), "min": min(vs), "max": max(vs), "n": len(vs)}
 
 
+def per_round_ratio(jobs: list[dict], peers: list[dict], key: str = "iops") -> dict:
+    """spread() of ``job[key] / peer[key]`` over the rounds both lists have
+    (each a job per round, ``"round"`` its number): the steadier number on
+    a shared machine, both halves from the same few seconds."""
+    by_round = {p["round"]: p for p in peers}
+    return spread(
+        [
+            j[key] / by_round[j["round"]][key]
+            for j in jobs
+            if j["round"] in by_round and by_round[j["round"]][key]
+        ]
+    )
+
+
 def num(v: float | None, spec: str = ".0f") -> str:
     return "-" if v is None else format(v, spec)
 
