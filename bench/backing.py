@@ -58,7 +58,6 @@ class BackingEncryption:
         }
         if not ctx.zramd or not zramd_serve_has(ctx.zramd, "--backing-encrypt"):
             data["skipped"]["all"] = "this zramd has no --backing-encrypt"
-            data["summary"] = []
             return data
         ctx.progress(
             f"backing: {len(names)} systems x {a.rounds} rounds (writeback of "
@@ -80,8 +79,10 @@ class BackingEncryption:
                         f"{run['writeback_mb_s']:7.1f} MB/s, read p50 {run['read_p50_us']:6.1f} "
                         f"µs, {run['read_iops']:7.0f} IOPS"
                     )
-        data["summary"] = summarize(data)
         return data
+
+    def derive(self, data: dict) -> None:
+        data["summary"] = summarize(data)
 
     def _one(self, ctx: Context, name: str, rnd: int, log) -> dict:
         sock = str(ctx.tmp / f"backing-{name}.sock")

@@ -78,6 +78,17 @@ CHURN_PHASES = [
     "fully trimmed",
     "trimmed + compacted",
 ]
+# what the churn summary gives per phase (median and spread over rounds)
+CHURN_KEYS = (
+    "compr_data_size",
+    "mem_used_total",
+    "memory",
+    "rss_above_idle",
+    "peak_rss_above_idle",
+    "memory_per_compr",
+    "pages_compacted",
+    "orig_data_size",
+)
 LIMIT_PHASES = [
     "idle",
     "filled 50%",
@@ -422,11 +433,20 @@ class Memory:
             data["sweep"] = self._guarded(
                 ctx, data, "sweep", lambda: self._sweep(ctx, s, kinds, log, data)
             )
-        data["targets"] = evaluate(data)
+        self.derive(data)
         for t in data["targets"]:
             met = "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")
             ctx.progress(f"memory target: {t['target']}: {t['measured']} (want {t['want']}): {met}")
         return data
+
+    def derive(self, data: dict) -> None:
+        """What is computed from the measurements (rerun by --render)."""
+        churn = data.get("churn")
+        if churn:
+            churn["summary"] = summarize_churn(churn["rounds"])
+        if data.get("sweep"):
+            add_vs_zram(data["sweep"]["rows"])
+        data["targets"] = evaluate(data)
 
     @staticmethod
     def _guarded(ctx: Context, data: dict, part: str, fn):
@@ -455,30 +475,7 @@ class Memory:
                 except Exception as e:
                     data["errors"][f"churn {kind}"] = f"{type(e).__name__}: {e}"
                     ctx.progress(f"{label}: FAILED: {e}")
-        summary = {}
-        for kind, rounds in runs.items():
-            if not rounds:
-                continue
-            summary[kind] = []
-            for i, phase in enumerate(CHURN_PHASES):
-                recs = [r[i] for r in rounds if i < len(r)]
-                row = {"phase": phase}
-                for key in (
-                    "compr_data_size",
-                    "mem_used_total",
-                    "memory",
-                    "rss_above_idle",
-                    "peak_rss_above_idle",
-                    "memory_per_compr",
-                    "pages_compacted",
-                    "orig_data_size",
-                ):
-                    row[key] = spread([r.get(key) for r in recs])
-                row["compact_error"] = next(
-                    (r.get("compact_error") for r in recs if r.get("compact_error")), None
-                )
-                summary[kind].append(row)
-        return {"rounds": runs, "summary": summary}
+        return {"rounds": runs}  # summary: derive()
 
     def _churn_once(self, ctx: Context, s: dict, kind: str, log: IO[str], label: str) -> list[dict]:
         fill_bytes, disk = s["fill_bytes"], s["disksize_bytes"]
@@ -731,11 +728,6 @@ class Memory:
                     target.compact()
             finally:
                 target.stop()
-        for by_kind in rows.values():
-            z, k = by_kind.get("zramd"), by_kind.get("zram")
-            for key in ("ratio_compr", "ratio_mem"):
-                if z and k and z[key] and k[key]:
-                    by_kind[f"{key}_vs_zram"] = z[key] / k[key]
         return {"size_bytes": size, "points": points, "rows": rows, "corpus": corpus_info}
 
     # -- report ------------------------------------------------------------
@@ -769,6 +761,35 @@ def _median(spread_or_none):
 def _phase(data: dict, kind: str, phase: str) -> dict | None:
     rows = ((data.get("churn") or {}).get("summary") or {}).get(kind) or []
     return next((r for r in rows if r["phase"] == phase), None)
+
+
+def summarize_churn(runs: dict) -> dict:
+    """Per system, per churn phase: spread() of each of CHURN_KEYS over the
+    rounds, and the first compaction error seen."""
+    summary = {}
+    for kind, rounds in runs.items():
+        if not rounds:
+            continue
+        summary[kind] = []
+        for i, phase in enumerate(CHURN_PHASES):
+            recs = [r[i] for r in rounds if i < len(r)]
+            row = {"phase": phase}
+            for key in CHURN_KEYS:
+                row[key] = spread([r.get(key) for r in recs])
+            row["compact_error"] = next(
+                (r.get("compact_error") for r in recs if r.get("compact_error")), None
+            )
+            summary[kind].append(row)
+    return summary
+
+
+def add_vs_zram(rows: dict) -> None:
+    """Each sweep point's zramd ratios over kernel zram's (``*_vs_zram``)."""
+    for by_kind in rows.values():
+        z, k = by_kind.get("zramd"), by_kind.get("zram")
+        for key in ("ratio_compr", "ratio_mem"):
+            if z and k and z[key] and k[key]:
+                by_kind[f"{key}_vs_zram"] = z[key] / k[key]
 
 
 def metadata_bytes_per_page(data: dict) -> tuple[float | None, str]:

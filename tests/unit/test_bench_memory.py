@@ -39,16 +39,7 @@ def _churn(kind_recs):
                 "compact_error": r.get("compact_error"),
                 **{
                     k: spread([r.get(k)])
-                    for k in (
-                        "compr_data_size",
-                        "mem_used_total",
-                        "memory",
-                        "rss_above_idle",
-                        "peak_rss_above_idle",
-                        "memory_per_compr",
-                        "pages_compacted",
-                        "orig_data_size",
-                    )
+                    for k in memory.CHURN_KEYS
                 },
             }
             for r in recs
