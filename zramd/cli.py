@@ -18,7 +18,7 @@ import time
 from . import __version__, configfile, logs, metrics
 from .commands import RECOMPRESS_TYPES
 from .config import ConfigError, Settings, default_socket_path, describe
-from .control import ControlError, call
+from .control import TIMEOUT_SECONDS, ControlError, call
 from .instances import Stripe, aggregate, discover, instance_settings, split_bytes
 from .options import BY_FIELD, OPTIONS, Option
 from .server import Server, ServerError
@@ -547,13 +547,9 @@ def stats_prometheus(args) -> int:
         instances = _instances(args)
     except ControlError:
         instances = [("", _control_path(args))]
-    results = []
-    for _, path in instances:
-        try:
-            results.append((metrics.device_name(path), call(path, "stats")))
-        except ControlError:
-            results.append((metrics.device_name(path), None))
-    sys.stdout.write(metrics.exposition(results))
+    targets = [(metrics.device_name(path), path) for _, path in instances]
+    collector = metrics.StatsCollector(targets, timeout=TIMEOUT_SECONDS)
+    sys.stdout.write(metrics.exposition(collector.read()))
     return 0
 
 

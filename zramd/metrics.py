@@ -334,14 +334,18 @@ class StatsCollector:
         self.targets = list(targets)
         self.timeout = timeout
 
-    def collect(self):
-        results = []
+    def read(self) -> list[tuple[str, dict | None]]:
+        """[(device, stats)] now; None for a server that does not answer."""
+        results: list[tuple[str, dict | None]] = []
         for device, path in self.targets:
             try:
                 results.append((device, call(path, "stats", timeout=self.timeout)))
             except (ControlError, ValueError):
                 results.append((device, None))
-        yield from families(results)
+        return results
+
+    def collect(self):
+        yield from families(self.read())
 
 
 def registry_for(targets: list[tuple[str, str]]):
