@@ -195,8 +195,7 @@ def publish(
             (docs_dir / name).unlink(missing_ok=True)
         for c in (c for cs in report["charts"].values() for c in cs):
             shutil.copy(out / c, docs_dir / c)
-        (docs_dir / "results.json").write_text(json.dumps(merged, indent=2, default=str) + "\n")
-        (docs_dir / "results.md").write_text(markdown(merged, shown))
+        write(merged, shown, docs_dir)
         readme.write_text(replace_block(readme.read_text(), readme_block(merged, shown)))
         return
     for old in docs_dir.iterdir():
