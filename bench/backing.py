@@ -26,9 +26,9 @@ from pathlib import Path
 
 from bench import measure, plots
 from bench.context import Context
-from bench.servers import ServerProcess, SkipSystem, zramd_serve_has
+from bench.servers import ServerProcess, SkipSystem, server_command, zramd_serve_has
 from bench.stats import num, per_round_ratio, spread, times, with_spread
-from bench.systems import Workload, size_arg
+from bench.systems import Workload, by_name
 
 SYSTEMS = {
     "plain": [],
@@ -87,17 +87,8 @@ class BackingEncryption:
     def _one(self, ctx: Context, name: str, rnd: int, log) -> dict:
         sock = str(ctx.tmp / f"backing-{name}.sock")
         image = ctx.tmp / f"backing-{name}.img"
-        cmd = [
-            ctx.zramd,
-            "serve",
-            "--socket",
-            sock,
-            "--size",
-            size_arg(ctx.region_bytes),
-            "--backing-file",
-            str(image),
-            *SYSTEMS[name],
-        ]
+        extra = ("--backing-file", str(image), *SYSTEMS[name])
+        cmd = server_command(by_name("zramd-lz4"), sock, ctx.region_bytes, ctx.zramd, extra)
         server = ServerProcess(cmd, [sock], ctx.logs / f"backing-{name}.server.log")
         try:
             server.start()

@@ -51,13 +51,14 @@ from typing import IO
 from bench import corpus, fill
 from bench.context import Context
 from bench.kernel_zram import ZramDevice
-from bench.servers import ServerProcess, SkipSystem, zramd_stats
+from bench.servers import ServerProcess, SkipSystem, server_command, zramd_stats
 from bench.stats import num, spread
+from bench.systems import by_name
 
 MIB = 1 << 20
 PAGE_BYTES = 4096
 SEED = 20260101
-ZRAMD_ARGS = ("--algorithm", "lz4")
+ZRAMD_SYSTEM = "zramd-lz4"  # bench/systems.py: its serve arguments
 ZRAM_ALGORITHM = "lz4"
 
 # Targets (the numbers the report judges by)
@@ -258,20 +259,9 @@ class ZramdTarget:
     kind = "zramd"
 
     def __init__(self, ctx: Context, name: str, disksize: int, extra: tuple[str, ...] = ()):
-        if not ctx.zramd:
-            raise SkipSystem("zramd CLI not found (run `make setup`, or pass --zramd PATH)")
         self.ctx = ctx
         self.sock = str(ctx.tmp / f"memory-{name}.sock")
-        cmd = [
-            ctx.zramd,
-            "serve",
-            "--socket",
-            self.sock,
-            "--size",
-            str(disksize),
-            *ZRAMD_ARGS,
-            *extra,
-        ]
+        cmd = server_command(by_name(ZRAMD_SYSTEM), self.sock, disksize, ctx.zramd, extra)
         self.server = ServerProcess(
             cmd, [self.sock, self.sock + ".ctl"], ctx.logs / f"memory-{name}.server.log"
         )
@@ -955,8 +945,9 @@ def markdown(data: dict) -> list[str]:
     s = data["settings"]
     lines = ["## Memory: zramd against kernel zram", ""]
     churn = (data.get("churn") or {}).get("summary") or {}
+    zramd_args = " ".join(by_name(ZRAMD_SYSTEM).args)
     lines += [
-        f"A {s['disksize_bytes'] >> 20} MiB device each (zramd `{' '.join(ZRAMD_ARGS)}`, inline; "
+        f"A {s['disksize_bytes'] >> 20} MiB device each (zramd `{zramd_args}`, inline; "
         "kernel zram "
         f"lz4); fill {s['fill_bytes'] >> 20} MiB at 50% compressible (fio, 128 KiB), rewrite as "
         "many bytes "
