@@ -27,7 +27,7 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.servers import ServerProcess, SkipSystem, server_command, zramd_serve_has
-from bench.stats import num, per_round_ratio, spread, times, with_spread
+from bench.stats import per_round_ratio, spread, tenths, times, with_spread
 from bench.systems import Workload, by_name
 
 SYSTEMS = {
@@ -139,12 +139,12 @@ class BackingEncryption:
         ]
         for row in data["summary"]:
             lines.append(
-                f"| {row['system']} | {with_spread(row['writeback_mb_s'], _f1)} | "
+                f"| {row['system']} | {with_spread(row['writeback_mb_s'], tenths)} | "
                 f"{with_spread(row['writeback_vs_plain'], times)} | "
-                f"{with_spread(row['read_p50_us'], _f1)} | "
-                f"{with_spread(row['read_mean_us'], _f1)} | {with_spread(row['read_iops'])} | "
+                f"{with_spread(row['read_p50_us'], tenths)} | "
+                f"{with_spread(row['read_mean_us'], tenths)} | {with_spread(row['read_iops'])} | "
                 f"{with_spread(row['read_iops_vs_plain'], times)} | "
-                f"{with_spread(row['server_us_per_read'], _f1)} |"
+                f"{with_spread(row['server_us_per_read'], tenths)} |"
             )
         for name, why in data.get("skipped", {}).items():
             lines.append(f"\n- {name}: skipped: {why}")
@@ -176,14 +176,10 @@ class BackingEncryption:
         ]
         for row in data["summary"]:
             lines.append(
-                f"| {row['system']} | {with_spread(row['writeback_mb_s'], _f1)} | "
-                f"{with_spread(row['read_p50_us'], _f1)} |"
+                f"| {row['system']} | {with_spread(row['writeback_mb_s'], tenths)} | "
+                f"{with_spread(row['read_p50_us'], tenths)} |"
             )
         return lines
-
-
-def _f1(v: float | None) -> str:
-    return num(v, ".1f")
 
 
 def summarize(data: dict) -> list[dict]:

@@ -34,7 +34,7 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.servers import ROOT, ServerProcess, server_command
-from bench.stats import per_round_ratio, spread, times, with_spread
+from bench.stats import per_round_ratio, spread, tenths, times, with_spread
 from bench.systems import by_name
 
 BASELINE_REV = "a3eee5cb7015fc86bc117c7aa1a43835f540f281"
@@ -103,7 +103,7 @@ class Baseline:
                 data["jobs"].append({"tree": which, "workload": w.name, "round": rnd, **res})
                 ctx.progress(
                     f"baseline round {rnd + 1}/{data['rounds']} {which:<8} {w.name:<12} "
-                    f"{res['iops']:9.0f} IOPS, server {_us(res['server_us_per_request'])} "
+                    f"{res['iops']:9.0f} IOPS, server {tenths(res['server_us_per_request'])} "
                     "µs/request"
                 )
         except (RuntimeError, OSError, ValueError) as e:
@@ -138,8 +138,8 @@ class Baseline:
             lines.append(
                 f"| {row['workload']} | {with_spread(row['iops']['baseline'])} | "
                 f"{with_spread(row['iops']['current'])} | {with_spread(row['ratio'], times)} | "
-                f"{with_spread(row['server_us']['baseline'], _us)} | "
-                f"{with_spread(row['server_us']['current'], _us)} | >= {MIN_RATIO}x | {met} |"
+                f"{with_spread(row['server_us']['baseline'], tenths)} | "
+                f"{with_spread(row['server_us']['current'], tenths)} | >= {MIN_RATIO}x | {met} |"
             )
         for err in data.get("errors", []):
             lines.append(f"\n- failed: {err}")
@@ -220,7 +220,3 @@ def _git(*args: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return p.stdout.strip() if p.returncode == 0 else None
-
-
-def _us(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1f}"

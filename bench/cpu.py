@@ -30,7 +30,7 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.servers import ServerProcess, SkipSystem, server_command, zramd_serve_has
-from bench.stats import kilo, spread, with_spread
+from bench.stats import kilo, spread, tenths, with_spread
 from bench.systems import by_name
 
 SYSTEM_NAME = "zramd-lz4"
@@ -113,9 +113,9 @@ class ServerCpu:
                 data["jobs"].append({"instances": n, "workload": w.name, "round": rnd, **res})
                 ctx.progress(
                     f"cpu round {rnd + 1}/{data['rounds']} {n} instance(s) {w.name:<12} "
-                    f"{res['iops']:9.0f} IOPS, server {_us(res['server_us_per_request'])} "
+                    f"{res['iops']:9.0f} IOPS, server {tenths(res['server_us_per_request'])} "
                     "µs/request, "
-                    f"client {_us(res['client_us_per_request'])} µs/request"
+                    f"client {tenths(res['client_us_per_request'])} µs/request"
                 )
         except (RuntimeError, OSError, ValueError) as e:
             ctx.progress(f"cpu {n} instance(s) round {rnd + 1}: FAILED: {e}")
@@ -133,7 +133,7 @@ class ServerCpu:
             "per job. Server: utime+stime of the nbdkit process(es) from /proc over the job / "
             "requests; client: fio's own CPU time / requests. Median (min-max) over the rounds. "
             f"**Measured on {data['cores']} cores shared by client and server**"
-            + (f" (1-minute load average {with_spread(load, _us)})." if load["n"] else "."),
+            + (f" (1-minute load average {with_spread(load, tenths)})." if load["n"] else "."),
             "",
         ]
         for n, why in data.get("left_out", {}).items():
@@ -149,7 +149,8 @@ class ServerCpu:
         for row in data["summary"]:
             lines.append(
                 f"| {row['instances']} | {row['workload']} | {with_spread(row['iops'])} | "
-                f"{with_spread(row['server_us'], _us)} | {with_spread(row['client_us'], _us)} |"
+                f"{with_spread(row['server_us'], tenths)} | "
+                f"{with_spread(row['client_us'], tenths)} |"
             )
         lines += ["", *projection_markdown(data)]
         for err in data.get("errors", []):
@@ -178,10 +179,6 @@ class ServerCpu:
         if not data.get("projection"):
             return []
         return projection_markdown(data)
-
-
-def _us(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1f}"
 
 
 def summarize(data: dict) -> list[dict]:

@@ -30,7 +30,7 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.servers import ServerProcess, SkipSystem, server_command
-from bench.stats import per_round_ratio, spread, times, with_spread
+from bench.stats import per_round_ratio, spread, tenths, times, with_spread
 from bench.systems import C_CEILING, PYTHON_CEILING, by_name, select
 
 SYSTEM_NAMES = ["zramd-lz4", PYTHON_CEILING, C_CEILING]
@@ -121,7 +121,7 @@ class ConnectionScaling:
                                     f"scaling round {rnd + 1}/{a.rounds} {system.name:<18} "
                                     f"{w.name:<12} "
                                     f"{conns} conn: {res['iops']:9.0f} IOPS, server "
-                                    f"{_us(res['server_us_per_request'])} µs/request"
+                                    f"{tenths(res['server_us_per_request'])} µs/request"
                                 )
                     except (RuntimeError, OSError, ValueError) as e:
                         ctx.progress(f"scaling {system.name} round {rnd + 1}: FAILED: {e}")
@@ -149,7 +149,7 @@ class ConnectionScaling:
             "of the per-round ratio to one connection. The client (fio, one process per "
             "connection) runs on the same cores as the server"
             + (
-                f"; 1-minute load average during the jobs {with_spread(load, _load)}"
+                f"; 1-minute load average during the jobs {with_spread(load, tenths)}"
                 if load["n"]
                 else ""
             )
@@ -187,10 +187,10 @@ class ConnectionScaling:
             client = row.get("client_us", {})
             lines.append(
                 f"| {row['system']} | {row['workload']} | "
-                + " | ".join(with_spread(row["server_us"][str(c)], _us) for c in conns)
+                + " | ".join(with_spread(row["server_us"][str(c)], tenths) for c in conns)
                 + " | "
                 + " | ".join(
-                    with_spread(client[str(c)], _us) if str(c) in client else "-" for c in conns
+                    with_spread(client[str(c)], tenths) if str(c) in client else "-" for c in conns
                 )
                 + " |"
             )
@@ -242,7 +242,7 @@ class ConnectionScaling:
             f"Connections: 4 KiB random I/O, total iodepth {data['total_iodepth']} split over 1, 2 "
             f"and 4 connections; median (min-max) over {data['rounds']} interleaved rounds; "
             f"client and server share the machine's {data.get('cores', 2)} cores"
-            + (f" (1-minute load average {with_spread(load, _load)})" if load["n"] else "")
+            + (f" (1-minute load average {with_spread(load, tenths)})" if load["n"] else "")
             + ". Server µs/request: CPU time of the server's nbdkit process per request.",
             "",
             "| system | workload | "
@@ -257,19 +257,11 @@ class ConnectionScaling:
                 f"| {data['descriptions'].get(row['system'], row['system'])} | {row['workload']} | "
                 + " | ".join(with_spread(row["iops"][str(c)]) for c in conns)
                 + " | "
-                + " | ".join(with_spread(row["server_us"][str(c)], _us) for c in conns)
+                + " | ".join(with_spread(row["server_us"][str(c)], tenths) for c in conns)
                 + " |"
             )
         targets = targets_markdown(data)
         return lines + ["", *targets] if targets else lines
-
-
-def _us(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1f}"
-
-
-def _load(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1f}"
 
 
 def summarize(data: dict) -> list[dict]:
@@ -356,6 +348,6 @@ def targets_markdown(data: dict) -> list[str]:
         met = "n/a" if r["met"] is None else ("yes" if r["met"] else "**no**")
         lines.append(
             f"| {r['target']} | >= {r['want']:.2f}x | {with_spread(r['ratio'], times)} | {met} "
-            f"| {with_spread(r['server_us_beyond'], _us)} |"
+            f"| {with_spread(r['server_us_beyond'], tenths)} |"
         )
     return lines

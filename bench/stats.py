@@ -35,6 +35,11 @@ def num(v: float | None, spec: str = ".0f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def tenths(v: float | None) -> str:
+    """One decimal: µs per request, MB/s, load averages."""
+    return num(v, ".1f")
+
+
 def times(v: float | None) -> str:
     """A ratio: 0.56x."""
     return "-" if v is None else f"{v:.2f}x"
