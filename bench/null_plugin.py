@@ -13,6 +13,14 @@
 # nbdkit's Ensure/Release around every callback creates and destroys a thread
 # state per request. This leans on CPython internals (CPython gh-146219)
 # and exists here only to show the ceiling with and without the pin.
+#
+# keep=lz4 makes it the least store there can be: each 4 KiB page written is
+# compressed with lz4 (as zramd-lz4 does it) and the result kept in a Python
+# list, one slot per page; reads decompress it (never-written pages read as
+# zeroes). No accounting, no limits, no stats: what any Python plugin that
+# compresses pages inline and keeps them must pay at least, so the bench can
+# show how far below the null plugin even that lands (docs/design.md, "What a
+# 4 KiB write costs"). Requests must be page aligned (fio's are).
 
 import ctypes
 import threading
@@ -25,6 +33,10 @@ _size_bytes = 0
 _pin = False
 _local = threading.local()
 _ZERO = memoryview(bytes(256 * 1024))
+_PAGE_BYTES = 4096
+_keep_lz4 = False
+_pages: list = []  # keep=lz4: one compressed page (bytes) or None per page
+_compress = _decompress = None  # keep=lz4: lz4.block's
 
 
 def _parse_size(text):
@@ -35,11 +47,18 @@ def _parse_size(text):
 
 
 def config(key, value):
-    global _size_bytes, _pin
+    global _size_bytes, _pin, _keep_lz4, _compress, _decompress
     if key == "size":
         _size_bytes = _parse_size(value)
     elif key == "pin":
         _pin = value.lower() in ("1", "true", "yes", "on")
+    elif key == "keep":
+        if value != "lz4":
+            raise RuntimeError(f"keep={value!r}: only keep=lz4 is known")
+        import lz4.block  # only here: the plain null plugin needs nothing
+
+        _keep_lz4 = True
+        _compress, _decompress = lz4.block.compress, lz4.block.decompress
     else:
         raise RuntimeError(f"unknown parameter {key!r}")
 
@@ -47,6 +66,8 @@ def config(key, value):
 def config_complete():
     if _size_bytes <= 0:
         raise RuntimeError("size=N is required")
+    if _keep_lz4:
+        _pages.extend([None] * (_size_bytes // _PAGE_BYTES))
 
 
 def thread_model():
@@ -84,11 +105,11 @@ def can_flush(h):
 
 
 def can_trim(h):
-    return True
+    return not _pages
 
 
-def can_zero(h):
-    return True
+def can_zero(h):  # keep=lz4: nbdkit writes zeroes through pwrite instead
+    return not _pages
 
 
 def can_fua(h):
@@ -107,12 +128,25 @@ def pread(h, buf, offset, flags):
     if _pin:
         _pin_thread_state()
     n = len(buf)
+    if _pages:
+        for i in range(0, n, _PAGE_BYTES):
+            page = _pages[(offset + i) >> 12]
+            buf[i : i + _PAGE_BYTES] = (
+                _ZERO[:_PAGE_BYTES] if page is None else _decompress(page, _PAGE_BYTES)
+            )
+        return
     buf[:] = _ZERO[:n] if n <= len(_ZERO) else bytes(n)
 
 
 def pwrite(h, buf, offset, flags):
     if _pin:
         _pin_thread_state()
+    if _pages:
+        if len(buf) == _PAGE_BYTES:  # the measured shape: no loop
+            _pages[offset >> 12] = _compress(buf, store_size=False)
+            return
+        for i in range(0, len(buf), _PAGE_BYTES):
+            _pages[(offset + i) >> 12] = _compress(buf[i : i + _PAGE_BYTES], store_size=False)
 
 
 def flush(h, flags):

@@ -27,6 +27,7 @@ from typing import IO
 
 from bench import corpus
 from bench.systems import System, size_arg
+from zramd.server import plugin_environment
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -105,6 +106,7 @@ class ServerProcess:
         self._log.flush()
         self.proc = subprocess.Popen(
             self.cmd,
+            env=plugin_environment(),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -99,6 +99,12 @@ SYSTEMS: list[System] = [
         "null Python plugin, --threads 1, thread state kept",
         stores=False,
     ),
+    System(
+        "python-lz4-list",
+        "nbdkit",
+        ("--threads", "1", "python", "{null_plugin}", "size={size}", "pin=1", "keep=lz4"),
+        "least Python store: lz4 pages in a list, --threads 1, thread state kept",
+    ),
     System("kernel-zram-lz4", "zram", ("lz4",), "kernel zram, lz4 (fio libaio, direct)"),
 ]
 
@@ -106,6 +112,7 @@ ZRAM_PEER = "kernel-zram-lz4"
 ZSTD_PEER = "nbdkit-zstd"
 PYTHON_CEILING = "python-null-pinned"
 C_CEILING = "nbdkit-null"
+LZ4_STORE_CEILING = "python-lz4-list"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,6 +44,18 @@ START_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 10.0
 
 
+def plugin_environment() -> dict:
+    """Our environment, with this package and this interpreter's packages
+    (lz4, ...) importable by nbdkit's embedded Python, which starts from
+    the system's paths (docs/design.md#architecture-where-a-request-goes)."""
+    env = dict(os.environ)
+    paths = [REPO_ROOT, sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
 class ServerError(RuntimeError):
     """nbdkit could not be started, or died; the message says why."""
 
@@ -196,11 +208,7 @@ class Server:
         """Our environment, with the package and its dependencies importable
         by nbdkit's embedded interpreter
         (docs/design.md#architecture-where-a-request-goes)."""
-        env = dict(os.environ)
-        paths = [REPO_ROOT, sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
-        if env.get("PYTHONPATH"):
-            paths.append(env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        env = plugin_environment()
         env.pop("NOTIFY_SOCKET", None)  # readiness is the wrapper's to signal
         return env
 

@@ -3,6 +3,7 @@ workload runs and lands in results.json, results.md and the PNG charts with
 sane numbers. No timing assertions: only that numbers exist and are positive."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from bench import backing, baseline, cpu, memory, scaling, systems  # noqa: E402
+from bench import backing, baseline, cpu, memory, scaling, servers, systems  # noqa: E402
 from bench.targets import lookup  # noqa: E402
 
 # Only systems the machine may lack are allowed to be skipped.
@@ -244,3 +245,32 @@ def test_quick_run_measures_memory(quick_run):
     assert {t["target"] for t in mem["targets"]} and all("want" in t for t in mem["targets"])
     for chart in ("memory.png", "memory_ratio.png"):
         assert (out / chart).stat().st_size > 1000
+
+
+def test_least_lz4_store_reads_back_what_was_written(tmp_path):
+    """The bench's least lz4 store is a reference only if it really stores:
+    every page written (4 KiB and larger requests, zeroes) reads back."""
+    from helpers import nbd
+
+    if nbd is None or not shutil.which("nbdkit"):
+        pytest.skip("nbdkit or libnbd's Python bindings missing")
+    sock = str(tmp_path / "least.sock")
+    system = systems.by_name(systems.LZ4_STORE_CEILING)
+    server = servers.ServerProcess(
+        servers.server_command(system, sock, 1 << 20, None), [sock], tmp_path / "server.log"
+    )
+    server.start()
+    try:
+        h = nbd.NBD()
+        h.connect_unix(sock)
+        half = os.urandom(2048) + bytes(2048)  # compresses to about half
+        run = os.urandom(4096) * 16  # 64 KiB: one request, 16 pages
+        h.pwrite(half, 8192)
+        h.pwrite(run, 65536)
+        h.zero(4096, 65536 + 4096)
+        assert h.pread(4096, 8192) == half
+        assert h.pread(4096, 0) == bytes(4096)  # never written
+        assert h.pread(65536, 65536) == run[:4096] + bytes(4096) + run[8192:]
+        h.shutdown()
+    finally:
+        server.stop()

@@ -58,6 +58,8 @@ def test_ceiling_targets_take_the_ratio_within_each_round():
         job("zramd-lz4", "randwrite-4k", 0, 10.0, 1.0, conns=2),  # not one connection
         job("zramd-lz4", "randread-4k", 0, 90.0, 10.0),
         job("python-null-pinned", "randread-4k", 0, 100.0, 7.0),
+        job("python-lz4-list", "randwrite-4k", 0, 80.0, 9.0),
+        job("python-lz4-list", "randwrite-4k", 1, 25.0, 9.0),
     ]
     rows = {r["workload"]: r for r in scaling.ceiling_targets({"jobs": jobs})}
     write, read = rows["randwrite-4k"], rows["randread-4k"]
@@ -65,9 +67,14 @@ def test_ceiling_targets_take_the_ratio_within_each_round():
     assert write["ratio"] == {"median": 0.75, "min": 0.7, "max": 0.8, "n": 2}
     assert write["server_us_beyond"]["median"] == 6.5
     assert write["met"] is True and write["want"] == 0.7
+    # the least lz4 store against the null plugin, and zramd against it, per round
+    assert write["least_store_ratio"] == {"median": 0.65, "min": 0.5, "max": 0.8, "n": 2}
+    assert write["vs_least_store"] == {"median": 1.2375, "min": 0.875, "max": 1.6, "n": 2}
     assert read["ratio"]["median"] == 0.9 and read["met"] is True
+    assert read["least_store_ratio"]["n"] == 0  # no least-store job for reads: "-"
     text = "\n".join(scaling.targets_markdown({"jobs": jobs, "total_iodepth": 16}))
-    assert "| zramd-lz4 4 KiB randread QD16 vs python-null-pinned | >= 0.85x | 0.90x | yes |" in text
+    assert "| zramd-lz4 4 KiB randread QD16 vs python-null-pinned | >= 0.85x | 0.90x | yes | - | - |" in text
+    assert "| >= 0.70x | 0.75x (0.70x-0.80x) | yes | 0.65x (0.50x-0.80x) | 1.24x (0.88x-1.60x) |" in text
     jobs[0]["iops"] = 30.0  # round 0 now 0.3x: median 0.55x, below 0.7x
     assert scaling.ceiling_targets({"jobs": jobs})[0]["met"] is False
 
