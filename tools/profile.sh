@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Profiles zramd's hot path: serves a device, drives it with fio (4 KiB
 # random I/O at iodepth 16 over the nbd engine) and, while fio runs, either
-# samples the Python stacks of the nbdkit process with py-spy or counts its
-# system calls with strace.  CONTRIBUTING.md explains how to read the output.
-# Usage: tools/profile.sh pyspy|strace [randwrite|randread] [SERVE ARGS...]
+# samples the Python stacks of the nbdkit process with py-spy, counts its
+# system calls with strace, or splits its CPU time by library with perf
+# (the kernel, the interpreter, the codec, libc).  CONTRIBUTING.md explains
+# how to read the output.
+# Usage: tools/profile.sh pyspy|strace|perf [randwrite|randread] [SERVE ARGS...]
 #   e.g. tools/profile.sh pyspy randwrite --compress async
-# Needs: make setup; fio; strace (strace mode); py-spy in the venv
-# (.venv/bin/pip install py-spy) for pyspy mode.  Output in ./profile-out/.
+# Needs: make setup; fio; strace (strace mode); perf (perf mode: Debian's
+# linux-perf); py-spy in the venv (.venv/bin/pip install py-spy) for pyspy
+# mode.  Output in ./profile-out/.
 set -euo pipefail
-mode=${1:?usage: tools/profile.sh pyspy|strace [randwrite|randread] [SERVE ARGS...]}
+mode=${1:?usage: tools/profile.sh pyspy|strace|perf [randwrite|randread] [SERVE ARGS...]}
 rw=${2:-randwrite}
 shift $(( $# >= 2 ? 2 : 1 ))
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,10 +28,12 @@ serve=$!
 trap 'kill -TERM $serve 2>/dev/null; wait $serve 2>/dev/null; rm -rf "$run"' EXIT
 for _ in $(seq 100); do [ -S "$sock" ] && [ -S "$sock.ctl" ] && break; sleep 0.1; done
 pid=$(pgrep -P "$serve" -x nbdkit)
-# fill the device first so that reads find data
-fio --name=fill --ioengine=nbd --uri="$uri" --rw=write --bs=128k --size=256M \
+# fill the device first so that reads find data; pages half compressible, as
+# in the bench (bench/systems.py FIO_DATA_OPTIONS)
+data=--buffer_compress_percentage=50
+fio --name=fill --ioengine=nbd --uri="$uri" --rw=write --bs=128k --size=256M "$data" \
     --output-format=terse >/dev/null
-fio --name=load --ioengine=nbd --uri="$uri" --rw="$rw" --bs=4k --iodepth=16 --size=256M \
+fio --name=load --ioengine=nbd --uri="$uri" --rw="$rw" --bs=4k --iodepth=16 --size=256M "$data" \
     --time_based --runtime=$((seconds + 4)) --output-format=terse >/dev/null &
 fio=$!
 sleep 2
@@ -54,7 +59,19 @@ strace)
     echo "strace -c -f: system calls of the nbdkit process during $seconds s of $rw:"
     cat "$out/strace.txt"
     ;;
+perf)
+    # cpu-clock sampling works in VMs without hardware counters.
+    perf record -F 999 -e cpu-clock -p "$pid" -o "$out/perf.data" -- sleep "$seconds" \
+        >/dev/null 2>&1
+    echo "perf: the nbdkit process's CPU time during $seconds s of $rw, by library:"
+    perf report -i "$out/perf.data" --no-children --sort dso --stdio 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -10
+    echo "hottest functions:"
+    perf report -i "$out/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -15
+    echo "(perf report -i $out/perf.data for the rest)"
+    ;;
 *)
-    echo "tools/profile.sh: unknown mode $mode (pyspy or strace)" >&2; exit 2 ;;
+    echo "tools/profile.sh: unknown mode $mode (pyspy, strace or perf)" >&2; exit 2 ;;
 esac
 wait $fio
