@@ -36,7 +36,9 @@ Modules, one job each:
     report.py       results.md, results.json, docs/bench and README's block
     machine.py      what the run ran on
     corpus.py       the swap-like corpus of real process memory
-    null_plugin.py  the Python null plugin (the ceiling of any Python plugin)
+    null_plugin.py  the Python null plugin (the ceiling of any Python plugin);
+                    keep=lz4 makes it the least lz4 store, the floor of any
+                    Python plugin that compresses inline
 
 Adding a system: one line in ``systems.SYSTEMS`` (kind "zramd" takes
 ``zramd serve`` arguments, kind "nbdkit" an nbdkit command line). Every
