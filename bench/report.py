@@ -186,6 +186,9 @@ def publish(
     others stay, and results.md and README's block are written for all of
     them in ``all_sections`` order."""
     docs_dir.mkdir(parents=True, exist_ok=True)
+    # `--render docs/bench --publish` renders in place: the files are there
+    # already, and clearing the directory first would delete them
+    in_place = out.resolve() == docs_dir.resolve()
     if all_sections is not None:
         merged, stale = merged_with_published(report, sections, docs_dir)
         shown = [
@@ -194,13 +197,19 @@ def publish(
         for name in stale:
             (docs_dir / name).unlink(missing_ok=True)
         for c in (c for cs in report["charts"].values() for c in cs):
-            shutil.copy(out / c, docs_dir / c)
+            if not in_place:
+                shutil.copy(out / c, docs_dir / c)
         write(merged, shown, docs_dir)
         readme.write_text(replace_block(readme.read_text(), readme_block(merged, shown)))
         return
-    for old in docs_dir.iterdir():
-        if old.is_file() and old.suffix in (".md", ".json", ".png"):
-            old.unlink()
-    for f in ["results.json", "results.md", *(c for cs in report["charts"].values() for c in cs)]:
-        shutil.copy(out / f, docs_dir / f)
+    if not in_place:
+        for old in docs_dir.iterdir():
+            if old.is_file() and old.suffix in (".md", ".json", ".png"):
+                old.unlink()
+        for f in [
+            "results.json",
+            "results.md",
+            *(c for cs in report["charts"].values() for c in cs),
+        ]:
+            shutil.copy(out / f, docs_dir / f)
     readme.write_text(replace_block(readme.read_text(), readme_block(report, sections)))

@@ -102,14 +102,8 @@ def test_replace_block_keeps_the_rest():
         report.replace_block("no markers here", "NEW")
 
 
-def test_publish_replaces_docs_and_readme_block(tmp_path):
-    out, docs = tmp_path / "out", tmp_path / "docs"
-    out.mkdir()
-    docs.mkdir()
-    (docs / "stale.png").write_bytes(b"old")
-    (docs / "keep.txt").write_text("not ours")
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n{report.README_BEGIN}\nold\n{report.README_END}\n## After\n")
+def _scaling_run(out):
+    """A rendered one-section run in ``out``: (report, sections)."""
     meta = {
         "started": "2026-01-01T00:00:00",
         "duration_s": 1.0,
@@ -152,6 +146,23 @@ def test_publish_replaces_docs_and_readme_block(tmp_path):
     }
     sections = by_names(["scaling"])
     report.write(rep, sections, out)
+    return rep, sections
+
+
+def _readme(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{report.README_BEGIN}\nold\n{report.README_END}\n## After\n")
+    return readme
+
+
+def test_publish_replaces_docs_and_readme_block(tmp_path):
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    out.mkdir()
+    docs.mkdir()
+    (docs / "stale.png").write_bytes(b"old")
+    (docs / "keep.txt").write_text("not ours")
+    readme = _readme(tmp_path)
+    rep, sections = _scaling_run(out)
     report.publish(rep, sections, out, docs_dir=docs, readme=readme)
     assert sorted(p.name for p in docs.iterdir()) == [
         "keep.txt",
@@ -165,6 +176,23 @@ def test_publish_replaces_docs_and_readme_block(tmp_path):
     )
     assert "| zramd | randread-4k | 1.0k | 2.0k | 4.0k |" in text
     assert "old" not in text
+
+
+def test_publishing_a_run_rendered_in_place_keeps_its_files(tmp_path):
+    """`--render docs/bench --publish`: the run's directory is the published
+    one; publishing must not clear it (it did: every file was deleted)."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    readme = _readme(tmp_path)
+    rep, sections = _scaling_run(docs)
+    before = {p.name: p.read_bytes() for p in docs.iterdir()}
+    report.publish(rep, sections, docs, docs_dir=docs, readme=readme)
+    assert {p.name: p.read_bytes() for p in docs.iterdir()} == before
+    assert "| zramd | randread-4k | 1.0k | 2.0k | 4.0k |" in readme.read_text()
+    # a one-section run merged in place keeps its chart too
+    report.publish(rep, sections, docs, docs_dir=docs, readme=readme, all_sections=SECTIONS)
+    assert (docs / "scaling.png").read_bytes() == b"png"
+    assert "| zramd-lz4 | randread-4k | 1.0k | 2.0k | 4.0k |" in (docs / "results.md").read_text()
 
 
 def test_sections_have_unique_names_and_unknown_ones_are_refused():
