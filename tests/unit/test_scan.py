@@ -84,7 +84,7 @@ def test_candidates_match_a_slot_by_slot_scan(store, scan_type, limit):
 def test_mark_idle_marks_the_pages_a_slot_by_slot_scan_marks(store, older_than_s):
     for index in range(PAGES):
         store._flags[index] &= ~IDLE
-    store._t0_ds -= 100  # the store is 10 s old: access times 0-4 s ago
+    store.now = lambda: 100  # a stopped clock, 10 s after the start: access times 0-4 s ago
     cutoff = None if older_than_s is None else store.now() - int(older_than_s * 10)
     for index in range(PAGES):
         store._atime[index] = store.now() - random.Random(index).randrange(40)
