@@ -51,7 +51,7 @@ pyspy)
     grep -E '^(pwrite|pread|trim|zero|flush) ' "$out/pyspy.txt" | awk '
         { n = $NF; sub(/ [0-9]+$/, ""); k = split($0, f, ";"); leaf = f[k];
           sub(/:[0-9]+\)$/, ")", leaf); c[leaf] += n; t += n }
-        END { for (l in c) printf "%5.1f%%  %s\n", 100 * c[l] / t, l }' | sort -rn | head -15
+        END { for (l in c) printf "%5.1f%%  %s\n", 100 * c[l] / t, l }' | sort -rn | head -15 || true  # head closing early is not a failure
     echo "(whole stacks: $out/pyspy.txt; open $out/pyspy.speedscope.json in speedscope.app)"
     ;;
 strace)
@@ -65,10 +65,10 @@ perf)
         >/dev/null 2>&1
     echo "perf: the nbdkit process's CPU time during $seconds s of $rw, by library:"
     perf report -i "$out/perf.data" --no-children --sort dso --stdio 2>/dev/null |
-        grep -E '^ +[0-9.]+%' | head -10
+        grep -E '^ +[0-9.]+%' | head -10 || true
     echo "hottest functions:"
     perf report -i "$out/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null |
-        grep -E '^ +[0-9.]+%' | head -15
+        grep -E '^ +[0-9.]+%' | head -15 || true
     echo "(perf report -i $out/perf.data for the rest)"
     ;;
 *)
