@@ -25,7 +25,9 @@ seconds=${SECONDS_TO_SAMPLE:-10}
 
 "$venv/bin/zramd" serve --socket "$sock" --size 512M "$@" >"$run/serve.log" 2>&1 &
 serve=$!
-trap 'kill -TERM $serve 2>/dev/null; wait $serve 2>/dev/null; rm -rf "$run"' EXIT
+fio=
+# on any exit: the load first (a connected client keeps the server serving)
+trap '[ -n "$fio" ] && { kill "$fio" 2>/dev/null || true; }; kill -TERM $serve 2>/dev/null; wait $serve 2>/dev/null; rm -rf "$run"' EXIT
 for _ in $(seq 100); do [ -S "$sock" ] && [ -S "$sock.ctl" ] && break; sleep 0.1; done
 pid=$(pgrep -P "$serve" -x nbdkit)
 # fill the device first so that reads find data; pages half compressible, as
@@ -62,7 +64,8 @@ strace)
 perf)
     # cpu-clock sampling works in VMs without hardware counters.
     perf record -F 999 -e cpu-clock -p "$pid" -o "$out/perf.data" -- sleep "$seconds" \
-        >/dev/null 2>&1
+        >"$out/perf-record.log" 2>&1 ||
+        { echo "tools/profile.sh: perf record failed:" >&2; cat "$out/perf-record.log" >&2; exit 1; }
     echo "perf: the nbdkit process's CPU time during $seconds s of $rw, by library:"
     perf report -i "$out/perf.data" --no-children --sort dso --stdio 2>/dev/null |
         grep -E '^ +[0-9.]+%' | head -10 || true

@@ -87,6 +87,11 @@ def select(store, flag: int = 0, huge: bool = False) -> list:
     return out
 
 
+# the flag a scan type wants set, and the types that want huge pages
+_SCAN_FLAG = {"idle": IDLE, "huge_idle": IDLE, "incompressible": INCOMPRESSIBLE}
+_HUGE_SCANS = ("huge", "huge_idle")
+
+
 def _is_huge(h: int) -> bool:
     return h & 0xFFFF == _HUGE_LOW16
 
@@ -136,20 +141,20 @@ def candidates(store, scan_type: str, limit: int | None = None) -> list:
         indices = select(store)
         indices.sort(key=store._atime.__getitem__)  # a C key: no Python call per page
     else:
-        indices = select(
-            store,
-            flag={"idle": IDLE, "huge_idle": IDLE, "incompressible": INCOMPRESSIBLE}.get(
-                scan_type, 0
-            ),
-            huge=scan_type in ("huge", "huge_idle"),
-        )
-    want_huge = scan_type in ("huge", "huge_idle")
+        indices = select(store, flag=_SCAN_FLAG.get(scan_type, 0), huge=scan_type in _HUGE_SCANS)
+    want_huge = scan_type in _HUGE_SCANS
+    flag = _SCAN_FLAG.get(scan_type, 0)
+    flags = store._flags
     out: list = []
     for index in indices:
         if limit is not None and len(out) >= limit:
             break
-        h = handles[index]  # again: the page may have changed since the bytes test
+        # again: the page may have changed since the bytes test (a rewrite
+        # clears its flags, and a fresh page must not be written back as idle)
+        h = handles[index]
         if h & TAG_MASK != TAG_OBJ or (want_huge and not _is_huge(h)):
+            continue
+        if flag and not flags[index] & flag:
             continue
         out.append((index, h))
     return out

@@ -72,6 +72,11 @@ def test_ceiling_targets_take_the_ratio_within_each_round():
     assert write["vs_least_store"] == {"median": 1.2375, "min": 0.875, "max": 1.6, "n": 2}
     assert read["ratio"]["median"] == 0.9 and read["met"] is True
     assert read["least_store_ratio"]["n"] == 0  # no least-store job for reads: "-"
+    # a least-store job in a round the null plugin missed stays out of its columns
+    extra = job("python-lz4-list", "randwrite-4k", 2, 10.0, 9.0)
+    again = scaling.ceiling_targets({"jobs": [*jobs, extra]})[0]
+    assert again["least_store_ratio"] == write["least_store_ratio"]
+    assert again["vs_least_store"] == write["vs_least_store"]
     text = "\n".join(scaling.targets_markdown({"jobs": jobs, "total_iodepth": 16}))
     assert "| zramd-lz4 4 KiB randread QD16 vs python-null-pinned | >= 0.85x | 0.90x | yes | - | - |" in text
     assert "| >= 0.70x | 0.75x (0.70x-0.80x) | yes | 0.65x (0.50x-0.80x) | 1.24x (0.88x-1.60x) |" in text

@@ -125,3 +125,21 @@ def test_select_alone_picks_exactly_those_slots(store, flag, huge, scan_type):
     on its own too, or a scan walks more pages in Python than it should."""
     want = [index for index, _ in reference_candidates(store, scan_type)]
     assert scan.select(store, flag=flag, huge=huge) == want
+
+
+def test_a_page_rewritten_after_the_bytes_test_is_no_longer_idle(store, monkeypatch):
+    """A rewrite clears the page's flags: an idle scan must not pick the
+    fresh page it finds in the slot when it reads the handle again."""
+    real = scan.select
+    rewritten = []
+
+    def select_then_rewrite(*args, **kwargs):
+        indices = real(*args, **kwargs)
+        rewritten.append(indices[0])
+        store.write(os.urandom(2048) + bytes(2048), indices[0] * PAGE_SIZE)
+        return indices
+
+    monkeypatch.setattr(scan, "select", select_then_rewrite)
+    picked = [index for index, _ in scan.candidates(store, "idle")]
+    assert rewritten and rewritten[0] not in picked
+    assert picked == [index for index, _ in reference_candidates(store, "idle")]
