@@ -20,8 +20,8 @@ and one that selects every stored page (all, cold) still skips the loop
 over empty and same slots.  ``mark_idle`` touches every stored page anyway
 and keeps its plain walk.  Why: the GIL the scan holds is
 the GIL every request waits for (docs/design.md#writeback-and-recompression).
-The selected handles are read again, one by one, and checked (a page may
-change between the bytes test and that read).
+The selected handles and flags are read again, one by one, and checked (a
+page may change between the bytes test and that read).
 """
 
 from __future__ import annotations
