@@ -52,7 +52,7 @@ from bench import corpus, fill
 from bench.context import Context
 from bench.kernel_zram import ZramDevice
 from bench.servers import ServerProcess, SkipSystem, server_command, zramd_stats
-from bench.stats import num, spread
+from bench.stats import met_cell, num, spread
 from bench.systems import by_name
 
 MIB = 1 << 20
@@ -1077,8 +1077,9 @@ def markdown(data: dict) -> list[str]:
             "|---|---|---|---|",
         ]
         for t in data["targets"]:
-            met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
-            lines.append(f"| {t['target']} | {t['want']} | {t['measured'] or '-'} | {met} |")
+            lines.append(
+                f"| {t['target']} | {t['want']} | {t['measured'] or '-'} | {met_cell(t['met'])} |"
+            )
         lines.append("")
     notes = [f"- {k}: skipped: {v}" for k, v in data.get("skipped", {}).items()]
     notes += [f"- {k}: failed: {v}" for k, v in data.get("errors", {}).items()]

@@ -34,7 +34,7 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.servers import ServerProcess, SkipSystem, server_command
-from bench.stats import per_round_ratio, spread, tenths, times, with_spread
+from bench.stats import met_cell, per_round_ratio, spread, tenths, times, with_spread
 from bench.systems import C_CEILING, LZ4_STORE_CEILING, PYTHON_CEILING, by_name, select
 
 SYSTEM_NAMES = ["zramd-lz4", LZ4_STORE_CEILING, PYTHON_CEILING, C_CEILING]
@@ -308,18 +308,14 @@ def ceiling_targets(data: dict) -> list[dict]:
             if j["system"] == system and j["workload"] == workload and j["connections"] == 1
         }
 
-    def ratio_in_rounds(a: dict, b: dict, rounds: set) -> dict:
-        both = sorted(rounds & set(a) & set(b))
-        return per_round_ratio([a[r] for r in both], [b[r] for r in both])
-
     rows = []
     for w, want in CEILING_TARGETS:
         mine, peer = one_conn(TARGET_SYSTEM, w.name), one_conn(PYTHON_CEILING, w.name)
         least = one_conn(LZ4_STORE_CEILING, w.name)
         both = sorted(set(mine) & set(peer))
-        ratio = ratio_in_rounds(mine, peer, set(both))
+        ratio = per_round_ratio(list(mine.values()), list(peer.values()))
         # the least store's columns come from the rounds all three ran
-        three = set(both) & set(least)
+        three = [least[r] for r in both if r in least]
         extra = spread(
             [
                 mine[r]["server_us_per_request"] - peer[r]["server_us_per_request"]
@@ -338,8 +334,8 @@ def ceiling_targets(data: dict) -> list[dict]:
                 "server_us_beyond": extra,
                 # what the least store that compresses with lz4 reaches, and
                 # zramd against it, in the same rounds
-                "least_store_ratio": ratio_in_rounds(least, peer, three),
-                "vs_least_store": ratio_in_rounds(mine, least, three),
+                "least_store_ratio": per_round_ratio(three, list(peer.values())),
+                "vs_least_store": per_round_ratio(list(mine.values()), three),
                 "met": None if ratio["median"] is None else ratio["median"] >= want,
             }
         )
@@ -365,9 +361,9 @@ def targets_markdown(data: dict) -> list[str]:
         "|---|---|---:|---|---:|---:|---:|",
     ]
     for r in rows:
-        met = "n/a" if r["met"] is None else ("yes" if r["met"] else "**no**")
         lines.append(
-            f"| {r['target']} | >= {r['want']:.2f}x | {with_spread(r['ratio'], times)} | {met} "
+            f"| {r['target']} | >= {r['want']:.2f}x | {with_spread(r['ratio'], times)} "
+            f"| {met_cell(r['met'])} "
             f"| {with_spread(r.get('least_store_ratio', spread([])), times)} "
             f"| {with_spread(r.get('vs_least_store', spread([])), times)} "
             f"| {with_spread(r['server_us_beyond'], tenths)} |"

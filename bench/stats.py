@@ -31,6 +31,11 @@ def per_round_ratio(jobs: list[dict], peers: list[dict], key: str = "iops") -> d
     )
 
 
+def met_cell(met: bool | None) -> str:
+    """A target table's "met" cell: yes, **no**, or n/a when not measured."""
+    return "n/a" if met is None else ("yes" if met else "**no**")
+
+
 def num(v: float | None, spec: str = ".0f") -> str:
     return "-" if v is None else format(v, spec)
 

@@ -7,6 +7,7 @@ move too much for a test to judge them.
 
 from __future__ import annotations
 
+from bench.stats import met_cell
 from bench.systems import ZRAM_PEER, ZSTD_PEER
 
 
@@ -115,8 +116,8 @@ def markdown(targets: list[dict]) -> list[str]:
         "|---|---|---|---:|---|",
     ]
     for t in targets:
-        met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
         lines.append(
-            f"| {t['system']} | {t['target']} | {t['want']} | {t['measured'] or '-'} | {met} |"
+            f"| {t['system']} | {t['target']} | {t['want']} | {t['measured'] or '-'} "
+            f"| {met_cell(t['met'])} |"
         )
     return lines

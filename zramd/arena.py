@@ -362,12 +362,8 @@ class Arena:
 
     def _next_block(self, c: SizeClass) -> int:
         b = c.phead
-        if b >= 0:  # pop the head of the partial list
-            n = self.pnext[b]
-            c.phead = n
-            if n >= 0:
-                self.pprev[n] = -1
-            self.pprev[b] = UNLISTED
+        if b >= 0:  # the head of the partial list
+            self._partial_remove(b, c)
         else:
             b = self._new_block(c)
         c.cur = b

@@ -136,15 +136,11 @@ def candidates(store, scan_type: str, limit: int | None = None) -> list:
     """
     if scan_type not in SCAN_TYPES:
         raise ValueError(f"unknown page type {scan_type!r}")
-    handles = store._handles
+    handles, flags = store._handles, store._flags
+    flag, want_huge = _SCAN_FLAG.get(scan_type, 0), scan_type in _HUGE_SCANS
+    indices = select(store, flag=flag, huge=want_huge)
     if scan_type == "cold":
-        indices = select(store)
         indices.sort(key=store._atime.__getitem__)  # a C key: no Python call per page
-    else:
-        indices = select(store, flag=_SCAN_FLAG.get(scan_type, 0), huge=scan_type in _HUGE_SCANS)
-    want_huge = scan_type in _HUGE_SCANS
-    flag = _SCAN_FLAG.get(scan_type, 0)
-    flags = store._flags
     out: list = []
     for index in indices:
         if limit is not None and len(out) >= limit:
