@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -56,3 +59,17 @@ def run_threads(target: Callable[..., Any], args: Iterable[Any]) -> None:
         t.join()
     if errors:
         raise errors[0]
+
+
+def run_fio(server: Server, *args: str) -> dict:
+    """One fio job through its nbd engine (libnbd) against ``server``; its
+    JSON report's job, checked to have run without error."""
+    cmd = ["fio", "--name=verify", "--ioengine=nbd", f"--uri={server.uri}",
+           "--output-format=json", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                            cwd=os.path.dirname(server.socket_path))  # fio leaves verify state files
+    assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-2000:]
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    job = report["jobs"][0]
+    assert job["error"] == 0
+    return job

@@ -47,10 +47,25 @@ grows: 24 bytes of RAM per block ever used.  A block that does not
 authenticate is an EIO, counted in ``auth_errors``; a replayed older
 ciphertext fails too (its counter is not the one in the sidecar).
 
+Check of plain pages (docs/design.md#a-page-never-reads-back-as-other-data)
+---------------------------------------------------------------------------
+Without encryption, each block in use has ``page_check(page)`` (xxh3_64 of
+the page with its low bit set, so never 0) in ``_checks`` (an
+``array('Q')``, 0 = block not in use), grown like the sidecar: 8 bytes of
+RAM per block ever used.  ``read`` verifies it; a mismatch (the file was
+cut and grew back as holes, or changed outside zramd) is an EIO counted in
+``checksum_errors``, never data.  Encrypted pages need no check: the AEAD
+tag and counter authenticate them already.  ``check_size`` notices a
+regular file cut below blocks in use (one log line per new size): it runs
+at each writeback run and on a short read or a failed check.
+
 Locking
 -------
 ``_lock`` guards ``_free``, ``_dirty``, ``_next``, ``_used``, the sidecar
-and the counters.  ``free`` is called with the store's lock held (store
+and the counters, except that an item of ``_checks`` is stored by ``write``
+and loaded by ``read`` without it: one array item, atomic under the GIL,
+and stored only by the block's holder (the writer that allocated it) or
+``free`` (under the lock).  ``free`` is called with the store's lock held (store
 lock, then ours: never the other way); it only moves the block to
 ``_dirty``.  ``read``/``write``/``discard_freed`` do their system calls
 without our lock (they release the GIL).  A reader racing with a free: the
@@ -65,10 +80,13 @@ import array
 import ctypes
 import errno
 import fcntl
+import logging
 import os
 import stat
 import struct
 import threading
+
+import xxhash
 
 from .libc import LIBC
 from .units import PAGE_SIZE
@@ -82,6 +100,11 @@ TAG_BYTES = 16
 # errnos meaning "this file or device cannot discard": fall back to zeroing
 _UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTTY)
 ZERO_PAGE = bytes(PAGE_SIZE)
+# the sidecar (counters and tags, or checks) grows this many blocks at a time:
+# docs/design.md#a-page-never-reads-back-as-other-data
+SIDECAR_STEP_BLOCKS = 4096
+
+log = logging.getLogger("zramd.backing")
 
 LIBC.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
 LIBC.fallocate.restype = ctypes.c_int
@@ -101,6 +124,12 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
     if LIBC.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length):
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def page_check(page) -> int:
+    """The check kept in RAM for a plain written-back page: never 0 (0 marks
+    a block not in use)."""
+    return xxhash.xxh3_64_intdigest(page) | 1
 
 
 def make_aead(cipher: str):
@@ -315,12 +344,15 @@ class BackingFile:
         self._wctr = 0
         self._ctrs = array.array("Q")
         self._tags = bytearray()
+        self._checks = array.array("Q")  # plain pages only (module docstring)
+        self._cut_size: int | None = None  # the cut file size logged last
         self.write_errors = 0
         self.last_error = ""
         self.discarded_blocks = 0
         self.discard_errors = 0
         self.auth_errors = 0
-        self.freed_total = 0  # blocks ever freed: the writeback stall watches it
+        self.checksum_errors = 0
+        self.freed_total = 0  # blocks of written-back pages ever freed: the stall watches it
         if not self.created:
             # a crashed zramd may have left pages here; they are meaningless to us
             self._discard(0, self.nr_blocks, how="start")
@@ -334,11 +366,8 @@ class BackingFile:
                 elif self._next < self.nr_blocks:
                     block = self._next
                     self._next += 1
-                    if self._aead is not None and len(self._ctrs) < self._next:
-                        # grow the sidecar in steps of 4096 blocks (96 KiB)
-                        grow = min(4096, self.nr_blocks - len(self._ctrs))
-                        self._ctrs.extend([0] * grow)
-                        self._tags.extend(bytes(TAG_BYTES * grow))
+                    if len(self._marks()) < self._next:
+                        self._grow_sidecar()
                 elif self._dirty and not attempt:
                     block = None
                 else:
@@ -352,14 +381,37 @@ class BackingFile:
         raise AssertionError("unreachable")
 
     def free(self, block: int) -> None:
-        """Give a block back (called under the store's lock: no system call
-        here); it is reused only after ``discard_freed``."""
+        """Give back the block of a written-back page (trimmed, rewritten;
+        called under the store's lock: no system call here); it is reused
+        only after ``discard_freed``.  Counted in ``freed_total``."""
+        self._release(block, freed=1)
+
+    def give_back(self, block: int) -> None:
+        """Give back a block writeback took but never installed (its write
+        failed, or the page changed meanwhile), as ``free`` does, but not
+        in ``freed_total``: it was free before that run, so no space came
+        back (a stall must not end for it, see writeback.py)."""
+        self._release(block, freed=0)
+
+    def _release(self, block: int, freed: int) -> None:
         with self._lock:
             self._dirty.append(block)
             self._used -= 1
-            self.freed_total += 1
-            if self._aead is not None:
-                self._ctrs[block] = 0  # a racing reader sees the change
+            self.freed_total += freed
+            self._marks()[block] = 0  # a racing reader sees the change
+
+    def _marks(self) -> array.array:
+        """Per block, nonzero while in use: the counters or the checks."""
+        return self._ctrs if self._aead is not None else self._checks
+
+    def _grow_sidecar(self) -> None:
+        """A step more of sidecar: 96 KiB encrypted, 32 KiB of checks (lock held)."""
+        grow = min(SIDECAR_STEP_BLOCKS, self.nr_blocks - len(self._marks()))
+        if self._aead is not None:
+            self._ctrs.extend([0] * grow)
+            self._tags.extend(bytes(TAG_BYTES * grow))
+        else:
+            self._checks.extend([0] * grow)
 
     def has_freed(self) -> bool:
         return bool(self._dirty)
@@ -436,6 +488,7 @@ class BackingFile:
         """Write one page; an error is counted and raised (the caller keeps
         the page in RAM and frees the block)."""
         aead = self._aead
+        check = 0 if aead is not None else page_check(page)
         try:
             if aead is not None:
                 with self._lock:
@@ -452,14 +505,21 @@ class BackingFile:
                 self.write_errors += 1
                 self.last_error = f"{exc.strerror or exc}"
             raise
-        if aead is not None:
+        if aead is None:
+            self._checks[block] = check  # one item, no lock (module docstring)
+        else:
             with self._lock:
                 self._ctrs[block] = ctr
                 self._tags[block * TAG_BYTES : (block + 1) * TAG_BYTES] = sealed[PAGE_SIZE:]
 
     def read(self, block: int) -> bytes:
         aead = self._aead
-        if aead is not None:
+        if aead is None:
+            checks = self._checks
+            check = checks[block] if block < len(checks) else 0  # one load: no lock
+            if not check:
+                return ZERO_PAGE  # freed meanwhile: the store loads the slot again
+        else:
             with self._lock:
                 ctr = self._ctrs[block] if block < len(self._ctrs) else 0
                 tag = bytes(self._tags[block * TAG_BYTES : (block + 1) * TAG_BYTES])
@@ -467,9 +527,19 @@ class BackingFile:
                 return ZERO_PAGE  # freed meanwhile: the store loads the slot again
         data = os.pread(self.fd, PAGE_SIZE, block * PAGE_SIZE)
         if len(data) != PAGE_SIZE:
+            self.check_size()
             raise OSError(errno.EIO, f"short read of backing block {block}")
         if aead is None:
-            return data
+            if page_check(data) == check:
+                return data
+            with self._lock:
+                if self._checks[block] != check:
+                    return ZERO_PAGE  # freed or rewritten during our read: reload
+                self.checksum_errors += 1
+            self.check_size()
+            raise OSError(
+                errno.EIO, f"backing block {block} does not match its check (changed outside zramd)"
+            )
         nonce = ctr.to_bytes(8, "little") + (block & 0xFFFFFFFF).to_bytes(4, "little")
         try:
             return aead.decrypt(nonce, data + tag, block.to_bytes(8, "little"))
@@ -481,6 +551,34 @@ class BackingFile:
             raise OSError(
                 errno.EIO, f"backing block {block} failed authentication (changed outside zramd)"
             ) from None
+
+    def check_size(self) -> None:
+        """Log one line when a regular file was cut below blocks in use (once
+        per size): the pages there read as errors, also after it grows again."""
+        if self.is_device:
+            return
+        try:
+            size_bytes = os.fstat(self.fd).st_size
+        except OSError:
+            return
+        first = size_bytes // PAGE_SIZE  # the first block not whole in the file
+        with self._lock:
+            if first >= self._next:
+                self._cut_size = None
+                return
+            if size_bytes == self._cut_size:
+                return
+            lost = sum(1 for mark in self._marks()[first : self._next] if mark)
+            if not lost:
+                return
+            self._cut_size = size_bytes
+        log.error(
+            "backing file %s shrank to %d bytes (changed outside zramd): "
+            "%d written-back pages beyond it read as I/O errors",
+            self.path,
+            size_bytes,
+            lost,
+        )
 
     # -- accounting ------------------------------------------------------------
     def used_blocks(self) -> int:
@@ -499,6 +597,7 @@ class BackingFile:
                 "backing_discard_errors": self.discard_errors,
                 "backing_encryption": self.cipher or "none",
                 "bd_auth_errors": self.auth_errors,
+                "bd_checksum_errors": self.checksum_errors,
             }
 
     def close(self) -> None:

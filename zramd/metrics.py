@@ -269,6 +269,11 @@ METRICS: dict[str, tuple[str, str, str]] = {
         COUNTER,
         "encrypted backing blocks that failed authentication on read (EIO)",
     ),
+    "bd_checksum_errors": (
+        "bd_checksum_errors",
+        COUNTER,
+        "plain backing blocks that did not match their check on read (EIO)",
+    ),
 }
 
 # Text stats: labels of zramd_device_info.

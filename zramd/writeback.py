@@ -18,10 +18,14 @@ such as a full disk, ``writeback_limit`` used up, nothing to write back)
 marks writeback *stalled* (``stall_reason``); while stalled, writers above
 the high watermark go on at once (``throttle_skipped``) instead of waiting
 for a writeback that cannot free anything.  The stall ends when something
-changes: a backing block is freed (``backing.freed_total`` moves), the
-limit or the watermarks are set, or a run writes pages again; a writer
-also retries one policy run (without waiting) every ``STALL_RETRY_S``, for
-causes we cannot observe (space freed on the filesystem).
+changes: the block of a written-back page is freed by a trim or a rewrite
+(``backing.freed_total`` moves; a block a run took and gave back itself,
+after a failed write or for a superseded page, does not count: it brings
+no space back, and counting it made every writer wait again on a full
+disk), the limit or the watermarks are set, or a run writes pages again; a
+writer also retries one policy run (without waiting) every
+``STALL_RETRY_S``, for causes we cannot observe (space freed on the
+filesystem).
 
 Each page is written raw to a freshly allocated block, then installed as
 ``Backed`` only if its slot still holds the entry that was written (a page
@@ -251,6 +255,7 @@ class Writeback:
         }
         with self._cond:
             self.wb_runs += 1
+        backing.check_size()  # a file cut outside zramd: say so once
         for start in range(0, len(candidates), WRITEBACK_BATCH_PAGES):
             for index, handle in candidates[start : start + WRITEBACK_BATCH_PAGES]:
                 if budget is not None and result["written"] >= budget:
@@ -269,7 +274,7 @@ class Writeback:
                 try:
                     backing.write(block, store.decode(entry))
                 except OSError as exc:
-                    backing.free(block)
+                    backing.give_back(block)  # not space that came back: the stall holds
                     backing.discard_freed()
                     with self._cond:
                         self.wb_failed += 1
@@ -278,7 +283,7 @@ class Writeback:
                 if store.commit(index, entry, Backed(block)):
                     result["written"] += 1
                 else:  # rewritten while under writeback: the new data wins
-                    backing.free(block)
+                    backing.give_back(block)
                     backing.discard_freed()  # it holds the old page: out with it
                     result["superseded"] += 1
             with self._cond:

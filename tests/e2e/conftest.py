@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -52,3 +53,26 @@ def h(server):
     handle = connect(server, meta_context=True)
     yield handle
     handle.shutdown()
+
+
+@pytest.fixture
+def small_tmpfs(sockdir):
+    """Factory: small_tmpfs("2m") mounts a tmpfs of that size in the test's
+    directory and returns its path (a backing file there runs out of disk,
+    not of slots); unmounted after the test.  Skips without root."""
+    mounts = []
+
+    def factory(size: str) -> str:
+        path = os.path.join(sockdir, f"fs{len(mounts)}")
+        os.mkdir(path)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+                          capture_output=True).returncode:
+            os.rmdir(path)
+            pytest.skip("cannot mount a small tmpfs here (needs root)")
+        mounts.append(path)
+        return path
+
+    yield factory
+    for path in mounts:
+        subprocess.run(["umount", "-l", path])
+        os.rmdir(path)

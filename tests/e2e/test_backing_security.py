@@ -288,6 +288,44 @@ def test_tampered_block_is_an_eio_and_counted(make_server, backing_path):
         h.shutdown()
 
 
+# -- a page never reads back as other data --------------------------------------
+
+def test_cut_then_regrown_file_is_an_eio_never_zeros(make_server, backing_path):
+    """The file is cut below written-back pages, then grows again (later
+    writeback lands past the cut): the cut pages read EIO, never the zeros
+    the regrown holes hold; the pages kept and the new ones read fine; one
+    log line says the file shrank."""
+    with make_server(backing_file=backing_path) as server:
+        h = connect(server)
+        pages = [marked_page(b"k%d" % i) for i in range(1024)]
+        h.pwrite(b"".join(pages), 0)
+        assert writeback_all(server) == 1024  # page i in block i: 4 MiB of file
+        os.truncate(backing_path, 2 << 20)  # blocks 512 and up are cut
+        with pytest.raises(nbd.Error) as err:
+            h.pread(PAGE, 600 * PAGE)
+        assert err.value.errnum == errno.EIO
+        more = [marked_page(b"m%d" % i) for i in range(64)]
+        h.pwrite(b"".join(more), 2048 * PAGE)
+        assert writeback_all(server) == 64  # blocks 1024-1087: the file grows again
+        assert os.stat(backing_path).st_size >= 1088 * PAGE
+        before = stats(server)
+        for i in (512, 600, 1023):
+            with pytest.raises(nbd.Error) as err:
+                h.pread(PAGE, i * PAGE)
+            assert err.value.errnum == errno.EIO
+        s = stats(server)
+        assert s["failed_reads"] == before["failed_reads"] + 3
+        assert s["bd_checksum_errors"] == before["bd_checksum_errors"] + 3
+        assert h.pread(512 * PAGE, 0) == b"".join(pages[:512])
+        assert h.pread(64 * PAGE, 2048 * PAGE) == b"".join(more)
+        h.pwrite(pages[600], 600 * PAGE)  # a rewrite heals the page
+        assert h.pread(PAGE, 600 * PAGE) == pages[600]
+        h.shutdown()
+    with open(server.log_file.name) as f:
+        log = f.read()
+    assert log.count("shrank") == 1, log
+
+
 def test_encryption_needs_a_backing_file_and_a_known_cipher(make_server, sockdir):
     with pytest.raises(ConfigError, match="encryption needs a backing file"):
         make_server(backing_encrypt="aes-256-gcm")

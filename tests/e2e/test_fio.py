@@ -1,27 +1,12 @@
 """fio through its nbd engine (libnbd), with data verification."""
 
-import json
-import os
 import shutil
-import subprocess
 
 import pytest
 
-from helpers import stats
+from helpers import run_fio, stats
 
 pytestmark = pytest.mark.skipif(not shutil.which("fio"), reason="fio not installed")
-
-
-def run_fio(server, *args):
-    cmd = ["fio", "--name=verify", "--ioengine=nbd", f"--uri={server.uri}",
-           "--output-format=json", *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                            cwd=os.path.dirname(server.socket_path))  # fio leaves verify state files
-    assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-2000:]
-    report = json.loads(result.stdout[result.stdout.index("{"):])
-    job = report["jobs"][0]
-    assert job["error"] == 0
-    return job
 
 
 @pytest.mark.parametrize("algorithm", ["lz4", "zstd"])

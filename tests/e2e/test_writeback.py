@@ -145,21 +145,8 @@ def test_full_backing_file_loses_nothing(wb_server):
         h.shutdown()
 
 
-@pytest.fixture
-def tiny_fs():
-    """A 64 KiB tmpfs: a backing file on it runs out of disk, not of slots."""
-    path = "/tmp/zt-tinyfs-%d" % os.getpid()
-    os.makedirs(path, exist_ok=True)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", path],
-                      capture_output=True).returncode:
-        os.rmdir(path)
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    yield path
-    subprocess.run(["umount", "-l", path])
-    os.rmdir(path)
-
-
-def test_disk_full_under_writeback_loses_nothing(make_server, tiny_fs):
+def test_disk_full_under_writeback_loses_nothing(make_server, small_tmpfs):
+    tiny_fs = small_tmpfs("64k")
     with make_server(size="16M", backing_file=os.path.join(tiny_fs, "b.img")) as server:
         h = connect(server)
         data = os.urandom(64 * PAGE)

@@ -91,6 +91,64 @@ def test_a_read_racing_a_free_is_not_an_auth_error(tmp_path):
     b.close()
 
 
+def test_a_plain_block_changed_outside_is_an_eio_never_data(tmp_path):
+    path = tmp_path / "b.img"
+    b = BackingFile(str(path), 8 * PAGE)
+    blocks = [b.alloc() for _ in range(3)]
+    for blk in blocks:
+        b.write(blk, page(b"plain%d" % blk))
+    with open(path, "r+b") as f:
+        f.seek(1 * PAGE + 77)
+        f.write(b"X")
+    with pytest.raises(OSError) as err:
+        b.read(1)
+    assert err.value.errno == errno.EIO and b.checksum_errors == 1
+    assert b.read(0) == page(b"plain0") and b.read(2) == page(b"plain2")
+    os.truncate(path, 2 * PAGE)  # cut, then grown back by a write: block 2 is a hole
+    b.write(b.alloc(), page(b"plain3"))
+    with pytest.raises(OSError, match="does not match its check"):
+        b.read(2)
+    assert b.checksum_errors == 2 and b.read(3) == page(b"plain3")
+    b.free(1)  # freed between the store's load and our read: zeros, no error
+    assert b.read(1) == bytes(PAGE) and b.checksum_errors == 2
+    b.close()
+
+
+def test_a_plain_read_racing_a_reuse_is_not_a_checksum_error(tmp_path, monkeypatch):
+    b = BackingFile(str(tmp_path / "b.img"), 1 * PAGE)
+    blk = b.alloc()
+    b.write(blk, page(b"old"))
+    real_pread = os.pread
+    raced = []
+
+    def pread_after_reuse(fd, n, offset):
+        if not raced:
+            raced.append(True)
+            b.free(blk)
+            assert b.alloc() == blk
+            b.write(blk, page(b"new"))
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", pread_after_reuse)
+    assert b.read(blk) == bytes(PAGE) and raced  # the store reloads the slot
+    assert b.checksum_errors == 0
+    monkeypatch.setattr(os, "pread", real_pread)
+    assert b.read(blk) == page(b"new")
+    b.close()
+
+
+def test_a_block_given_back_by_writeback_is_not_space_freed(tmp_path):
+    """Only the block of a written-back page counts in freed_total (the
+    writeback stall watches it); one a run took and gave back does not."""
+    b = BackingFile(str(tmp_path / "b.img"), 4 * PAGE)
+    first, second = b.alloc(), b.alloc()
+    b.give_back(first)  # e.g. its write failed
+    assert b.freed_total == 0 and b.used_blocks() == 1 and b.has_freed()
+    b.free(second)  # a trimmed written-back page
+    assert b.freed_total == 1 and b.used_blocks() == 0
+    b.close()
+
+
 def test_stall_engine_level(tmp_path):
     """The policy marks writeback stalled when the file is full; throttle
     then returns at once; a freed block ends the stall."""
