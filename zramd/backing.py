@@ -71,7 +71,8 @@ lock, then ours: never the other way); it only moves the block to
 without our lock (they release the GIL).  A reader racing with a free: the
 store loads the slot again when it no longer holds the ``Backed`` entry it
 read (store.py), so ``read`` returns zeros instead of an EIO when the block
-was freed or rewritten during the read (its sidecar counter changed).
+was freed or rewritten during the read (its sidecar counter or check
+changed).
 """
 
 from __future__ import annotations
