@@ -385,7 +385,7 @@ class MetricsServer:
             self._server = scrape.PageServer(
                 host,
                 port,
-                self.cache.page,
+                self.cache,
                 CONTENT_TYPE_LATEST,
                 # a scrape waits for a read in flight as long as that read may take
                 wait_seconds=collector.timeout * len(collector.targets) + 1,

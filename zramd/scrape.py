@@ -13,23 +13,28 @@ Data structures and invariants:
   condition for that read instead of starting their own.  So the renderer
   (one ``stats`` command per device, one control connection at a time) runs
   at most once per ``max_age_seconds`` whatever the scrape rate.
-- ``PageServer`` serves at most ``max_clients`` connections at once, each
-  on its own daemon thread holding one of ``_slots``; a connection that
-  finds no slot is answered 503 by the accept thread without blocking and
-  closed.  A request head must arrive whole (at most ``MAX_REQUEST_BYTES``)
-  within ``read_timeout_seconds`` of the connection, however slowly it
-  trickles; then the connection is closed.  Threads: one accept thread plus
-  at most ``max_clients``.  Every reply closes the connection.
+- ``PageServer`` has one loop thread that accepts and reads request heads
+  without blocking, at most ``max_pending`` connections at a time; a head
+  must arrive whole (at most ``MAX_REQUEST_BYTES``) within
+  ``read_timeout_seconds`` of the connection, however slowly it trickles,
+  or the connection is closed.  A whole head is answered on its own daemon
+  thread holding one of ``max_clients`` slots (``_slots``); a connection
+  that finds the pending table full or no slot free is answered 503 by the
+  loop without blocking.  Threads: the loop plus at most ``max_clients``.
+  Every reply closes the connection.
 
 Locking: ``PageCache._cond`` guards the page, its time and ``_reading``;
-the renderer runs outside it.  ``PageServer`` shares only the cache and the
-semaphore between threads.
+the renderer runs outside it.  ``PageServer``'s pending table belongs to
+the loop thread; the client threads share only the cache and the
+semaphore.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import selectors
 import socket
 import threading
 import time
@@ -44,6 +49,10 @@ CACHE_SECONDS = 1.0
 MAX_SCRAPES = 4
 READ_TIMEOUT_SECONDS = 5.0
 MAX_REQUEST_BYTES = 8192  # a request line and its headers
+MAX_PENDING = 128  # connections whose request head is still coming
+ACCEPTS_PER_SECOND = 100  # connections taken from the backlog, on average
+ACCEPT_BURST = 20  # ... and at once
+LOOP_NICE = 19  # Linux: a thread's nice value is its own (setpriority on its tid)
 PATHS = ("/metrics", "/")
 
 
@@ -65,6 +74,14 @@ class PageCache:
         self._read_at = -math.inf  # clock() when the read of _page started
         self._reading = False
         self.reads = 0  # renders started (tests, and the bench's cost per scrape)
+
+    def fresh(self) -> bytes | None:
+        """The page if it is young enough to reuse, else None; never waits
+        for a read (the server's loop thread asks this)."""
+        with self._cond:
+            if self._clock() - self._read_at < self.max_age_seconds:
+                return self._page
+            return None
 
     def page(self, wait_seconds: float) -> bytes | None:
         """A page at most ``max_age_seconds`` old, reading one if needed; if
@@ -108,99 +125,217 @@ def _response(status: str, body: bytes, content_type: str = "text/plain; charset
 BUSY = _response("503 Service Unavailable", b"busy: too many scrapes at once\n")
 
 
-def read_head(conn: socket.socket, timeout_seconds: float) -> bytes | None:
-    """The request head (up to the blank line), or None if it does not come
-    whole within ``timeout_seconds`` or is longer than MAX_REQUEST_BYTES."""
-    buf = bytearray()
-    deadline = time.monotonic() + timeout_seconds
-    while b"\r\n\r\n" not in buf and b"\n\n" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0 or len(buf) > MAX_REQUEST_BYTES:
-            return None
-        try:
-            conn.settimeout(left)
-            chunk = conn.recv(MAX_REQUEST_BYTES + 1 - len(buf))
-        except OSError:  # timed out, reset
-            return None
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
+class AcceptBudget:
+    """A token bucket of connections: ``per_second`` on average, ``burst``
+    at once.  Only the loop thread uses it."""
+
+    def __init__(
+        self,
+        per_second: float,
+        burst: int = ACCEPT_BURST,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.per_second = per_second
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.per_second)
+        self._at = now
+
+    def wait_seconds(self) -> float:
+        """0 if a connection may be accepted now, else how long until one may."""
+        self._refill()
+        return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.per_second
+
+    def spend(self) -> None:
+        self._refill()
+        self._tokens -= 1
+
+
+class _Connection:
+    """A connection the loop thread owns: its request head so far, then the
+    reply left to send, and the time by which both must be done."""
+
+    __slots__ = ("sock", "head", "reply", "deadline")
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        self.sock = sock
+        self.head = bytearray()
+        self.reply = b""
+        self.deadline = deadline
 
 
 class PageServer:
-    """A small HTTP/1.1 server of one page (``page(wait_seconds)``) on
-    ``host:port``, bounded as the module docstring says."""
+    """A small HTTP/1.1 server of one page, ``cache``'s (a ``PageCache``),
+    on ``host:port``, bounded as the module docstring says."""
 
     def __init__(
         self,
         host: str,
         port: int,
-        page: Callable[[float], bytes | None],
+        cache: PageCache,
         content_type: str,
         max_clients: int = MAX_SCRAPES,
         read_timeout_seconds: float = READ_TIMEOUT_SECONDS,
         wait_seconds: float = 10.0,
+        max_pending: int = MAX_PENDING,
+        accepts_per_second: float = ACCEPTS_PER_SECOND,
     ):
-        self._page = page
+        self.cache = cache
         self.content_type = content_type
         self.max_clients = max_clients
         self.read_timeout_seconds = read_timeout_seconds
         self.wait_seconds = wait_seconds
+        self.max_pending = max_pending
         self._slots = threading.BoundedSemaphore(max_clients)
-        self.refused = 0  # connections answered 503 (accept thread only)
+        self.budget = AcceptBudget(accepts_per_second)
+        self.refused = 0  # connections answered 503 (loop thread only)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._sock: socket.socket | None = socket.create_server(
-            (host, port), family=family, backlog=64
-        )
+        self._sock = socket.create_server((host, port), family=family, backlog=64)
+        self._sock.setblocking(False)
         self.port = self._sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept_loop, name="zramd-metrics", daemon=True)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopping = False
+        self._conns: dict[socket.socket, _Connection] = {}
+        self._sel = selectors.DefaultSelector()
+        self._thread = threading.Thread(target=self._loop, name="zramd-metrics", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._wake_w.send(b"x")
+        self._thread.join(5)
+        for sock in (self._sock, self._wake_r, self._wake_w):
+            sock.close()
+
+    def _loop(self) -> None:
+        """Accept (paced by ``budget``), read request heads and send cached
+        pages without blocking: a connection costs a descriptor and its
+        buffers; a thread only while its page must be read first."""
+        lower_priority()
+        sel = self._sel
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        accepting = False
+        try:
+            while not self._stopping:
+                wait = self.budget.wait_seconds()
+                if accepting != (wait == 0):  # out of budget: leave them in the backlog
+                    accepting = wait == 0
+                    if accepting:
+                        sel.register(self._sock, selectors.EVENT_READ)
+                    else:
+                        sel.unregister(self._sock)
+                now = time.monotonic()
+                waits = [c.deadline - now for c in self._conns.values()]
+                if not accepting:
+                    waits.append(wait)
+                timeout = max(0.0, min(waits)) if waits else None
+                for key, _ in sel.select(timeout):
+                    if key.fileobj is self._sock:
+                        self._accept()
+                    elif key.fileobj is not self._wake_r:
+                        conn = self._conns[key.fileobj]  # type: ignore[index]
+                        try:
+                            self._step(conn)
+                        except Exception:  # one bad connection never ends the loop
+                            log.exception("metrics scrape failed")
+                            if conn.sock in self._conns:
+                                self._drop(conn)
+                now = time.monotonic()
+                for conn in [c for c in self._conns.values() if c.deadline <= now]:
+                    self._drop(conn)
+        finally:
+            for conn in list(self._conns.values()):
+                self._drop(conn)
+            sel.close()
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self._sock.accept()
+        except OSError:  # BlockingIOError (nothing there after all), EMFILE
+            return
+        self.budget.spend()
+        if len(self._conns) >= self.max_pending:
+            self.refused += 1
+            _refuse(sock)
+            return
+        sock.setblocking(False)
+        self._conns[sock] = _Connection(sock, time.monotonic() + self.read_timeout_seconds)
+        self._sel.register(sock, selectors.EVENT_READ)
+
+    def _drop(self, conn: _Connection) -> None:
+        del self._conns[conn.sock]
+        self._sel.unregister(conn.sock)
+        conn.sock.close()
+
+    def _step(self, conn: _Connection) -> None:
+        """The connection is readable (head still coming) or writable."""
+        if conn.reply:
+            try:
+                sent = conn.sock.send(conn.reply)
+            except BlockingIOError:
+                return
+            except OSError:
+                sent = len(conn.reply)
+            conn.reply = conn.reply[sent:]
+            if not conn.reply:
+                self._drop(conn)
             return
         try:
-            sock.shutdown(socket.SHUT_RDWR)  # wakes accept
+            chunk = conn.sock.recv(MAX_REQUEST_BYTES + 1 - len(conn.head))
+        except BlockingIOError:
+            return
         except OSError:
-            pass
-        sock.close()
-        self._thread.join(5)
-
-    def _accept_loop(self) -> None:
-        while True:
-            sock = self._sock
-            if sock is None:
+            chunk = b""
+        conn.head += chunk
+        complete = b"\r\n\r\n" in conn.head or b"\n\n" in conn.head
+        if not complete:
+            if not chunk or len(conn.head) > MAX_REQUEST_BYTES:
+                self._drop(conn)  # hung up, reset, or too long
+            return
+        reply = self._route(bytes(conn.head))
+        if reply is None:  # the page: the cached one, else a thread reads it
+            page = self.cache.fresh()
+            if page is None:
+                self._hand_over(conn)
                 return
-            try:
-                conn, _ = sock.accept()
-            except OSError:
-                if self._sock is None:
-                    return
-                time.sleep(0.01)  # EMFILE and the like: do not spin
-                continue
-            if not self._slots.acquire(blocking=False):
-                self.refused += 1
-                _refuse(conn)
-                continue
-            try:
-                threading.Thread(
-                    target=self._serve, args=(conn,), name="zramd-metrics-client", daemon=True
-                ).start()
-            except RuntimeError:  # cannot start a thread: refuse this one
-                self._slots.release()
-                _refuse(conn)
+            reply = self._page_reply(conn.head, page)
+        conn.reply = reply
+        self._sel.modify(conn.sock, selectors.EVENT_WRITE)
+        self._step(conn)
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _hand_over(self, conn: _Connection) -> None:
+        """Let a client thread wait for the page and send it."""
+        del self._conns[conn.sock]
+        self._sel.unregister(conn.sock)
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            _refuse(conn.sock)
+            return
         try:
-            with conn:
-                head = read_head(conn, self.read_timeout_seconds)
-                if head is None:
-                    return
-                reply = self._reply(head)
-                conn.settimeout(self.read_timeout_seconds)  # a client that does not read
-                conn.sendall(reply)
+            threading.Thread(
+                target=self._serve,
+                args=(conn.sock, bytes(conn.head)),
+                name="zramd-metrics-client",
+                daemon=True,
+            ).start()
+        except RuntimeError:  # cannot start a thread: refuse this one
+            self._slots.release()
+            _refuse(conn.sock)
+
+    def _serve(self, sock: socket.socket, head: bytes) -> None:
+        try:
+            with sock:
+                page = self.cache.page(self.wait_seconds)
+                reply = BUSY if page is None else self._page_reply(head, page)
+                sock.settimeout(self.read_timeout_seconds)  # a client that does not read
+                sock.sendall(reply)
         except OSError:
             pass
         except Exception:  # never let a client thread die with a traceback
@@ -208,8 +343,10 @@ class PageServer:
         finally:
             self._slots.release()
 
-    def _reply(self, head: bytes) -> bytes:
-        parts = head.split(b"\r\n" if b"\r\n" in head else b"\n", 1)[0].split()
+    @staticmethod
+    def _route(head: bytes) -> bytes | None:
+        """The reply to a request that is not for the page; None if it is."""
+        parts = head.split(b"\n", 1)[0].split()
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
             return _response("400 Bad Request", b"bad request\n")
         method, target = parts[0], parts[1].split(b"?", 1)[0].decode("latin-1")
@@ -217,11 +354,20 @@ class PageServer:
             return _response("405 Method Not Allowed", b"GET only\n")
         if target not in PATHS:
             return _response("404 Not Found", b"the metrics are at /metrics\n")
-        page = self._page(self.wait_seconds)
-        if page is None:
-            return BUSY
+        return None
+
+    def _page_reply(self, head: bytes | bytearray, page: bytes) -> bytes:
         reply = _response("200 OK", page, self.content_type)
-        return reply[: len(reply) - len(page)] if method == b"HEAD" else reply
+        return reply[: len(reply) - len(page)] if head.startswith(b"HEAD ") else reply
+
+
+def lower_priority() -> None:
+    """Give the calling thread (and the threads it starts) the lowest CPU
+    priority: a scrape flood then takes what nbdkit leaves over."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOOP_NICE)
+    except OSError:
+        pass
 
 
 def _refuse(conn: socket.socket) -> None:
