@@ -16,7 +16,10 @@ read with ``recv`` into a buffer that never holds more than
 connection is closed.  A client that does not complete a request line
 within ``idle_timeout_s`` (of connecting or of its last reply) is
 disconnected; at most ``max_clients`` are served at once (one more gets
-an error line and is closed at once, by the accept thread).  Every request
+an error line and is closed at once, by the accept thread).  A connection's
+next request waits for a pause that grows with what its last one cost
+(``MIN_REQUEST_INTERVAL_S``, ``REQUEST_COST_FACTOR``), and a line that does
+not start with ``{`` is refused before any parsing.  Every request
 gets exactly one reply line, whatever it holds: bad JSON, deep nesting
 (the parser's RecursionError, and a nesting limit on what parsed), wrong
 types, huge numbers; error texts are cut to ``MAX_ERROR_CHARS`` so a
@@ -46,6 +49,15 @@ MAX_CLIENTS = 8
 CLIENT_IDLE_TIMEOUT_S = 10.0
 MAX_NESTING = 8  # requests are {"cmd": ..., "args": {key: scalar}}: depth 2
 MAX_ERROR_CHARS = 300
+# What a request costs the I/O path: it runs on a thread of nbdkit's process,
+# under the GIL every request thread needs.  After each reply a connection
+# waits at least MIN_REQUEST_INTERVAL_S since that request began, and at
+# least REQUEST_COST_FACTOR times what the request took, so one connection
+# holds the GIL at most 1/(1 + factor) of the time
+# (docs/design.md#the-control-socket-1).
+MIN_REQUEST_INTERVAL_S = 0.001
+REQUEST_COST_FACTOR = 20
+MAX_PAUSE_S = 1.0  # a long writeback does not keep its connection waiting for long
 
 
 class ControlError(RuntimeError):
@@ -161,8 +173,16 @@ class ControlServer:
                         error = f"request longer than {self.max_line_bytes} bytes"
                         self._send(conn, {"ok": False, "error": error})
                         return  # the rest of that line is not worth reading
-                    if not self._send(conn, self._handle_line(line)):
+                    started = time.monotonic()
+                    reply = self._handle_line(line)
+                    took = time.monotonic() - started
+                    if not self._send(conn, reply):
                         return
+                    # Pace this connection's next request by what this one cost
+                    # (time.sleep releases the GIL): docs/design.md#the-control-socket-1
+                    time.sleep(
+                        min(MAX_PAUSE_S, max(MIN_REQUEST_INTERVAL_S - took, REQUEST_COST_FACTOR * took))
+                    )
         except Exception:  # never let a client thread die with a traceback
             log.exception("control client failed")
         finally:
@@ -211,6 +231,8 @@ class ControlServer:
             return False
 
     def _handle_line(self, line: bytes) -> dict:
+        if not line.lstrip()[:1] == b"{":  # cheap: no parse of what cannot be a request
+            return {"ok": False, "error": "malformed request: not JSON"}
         try:
             request = json.loads(line)
         except (ValueError, RecursionError):  # RecursionError: "[" * 60000

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from helpers import nbd
+from helpers import nbd, stats
 from servectl import Serve
 from zramd import scrape
 
@@ -88,6 +88,9 @@ class ScrapeFlood:
     a forked child of the lowest weight), HELD half-sent requests, and a
     sampler of the wrapper's thread count."""
 
+    workers = SCRAPERS
+    held_count = HELD
+
     def __init__(self, host: str, port: int, wrapper_pid: int):
         self.addr = (host, port)
         self.wrapper_pid = wrapper_pid
@@ -101,7 +104,7 @@ class ScrapeFlood:
         self._threads: list[threading.Thread] = []
         self._child = 0
 
-    def scrape_once(self) -> None:
+    def once(self) -> None:
         try:
             with socket.create_connection(self.addr, timeout=30) as s:
                 s.sendall(b"GET /metrics HTTP/1.1\r\nHost: zramd\r\n\r\n")
@@ -120,12 +123,12 @@ class ScrapeFlood:
 
     def _scraper(self) -> None:
         while not self._stop.is_set():
-            self.scrape_once()
+            self.once()
 
     def _flood(self, stop_fd: int, result_fd: int) -> None:
         """The child: scrape until ``stop_fd`` is readable, then report."""
         lowest_weight()
-        threads = [threading.Thread(target=self._scraper) for _ in range(SCRAPERS)]
+        threads = [threading.Thread(target=self._scraper) for _ in range(self.workers)]
         for t in threads:
             t.start()
         os.read(stop_fd, 1)
@@ -152,7 +155,7 @@ class ScrapeFlood:
                 os._exit(0)
         os.close(stop_r)
         os.close(result_w)
-        for _ in range(HELD):
+        for _ in range(self.held_count):
             s = socket.create_connection(self.addr, timeout=30)
             s.sendall(b"GET /metrics HTTP/1.1\r\nHost: zr")  # and never the rest
             self.held.append(s)
@@ -229,10 +232,70 @@ def test_a_scrape_flood_costs_the_device_little_and_the_wrapper_bounded_threads(
             s.close()
         # a quiet scrape afterwards gets the page
         after = ScrapeFlood("127.0.0.1", port, serve.proc.pid)
-        after.scrape_once()
+        after.once()
         assert after.statuses == {200: 1} and after.down_pages == 0
         assert got >= MIN_RATIO, (quiet, flooded)
         serve.signal(2)
         assert serve.wait() == 0, serve.stderr()
     finally:
         serve.kill()
+
+
+CONTROL_MESSAGES = [
+    b"\x00junk" * 20, b"[" * 60000, b'{"a":' * 5000, b'{"cmd": "stats", "args": {}}',
+    b'{"cmd": "mem_limit", "args": {"size": "12Q"}}', b'{"cmd": "nope", "args": {}}',
+]
+
+
+class ControlFlood(ScrapeFlood):
+    """CONTROL_WORKERS connections (leaving the wrapper and the CLI their
+    slots) sending malformed messages and stats requests as fast as the
+    server answers; ``statuses`` counts replies by ok (1) or not (0)."""
+
+    workers = 6
+    held_count = 0
+
+    def __init__(self, control_path: str, nbdkit_pid: int):
+        super().__init__("", 0, nbdkit_pid)
+        self.control_path = control_path
+
+    def once(self) -> None:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(30)
+                s.connect(self.control_path)
+                with s.makefile("rb") as stream:
+                    for raw in CONTROL_MESSAGES * 5:
+                        s.sendall(raw + b"\n")
+                        ok = int(json.loads(stream.readline())["ok"])
+                        with self._lock:
+                            self.statuses[ok] = self.statuses.get(ok, 0) + 1
+        except OSError:
+            with self._lock:
+                self.errors += 1
+
+
+def test_a_control_flood_costs_the_device_little(make_server):
+    with make_server(size="64M") as server:
+        h = nbd.NBD()
+        h.connect_unix(server.socket_path)
+        fill(h)
+        h.shutdown()
+        before = stats(server)
+        pid = server.pid
+        floods = []
+
+        def flood():
+            floods.append(ControlFlood(server.control_path, pid))
+            return floods[-1]
+
+        workdir = os.path.dirname(server.socket_path)
+        quiet, flooded = interleaved(server.socket_path, workdir, flood)
+        replies = {k: sum(f.statuses.get(k, 0) for f in floods) for k in (0, 1)}
+        got = ratio(quiet, flooded)
+        print(f"control flood: quiet {quiet} flooded {flooded} ratio {got:.2f}; "
+              f"replies {replies}; errors {sum(f.errors for f in floods)}")
+        assert replies[0] > 100 and replies[1] > 10, replies  # the flood did reach it
+        after = stats(server)
+        assert after["mem_limit"] == before["mem_limit"]  # a bad command changed nothing
+        assert got >= MIN_RATIO, (quiet, flooded)
