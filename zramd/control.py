@@ -54,7 +54,7 @@ MAX_ERROR_CHARS = 300
 # waits at least MIN_REQUEST_INTERVAL_S since that request began, and at
 # least REQUEST_COST_FACTOR times what the request took, so one connection
 # holds the GIL at most 1/(1 + factor) of the time
-# (docs/design.md#the-control-socket-1).
+# (docs/design.md#security).
 MIN_REQUEST_INTERVAL_S = 0.001
 REQUEST_COST_FACTOR = 20
 MAX_PAUSE_S = 1.0  # a long writeback does not keep its connection waiting for long
@@ -179,10 +179,9 @@ class ControlServer:
                     if not self._send(conn, reply):
                         return
                     # Pace this connection's next request by what this one cost
-                    # (time.sleep releases the GIL): docs/design.md#the-control-socket-1
-                    time.sleep(
-                        min(MAX_PAUSE_S, max(MIN_REQUEST_INTERVAL_S - took, REQUEST_COST_FACTOR * took))
-                    )
+                    # (time.sleep releases the GIL): docs/design.md#security
+                    pause = max(MIN_REQUEST_INTERVAL_S - took, REQUEST_COST_FACTOR * took)
+                    time.sleep(min(MAX_PAUSE_S, pause))
         except Exception:  # never let a client thread die with a traceback
             log.exception("control client failed")
         finally:
