@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import socket
 import struct
 import threading
@@ -53,10 +54,10 @@ MAX_ERROR_CHARS = 300
 # under the GIL every request thread needs.  After each reply a connection
 # waits at least MIN_REQUEST_INTERVAL_S since that request began, and at
 # least REQUEST_COST_FACTOR times what the request took, so one connection
-# holds the GIL at most 1/(1 + factor) of the time
+# holds the GIL at most 1/(1 + factor) of the time; a hang-up ends the wait
 # (docs/design.md#security).
-MIN_REQUEST_INTERVAL_S = 0.001
-REQUEST_COST_FACTOR = 20
+MIN_REQUEST_INTERVAL_S = 0.002
+REQUEST_COST_FACTOR = 50
 MAX_PAUSE_S = 1.0  # a long writeback does not keep its connection waiting for long
 
 
@@ -174,14 +175,13 @@ class ControlServer:
                         self._send(conn, {"ok": False, "error": error})
                         return  # the rest of that line is not worth reading
                     started = time.monotonic()
-                    reply = self._handle_line(line)
-                    took = time.monotonic() - started
-                    if not self._send(conn, reply):
+                    if not self._send(conn, self._handle_line(line)):
                         return
+                    took = time.monotonic() - started
                     # Pace this connection's next request by what this one cost
-                    # (time.sleep releases the GIL): docs/design.md#security
+                    # (waiting releases the GIL): docs/design.md#security
                     pause = max(MIN_REQUEST_INTERVAL_S - took, REQUEST_COST_FACTOR * took)
-                    time.sleep(min(MAX_PAUSE_S, pause))
+                    _pause(conn, min(MAX_PAUSE_S, pause))
         except Exception:  # never let a client thread die with a traceback
             log.exception("control client failed")
         finally:
@@ -250,6 +250,14 @@ class ControlServer:
         except Exception as exc:  # never kill the server for one bad command
             log.exception("control command %s failed", _cut(repr(request.get("cmd")), 80))
             return {"ok": False, "error": _cut(f"internal error: {exc}")}
+
+
+def _pause(conn: socket.socket, seconds: float) -> None:
+    """Wait ``seconds``, or less if the client hangs up: a client that is
+    gone does not keep its slot for the pause (data it sends meanwhile waits)."""
+    poller = select.poll()
+    poller.register(conn, select.POLLRDHUP | select.POLLHUP)
+    poller.poll(seconds * 1000)
 
 
 def _nesting(value) -> int:
