@@ -11,6 +11,7 @@ and charts into one report:
               total iodepth, interleaved over rounds
     cpu       server CPU time per 4 KiB request (/proc utime+stime of the
               nbdkit processes) and the throughput it projects on N cores
+    scrapes   4 KiB reads with and without a metrics scrape flood, wrapper CPU per scrape
     backing   the cost of --backing-encrypt: writeback MB/s and read-back
               latency with and without encryption, interleaved over rounds
     memory    zramd's real memory (VmRSS above idle) next to kernel zram's
@@ -30,7 +31,8 @@ Modules, one job each:
     fill.py         writing the corpus through NBD or onto a block device
     storage.py      compression ratio and memory per page from stats and RSS
     targets.py      ratios against peers and the targets they are judged by
-    matrix.py, scaling.py, cpu.py, baseline.py, backing.py, memory.py   the sections
+    matrix.py, scaling.py, cpu.py, baseline.py, backing.py, scrapes.py, memory.py
+                    the sections
     stats.py        medians and spreads over rounds
     plots.py        PNG charts (matplotlib, Agg)
     report.py       results.md, results.json, docs/bench and README's block

@@ -27,6 +27,7 @@ from bench.cpu import ServerCpu
 from bench.matrix import Matrix
 from bench.memory import Memory
 from bench.scaling import ConnectionScaling
+from bench.scrapes import ScrapeCost
 
 
 class Section(Protocol):
@@ -50,6 +51,7 @@ SECTIONS: list[Section] = [
     ServerCpu(),
     Baseline(),
     BackingEncryption(),
+    ScrapeCost(),
     Memory(),
 ]
 

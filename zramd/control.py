@@ -16,7 +16,10 @@ read with ``recv`` into a buffer that never holds more than
 connection is closed.  A client that does not complete a request line
 within ``idle_timeout_s`` (of connecting or of its last reply) is
 disconnected; at most ``max_clients`` are served at once (one more gets
-an error line and is closed at once, by the accept thread).  Every request
+an error line and is closed at once, by the accept thread).  A connection's
+next request waits for a pause that grows with what its last one cost
+(``MIN_REQUEST_INTERVAL_S``, ``REQUEST_COST_FACTOR``), and a line that does
+not start with ``{`` is refused before any parsing.  Every request
 gets exactly one reply line, whatever it holds: bad JSON, deep nesting
 (the parser's RecursionError, and a nesting limit on what parsed), wrong
 types, huge numbers; error texts are cut to ``MAX_ERROR_CHARS`` so a
@@ -31,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import socket
 import struct
 import threading
@@ -46,6 +50,15 @@ MAX_CLIENTS = 8
 CLIENT_IDLE_TIMEOUT_S = 10.0
 MAX_NESTING = 8  # requests are {"cmd": ..., "args": {key: scalar}}: depth 2
 MAX_ERROR_CHARS = 300
+# What a request costs the I/O path: it runs on a thread of nbdkit's process,
+# under the GIL every request thread needs.  After each reply a connection
+# waits at least MIN_REQUEST_INTERVAL_S since that request began, and at
+# least REQUEST_COST_FACTOR times what the request took, so one connection
+# holds the GIL at most 1/(1 + factor) of the time; a hang-up ends the wait
+# (docs/design.md#security).
+MIN_REQUEST_INTERVAL_S = 0.002
+REQUEST_COST_FACTOR = 50
+MAX_PAUSE_S = 1.0  # a long writeback does not keep its connection waiting for long
 
 
 class ControlError(RuntimeError):
@@ -161,8 +174,14 @@ class ControlServer:
                         error = f"request longer than {self.max_line_bytes} bytes"
                         self._send(conn, {"ok": False, "error": error})
                         return  # the rest of that line is not worth reading
+                    started = time.monotonic()
                     if not self._send(conn, self._handle_line(line)):
                         return
+                    took = time.monotonic() - started
+                    # Pace this connection's next request by what this one cost
+                    # (waiting releases the GIL): docs/design.md#security
+                    pause = max(MIN_REQUEST_INTERVAL_S - took, REQUEST_COST_FACTOR * took)
+                    _pause(conn, min(MAX_PAUSE_S, pause))
         except Exception:  # never let a client thread die with a traceback
             log.exception("control client failed")
         finally:
@@ -211,6 +230,8 @@ class ControlServer:
             return False
 
     def _handle_line(self, line: bytes) -> dict:
+        if not line.lstrip()[:1] == b"{":  # cheap: no parse of what cannot be a request
+            return {"ok": False, "error": "malformed request: not JSON"}
         try:
             request = json.loads(line)
         except (ValueError, RecursionError):  # RecursionError: "[" * 60000
@@ -229,6 +250,14 @@ class ControlServer:
         except Exception as exc:  # never kill the server for one bad command
             log.exception("control command %s failed", _cut(repr(request.get("cmd")), 80))
             return {"ok": False, "error": _cut(f"internal error: {exc}")}
+
+
+def _pause(conn: socket.socket, seconds: float) -> None:
+    """Wait ``seconds``, or less if the client hangs up: a client that is
+    gone does not keep its slot for the pause (data it sends meanwhile waits)."""
+    poller = select.poll()
+    poller.register(conn, select.POLLRDHUP | select.POLLHUP)
+    poller.poll(seconds * 1000)
 
 
 def _nesting(value) -> int:

@@ -11,25 +11,28 @@ socket path without ``.ctl``), so several devices, or the instances of a
 striped one, are told apart on one scrape and across scrapes.
 
 Where it runs (docs/design.md#running-as-a-service): ``StatsCollector``
-reads the stats over the control socket at each scrape, in the wrapper
-process (``zramd serve --metrics-address``) or in ``zramd stats --format
-prometheus``.  nbdkit's request threads never see a scrape: the control
-socket's ``stats`` command takes the store lock once, as ``zramd stats``
-does.  A device that does not answer yields ``zramd_up 0`` and no other
+reads the stats over the control socket, in the wrapper process (``zramd
+serve --metrics-address``) or in ``zramd stats --format prometheus``.
+nbdkit's request threads never see a scrape: the control socket's
+``stats`` command takes the store lock once, as ``zramd stats`` does.
+``MetricsServer`` serves the page with zramd/scrape.py: concurrent scrapes
+share one read, a page is reused for ``scrape.CACHE_SECONDS``, so the
+endpoint holds at most one control connection at a time however it is
+scraped.  A device that does not answer yields ``zramd_up 0`` and no other
 samples for it, never an HTTP error.
 
 prometheus_client is imported only where it is used, so the rest of zramd
 (and nbdkit's interpreter) never loads it.
 
-Locking: none of its own.  prometheus_client's HTTP server calls
-``collect()`` from its own thread, one scrape at a time per connection;
-``collect`` keeps no state between calls.
+Locking: none of its own (the page cache has its own, zramd/scrape.py);
+``read`` and ``collect`` keep no state between calls.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from . import scrape
 from .control import ControlError, call
 from .options import ConfigError, parse_metrics_address
 
@@ -353,14 +356,6 @@ class StatsCollector:
         yield from families(self.read())
 
 
-def registry_for(targets: list[tuple[str, str]]):
-    from prometheus_client.core import CollectorRegistry
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(targets))
-    return registry
-
-
 def exposition(stats_by_device: list[tuple[str, dict | None]]) -> str:
     """The text exposition of already-read stats (``zramd stats --format
     prometheus``, for node_exporter's textfile collector)."""
@@ -382,20 +377,30 @@ def parse_address(text: str, allow_remote: bool = False) -> tuple[str, int]:
 
 
 class MetricsServer:
-    """The HTTP endpoint (prometheus_client's server, in its own thread)."""
+    """The HTTP endpoint: zramd/scrape.py's bounded server of one page, the
+    exposition of ``targets``' stats, read again at most every
+    ``scrape.CACHE_SECONDS`` over one control connection at a time."""
 
     def __init__(self, host: str, port: int, targets: list[tuple[str, str]]):
-        from prometheus_client import start_http_server
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-        self.registry = registry_for(targets)
+        collector = StatsCollector(targets)
+        self.cache = scrape.PageCache(lambda: exposition(collector.read()).encode())
         try:
-            self._server, self._thread = start_http_server(port, host, self.registry)
+            self._server = scrape.PageServer(
+                host,
+                port,
+                self.cache,
+                CONTENT_TYPE_LATEST,
+                # a scrape waits for a read in flight as long as that read may take
+                wait_seconds=collector.timeout * len(collector.targets) + 1,
+            )
         except OSError as exc:
             raise ConfigError(
                 f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
             ) from None
         self.host = host
-        self.port = self._server.server_port
+        self.port = self._server.port
 
     @property
     def url(self) -> str:
@@ -403,5 +408,4 @@ class MetricsServer:
         return f"http://{host}:{self.port}/metrics"
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()

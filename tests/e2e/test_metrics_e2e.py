@@ -11,12 +11,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from zramd import metrics
+from zramd import scrape as scrape_module
 
 ZRAMD = [sys.executable, "-m", "zramd.cli"]
 
@@ -78,14 +80,18 @@ def test_metrics_under_fio_load(sockdir):
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                cwd=sockdir)
         # wait until the load is visible, then scrape, read --json, scrape
+        # (a page is reused for scrape.CACHE_SECONDS: wait that long for a newer one)
         first = None
         for _ in range(200):
             first = by_stat(scrape(url), sock)
             if first["num_writes"][1] > 100:
                 break
+            time.sleep(0.1)
         assert first["num_writes"][1] > 100, "fio never got going"
+        time.sleep(scrape_module.CACHE_SECONDS)
         js = json.loads(subprocess.run(ZRAMD + ["stats", "--socket", sock, "--json"],
                                        capture_output=True, text=True, check=True).stdout)
+        time.sleep(scrape_module.CACHE_SECONDS)
         second = by_stat(scrape(url), sock)
         assert fio.poll() is None, "the load ended before the second scrape"
         assert second["num_writes"][1] > first["num_writes"][1]  # under load indeed
