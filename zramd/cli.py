@@ -8,6 +8,7 @@ traceback.  No shared state.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -15,13 +16,13 @@ import signal
 import sys
 import time
 
-from . import __version__, configfile, logs, metrics
+from . import __version__, cgroup, configfile, logs, metrics
 from .commands import RECOMPRESS_TYPES
 from .config import ConfigError, Settings, default_socket_path, describe
 from .control import TIMEOUT_SECONDS, ControlError, call
 from .instances import Stripe, aggregate, discover, instance_settings, split_bytes
 from .options import BY_FIELD, OPTIONS, Option
-from .server import Server, ServerError
+from .server import Server, ServerError, memory_advice, stop_refusal
 from .sockets import (
     PathError,
     claim_pid_file,
@@ -33,7 +34,7 @@ from .sockets import (
 from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
 from .swap import LockError, lock_memory, set_oom_score_adj
 from .tls import qemu_object
-from .units import PAGE_SIZE, human_size, parse_size
+from .units import PAGE_SIZE, human_size, parse_size, physical_memory_bytes
 from .writeback import WRITEBACK_TYPES
 
 log = logging.getLogger("zramd")
@@ -389,6 +390,7 @@ def cmd_serve(args) -> int:
             claim_pid_file(base.pid_file)
         except PathError as exc:
             raise ConfigError(str(exc)) from None
+    base = with_memory_default(base, args)
     # with a log file, nbdkit writes there from its first line (docs/design.md#logs)
     stripe = Stripe(Server(s, log_file=s.log_file) for s in instance_settings(base, base.instances))
     if base.swap:
@@ -422,7 +424,11 @@ def cmd_serve(args) -> int:
         more = (
             f"; {left} other instance(s) still serving" if left and len(stripe.servers) > 1 else ""
         )
-        log.error("%s exited unexpectedly with status %s%s", what, status, more)
+        oom = srv.oom_kill_reason()
+        if oom:
+            log.error("%s (pid %s) %s%s", what, srv.pid, oom, more)
+        else:
+            log.error("%s exited unexpectedly with status %s%s", what, status, more)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -481,6 +487,24 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def with_memory_default(base: Settings, args) -> Settings:
+    """A mem_limit below this server's memory cgroup limit or the RAM when
+    none was given (docs/design.md#memory-cgroups), with one warning line."""
+    given = set(getattr(args, "given_fields", set()))
+    if getattr(args, "config", None):
+        given |= set(configfile.load(args.config))
+    memory = cgroup.memory_cgroup()
+    limit, warning = memory_advice(
+        base,
+        "mem_limit_bytes" in given,
+        memory.limit_bytes() if memory is not None else None,
+        physical_memory_bytes(),
+    )
+    if warning:
+        log.warning("%s", warning)
+    return dataclasses.replace(base, mem_limit_bytes=limit) if limit is not None else base
+
+
 def protect_wrapper() -> None:
     """--swap: lock this process into RAM too, and keep the OOM killer away
     from it and (inherited) from nbdkit; one warning line per refusal."""
@@ -502,10 +526,9 @@ def cmd_stop(args) -> int:
     if not args.force:
         reasons = []
         for name, path in instances:
-            try:
-                call(path, "stop", check=True)
-            except ControlError as exc:
-                reasons.append(str(exc) if len(instances) == 1 else f"{name}: {exc}")
+            why_not = stop_refusal(path, timeout=args.timeout, check=True)
+            if why_not:  # in use, or no answer that says it is not
+                reasons.append(why_not if len(instances) == 1 else f"{name}: {why_not}")
         if reasons:
             raise ControlError("; ".join(reasons))
     for _, path in instances:

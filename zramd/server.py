@@ -31,10 +31,11 @@ import sysconfig
 import tempfile
 import time
 
-from . import sockets
+from . import cgroup, sockets
 from .config import ConfigError, Settings
 from .control import ControlError, call
 from .tls import TLSError, check_certificates, nbd_uri, psk_username
+from .units import PAGE_SIZE, format_size
 
 log = logging.getLogger("zramd.server")
 
@@ -140,6 +141,91 @@ def check_backing_file(settings: Settings) -> None:
         raise ConfigError(exc.strerror) from None
 
 
+STOP_CHECK_TIMEOUT_SECONDS = 2.0
+
+# What the wrapper and each nbdkit need besides the stored pages (the
+# interpreters, request buffers, the store's tables), and a sixteenth of the
+# bound for what else runs there: docs/design.md#memory-cgroups.
+HEADROOM_PER_PROCESS_BYTES = 32 * 1024 * 1024
+
+
+def memory_headroom_bytes(bound_bytes: int, instances: int) -> int:
+    """How far below the memory bound the default mem_limit stays."""
+    return HEADROOM_PER_PROCESS_BYTES * (instances + 1) + bound_bytes // 16
+
+
+def memory_bound(cgroup_limit_bytes: int | None, ram_bytes: int) -> tuple[int, str]:
+    """The memory a server may use, and what sets it: its cgroup's limit or
+    the machine's RAM, whichever is smaller."""
+    if cgroup_limit_bytes is not None and cgroup_limit_bytes < ram_bytes:
+        return cgroup_limit_bytes, f"the cgroup memory limit {format_size(cgroup_limit_bytes)}"
+    return ram_bytes, f"the machine's RAM ({format_size(ram_bytes)})"
+
+
+def memory_advice(
+    settings: Settings, mem_limit_given: bool, cgroup_limit_bytes: int | None, ram_bytes: int
+) -> tuple[int | None, str | None]:
+    """(the mem_limit to use, a warning line or None).  A device that can
+    outgrow its memory bound (``memory_bound``) without a mem_limit gets one
+    a headroom below the bound, so that writes fail with ENOSPC before the
+    kernel's OOM killer takes every stored page; a mem_limit that was given
+    (0 too) is kept, with a warning if it leaves less than the headroom."""
+    s = settings
+    bound, what = memory_bound(cgroup_limit_bytes, ram_bytes)
+    headroom = memory_headroom_bytes(bound, s.instances)
+    if mem_limit_given:
+        used = s.mem_limit_bytes or s.size_bytes
+        if used + headroom <= bound:
+            return s.mem_limit_bytes, None
+        which = (
+            f"mem_limit {format_size(s.mem_limit_bytes)}"
+            if s.mem_limit_bytes
+            else (f"no mem_limit (device {format_size(s.size_bytes)})")
+        )
+        return s.mem_limit_bytes, (
+            f"{which} leaves less than {format_size(headroom)} of {what}: the kernel's OOM "
+            f"killer may kill the server, and every stored page with it, before a write "
+            f"fails with ENOSPC"
+        )
+    if s.mem_limit_bytes or s.size_bytes + headroom <= bound:
+        return s.mem_limit_bytes, None
+    limit = (bound - headroom) // PAGE_SIZE * PAGE_SIZE
+    if limit < s.instances * PAGE_SIZE:
+        return 0, (
+            f"{what} leaves no room for the device after {format_size(headroom)} of headroom: "
+            f"the kernel's OOM killer may kill the server; give --mem-limit"
+        )
+    return limit, (
+        f"no mem_limit given and the device ({format_size(s.size_bytes)}) can outgrow {what}: "
+        f"using mem_limit {format_size(limit)}, {format_size(bound - limit)} below it, so that "
+        f"writes fail with ENOSPC instead of an OOM kill (--mem-limit overrides)"
+    )
+
+
+def stop_refusal(control_path: str, timeout: float = STOP_CHECK_TIMEOUT_SECONDS, check=False):
+    """Ask the server at ``control_path`` to stop without force (``check``:
+    only whether it would); return None if it agreed, or why not.  Fail
+    safe: only the server's own "not in use" is a yes; no answer (too many
+    control clients, a timeout, a malformed reply) counts as in use, with a
+    line that says so (docs/design.md#security)."""
+    try:
+        result = call(control_path, "stop", timeout=timeout, check=check)
+    except ControlError as exc:
+        if str(exc).startswith("in use"):
+            return str(exc)
+        return cannot_tell(str(exc))
+    if check and result != {"in_use": False}:
+        return cannot_tell(f"unexpected reply {str(result)[:80]!r}")
+    return None
+
+
+def cannot_tell(why: str) -> str:
+    return (
+        f"cannot tell whether it is in use ({why}), so assuming it is; "
+        f"force with `zramd stop --force`"
+    )
+
+
 class Server:
     """One nbdkit process serving one zramd export.  Not started on creation."""
 
@@ -156,6 +242,10 @@ class Server:
         # readiness signal, without probe connections (which nbdkit logs).
         self._rundir = tempfile.mkdtemp(prefix="zramd-")
         self._pidfile = os.path.join(self._rundir, "nbdkit.pid")
+        # nbdkit's memory cgroup and its OOM-kill count when it started:
+        # was a SIGKILL the OOM killer's (oom_kill_reason)?
+        self._memory_cgroup: cgroup.MemoryCgroup | None = None
+        self._oom_kills_at_start: int | None = None
 
     # -- addresses -------------------------------------------------------
     @property
@@ -235,6 +325,9 @@ class Server:
             umask=0o077,
             process_group=0,
         )
+        self._memory_cgroup = cgroup.memory_cgroup(self.proc.pid)
+        if self._memory_cgroup is not None:
+            self._oom_kills_at_start = self._memory_cgroup.oom_kills()
         return self
 
     def wait_ready(self, timeout: float = START_TIMEOUT_SECONDS) -> Server:
@@ -303,20 +396,17 @@ class Server:
 
     def check_stop(self) -> str | None:
         """Why a stop without force would be refused (clients connected and
-        pages stored), or None.  Changes nothing."""
+        pages stored, or no answer: ``stop_refusal``), or None.  Changes
+        nothing."""
         if not self.running():
             return None
-        try:
-            call(self.settings.control_path, "stop", timeout=2, check=True)
-        except ControlError as exc:
-            if str(exc).startswith("in use"):
-                return str(exc)
-        return None
+        return stop_refusal(self.settings.control_path, check=True)
 
     def request_stop(self, force: bool = True) -> str | None:
         """Begin stopping, without waiting (safe in a signal handler).
         Returns None, or why the server refuses (only without ``force``:
-        clients connected and pages stored, docs/design.md#security).
+        clients connected and pages stored, or the control socket did not
+        say that it is not in use; docs/design.md#security).
 
         nbdkit 1.32 on SIGTERM waits for connected clients to hang up (its
         connection threads sit in a read() the signal does not interrupt),
@@ -324,14 +414,39 @@ class Server:
         """
         if not self.running():
             return None
-        try:
-            call(self.settings.control_path, "stop", timeout=2, force=force)
-        except ControlError as exc:
-            if not force and str(exc).startswith("in use"):
-                return str(exc)
+        if force:
+            try:
+                call(self.settings.control_path, "stop", timeout=2, force=True)
+            except ControlError:
+                pass  # SIGTERM below stops it all the same
+        else:
+            why_not = stop_refusal(self.settings.control_path)
+            if why_not:
+                return why_not
         if self.running():
             self._started().send_signal(signal.SIGTERM)
         return None
+
+    def oom_kill_reason(self) -> str | None:
+        """After nbdkit died by SIGKILL: "was killed by the kernel's OOM
+        killer (...)" when the kernel log names its pid or its memory
+        cgroup counted a kill since the start; else None."""
+        proc = self.proc
+        if proc is None or proc.returncode != -signal.SIGKILL:
+            return None
+        memory = self._memory_cgroup
+        kills = memory.oom_kills() if memory is not None else None
+        start = self._oom_kills_at_start
+        by_cgroup = kills is not None and start is not None and kills > start
+        if not by_cgroup and not cgroup.oom_kill_in_kernel_log(proc.pid, cgroup.kernel_log_lines()):
+            return None
+        limit = memory.limit_bytes() if memory is not None else None
+        where = (
+            f"cgroup memory limit {format_size(limit)} reached"
+            if limit is not None
+            else "the machine ran out of memory"
+        )
+        return f"was killed by the kernel's OOM killer ({where}); set mem_limit below it"
 
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:
         """Stop nbdkit (then SIGKILL after ``timeout``); remove the sockets.

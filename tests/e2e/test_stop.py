@@ -121,3 +121,81 @@ def test_two_quick_signals_stop(sockdir):
         assert srv.wait() == 0
     finally:
         srv.kill()
+
+
+def hold_control(sock, n=8):
+    """``n`` idle control clients: the control server's every slot taken
+    (each is dropped after 10 s of silence)."""
+    import socket
+    held = []
+    for _ in range(n):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(sock + ".ctl")
+        held.append(c)
+    time.sleep(0.2)  # accepted: the next client is refused
+    return held
+
+
+def test_signal_refused_when_control_socket_busy(sockdir):
+    """A control socket that cannot answer is no "not in use": the first
+    SIGTERM is refused with one line saying why, the page stays; the second
+    stops it."""
+    srv, sock, h = in_use(sockdir)
+    held = hold_control(sock)
+    try:
+        srv.signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            srv.wait(timeout=3)  # still serving
+        assert h.pread(4096, 0) == PAGE
+        refusal = [line for line in srv.stderr().splitlines() if "not stopping" in line]
+        assert len(refusal) == 1, srv.stderr()
+        assert "cannot tell whether it is in use (too many control clients" in refusal[0]
+        assert "zramd stop --force" in refusal[0] and "again within 5s" in refusal[0]
+        for c in held:  # a forced stop needs the control socket to end the NBD clients
+            c.close()
+        time.sleep(0.2)
+        srv.signal(signal.SIGTERM)  # the confirmation within 5 s stops it
+        assert srv.wait() == 0
+    finally:
+        for c in held:
+            c.close()
+        srv.kill()
+
+
+def test_zramd_stop_refuses_when_control_socket_busy(sockdir):
+    srv, sock, h = in_use(sockdir)
+    held = hold_control(sock)
+    try:
+        h.shutdown()  # not in use, but the server cannot say so
+        result = run("stop", "--socket", sock)
+        assert result.returncode == 1
+        assert result.stderr.startswith("zramd: error: cannot tell whether it is in use"), result
+        assert srv.proc.poll() is None
+    finally:
+        for c in held:
+            c.close()
+        srv.kill()
+
+
+def test_signal_refused_when_control_socket_times_out(sockdir):
+    """nbdkit stopped (SIGSTOP) answers nothing: the wrapper's question times
+    out, and that refuses the stop too; once it runs again the page is there."""
+    srv, sock, h = in_use(sockdir)
+    pid = srv.nbdkit_pid()
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        srv.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while "not stopping" not in srv.stderr() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGCONT)
+        refusal = [line for line in srv.stderr().splitlines() if "not stopping" in line]
+        assert len(refusal) == 1 and "cannot tell whether it is in use" in refusal[0], srv.stderr()
+        assert srv.proc.poll() is None
+        assert h.pread(4096, 0) == PAGE
+        result = run("stop", "--socket", sock, "--force")
+        assert result.returncode == 0, result
+        assert srv.wait() == 0
+    finally:
+        os.kill(pid, signal.SIGCONT) if os.path.exists(f"/proc/{pid}") else None
+        srv.kill()
