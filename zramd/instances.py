@@ -191,6 +191,10 @@ STOP_GRACE_SECONDS = 1.0
 # How often the waiting main thread wakes up to run signal handlers (a bound
 # on how late a Ctrl-C or SIGTERM is acted on).
 SIGNAL_POLL_S = 0.5
+# A stop that has not ended the instances by then (a forced stop whose
+# control request could not get through, so nbdkit waits for its clients)
+# is finished by Server.stop: one more forced control request, then SIGKILL.
+STOP_WAIT_SECONDS = 10.0
 
 
 class Stripe:
@@ -201,6 +205,7 @@ class Stripe:
         self._exited: queue.Queue[int] = queue.Queue()
         self._watchers: list[threading.Thread] = []
         self.stopping = False
+        self.stopping_at = 0.0
         self.died: list[tuple[int, int]] = []  # (index, status) of instances that died
 
     def start(self) -> Stripe:
@@ -256,6 +261,8 @@ class Stripe:
                 if len(self.servers) == 1:
                     return reasons[0][1]
                 return "; ".join(f"instance {i}: {why}" for i, why in reasons)
+        if not self.stopping:
+            self.stopping_at = time.monotonic()
         self.stopping = True
         for srv in self.servers:
             srv.request_stop()
@@ -264,7 +271,9 @@ class Stripe:
     def wait(self, on_death=None) -> None:
         """Return when every instance has exited.  An instance that exits
         while no stop was requested is recorded in ``died``, its sockets are
-        removed, and ``on_death(index, status)`` is called; the others go on."""
+        removed, and ``on_death(index, status)`` is called; the others go on.
+        Also returns STOP_WAIT_SECONDS after a stop began that has not ended
+        them all: the caller's ``stop()`` then forces the rest."""
         remaining = len(self.servers)
         while remaining:
             # Wake up now and then: CPython runs signal handlers only in the
@@ -273,6 +282,8 @@ class Stripe:
             try:
                 index = self._exited.get(timeout=SIGNAL_POLL_S)
             except queue.Empty:
+                if self.stopping and time.monotonic() - self.stopping_at > STOP_WAIT_SECONDS:
+                    return  # the caller's stop() ends what is left
                 continue
             remaining -= 1
             if not self.stopping:

@@ -17,8 +17,7 @@ PAGE = b"swapped " * 512
 
 
 def run(*args, **kwargs):
-    return subprocess.run(ZRAMD + list(args), capture_output=True, text=True, timeout=60,
-                          **kwargs)
+    return subprocess.run(ZRAMD + list(args), capture_output=True, text=True, timeout=60, **kwargs)
 
 
 def in_use(sockdir, *args):
@@ -35,6 +34,7 @@ def in_use(sockdir, *args):
 def test_signal_refused_once_then_stops(sockdir, how):
     srv, sock, h = in_use(sockdir)
     try:
+
         def send():
             if how == "SIGTERM":
                 srv.signal(signal.SIGTERM)
@@ -87,7 +87,8 @@ def test_zramd_stop_refuses_in_use_and_force_stops(sockdir):
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert lines == [lines[0]] and lines[0].startswith(
-            "zramd: error: in use: 1 client connected and 1 page stored"), lines
+            "zramd: error: in use: 1 client connected and 1 page stored"
+        ), lines
         assert h.pread(4096, 0) == PAGE  # nothing happened
         result = run("stop", "--socket", sock, "--force")
         assert result.returncode == 0 and result.stdout.strip() == "zramd: stopped", result
@@ -127,6 +128,7 @@ def hold_control(sock, n=8):
     """``n`` idle control clients: the control server's every slot taken
     (each is dropped after 10 s of silence)."""
     import socket
+
     held = []
     for _ in range(n):
         c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -156,6 +158,24 @@ def test_signal_refused_when_control_socket_busy(sockdir):
         time.sleep(0.2)
         srv.signal(signal.SIGTERM)  # the confirmation within 5 s stops it
         assert srv.wait() == 0
+    finally:
+        for c in held:
+            c.close()
+        srv.kill()
+
+
+def test_forced_stop_ends_while_control_socket_busy(sockdir):
+    """The confirming signal's forced stop cannot reach a full control
+    socket, so nbdkit would wait for its NBD client forever: the wrapper
+    forces it again after a bounded wait, and exits."""
+    srv, sock, h = in_use(sockdir)
+    held = hold_control(sock)
+    try:
+        srv.signal(signal.SIGTERM)
+        time.sleep(1.5)
+        srv.signal(signal.SIGTERM)  # within 5 s: force
+        assert srv.wait(timeout=45) == 0, srv.stderr()
+        assert not os.path.exists(sock)
     finally:
         for c in held:
             c.close()
