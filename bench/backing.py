@@ -27,7 +27,7 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.servers import ServerProcess, SkipSystem, server_command, zramd_serve_has
-from bench.stats import per_round_ratio, spread, tenths, times, with_spread
+from bench.stats import outcome_lines, per_round_ratio, spread, tenths, times, with_spread
 from bench.systems import Workload, by_name
 
 SYSTEMS = {
@@ -146,11 +146,7 @@ class BackingEncryption:
                 f"{with_spread(row['read_iops_vs_plain'], times)} | "
                 f"{with_spread(row['server_us_per_read'], tenths)} |"
             )
-        for name, why in data.get("skipped", {}).items():
-            lines.append(f"\n- {name}: skipped: {why}")
-        for err in data.get("errors", []):
-            lines.append(f"\n- failed: {err}")
-        return lines
+        return lines + outcome_lines(data)
 
     def plots(self, data: dict, out: Path, title: str) -> list[str]:
         if not data["summary"]:

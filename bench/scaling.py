@@ -34,7 +34,7 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.servers import ServerProcess, SkipSystem, server_command
-from bench.stats import met_cell, per_round_ratio, spread, tenths, times, with_spread
+from bench.stats import met_cell, outcome_lines, per_round_ratio, spread, tenths, times, with_spread
 from bench.systems import C_CEILING, LZ4_STORE_CEILING, PYTHON_CEILING, by_name, select
 
 SYSTEM_NAMES = ["zramd-lz4", LZ4_STORE_CEILING, PYTHON_CEILING, C_CEILING]
@@ -199,11 +199,7 @@ class ConnectionScaling:
                 + " |"
             )
         lines += ["", *targets_markdown(data)]
-        for name, why in data.get("skipped", {}).items():
-            lines.append(f"\n- {name}: skipped: {why}")
-        for err in data.get("errors", []):
-            lines.append(f"\n- failed: {err}")
-        return lines
+        return lines + outcome_lines(data)
 
     def plots(self, data: dict, out: Path, title: str) -> list[str]:
         if not data["summary"]:

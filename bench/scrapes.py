@@ -24,7 +24,7 @@ from pathlib import Path
 from bench import measure
 from bench.context import Context
 from bench.servers import ServerProcess, SkipSystem, server_command, zramd_serve_has
-from bench.stats import per_round_ratio, spread, tenths, times, with_spread
+from bench.stats import outcome_lines, per_round_ratio, spread, tenths, times, with_spread
 from bench.systems import Workload, by_name
 
 SCRAPERS = 32
@@ -165,11 +165,7 @@ class ScrapeCost:
                 f"{with_spread(s['scrapes_per_s'], tenths)} | "
                 f"{with_spread(s['wrapper_us_per_scrape'], tenths)} |"
             )
-        for name, why in data.get("skipped", {}).items():
-            lines.append(f"\n- {name}: skipped: {why}")
-        for err in data.get("errors", []):
-            lines.append(f"\n- failed: {err}")
-        return lines
+        return lines + outcome_lines(data)
 
     def plots(self, data: dict, out: Path, title: str) -> list[str]:
         return []

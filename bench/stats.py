@@ -70,3 +70,10 @@ def with_spread(s: dict, fmt=kilo) -> str:
     if s["n"] <= 1 or s["min"] == s["max"]:
         return fmt(s["median"])
     return f"{fmt(s['median'])} ({fmt(s['min'])}-{fmt(s['max'])})"
+
+
+def outcome_lines(data: dict) -> list[str]:
+    """A section's closing markdown lines: each skipped system with its
+    reason, then each error."""
+    lines = [f"\n- {name}: skipped: {why}" for name, why in data.get("skipped", {}).items()]
+    return lines + [f"\n- failed: {err}" for err in data.get("errors", [])]
