@@ -121,6 +121,23 @@ def check_trusted_file(what: str, path: str, st: os.stat_result) -> None:
         )
 
 
+def check_owner_only(what: str, path: str, st: os.stat_result) -> None:
+    """Refuse a file or device that is not ours alone: another owner than
+    this process's euid, or any access for group or others."""
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        raise UnsafePath(
+            errno.EPERM,
+            f"{what} {path} belongs to uid {st.st_uid}, not to this server's uid {uid}: refused",
+        )
+    if st.st_mode & 0o077:
+        raise UnsafePath(
+            errno.EPERM,
+            f"{what} {path} is accessible to group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 it first",
+        )
+
+
 def open_trusted_regular(path: str, what: str) -> int:
     """A read-only descriptor of the regular file ``path``, every directory
     on the way and the file itself checked; the caller closes it."""
