@@ -89,6 +89,7 @@ import threading
 
 import xxhash
 
+from . import safeopen
 from .libc import LIBC
 from .units import PAGE_SIZE
 
@@ -152,66 +153,23 @@ def make_aead(cipher: str):
 
 
 def _walk_to_parent(path: str) -> tuple[int, str]:
-    """Open the directory holding ``path`` without following any symbolic
-    link on the way; return ``(dir_fd, file name)``."""
-    full = os.path.abspath(path)
-    parts = [p for p in full.split("/") if p]
-    if not parts:
-        raise BackingError(errno.EISDIR, f"backing file {path} is not writable: Is a directory")
-    dir_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    walked = ""
+    """safeopen.walk_to_parent, its errors as BackingError."""
     try:
-        for part in parts[:-1]:
-            walked += "/" + part
-            try:
-                fd = os.open(
-                    part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
-                )
-            except OSError as exc:
-                if exc.errno == errno.ENOTDIR and _is_link(part, dir_fd):
-                    raise BackingError(errno.ELOOP, _link_message(path, walked)) from None
-                raise BackingError(
-                    exc.errno, f"backing file {path} is not writable: {exc.strerror}"
-                ) from None
-            os.close(dir_fd)
-            dir_fd = fd
-        return dir_fd, parts[-1]
-    except BaseException:
-        os.close(dir_fd)
-        raise
-
-
-def _is_link(name: str, dir_fd: int) -> bool:
-    try:
-        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
-    except OSError:
-        return False
-
-
-def _link_message(path: str, link: str) -> str:
-    where = "is" if os.path.abspath(path) == link else f"goes through {link}, which is"
-    return (
-        f"backing file {path} {where} a symbolic link: zramd never follows links here "
-        f"(give the real path, {os.path.realpath(path)})"
-    )
+        return safeopen.walk_to_parent(path, "backing file")
+    except safeopen.UnsafePath as exc:
+        raise BackingError(exc.errno, exc.strerror) from None
+    except OSError as exc:
+        raise BackingError(
+            exc.errno, f"backing file {path} is not writable: {exc.strerror}"
+        ) from None
 
 
 def check_owner_only(path: str, st: os.stat_result) -> None:
     """Refuse a file or device that is not ours alone (one line)."""
-    uid = os.geteuid()
-    if st.st_uid != uid:
-        raise BackingError(
-            errno.EPERM,
-            f"backing file {path} belongs to uid {st.st_uid}, "
-            f"not to this server's uid {uid}: refused",
-        )
-    if st.st_mode & 0o077:
-        raise BackingError(
-            errno.EPERM,
-            f"backing file {path} is accessible to group or others "
-            f"(mode {stat.S_IMODE(st.st_mode):04o}): "
-            f"chmod 600 it first",
-        )
+    try:
+        safeopen.check_owner_only("backing file", path, st)
+    except safeopen.UnsafePath as exc:
+        raise BackingError(exc.errno, exc.strerror) from None
 
 
 class Opened:
@@ -241,7 +199,9 @@ def _open_existing(path: str, name: str, dir_fd: int, flags: int) -> int:
     except OSError as exc:
         raise _not_writable(path, exc) from None
     if stat.S_ISLNK(st.st_mode):
-        raise BackingError(errno.ELOOP, _link_message(path, os.path.abspath(path)))
+        raise BackingError(
+            errno.ELOOP, safeopen.link_message("backing file", path, os.path.abspath(path))
+        )
     if stat.S_ISDIR(st.st_mode):
         raise BackingError(errno.EISDIR, f"backing file {path} is not writable: Is a directory")
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):

@@ -21,7 +21,10 @@ Relative paths in the file are relative to the file's directory (a unit's
 working directory is ``/``).
 
 A config file that someone other than its owner (ours or root's) could change is
-refused: it decides where the server listens and writes.
+refused: it decides where the server listens and writes.  It is opened by
+safeopen.open_trusted_regular: no symbolic link on the path, every directory
+ours or root's and not writable by others unless sticky, a regular file only
+(a FIFO or directory is refused, never waited on).
 
 Every error is a ``ConfigError`` of one line: the file, the key, what is
 wrong.  No state, no locking.  Why: docs/design.md#config-file.
@@ -35,6 +38,7 @@ import re
 import tomllib
 from fractions import Fraction
 
+from . import safeopen
 from .options import OPTIONS, ConfigError, Option
 from .units import PAGE_SIZE, parse_size
 
@@ -210,9 +214,11 @@ def load(path: str, ram_bytes: int | None = None) -> dict:
     alone (checks across options come with ``Settings.validate``).
     ``ram_bytes`` replaces the machine's RAM (tests)."""
     try:
-        with open(path, "rb") as f:
-            _check_owner(path, os.fstat(f.fileno()))
+        fd = safeopen.open_trusted_regular(path, "config file")
+        with open(fd, "rb") as f:
             doc = tomllib.load(f)
+    except safeopen.UnsafePath as exc:
+        raise ConfigError(exc.strerror or str(exc)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -233,18 +239,6 @@ def load(path: str, ram_bytes: int | None = None) -> dict:
                 message = f"{key}: {message}"
             raise ConfigError(f"{path}: {message}") from None
     return values
-
-
-def _check_owner(path: str, st: os.stat_result) -> None:
-    """The file decides where the server writes and listens: only its owner
-    (ours or root's) may change it, as sshd insists for its own."""
-    if st.st_uid not in (0, os.getuid()):
-        raise ConfigError(f"config file {path} belongs to another user (uid {st.st_uid}): refused")
-    if st.st_mode & 0o022:
-        raise ConfigError(
-            f"config file {path} is writable by others (mode {st.st_mode & 0o777:o}): "
-            f"refused (chmod go-w {path})"
-        )
 
 
 def _value(opt: Option, raw, base: str, ram_bytes: int | None):

@@ -58,6 +58,23 @@ def test_large_request_spanning_many_pages(h):
     assert hashlib.sha256(h.pread(len(data), 3)).digest() == hashlib.sha256(data).digest()
 
 
+def test_requests_above_the_advertised_maximum_fail_with_einval(h):
+    maximum = h.get_block_size(nbd.SIZE_MAXIMUM)
+    h.set_strict_mode(0)  # let the client send what the server advertised against
+    data = (TEXT * (maximum // PAGE + 1))[:maximum]
+    h.pwrite(data, 0)  # exactly the maximum is served
+    assert h.pread(maximum, 0) == data
+    for length in (maximum + 1, 2 * maximum):
+        with pytest.raises(nbd.Error) as exc:
+            h.pwrite(b"\xff" * length, 0)
+        assert exc.value.errno == "EINVAL"
+        with pytest.raises(nbd.Error) as exc:
+            h.pread(length, 0)
+        assert exc.value.errno == "EINVAL"
+    assert h.pread(maximum, 0) == data  # the refused write changed nothing
+    assert h.pread(PAGE, maximum) == bytes(PAGE)
+
+
 def test_stats_deltas_are_exact(h, server):
     before = stats(server)
     h.pwrite(bytes(PAGE) + b"\x42" * PAGE + os.urandom(PAGE), 0)
