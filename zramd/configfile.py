@@ -36,7 +36,7 @@ import tomllib
 from fractions import Fraction
 
 from .options import OPTIONS, ConfigError, Option
-from .units import PAGE_SIZE, parse_size
+from .units import MAX_SIZE_BYTES, PAGE_SIZE, parse_size
 
 MAX_EXPRESSION_CHARS = 200
 MAX_NESTING = 16
@@ -191,6 +191,8 @@ def eval_size(text: str, ram_bytes: int) -> int:
     value = _Parser(text, ram_bytes).parse()
     if value < 0:
         raise ConfigError(f"{text!r} is negative ({float(value):.0f} bytes)")
+    if value > MAX_SIZE_BYTES:
+        raise ConfigError(f"{text!r} is larger than {MAX_SIZE_BYTES} bytes (2^63-1, NBD's limit)")
     return int(value) // PAGE_SIZE * PAGE_SIZE
 
 
