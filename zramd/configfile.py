@@ -219,6 +219,8 @@ def load(path: str, ram_bytes: int | None = None) -> dict:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except ConfigError:
+        raise
     except ValueError:  # an integer past Python's int-string conversion limit
         raise ConfigError(f"{path}: a number has too many digits") from None
     base = os.path.dirname(os.path.abspath(path))
