@@ -43,11 +43,13 @@ def _size_arg(args: dict, key: str, maximum: int | None = None) -> int:
         raise ControlError(f"missing argument {key}")
     if isinstance(args[key], bool) or not isinstance(args[key], (int, str)):
         raise ControlError(f"{key} must be a size")
+    bound = physical_memory_bytes() if maximum is None else maximum
+    if isinstance(args[key], int) and args[key] > bound:
+        raise ControlError(f"{key} must be at most {format_size(bound)} (the physical memory)")
     try:
         value = parse_size(args[key])
     except ValueError as exc:
         raise ControlError(f"{key}: {exc}") from None
-    bound = physical_memory_bytes() if maximum is None else maximum
     if value > bound:
         raise ControlError(
             f"{key} must be at most {format_size(bound)} (the physical memory), not {value}"

@@ -40,7 +40,7 @@ from fractions import Fraction
 
 from . import safeopen
 from .options import OPTIONS, ConfigError, Option
-from .units import PAGE_SIZE, parse_size
+from .units import MAX_SIZE_BYTES, PAGE_SIZE, parse_size
 
 MAX_EXPRESSION_CHARS = 200
 MAX_NESTING = 16
@@ -195,6 +195,8 @@ def eval_size(text: str, ram_bytes: int) -> int:
     value = _Parser(text, ram_bytes).parse()
     if value < 0:
         raise ConfigError(f"{text!r} is negative ({float(value):.0f} bytes)")
+    if value > MAX_SIZE_BYTES:
+        raise ConfigError(f"{text!r} is larger than {MAX_SIZE_BYTES} bytes (2^63-1, NBD's limit)")
     return int(value) // PAGE_SIZE * PAGE_SIZE
 
 
@@ -223,6 +225,10 @@ def load(path: str, ram_bytes: int | None = None) -> dict:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except ConfigError:
+        raise
+    except ValueError:  # an integer past Python's int-string conversion limit
+        raise ConfigError(f"{path}: a number has too many digits") from None
     base = os.path.dirname(os.path.abspath(path))
     values = {}
     for key, raw in doc.items():

@@ -155,3 +155,28 @@ def test_swap_mode_locks_memory(sockdir):
     can_flusher = bool(cap_eff & (1 << 24))  # CAP_SYS_RESOURCE (some sandboxes drop it)
     warned = "cannot mark the server as an I/O flusher" in proc.early_stderr + proc.stderr.read()
     assert warned != can_flusher
+
+
+@pytest.mark.parametrize("args", [
+    ["--backing-size", "99999999T"], ["--size", "1P"], ["--size", "8E"], ["--size", "16E"],
+    ["--size", "9" * 5000], ["--pending-limit", "99999999T"], ["--mem-limit", "16E"],
+])
+def test_impossible_sizes_are_one_line_before_nbdkit(sockdir, args):
+    result = run("serve", "--control", os.path.join(sockdir, "c.ctl"), *args)
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1, result.stderr[:500]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("line", [
+    "size = 99999999999999999999999", 'size = "ram * 1000000000000"',
+    "pending_limit = 99999999999999999999", "size = " + "9" * 5000,
+])
+def test_impossible_sizes_in_the_config_file_are_one_line(sockdir, line):
+    path = os.path.join(sockdir, "z.toml")
+    with open(path, "w") as f:
+        f.write(line + "\n")
+    result = run("serve", "--config", path, "--control", os.path.join(sockdir, "c.ctl"))
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1, result.stderr[:500]
+    assert "Traceback" not in result.stderr

@@ -133,3 +133,35 @@ def test_control_fuzz_changes_nothing_and_the_server_keeps_answering(make_server
         assert stats(server) == before
         assert h.pread(len(data), 0) == data
         h.shutdown()
+
+
+NON_OBJECT_ARGS = [[1], [], 1, 1.5, "x", "", True, [{"a": 1}]]
+HUGE_SIZES = ["99999999T", "16E", "8E", 10**30, "9" * 5000, (1 << 63)]
+
+
+def test_non_object_args_and_huge_sizes_answer_one_line_and_change_nothing(make_server):
+    with make_server(size="16M") as server:
+        h = connect(server)
+        data = os.urandom(4 * PAGE)
+        h.pwrite(data, 0)
+        before = stats(server)
+        requests = [{"cmd": cmd, "args": args}
+                    for cmd in sorted(COMMANDS) + ["stop"] for args in NON_OBJECT_ARGS]
+        requests += [{"cmd": "mem_limit", "args": {"size": s}} for s in HUGE_SIZES]
+        requests += [{"cmd": "watermarks", "args": {"high": s}} for s in HUGE_SIZES]
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(60)
+            sock.connect(server.control_path)
+            stream = sock.makefile("rb")
+            for request in requests:
+                sock.sendall(json.dumps(request).encode() + b"\n")
+                line = stream.readline()
+                assert line.endswith(b"\n") and line.count(b"\n") == 1, (request, line)
+                reply = json.loads(line)
+                assert reply["ok"] is False, (request, reply)
+                assert "internal error" not in reply["error"], (request, reply)
+                assert "\n" not in reply["error"] and len(reply["error"]) <= 300
+            stream.close()
+        assert stats(server) == before
+        assert h.pread(len(data), 0) == data
+        h.shutdown()

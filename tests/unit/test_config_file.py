@@ -253,3 +253,10 @@ def test_a_file_others_can_change_is_refused(tmp_path):
         os.chown(path, 65534, 65534)
         with pytest.raises(ConfigError, match=r"belongs to another user \(uid 65534\)"):
             configfile.load(path)
+
+
+def test_huge_expression_refused_in_one_line():
+    from zramd.configfile import ConfigError, eval_size
+
+    with pytest.raises(ConfigError, match="NBD's limit"):
+        eval_size("ram * 1000000000000", 1 << 30)
