@@ -164,6 +164,16 @@ def at_least(label: str, low: int, unit: str = "") -> Callable[[int], None]:
     return check
 
 
+def both(*checks: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A check made of several, run in order."""
+
+    def check(value: Any) -> None:
+        for each in checks:
+            each(value)
+
+    return check
+
+
 def at_most_ram(label: str) -> Callable[[int], None]:
     """A memory amount larger than the machine's RAM is a mistake (1e38):
     refused (docs/design.md#security)."""
@@ -317,7 +327,9 @@ OPTIONS: tuple[Option, ...] = (
         "most uncompressed data waiting for workers; past it writes compress inline",
         plugin_key="pending_limit",
         metavar="SIZE",
-        check=at_least("pending_limit", PAGE_SIZE, " (one page)"),
+        check=both(
+            at_least("pending_limit", PAGE_SIZE, " (one page)"), at_most_ram("pending_limit")
+        ),
         example="4M",
     ),
     Option(

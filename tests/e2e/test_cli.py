@@ -160,6 +160,7 @@ def test_swap_mode_locks_memory(sockdir):
 @pytest.mark.parametrize("args", [
     ["--backing-size", "99999999T"], ["--size", "1P"], ["--size", "8E"], ["--size", "16E"],
     ["--size", "9" * 5000], ["--pending-limit", "99999999T"], ["--mem-limit", "16E"],
+    ["--pending-limit", "4E"], ["--high-watermark", "4E"],
 ])
 def test_impossible_sizes_are_one_line_before_nbdkit(sockdir, args):
     result = run("serve", "--control", os.path.join(sockdir, "c.ctl"), *args)
