@@ -89,8 +89,8 @@ import threading
 
 import xxhash
 
-from .libc import LIBC
-from .units import PAGE_SIZE
+from ..libc import LIBC
+from ..units import PAGE_SIZE
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02

@@ -88,13 +88,13 @@ import threading
 import time
 from time import monotonic_ns as _monotonic_ns
 
-from . import heap
+from ..units import PAGE_SHIFT, PAGE_SIZE
+from . import heap, scan
 from .arena import (
     BLOCK_SHIFT,
     FLAG_BIT,
     LEN_MASK,
     LEN_SHIFT,
-    MAX_COMPRESSED_BYTES,
     OFF_MASK,
     OFF_SHIFT,
     TAG_MASK,
@@ -102,19 +102,13 @@ from .arena import (
     Arena,
 )
 from .codecs import Codec
-from .units import PAGE_SHIFT, PAGE_SIZE
+from .slots import HUGE_THRESHOLD, IDLE, Recompressed
 
 PAGE_MASK = PAGE_SIZE - 1
 ZERO_PAGE = bytes(PAGE_SIZE)
 WORD_SIZE = 8
 WORDS_PER_PAGE = PAGE_SIZE // WORD_SIZE
 
-# A compressed page longer than this is stored raw (huge).  zram stores
-# pages that compress to zsmalloc's huge_class_size or more raw: 3632 bytes
-# less the 7 of its in-object handle since Linux 6.3 (3264 before).  Our
-# arena keeps no handle in the object, so the cut is its largest class that
-# still packs more than one object per block: 3632 bytes (arena.py).
-HUGE_THRESHOLD = MAX_COMPRESSED_BYTES + 1
 
 # A compressed page this small may be same-filled (lz4 makes 26-33 bytes of
 # one, zstd 19-25): only then is the word test worth its 0.3 us.
@@ -170,10 +164,6 @@ BD_STAT_FIELDS = ("bd_count", "bd_reads", "bd_writes")
 
 _ANY = object()  # "install whatever the slot holds now" (full-page writes)
 
-# page flags (zram's names)
-IDLE = 1
-INCOMPRESSIBLE = 2
-
 
 class StoreError(OSError):
     """An I/O error with the errno the NBD client should see."""
@@ -195,16 +185,6 @@ class Pending:
     __slots__ = ("data",)
 
     def __init__(self, data):
-        self.data = data
-
-
-class Recompressed:
-    """A page compressed again with the store's secondary codec (what
-    ``commit`` installs; stored in the arena with ``FLAG_BIT``)."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes):
         self.data = data
 
 
@@ -662,11 +642,31 @@ class PageStore:
         finally:
             lock.release()
 
-    _compact_check_epoch = 1 << 62  # set by compaction.AutoCompactor
+    # The compactor's contract (compaction.AutoCompactor): it arms a check
+    # with ``arm_compaction``; the I/O path, after a free, compares the
+    # arena's epoch with ``_compact_check_epoch`` (one compare) and calls
+    # the compactor's ``kick`` with the lock held, which disarms it.
+    _compact_check_epoch = 1 << 62  # "never": no check armed
 
     def _kick_compactor(self) -> None:
+        self._compact_check_epoch = 1 << 62  # once, until re-armed
         if self.compactor is not None:
             self.compactor.kick()
+
+    def arm_compaction(self, after_frees: int) -> None:
+        """Ask for a compactor ``kick`` after ``after_frees`` more frees."""
+        with self._lock:
+            self._compact_check_epoch = self._arena.epoch + after_frees
+
+    def disarm_compaction(self) -> None:
+        """No more kicks until armed again."""
+        self._compact_check_epoch = 1 << 62
+
+    def compaction_figures(self) -> tuple[int, int]:
+        """(bytes compaction could give back, bytes of live blocks), read
+        together under the lock."""
+        with self._lock:
+            return self._arena.fragmented_bytes(), self._arena.block_bytes
 
     def _forget(self, index: int, old: int, e) -> None:
         """Counters for a same or side handle ``old`` (side object ``e``)
@@ -989,32 +989,30 @@ class PageStore:
 
     # ------------------------------------------------------------------
     # idle pages, writeback and recompression (zram's knobs): the scans
-    # live in scan.py; these keep the store's public interface.
-    def mark_idle(self, older_than_s: float | None = None) -> int:
-        from . import scan
+    # live in scan.py and read the tables through ``slot_tables``.
+    def slot_tables(self) -> tuple:
+        """The public view scans read: (handles, flags, atime), one entry per
+        slot (``Q``, ``B`` and ``I`` arrays; atime in deciseconds of
+        ``now``).  Read without the lock: a page that changes meanwhile is
+        caught by ``commit``.  Only flags may be written through it (no lock,
+        as the store does: at worst a page stays idle a little longer)."""
+        return self._handles, self._flags, self._atime
 
+    def mark_idle(self, older_than_s: float | None = None) -> int:
         return scan.mark_idle(self, older_than_s)
 
     def idle_pages(self) -> int:
-        from . import scan
-
         return scan.idle_pages(self)
 
     def incompressible_pages(self) -> int:
-        from . import scan
-
         return scan.incompressible_pages(self)
 
     def candidates(self, scan_type: str, limit: int | None = None) -> list:
-        from . import scan
-
         return scan.candidates(self, scan_type, limit)
 
     def recompress(
         self, scan_type: str = "all", threshold: int = 0, limit: int | None = None
     ) -> dict:
-        from . import scan
-
         return scan.recompress(self, scan_type, threshold, limit)
 
     def commit(self, index: int, expected, new) -> bool:
@@ -1040,7 +1038,7 @@ class PageStore:
         the emptied blocks back to the OS.  Safe under I/O."""
         with self._compact_lock:
             result = self._arena.compact(self._handles, self._lock)
-            heap.trim()  # what the heaps keep besides the arena (zramd/heap.py)
+            heap.trim()  # what the heaps keep besides the arena (zramd/engine/heap.py)
         with self._lock:
             self._update_mem_locked()
             result["pages_compacted"] = self._arena.pages_compacted

@@ -89,7 +89,7 @@ from __future__ import annotations
 import mmap
 from array import array
 
-from .units import PAGE_SIZE
+from ..units import PAGE_SIZE
 
 MAX_CHAIN_PAGES = 8  # zsmalloc's CONFIG_ZSMALLOC_CHAIN_SIZE default: the class table
 MAX_BLOCK_PAGES = 16  # our blocks: zsmalloc's largest CONFIG_ZSMALLOC_CHAIN_SIZE
