@@ -10,7 +10,8 @@ import pytest
 from zramd.engine import scan
 from zramd.engine.arena import FLAG_BIT, LEN_MASK, LEN_SHIFT, TAG_MASK, TAG_OBJ
 from zramd.engine.codecs import make_codec
-from zramd.engine.store import IDLE, INCOMPRESSIBLE, PageStore
+from zramd.engine.slots import IDLE, INCOMPRESSIBLE
+from zramd.engine.store import PageStore
 from zramd.units import PAGE_SIZE
 
 PAGES = 5000

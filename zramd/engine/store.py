@@ -518,7 +518,8 @@ class PageStore:
         A 4 KiB aligned write runs in this one frame
         (docs/design.md#a-4-kib-write-step-by-step): ``encode`` and ``_install``'s
         one-page case unrolled, with ``Arena.alloc`` and ``Arena.free_obj``
-        inlined; keep them in step.
+        inlined through the arena's documented fast-path interface
+        (arena.py, "Fast-path interface"; ``audit`` checks its invariants).
         """
         if len(data) != PAGE_SIZE or offset & PAGE_MASK or not 0 <= offset < self.size_bytes:
             self._write(data, offset, None)
@@ -561,7 +562,7 @@ class PageStore:
                 ):
                     self.failed_writes += 1
                     raise StoreError(errno.ENOSPC, "mem_limit reached")
-                b = arena._next_block(c)
+                b = arena.next_block(c)
             # arena.alloc(new), inlined
             mm = arena.maps[b]
             fhead = arena.fhead
@@ -602,7 +603,7 @@ class PageStore:
                     oc.live -= 1
                 if k == oc.objs:
                     if ob != oc.cur:
-                        arena._release(ob, oc)
+                        arena.release_block(ob, oc)
                 elif k == 1 and ob != oc.cur and ob not in arena.draining:
                     if oc.cur < 0:  # a rewrite's next page goes here
                         oc.cur = ob
