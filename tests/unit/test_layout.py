@@ -88,3 +88,17 @@ def test_the_cycle_finder_sees_a_cycle():
 def test_engine_imports_only_engine_and_leaves(name):
     outer = {m for m in graph()[name] if not m.startswith("zramd.engine") and m not in LEAVES}
     assert not outer, f"{name} imports outer rooms {sorted(outer)}"
+
+
+HOT_PATH = {("store.py", "write")}  # PageStore.write: arena.py, "Fast-path interface"
+
+
+def test_engine_functions_fit_on_a_screen():
+    long = []
+    for path in sorted((ROOT / "engine").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80 and (path.name, node.name) not in HOT_PATH:
+                    long.append(f"{path.name}:{node.name} ({lines} lines)")
+    assert not long, "functions over 80 lines: " + ", ".join(long)

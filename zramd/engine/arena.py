@@ -648,12 +648,7 @@ class Arena:
         """Recompute every counter from the blocks (and the handles in
         ``table``) and compare; lock held by the caller.  Returns the
         recomputed figures; raises AssertionError listing what is wrong."""
-        errors = [f"fast-path field {f} is gone" for f in FAST_PATH_FIELDS if not hasattr(self, f)]
-        errors += [
-            f"class fast-path field {f} is gone"
-            for f in CLASS_FAST_PATH_FIELDS
-            if f not in SizeClass.__slots__
-        ]
+        errors = self._audit_fast_path()
         nr_blocks = block_bytes = free_spot = live = 0
         per_class: dict = {}
         listed_in: dict = {}
@@ -709,6 +704,37 @@ class Arena:
             nlisted = listed_in.get(c, 0)
             if n != nlisted:
                 errors.append(f"class {c.size}: {n} blocks on the partial list, {nlisted} marked")
+        compr = self._audit_handles(table, frees, live, errors)
+        for name, value in (
+            ("nr_blocks", nr_blocks),
+            ("block_bytes", block_bytes),
+            ("free_spot_bytes", free_spot),
+            ("live_objects", live),  # a property: the classes' live counts
+            ("meta_bytes", meta),
+        ):
+            if getattr(self, name) != value:
+                errors.append(f"{name} is {getattr(self, name)}, recomputed {value}")
+        if errors:
+            raise AssertionError("arena audit: " + "; ".join(errors[:10]))
+        return {
+            "nr_blocks": nr_blocks,
+            "block_bytes": block_bytes,
+            "free_spot_bytes": free_spot,
+            "live_objects": live,
+            "meta_bytes": meta,
+            "compr_bytes": compr,
+        }
+
+    def _audit_fast_path(self) -> list:
+        """The fields the store's inlined 4 KiB write uses are still there."""
+        gone = [f for f in FAST_PATH_FIELDS if not hasattr(self, f)]
+        gone += [f"SizeClass.{f}" for f in CLASS_FAST_PATH_FIELDS if f not in SizeClass.__slots__]
+        return [f"fast-path field {f} is gone" for f in gone]
+
+    def _audit_handles(self, table, frees: dict, live: int, errors: list) -> int:
+        """``audit``'s check of the handle table against the blocks' free
+        spots (``frees``: block -> free spots) and ``live`` objects; appends
+        to ``errors``; returns the objects' bytes."""
         seen: dict = {}
         compr = 0
         for i, h in enumerate(table):
@@ -731,22 +757,4 @@ class Arena:
             seen[(b, off)] = i
         if table != () and len(seen) != live:
             errors.append(f"{len(seen)} handles for {live} live spots")
-        for name, value in (
-            ("nr_blocks", nr_blocks),
-            ("block_bytes", block_bytes),
-            ("free_spot_bytes", free_spot),
-            ("live_objects", live),  # a property: the classes' live counts
-            ("meta_bytes", meta),
-        ):
-            if getattr(self, name) != value:
-                errors.append(f"{name} is {getattr(self, name)}, recomputed {value}")
-        if errors:
-            raise AssertionError("arena audit: " + "; ".join(errors[:10]))
-        return {
-            "nr_blocks": nr_blocks,
-            "block_bytes": block_bytes,
-            "free_spot_bytes": free_spot,
-            "live_objects": live,
-            "meta_bytes": meta,
-            "compr_bytes": compr,
-        }
+        return compr

@@ -846,99 +846,13 @@ class PageStore:
         refused (a trim must not fail for lack of memory).  A checksum of
         None keeps the slot's own.
         """
-        handles = self._handles
         arena = self._arena
-        side = self._side
         with self._lock:
-            for index, _new, expected, _sum in changes:
-                if expected is not _ANY and not self._matches(index, expected):
-                    return False
-            seq = []  # (new object's length or 0, old handle), in order
-            more = 0
-            for index, new, _, _ in changes:
-                t = type(new)
-                if t is bytes:
-                    seq.append((len(new), handles[index]))
-                elif t is Recompressed:
-                    seq.append((len(new.data), handles[index]))
-                else:
-                    seq.append((0, handles[index]))
-                    if t is Pending:
-                        more += PENDING_BYTES
-            blocks = arena.blocks_to_map(seq)
-            if writes and self.mem_limit:
-                need = sum(c.block_bytes * k for c, k in blocks.items()) + more
-                if need > 0 and self.mem_used_total + need > self.mem_limit:
-                    self.failed_writes += writes
-                    raise StoreError(errno.ENOSPC, "mem_limit reached")
-            # map every block the request needs first: an mmap that fails
-            # (ENOMEM) fails the request before it changes anything; blocks
-            # emptied meanwhile are released at the end (their spots count)
-            if blocks:
-                arena.map_blocks(blocks)
-                self._update_mem_locked()  # the peak includes them
+            if not self._reserve_locked(changes, writes):
+                return False
             arena.deferring = True
             try:
-                now = self.now()
-                flags = self._flags
-                atime = self._atime
-                sums = self._sums
-                for index, new, _, checksum in changes:
-                    old = handles[index]
-                    old_side = side.get(index) if old & TAG_MASK == TAG_SIDE else None
-                    t = type(new)
-                    if t is bytes:
-                        n = len(new)
-                        h = arena.alloc(new)
-                        self.compr_data_size += n
-                        if n == PAGE_SIZE:
-                            self.huge_pages += 1
-                            self.huge_pages_since += 1
-                    elif new is None:
-                        h = 0
-                    elif t is int:
-                        if new < SAME_WORD_LIMIT:
-                            h = new << 2 | TAG_SAME
-                        else:
-                            h = TAG_SIDE
-                            side[index] = SameWord(new)
-                        self.same_pages += 1
-                    elif t is Recompressed:
-                        h = arena.alloc(new.data, FLAG_BIT)
-                        self.compr_data_size += len(new.data)
-                        self.recompressed_pages += 1
-                    else:  # Pending, Backed
-                        h = TAG_SIDE
-                        side[index] = new
-                        if t is Pending:
-                            self.pending_pages += 1
-                            self.compr_data_size += PAGE_SIZE
-                        else:
-                            self.bd_count += 1
-                    handles[index] = h
-                    # the old entry leaves
-                    if old & TAG_MASK == TAG_OBJ:
-                        arena.free_obj(old)
-                        on = (old >> LEN_SHIFT) & LEN_MASK
-                        self.compr_data_size -= on
-                        if old & FLAG_BIT:
-                            self.recompressed_pages -= 1
-                        elif on == PAGE_SIZE:
-                            self.huge_pages -= 1
-                    elif old != 0:
-                        self._forget(index, old, old_side)
-                    if h == 0:
-                        if old != 0:
-                            self.pages_stored -= 1
-                    elif old == 0:
-                        self.pages_stored += 1
-                    if t is Backed:  # as zram: written-back pages are not idle
-                        flags[index] &= ~IDLE
-                    elif t is not Recompressed:  # new data
-                        flags[index] = 0
-                        atime[index] = now
-                    if sums is not None and checksum is not None:
-                        sums[index] = checksum
+                self._apply_locked(changes)
             finally:
                 arena.release_deferred()
             if zero_range is not None and zero_range[1] - zero_range[0] >= TABLE_RELEASE_MIN_PAGES:
@@ -952,6 +866,110 @@ class PageStore:
             if arena.epoch > self._compact_check_epoch:
                 self._kick_compactor()
         return True
+
+    def _reserve_locked(self, changes, writes: int) -> bool:
+        """``_install``'s first half (lock held): False if a slot no longer
+        holds its expected entry; ENOSPC past ``mem_limit`` for a write;
+        else map every block the request needs and return True.  Changes
+        nothing in the slots."""
+        handles = self._handles
+        arena = self._arena
+        for index, _new, expected, _sum in changes:
+            if expected is not _ANY and not self._matches(index, expected):
+                return False
+        seq = []  # (new object's length or 0, old handle), in order
+        more = 0
+        for index, new, _, _ in changes:
+            t = type(new)
+            if t is bytes:
+                seq.append((len(new), handles[index]))
+            elif t is Recompressed:
+                seq.append((len(new.data), handles[index]))
+            else:
+                seq.append((0, handles[index]))
+                if t is Pending:
+                    more += PENDING_BYTES
+        blocks = arena.blocks_to_map(seq)
+        if writes and self.mem_limit:
+            need = sum(c.block_bytes * k for c, k in blocks.items()) + more
+            if need > 0 and self.mem_used_total + need > self.mem_limit:
+                self.failed_writes += writes
+                raise StoreError(errno.ENOSPC, "mem_limit reached")
+        # map every block the request needs first: an mmap that fails
+        # (ENOMEM) fails the request before it changes anything; blocks
+        # emptied meanwhile are released at the end (their spots count)
+        if blocks:
+            arena.map_blocks(blocks)
+            self._update_mem_locked()  # the peak includes them
+        return True
+
+    def _apply_locked(self, changes) -> None:
+        """``_install``'s second half (lock held, the blocks mapped, the
+        arena deferring releases): put each new entry in, take each old
+        one out, keep the counters."""
+        handles = self._handles
+        arena = self._arena
+        side = self._side
+        now = self.now()
+        flags = self._flags
+        atime = self._atime
+        sums = self._sums
+        for index, new, _, checksum in changes:
+            old = handles[index]
+            old_side = side.get(index) if old & TAG_MASK == TAG_SIDE else None
+            t = type(new)
+            if t is bytes:
+                n = len(new)
+                h = arena.alloc(new)
+                self.compr_data_size += n
+                if n == PAGE_SIZE:
+                    self.huge_pages += 1
+                    self.huge_pages_since += 1
+            elif new is None:
+                h = 0
+            elif t is int:
+                if new < SAME_WORD_LIMIT:
+                    h = new << 2 | TAG_SAME
+                else:
+                    h = TAG_SIDE
+                    side[index] = SameWord(new)
+                self.same_pages += 1
+            elif t is Recompressed:
+                h = arena.alloc(new.data, FLAG_BIT)
+                self.compr_data_size += len(new.data)
+                self.recompressed_pages += 1
+            else:  # Pending, Backed
+                h = TAG_SIDE
+                side[index] = new
+                if t is Pending:
+                    self.pending_pages += 1
+                    self.compr_data_size += PAGE_SIZE
+                else:
+                    self.bd_count += 1
+            handles[index] = h
+            # the old entry leaves
+            if old & TAG_MASK == TAG_OBJ:
+                arena.free_obj(old)
+                on = (old >> LEN_SHIFT) & LEN_MASK
+                self.compr_data_size -= on
+                if old & FLAG_BIT:
+                    self.recompressed_pages -= 1
+                elif on == PAGE_SIZE:
+                    self.huge_pages -= 1
+            elif old != 0:
+                self._forget(index, old, old_side)
+            if h == 0:
+                if old != 0:
+                    self.pages_stored -= 1
+            elif old == 0:
+                self.pages_stored += 1
+            if t is Backed:  # as zram: written-back pages are not idle
+                flags[index] &= ~IDLE
+            elif t is not Recompressed:  # new data
+                flags[index] = 0
+                atime[index] = now
+            if sums is not None and checksum is not None:
+                sums[index] = checksum
 
     # ------------------------------------------------------------------
     # block status
