@@ -77,6 +77,13 @@ lockless reader loads points at a live object until ``epoch`` moves.
 Flags and atimes are updated without the lock (a racing reader can at
 worst leave a page marked idle a little longer); a large trim gives the
 tables' emptied pages back under the lock, so no install races it.
+
+Contracts with the rest of the engine (docs/design.md#module-layout)
+--------------------------------------------------------------------
+scan.py reads the tables only through ``slot_tables`` (no lock) and
+installs only through ``commit``; compaction.py arms its check with
+``arm_compaction``, reads ``compaction_figures`` and calls ``compact``;
+the 4 KiB ``write`` uses the arena's fast-path interface (arena.py).
 """
 
 from __future__ import annotations
