@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from bench.servers import SkipSystem
-from zramd.store import MM_STAT_FIELDS  # zram's mm_stat columns, one list
+from zramd.engine.store import MM_STAT_FIELDS  # zram's mm_stat columns, one list
 
 ZRAM_CONTROL = Path("/sys/class/zram-control")
 

@@ -25,14 +25,14 @@ except ImportError:  # run from a checkout without PYTHONPATH
 
 from zramd import commands, failures, logs, nodump, pinning, shutdown, swap
 from zramd import config as zconfig
-from zramd.backing import BackingFile
-from zramd.checksums import make_checksum
-from zramd.codecs import make_codec
 from zramd.control import ControlError, ControlServer
-from zramd.device import Device
-from zramd.store import PageStore
+from zramd.engine.backing import BackingFile
+from zramd.engine.checksums import make_checksum
+from zramd.engine.codecs import make_codec
+from zramd.engine.device import Device
+from zramd.engine.store import PageStore
+from zramd.engine.writeback import Writeback
 from zramd.units import PAGE_SHIFT, PAGE_SIZE
-from zramd.writeback import Writeback
 
 API_VERSION = 2
 

@@ -18,9 +18,9 @@ import zlib
 import lz4.block
 import xxhash
 
-from zramd.backing import BackingFile
-from zramd.codecs import make_codec
-from zramd.store import PageStore
+from zramd.engine.backing import BackingFile
+from zramd.engine.codecs import make_codec
+from zramd.engine.store import PageStore
 
 PAGE = (b"swap-like text page 0123456789 " * 140)[:4096]
 ROUNDS = 5

@@ -23,7 +23,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from zramd.store import MM_STAT_FIELDS  # zram's mm_stat columns, one list
+from zramd.engine.store import MM_STAT_FIELDS  # zram's mm_stat columns, one list
 
 _ZRAM_MM_STAT = "/zram0/mm_stat "
 

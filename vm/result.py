@@ -37,7 +37,7 @@ def max_mem_left_after_teardown_bytes(mem_used_max: int = 0) -> int:
     than ``mem_used_max`` pays for at the smallest block size)
     (docs/design.md#page-arena-and-memory-accounting; `zramd compact` gives
     those back too)."""
-    from zramd.arena import BLOCK_META_BYTES, CLASS_TABLE, SPARE_ID_BYTES
+    from zramd.engine.arena import BLOCK_META_BYTES, CLASS_TABLE, SPARE_ID_BYTES
 
     smallest_block = min(c.block_bytes + BLOCK_META_BYTES for c in CLASS_TABLE)
     return (

@@ -20,6 +20,8 @@ from . import __version__, cgroup, configfile, logs, metrics
 from .commands import RECOMPRESS_TYPES
 from .config import ConfigError, Settings, default_socket_path, describe
 from .control import TIMEOUT_SECONDS, ControlError, call
+from .engine.store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
+from .engine.writeback import WRITEBACK_TYPES
 from .instances import Stripe, aggregate, discover, instance_settings, split_bytes
 from .options import BY_FIELD, OPTIONS, Option
 from .server import Server, ServerError, memory_advice, stop_refusal
@@ -31,11 +33,9 @@ from .sockets import (
     socket_state,
     write_pid_file,
 )
-from .store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
 from .swap import LockError, lock_memory, set_oom_score_adj
 from .tls import qemu_object
 from .units import PAGE_SIZE, human_size, parse_size, physical_memory_bytes
-from .writeback import WRITEBACK_TYPES
 
 log = logging.getLogger("zramd")
 STAT_FILES = {"mm_stat": MM_STAT_FIELDS, "io_stat": IO_STAT_FIELDS, "bd_stat": BD_STAT_FIELDS}

@@ -127,7 +127,7 @@ def _writeback_of(device):
 @command("writeback")
 def _writeback(device, args):
     """zram's ``echo TYPE > writeback``, with an optional page budget."""
-    from .writeback import WRITEBACK_TYPES
+    from .engine.writeback import WRITEBACK_TYPES
 
     _check_args(args, "writeback", {"type", "limit"})
     wb_type = args.get("type")
@@ -172,7 +172,7 @@ def _compact(device, args):
     """zram's ``echo 1 > compact``: move objects out of sparse blocks and
     give the emptied blocks back; returns what was freed."""
     _no_args(args, "compact")
-    result = device.store.compact()  # (which trims the heaps too: zramd/heap.py)
+    result = device.store.compact()  # (which trims the heaps too: zramd/engine/heap.py)
     return {
         "moved": result["moved"],
         "pages_freed": result["pages_freed"],

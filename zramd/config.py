@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from .codecs import make_codec
+from .engine.codecs import make_codec
 from .options import (
     BY_PLUGIN_KEY,
     DEFAULT_ADDRESS,

@@ -30,9 +30,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .checksums import CHECKSUMS
-from .codecs import CODECS
-from .device import DEFAULT_PENDING_LIMIT_BYTES, MODES
+from .engine.checksums import CHECKSUMS
+from .engine.codecs import CODECS
+from .engine.device import DEFAULT_PENDING_LIMIT_BYTES, MODES
 from .units import PAGE_SIZE, format_size, parse_device_size, parse_size, physical_memory_bytes
 
 

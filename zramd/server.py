@@ -133,7 +133,7 @@ def check_backing_file(settings: Settings) -> None:
     """Refuse an unwritable backing file, or one another zramd holds."""
     if not settings.backing_file:
         return
-    from .backing import BackingError, check_backing
+    from .engine.backing import BackingError, check_backing
 
     try:
         check_backing(settings.backing_file, settings.backing_size_bytes or settings.size_bytes)

@@ -104,7 +104,7 @@ def test_metrics_under_fio_load(sockdir):
         for key in ("mem_limit", "disksize", "pending_limit"):
             assert first[key][1] == js[key] == second[key][1]
         # every mm_stat / io_stat / bd_stat field is there
-        from zramd.store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
+        from zramd.engine.store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
         for key in MM_STAT_FIELDS + IO_STAT_FIELDS + BD_STAT_FIELDS:
             assert key in second, key
         # the textfile collector's output: the same families, the same device label

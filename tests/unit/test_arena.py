@@ -12,8 +12,8 @@ import threading
 
 import pytest
 
-from zramd import heap
-from zramd.arena import (
+from zramd.engine import heap
+from zramd.engine.arena import (
     BLOCK_META_BYTES,
     BLOCK_SHIFT,
     CLASS_TABLE,
@@ -23,8 +23,8 @@ from zramd.arena import (
     TAG_OBJ,
     Arena,
 )
-from zramd.codecs import make_codec
-from zramd.store import HUGE_THRESHOLD, PageStore
+from zramd.engine.codecs import make_codec
+from zramd.engine.store import HUGE_THRESHOLD, PageStore
 from zramd.units import PAGE_SIZE
 
 sys_rng = random.Random(20261126)
@@ -228,7 +228,7 @@ WRITER_STEPS = 400
 @pytest.fixture
 def fast_thread_switches(monkeypatch):
     # the compactor loops on store.compact(); its heap trim (a full garbage
-    # collection, zramd/heap.py, tested on its own) is not what this tests
+    # collection, zramd/engine/heap.py, tested on its own) is not what this tests
     monkeypatch.setattr(heap, "trim", lambda: True)
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-5)
@@ -240,7 +240,7 @@ def fast_thread_switches(monkeypatch):
 def test_compaction_under_concurrent_readers_and_writers(checksum, fast_thread_switches):
     """Readers and writers never see a moved or reused object while
     compaction runs in a loop; every counter audits after every phase."""
-    from zramd.checksums import make_checksum
+    from zramd.engine.checksums import make_checksum
     pages = 2048
     store = PageStore(pages * PAGE_SIZE, make_codec("lz4"), checksum=make_checksum(checksum))
     model = [None] * pages
@@ -355,7 +355,7 @@ def test_rewrite_reusing_the_same_spot_is_not_mistaken_for_the_old_data():
     store.write(os.urandom(PAGE_SIZE), 0)            # to another spot
     store.write(os.urandom(PAGE_SIZE), 0)            # back to the first one
     assert store._handles[0] == old[0]               # same handle value...
-    from zramd.store import Backed
+    from zramd.engine.store import Backed
     assert store.holds(0, old)                       # ...passes the cheap check
     assert not store.commit(0, old, Backed(0))       # but not the content check
     store.audit()
@@ -424,7 +424,7 @@ def test_compaction_skips_objects_rewritten_between_scan_and_move():
 def test_automatic_compaction_runs_once_fragmentation_passes_the_trigger():
     """The store wakes the compaction thread when free spots pass the
     trigger; it compacts, then waits for as much again to be freed."""
-    from zramd.compaction import AutoCompactor
+    from zramd.engine.compaction import AutoCompactor
 
     pages = 4096
     store = PageStore(pages * PAGE_SIZE, make_codec("lz4"))
@@ -461,7 +461,7 @@ def test_a_rewrite_at_mem_limit_reuses_the_spots_it_frees():
     (each page's new copy is made before its old one goes, as in zram):
     rewriting two full blocks needs one block of room, not two, and the
     emptied block is released at the end of the request."""
-    from zramd.arena import BLOCK_META_BYTES
+    from zramd.engine.arena import BLOCK_META_BYTES
 
     store = PageStore(128 * PAGE_SIZE, make_codec("none"))
     store.write(os.urandom(64 * PAGE_SIZE), 0)  # 8 full blocks of huge pages
@@ -522,7 +522,7 @@ def test_meta_bytes_is_what_the_bookkeeping_really_costs():
     (blocks on partial lists) and after compaction (spare ids)."""
     import tracemalloc
 
-    from zramd.arena import SPARE_ID_BYTES
+    from zramd.engine.arena import SPARE_ID_BYTES
 
     rng = random.Random(7)
     sizes = [3300, 3400, 2100, 2000, 1200, 500, 100, 40, PAGE_SIZE]

@@ -9,10 +9,10 @@ import os
 
 import pytest
 
-from zramd.backing import BackingError, BackingFile, check_backing
-from zramd.codecs import make_codec
-from zramd.store import PageStore
-from zramd.writeback import Writeback
+from zramd.engine.backing import BackingError, BackingFile, check_backing
+from zramd.engine.codecs import make_codec
+from zramd.engine.store import PageStore
+from zramd.engine.writeback import Writeback
 
 PAGE = 4096
 

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from helpers import run_threads
-from zramd.codecs import CODECS, ZstdCodec, make_codec
+from zramd.engine.codecs import CODECS, ZstdCodec, make_codec
 from zramd.units import PAGE_SIZE
 
 CODEC_NAMES = sorted(CODECS)

@@ -6,10 +6,10 @@ import stat
 import pytest
 
 from zramd import commands
-from zramd.codecs import make_codec
+from zramd.engine.codecs import make_codec
 from zramd.control import ControlError, ControlServer, call
-from zramd.device import Device
-from zramd.store import PageStore
+from zramd.engine.device import Device
+from zramd.engine.store import PageStore
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ import time
 import pytest
 
 from zramd import commands
-from zramd.codecs import make_codec
+from zramd.engine.codecs import make_codec
 from zramd.control import MAX_LINE_BYTES, ControlError, ControlServer, call
-from zramd.device import Device
-from zramd.store import PageStore
+from zramd.engine.device import Device
+from zramd.engine.store import PageStore
 from zramd.units import physical_memory_bytes
 
 PAGE = 4096

@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
-from zramd.arena import BLOCK_SHIFT, OFF_MASK, OFF_SHIFT
-from zramd.checksums import CHECKSUMS, make_checksum
-from zramd.codecs import make_codec
-from zramd.device import Device
-from zramd.store import ChecksumError, PageStore, Pending, StoreError
+from zramd.engine.arena import BLOCK_SHIFT, OFF_MASK, OFF_SHIFT
+from zramd.engine.checksums import CHECKSUMS, make_checksum
+from zramd.engine.codecs import make_codec
+from zramd.engine.device import Device
+from zramd.engine.store import ChecksumError, PageStore, Pending, StoreError
 from zramd.units import PAGE_SIZE
 
 TEXT = (b"stable pages must hold still while compressed. " * 100)[:PAGE_SIZE]

@@ -2,7 +2,7 @@
 
 import weakref
 
-from zramd import heap
+from zramd.engine import heap
 
 
 class Node:

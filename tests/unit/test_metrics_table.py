@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 
 from zramd import metrics
-from zramd.backing import BackingFile
-from zramd.codecs import make_codec
+from zramd.engine.backing import BackingFile
+from zramd.engine.codecs import make_codec
 from zramd.config import ConfigError, Settings
-from zramd.device import Device
-from zramd.store import PageStore
-from zramd.writeback import Writeback
+from zramd.engine.device import Device
+from zramd.engine.store import PageStore
+from zramd.engine.writeback import Writeback
 
 PAGE = 4096
 

@@ -1,4 +1,4 @@
-"""Slot scans (zramd/scan.py) against a plain per-slot reference: the
+"""Slot scans (zramd/engine/scan.py) against a plain per-slot reference: the
 bytes-level selection must pick exactly the pages a loop over every slot
 picks, for every scan type, limit and chunk boundary."""
 
@@ -7,10 +7,11 @@ import random
 
 import pytest
 
-from zramd import scan
-from zramd.arena import FLAG_BIT, LEN_MASK, LEN_SHIFT, TAG_MASK, TAG_OBJ
-from zramd.codecs import make_codec
-from zramd.store import IDLE, INCOMPRESSIBLE, PageStore
+from zramd.engine import scan
+from zramd.engine.arena import FLAG_BIT, LEN_MASK, LEN_SHIFT, TAG_MASK, TAG_OBJ
+from zramd.engine.codecs import make_codec
+from zramd.engine.slots import IDLE, INCOMPRESSIBLE
+from zramd.engine.store import PageStore
 from zramd.units import PAGE_SIZE
 
 PAGES = 5000

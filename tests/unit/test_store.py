@@ -8,9 +8,9 @@ import random
 import pytest
 
 from helpers import run_threads
-from zramd.codecs import make_codec
-from zramd.arena import BLOCK_META_BYTES, BLOCK_SHIFT, SPARE_ID_BYTES, OFF_MASK, OFF_SHIFT
-from zramd.store import (EXTENT_DATA, EXTENT_HOLE, EXTENT_ZERO, HUGE_THRESHOLD,
+from zramd.engine.codecs import make_codec
+from zramd.engine.arena import BLOCK_META_BYTES, BLOCK_SHIFT, SPARE_ID_BYTES, OFF_MASK, OFF_SHIFT
+from zramd.engine.store import (EXTENT_DATA, EXTENT_HOLE, EXTENT_ZERO, HUGE_THRESHOLD,
                          PageStore, StoreError, same_filled_word)
 from zramd.units import PAGE_SIZE
 

@@ -17,10 +17,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from zramd import heap
-from zramd.arena import BLOCK_META_BYTES, SPARE_ID_BYTES
-from zramd.codecs import make_codec
-from zramd.store import PageStore
+from zramd.engine import heap
+from zramd.engine.arena import BLOCK_META_BYTES, SPARE_ID_BYTES
+from zramd.engine.codecs import make_codec
+from zramd.engine.store import PageStore
 from zramd.units import PAGE_SIZE
 
 PAGES = 8
@@ -53,7 +53,7 @@ def payloads(draw, max_bytes: int) -> bytes:
 @pytest.fixture(autouse=True)
 def no_heap_trim(monkeypatch):
     """``compact`` ends with a full garbage collection and malloc_trim
-    (zramd/heap.py, tested on its own in test_heap.py); in a process full of
+    (zramd/engine/heap.py, tested on its own in test_heap.py); in a process full of
     hypothesis's objects that costs tens of milliseconds per call and would
     make this model test the slowest of the unit layer."""
     monkeypatch.setattr(heap, "trim", lambda: True)

@@ -1,9 +1,9 @@
 """The writeback engine without nbdkit: the races that NBD cannot time."""
 
-from zramd.backing import BackingFile
-from zramd.codecs import make_codec
-from zramd.store import Backed, PageStore
-from zramd.writeback import Writeback
+from zramd.engine.backing import BackingFile
+from zramd.engine.codecs import make_codec
+from zramd.engine.store import Backed, PageStore
+from zramd.engine.writeback import Writeback
 
 PAGE = 4096
 TEXT = (b"cold pages flow to disk on their own. " * 120)[:PAGE]

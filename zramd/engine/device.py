@@ -43,9 +43,9 @@ approximate under concurrency (they are diagnostics, not zram's stats).
 
 from __future__ import annotations
 
+from ..units import PAGE_SHIFT, PAGE_SIZE
 from .compaction import AutoCompactor
 from .store import PageStore
-from .units import PAGE_SHIFT, PAGE_SIZE
 from .workers import CompressionWorkers
 
 MODES = ("inline", "async", "hybrid")

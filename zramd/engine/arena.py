@@ -75,6 +75,21 @@ copy.  If it changed, or the block was already released (ValueError,
 TypeError), the reader tries again or takes the lock.  No memoryview over a
 block is ever kept (closing an mmap with exports raises BufferError).
 
+Fast-path interface
+-------------------
+The store's 4 KiB write (``PageStore.write``) inlines ``alloc``,
+``free_obj`` and ``partial_add`` for speed (docs/design.md#what-a-4-kib-write-costs).
+That is the one place outside this module that touches the arena's
+fields, and only these (``FAST_PATH_FIELDS``; lock held): the block tables
+``maps``, ``fhead``, ``fcount``, ``owner``, ``pnext``, ``pprev``, the set
+``draining``, the counters ``epoch``, ``nr_blocks``, ``block_bytes``,
+``meta_bytes``, and per class (``CLASS_FAST_PATH_FIELDS``) ``size``,
+``objs``, ``block_bytes``, ``cur``, ``phead``, ``live``; and it calls the
+two operations ``next_block`` and ``release_block``.  It must keep every
+invariant above exactly as ``alloc``/``free_obj`` do; ``audit`` checks
+them all, and that these fields exist, after every step of the randomized
+store model test (tests/unit/test_store_model.py).
+
 Compaction (zram's ``compact``) picks, per class, the sparsest blocks whose
 objects fit into the free spots of the others, marks them *draining* (no
 allocation goes there), scans the owner's handle table without the lock,
@@ -89,7 +104,7 @@ from __future__ import annotations
 import mmap
 from array import array
 
-from .units import PAGE_SIZE
+from ..units import PAGE_SIZE
 
 MAX_CHAIN_PAGES = 8  # zsmalloc's CONFIG_ZSMALLOC_CHAIN_SIZE default: the class table
 MAX_BLOCK_PAGES = 16  # our blocks: zsmalloc's largest CONFIG_ZSMALLOC_CHAIN_SIZE
@@ -143,6 +158,23 @@ def _chain_pages(size: int) -> int:
         if best_waste is None or waste < best_waste:
             best_waste, best = waste, pages
     return best
+
+
+# what PageStore.write's inlined alloc/free reads and writes (module doc)
+FAST_PATH_FIELDS = (
+    "maps",
+    "fhead",
+    "fcount",
+    "owner",
+    "pnext",
+    "pprev",
+    "draining",
+    "epoch",
+    "nr_blocks",
+    "block_bytes",
+    "meta_bytes",
+)
+CLASS_FAST_PATH_FIELDS = ("size", "objs", "block_bytes", "cur", "phead", "live")
 
 
 class SizeClass:
@@ -336,17 +368,18 @@ class Arena:
         for b in deferred:
             c = self.owner[b]
             if c is not None and self.fcount[b] == c.objs and b != c.cur:
-                self._release(b, c)
+                self.release_block(b, c)
 
     # -- objects -------------------------------------------------------------
     def alloc(self, data, flag: int = 0) -> int:
         """Copy ``data`` (1..4096 bytes) into a spot; return its handle.
-        Lock held.  (PageStore.write inlines this: keep in step.)"""
+        Lock held.  (PageStore.write inlines this: see "Fast-path
+        interface" in the module docstring.)"""
         n = len(data)
         c = self.class_of[n]
         b = c.cur
         if b < 0:
-            b = self._next_block(c)
+            b = self.next_block(c)
         mm = self.maps[b]
         fhead = self.fhead
         s = fhead[b]
@@ -360,7 +393,9 @@ class Arena:
         c.live += 1
         return TAG_OBJ | flag | n << LEN_SHIFT | off << OFF_SHIFT | b << BLOCK_SHIFT
 
-    def _next_block(self, c: SizeClass) -> int:
+    def next_block(self, c: SizeClass) -> int:
+        """Make a block with a free spot ``c.cur`` and return it: the head of
+        the partial list, else a new block (lock held; fast-path interface)."""
         b = c.phead
         if b >= 0:  # the head of the partial list
             self._partial_remove(b, c)
@@ -397,8 +432,8 @@ class Arena:
         return b
 
     def free_obj(self, h: int) -> None:
-        """Give the spot of handle ``h`` back.  Lock held.
-        (PageStore.write inlines this: keep in step.)"""
+        """Give the spot of handle ``h`` back.  Lock held.  (PageStore.write
+        inlines this: see "Fast-path interface" in the module docstring.)"""
         b = h >> BLOCK_SHIFT
         c = self.owner[b]
         off = (h >> OFF_SHIFT) & OFF_MASK
@@ -415,15 +450,15 @@ class Arena:
             elif self.deferring:
                 self._deferred.append(b)
             else:
-                self._release(b, c)
+                self.release_block(b, c)
         elif k == 1 and b != c.cur and b not in self.draining:
             if c.cur < 0:  # no block being filled: this one is next
                 c.cur = b
             else:
                 self.partial_add(b, c)
 
-    def _release(self, b: int, c: SizeClass) -> None:
-        """munmap an empty block (lock held)."""
+    def release_block(self, b: int, c: SizeClass) -> None:
+        """munmap an empty block (lock held; fast-path interface)."""
         self.epoch += 1
         self._partial_remove(b, c)
         c.nblocks -= 1
@@ -479,7 +514,7 @@ class Arena:
         for c in self.classes:
             b = c.cur
             if b >= 0 and self.fcount[b] == c.objs:
-                self._release(b, c)
+                self.release_block(b, c)
                 pages += c.pages
         if self.nr_blocks == 0 and not self.draining and self.maps:
             # empty: drop the per-block lists grown to the peak (and the
@@ -613,7 +648,7 @@ class Arena:
         """Recompute every counter from the blocks (and the handles in
         ``table``) and compare; lock held by the caller.  Returns the
         recomputed figures; raises AssertionError listing what is wrong."""
-        errors = []
+        errors = self._audit_fast_path()
         nr_blocks = block_bytes = free_spot = live = 0
         per_class: dict = {}
         listed_in: dict = {}
@@ -669,6 +704,37 @@ class Arena:
             nlisted = listed_in.get(c, 0)
             if n != nlisted:
                 errors.append(f"class {c.size}: {n} blocks on the partial list, {nlisted} marked")
+        compr = self._audit_handles(table, frees, live, errors)
+        for name, value in (
+            ("nr_blocks", nr_blocks),
+            ("block_bytes", block_bytes),
+            ("free_spot_bytes", free_spot),
+            ("live_objects", live),  # a property: the classes' live counts
+            ("meta_bytes", meta),
+        ):
+            if getattr(self, name) != value:
+                errors.append(f"{name} is {getattr(self, name)}, recomputed {value}")
+        if errors:
+            raise AssertionError("arena audit: " + "; ".join(errors[:10]))
+        return {
+            "nr_blocks": nr_blocks,
+            "block_bytes": block_bytes,
+            "free_spot_bytes": free_spot,
+            "live_objects": live,
+            "meta_bytes": meta,
+            "compr_bytes": compr,
+        }
+
+    def _audit_fast_path(self) -> list:
+        """The fields the store's inlined 4 KiB write uses are still there."""
+        gone = [f for f in FAST_PATH_FIELDS if not hasattr(self, f)]
+        gone += [f"SizeClass.{f}" for f in CLASS_FAST_PATH_FIELDS if f not in SizeClass.__slots__]
+        return [f"fast-path field {f} is gone" for f in gone]
+
+    def _audit_handles(self, table, frees: dict, live: int, errors: list) -> int:
+        """``audit``'s check of the handle table against the blocks' free
+        spots (``frees``: block -> free spots) and ``live`` objects; appends
+        to ``errors``; returns the objects' bytes."""
         seen: dict = {}
         compr = 0
         for i, h in enumerate(table):
@@ -691,22 +757,4 @@ class Arena:
             seen[(b, off)] = i
         if table != () and len(seen) != live:
             errors.append(f"{len(seen)} handles for {live} live spots")
-        for name, value in (
-            ("nr_blocks", nr_blocks),
-            ("block_bytes", block_bytes),
-            ("free_spot_bytes", free_spot),
-            ("live_objects", live),  # a property: the classes' live counts
-            ("meta_bytes", meta),
-        ):
-            if getattr(self, name) != value:
-                errors.append(f"{name} is {getattr(self, name)}, recomputed {value}")
-        if errors:
-            raise AssertionError("arena audit: " + "; ".join(errors[:10]))
-        return {
-            "nr_blocks": nr_blocks,
-            "block_bytes": block_bytes,
-            "free_spot_bytes": free_spot,
-            "live_objects": live,
-            "meta_bytes": meta,
-            "compr_bytes": compr,
-        }
+        return compr

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import lz4.block
 
-from .units import PAGE_SIZE
+from ..units import PAGE_SIZE
 
 
 class Codec:

@@ -4,11 +4,12 @@ them": mark_idle, scan_slots_for_writeback, scan_slots_for_recompress).
 
 Why: docs/design.md#writeback-and-recompression.
 
-Everything here reads the store's handle table and flags without the
-store's lock (a page that changes during a scan is caught later: writeback
-and recompression install through ``store.commit``, which compares the
-slot's content under the lock).  Flag updates take no lock, as in the
-store: at worst a page stays marked idle a little longer.
+Everything here reads the store's handle table and flags through its
+public view ``store.slot_tables()``, without the store's lock (a page that
+changes during a scan is caught later: writeback and recompression install
+through ``store.commit``, which compares the slot's content under the lock).
+Flag updates take no lock, as in the store: at worst a page stays marked
+idle a little longer.
 
 How a scan walks the table: ``select`` takes ``SCAN_CHUNK_PAGES`` slots at
 a time, copies the low two bytes of each handle and the flags out of the
@@ -29,8 +30,9 @@ from __future__ import annotations
 import itertools
 import sys
 
+from ..units import PAGE_SIZE
 from .arena import FLAG_BIT, LEN_MASK, LEN_SHIFT, OFF_SHIFT, TAG_MASK, TAG_OBJ
-from .store import HUGE_THRESHOLD, IDLE, INCOMPRESSIBLE, PAGE_SIZE, Recompressed
+from .slots import HUGE_THRESHOLD, IDLE, INCOMPRESSIBLE, Recompressed
 
 # what candidates() can select: zram's writeback types, and all pages in RAM
 # in page order (all) or oldest access first (cold)
@@ -70,8 +72,8 @@ def select(store, flag: int = 0, huge: bool = False) -> list:
     recompressed), in page order; with ``flag``, only those with that flag
     set; with ``huge``, only huge pages.  A snapshot without the lock: the
     caller reads each handle again."""
-    raw = store._handles.cast("B")
-    flags = store._flags
+    handles, flags, _ = store.slot_tables()
+    raw = handles.cast("B")
     out: list = []
     for first in range(0, store.nr_pages, SCAN_CHUNK_PAGES):
         end = min(store.nr_pages, first + SCAN_CHUNK_PAGES)
@@ -101,7 +103,7 @@ def mark_idle(store, older_than_s: float | None = None) -> int:
     pages that hold a payload in RAM idle (all, or those not accessed for
     that long); an access clears the mark.  Returns how many are idle now.
     As in zram, same, pending and written-back pages are never idle."""
-    handles, flags, atime = store._handles, store._flags, store._atime
+    handles, flags, atime = store.slot_tables()
     cutoff = None if older_than_s is None else store.now() - int(older_than_s * 10)
     # Every stored page is touched here, so a plain walk beats select() and a
     # check per page (23 against 30 ms per GiB: docs/design.md, "Cost" under
@@ -115,12 +117,12 @@ def mark_idle(store, older_than_s: float | None = None) -> int:
 
 
 def idle_pages(store) -> int:
-    flags = bytes(store._flags)
+    flags = bytes(store.slot_tables()[1])
     return flags.count(IDLE) + flags.count(IDLE | INCOMPRESSIBLE)
 
 
 def incompressible_pages(store) -> int:
-    flags = bytes(store._flags)
+    flags = bytes(store.slot_tables()[1])
     return flags.count(INCOMPRESSIBLE) + flags.count(IDLE | INCOMPRESSIBLE)
 
 
@@ -136,11 +138,11 @@ def candidates(store, scan_type: str, limit: int | None = None) -> list:
     """
     if scan_type not in SCAN_TYPES:
         raise ValueError(f"unknown page type {scan_type!r}")
-    handles, flags = store._handles, store._flags
+    handles, flags, atime = store.slot_tables()
     flag, want_huge = _SCAN_FLAG.get(scan_type, 0), scan_type in _HUGE_SCANS
     indices = select(store, flag=flag, huge=want_huge)
     if scan_type == "cold":
-        indices.sort(key=store._atime.__getitem__)  # a C key: no Python call per page
+        indices.sort(key=atime.__getitem__)  # a C key: no Python call per page
     out: list = []
     for index in indices:
         if limit is not None and len(out) >= limit:
@@ -164,11 +166,12 @@ def recompress(store, scan_type: str = "all", threshold: int = 0, limit: int | N
     if store.recomp_codec is None:
         raise ValueError("no secondary compression algorithm is configured")
     done = {"recompressed": 0, "incompressible": 0, "skipped": 0, "saved_bytes": 0}
+    flags = store.slot_tables()[1]
     for index, h in candidates(store, scan_type):
         if limit is not None and done["recompressed"] + done["incompressible"] >= limit:
             break
         length = (h >> LEN_SHIFT) & LEN_MASK
-        if h & FLAG_BIT or store._flags[index] & INCOMPRESSIBLE or length < threshold:
+        if h & FLAG_BIT or flags[index] & INCOMPRESSIBLE or length < threshold:
             done["skipped"] += 1
             continue
         entry = store.entry(index)
@@ -179,7 +182,7 @@ def recompress(store, scan_type: str = "all", threshold: int = 0, limit: int | N
         out = store.recomp_codec.compress(page, min(length, HUGE_THRESHOLD))
         if out is None:
             if store.holds(index, h):
-                store._flags[index] |= INCOMPRESSIBLE
+                flags[index] |= INCOMPRESSIBLE
             done["incompressible"] += 1
         elif store.commit(index, entry, Recompressed(out)):
             done["recompressed"] += 1

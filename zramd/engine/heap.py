@@ -18,7 +18,7 @@ from __future__ import annotations
 import ctypes
 import gc
 
-from .libc import LIBC
+from ..libc import LIBC
 
 
 def trim() -> bool:

@@ -5,8 +5,8 @@ compacts when fragmentation passes a threshold.
 Why these numbers: docs/design.md#page-arena-and-memory-accounting.
 
 Policy: every ``AUTO_CHECK_FREES`` frees (the arena's ``epoch`` counts
-them; the I/O path compares it with ``store._compact_check_epoch``, one
-compare after a free), this thread looks at what compaction could give
+them; the store arms the check with ``store.arm_compaction`` and its I/O
+path makes one compare after a free), this thread looks at what compaction could give
 back (whole blocks' worth of free spots per class, O(classes)) and
 compacts if that is at least ``max(AUTO_MIN_BYTES, AUTO_RATIO *
 block_bytes)``.  Fragmentation only grows by frees, so nothing is checked
@@ -55,11 +55,10 @@ class AutoCompactor:
 
     def _arm(self) -> None:
         """Ask for the next check after ``check_frees`` more frees."""
-        with self.store._lock:
-            self.store._compact_check_epoch = self.store._arena.epoch + self.check_frees
+        self.store.arm_compaction(self.check_frees)
 
-    def threshold_bytes(self) -> int:
-        return max(self.min_bytes, int(self.ratio * self.store._arena.block_bytes))
+    def threshold_bytes(self, block_bytes: int) -> int:
+        return max(self.min_bytes, int(self.ratio * block_bytes))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="zramd-compact", daemon=True)
@@ -72,11 +71,11 @@ class AutoCompactor:
             self._thread.join()
             self._thread = None
         self.store.compactor = None
-        self.store._compact_check_epoch = 1 << 62
+        self.store.disarm_compaction()
 
     def kick(self) -> None:
-        """Called by the store (its lock held) when the check is due."""
-        self.store._compact_check_epoch = 1 << 62  # once, until re-armed
+        """Called by the store (its lock held, the check disarmed) when the
+        check is due."""
         self._event.set()
 
     def _run(self) -> None:
@@ -87,8 +86,8 @@ class AutoCompactor:
                 return
             try:
                 self.checks += 1
-                with self.store._lock:
-                    due = self.store._arena.fragmented_bytes() >= self.threshold_bytes()
+                fragmented_bytes, block_bytes = self.store.compaction_figures()
+                due = fragmented_bytes >= self.threshold_bytes(block_bytes)
                 if due:
                     result = self.store.compact()
                     self.runs += 1

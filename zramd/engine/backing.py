@@ -89,9 +89,9 @@ import threading
 
 import xxhash
 
-from . import safeopen
-from .libc import LIBC
-from .units import PAGE_SIZE
+from .. import safeopen
+from ..libc import LIBC
+from ..units import PAGE_SIZE
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02

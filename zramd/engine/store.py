@@ -77,6 +77,13 @@ lockless reader loads points at a live object until ``epoch`` moves.
 Flags and atimes are updated without the lock (a racing reader can at
 worst leave a page marked idle a little longer); a large trim gives the
 tables' emptied pages back under the lock, so no install races it.
+
+Contracts with the rest of the engine (docs/design.md#module-layout)
+--------------------------------------------------------------------
+scan.py reads the tables only through ``slot_tables`` (no lock) and
+installs only through ``commit``; compaction.py arms its check with
+``arm_compaction``, reads ``compaction_figures`` and calls ``compact``;
+the 4 KiB ``write`` uses the arena's fast-path interface (arena.py).
 """
 
 from __future__ import annotations
@@ -88,13 +95,13 @@ import threading
 import time
 from time import monotonic_ns as _monotonic_ns
 
-from . import heap
+from ..units import PAGE_SHIFT, PAGE_SIZE
+from . import heap, scan
 from .arena import (
     BLOCK_SHIFT,
     FLAG_BIT,
     LEN_MASK,
     LEN_SHIFT,
-    MAX_COMPRESSED_BYTES,
     OFF_MASK,
     OFF_SHIFT,
     TAG_MASK,
@@ -102,19 +109,13 @@ from .arena import (
     Arena,
 )
 from .codecs import Codec
-from .units import PAGE_SHIFT, PAGE_SIZE
+from .slots import HUGE_THRESHOLD, IDLE, Recompressed
 
 PAGE_MASK = PAGE_SIZE - 1
 ZERO_PAGE = bytes(PAGE_SIZE)
 WORD_SIZE = 8
 WORDS_PER_PAGE = PAGE_SIZE // WORD_SIZE
 
-# A compressed page longer than this is stored raw (huge).  zram stores
-# pages that compress to zsmalloc's huge_class_size or more raw: 3632 bytes
-# less the 7 of its in-object handle since Linux 6.3 (3264 before).  Our
-# arena keeps no handle in the object, so the cut is its largest class that
-# still packs more than one object per block: 3632 bytes (arena.py).
-HUGE_THRESHOLD = MAX_COMPRESSED_BYTES + 1
 
 # A compressed page this small may be same-filled (lz4 makes 26-33 bytes of
 # one, zstd 19-25): only then is the word test worth its 0.3 us.
@@ -170,10 +171,6 @@ BD_STAT_FIELDS = ("bd_count", "bd_reads", "bd_writes")
 
 _ANY = object()  # "install whatever the slot holds now" (full-page writes)
 
-# page flags (zram's names)
-IDLE = 1
-INCOMPRESSIBLE = 2
-
 
 class StoreError(OSError):
     """An I/O error with the errno the NBD client should see."""
@@ -195,16 +192,6 @@ class Pending:
     __slots__ = ("data",)
 
     def __init__(self, data):
-        self.data = data
-
-
-class Recompressed:
-    """A page compressed again with the store's secondary codec (what
-    ``commit`` installs; stored in the arena with ``FLAG_BIT``)."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes):
         self.data = data
 
 
@@ -538,7 +525,8 @@ class PageStore:
         A 4 KiB aligned write runs in this one frame
         (docs/design.md#a-4-kib-write-step-by-step): ``encode`` and ``_install``'s
         one-page case unrolled, with ``Arena.alloc`` and ``Arena.free_obj``
-        inlined; keep them in step.
+        inlined through the arena's documented fast-path interface
+        (arena.py, "Fast-path interface"; ``audit`` checks its invariants).
         """
         if len(data) != PAGE_SIZE or offset & PAGE_MASK or not 0 <= offset < self.size_bytes:
             self._write(data, offset, None)
@@ -581,7 +569,7 @@ class PageStore:
                 ):
                     self.failed_writes += 1
                     raise StoreError(errno.ENOSPC, "mem_limit reached")
-                b = arena._next_block(c)
+                b = arena.next_block(c)
             # arena.alloc(new), inlined
             mm = arena.maps[b]
             fhead = arena.fhead
@@ -622,7 +610,7 @@ class PageStore:
                     oc.live -= 1
                 if k == oc.objs:
                     if ob != oc.cur:
-                        arena._release(ob, oc)
+                        arena.release_block(ob, oc)
                 elif k == 1 and ob != oc.cur and ob not in arena.draining:
                     if oc.cur < 0:  # a rewrite's next page goes here
                         oc.cur = ob
@@ -662,11 +650,31 @@ class PageStore:
         finally:
             lock.release()
 
-    _compact_check_epoch = 1 << 62  # set by compaction.AutoCompactor
+    # The compactor's contract (compaction.AutoCompactor): it arms a check
+    # with ``arm_compaction``; the I/O path, after a free, compares the
+    # arena's epoch with ``_compact_check_epoch`` (one compare) and calls
+    # the compactor's ``kick`` with the lock held, which disarms it.
+    _compact_check_epoch = 1 << 62  # "never": no check armed
 
     def _kick_compactor(self) -> None:
+        self._compact_check_epoch = 1 << 62  # once, until re-armed
         if self.compactor is not None:
             self.compactor.kick()
+
+    def arm_compaction(self, after_frees: int) -> None:
+        """Ask for a compactor ``kick`` after ``after_frees`` more frees."""
+        with self._lock:
+            self._compact_check_epoch = self._arena.epoch + after_frees
+
+    def disarm_compaction(self) -> None:
+        """No more kicks until armed again."""
+        self._compact_check_epoch = 1 << 62
+
+    def compaction_figures(self) -> tuple[int, int]:
+        """(bytes compaction could give back, bytes of live blocks), read
+        together under the lock."""
+        with self._lock:
+            return self._arena.fragmented_bytes(), self._arena.block_bytes
 
     def _forget(self, index: int, old: int, e) -> None:
         """Counters for a same or side handle ``old`` (side object ``e``)
@@ -845,99 +853,13 @@ class PageStore:
         refused (a trim must not fail for lack of memory).  A checksum of
         None keeps the slot's own.
         """
-        handles = self._handles
         arena = self._arena
-        side = self._side
         with self._lock:
-            for index, _new, expected, _sum in changes:
-                if expected is not _ANY and not self._matches(index, expected):
-                    return False
-            seq = []  # (new object's length or 0, old handle), in order
-            more = 0
-            for index, new, _, _ in changes:
-                t = type(new)
-                if t is bytes:
-                    seq.append((len(new), handles[index]))
-                elif t is Recompressed:
-                    seq.append((len(new.data), handles[index]))
-                else:
-                    seq.append((0, handles[index]))
-                    if t is Pending:
-                        more += PENDING_BYTES
-            blocks = arena.blocks_to_map(seq)
-            if writes and self.mem_limit:
-                need = sum(c.block_bytes * k for c, k in blocks.items()) + more
-                if need > 0 and self.mem_used_total + need > self.mem_limit:
-                    self.failed_writes += writes
-                    raise StoreError(errno.ENOSPC, "mem_limit reached")
-            # map every block the request needs first: an mmap that fails
-            # (ENOMEM) fails the request before it changes anything; blocks
-            # emptied meanwhile are released at the end (their spots count)
-            if blocks:
-                arena.map_blocks(blocks)
-                self._update_mem_locked()  # the peak includes them
+            if not self._reserve_locked(changes, writes):
+                return False
             arena.deferring = True
             try:
-                now = self.now()
-                flags = self._flags
-                atime = self._atime
-                sums = self._sums
-                for index, new, _, checksum in changes:
-                    old = handles[index]
-                    old_side = side.get(index) if old & TAG_MASK == TAG_SIDE else None
-                    t = type(new)
-                    if t is bytes:
-                        n = len(new)
-                        h = arena.alloc(new)
-                        self.compr_data_size += n
-                        if n == PAGE_SIZE:
-                            self.huge_pages += 1
-                            self.huge_pages_since += 1
-                    elif new is None:
-                        h = 0
-                    elif t is int:
-                        if new < SAME_WORD_LIMIT:
-                            h = new << 2 | TAG_SAME
-                        else:
-                            h = TAG_SIDE
-                            side[index] = SameWord(new)
-                        self.same_pages += 1
-                    elif t is Recompressed:
-                        h = arena.alloc(new.data, FLAG_BIT)
-                        self.compr_data_size += len(new.data)
-                        self.recompressed_pages += 1
-                    else:  # Pending, Backed
-                        h = TAG_SIDE
-                        side[index] = new
-                        if t is Pending:
-                            self.pending_pages += 1
-                            self.compr_data_size += PAGE_SIZE
-                        else:
-                            self.bd_count += 1
-                    handles[index] = h
-                    # the old entry leaves
-                    if old & TAG_MASK == TAG_OBJ:
-                        arena.free_obj(old)
-                        on = (old >> LEN_SHIFT) & LEN_MASK
-                        self.compr_data_size -= on
-                        if old & FLAG_BIT:
-                            self.recompressed_pages -= 1
-                        elif on == PAGE_SIZE:
-                            self.huge_pages -= 1
-                    elif old != 0:
-                        self._forget(index, old, old_side)
-                    if h == 0:
-                        if old != 0:
-                            self.pages_stored -= 1
-                    elif old == 0:
-                        self.pages_stored += 1
-                    if t is Backed:  # as zram: written-back pages are not idle
-                        flags[index] &= ~IDLE
-                    elif t is not Recompressed:  # new data
-                        flags[index] = 0
-                        atime[index] = now
-                    if sums is not None and checksum is not None:
-                        sums[index] = checksum
+                self._apply_locked(changes)
             finally:
                 arena.release_deferred()
             if zero_range is not None and zero_range[1] - zero_range[0] >= TABLE_RELEASE_MIN_PAGES:
@@ -951,6 +873,110 @@ class PageStore:
             if arena.epoch > self._compact_check_epoch:
                 self._kick_compactor()
         return True
+
+    def _reserve_locked(self, changes, writes: int) -> bool:
+        """``_install``'s first half (lock held): False if a slot no longer
+        holds its expected entry; ENOSPC past ``mem_limit`` for a write;
+        else map every block the request needs and return True.  Changes
+        nothing in the slots."""
+        handles = self._handles
+        arena = self._arena
+        for index, _new, expected, _sum in changes:
+            if expected is not _ANY and not self._matches(index, expected):
+                return False
+        seq = []  # (new object's length or 0, old handle), in order
+        more = 0
+        for index, new, _, _ in changes:
+            t = type(new)
+            if t is bytes:
+                seq.append((len(new), handles[index]))
+            elif t is Recompressed:
+                seq.append((len(new.data), handles[index]))
+            else:
+                seq.append((0, handles[index]))
+                if t is Pending:
+                    more += PENDING_BYTES
+        blocks = arena.blocks_to_map(seq)
+        if writes and self.mem_limit:
+            need = sum(c.block_bytes * k for c, k in blocks.items()) + more
+            if need > 0 and self.mem_used_total + need > self.mem_limit:
+                self.failed_writes += writes
+                raise StoreError(errno.ENOSPC, "mem_limit reached")
+        # map every block the request needs first: an mmap that fails
+        # (ENOMEM) fails the request before it changes anything; blocks
+        # emptied meanwhile are released at the end (their spots count)
+        if blocks:
+            arena.map_blocks(blocks)
+            self._update_mem_locked()  # the peak includes them
+        return True
+
+    def _apply_locked(self, changes) -> None:
+        """``_install``'s second half (lock held, the blocks mapped, the
+        arena deferring releases): put each new entry in, take each old
+        one out, keep the counters."""
+        handles = self._handles
+        arena = self._arena
+        side = self._side
+        now = self.now()
+        flags = self._flags
+        atime = self._atime
+        sums = self._sums
+        for index, new, _, checksum in changes:
+            old = handles[index]
+            old_side = side.get(index) if old & TAG_MASK == TAG_SIDE else None
+            t = type(new)
+            if t is bytes:
+                n = len(new)
+                h = arena.alloc(new)
+                self.compr_data_size += n
+                if n == PAGE_SIZE:
+                    self.huge_pages += 1
+                    self.huge_pages_since += 1
+            elif new is None:
+                h = 0
+            elif t is int:
+                if new < SAME_WORD_LIMIT:
+                    h = new << 2 | TAG_SAME
+                else:
+                    h = TAG_SIDE
+                    side[index] = SameWord(new)
+                self.same_pages += 1
+            elif t is Recompressed:
+                h = arena.alloc(new.data, FLAG_BIT)
+                self.compr_data_size += len(new.data)
+                self.recompressed_pages += 1
+            else:  # Pending, Backed
+                h = TAG_SIDE
+                side[index] = new
+                if t is Pending:
+                    self.pending_pages += 1
+                    self.compr_data_size += PAGE_SIZE
+                else:
+                    self.bd_count += 1
+            handles[index] = h
+            # the old entry leaves
+            if old & TAG_MASK == TAG_OBJ:
+                arena.free_obj(old)
+                on = (old >> LEN_SHIFT) & LEN_MASK
+                self.compr_data_size -= on
+                if old & FLAG_BIT:
+                    self.recompressed_pages -= 1
+                elif on == PAGE_SIZE:
+                    self.huge_pages -= 1
+            elif old != 0:
+                self._forget(index, old, old_side)
+            if h == 0:
+                if old != 0:
+                    self.pages_stored -= 1
+            elif old == 0:
+                self.pages_stored += 1
+            if t is Backed:  # as zram: written-back pages are not idle
+                flags[index] &= ~IDLE
+            elif t is not Recompressed:  # new data
+                flags[index] = 0
+                atime[index] = now
+            if sums is not None and checksum is not None:
+                sums[index] = checksum
 
     # ------------------------------------------------------------------
     # block status
@@ -989,32 +1015,30 @@ class PageStore:
 
     # ------------------------------------------------------------------
     # idle pages, writeback and recompression (zram's knobs): the scans
-    # live in scan.py; these keep the store's public interface.
-    def mark_idle(self, older_than_s: float | None = None) -> int:
-        from . import scan
+    # live in scan.py and read the tables through ``slot_tables``.
+    def slot_tables(self) -> tuple:
+        """The public view scans read: (handles, flags, atime), one entry per
+        slot (``Q``, ``B`` and ``I`` arrays; atime in deciseconds of
+        ``now``).  Read without the lock: a page that changes meanwhile is
+        caught by ``commit``.  Only flags may be written through it (no lock,
+        as the store does: at worst a page stays idle a little longer)."""
+        return self._handles, self._flags, self._atime
 
+    def mark_idle(self, older_than_s: float | None = None) -> int:
         return scan.mark_idle(self, older_than_s)
 
     def idle_pages(self) -> int:
-        from . import scan
-
         return scan.idle_pages(self)
 
     def incompressible_pages(self) -> int:
-        from . import scan
-
         return scan.incompressible_pages(self)
 
     def candidates(self, scan_type: str, limit: int | None = None) -> list:
-        from . import scan
-
         return scan.candidates(self, scan_type, limit)
 
     def recompress(
         self, scan_type: str = "all", threshold: int = 0, limit: int | None = None
     ) -> dict:
-        from . import scan
-
         return scan.recompress(self, scan_type, threshold, limit)
 
     def commit(self, index: int, expected, new) -> bool:
@@ -1040,7 +1064,7 @@ class PageStore:
         the emptied blocks back to the OS.  Safe under I/O."""
         with self._compact_lock:
             result = self._arena.compact(self._handles, self._lock)
-            heap.trim()  # what the heaps keep besides the arena (zramd/heap.py)
+            heap.trim()  # what the heaps keep besides the arena (zramd/engine/heap.py)
         with self._lock:
             self._update_mem_locked()
             result["pages_compacted"] = self._arena.pages_compacted
