@@ -54,6 +54,7 @@ from bench.kernel_zram import ZramDevice
 from bench.servers import ServerProcess, SkipSystem, server_command, zramd_stats
 from bench.stats import num, spread
 from bench.systems import by_name
+from zramd import process
 
 MIB = 1 << 20
 PAGE_BYTES = 4096
@@ -122,33 +123,7 @@ def settings(ctx: Context) -> dict:
 
 
 # --------------------------------------------------------------------------
-# /proc
-
-
-def status_bytes(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM, VmLck of a process, in bytes."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key = line.split(":", 1)[0]
-            if key in ("VmRSS", "VmHWM", "VmLck"):
-                out[key] = int(line.split()[1]) * 1024
-    return out
-
-
-def nbdkit_pid(server: ServerProcess, timeout_s: float = 10) -> int:
-    """The nbdkit process under `zramd serve` (where zramd's memory is)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        for pid in server.pids():
-            try:
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "nbdkit":
-                    return pid
-            except OSError:
-                pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("no nbdkit process under zramd serve")
-        time.sleep(0.05)
+# VmRSS over time
 
 
 class RssSampler:
@@ -169,7 +144,7 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                rss = status_bytes(self.pid)["VmRSS"]
+                rss = process.status_bytes(self.pid)["VmRSS"]
             except (OSError, KeyError):
                 return
             self.samples.append((time.monotonic() - self.t0, rss))
@@ -271,9 +246,9 @@ class ZramdTarget:
 
     def start(self, sample: bool = True) -> ZramdTarget:
         self.server.start()
-        self.pid = nbdkit_pid(self.server)
+        self.pid = process.wait_nbdkit_pid(self.server.proc.pid)
         time.sleep(0.3)
-        self.idle_rss = status_bytes(self.pid)["VmRSS"]
+        self.idle_rss = process.status_bytes(self.pid)["VmRSS"]
         if sample:
             self.sampler = RssSampler(self.pid).start()
         return self
@@ -298,7 +273,7 @@ class ZramdTarget:
         return None
 
     def memory(self, stats: dict) -> dict:
-        st = status_bytes(self.pid)
+        st = process.status_bytes(self.pid)
         return {
             "rss": st["VmRSS"],
             "rss_above_idle": st["VmRSS"] - self.idle_rss,
@@ -593,7 +568,7 @@ class MemoryExperiments:
             )
             phase("fully trimmed", rw="trim", bs=1 << 20, size=disk, iodepth=4)
             phase("compacted")
-            hwm = status_bytes(target.pid)["VmHWM"]
+            hwm = process.status_bytes(target.pid)["VmHWM"]
             samples = [
                 (round(t, 3), rss - target.idle_rss) for t, rss in target.sampler.samples[::5]
             ]
@@ -631,7 +606,7 @@ class MemoryExperiments:
                             h.pread(PAGE_BYTES, 0)
                             handles.append(h)
                         values.setdefault(f"{name} 2 clients", []).append(
-                            status_bytes(target.pid)["VmRSS"]
+                            process.status_bytes(target.pid)["VmRSS"]
                         )
                         for h in handles:
                             h.shutdown()
