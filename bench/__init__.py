@@ -35,6 +35,7 @@ Modules, one job each:
                     the sections
     memory_report.py  the memory section's tables, README lines and charts
     stats.py        medians and spreads over rounds
+    formats.py      how the report prints numbers (ratios, IOPS, spreads)
     plots.py        PNG charts (matplotlib, Agg)
     report.py       results.md, results.json, docs/bench and README's block
     machine.py      what the run ran on

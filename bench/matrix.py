@@ -24,6 +24,7 @@ from typing import IO
 
 from bench import corpus, fill, fio, plots, storage, targets
 from bench.context import Context
+from bench.formats import kilo, num, times
 from bench.kernel_zram import ZramDevice
 from bench.servers import (
     ServerProcess,
@@ -32,7 +33,6 @@ from bench.servers import (
     server_command,
     zramd_stats_settled,
 )
-from bench.stats import kilo, num, times
 from bench.systems import FIO_DATA_OPTIONS, WORKLOADS, System, Workload, select
 
 

@@ -50,9 +50,10 @@ from typing import IO
 
 from bench import corpus, fill
 from bench.context import Context
+from bench.formats import num
 from bench.kernel_zram import ZramDevice
 from bench.servers import ServerProcess, SkipSystem, server_command, zramd_stats
-from bench.stats import num, spread
+from bench.stats import spread
 from bench.systems import by_name
 from zramd import process
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.formats import met_cell, num
 from bench.memory import (
     CHURN_PHASES,
     MEM_LIMIT_OVERSHOOT_MAX,
@@ -19,7 +20,6 @@ from bench.memory import (
     mib_spread,
     phase_row,
 )
-from bench.stats import met_cell, num
 from bench.systems import by_name
 
 
