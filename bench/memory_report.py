@@ -71,8 +71,7 @@ def _churn_table(churn: dict) -> list[str]:
 
 
 def _mem_limit_table(lim: dict) -> list[str]:
-    lines: list[str] = []
-    lines += [
+    lines = [
         f"### With --mem-limit {lim['mem_limit_bytes'] >> 20}M",
         "",
         "zramd alone: fill at 50%, rewrite at 80% then 20% compressible (writes past the "
@@ -102,8 +101,7 @@ def _mem_limit_table(lim: dict) -> list[str]:
 
 
 def _footprint_table(fp: dict, s: dict) -> list[str]:
-    lines: list[str] = []
-    lines += [
+    lines = [
         "### Fixed footprint",
         "",
         f"VmRSS of the nbdkit process before anything is stored, MiB, median of "
@@ -135,8 +133,7 @@ def _footprint_table(fp: dict, s: dict) -> list[str]:
 
 
 def _sweep_table(sweep: dict) -> list[str]:
-    lines: list[str] = []
-    lines += [
+    lines = [
         "### Compression ratio against kernel zram",
         "",
         f"{sweep['size_bytes'] >> 20} MiB written (fio, 128 KiB, `buffer_compress_percentage` "
@@ -168,8 +165,7 @@ def _sweep_table(sweep: dict) -> list[str]:
 
 
 def _targets_table(targets: list[dict]) -> list[str]:
-    lines: list[str] = []
-    lines += [
+    lines = [
         "### Memory targets",
         "",
         "| target | want | measured | met |",
