@@ -800,12 +800,17 @@ def metadata_bytes_per_page(data: dict) -> tuple[float | None, str]:
     )
 
 
-def evaluate(data: dict) -> list[dict]:
-    out = []
-
+def _adder(out: list[dict]):
     def add(target, want, measured, met):
         out.append({"target": target, "want": want, "measured": measured, "met": met})
 
+    return add
+
+
+def _compaction_targets(data: dict) -> list[dict]:
+    """RSS per compressed byte after compaction."""
+    out: list[dict] = []
+    add = _adder(out)
     comp = phase_row(data, "zramd", "compacted")
     ratio = median_of(comp["memory_per_compr"]) if comp else None
     zram_comp = phase_row(data, "zram", "compacted")
@@ -826,6 +831,13 @@ def evaluate(data: dict) -> list[dict]:
             else f"{ratio:.3f}x (kernel zram mem_used_total/compr {num(zratio, '.3f')}x)",
             None if ratio is None else ratio <= COMPACTED_RSS_PER_COMPR_MAX,
         )
+    return out
+
+
+def _mem_limit_targets(data: dict) -> list[dict]:
+    """The peak RSS against --mem-limit."""
+    out: list[dict] = []
+    add = _adder(out)
     lim = data.get("mem_limit")
     if lim:
         peak = max([lim["hwm_per_limit"]] + [p.get("peak_per_limit") or 0 for p in lim["phases"]])
@@ -835,6 +847,14 @@ def evaluate(data: dict) -> list[dict]:
             f"{peak:.3f}x ({peak * lim['mem_limit_bytes'] / MIB:.0f} MiB)",
             peak <= MEM_LIMIT_OVERSHOOT_MAX,
         )
+    return out
+
+
+def _trimmed_targets(data: dict) -> list[dict]:
+    """RSS left after a full trim, and metadata per page."""
+    out: list[dict] = []
+    add = _adder(out)
+    lim = data.get("mem_limit")
     end = phase_row(data, "zramd", "trimmed + compacted")
     if end:
         v = median_of(end["rss_above_idle"])
@@ -860,6 +880,13 @@ def evaluate(data: dict) -> list[dict]:
         None if meta is None else f"{meta:.1f} B, {how}",
         None if meta is None else meta <= METADATA_BYTES_PER_PAGE_MAX,
     )
+    return out
+
+
+def _footprint_targets(data: dict) -> list[dict]:
+    """Idle RSS, plain and with --swap."""
+    out: list[dict] = []
+    add = _adder(out)
     fp = (data.get("footprint") or {}).get("rss") or {}
     for key, limit, label in (
         ("plain idle", IDLE_RSS_MAX, "idle RSS, 1 GiB device"),
@@ -869,6 +896,13 @@ def evaluate(data: dict) -> list[dict]:
         v = fp.get(key)
         if v and v["median"] is not None:
             add(label, f"<= {limit >> 20} MiB", f"{mib_spread(v)} MiB", v["max"] <= limit)
+    return out
+
+
+def _sweep_targets(data: dict) -> list[dict]:
+    """The compression ratio against kernel zram, every point."""
+    out: list[dict] = []
+    add = _adder(out)
     sweep = data.get("sweep")
     if sweep:
         for key, label in (
@@ -895,3 +929,14 @@ def evaluate(data: dict) -> list[dict]:
                 worst >= 1 - RATIO_TOLERANCE,
             )
     return out
+
+
+def evaluate(data: dict) -> list[dict]:
+    """Every memory target, met or missed, in the order the report lists them."""
+    return (
+        _compaction_targets(data)
+        + _mem_limit_targets(data)
+        + _trimmed_targets(data)
+        + _footprint_targets(data)
+        + _sweep_targets(data)
+    )
