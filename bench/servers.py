@@ -7,8 +7,9 @@ SIGTERM, then SIGKILL to every descendant after 10 s, and removes the
 sockets. Its log file collects stdout and stderr. Not thread-safe: one
 bench thread drives it.
 
-CPU time: ``cpu_seconds()`` sums utime+stime from /proc/PID/stat over the
-nbdkit processes of the tree (the whole tree where none is called nbdkit);
+CPU time: ``cpu_seconds()`` sums utime+stime (zramd/process.py, which also
+finds the nbdkit processes and reads RSS for the CLI, vm/ and the tests) over
+the nbdkit processes of the tree (the whole tree where none is called nbdkit);
 a process's counters include its exited threads, so the difference over a
 job is the server's work for that job.
 """
