@@ -33,7 +33,9 @@ Modules, one job each:
     targets.py      ratios against peers and the targets they are judged by
     matrix.py, scaling.py, cpu.py, baseline.py, backing.py, scrapes.py, memory.py
                     the sections
+    memory_report.py  the memory section's tables, README lines and charts
     stats.py        medians and spreads over rounds
+    formats.py      how the report prints numbers (ratios, IOPS, spreads)
     plots.py        PNG charts (matplotlib, Agg)
     report.py       results.md, results.json, docs/bench and README's block
     machine.py      what the run ran on

@@ -26,8 +26,9 @@ from pathlib import Path
 
 from bench import measure, plots
 from bench.context import Context
+from bench.formats import outcome_lines, tenths, times, with_spread
 from bench.servers import ServerProcess, SkipSystem, server_command, zramd_serve_has
-from bench.stats import outcome_lines, per_round_ratio, spread, tenths, times, with_spread
+from bench.stats import per_round_ratio, spread
 from bench.systems import Workload, by_name
 
 SYSTEMS = {

@@ -33,8 +33,9 @@ from pathlib import Path
 
 from bench import measure, plots
 from bench.context import Context
+from bench.formats import tenths, times, with_spread
 from bench.servers import ROOT, ServerProcess, server_command
-from bench.stats import per_round_ratio, spread, tenths, times, with_spread
+from bench.stats import per_round_ratio, spread
 from bench.systems import by_name
 
 BASELINE_REV = "a3eee5cb7015fc86bc117c7aa1a43835f540f281"

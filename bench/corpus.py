@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from zramd import process
+
 PAGE_BYTES = 4096
 CHUNK_PAGES = 64
 CORPUS_VERSION = 1
@@ -105,44 +107,9 @@ def anonymous_pages(pid):
                     yield page
 
 
-def descendants(pid):
-    """pid and every process below it."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
-def rss_bytes(pids):
-    """The summed VmRSS of pids, in bytes."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return total
-
-
 def _snapshot(proc, name):
     """Stop proc and its descendants, copy their anonymous pages, kill them."""
-    pids = descendants(proc.pid)
+    pids = process.descendants(proc.pid)
     for pid in pids:
         try:
             os.kill(pid, signal.SIGSTOP)
@@ -292,7 +259,10 @@ def _gcc_pages(workdir, functions, target_bytes):
     start = time.monotonic()
 
     def grown():
-        return proc.poll() is not None or rss_bytes(descendants(proc.pid)[1:]) >= target_bytes
+        return (
+            proc.poll() is not None
+            or process.rss_bytes(process.descendants(proc.pid)[1:]) >= target_bytes
+        )
 
     _wait_until(grown, 20)
     if proc.poll() is not None:

@@ -29,8 +29,9 @@ from pathlib import Path
 
 from bench import measure, plots
 from bench.context import Context
+from bench.formats import kilo, tenths, with_spread
 from bench.servers import ServerProcess, SkipSystem, server_command, zramd_serve_has
-from bench.stats import kilo, spread, tenths, with_spread
+from bench.stats import spread
 from bench.systems import by_name
 
 SYSTEM_NAME = "zramd-lz4"

@@ -24,6 +24,7 @@ from typing import IO
 
 from bench import corpus, fill, fio, plots, storage, targets
 from bench.context import Context
+from bench.formats import kilo, num, times
 from bench.kernel_zram import ZramDevice
 from bench.servers import (
     ServerProcess,
@@ -32,7 +33,6 @@ from bench.servers import (
     server_command,
     zramd_stats_settled,
 )
-from bench.stats import kilo, num, times
 from bench.systems import FIO_DATA_OPTIONS, WORKLOADS, System, Workload, select
 
 
@@ -172,28 +172,7 @@ class Matrix:
             for w in workloads:
                 label = f"{name:<18} {dataset:<6} {w.name:<17}"
                 ctx.progress(f"{label} ...")
-                if w.rw == "corpus-fill":
-                    assert corpus_path is not None
-                    if zram:
-                        nbytes, secs, method = fill.corpus_onto_device(
-                            zram.dev, corpus_path, w.bs_bytes
-                        )
-                    else:
-                        nbytes, secs, method = fill.corpus_over_nbd(sock, corpus_path, w.bs_bytes)
-                    res = {
-                        "iops": nbytes / w.bs_bytes / secs,
-                        "mb_per_s": nbytes / 1e6 / secs,
-                        "p50_us": None,
-                        "p99_us": None,
-                        "elapsed_s": round(secs, 2),
-                        "method": method,
-                    }
-                else:
-                    json_path = ctx.logs / f"{name}.{dataset}.{w.name}.json"
-                    cmd = fio.job_command(
-                        [target], w, a.region_bytes, a.runtime_s, a.ramp_s, json_path
-                    )
-                    res = fio.run(cmd, log, timeout_s=ctx.fio_timeout_s())
+                res = self._job(ctx, w, name, dataset, target, sock, zram, corpus_path, log)
                 rec = {
                     "system": name,
                     "dataset": dataset,
@@ -211,106 +190,85 @@ class Matrix:
                 )
                 ctx.progress(f"{label} {rec['iops']:9.0f} IOPS {rec['mb_per_s']:8.1f} MB/s{lat}")
                 if w.fill and system.stores:
-                    stats = None
-                    if zram:
-                        stats = zram.mm_stat()
-                    elif system.kind == "zramd":
-                        assert ctx.zramd is not None
-                        stats = zramd_stats_settled(ctx.zramd, sock)
-                    rss_after = server.rss_bytes() if server else None
-                    rss_delta = (
-                        None
-                        if server is None or rss_after is None or rss_before is None
-                        else rss_after - rss_before
-                    )
-                    srec = storage.record(
-                        system, dataset, a.region_bytes, stats, rss_delta, rss_after
-                    )
-                    data["storage"].append(srec)
-                    ctx.progress(
-                        f"{name:<18} {dataset:<6} stored {srec['orig_bytes'] / 2**20:.0f} MiB: "
-                        f"ratio {num(srec['ratio'], '.2f')}, memory {num(srec['bytes_per_page'])} "
-                        "B/page "
-                        f"({srec['memory_source']}), overhead "
-                        f"{num(srec['overhead_bytes_per_page'])} B/page"
-                    )
+                    self._storage(ctx, system, dataset, sock, server, zram, rss_before, data)
         finally:
             if server:
                 server.stop()
             if zram:
                 zram.teardown()
 
+    @staticmethod
+    def _job(
+        ctx: Context,
+        w: Workload,
+        name: str,
+        dataset: str,
+        target: str,
+        sock: str,
+        zram: ZramDevice | None,
+        corpus_path: str | None,
+        log: IO[str],
+    ) -> dict:
+        """One workload on the target: a corpus fill, or a timed fio job."""
+        a = ctx.args
+        if w.rw == "corpus-fill":
+            assert corpus_path is not None
+            if zram:
+                nbytes, secs, method = fill.corpus_onto_device(zram.dev, corpus_path, w.bs_bytes)
+            else:
+                nbytes, secs, method = fill.corpus_over_nbd(sock, corpus_path, w.bs_bytes)
+            return {
+                "iops": nbytes / w.bs_bytes / secs,
+                "mb_per_s": nbytes / 1e6 / secs,
+                "p50_us": None,
+                "p99_us": None,
+                "elapsed_s": round(secs, 2),
+                "method": method,
+            }
+        json_path = ctx.logs / f"{name}.{dataset}.{w.name}.json"
+        cmd = fio.job_command([target], w, a.region_bytes, a.runtime_s, a.ramp_s, json_path)
+        return fio.run(cmd, log, timeout_s=ctx.fio_timeout_s())
+
+    @staticmethod
+    def _storage(
+        ctx: Context,
+        system: System,
+        dataset: str,
+        sock: str,
+        server: ServerProcess | None,
+        zram: ZramDevice | None,
+        rss_before: int | None,
+        data: dict,
+    ) -> None:
+        """After a fill: compression and memory per page, from stats and RSS."""
+        name = system.name
+        stats = None
+        if zram:
+            stats = zram.mm_stat()
+        elif system.kind == "zramd":
+            assert ctx.zramd is not None
+            stats = zramd_stats_settled(ctx.zramd, sock)
+        rss_after = server.rss_bytes() if server else None
+        rss_delta = (
+            None
+            if server is None or rss_after is None or rss_before is None
+            else rss_after - rss_before
+        )
+        srec = storage.record(system, dataset, ctx.args.region_bytes, stats, rss_delta, rss_after)
+        data["storage"].append(srec)
+        ctx.progress(
+            f"{name:<18} {dataset:<6} stored {srec['orig_bytes'] / 2**20:.0f} MiB: "
+            f"ratio {num(srec['ratio'], '.2f')}, memory {num(srec['bytes_per_page'])} "
+            "B/page "
+            f"({srec['memory_source']}), overhead "
+            f"{num(srec['overhead_bytes_per_page'])} B/page"
+        )
+
     # ------------------------------------------------------------------
     # Rendering
 
     def markdown(self, data: dict) -> list[str]:
-        c = data.get("corpus")
-        corpus_pages = f", {c['pages']} pages, {c['zero_pages']} zero" if c else ""
-        lines = [
-            "Datasets: **fio** = fio's compressible buffers "
-            f"(`{' '.join(data['fio_data_options'])}`); "
-            "**corpus** = swap-like corpus of real process memory (resident anonymous pages of "
-            "python3, sort and "
-            f"gcc started by the bench{corpus_pages}). "
-            "Each dataset starts on a fresh device whose whole region is written first (the fill "
-            "rows), "
-            "so reads always hit written data. NBD systems use fio `ioengine=nbd` over a Unix "
-            "socket; "
-            "kernel zram uses fio `libaio`, `direct=1`. Python plugins run with `nbdkit --threads "
-            "1`, "
-            "as zramd does. Numbers drift between runs; compare within one run.",
-            "",
-            "| system | data | workload | IOPS | MB/s | p50 µs | p99 µs | vs kernel zram | vs "
-            "nbdkit zstd |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for r in data["results"]:
-            lines.append(
-                f"| {r['system']} | {r['dataset']} | {r['workload']} | {num(r['iops'])} | "
-                f"{num(r['mb_per_s'], '.1f')} | {_lat(r, 'p50_us')} | {_lat(r, 'p99_us')} | "
-                f"{times(r.get('vs_kernel_zram'))} | {times(r.get('vs_nbdkit_zstd'))} |"
-            )
-        lines += [
-            "",
-            "Mixed rows show read/write latency. Ratio columns compare MB/s (= IOPS at equal block "
-            "size) "
-            "with the same data and workload. Fill rows: 128 KiB fio writes (fio data), "
-            "or the corpus written in 256 KiB requests one at a time (libnbd, or dd for kernel "
-            "zram).",
-            "",
-            "## Compression and memory",
-            "",
-            "| system | data | stored MiB | ratio | vs kernel zram | memory | memory source | "
-            "bytes/page "
-            "| overhead B/page | stats overhead B/page | same pages | huge pages |",
-            "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
-        ]
-        for s in data["storage"]:
-            memory = "-" if s["memory_bytes"] is None else f"{s['memory_bytes'] / 2**20:.1f} MiB"
-            lines.append(
-                f"| {s['system']} | {s['dataset']} | {s['orig_bytes'] / 2**20:.0f} | "
-                f"{num(s['ratio'], '.2f')} | "
-                f"{times(s.get('ratio_vs_kernel_zram'))} | {memory} | {s['memory_source'] or '-'} "
-                "| "
-                f"{num(s['bytes_per_page'])} | {num(s['overhead_bytes_per_page'])} | "
-                f"{num(s['stats_overhead_bytes_per_page'])} | {num(s.get('same_pages'))} | "
-                f"{num(s.get('huge_pages'))} |"
-            )
-        lines += [
-            "",
-            "ratio = orig_data_size / compr_data_size (payload only; same-filled pages count as "
-            "free). "
-            "memory = what the data made the system use: RSS growth of the server process tree "
-            "between "
-            "start and the end of the fill for processes, mm_stat mem_used_total for kernel zram "
-            "(which "
-            "leaves out its per-slot table sized at disksize, as RSS deltas leave out what a "
-            "server "
-            "allocates at start). bytes/page = memory / stored pages; overhead = (memory - "
-            "payload) / pages; "
-            "stats overhead = (mem_used_total - compr_data_size) / pages from the system's own "
-            "stats.",
-        ]
+        lines = _results_table(data) + _storage_table(data)
         if data.get("targets"):
             lines += ["", *targets.markdown(data["targets"])]
         notes = [s for s in data["systems"] if s["skipped"] or s["error"]]
@@ -371,6 +329,83 @@ class Matrix:
                 + ".",
             ]
         return lines
+
+
+def _results_table(data: dict) -> list[str]:
+    """The IOPS, MB/s and latency table, with the datasets it ran on."""
+    c = data.get("corpus")
+    corpus_pages = f", {c['pages']} pages, {c['zero_pages']} zero" if c else ""
+    lines = [
+        "Datasets: **fio** = fio's compressible buffers "
+        f"(`{' '.join(data['fio_data_options'])}`); "
+        "**corpus** = swap-like corpus of real process memory (resident anonymous pages of "
+        "python3, sort and "
+        f"gcc started by the bench{corpus_pages}). "
+        "Each dataset starts on a fresh device whose whole region is written first (the fill "
+        "rows), "
+        "so reads always hit written data. NBD systems use fio `ioengine=nbd` over a Unix "
+        "socket; "
+        "kernel zram uses fio `libaio`, `direct=1`. Python plugins run with `nbdkit --threads "
+        "1`, "
+        "as zramd does. Numbers drift between runs; compare within one run.",
+        "",
+        "| system | data | workload | IOPS | MB/s | p50 µs | p99 µs | vs kernel zram | vs "
+        "nbdkit zstd |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in data["results"]:
+        lines.append(
+            f"| {r['system']} | {r['dataset']} | {r['workload']} | {num(r['iops'])} | "
+            f"{num(r['mb_per_s'], '.1f')} | {_lat(r, 'p50_us')} | {_lat(r, 'p99_us')} | "
+            f"{times(r.get('vs_kernel_zram'))} | {times(r.get('vs_nbdkit_zstd'))} |"
+        )
+    return lines
+
+
+def _storage_table(data: dict) -> list[str]:
+    """The compression and memory table, with what its columns mean."""
+    lines = [
+        "",
+        "Mixed rows show read/write latency. Ratio columns compare MB/s (= IOPS at equal block "
+        "size) "
+        "with the same data and workload. Fill rows: 128 KiB fio writes (fio data), "
+        "or the corpus written in 256 KiB requests one at a time (libnbd, or dd for kernel "
+        "zram).",
+        "",
+        "## Compression and memory",
+        "",
+        "| system | data | stored MiB | ratio | vs kernel zram | memory | memory source | "
+        "bytes/page "
+        "| overhead B/page | stats overhead B/page | same pages | huge pages |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in data["storage"]:
+        memory = "-" if s["memory_bytes"] is None else f"{s['memory_bytes'] / 2**20:.1f} MiB"
+        lines.append(
+            f"| {s['system']} | {s['dataset']} | {s['orig_bytes'] / 2**20:.0f} | "
+            f"{num(s['ratio'], '.2f')} | "
+            f"{times(s.get('ratio_vs_kernel_zram'))} | {memory} | {s['memory_source'] or '-'} "
+            "| "
+            f"{num(s['bytes_per_page'])} | {num(s['overhead_bytes_per_page'])} | "
+            f"{num(s['stats_overhead_bytes_per_page'])} | {num(s.get('same_pages'))} | "
+            f"{num(s.get('huge_pages'))} |"
+        )
+    lines += [
+        "",
+        "ratio = orig_data_size / compr_data_size (payload only; same-filled pages count as "
+        "free). "
+        "memory = what the data made the system use: RSS growth of the server process tree "
+        "between "
+        "start and the end of the fill for processes, mm_stat mem_used_total for kernel zram "
+        "(which "
+        "leaves out its per-slot table sized at disksize, as RSS deltas leave out what a "
+        "server "
+        "allocates at start). bytes/page = memory / stored pages; overhead = (memory - "
+        "payload) / pages; "
+        "stats overhead = (mem_used_total - compr_data_size) / pages from the system's own "
+        "stats.",
+    ]
+    return lines
 
 
 def _lat(r: dict, key: str) -> str:

@@ -50,10 +50,12 @@ from typing import IO
 
 from bench import corpus, fill
 from bench.context import Context
+from bench.formats import num
 from bench.kernel_zram import ZramDevice
 from bench.servers import ServerProcess, SkipSystem, server_command, zramd_stats
-from bench.stats import met_cell, num, spread
+from bench.stats import spread
 from bench.systems import by_name
+from zramd import process
 
 MIB = 1 << 20
 PAGE_BYTES = 4096
@@ -122,33 +124,7 @@ def settings(ctx: Context) -> dict:
 
 
 # --------------------------------------------------------------------------
-# /proc
-
-
-def status_bytes(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM, VmLck of a process, in bytes."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key = line.split(":", 1)[0]
-            if key in ("VmRSS", "VmHWM", "VmLck"):
-                out[key] = int(line.split()[1]) * 1024
-    return out
-
-
-def nbdkit_pid(server: ServerProcess, timeout_s: float = 10) -> int:
-    """The nbdkit process under `zramd serve` (where zramd's memory is)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        for pid in server.pids():
-            try:
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "nbdkit":
-                    return pid
-            except OSError:
-                pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("no nbdkit process under zramd serve")
-        time.sleep(0.05)
+# VmRSS over time
 
 
 class RssSampler:
@@ -169,7 +145,7 @@ class RssSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                rss = status_bytes(self.pid)["VmRSS"]
+                rss = process.status_bytes(self.pid)["VmRSS"]
             except (OSError, KeyError):
                 return
             self.samples.append((time.monotonic() - self.t0, rss))
@@ -271,9 +247,9 @@ class ZramdTarget:
 
     def start(self, sample: bool = True) -> ZramdTarget:
         self.server.start()
-        self.pid = nbdkit_pid(self.server)
+        self.pid = process.wait_nbdkit_pid(self.server.proc.pid)
         time.sleep(0.3)
-        self.idle_rss = status_bytes(self.pid)["VmRSS"]
+        self.idle_rss = process.status_bytes(self.pid)["VmRSS"]
         if sample:
             self.sampler = RssSampler(self.pid).start()
         return self
@@ -298,7 +274,7 @@ class ZramdTarget:
         return None
 
     def memory(self, stats: dict) -> dict:
-        st = status_bytes(self.pid)
+        st = process.status_bytes(self.pid)
         return {
             "rss": st["VmRSS"],
             "rss_above_idle": st["VmRSS"] - self.idle_rss,
@@ -389,7 +365,9 @@ def record(target, phase: str, t_phase: float | None, extra: dict | None = None)
 # The section
 
 
-class Memory:
+class MemoryExperiments:
+    """The measurements; bench/memory_report.py adds the report to make the section."""
+
     name = "memory"
     title = "Memory: zramd against kernel zram"
 
@@ -591,7 +569,7 @@ class Memory:
             )
             phase("fully trimmed", rw="trim", bs=1 << 20, size=disk, iodepth=4)
             phase("compacted")
-            hwm = status_bytes(target.pid)["VmHWM"]
+            hwm = process.status_bytes(target.pid)["VmHWM"]
             samples = [
                 (round(t, 3), rss - target.idle_rss) for t, rss in target.sampler.samples[::5]
             ]
@@ -629,7 +607,7 @@ class Memory:
                             h.pread(PAGE_BYTES, 0)
                             handles.append(h)
                         values.setdefault(f"{name} 2 clients", []).append(
-                            status_bytes(target.pid)["VmRSS"]
+                            process.status_bytes(target.pid)["VmRSS"]
                         )
                         for h in handles:
                             h.shutdown()
@@ -720,16 +698,6 @@ class Memory:
                 target.stop()
         return {"size_bytes": size, "points": points, "rows": rows, "corpus": corpus_info}
 
-    # -- report ------------------------------------------------------------
-    def markdown(self, data: dict) -> list[str]:
-        return markdown(data)
-
-    def plots(self, data: dict, out: Path, title: str) -> list[str]:
-        return plots(data, out, title)
-
-    def summary(self, data: dict) -> list[str]:
-        return summary(data)
-
 
 def _libnbd():
     try:
@@ -744,11 +712,23 @@ def _libnbd():
 # Targets
 
 
-def _median(spread_or_none):
+def mib(v) -> str:
+    return "-" if v is None else f"{v / MIB:.1f}"
+
+
+def mib_spread(s: dict | None) -> str:
+    if not s or s.get("median") is None:
+        return "-"
+    if s["n"] <= 1 or s["max"] - s["min"] < 0.05 * MIB:
+        return mib(s["median"])
+    return f"{mib(s['median'])} ({mib(s['min'])}-{mib(s['max'])})"
+
+
+def median_of(spread_or_none):
     return None if not spread_or_none else spread_or_none.get("median")
 
 
-def _phase(data: dict, kind: str, phase: str) -> dict | None:
+def phase_row(data: dict, kind: str, phase: str) -> dict | None:
     rows = ((data.get("churn") or {}).get("summary") or {}).get(kind) or []
     return next((r for r in rows if r["phase"] == phase), None)
 
@@ -820,16 +800,21 @@ def metadata_bytes_per_page(data: dict) -> tuple[float | None, str]:
     )
 
 
-def evaluate(data: dict) -> list[dict]:
-    out = []
-
+def _adder(out: list[dict]):
     def add(target, want, measured, met):
         out.append({"target": target, "want": want, "measured": measured, "met": met})
 
-    comp = _phase(data, "zramd", "compacted")
-    ratio = _median(comp["memory_per_compr"]) if comp else None
-    zram_comp = _phase(data, "zram", "compacted")
-    zratio = _median(zram_comp["memory_per_compr"]) if zram_comp else None
+    return add
+
+
+def _compaction_targets(data: dict) -> list[dict]:
+    """RSS per compressed byte after compaction."""
+    out: list[dict] = []
+    add = _adder(out)
+    comp = phase_row(data, "zramd", "compacted")
+    ratio = median_of(comp["memory_per_compr"]) if comp else None
+    zram_comp = phase_row(data, "zram", "compacted")
+    zratio = median_of(zram_comp["memory_per_compr"]) if zram_comp else None
     if comp and comp.get("compact_error"):
         add(
             "after compaction, zramd RSS above idle / compr_data_size",
@@ -846,6 +831,13 @@ def evaluate(data: dict) -> list[dict]:
             else f"{ratio:.3f}x (kernel zram mem_used_total/compr {num(zratio, '.3f')}x)",
             None if ratio is None else ratio <= COMPACTED_RSS_PER_COMPR_MAX,
         )
+    return out
+
+
+def _mem_limit_targets(data: dict) -> list[dict]:
+    """The peak RSS against --mem-limit."""
+    out: list[dict] = []
+    add = _adder(out)
     lim = data.get("mem_limit")
     if lim:
         peak = max([lim["hwm_per_limit"]] + [p.get("peak_per_limit") or 0 for p in lim["phases"]])
@@ -855,9 +847,17 @@ def evaluate(data: dict) -> list[dict]:
             f"{peak:.3f}x ({peak * lim['mem_limit_bytes'] / MIB:.0f} MiB)",
             peak <= MEM_LIMIT_OVERSHOOT_MAX,
         )
-    end = _phase(data, "zramd", "trimmed + compacted")
+    return out
+
+
+def _trimmed_targets(data: dict) -> list[dict]:
+    """RSS left after a full trim, and metadata per page."""
+    out: list[dict] = []
+    add = _adder(out)
+    lim = data.get("mem_limit")
+    end = phase_row(data, "zramd", "trimmed + compacted")
     if end:
-        v = _median(end["rss_above_idle"])
+        v = median_of(end["rss_above_idle"])
         lim_end = lim["phases"][-1]["rss_above_idle"] if lim else None
         worst = (
             max(x for x in (v, lim_end) if x is not None)
@@ -880,6 +880,13 @@ def evaluate(data: dict) -> list[dict]:
         None if meta is None else f"{meta:.1f} B, {how}",
         None if meta is None else meta <= METADATA_BYTES_PER_PAGE_MAX,
     )
+    return out
+
+
+def _footprint_targets(data: dict) -> list[dict]:
+    """Idle RSS, plain and with --swap."""
+    out: list[dict] = []
+    add = _adder(out)
     fp = (data.get("footprint") or {}).get("rss") or {}
     for key, limit, label in (
         ("plain idle", IDLE_RSS_MAX, "idle RSS, 1 GiB device"),
@@ -888,7 +895,14 @@ def evaluate(data: dict) -> list[dict]:
     ):
         v = fp.get(key)
         if v and v["median"] is not None:
-            add(label, f"<= {limit >> 20} MiB", f"{_mib_spread(v)} MiB", v["max"] <= limit)
+            add(label, f"<= {limit >> 20} MiB", f"{mib_spread(v)} MiB", v["max"] <= limit)
+    return out
+
+
+def _sweep_targets(data: dict) -> list[dict]:
+    """The compression ratio against kernel zram, every point."""
+    out: list[dict] = []
+    add = _adder(out)
     sweep = data.get("sweep")
     if sweep:
         for key, label in (
@@ -917,341 +931,12 @@ def evaluate(data: dict) -> list[dict]:
     return out
 
 
-# --------------------------------------------------------------------------
-# Report
-
-
-def _mib(v) -> str:
-    return "-" if v is None else f"{v / MIB:.1f}"
-
-
-def _mib_spread(s: dict | None) -> str:
-    if not s or s.get("median") is None:
-        return "-"
-    if s["n"] <= 1 or s["max"] - s["min"] < 0.05 * MIB:
-        return _mib(s["median"])
-    return f"{_mib(s['median'])} ({_mib(s['min'])}-{_mib(s['max'])})"
-
-
-def _x(s: dict | None) -> str:
-    if not s or s.get("median") is None:
-        return "-"
-    if s["n"] <= 1 or s["max"] - s["min"] < 0.005:
-        return f"{s['median']:.2f}x"
-    return f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f})"
-
-
-def markdown(data: dict) -> list[str]:
-    s = data["settings"]
-    lines = ["## Memory: zramd against kernel zram", ""]
-    churn = (data.get("churn") or {}).get("summary") or {}
-    zramd_args = " ".join(by_name(ZRAMD_SYSTEM).args)
-    lines += [
-        f"A {s['disksize_bytes'] >> 20} MiB device each (zramd `{zramd_args}`, inline; "
-        "kernel zram "
-        f"lz4); fill {s['fill_bytes'] >> 20} MiB at 50% compressible (fio, 128 KiB), rewrite as "
-        "many bytes "
-        "in random 4 KiB writes at 20%, trim a random half of the pages, compact, trim "
-        "everything, compact "
-        "again; the same fio data for both (fixed seeds). **memory** is what the data really "
-        "costs: "
-        f"zramd's VmRSS above its idle VmRSS (the nbdkit process), kernel zram's mem_used_total "
-        f"(zsmalloc's pages). MiB, median of {s['rounds']} round(s) (min-max where they differ).",
-        "",
-    ]
-    if churn:
-        z, k = churn.get("zramd") or [], churn.get("zram") or []
-        lines += [
-            "| phase | zramd compr | zramd mem_used_total | zramd RSS above idle | zramd "
-            "memory/compr "
-            "| zram compr | zram mem_used_total | zram memory/compr |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for i, phase in enumerate(CHURN_PHASES):
-            zr = z[i] if i < len(z) else {}
-            kr = k[i] if i < len(k) else {}
-            lines.append(
-                f"| {phase} | {_mib_spread(zr.get('compr_data_size'))} | "
-                f"{_mib_spread(zr.get('mem_used_total'))} | "
-                f"{_mib_spread(zr.get('rss_above_idle'))} | "
-                f"{_x(zr.get('memory_per_compr'))} | {_mib_spread(kr.get('compr_data_size'))} | "
-                f"{_mib_spread(kr.get('mem_used_total'))} | {_x(kr.get('memory_per_compr'))} |"
-            )
-        errs = {r["compact_error"] for r in z if r.get("compact_error")}
-        if errs:
-            lines += ["", f"zramd compaction unavailable: {'; '.join(sorted(errs))}."]
-        lines.append("")
-    lim = data.get("mem_limit")
-    if lim:
-        lines += [
-            f"### With --mem-limit {lim['mem_limit_bytes'] >> 20}M",
-            "",
-            "zramd alone: fill at 50%, rewrite at 80% then 20% compressible (writes past the "
-            "limit fail "
-            "with ENOSPC and fio goes on), trim everything, compact. Peak = the highest VmRSS "
-            "sampled "
-            "every 20 ms during the phase, above idle.",
-            "",
-            "| phase | compr | mem_used_total | RSS above idle | peak RSS above idle | peak / "
-            "mem_limit "
-            "| ENOSPC writes |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for p in lim["phases"]:
-            lines.append(
-                f"| {p['phase']} | {_mib(p['compr_data_size'])} | {_mib(p['mem_used_total'])} | "
-                f"{_mib(p['rss_above_idle'])} | {_mib(p.get('peak_rss_above_idle'))} | "
-                f"{num(p.get('peak_per_limit'), '.3f')} | {p.get('fio', {}).get('errors', '-')} |"
-            )
-        lines += [
-            "",
-            f"VmHWM above idle over the whole run: {_mib(lim['hwm_above_idle'])} MiB "
-            f"({lim['hwm_per_limit']:.3f}x the limit).",
-            "",
-        ]
-    fp = data.get("footprint")
-    if fp:
-        lines += [
-            "### Fixed footprint",
-            "",
-            f"VmRSS of the nbdkit process before anything is stored, MiB, median of "
-            f"{s['footprint_rounds']} start(s) (min-max). 2 clients: two libnbd connections, one "
-            "read each.",
-            "",
-            "| server | idle | 2 clients connected |",
-            "|---|---:|---:|",
-        ]
-        for name, label in (
-            ("plain", "1 GiB device"),
-            ("swap", "1 GiB device, --swap"),
-            ("plain 4G", "4 GiB device"),
-        ):
-            lines.append(
-                f"| {label} | {_mib_spread(fp['rss'].get(name + ' idle'))} | "
-                f"{_mib_spread(fp['rss'].get(name + ' 2 clients'))} |"
-            )
-        if fp.get("table_bytes_per_device_page") is not None:
-            lines += [
-                "",
-                f"Per-page tables: {fp['table_bytes_per_device_page']:.1f} bytes per device page "
-                f"(idle VmRSS at 4 GiB minus 1 GiB, per page).",
-            ]
-        if fp.get("swap_skipped"):
-            lines += ["", f"--swap not measured: {fp['swap_skipped']}."]
-        lines.append("")
-    sweep = data.get("sweep")
-    if sweep:
-        lines += [
-            "### Compression ratio against kernel zram",
-            "",
-            f"{sweep['size_bytes'] >> 20} MiB written (fio, 128 KiB, `buffer_compress_percentage` "
-            "as given; "
-            "or the swap-like corpus) onto a device of that size, then trimmed and compacted "
-            "before the "
-            f"next point. ratio = orig_data_size / compr_data_size (payload) and orig_data_size / "
-            f"mem_used_total (memory); vs = zramd / kernel zram.",
-            "",
-            "| data | zramd orig/compr | zram orig/compr | vs | zramd orig/mem_used | zram "
-            "orig/mem_used | vs "
-            "| zramd huge pages | zram huge pages |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for p in sweep["points"]:
-            row = sweep["rows"][p]
-            z, k = row.get("zramd") or {}, row.get("zram") or {}
-            vs_c, vs_m = row.get("ratio_compr_vs_zram"), row.get("ratio_mem_vs_zram")
-            lines.append(
-                f"| {p} | {num(z.get('ratio_compr'), '.3f')} | {num(k.get('ratio_compr'), '.3f')} "
-                "| "
-                f"{'-' if vs_c is None else f'{(vs_c - 1) * 100:+.1f}%'} | "
-                f"{num(z.get('ratio_mem'), '.3f')} | {num(k.get('ratio_mem'), '.3f')} | "
-                f"{'-' if vs_m is None else f'{(vs_m - 1) * 100:+.1f}%'} | "
-                f"{num(z.get('huge_pages'))} | {num(k.get('huge_pages'))} |"
-            )
-        lines.append("")
-    if data.get("targets"):
-        lines += [
-            "### Memory targets",
-            "",
-            "| target | want | measured | met |",
-            "|---|---|---|---|",
-        ]
-        for t in data["targets"]:
-            lines.append(
-                f"| {t['target']} | {t['want']} | {t['measured'] or '-'} | {met_cell(t['met'])} |"
-            )
-        lines.append("")
-    notes = [f"- {k}: skipped: {v}" for k, v in data.get("skipped", {}).items()]
-    notes += [f"- {k}: failed: {v}" for k, v in data.get("errors", {}).items()]
-    if notes:
-        lines += ["Skipped or failed:", "", *notes, ""]
-    return lines
-
-
-def summary(data: dict) -> list[str]:
-    out = []
-    comp = _phase(data, "zramd", "compacted")
-    zcomp = _phase(data, "zram", "compacted")
-    if comp and _median(comp["memory_per_compr"]) is not None:
-        out.append(
-            f"Memory after fill, rewrite, half trim and compaction: zramd's RSS above idle is "
-            f"{_median(comp['memory_per_compr']):.2f}x its compressed payload"
-            + (
-                f", kernel zram's mem_used_total {_median(zcomp['memory_per_compr']):.2f}x"
-                if zcomp and _median(zcomp["memory_per_compr"])
-                else ""
-            )
-            + "."
-        )
-    fp = (data.get("footprint") or {}).get("rss") or {}
-    if fp.get("plain idle"):
-        swap = fp.get("swap idle")
-        out.append(
-            f"Idle RSS (1 GiB device): {fp['plain idle']['median'] / MIB:.1f} MiB"
-            + (f", with --swap {swap['median'] / MIB:.1f} MiB" if swap else "")
-            + "."
-        )
-    met = [t for t in data.get("targets", []) if t["met"] is not None]
-    if met:
-        out.append(
-            f"Memory targets met: {sum(t['met'] for t in met)} of {len(met)} "
-            f"(docs/bench/results.md, section Memory)."
-        )
-    return out
-
-
-def plots(data: dict, out: Path, title: str) -> list[str]:
-    from bench.plots import _pyplot
-
-    plt = _pyplot()
-    written = []
-    churn = (data.get("churn") or {}).get("summary") or {}
-    if churn:
-        series = []
-        if "zramd" in churn:
-            series += [
-                ("zramd RSS above idle", "zramd", "rss_above_idle", "C0", None),
-                ("zramd mem_used_total", "zramd", "mem_used_total", "C0", "//"),
-                ("zramd compr_data_size", "zramd", "compr_data_size", "C0", ".."),
-            ]
-        if "zram" in churn:
-            series += [
-                ("zram mem_used_total", "zram", "mem_used_total", "C1", None),
-                ("zram compr_data_size", "zram", "compr_data_size", "C1", ".."),
-            ]
-        fig, ax = plt.subplots(figsize=(12, 5.5))
-        width = 0.8 / len(series)
-        for i, (label, kind, key, color, hatch) in enumerate(series):
-            xs, ys, lo, hi = [], [], [], []
-            for g, row in enumerate(churn[kind]):
-                sp = row.get(key)
-                if not sp or sp["median"] is None:
-                    continue
-                xs.append(g - 0.4 + width * (i + 0.5))
-                ys.append(sp["median"] / MIB)
-                lo.append((sp["median"] - sp["min"]) / MIB)
-                hi.append((sp["max"] - sp["median"]) / MIB)
-            ax.bar(
-                xs,
-                ys,
-                width,
-                yerr=[lo, hi],
-                capsize=2,
-                label=label,
-                color=color,
-                alpha=1.0 if hatch is None else 0.55,
-                hatch=hatch,
-                edgecolor="black",
-                linewidth=0.3,
-            )
-        ax.set_xticks(range(len(CHURN_PHASES)))
-        ax.set_xticklabels(CHURN_PHASES, rotation=15, ha="right", fontsize=8)
-        ax.set_ylabel("MiB")
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        ax.set_title(f"Memory per phase, zramd vs kernel zram (lz4): {title}", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(out / "memory.png", dpi=110)
-        plt.close(fig)
-        written.append("memory.png")
-    lim = data.get("mem_limit")
-    if lim and lim.get("samples"):
-        fig, ax = plt.subplots(figsize=(10, 4.5))
-        ts = [t for t, _ in lim["samples"]]
-        ax.plot(ts, [v / MIB for _, v in lim["samples"]], lw=1, label="zramd VmRSS above idle")
-        ax.axhline(lim["mem_limit_bytes"] / MIB, color="C3", ls="--", lw=1, label="mem_limit")
-        ax.axhline(
-            lim["mem_limit_bytes"] * MEM_LIMIT_OVERSHOOT_MAX / MIB,
-            color="C3",
-            ls=":",
-            lw=1,
-            label=f"mem_limit x {MEM_LIMIT_OVERSHOOT_MAX}",
-        )
-        for p in lim["phases"][1:]:  # each phase from its start
-            if p.get("t_start") is not None:
-                ax.axvline(p["t_start"], color="gray", lw=0.6, ls=":")
-                ax.text(
-                    p["t_start"],
-                    ax.get_ylim()[1] * 0.98,
-                    " " + p["phase"],
-                    fontsize=7,
-                    va="top",
-                    rotation=90,
-                    color="gray",
-                )
-        ax.set_xlabel("seconds")
-        ax.set_ylabel("MiB")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-        ax.set_title(f"RSS under --mem-limit {lim['mem_limit_bytes'] >> 20}M: {title}", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(out / "memory_limit.png", dpi=110)
-        plt.close(fig)
-        written.append("memory_limit.png")
-    sweep = data.get("sweep")
-    if sweep:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-        pts = sweep["points"]
-        for ax, key, label in (
-            (ax1, "ratio_compr", "orig / compr_data_size"),
-            (ax2, "ratio_mem", "orig / mem_used_total"),
-        ):
-            for kind, color, marker in (("zramd", "C0", "o"), ("zram", "C1", "s")):
-                name = "zramd" if kind == "zramd" else "kernel zram lz4"
-                xs = [i for i, p in enumerate(pts) if (sweep["rows"][p].get(kind) or {}).get(key)]
-                line = [i for i in xs if pts[i] != "corpus"]
-                if line:  # the fio points as a line, the corpus as its own point
-                    ax.plot(
-                        line,
-                        [sweep["rows"][pts[i]][kind][key] for i in line],
-                        marker=marker,
-                        color=color,
-                        label=name,
-                        alpha=0.8,
-                    )
-                for i in xs:
-                    if pts[i] == "corpus":
-                        ax.scatter(
-                            [i],
-                            [sweep["rows"][pts[i]][kind][key]],
-                            marker=marker,
-                            color=color,
-                            zorder=3,
-                        )
-            ax.set_xticks(range(len(pts)))
-            ax.set_xticklabels(pts, fontsize=8)
-            ax.set_xlabel("fio buffer_compress_percentage, or the swap-like corpus")
-            ax.set_ylabel(label)
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
-            ax.yaxis.set_minor_formatter(plt.matplotlib.ticker.NullFormatter())
-            ax.set_yticks([1, 1.5, 2, 3, 4, 6, 8])
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=8)
-            ax.set_title(label, fontsize=10)
-        fig.suptitle(f"Compression ratio: {title}", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(out / "memory_ratio.png", dpi=110)
-        plt.close(fig)
-        written.append("memory_ratio.png")
-    return written
+def evaluate(data: dict) -> list[dict]:
+    """Every memory target, met or missed, in the order the report lists them."""
+    return (
+        _compaction_targets(data)
+        + _mem_limit_targets(data)
+        + _trimmed_targets(data)
+        + _footprint_targets(data)
+        + _sweep_targets(data)
+    )

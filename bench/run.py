@@ -41,7 +41,7 @@ from bench.servers import find_zramd  # noqa: E402
 from bench.systems import FIO_DATA_OPTIONS, SYSTEMS, WORKLOADS  # noqa: E402
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="zramd benchmark suite (see the module docstring)")
     p.add_argument(
         "--quick", action="store_true", help="tiny region and short jobs: proves the pipeline (CI)"
@@ -106,6 +106,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--list", action="store_true", help="list sections, systems and workloads, then exit"
     )
+    return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The options, with the defaults that depend on --quick filled in."""
+    p = build_parser()
     a = p.parse_args(argv)
     selected = any(
         (

@@ -33,8 +33,9 @@ from pathlib import Path
 
 from bench import measure, plots
 from bench.context import Context
+from bench.formats import met_cell, outcome_lines, tenths, times, with_spread
 from bench.servers import ServerProcess, SkipSystem, server_command
-from bench.stats import met_cell, outcome_lines, per_round_ratio, spread, tenths, times, with_spread
+from bench.stats import per_round_ratio, spread
 from bench.systems import C_CEILING, LZ4_STORE_CEILING, PYTHON_CEILING, by_name, select
 
 SYSTEM_NAMES = ["zramd-lz4", LZ4_STORE_CEILING, PYTHON_CEILING, C_CEILING]

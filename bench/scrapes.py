@@ -14,7 +14,6 @@ summary (the spreads).
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import threading
@@ -23,20 +22,14 @@ from pathlib import Path
 
 from bench import measure
 from bench.context import Context
+from bench.formats import outcome_lines, tenths, times, with_spread
 from bench.servers import ServerProcess, SkipSystem, server_command, zramd_serve_has
-from bench.stats import outcome_lines, per_round_ratio, spread, tenths, times, with_spread
+from bench.stats import per_round_ratio, spread
 from bench.systems import Workload, by_name
+from zramd import process
 
 SCRAPERS = 32
 READ = Workload("randread-4k-qd16", "fio", "randread", 4096, 16)
-CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime+stime of one process, all its threads."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
 
 
 class Scrapers:
@@ -117,14 +110,14 @@ class ScrapeCost:
             measure.fill(ctx, server, log, f"scrapes-r{rnd}")
             for mode in ("quiet", "flooded") if rnd % 2 == 0 else ("flooded", "quiet"):
                 assert server.proc is not None
-                cpu0, t0 = process_cpu_seconds(server.proc.pid), time.monotonic()
+                cpu0, t0 = process.cpu_seconds(server.proc.pid), time.monotonic()
                 if mode == "quiet":
                     res, answered = measure.job(ctx, server, READ, log, f"scrapes-{mode}-r{rnd}"), 0
                 else:
                     with Scrapers(port) as flood:
                         res = measure.job(ctx, server, READ, log, f"scrapes-{mode}-r{rnd}")
                     answered = flood.answered
-                wrapper_s = process_cpu_seconds(server.proc.pid) - cpu0
+                wrapper_s = process.cpu_seconds(server.proc.pid) - cpu0
                 runs.append(
                     {
                         "mode": mode,

@@ -25,7 +25,7 @@ from bench.baseline import Baseline
 from bench.context import Context
 from bench.cpu import ServerCpu
 from bench.matrix import Matrix
-from bench.memory import Memory
+from bench.memory_report import Memory
 from bench.scaling import ConnectionScaling
 from bench.scrapes import ScrapeCost
 

@@ -7,8 +7,9 @@ SIGTERM, then SIGKILL to every descendant after 10 s, and removes the
 sockets. Its log file collects stdout and stderr. Not thread-safe: one
 bench thread drives it.
 
-CPU time: ``cpu_seconds()`` sums utime+stime from /proc/PID/stat over the
-nbdkit processes of the tree (the whole tree where none is called nbdkit);
+CPU time: ``cpu_seconds()`` sums utime+stime (zramd/process.py, which also
+finds the nbdkit processes and reads RSS for the CLI, vm/ and the tests) over
+the nbdkit processes of the tree (the whole tree where none is called nbdkit);
 a process's counters include its exited threads, so the difference over a
 job is the server's work for that job.
 """
@@ -18,21 +19,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import IO
 
-from bench import corpus
 from bench.systems import System, size_arg
+from zramd import process
 from zramd.server import plugin_environment
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 NULL_PLUGIN = BENCH_DIR / "null_plugin.py"
-CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 class SkipSystem(Exception):
@@ -138,33 +137,22 @@ class ServerProcess:
     def pids(self) -> list[int]:
         if self.proc is None or self.proc.poll() is not None:
             return []
-        return corpus.descendants(self.proc.pid)
+        return process.descendants(self.proc.pid)
 
     def rss_bytes(self) -> int:
-        return corpus.rss_bytes(self.pids())
+        return process.rss_bytes(self.pids())
 
     def cpu_seconds(self) -> float:
         """utime+stime of the nbdkit processes (the whole tree if none is nbdkit)."""
-        stats = {pid: _proc_stat(pid) for pid in self.pids()}
-        stats = {pid: s for pid, s in stats.items() if s is not None}
-        nbdkit = [s for s in stats.values() if s[0] == "nbdkit"]
-        chosen = nbdkit or list(stats.values())
-        return sum(s[1] for s in chosen) / CLOCK_TICKS_PER_S
+        if self.proc is None or self.proc.poll() is not None:
+            return 0.0
+        chosen = process.nbdkit_pids(self.proc.pid) or self.pids()
+        return sum(process.cpu_seconds(pid) for pid in chosen)
 
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                for pid in reversed(self.pids()):
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                self.proc.wait()
+        process.stop(self.proc, 10)
         self.proc = None
         if self._log:
             self._log.close()
@@ -173,18 +161,6 @@ class ServerProcess:
                 os.unlink(s)
             except FileNotFoundError:
                 pass
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(comm, utime+stime in clock ticks) of a process, None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    comm = text[text.index("(") + 1 : text.rindex(")")]
-    fields = text[text.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return comm, int(fields[11]) + int(fields[12])
 
 
 def zramd_stats(zramd: str, sock: str) -> dict:

@@ -7,7 +7,7 @@ move too much for a test to judge them.
 
 from __future__ import annotations
 
-from bench.stats import met_cell
+from bench.formats import met_cell
 from bench.systems import ZRAM_PEER, ZSTD_PEER
 
 

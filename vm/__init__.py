@@ -1,6 +1,6 @@
 """zramd's VM test: a real Linux kernel swaps onto zramd in a qemu guest.
 
-Entry point: ``vm/run.py`` (``make vm-test``; tests/test_vm.py drives the
+Entry point: ``vm/run.py`` (``make vm-test``; tests/vm/test_vm.py drives the
 same functions). Modules, one job each:
 
     run.py      command line, the targets, one guest run per target

@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from vm import console  # noqa: E402
 from vm.guest import CACHE, LOGS, build_guest, kernel_append, qemu_binary, qemu_command, tail  # noqa: E402
 from vm.report import report  # noqa: E402
-from vm.result import (  # noqa: E402,F401  (re-exported for tests/test_vm.py)
+from vm.result import (  # noqa: E402,F401  (re-exported for tests/vm/test_vm.py)
     AFTER_SWAPOFF_MAX_FRACTION,
     MAX_LEFT_AFTER_TEARDOWN_BYTES,
     MIN_INSTANCE_SHARE,

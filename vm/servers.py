@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from vm.guest import ROOT, tail
+from zramd import process
 
 DEFAULT_DEVICE_SIZE = "1G"
 STATS_INTERVAL_S = 2.0
@@ -185,12 +186,7 @@ class TargetServer:
         if not self.alive():
             return []
         assert self.proc is not None
-        if self.kind != "zramd":
-            return [self.proc.pid]
-        out = subprocess.run(
-            ["pgrep", "-P", str(self.proc.pid), "-x", "nbdkit"], capture_output=True, text=True
-        ).stdout
-        return [int(pid) for pid in out.split()]
+        return process.nbdkit_pids(self.proc.pid)
 
     def thread_states(self) -> str:
         """One line per nbdkit thread: name, state, kernel wait channel and
@@ -227,16 +223,10 @@ class TargetServer:
     def stop(self, timeout_s: float = 20) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        returncode = process.stop(self.proc, timeout_s)
         if self._log:
             self._log.close()
-        return self.proc.returncode
+        return returncode
 
     def __enter__(self) -> TargetServer:
         self.start()

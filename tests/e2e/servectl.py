@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+from zramd import process
+
 ZRAMD = [sys.executable, "-m", "zramd.cli"]
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
 # Debian's nbdsh/nbdinfo scripts need the system Python (python3-libnbd).
@@ -43,10 +45,9 @@ class Serve:
             return f.read()
 
     def nbdkit_pid(self) -> int:
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid), "nbdkit"],
-                             capture_output=True, text=True).stdout.split()
-        assert out, "no nbdkit child"
-        return int(out[0])
+        found = process.nbdkit_pids(self.proc.pid)
+        assert found, "no nbdkit child"
+        return found[0]
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -68,17 +69,9 @@ class Serve:
 def wait_gone(pid: int, timeout: float = 30) -> None:
     """Wait for a process that is not our child to exit."""
     deadline = time.monotonic() + timeout
-    while os.path.exists(f"/proc/{pid}") and _state(pid) != "Z":
+    while process.state(pid) != "Z":
         assert time.monotonic() < deadline, f"process {pid} still running"
         time.sleep(0.05)
-
-
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "Z"
 
 
 def free_port() -> int:

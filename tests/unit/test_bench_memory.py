@@ -6,7 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from bench import memory  # noqa: E402
+from bench import memory, memory_report  # noqa: E402
 from bench.stats import spread  # noqa: E402
 
 MIB = 1 << 20
@@ -37,10 +37,7 @@ def _churn(kind_recs):
             {
                 "phase": r["phase"],
                 "compact_error": r.get("compact_error"),
-                **{
-                    k: spread([r.get(k)])
-                    for k in memory.CHURN_KEYS
-                },
+                **{k: spread([r.get(k)]) for k in memory.CHURN_KEYS},
             }
             for r in recs
         ]
@@ -185,12 +182,12 @@ def test_markdown_shows_both_systems_per_phase():
         sweep_zramd_ratio=1.98,
     )
     data["targets"] = memory.evaluate(data)
-    text = "\n".join(memory.markdown(data))
+    text = "\n".join(memory_report.markdown(data))
     row = next(line for line in text.splitlines() if line.startswith("| compacted |"))
     assert row.split("|")[4].strip() == "105.0" and row.split("|")[5].strip() == "1.05x"
     assert "| 50% | 1.980 | 2.000 | -1.0% |" in text
     assert "### Memory targets" in text and "**no**" not in text
-    assert any("1.05x its compressed payload" in line for line in memory.summary(data))
+    assert any("1.05x its compressed payload" in line for line in memory_report.summary(data))
 
 
 def test_publishing_one_section_keeps_the_others(tmp_path):

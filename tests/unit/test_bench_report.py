@@ -9,16 +9,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from bench import cpu, report, scaling, stats  # noqa: E402
+from bench import cpu, formats, report, scaling, stats  # noqa: E402
 from bench.sections import SECTIONS, by_names  # noqa: E402
 
 
 def test_spread_ignores_missing_values():
     assert stats.spread([3.0, None, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
     assert stats.spread([None]) == {"median": None, "min": None, "max": None, "n": 0}
-    assert stats.with_spread(stats.spread([59_000, 61_000, 70_000])) == "61k (59k-70k)"
-    assert stats.with_spread(stats.spread([7_500])) == "7.5k"
-    assert stats.with_spread(stats.spread([])) == "-"
+    assert formats.with_spread(stats.spread([59_000, 61_000, 70_000])) == "61k (59k-70k)"
+    assert formats.with_spread(stats.spread([7_500])) == "7.5k"
+    assert formats.with_spread(stats.spread([])) == "-"
 
 
 def _job(system, workload, conns, rnd, iops):
