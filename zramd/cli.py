@@ -810,7 +810,7 @@ def cmd_set(args) -> int:
         try:
             total = parse_size(text)
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+            raise ConfigError(f"{args.knob} {exc}") from None
         if total and total < n * PAGE_SIZE:
             raise ConfigError(
                 f"{text} is too small for {n} instances (at least one {PAGE_SIZE}-byte page each)"
