@@ -21,16 +21,17 @@ Two defences:
    which nbdkit calls (as ``traceback.format_exception``) with the very
    references it fetched, notes the traceback beside it (on Python 3.11
    the exception does not hold it; from 3.12 on, where the interpreter
-   keeps only the exception, it is the exception's ``__traceback__``).  When the same thread fails again, or its
-   connection closes (``release_last()``), nbdkit is long done with the
-   previous one (that callback returned), and the references it took are
-   given back with ``Py_DecRef`` -- but only if the reference counts show
-   exactly nbdkit's one extra reference on both the exception and the
-   traceback (``EXPECTED_*``).  An nbdkit that releases them, a printer
-   that was bypassed, or anything else holding a reference leaves the
-   counts different, and then nothing is touched (the objects just leak,
-   as before).  Only the thread that raised an exception ever releases it,
-   so no thread can see it between the raise and nbdkit's fetch.  Without
+   keeps only the exception, it is the exception's ``__traceback__``).
+   When the same thread fails again, or its connection closes
+   (``release_last()``), nbdkit is long done with the previous one (that
+   callback returned), and the references it took are given back with
+   ``Py_DecRef`` -- but only if the reference counts show exactly
+   nbdkit's one extra reference on both the exception and the traceback
+   (``EXPECTED_*``). An nbdkit that releases them, a printer that was
+   bypassed, or anything else holding a reference leaves the counts
+   different, and then nothing is touched (the objects just leak, as
+   before). Only the thread that raised an exception ever releases it,
+   so no thread can see it between the raise and nbdkit's fetch. Without
    the thread-state pin (``--no-pin-thread-state``) the slot does not
    survive between callbacks, so nothing is released.
 
