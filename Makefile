@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 ZRAMD   := $(VENV)/bin/zramd
 ARGS    ?=
 
-.PHONY: all setup run lint format test test-fast test-unit test-e2e clean
+.PHONY: all setup run lint format test test-fast test-unit test-e2e test-debian13 clean
 
 all: setup
 
@@ -37,6 +37,12 @@ test-fast test-unit: setup
 
 test-e2e: setup
 	$(PY) -m pytest -ra tests/e2e $(ARGS)
+
+# The suite once more in a Debian 13 root (README.md: tested systems).
+DEBIAN13_ROOT ?= /var/cache/zramd-debian13
+DEBIAN13_CMD  ?= CI=true bash .ci/run
+test-debian13:
+	nice tools/debian13.sh $(DEBIAN13_ROOT) $(DEBIAN13_CMD)
 
 include bench/bench.mk
 include vm/vm.mk
