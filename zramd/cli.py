@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 
-from . import __version__, cgroup, configfile, logs, metrics
+from . import __version__, cgroup, configfile, logs, metrics, zramgen
 from .commands import RECOMPRESS_TYPES
 from .config import ConfigError, Settings, default_socket_path, describe
 from .control import TIMEOUT_SECONDS, ControlError, call
@@ -171,6 +171,14 @@ def build_parser() -> Parser:
     _add_target(knob)
     knob.add_argument("knob", choices=KNOBS)
     knob.add_argument("values", nargs="+")
+
+    zgen = sub.add_parser(
+        "from-zram-generator",
+        help="print a zramd config (TOML, for serve --config) translated from a "
+        "zram-generator config",
+    )
+    zgen.add_argument("file", nargs="?", default=zramgen.DEFAULT_PATH)
+    zgen.add_argument("--device", help="the [zramN] section (default: the first)")
     return parser
 
 
@@ -881,7 +889,18 @@ def cmd_set(args) -> int:
     return 0
 
 
+def cmd_from_zram_generator(args) -> int:
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{args.file}: {exc.strerror}") from None
+    sys.stdout.write(zramgen.translate(text, args.device))
+    return 0
+
+
 SUBCOMMANDS = {
+    "from-zram-generator": cmd_from_zram_generator,
     "serve": cmd_serve,
     "stop": cmd_stop,
     "stats": cmd_stats,
