@@ -143,11 +143,18 @@ for line in open(os.path.join(mods, "modules.builtin")):
 files = {}
 for dirpath, _, names in os.walk(os.path.join(mods, "kernel")):
     for n in names:
-        if n.endswith(".ko"):
-            files[n[:-3].replace("-", "_")] = os.path.join(dirpath, n)
+        # Debian 12 ships plain .ko files, Debian 13 .ko.xz
+        for ext in (".ko", ".ko.xz"):
+            if n.endswith(ext):
+                files[n[: -len(ext)].replace("-", "_")] = os.path.join(dirpath, n)
+
+def module_bytes(name):
+    import lzma
+    data = open(files[name], "rb").read()
+    return lzma.decompress(data) if files[name].endswith(".xz") else data
 
 def depends(name):
-    data = open(files[name], "rb").read()
+    data = module_bytes(name)
     m = re.search(rb"depends=([A-Za-z0-9_,-]*)\0", data)
     return [d.replace("-", "_") for d in m.group(1).decode().split(",") if d] if m else []
 
@@ -166,7 +173,8 @@ for group, wanted in groups.items():
         visit(w)
     with open(os.path.join(out, group + ".order"), "w") as f:
         for name in order:
-            shutil.copy(files[name], os.path.join(out, name + ".ko"))
+            with open(os.path.join(out, name + ".ko"), "wb") as ko:
+                ko.write(module_bytes(name))
             f.write(name + "\n")
     print(f"build-guest: modules {group}: {' '.join(order) or '(built in)'}", file=sys.stderr)
 EOF
