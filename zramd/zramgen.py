@@ -23,7 +23,7 @@ from __future__ import annotations
 import configparser
 import re
 
-from .codecs import CODECS
+from .engine.codecs import CODECS
 from .config import ConfigError
 
 DEFAULT_PATH = "/etc/systemd/zram-generator.conf"
