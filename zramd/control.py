@@ -18,7 +18,9 @@ within ``idle_timeout_s`` (of connecting or of its last reply) is
 disconnected; at most ``max_clients`` are served at once (one more gets
 an error line and is closed at once, by the accept thread).  A connection's
 next request waits for a pause that grows with what its last one cost
-(``MIN_REQUEST_INTERVAL_S``, ``REQUEST_COST_FACTOR``), and a line that does
+(``MIN_REQUEST_INTERVAL_S``, ``REQUEST_COST_FACTOR``), requests of all
+connections together start at most one per ``ADMISSION_INTERVAL_S`` (turns
+given out under ``_admission_lock``, waited for without it), and a line that does
 not start with ``{`` is refused before any parsing.  Every request
 gets exactly one reply line, whatever it holds: bad JSON, deep nesting
 (the parser's RecursionError, and a nesting limit on what parsed), wrong
@@ -59,22 +61,16 @@ MAX_ERROR_CHARS = 300
 MIN_REQUEST_INTERVAL_S = 0.002
 REQUEST_COST_FACTOR = 50
 MAX_PAUSE_S = 1.0  # a long writeback does not keep its connection waiting for long
+# Across all connections together, requests start at most one per
+# ADMISSION_INTERVAL_S: each one wakes a thread that takes the GIL from the
+# request threads, and eight paced connections still woke one every 0.25 ms
+# (docs/design.md#security).  200 a second is far more than the CLI, the
+# wrapper and a scrape every second need.
+ADMISSION_INTERVAL_S = 0.005
 
 
 class ControlError(RuntimeError):
     """The server refused a command, or could not be reached."""
-
-
-def unix_socket_in_use(path: str) -> bool:
-    """Whether a server accepts connections on the Unix socket ``path``."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
 
 
 class ControlServer:
@@ -92,6 +88,8 @@ class ControlServer:
         self.idle_timeout_s = idle_timeout_s
         self.max_line_bytes = max_line_bytes
         self._client_slots = threading.BoundedSemaphore(max_clients)
+        self._admission_lock = threading.Lock()
+        self._next_admission = 0.0  # time.monotonic() the next request may start
         self.refused_clients = 0  # over max_clients (accept thread only)
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -174,6 +172,9 @@ class ControlServer:
                         error = f"request longer than {self.max_line_bytes} bytes"
                         self._send(conn, {"ok": False, "error": error})
                         return  # the rest of that line is not worth reading
+                    wait = self._admission_wait()
+                    if wait > 0:
+                        _pause(conn, wait)
                     started = time.monotonic()
                     if not self._send(conn, self._handle_line(line)):
                         return
@@ -186,6 +187,15 @@ class ControlServer:
             log.exception("control client failed")
         finally:
             self._client_slots.release()
+
+    def _admission_wait(self) -> float:
+        """Seconds until this request's turn: turns are ADMISSION_INTERVAL_S
+        apart across every connection, given out in arrival order."""
+        with self._admission_lock:
+            now = time.monotonic()
+            turn = max(now, self._next_admission)
+            self._next_admission = turn + ADMISSION_INTERVAL_S
+        return turn - now
 
     def _lines(self, conn: socket.socket):
         """Yield request lines (without the newline); None for a line longer
