@@ -23,8 +23,8 @@ from __future__ import annotations
 import configparser
 import re
 
-from .engine.codecs import CODECS
 from .config import ConfigError
+from .engine.codecs import CODECS
 
 DEFAULT_PATH = "/etc/systemd/zram-generator.conf"
 DEFAULT_SIZE = "min(ram / 2, 4096)"  # zram-generator's default zram-size
