@@ -16,15 +16,15 @@ import signal
 import sys
 import time
 
-from . import __version__, cgroup, configfile, logs, metrics
+from . import __version__, cgroup, config_file, logs, metrics
 from .commands import RECOMPRESS_TYPES
-from .config import ConfigError, Settings, default_socket_path, describe
 from .control import TIMEOUT_SECONDS, ControlError, call
 from .engine.store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
 from .engine.writeback import WRITEBACK_TYPES
 from .instances import Stripe, aggregate, discover, instance_settings, split_bytes
 from .options import BY_FIELD, OPTIONS, Option
 from .server import Server, ServerError, memory_advice, stop_refusal
+from .settings import ConfigError, Settings, default_socket_path, describe
 from .sockets import (
     PathError,
     claim_pid_file,
@@ -209,7 +209,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if path:
         given: set[str] = getattr(args, "given_fields", set())
         given_groups = {opt.group for opt in OPTIONS if opt.field in given and opt.group}
-        for field, value in configfile.load(path).items():
+        for field, value in config_file.load(path).items():
             opt = BY_FIELD[field]
             if field not in given and (opt.group is None or opt.group not in given_groups):
                 values[field] = value
@@ -247,7 +247,7 @@ def _control_path(args) -> str:
         return args.control
     if args.socket is None and getattr(args, "config", None):
         # the server the config file describes, with serve's own defaults
-        values = configfile.load(args.config)
+        values = config_file.load(args.config)
         settings = Settings(**values).with_defaults()
         return settings.control_path
     return (args.socket or default_socket_path()) + ".ctl"
@@ -492,7 +492,7 @@ def with_memory_default(base: Settings, args) -> Settings:
     none was given (docs/design.md#memory-cgroups), with one warning line."""
     given = set(getattr(args, "given_fields", set()))
     if getattr(args, "config", None):
-        given |= set(configfile.load(args.config))
+        given |= set(config_file.load(args.config))
     memory = cgroup.memory_cgroup()
     limit, warning = memory_advice(
         base,

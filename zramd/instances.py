@@ -44,8 +44,8 @@ import re
 import threading
 import time
 
-from .config import ConfigError, Settings
 from .options import MAX_INSTANCES
+from .settings import ConfigError, Settings
 from .units import PAGE_SIZE, format_size
 
 # Far more than the cores of any machine this runs on, few enough that a

@@ -3,7 +3,7 @@
 ``OPTIONS`` is a table with one ``Option`` row per setting.  Everything else
 is derived from it:
 
-- the ``Settings`` dataclass in config.py (one field per row, its default),
+- the ``Settings`` dataclass in settings.py (one field per row, its default),
 - the ``zramd serve`` arguments in cli.py (flags, aliases, help, defaults),
 - the nbdkit plugin parameters (``plugin_key``): ``Settings.plugin_params``
   writes them, ``config.from_plugin_params`` reads them back, and the
@@ -16,7 +16,7 @@ A value is checked in two steps, whatever its source: the row's ``check``
 (this value alone, e.g. a range) and then ``config.Settings.validate``'s
 cross-field checks (e.g. a zstd level needs zstd).  Adding an option is one
 row here plus, if it depends on other options, one cross-field check in
-config.py; CONTRIBUTING.md walks through it.  tests/unit/test_options.py
+settings.py; CONTRIBUTING.md walks through it.  tests/unit/test_options.py
 round-trips every row CLI -> plugin params -> Settings using its ``example``.
 
 No state, no locking: the table is built at import and never changed.

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from helpers import connect, stats
-from zramd.config import ConfigError
+from zramd.settings import ConfigError
 from zramd.control import ControlError, call
 
 PAGE = 4096

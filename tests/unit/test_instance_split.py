@@ -4,7 +4,7 @@ named and found again, and how their stats add up."""
 
 import pytest
 
-from zramd.config import ConfigError, Settings
+from zramd.settings import ConfigError, Settings
 from zramd.instances import (MAX_INSTANCES, aggregate, discover, instance_control_path,
                              instance_settings, parse_instances, split_bytes)
 from zramd.units import PAGE_SIZE

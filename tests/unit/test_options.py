@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from zramd import cli
-from zramd.config import ConfigError, Settings, from_plugin_params, plugin_help
+from zramd.settings import ConfigError, Settings, from_plugin_params, plugin_help
 from zramd.options import BY_NAME, OPTIONS, PLUGIN_KEYS, Option
 
 ROOT = Path(__file__).resolve().parents[2]
