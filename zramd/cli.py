@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 from . import __version__, cgroup, config_file, logs, metrics
 from .commands import RECOMPRESS_TYPES
@@ -170,11 +171,13 @@ def _argparse_type(opt: Option):
     return convert
 
 
-def add_serve_options(parser: argparse.ArgumentParser) -> None:
-    """One argument per row of the option table (options.py)."""
-    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+def add_serve_options(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """One argument per row of the option table (options.py); without
+    ``defaults``, an option not given is left out of the namespace."""
+    groups: dict[str, Any] = {}  # argparse names no public type for a group
     for opt in OPTIONS:
-        target: argparse._ActionsContainer = parser
+        target: Any = parser
+        default = opt.default if defaults else argparse.SUPPRESS
         if opt.group:
             if opt.group not in groups:
                 groups[opt.group] = parser.add_mutually_exclusive_group()
@@ -183,7 +186,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
             target.add_argument(
                 *opt.flags,
                 dest=opt.field,
-                default=opt.default,
+                default=default,
                 action="store_false" if opt.default else "store_true",
                 help=opt.help_text(),
             )
@@ -191,7 +194,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
             target.add_argument(
                 *opt.flags,
                 dest=opt.field,
-                default=opt.default,
+                default=default,
                 type=_argparse_type(opt),
                 choices=opt.choices,
                 metavar=opt.metavar or (None if opt.choices else opt.type.name.upper()),
@@ -219,10 +222,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def given_fields(serve_argv: list[str]) -> set[str]:
     """The Settings fields set by flags in ``serve_argv`` (not by defaults)."""
     parser = Parser(prog="zramd serve", add_help=False)
-    add_serve_options(parser)
-    parser.add_argument("--config")
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
+    add_serve_options(parser, defaults=False)
+    parser.add_argument("--config", default=argparse.SUPPRESS)
     known, _ = parser.parse_known_args(serve_argv)
     return set(vars(known)) - {"config"}
 
