@@ -22,7 +22,7 @@ from .commands import RECOMPRESS_TYPES
 from .control import TIMEOUT_SECONDS, ControlError, call
 from .engine.store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
 from .engine.writeback import WRITEBACK_TYPES
-from .instances import Stripe, aggregate, discover, instance_settings, split_bytes
+from .instances import Stripe, aggregate, discover, instance_settings, split_bytes, split_count
 from .options import BY_FIELD, OPTIONS, Option
 from .server import Server, ServerError, memory_advice, stop_refusal
 from .settings import ConfigError, Settings, default_socket_path, describe
@@ -730,18 +730,10 @@ def _each(args):
     return [(f"{name}: ", path) for name, path in instances]
 
 
-def _split_count(value: int | None, n: int) -> list[int | None]:
-    """A page count (e.g. --limit) shared out like sizes are."""
-    if value is None:
-        return [None] * n
-    base, extra = divmod(value, n)
-    return [base + (1 if i < extra else 0) for i in range(n)]
-
-
 def cmd_writeback(args) -> int:
     targets = _each(args)
     failed = False
-    for (label, path), limit in zip(targets, _split_count(args.limit, len(targets)), strict=True):
+    for (label, path), limit in zip(targets, split_count(args.limit, len(targets)), strict=True):
         result = call(path, "writeback", timeout=3600, type=args.type, limit=limit)
         if args.json:
             print(json.dumps(result, sort_keys=True))
@@ -766,7 +758,7 @@ def cmd_idle(args) -> int:
 
 def cmd_recompress(args) -> int:
     targets = _each(args)
-    for (label, path), limit in zip(targets, _split_count(args.limit, len(targets)), strict=True):
+    for (label, path), limit in zip(targets, split_count(args.limit, len(targets)), strict=True):
         r = call(
             path, "recompress", timeout=3600, type=args.type, threshold=args.threshold, limit=limit
         )
@@ -829,7 +821,7 @@ def cmd_set(args) -> int:
             ) from None
         if total < 0:
             raise ConfigError("writeback_limit must not be negative")
-        return _split_count(total, n)
+        return split_count(total, n)
 
     if args.knob == "mem_limit":
         per = [dict(size=x) for x in split_size(v[0])]

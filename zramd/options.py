@@ -67,9 +67,17 @@ PATH = ValueType("path", str, str, os.path.abspath)  # absolute for nbdkit
 BOOL = ValueType("bool", bool, parse_bool, lambda v: "on" if v else "off")
 
 
+# How a value is shared out over N striped instances (zramd/instances.py):
+# "pages": a size split in whole 4 KiB pages (0, "none", stays 0 in each);
+# "count": a page count split as evenly; "suffix": a path that gets ".i";
+# "control": a control socket path, X.ctl -> X.i.ctl; "port": P -> P+i.
+SPLITS = ("pages", "count", "suffix", "control", "port")
+
+
 @dataclasses.dataclass(frozen=True)
 class Option:
-    """One setting: its field, type, default, CLI flags and plugin key."""
+    """One setting: its field, type, default, CLI flags, plugin key, and how
+    it splits over striped instances."""
 
     name: str  # the long flag without "--", e.g. "mem-limit"
     field: str  # the Settings attribute, e.g. "mem_limit_bytes"
@@ -86,6 +94,13 @@ class Option:
     default_help: str | None = None  # how --help shows the default, when not the value
     cli_flag: str | None = None  # CLI flag of a bool defaulting on, e.g. "--no-pin-..."
     example: str | None = None  # a valid non-default value (text), for the tests
+    # How `--instances N` (and `zramd set` on striped instances) shares the
+    # value out: one of SPLITS, or None for the same value in every instance.
+    split: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.split is not None and self.split not in SPLITS:
+            raise ValueError(f"option {self.name}: split {self.split!r} is not one of {SPLITS}")
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -263,6 +278,7 @@ OPTIONS: tuple[Option, ...] = (
         aliases=("--disksize",),
         metavar="SIZE",
         example="64M",
+        split="pages",
     ),
     Option(
         "algorithm",
@@ -297,6 +313,7 @@ OPTIONS: tuple[Option, ...] = (
         check=at_most_ram("mem_limit"),
         default_help="no limit",
         example="32M",
+        split="pages",
     ),
     Option(
         "compress",
@@ -371,6 +388,7 @@ OPTIONS: tuple[Option, ...] = (
         plugin_key="backing_file",
         metavar="PATH",
         example="backing.img",
+        split="suffix",
     ),
     Option(
         "backing-size",
@@ -383,6 +401,7 @@ OPTIONS: tuple[Option, ...] = (
         check=whole_pages("backing size"),
         default_help="the device size",
         example="128M",
+        split="pages",
     ),
     Option(
         "backing-encrypt",
@@ -409,6 +428,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SIZE",
         default_help="off",
         example="8M",
+        split="pages",
     ),
     Option(
         "low-watermark",
@@ -422,6 +442,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SIZE",
         default_help="3/4 of the high watermark",
         example="4M",
+        split="pages",
     ),
     Option(
         "recomp-algorithm",
@@ -452,6 +473,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="PATH",
         default_help="the NBD socket path + .ctl",
         example="z.ctl",
+        split="control",
     ),
     Option(
         "pin-thread-state",
@@ -481,6 +503,7 @@ OPTIONS: tuple[Option, ...] = (
         plugin_key="final_stats",
         metavar="PATH",
         example="final.json",
+        split="suffix",
     ),
     Option(
         "log-file",
@@ -517,6 +540,7 @@ OPTIONS: tuple[Option, ...] = (
         group="endpoint",
         default_help="$XDG_RUNTIME_DIR/zramd.sock, else ./zramd.sock",
         example="z.sock",
+        split="suffix",
     ),
     Option(
         "port",
@@ -528,6 +552,7 @@ OPTIONS: tuple[Option, ...] = (
         group="endpoint",
         check=in_range("port", 1, 65535),
         example="10809",
+        split="port",
     ),
     Option(
         "address",
