@@ -22,8 +22,8 @@ from .commands import RECOMPRESS_TYPES
 from .control import TIMEOUT_SECONDS, ControlError, call
 from .engine.store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
 from .engine.writeback import WRITEBACK_TYPES
-from .instances import Stripe, aggregate, discover, instance_settings, split_bytes, split_count
-from .options import BY_FIELD, OPTIONS, Option
+from .instances import Stripe, aggregate, discover, instance_settings, split_count, split_value
+from .options import BOOL, BY_FIELD, KNOBS, OPTIONS, Option
 from .server import Server, ServerError, memory_advice, stop_refusal
 from .settings import ConfigError, Settings, default_socket_path, describe
 from .sockets import (
@@ -36,11 +36,10 @@ from .sockets import (
 )
 from .swap import LockError, lock_memory, set_oom_score_adj
 from .tls import qemu_object
-from .units import PAGE_SIZE, human_size, parse_size, physical_memory_bytes
+from .units import PAGE_SIZE, human_size, physical_memory_bytes
 
 log = logging.getLogger("zramd")
 STAT_FILES = {"mm_stat": MM_STAT_FIELDS, "io_stat": IO_STAT_FIELDS, "bd_stat": BD_STAT_FIELDS}
-KNOBS = ("mem_limit", "mem_used_max", "writeback_limit", "writeback_limit_enable", "watermarks")
 
 
 class Parser(argparse.ArgumentParser):
@@ -143,16 +142,28 @@ def build_parser() -> Parser:
     )
     _add_target(compact)
 
-    knob = sub.add_parser(
-        "set",
-        help="set a knob of the running device: mem_limit SIZE, "
-        "mem_used_max 0, writeback_limit PAGES, writeback_limit_enable "
-        "on|off, watermarks HIGH [LOW]",
-    )
+    knob = sub.add_parser("set", help=set_help())
     _add_target(knob)
-    knob.add_argument("knob", choices=KNOBS)
+    knob.add_argument("knob", choices=list(KNOBS))
     knob.add_argument("values", nargs="+")
     return parser
+
+
+def knob_usage(knob: str) -> str:
+    """``watermarks HIGH [LOW]``: a knob and its values, from its rows."""
+    words = [knob]
+    for opt in KNOBS[knob]:
+        rt = opt.runtime
+        assert rt is not None  # KNOBS holds only runtime rows
+        name = rt.metavar or (
+            "on|off" if opt.type is BOOL else opt.metavar or opt.type.name.upper()
+        )
+        words.append(f"[{name}]" if rt.optional else name)
+    return " ".join(words)
+
+
+def set_help() -> str:
+    return "set a knob of the running device: " + ", ".join(knob_usage(k) for k in KNOBS)
 
 
 def _argparse_type(opt: Option):
@@ -783,61 +794,21 @@ def cmd_compact(args) -> int:
 
 
 def cmd_set(args) -> int:
-    """A knob of the device; on striped instances, sizes and page counts
-    are split between them as ``serve --instances`` splits them."""
-    v = args.values
-    nargs = {"watermarks": (1, 2)}.get(args.knob, (1, 1))
-    if not nargs[0] <= len(v) <= nargs[1]:
-        raise ConfigError(
-            f"set {args.knob} takes {nargs[0]}"
-            f"{'-' + str(nargs[1]) if nargs[1] != nargs[0] else ''} value(s)"
-        )
-    if args.knob == "mem_used_max" and v[0] != "0":
-        raise ConfigError("mem_used_max can only be reset, with 0 (as in zram)")
+    """A knob of the device (its rows of the option table, in order), through
+    the control command ``set``; on striped instances each value is split
+    between them as its row's ``split`` says, as ``serve --instances`` does."""
+    rows = KNOBS[args.knob]
+    required = sum(1 for opt in rows if opt.runtime is not None and not opt.runtime.optional)
+    if not required <= len(args.values) <= len(rows):
+        raise ConfigError(f"set takes {knob_usage(args.knob)}")
     targets = _each(args)
-    n = len(targets)
-
-    def split_size(text):
-        if n == 1:
-            return [text]
-        try:
-            total = parse_size(text)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        if total and total < n * PAGE_SIZE:
-            raise ConfigError(
-                f"{text} is too small for {n} instances (at least one {PAGE_SIZE}-byte page each)"
-            )
-        return split_bytes(total, n) if total else [0] * n
-
-    def split_pages(text):
-        if n == 1:
-            return [text]
-        try:
-            total = int(text)
-        except ValueError:
-            raise ConfigError(
-                f"writeback_limit must be a whole number of pages, not {text!r}"
-            ) from None
-        if total < 0:
-            raise ConfigError("writeback_limit must not be negative")
-        return split_count(total, n)
-
-    if args.knob == "mem_limit":
-        per = [dict(size=x) for x in split_size(v[0])]
-        cmd = "mem_limit"
-    elif args.knob == "mem_used_max":
-        per, cmd = [{}] * n, "reset_mem_used_max"
-    elif args.knob == "writeback_limit":
-        per, cmd = [dict(pages=x) for x in split_pages(v[0])], "writeback_limit"
-    elif args.knob == "writeback_limit_enable":
-        per, cmd = [dict(enable=v[0])] * n, "writeback_limit"
-    else:
-        cols = [split_size(x) for x in v]
-        per = [dict(zip(("high", "low"), parts, strict=False)) for parts in zip(*cols, strict=True)]
-        cmd = "watermarks"
-    for (_, path), kwargs in zip(targets, per, strict=True):
-        call(path, cmd, **kwargs)
+    per: list[dict] = [{} for _ in targets]
+    for opt, text in zip(rows, args.values, strict=False):
+        value = opt.from_text(text)
+        for each, part in zip(per, split_value(opt, value, len(targets)), strict=True):
+            each[opt.label] = part
+    for (_, path), values in zip(targets, per, strict=True):
+        call(path, "set", **values)
     return 0
 
 

@@ -67,6 +67,26 @@ PATH = ValueType("path", str, str, os.path.abspath)  # absolute for nbdkit
 BOOL = ValueType("bool", bool, parse_bool, lambda v: "on" if v else "off")
 
 
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """How a running device takes a new value of a row: ``zramd set KNOB``
+    and the control command ``set`` (zramd/commands.py).
+
+    Rows with the same ``knob`` are set together, in table order (zram's
+    ``watermarks HIGH [LOW]``); a row left out of a set takes its default.
+    ``apply(device, values)`` gets every row of the knob as ``{field:
+    value}`` once all values and the settings they make are valid, and goes
+    through the device's own locked setters."""
+
+    knob: str  # `zramd set KNOB`
+    apply: Callable[[Any, dict[str, Any]], None]
+    stat: str | None = None  # the stats key showing the running value, and so its metric
+    metric_help: str | None = None  # the metric's HELP (default: the row's help)
+    metavar: str | None = None  # `zramd set` usage, e.g. HIGH
+    optional: bool = False  # may be left out (a later value of a shared knob)
+    needs_backing: bool = False  # the device needs a backing file (its writeback)
+
+
 # How a value is shared out over N striped instances (zramd/instances.py):
 # "pages": a size split in whole 4 KiB pages (0, "none", stays 0 in each);
 # "count": a page count split as evenly; "suffix": a path that gets ".i";
@@ -85,7 +105,8 @@ class Option:
     default: Any
     help: str
     plugin_key: str | None = None  # nbdkit plugin parameter; None: the wrapper's own
-    runtime: str | None = None  # `zramd set` knob that changes it while serving
+    runtime: Runtime | None = None  # how a running device takes a new value
+    serve: bool = True  # False: a knob of the running device only, no serve option
     aliases: tuple[str, ...] = ()  # more CLI flags, e.g. ("--disksize",) or ("-U",)
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
@@ -131,6 +152,10 @@ class Option:
         if value is not None and (type(value) is not self.type.python):
             article = "an" if self.type.name[0] in "aeiou" else "a"
             raise ConfigError(f"{self.label} must be {article} {self.type.name}, not {value!r}")
+        if (
+            self.type.name == "size" and isinstance(value, int) and value < 0
+        ):  # only text is unsigned
+            raise ConfigError(f"{self.label} must not be negative")
         self.check_value(value)
         return value
 
@@ -158,7 +183,7 @@ class Option:
             shown = format_size(self.default) if self.type.name == "size" else str(self.default)
         text = f"{self.help} (default {shown})" if shown else self.help
         if self.runtime:
-            text += f"; while serving: zramd set {self.runtime}"
+            text += f"; while serving: zramd set {self.runtime.knob}"
         return text
 
 
@@ -266,7 +291,37 @@ MAX_INSTANCES = 64
 TLS_MODES = ("off", "on", "require")
 
 
-OPTIONS: tuple[Option, ...] = (
+# -- what a running device does with a knob's values (Runtime.apply) ---------
+def _set_mem_limit(device: Any, v: dict[str, Any]) -> None:
+    device.store.set_mem_limit(v["mem_limit_bytes"])
+
+
+def _reset_mem_used_max(device: Any, v: dict[str, Any]) -> None:
+    device.store.reset_mem_used_max()
+
+
+def _set_watermarks(device: Any, v: dict[str, Any]) -> None:
+    high = v["high_watermark_bytes"]
+    device.writeback.set_watermarks(high, v["low_watermark_bytes"] or high * 3 // 4)
+
+
+def _set_writeback_limit(device: Any, v: dict[str, Any]) -> None:
+    device.writeback.set_limit(pages=v["writeback_limit_pages"])
+
+
+def _set_writeback_limit_enable(device: Any, v: dict[str, Any]) -> None:
+    device.writeback.set_limit(enable=v["writeback_limit_enable"])
+
+
+def only_zero(label: str, why: str) -> Callable[[int], None]:
+    def check(value: int) -> None:
+        if value != 0:
+            raise ConfigError(f"{label} {why}")
+
+    return check
+
+
+ROWS: tuple[Option, ...] = (
     # -- the device ------------------------------------------------------------
     Option(
         "size",
@@ -308,7 +363,12 @@ OPTIONS: tuple[Option, ...] = (
         0,
         "most memory the compressed data may use; writes past it fail with ENOSPC",
         plugin_key="mem_limit",
-        runtime="mem_limit",
+        runtime=Runtime(
+            "mem_limit",
+            _set_mem_limit,
+            stat="mem_limit",
+            metric_help="mm_stat mem_limit: most memory the stored pages may cost, 0 for no limit",
+        ),
         metavar="SIZE",
         check=at_most_ram("mem_limit"),
         default_help="no limit",
@@ -424,7 +484,14 @@ OPTIONS: tuple[Option, ...] = (
         "(needs --backing-file)",
         plugin_key="high_watermark",
         check=at_most_ram("high_watermark"),
-        runtime="watermarks",
+        runtime=Runtime(
+            "watermarks",
+            _set_watermarks,
+            stat="high_watermark",
+            metric_help="automatic writeback starts above this mem_used_total, 0 for off",
+            metavar="HIGH",
+            needs_backing=True,
+        ),
         metavar="SIZE",
         default_help="off",
         example="8M",
@@ -438,7 +505,15 @@ OPTIONS: tuple[Option, ...] = (
         "...until memory used is below this",
         plugin_key="low_watermark",
         check=at_most_ram("low_watermark"),
-        runtime="watermarks",
+        runtime=Runtime(
+            "watermarks",
+            _set_watermarks,
+            stat="low_watermark",
+            metric_help="automatic writeback stops below this mem_used_total",
+            metavar="LOW",
+            optional=True,
+            needs_backing=True,
+        ),
         metavar="SIZE",
         default_help="3/4 of the high watermark",
         example="4M",
@@ -674,8 +749,72 @@ OPTIONS: tuple[Option, ...] = (
         aliases=("-v",),
         example="on",
     ),
+    # -- knobs of a running device only (zram's sysfs files), no serve option --
+    Option(
+        "mem-used-max",
+        "mem_used_max_bytes",
+        SIZE,
+        None,
+        "restart the peak of mem_used_total from now",
+        serve=False,
+        check=only_zero("mem_used_max", "can only be reset, with 0 (as in zram)"),
+        runtime=Runtime("mem_used_max", _reset_mem_used_max, metavar="0"),
+        example="0",
+    ),
+    Option(
+        "writeback-limit",
+        "writeback_limit_pages",
+        INT,
+        None,
+        "pages writeback may still write, when writeback_limit_enable is on",
+        serve=False,
+        check=at_least("writeback_limit", 0),
+        runtime=Runtime(
+            "writeback_limit",
+            _set_writeback_limit,
+            stat="writeback_limit",
+            metric_help="writeback_limit: pages writeback may still write, when enabled",
+            metavar="PAGES",
+            needs_backing=True,
+        ),
+        split="count",
+        example="1000",
+    ),
+    Option(
+        "writeback-limit-enable",
+        "writeback_limit_enable",
+        BOOL,
+        None,
+        "enforce writeback_limit",
+        serve=False,
+        runtime=Runtime(
+            "writeback_limit_enable",
+            _set_writeback_limit_enable,
+            stat="writeback_limit_enable",
+            metric_help="1 if writeback_limit is enforced",
+            metavar="on|off",
+            needs_backing=True,
+        ),
+        example="on",
+    ),
 )
 
+# The `zramd serve` options (the Settings fields, flags, config keys, plugin
+# parameters) are the rows that are not knobs alone.
+OPTIONS: tuple[Option, ...] = tuple(opt for opt in ROWS if opt.serve)
+
+
+def knobs(rows: tuple[Option, ...] = ROWS) -> dict[str, tuple[Option, ...]]:
+    """``{knob: its rows in table order}`` of every runtime-settable row."""
+    out: dict[str, list[Option]] = {}
+    for opt in rows:
+        if opt.runtime is not None:
+            out.setdefault(opt.runtime.knob, []).append(opt)
+    return {knob: tuple(each) for knob, each in out.items()}
+
+
+KNOBS = knobs()
+BY_LABEL = {opt.label: opt for opt in ROWS}
 BY_NAME = {opt.name: opt for opt in OPTIONS}
 BY_FIELD = {opt.field: opt for opt in OPTIONS}
 BY_PLUGIN_KEY = {opt.plugin_key: opt for opt in OPTIONS if opt.plugin_key}

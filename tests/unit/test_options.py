@@ -92,7 +92,7 @@ def test_readme_flags_all_parse():
 
 def test_runtime_knobs_exist():
     """A row's ``runtime`` names the `zramd set` knob that changes it live."""
-    knobs = {opt.runtime for opt in OPTIONS if opt.runtime}
+    knobs = {opt.runtime.knob for opt in OPTIONS if opt.runtime}
     assert knobs and knobs <= set(cli.KNOBS)
     assert "zramd set mem_limit" in BY_NAME["mem-limit"].help_text()
 
