@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .control import ControlError
-from .options import KNOBS, ConfigError, Option
+from .options import KNOBS, MAX_PAGE_COUNT, ConfigError, Option
 from .settings import Settings
 from .units import PAGE_SIZE, format_size, parse_size, physical_memory_bytes
 
@@ -38,9 +38,8 @@ def _no_args(args: dict, name: str) -> None:
         raise ControlError(f"{name} takes no arguments, got {', '.join(sorted(args))}")
 
 
-# Whole-number arguments (page counts, seconds) above this are refused: no
-# device has 2**48 pages, and a bound keeps arithmetic on them cheap.
-MAX_COUNT = 1 << 48
+# Whole-number arguments (page counts, seconds) above this are refused.
+MAX_COUNT = MAX_PAGE_COUNT
 
 
 def _size_arg(args: dict, key: str, maximum: int | None = None) -> int:

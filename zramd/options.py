@@ -288,6 +288,9 @@ MAX_WORKERS = 64
 FAULTS = ("no-stable-writes",)
 DEFAULT_ADDRESS = "127.0.0.1"
 MAX_INSTANCES = 64
+# Page counts above this are refused: no device has 2**48 pages, and a bound
+# keeps arithmetic on them cheap (as the control commands' counts).
+MAX_PAGE_COUNT = 1 << 48
 TLS_MODES = ("off", "on", "require")
 
 
@@ -768,7 +771,7 @@ ROWS: tuple[Option, ...] = (
         None,
         "pages writeback may still write, when writeback_limit_enable is on",
         serve=False,
-        check=at_least("writeback_limit", 0),
+        check=in_range("writeback_limit", 0, MAX_PAGE_COUNT),
         runtime=Runtime(
             "writeback_limit",
             _set_writeback_limit,

@@ -126,6 +126,7 @@ def test_set_command_sets_knobs_together(device_control):
     ({"mem_limit": "12M", "high_watermark": -1}, "high_watermark must not be negative"),
     ({"mem_limit": "12M", "mem_used_max": 3}, "can only be reset"),
     ({"mem_limit": "12M", "writeback_limit": True}, "writeback_limit must be an int"),
+    ({"writeback_limit": 10**40}, "writeback_limit must be 0.."),
     ({"mem_limit": "12M", "bogus": 1}, "does not take bogus"),
     ({"mem_limit": None}, "mem_limit needs a value"),
     ({"mem_limit": "1E"}, "at most"),
