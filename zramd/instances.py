@@ -47,23 +47,14 @@ import threading
 import time
 from typing import Any
 
-from .options import MAX_INSTANCES, OPTIONS, Option
+from .options import BY_NAME, OPTIONS, Option
 from .settings import ConfigError, Settings
 from .units import PAGE_SIZE, format_size
 
-# Far more than the cores of any machine this runs on, few enough that a
-# typo (--instances 1000) is caught rather than starting 1000 interpreters.
-
 
 def parse_instances(text: str) -> int:
-    """The --instances value: a whole number 1..MAX_INSTANCES."""
-    try:
-        n = int(str(text).strip(), 10)
-    except ValueError:
-        raise ConfigError(f"instances must be a whole number, not {text!r}") from None
-    if not 1 <= n <= MAX_INSTANCES:
-        raise ConfigError(f"instances must be 1..{MAX_INSTANCES}, not {n}")
-    return n
+    """The --instances value: its option row's parser and check (1..MAX_INSTANCES)."""
+    return BY_NAME["instances"].from_text(text)
 
 
 def split_bytes(total: int, n: int) -> list[int]:

@@ -287,6 +287,8 @@ DEFAULT_WORKERS = 1
 MAX_WORKERS = 64
 FAULTS = ("no-stable-writes",)
 DEFAULT_ADDRESS = "127.0.0.1"
+# Far more than the cores of any machine this runs on, few enough that a
+# typo (--instances 1000) is caught rather than starting 1000 interpreters.
 MAX_INSTANCES = 64
 # Page counts above this are refused: no device has 2**48 pages, and a bound
 # keeps arithmetic on them cheap (as the control commands' counts).

@@ -5,7 +5,8 @@ named and found again, and how their stats add up."""
 import pytest
 
 from zramd.settings import ConfigError, Settings
-from zramd.instances import (MAX_INSTANCES, aggregate, discover, instance_control_path,
+from zramd.options import MAX_INSTANCES
+from zramd.instances import (aggregate, discover, instance_control_path,
                              instance_settings, parse_instances, split_bytes)
 from zramd.units import PAGE_SIZE
 
