@@ -142,10 +142,15 @@ def build_parser() -> Parser:
     )
     _add_target(compact)
 
-    knob = sub.add_parser("set", help=set_help())
+    knob = sub.add_parser(
+        "set",
+        help=set_help(),
+        epilog="knobs:\n" + "\n".join(f"  {knob_usage(k)}: {KNOBS[k][0].help}" for k in KNOBS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_target(knob)
-    knob.add_argument("knob", choices=list(KNOBS))
-    knob.add_argument("values", nargs="+")
+    knob.add_argument("knob", choices=list(KNOBS), help="which knob (listed below)")
+    knob.add_argument("values", nargs="+", help="its value(s), split over striped instances")
     return parser
 
 

@@ -71,6 +71,9 @@ def test_a_new_row_is_a_knob_with_help_choices_and_split(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["set", "bogus", "1"])
     assert "'test_pages'" in capsys.readouterr().err  # listed among the choices
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["set", "--help"])
+    assert "test_pages N: a test knob" in capsys.readouterr().out
     sent = []
     monkeypatch.setattr(cli, "_each", lambda args: [("a: ", "A"), ("b: ", "B")])
     monkeypatch.setattr(cli, "call", lambda path, cmd, **kw: sent.append((path, cmd, kw)))
