@@ -1,23 +1,35 @@
-"""Every ``zramd serve`` option, declared once.
+"""Every ``zramd serve`` option and every knob of a running device, declared once.
 
-``OPTIONS`` is a table with one ``Option`` row per setting.  Everything else
-is derived from it:
+``ROWS`` is a table with one ``Option`` row per setting; ``OPTIONS`` is its
+rows that are ``zramd serve`` options (``serve=False``: a knob of the
+running device only, e.g. ``mem_used_max``).  Everything else is derived
+from it:
 
-- the ``Settings`` dataclass in settings.py (one field per row, its default),
+- the ``Settings`` dataclass in settings.py (one field per serve row, its default),
 - the ``zramd serve`` arguments in cli.py (flags, aliases, help, defaults),
+- the key of ``zramd serve --config FILE`` (config_file.py: the long flag
+  with underscores),
 - the nbdkit plugin parameters (``plugin_key``): ``Settings.plugin_params``
-  writes them, ``config.from_plugin_params`` reads them back, and the
-  plugin's ``config_help`` lists them,
+  writes them, ``settings.from_plugin_params`` reads them back in the
+  plugin, and the plugin's ``config_help`` lists them,
+- how ``--instances N`` shares the value out (``split``, one of
+  ``SPLITS``: instances.instance_settings and ``zramd set``),
+- for a row with a ``runtime`` (``Runtime``): the ``zramd set KNOB`` choice
+  and usage (``KNOBS``: knob -> its rows), the control command ``set``
+  (commands.py), the running value's metric (metrics.METRICS) and the
+  ``while serving`` note in ``--help``,
 - reading values from any other source (a config file, the environment):
   ``Option.from_text`` for text and ``Option.from_value`` for typed values
-  (TOML gives ints and bools), both raising ``ConfigError`` with one line.
+  (TOML and JSON give ints and bools), both raising ``ConfigError`` with one line.
 
 A value is checked in two steps, whatever its source: the row's ``check``
-(this value alone, e.g. a range) and then ``config.Settings.validate``'s
-cross-field checks (e.g. a zstd level needs zstd).  Adding an option is one
-row here plus, if it depends on other options, one cross-field check in
-settings.py; CONTRIBUTING.md walks through it.  tests/unit/test_options.py
-round-trips every row CLI -> plugin params -> Settings using its ``example``.
+(this value alone, e.g. a range) and then ``settings.Settings.validate``'s
+cross-field checks (e.g. a zstd level needs zstd; for a ``set``, on the
+settings the running device would have).  Adding an option is one row here
+plus, if it depends on other options, one cross-field check in settings.py;
+CONTRIBUTING.md walks through it, and through a runtime-settable one.
+tests/unit/test_options.py round-trips every serve row CLI -> plugin params
+-> Settings using its ``example``; tests/unit/test_knobs.py sets every knob.
 
 No state, no locking: the table is built at import and never changed.
 """
