@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 ZRAMD   := $(VENV)/bin/zramd
 ARGS    ?=
 
-.PHONY: all setup run lint format test test-fast test-unit test-e2e clean
+.PHONY: all setup run lint format test test-fast test-unit test-e2e test-debian13 install clean
 
 all: setup
 
@@ -37,6 +37,32 @@ test-fast test-unit: setup
 
 test-e2e: setup
 	$(PY) -m pytest -ra tests/e2e $(ARGS)
+
+# The suite once more in a Debian 13 root (README.md: tested systems).
+DEBIAN13_ROOT ?= /var/cache/zramd-debian13
+DEBIAN13_CMD  ?= CI=true bash .ci/run
+test-debian13:
+	nice tools/debian13.sh $(DEBIAN13_ROOT) $(DEBIAN13_CMD)
+
+# `make install`: a `zramd` command on PATH (a two-line script that runs
+# this checkout's venv) and the systemd units of contrib/systemd
+# (docs/swap.md), their zramd path rewritten to the one installed.
+PREFIX  ?= /usr/local
+UNITDIR ?= /etc/systemd/system
+DESTDIR ?=
+UNITS   := $(wildcard contrib/systemd/*.service)
+install: setup
+	install -d -m 755 $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR)
+	printf '#!/bin/sh\nexec %s "$$@"\n' "$(abspath $(ZRAMD))" > $(DESTDIR)$(PREFIX)/bin/zramd.tmp
+	chmod 755 $(DESTDIR)$(PREFIX)/bin/zramd.tmp
+	mv -f $(DESTDIR)$(PREFIX)/bin/zramd.tmp $(DESTDIR)$(PREFIX)/bin/zramd
+	for u in $(UNITS); do \
+	  sed 's#/usr/local/bin/zramd#$(PREFIX)/bin/zramd#' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u).tmp && \
+	  chmod 644 $(DESTDIR)$(UNITDIR)/$$(basename $$u).tmp && \
+	  mv -f $(DESTDIR)$(UNITDIR)/$$(basename $$u).tmp $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
+	done
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed $(DESTDIR)$(PREFIX)/bin/zramd and $(notdir $(UNITS)) in $(DESTDIR)$(UNITDIR)"
 
 include bench/bench.mk
 include vm/vm.mk

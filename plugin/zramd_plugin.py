@@ -172,11 +172,10 @@ def _wrapper_gone(pid):
 def _control_request(request):
     cmd = request.get("cmd")
     if cmd in ("stop", "shutdown"):  # server life cycle, not a store knob
-        args = request.get("args") or {}
-        force = cmd == "shutdown" or args.get("force") is True
-        if not force:
+        force, check = commands.stop_args(request.get("args"))
+        if not (force or cmd == "shutdown"):
             _refuse_stop_in_use()
-        if args.get("check") is True:  # only asking whether a stop would go ahead
+        if check:  # only asking whether a stop would go ahead
             return {"in_use": False}
         nbdkit.shutdown()
         return {"disconnected": shutdown.disconnect_clients(_settings.control_path)}

@@ -12,7 +12,8 @@ extras=${2:-test}
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 debs=(nbdkit nbdkit-plugin-python python3-libnbd libnbd-bin fio qemu-utils python3-venv
-      python3-dev procps iproute2 util-linux curl systemd openssl git tar)
+      python3-dev procps iproute2 util-linux curl systemd openssl git tar
+      kmod nbd-client)  # the last two: contrib/systemd units (systemd-analyze verify)
 missing=()
 for p in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

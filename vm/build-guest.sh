@@ -94,7 +94,14 @@ extract nbd-client "$work/nbd-client"
 # 4. The initramfs tree.
 root=$work/root
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,lib/modules,lib64,lib/x86_64-linux-gnu}
-cp "$work/busybox/bin/busybox" "$root/bin/busybox"
+# Debian 12's busybox-static ships /bin/busybox, Debian 13's (merged /usr)
+# /usr/bin/busybox.
+busybox_bin=
+for candidate in "$work/busybox/usr/bin/busybox" "$work/busybox/bin/busybox"; do
+    if [ -f "$candidate" ]; then busybox_bin=$candidate; break; fi
+done
+[ -n "$busybox_bin" ] || { log "no busybox binary in the busybox-static package"; exit 1; }
+cp "$busybox_bin" "$root/bin/busybox"
 cp "$here/guest-init.sh" "$root/init"
 chmod 755 "$root/init"
 gcc -O2 -Wall -Wextra -static -o "$root/bin/hog" "$here/hog.c"
@@ -116,7 +123,10 @@ done
 # Kernel modules: each group in dependency order (the package ships no
 # modules.dep; a module's own .modinfo names what it depends on). Modules
 # that are built in (modules.builtin) need no file.
+# (/lib/modules on Debian 12; a merged-/usr kernel package may ship
+# /usr/lib/modules.)
 mods=$work/kernel/lib/modules/$kver
+[ -d "$mods" ] || mods=$work/kernel/usr/lib/modules/$kver
 python3 - "$mods" "$root/lib/modules" <<'EOF'
 import os, re, shutil, sys
 mods, out = sys.argv[1], sys.argv[2]
@@ -133,11 +143,18 @@ for line in open(os.path.join(mods, "modules.builtin")):
 files = {}
 for dirpath, _, names in os.walk(os.path.join(mods, "kernel")):
     for n in names:
-        if n.endswith(".ko"):
-            files[n[:-3].replace("-", "_")] = os.path.join(dirpath, n)
+        # Debian 12 ships plain .ko files, Debian 13 .ko.xz
+        for ext in (".ko", ".ko.xz"):
+            if n.endswith(ext):
+                files[n[: -len(ext)].replace("-", "_")] = os.path.join(dirpath, n)
+
+def module_bytes(name):
+    import lzma
+    data = open(files[name], "rb").read()
+    return lzma.decompress(data) if files[name].endswith(".xz") else data
 
 def depends(name):
-    data = open(files[name], "rb").read()
+    data = module_bytes(name)
     m = re.search(rb"depends=([A-Za-z0-9_,-]*)\0", data)
     return [d.replace("-", "_") for d in m.group(1).decode().split(",") if d] if m else []
 
@@ -156,7 +173,8 @@ for group, wanted in groups.items():
         visit(w)
     with open(os.path.join(out, group + ".order"), "w") as f:
         for name in order:
-            shutil.copy(files[name], os.path.join(out, name + ".ko"))
+            with open(os.path.join(out, name + ".ko"), "wb") as ko:
+                ko.write(module_bytes(name))
             f.write(name + "\n")
     print(f"build-guest: modules {group}: {' '.join(order) or '(built in)'}", file=sys.stderr)
 EOF

@@ -117,7 +117,9 @@ nbd)
         wait_for $d 10
         # 10.0.2.100:PORT exists only inside qemu: its guestfwd rules hand
         # each port's connection to one host Unix socket and nowhere else.
-        nbd-client 10.0.2.100 $((nbd_port + k)) $d -swap -b 4096 $conns || fail "nbd-client $d"
+        # -swap (mlock nbd-client): Debian 12's nbd-client has it, Debian 13's not
+        nbd-client 10.0.2.100 $((nbd_port + k)) $d -swap -b 4096 $conns ||
+            nbd-client 10.0.2.100 $((nbd_port + k)) $d -b 4096 $conns || fail "nbd-client $d"
         devs="$devs $d"
         k=$((k + 1))
     done

@@ -12,19 +12,21 @@ import dataclasses
 import json
 import logging
 import os
+import platform
+import shutil
 import signal
 import sys
 import time
 from typing import Any
 
-from . import __version__, cgroup, config_file, logs, metrics
+from . import __version__, cgroup, config_file, logs, metrics, zramgen
 from .commands import RECOMPRESS_TYPES
 from .control import TIMEOUT_SECONDS, ControlError, call
 from .engine.store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
 from .engine.writeback import WRITEBACK_TYPES
 from .instances import Stripe, aggregate, discover, instance_settings, split_count, split_value
 from .options import BOOL, BY_FIELD, KNOBS, OPTIONS, Option
-from .server import Server, ServerError, memory_advice, stop_refusal
+from .server import Server, ServerError, memory_advice, nbdkit_versions, stop_refusal
 from .settings import ConfigError, Settings, default_socket_path, describe
 from .sockets import (
     PathError,
@@ -47,9 +49,27 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"zramd: error: {message}\n")
 
 
+def version_text() -> str:
+    """``zramd --version``: zramd's version, nbdkit's, and the Python its
+    python plugin embeds (or why either is unknown)."""
+    return "\n".join(
+        [f"zramd {__version__} (Python {platform.python_version()})", nbdkit_versions()]
+    )
+
+
+class VersionAction(argparse.Action):
+    """``--version``, asked of nbdkit only when given (not at every start)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit(0)
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="zramd", description="A zram-like compressed RAM block device over NBD.")
-    parser.add_argument("--version", action="version", version=f"zramd {__version__}")
+    parser.add_argument(
+        "--version", action=VersionAction, nargs=0, help="show the versions and exit"
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     serve = sub.add_parser("serve", help="serve a compressed RAM device over NBD (foreground)")
@@ -151,6 +171,14 @@ def build_parser() -> Parser:
     _add_target(knob)
     knob.add_argument("knob", choices=list(KNOBS), help="which knob (listed below)")
     knob.add_argument("values", nargs="+", help="its value(s), split over striped instances")
+
+    zgen = sub.add_parser(
+        "from-zram-generator",
+        help="print a zramd config (TOML, for serve --config) translated from a "
+        "zram-generator config",
+    )
+    zgen.add_argument("file", nargs="?", default=zramgen.DEFAULT_PATH)
+    zgen.add_argument("--device", help="the [zramN] section (default: the first)")
     return parser
 
 
@@ -350,12 +378,25 @@ def connect_help(server: Server, index: int | None = None) -> str:
             "  nbd-client  (no PSK support in nbd-client: use --tls-certificates "
             "for the kernel's nbd driver)"
         )
-    lines.append(f"  stats       zramd stats --control {s.control_path}")
+    lines.append(f"  stats       {zramd_command()} stats --control {s.control_path}")
     if not tls and s.port is not None:
         lines.append(
             "  WARNING     no TLS: anyone who can reach the port reads and writes the device"
         )
     return "\n".join(lines)
+
+
+def zramd_command() -> str:
+    """How the banner spells this command so that it works when pasted:
+    ``zramd`` when that name on PATH is this very program, else its full
+    path (e.g. .venv/bin/zramd after ``make run``)."""
+    me = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    on_path = shutil.which("zramd")
+    if me and on_path and os.path.realpath(on_path) == me:
+        return "zramd"
+    if me.endswith(".py"):  # python -m zramd.cli
+        return f"{sys.executable} -m zramd.cli"
+    return os.path.abspath(sys.argv[0]) if me else "zramd"
 
 
 def stripe_help(servers: list[Server], base: Settings) -> str:
@@ -364,7 +405,7 @@ def stripe_help(servers: list[Server], base: Settings) -> str:
     if len(servers) == 1:
         s = servers[0].settings
         return (
-            connect_help(servers[0]) + f"\n  stop        zramd stop --control "
+            connect_help(servers[0]) + f"\n  stop        {zramd_command()} stop --control "
             f"{s.control_path}   (refused while in use, unless --force)"
             "\n  Stop with Ctrl-C."
         )
@@ -380,11 +421,11 @@ def stripe_help(servers: list[Server], base: Settings) -> str:
     devs = " ".join(f"/dev/nbd{i}" for i in range(n))
     lines += [
         f"all {n}",
-        f"  stats       zramd stats {target}  (summed; --per-instance for each)",
-        f"  status      zramd status {target}",
+        f"  stats       {zramd_command()} stats {target}  (summed; --per-instance for each)",
+        f"  status      {zramd_command()} status {target}",
         f"  swap        mkswap and swapon --discard --priority 100 each of {devs}: "
         f"equal priority stripes pages over them",
-        f"  stop        zramd stop {target}   (refused while in use, unless --force)",
+        f"  stop        {zramd_command()} stop {target}   (refused while in use, unless --force)",
         "  Stop with Ctrl-C.",
     ]
     return "\n".join(lines)
@@ -809,7 +850,10 @@ def cmd_set(args) -> int:
     targets = _each(args)
     per: list[dict] = [{} for _ in targets]
     for opt, text in zip(rows, args.values, strict=False):
-        value = opt.from_text(text)
+        try:
+            value = opt.from_text(text)
+        except ConfigError as exc:  # one line that names the knob
+            raise ConfigError(str(exc) if opt.label in str(exc) else f"{opt.label} {exc}") from None
         for each, part in zip(per, split_value(opt, value, len(targets)), strict=True):
             each[opt.label] = part
     for (_, path), values in zip(targets, per, strict=True):
@@ -817,7 +861,18 @@ def cmd_set(args) -> int:
     return 0
 
 
+def cmd_from_zram_generator(args) -> int:
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{args.file}: {exc.strerror}") from None
+    sys.stdout.write(zramgen.translate(text, args.device))
+    return 0
+
+
 SUBCOMMANDS = {
+    "from-zram-generator": cmd_from_zram_generator,
     "serve": cmd_serve,
     "stop": cmd_stop,
     "stats": cmd_stats,

@@ -55,7 +55,9 @@ def _size_arg(args: dict, key: str, maximum: int | None = None) -> int:
     try:
         value = parse_size(args[key])
     except ValueError as exc:
-        raise ControlError(f"{key}: {exc}") from None
+        message = str(exc)
+        sep = " " if message.startswith("must ") else ": "
+        raise ControlError(f"{key}{sep}{message}") from None
     if value > bound:
         raise ControlError(
             f"{key} must be at most {format_size(bound)} (the physical memory), not {value}"
@@ -266,6 +268,20 @@ def would_be_settings(stats: dict, new: dict) -> Settings:
                 running[opt.field] = stats[stat]
     running.update((field, value) for field, value in new.items() if hasattr(Settings, field))
     return Settings(**running)
+
+
+def stop_args(args) -> tuple[bool, bool]:
+    """The ``stop`` request's (force, check), both JSON booleans: a bad
+    argument is refused before anything stops, as any bad command is."""
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise ControlError("args must be an object")
+    _check_args(args, "stop", {"force", "check"})
+    for key in ("force", "check"):
+        if key in args and not isinstance(args[key], bool):
+            raise ControlError(f"{key} must be true or false, not {args[key]!r}")
+    return args.get("force", False), args.get("check", False)
 
 
 def dispatch(device, request: dict):

@@ -241,7 +241,7 @@ class ControlServer:
                 "ok": False,
                 "error": 'malformed request: expected {"cmd": NAME, "args": {...}}',
             }
-        if not isinstance(request.get("args", {}), dict):
+        if request.get("args") is not None and not isinstance(request["args"], dict):
             return {"ok": False, "error": "args must be an object"}
         if _nesting(request) > MAX_NESTING:
             return {"ok": False, "error": f"malformed request: nested deeper than {MAX_NESTING}"}

@@ -19,17 +19,19 @@ Two defences:
    554 bytes per failure.
 2. It keeps that exception in a thread-local slot; ``format_exception``,
    which nbdkit calls (as ``traceback.format_exception``) with the very
-   references it fetched, notes the traceback beside it (the exception
-   itself does not hold it).  When the same thread fails again, or its
-   connection closes (``release_last()``), nbdkit is long done with the
-   previous one (that callback returned), and the references it took are
-   given back with ``Py_DecRef`` -- but only if the reference counts show
-   exactly nbdkit's one extra reference on both the exception and the
-   traceback (``EXPECTED_*``).  An nbdkit that releases them, a printer
-   that was bypassed, or anything else holding a reference leaves the
-   counts different, and then nothing is touched (the objects just leak,
-   as before).  Only the thread that raised an exception ever releases it,
-   so no thread can see it between the raise and nbdkit's fetch.  Without
+   references it fetched, notes the traceback beside it (on Python 3.11
+   the exception does not hold it; from 3.12 on, where the interpreter
+   keeps only the exception, it is the exception's ``__traceback__``).
+   When the same thread fails again, or its connection closes
+   (``release_last()``), nbdkit is long done with the previous one (that
+   callback returned), and the references it took are given back with
+   ``Py_DecRef`` -- but only if the reference counts show exactly
+   nbdkit's one extra reference on both the exception and the traceback
+   (``EXPECTED_*``). An nbdkit that releases them, a printer that was
+   bypassed, or anything else holding a reference leaves the counts
+   different, and then nothing is touched (the objects just leak, as
+   before). Only the thread that raised an exception ever releases it,
+   so no thread can see it between the raise and nbdkit's fetch. Without
    the thread-state pin (``--no-pin-thread-state``) the slot does not
    survive between callbacks, so nothing is released.
 
@@ -51,7 +53,10 @@ import traceback
 # sys.getrefcount of this thread's previous exception and of its traceback
 # inside _release: release_last's variable, _release's argument,
 # getrefcount's own argument, and nbdkit's leaked reference (measured with
-# nbdkit 1.32.5, CPython 3.11).  Without the leak, each is one less.
+# nbdkit 1.32.5, CPython 3.11).  Without the leak, each is one less.  From
+# CPython 3.12 on the exception also holds its traceback (PyErr_Fetch hands
+# out exc.__traceback__), one more on the traceback: counted in _release
+# (measured with nbdkit 1.42, CPython 3.13).
 EXPECTED_EXC_REFS = 4
 EXPECTED_TB_REFS = 4
 
@@ -77,7 +82,7 @@ def format_exception(*args, **kwargs):
     """``traceback.format_exception``, which nbdkit calls to print a
     callback's exception with the very references it fetched: for this
     thread's last failure, note the traceback (the exception itself does not
-    hold it), then format as the formatter installed before (zramd.logs:
+    hold it on 3.11), then format as the formatter installed before (zramd.logs:
     one line)."""
     value = args[1] if len(args) > 1 else kwargs.get("value")
     if value is not None and value is getattr(_local, "last", None):
@@ -108,7 +113,9 @@ def _release(exc: OSError, tb) -> None:
     global released, kept
     exc_refs = sys.getrefcount(exc)
     tb_refs = sys.getrefcount(tb) if tb is not None else 0
-    if tb is None or exc_refs != EXPECTED_EXC_REFS or tb_refs != EXPECTED_TB_REFS:
+    held_by_exc = tb is not None and exc.__traceback__ is tb
+    expected_tb_refs = EXPECTED_TB_REFS + held_by_exc
+    if tb is None or exc_refs != EXPECTED_EXC_REFS or tb_refs != expected_tb_refs:
         kept += 1
         return
     _decref(tb)

@@ -79,6 +79,23 @@ def embedded_python_version(nbdkit: str = "nbdkit") -> str:
     raise ServerError("nbdkit python --dump-plugin did not say which Python it embeds")
 
 
+def nbdkit_versions(nbdkit: str = "nbdkit") -> str:
+    """One line for ``zramd --version``: nbdkit's version and the Python its
+    python plugin embeds, or why they are unknown (never raises)."""
+    try:
+        out = subprocess.run(
+            [nbdkit, "--version"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.split()
+        nbdkit_text = f"nbdkit {out[1]}" if len(out) > 1 else "nbdkit (unknown version)"
+    except (OSError, subprocess.SubprocessError):
+        return f"{nbdkit}: not found (install nbdkit and nbdkit-plugin-python: make setup does)"
+    try:
+        embedded = embedded_python_version(nbdkit)
+    except ServerError as exc:
+        return f"{nbdkit_text}, {exc}"
+    return f"{nbdkit_text}, python plugin embedding Python {embedded}"
+
+
 def check_python_version(nbdkit: str = "nbdkit") -> None:
     embedded = embedded_python_version(nbdkit)
     ours = f"{sys.version_info[0]}.{sys.version_info[1]}"

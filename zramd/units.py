@@ -32,7 +32,7 @@ def parse_size(text: str | int) -> int:
         raise ValueError(f"not a size: {text!r}")
     if isinstance(text, int):
         if text < 0:
-            raise ValueError("size must not be negative")
+            raise ValueError("must not be negative")
         nbytes = text
     else:
         if not isinstance(text, str) or len(text) > 64:
@@ -42,7 +42,7 @@ def parse_size(text: str | int) -> int:
             raise ValueError(f"not a size: {text!r} (use bytes or a K/M/G/T suffix, e.g. 1G)")
         nbytes = int(m.group(1)) << _SUFFIX[m.group(2).lower()]
     if nbytes > MAX_SIZE_BYTES:
-        raise ValueError(f"size must be at most {MAX_SIZE_BYTES} bytes (2^63-1, NBD's limit)")
+        raise ValueError(f"must be at most {MAX_SIZE_BYTES} bytes (2^63-1, NBD's limit)")
     return nbytes
 
 

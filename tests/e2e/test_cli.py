@@ -48,10 +48,42 @@ def test_python_version_mismatch_is_one_line(sockdir):
     assert result.stderr.strip().startswith("zramd: error: nbdkit embeds Python 3.9.2 but zramd runs on Python 3.")
 
 
-def start_serve(sockdir, *args):
+def test_version_names_nbdkit_and_embedded_python():
+    result = run("--version")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    ours = ".".join(map(str, sys.version_info[:2]))
+    assert re.fullmatch(rf"zramd \S+ \(Python {re.escape(ours)}\.\d+\S*\)", lines[0]), lines
+    nbdkit_version = subprocess.run(["nbdkit", "--version"], capture_output=True,
+                                    text=True).stdout.split()[1]
+    assert re.fullmatch(rf"nbdkit {re.escape(nbdkit_version)}, python plugin embedding "
+                        rf"Python {re.escape(ours)}\.\d+\S*", lines[1]), lines
+
+
+def test_banner_commands_work_as_printed(sockdir):
+    """The entry point from the venv, with the venv not on PATH (make run):
+    the banner's stats line, pasted into a shell, reads the device."""
+    entry = os.path.join(os.path.dirname(sys.executable), "zramd")
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                           if os.path.realpath(p) != os.path.realpath(os.path.dirname(entry)))
+    env = dict(os.environ, PATH=path)
+    proc, sock, banner = start_serve(sockdir, command=[entry], env=env)
+    try:
+        stats_line = next(line for line in banner.splitlines() if line.lstrip().startswith("stats"))
+        command = stats_line.split(None, 1)[1]
+        assert command.startswith(entry + " stats "), stats_line
+        out = subprocess.run(command, shell=True, capture_output=True, text=True, env=env,
+                             timeout=60)
+        assert out.returncode == 0 and out.stdout.startswith("mm_stat"), out
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def start_serve(sockdir, *args, command=None, env=None):
     sock = os.path.join(sockdir, "z.sock")
-    proc = subprocess.Popen(ZRAMD + ["serve", "--socket", sock, "--size", "16M", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen((command or ZRAMD) + ["serve", "--socket", sock, "--size", "16M", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     banner = []
     for line in proc.stdout:
         banner.append(line)
@@ -71,7 +103,7 @@ def test_serve_stats_and_clean_stop(sockdir, signum):
     proc, sock, banner = start_serve(sockdir, "--algorithm", "zstd", "--level", "5")
     try:
         assert f"nbd+unix:///?socket={sock}" in banner
-        for hint in ("nbdinfo", "nbd-client", "qemu", "zramd stats"):
+        for hint in ("nbdinfo", "nbd-client", "qemu", "zramd.cli stats --control"):
             assert hint in banner
         h = nbd.NBD()
         h.connect_unix(sock)

@@ -171,3 +171,30 @@ def test_non_object_args_and_huge_sizes_answer_one_line_and_change_nothing(make_
         assert stats(server) == before
         assert h.pread(len(data), 0) == data
         h.shutdown()
+
+
+BAD_STOP_ARGS = [{"force": "maybe"}, {"force": [1]}, {"force": 1}, {"check": "yes"},
+                 {"check": None}, {"now": True}]
+
+
+def test_a_stop_with_bad_arguments_is_refused_and_stops_nothing(make_server):
+    """With no client connected a valid stop would go ahead at once, so each
+    of these requests would end the server if a bad value slipped through."""
+    with make_server(size="16M") as server:
+        h = connect(server)
+        data = os.urandom(2 * PAGE)
+        h.pwrite(data, 0)
+        h.shutdown()
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(60)
+            sock.connect(server.control_path)
+            stream = sock.makefile("rb")
+            for args in BAD_STOP_ARGS:
+                sock.sendall(json.dumps({"cmd": "stop", "args": args}).encode() + b"\n")
+                reply = json.loads(stream.readline())
+                assert reply["ok"] is False, (args, reply)
+                assert "internal error" not in reply["error"], (args, reply)
+            stream.close()
+        h = connect(server)
+        assert h.pread(len(data), 0) == data
+        h.shutdown()

@@ -31,16 +31,22 @@ def status_bytes(pid: int, field: str) -> int:
 
 
 def unlocked_anonymous_mappings(pid: int) -> list[str]:
-    """Mappings holding resident anonymous memory without the lock flag."""
+    """Mappings holding resident anonymous memory without the lock flag.
+
+    Droppable mappings (VmFlags ``dp``, MAP_DROPPABLE, Linux 6.11+) do not
+    count: the kernel never locks them, and frees rather than swaps them
+    under pressure, so they cannot wait on the device. glibc 2.41+ (Debian
+    13) keeps each thread's vDSO getrandom state in one."""
     unlocked, header, anon = [], None, 0
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
             key = line.split(":", 1)[0]
-            if "-" in key and " " not in key:  # a mapping's header line
+            first = line.split(maxsplit=1)[0]
+            if "-" in first and not first.endswith(":"):  # a mapping's header
                 header, anon = line.strip(), 0
             elif key == "Anonymous":
                 anon = int(line.split()[1])
-            elif key == "VmFlags" and anon and "lo" not in line.split()[1:]:
+            elif key == "VmFlags" and anon and not {"lo", "dp"} & set(line.split()[1:]):
                 unlocked.append(f"{header} ({anon} kB)")
     return unlocked
 

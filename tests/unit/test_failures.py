@@ -35,7 +35,10 @@ def _nbdkit_calls(markers, leak: bool):
     except OSError as exc:
         # nbdkit calls from C: its traceback starts at the callback's frame
         value, tb = exc, exc.__traceback__.tb_next
-    value.__traceback__ = None  # and PyErr_Fetch leaves this unset
+    if sys.version_info < (3, 12):
+        value.__traceback__ = None  # and PyErr_Fetch leaves this unset
+    else:
+        value.__traceback__ = tb  # PyErr_Fetch hands out exc.__traceback__
     if leak:
         _incref(type(value))
         _incref(value)

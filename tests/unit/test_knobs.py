@@ -97,7 +97,7 @@ def test_set_splits_sizes_in_pages_over_instances(monkeypatch):
     (["set", "mem_used_max", "5"], "mem_used_max can only be reset, with 0 (as in zram)"),
     (["set", "writeback_limit", "lots"], "writeback_limit must be a whole number"),
     (["set", "watermarks", "1M", "2M", "3M"], "set takes watermarks HIGH [LOW]"),
-    (["set", "mem_limit", "huge"], "not a size"),
+    (["set", "mem_limit", "huge"], "mem_limit not a size: 'huge'"),
 ])
 def test_bad_set_values_are_one_line_before_any_call(argv, message, monkeypatch, capsys):
     monkeypatch.setattr(cli, "_each", lambda args: [("", "A")])
