@@ -24,7 +24,7 @@ except ImportError:  # run from a checkout without PYTHONPATH
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from zramd import commands, failures, logs, nodump, pinning, shutdown, swap
-from zramd import config as zconfig
+from zramd import settings as zsettings
 from zramd.control import ControlError, ControlServer
 from zramd.engine.backing import BackingFile
 from zramd.engine.checksums import make_checksum
@@ -68,7 +68,7 @@ def config(key, value):
 def config_complete():
     global _settings, _pin, _pin_each
     failures.install()  # nbdkit's error printing (zramd/failures.py)
-    _settings = zconfig.from_plugin_params(_params)
+    _settings = zsettings.from_plugin_params(_params)
     logs.configure_plugin()
     # Before any page is stored: no core dump, no /proc/PID/mem (zramd/nodump.py).
     why_not = nodump.forbid_dumps()
@@ -92,7 +92,7 @@ def config_complete():
 
 
 def config_help():
-    return zconfig.plugin_help()
+    return zsettings.plugin_help()
 
 
 def thread_model():
@@ -133,7 +133,7 @@ def get_ready():
     )
     _read = _device.read
     _direct_write = _device.direct_write
-    nbdkit.debug(f"zramd: {zconfig.describe(s)}")
+    nbdkit.debug(f"zramd: {zsettings.describe(s)}")
     if s.swap:
         why_not = swap.set_io_flusher()
         if why_not:

@@ -26,8 +26,8 @@ def main() -> None:
     sys.path.insert(0, tree)
     import nbd
 
-    from zramd.config import Settings
     from zramd.server import Server
+    from zramd.settings import Settings
 
     workdir = tempfile.mkdtemp(prefix="zramd-enospc-", dir="/tmp")
     try:

@@ -10,7 +10,9 @@ The package holds all logic and imports without nbdkit:
 - ``workers``  asynchronous compression threads
 - ``backing``  the backing file for written-back pages
 - ``writeback`` the writeback thread and its automatic policy
-- ``config``   validated settings shared by the CLI and the nbdkit plugin
+- ``options``  the option table: every serve option and runtime knob, one row each
+- ``settings`` validated settings shared by the CLI and the nbdkit plugin
+- ``config_file`` the TOML file of ``zramd serve --config``
 - ``control``  the owner-only control socket (server thread and client)
 - ``commands`` control commands (stats, ...) run against a store
 - ``pinning``  keeps nbdkit's per-thread Python thread state alive

@@ -17,16 +17,17 @@ import shutil
 import signal
 import sys
 import time
+from typing import Any
 
-from . import __version__, cgroup, configfile, logs, metrics, zramgen
+from . import __version__, cgroup, config_file, logs, metrics, zramgen
 from .commands import RECOMPRESS_TYPES
-from .config import ConfigError, Settings, default_socket_path, describe
 from .control import TIMEOUT_SECONDS, ControlError, call
 from .engine.store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
 from .engine.writeback import WRITEBACK_TYPES
-from .instances import Stripe, aggregate, discover, instance_settings, split_bytes
-from .options import BY_FIELD, OPTIONS, Option
+from .instances import Stripe, aggregate, discover, instance_settings, split_count, split_value
+from .options import BOOL, BY_FIELD, KNOBS, OPTIONS, Option
 from .server import Server, ServerError, memory_advice, nbdkit_versions, stop_refusal
+from .settings import ConfigError, Settings, default_socket_path, describe
 from .sockets import (
     PathError,
     claim_pid_file,
@@ -37,11 +38,10 @@ from .sockets import (
 )
 from .swap import LockError, lock_memory, set_oom_score_adj
 from .tls import qemu_object
-from .units import PAGE_SIZE, human_size, parse_size, physical_memory_bytes
+from .units import PAGE_SIZE, human_size, physical_memory_bytes
 
 log = logging.getLogger("zramd")
 STAT_FILES = {"mm_stat": MM_STAT_FIELDS, "io_stat": IO_STAT_FIELDS, "bd_stat": BD_STAT_FIELDS}
-KNOBS = ("mem_limit", "mem_used_max", "writeback_limit", "writeback_limit_enable", "watermarks")
 
 
 class Parser(argparse.ArgumentParser):
@@ -164,13 +164,13 @@ def build_parser() -> Parser:
 
     knob = sub.add_parser(
         "set",
-        help="set a knob of the running device: mem_limit SIZE, "
-        "mem_used_max 0, writeback_limit PAGES, writeback_limit_enable "
-        "on|off, watermarks HIGH [LOW]",
+        help=set_help(),
+        epilog="knobs:\n" + "\n".join(f"  {knob_usage(k)}: {KNOBS[k][0].help}" for k in KNOBS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_target(knob)
-    knob.add_argument("knob", choices=KNOBS)
-    knob.add_argument("values", nargs="+")
+    knob.add_argument("knob", choices=list(KNOBS), help="which knob (listed below)")
+    knob.add_argument("values", nargs="+", help="its value(s), split over striped instances")
 
     zgen = sub.add_parser(
         "from-zram-generator",
@@ -180,6 +180,23 @@ def build_parser() -> Parser:
     zgen.add_argument("file", nargs="?", default=zramgen.DEFAULT_PATH)
     zgen.add_argument("--device", help="the [zramN] section (default: the first)")
     return parser
+
+
+def knob_usage(knob: str) -> str:
+    """``watermarks HIGH [LOW]``: a knob and its values, from its rows."""
+    words = [knob]
+    for opt in KNOBS[knob]:
+        rt = opt.runtime
+        assert rt is not None  # KNOBS holds only runtime rows
+        name = rt.metavar or (
+            "on|off" if opt.type is BOOL else opt.metavar or opt.type.name.upper()
+        )
+        words.append(f"[{name}]" if rt.optional else name)
+    return " ".join(words)
+
+
+def set_help() -> str:
+    return "set a knob of the running device: " + ", ".join(knob_usage(k) for k in KNOBS)
 
 
 def _argparse_type(opt: Option):
@@ -198,11 +215,13 @@ def _argparse_type(opt: Option):
     return convert
 
 
-def add_serve_options(parser: argparse.ArgumentParser) -> None:
-    """One argument per row of the option table (options.py)."""
-    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}
+def add_serve_options(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """One argument per row of the option table (options.py); without
+    ``defaults``, an option not given is left out of the namespace."""
+    groups: dict[str, Any] = {}  # argparse names no public type for a group
     for opt in OPTIONS:
-        target: argparse._ActionsContainer = parser
+        target: Any = parser
+        default = opt.default if defaults else argparse.SUPPRESS
         if opt.group:
             if opt.group not in groups:
                 groups[opt.group] = parser.add_mutually_exclusive_group()
@@ -211,7 +230,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
             target.add_argument(
                 *opt.flags,
                 dest=opt.field,
-                default=opt.default,
+                default=default,
                 action="store_false" if opt.default else "store_true",
                 help=opt.help_text(),
             )
@@ -219,7 +238,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
             target.add_argument(
                 *opt.flags,
                 dest=opt.field,
-                default=opt.default,
+                default=default,
                 type=_argparse_type(opt),
                 choices=opt.choices,
                 metavar=opt.metavar or (None if opt.choices else opt.type.name.upper()),
@@ -237,7 +256,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if path:
         given: set[str] = getattr(args, "given_fields", set())
         given_groups = {opt.group for opt in OPTIONS if opt.field in given and opt.group}
-        for field, value in configfile.load(path).items():
+        for field, value in config_file.load(path).items():
             opt = BY_FIELD[field]
             if field not in given and (opt.group is None or opt.group not in given_groups):
                 values[field] = value
@@ -247,10 +266,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def given_fields(serve_argv: list[str]) -> set[str]:
     """The Settings fields set by flags in ``serve_argv`` (not by defaults)."""
     parser = Parser(prog="zramd serve", add_help=False)
-    add_serve_options(parser)
-    parser.add_argument("--config")
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
+    add_serve_options(parser, defaults=False)
+    parser.add_argument("--config", default=argparse.SUPPRESS)
     known, _ = parser.parse_known_args(serve_argv)
     return set(vars(known)) - {"config"}
 
@@ -275,7 +292,7 @@ def _control_path(args) -> str:
         return args.control
     if args.socket is None and getattr(args, "config", None):
         # the server the config file describes, with serve's own defaults
-        values = configfile.load(args.config)
+        values = config_file.load(args.config)
         settings = Settings(**values).with_defaults()
         return settings.control_path
     return (args.socket or default_socket_path()) + ".ctl"
@@ -533,7 +550,7 @@ def with_memory_default(base: Settings, args) -> Settings:
     none was given (docs/design.md#memory-cgroups), with one warning line."""
     given = set(getattr(args, "given_fields", set()))
     if getattr(args, "config", None):
-        given |= set(configfile.load(args.config))
+        given |= set(config_file.load(args.config))
     memory = cgroup.memory_cgroup()
     limit, warning = memory_advice(
         base,
@@ -770,18 +787,10 @@ def _each(args):
     return [(f"{name}: ", path) for name, path in instances]
 
 
-def _split_count(value: int | None, n: int) -> list[int | None]:
-    """A page count (e.g. --limit) shared out like sizes are."""
-    if value is None:
-        return [None] * n
-    base, extra = divmod(value, n)
-    return [base + (1 if i < extra else 0) for i in range(n)]
-
-
 def cmd_writeback(args) -> int:
     targets = _each(args)
     failed = False
-    for (label, path), limit in zip(targets, _split_count(args.limit, len(targets)), strict=True):
+    for (label, path), limit in zip(targets, split_count(args.limit, len(targets)), strict=True):
         result = call(path, "writeback", timeout=3600, type=args.type, limit=limit)
         if args.json:
             print(json.dumps(result, sort_keys=True))
@@ -806,7 +815,7 @@ def cmd_idle(args) -> int:
 
 def cmd_recompress(args) -> int:
     targets = _each(args)
-    for (label, path), limit in zip(targets, _split_count(args.limit, len(targets)), strict=True):
+    for (label, path), limit in zip(targets, split_count(args.limit, len(targets)), strict=True):
         r = call(
             path, "recompress", timeout=3600, type=args.type, threshold=args.threshold, limit=limit
         )
@@ -831,61 +840,24 @@ def cmd_compact(args) -> int:
 
 
 def cmd_set(args) -> int:
-    """A knob of the device; on striped instances, sizes and page counts
-    are split between them as ``serve --instances`` splits them."""
-    v = args.values
-    nargs = {"watermarks": (1, 2)}.get(args.knob, (1, 1))
-    if not nargs[0] <= len(v) <= nargs[1]:
-        raise ConfigError(
-            f"set {args.knob} takes {nargs[0]}"
-            f"{'-' + str(nargs[1]) if nargs[1] != nargs[0] else ''} value(s)"
-        )
-    if args.knob == "mem_used_max" and v[0] != "0":
-        raise ConfigError("mem_used_max can only be reset, with 0 (as in zram)")
+    """A knob of the device (its rows of the option table, in order), through
+    the control command ``set``; on striped instances each value is split
+    between them as its row's ``split`` says, as ``serve --instances`` does."""
+    rows = KNOBS[args.knob]
+    required = sum(1 for opt in rows if opt.runtime is not None and not opt.runtime.optional)
+    if not required <= len(args.values) <= len(rows):
+        raise ConfigError(f"set takes {knob_usage(args.knob)}")
     targets = _each(args)
-    n = len(targets)
-
-    def split_size(text):
-        if n == 1:
-            return [text]
+    per: list[dict] = [{} for _ in targets]
+    for opt, text in zip(rows, args.values, strict=False):
         try:
-            total = parse_size(text)
-        except ValueError as exc:
-            raise ConfigError(f"{args.knob} {exc}") from None
-        if total and total < n * PAGE_SIZE:
-            raise ConfigError(
-                f"{text} is too small for {n} instances (at least one {PAGE_SIZE}-byte page each)"
-            )
-        return split_bytes(total, n) if total else [0] * n
-
-    def split_pages(text):
-        if n == 1:
-            return [text]
-        try:
-            total = int(text)
-        except ValueError:
-            raise ConfigError(
-                f"writeback_limit must be a whole number of pages, not {text!r}"
-            ) from None
-        if total < 0:
-            raise ConfigError("writeback_limit must not be negative")
-        return _split_count(total, n)
-
-    if args.knob == "mem_limit":
-        per = [dict(size=x) for x in split_size(v[0])]
-        cmd = "mem_limit"
-    elif args.knob == "mem_used_max":
-        per, cmd = [{}] * n, "reset_mem_used_max"
-    elif args.knob == "writeback_limit":
-        per, cmd = [dict(pages=x) for x in split_pages(v[0])], "writeback_limit"
-    elif args.knob == "writeback_limit_enable":
-        per, cmd = [dict(enable=v[0])] * n, "writeback_limit"
-    else:
-        cols = [split_size(x) for x in v]
-        per = [dict(zip(("high", "low"), parts, strict=False)) for parts in zip(*cols, strict=True)]
-        cmd = "watermarks"
-    for (_, path), kwargs in zip(targets, per, strict=True):
-        call(path, cmd, **kwargs)
+            value = opt.from_text(text)
+        except ConfigError as exc:  # one line that names the knob
+            raise ConfigError(str(exc) if opt.label in str(exc) else f"{opt.label} {exc}") from None
+        for each, part in zip(per, split_value(opt, value, len(targets)), strict=True):
+            each[opt.label] = part
+    for (_, path), values in zip(targets, per, strict=True):
+        call(path, "set", **values)
     return 0
 
 

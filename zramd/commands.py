@@ -1,5 +1,10 @@
 """Control commands, named after zram's sysfs knobs, run against a device.
 
+The knobs (rows of the option table with a ``runtime``) are set by one
+command, ``set``, derived from the table; ``mem_limit``, ``watermarks``,
+``writeback_limit`` and ``reset_mem_used_max`` keep their own argument
+names and messages and hand their values to it.
+
 ``COMMANDS`` maps a name to ``fn(device, args) -> result``.  Each command
 validates all of its arguments before it changes anything, so a bad command
 changes nothing; it raises ControlError with a one-line reason.  Commands run
@@ -12,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .control import ControlError
+from .options import KNOBS, MAX_PAGE_COUNT, ConfigError, Option
+from .settings import Settings
 from .units import PAGE_SIZE, format_size, parse_size, physical_memory_bytes
 
 COMMANDS: dict[str, Callable[..., dict]] = {}
@@ -31,9 +38,8 @@ def _no_args(args: dict, name: str) -> None:
         raise ControlError(f"{name} takes no arguments, got {', '.join(sorted(args))}")
 
 
-# Whole-number arguments (page counts, seconds) above this are refused: no
-# device has 2**48 pages, and a bound keeps arithmetic on them cheap.
-MAX_COUNT = 1 << 48
+# Whole-number arguments (page counts, seconds) above this are refused.
+MAX_COUNT = MAX_PAGE_COUNT
 
 
 def _size_arg(args: dict, key: str, maximum: int | None = None) -> int:
@@ -69,16 +75,14 @@ def _stats(device, args):
 def _mem_limit(device, args):
     """zram's ``echo SIZE > mem_limit`` (0: no limit)."""
     _check_args(args, "mem_limit", {"size"})
-    device.store.set_mem_limit(_size_arg(args, "size"))
-    return device.stats()
+    return _set(device, {"mem_limit": _size_arg(args, "size")})
 
 
 @command("reset_mem_used_max")
 def _reset_mem_used_max(device, args):
     """zram's ``echo 0 > mem_used_max``."""
     _no_args(args, "reset_mem_used_max")
-    device.store.reset_mem_used_max()
-    return device.stats()
+    return _set(device, {"mem_used_max": 0})
 
 
 def _check_args(args: dict, name: str, allowed: set[str]) -> None:
@@ -192,8 +196,9 @@ def _writeback_limit(device, args):
         raise ControlError("writeback_limit needs pages and/or enable")
     pages = _int_arg(args, "pages", minimum=0)
     enable = _bool_arg(args, "enable") if "enable" in args else None
-    _writeback_of(device).set_limit(enable, pages)
-    return device.stats()
+    _writeback_of(device)
+    values = {"writeback_limit": pages, "writeback_limit_enable": enable}
+    return _set(device, {key: value for key, value in values.items() if value is not None})
 
 
 @command("watermarks")
@@ -203,10 +208,66 @@ def _watermarks(device, args):
     _check_args(args, "watermarks", {"high", "low"})
     high = _size_arg(args, "high")
     low = _size_arg(args, "low") if "low" in args else high * 3 // 4
-    if low > high:
-        raise ControlError("the low watermark must not be above the high watermark")
-    _writeback_of(device).set_watermarks(high, low)
+    _writeback_of(device)
+    return _set(device, {"high_watermark": high, "low_watermark": low})
+
+
+# The rows `set` takes, by their label (zram's names: mem_limit, high_watermark).
+KNOB_ROWS: dict[str, Option] = {opt.label: opt for rows in KNOBS.values() for opt in rows}
+
+
+@command("set")
+def _set(device, args):
+    """Set knobs of the running device in one go, e.g. ``{"high_watermark":
+    "8M", "low_watermark": "6M"}``: every row of the option table with a
+    ``runtime`` (options.Runtime), keyed by its label.  Each value goes
+    through its row's ``from_value``; the settings they would make (the
+    device's running values, the new ones over them) through
+    ``Settings.validate``'s checks across options; only then is anything
+    changed.  A knob's rows not given take their defaults, as in
+    ``zramd set watermarks HIGH`` (the low watermark: 3/4 of it)."""
+    if not args:
+        raise ControlError(f"set needs one or more of {', '.join(sorted(KNOB_ROWS))}")
+    _check_args(args, "set", set(KNOB_ROWS))
+    touched = {KNOB_ROWS[label].runtime.knob for label in args}
+    values: dict[str, object] = {}
+    for knob in touched:
+        for opt in KNOBS[knob]:
+            if opt.label not in args:
+                if not opt.runtime.optional:
+                    raise ControlError(f"{knob} needs {opt.label}")
+                values[opt.field] = opt.default
+                continue
+            if args[opt.label] is None:
+                raise ControlError(f"{opt.label} needs a value")
+            try:
+                values[opt.field] = opt.from_value(args[opt.label])
+            except ConfigError as exc:
+                raise ControlError(str(exc)) from None
+        if KNOBS[knob][0].runtime.needs_backing and device.writeback is None:
+            _writeback_of(device)  # raises: no backing file
+    would_be = would_be_settings(device.stats(), values)
+    try:
+        would_be.validate()
+    except ConfigError as exc:
+        raise ControlError(str(exc)) from None
+    for knob in touched:
+        KNOBS[knob][0].runtime.apply(device, {opt.field: values[opt.field] for opt in KNOBS[knob]})
     return device.stats()
+
+
+def would_be_settings(stats: dict, new: dict) -> Settings:
+    """The Settings a running device would have with ``new`` ({field:
+    value}): its backing file and its knobs' running values (each row's
+    ``runtime.stat``) from ``stats``, ``new`` over them, the rest defaults."""
+    running: dict[str, object] = {"backing_file": stats.get("backing_file") or None}
+    for rows in KNOBS.values():
+        for opt in rows:
+            stat = opt.runtime.stat if opt.runtime is not None else None
+            if opt.serve and stat in stats:
+                running[opt.field] = stats[stat]
+    running.update((field, value) for field, value in new.items() if hasattr(Settings, field))
+    return Settings(**running)
 
 
 def stop_args(args) -> tuple[bool, bool]:

@@ -11,12 +11,14 @@ Data structures:
   Instance ``i`` gets ``total_pages // n`` pages, the first
   ``total_pages % n`` instances one page more, and instance 0 also any
   sub-page tail; the parts always add up to ``total`` exactly.
-- ``instance_settings(settings, n)``: one ``Settings`` per instance.  Socket
+- ``instance_settings(settings, n)``: one ``Settings`` per instance, each
+  field split as its option row's ``split`` says (``split_value``; the
+  kinds are options.SPLITS, so no list of fields lives here).  Today: socket
   ``PATH`` becomes ``PATH.0 ... PATH.{n-1}``, control socket ``CTL`` becomes
   ``CTL.0 ...`` (the default ``PATH.ctl`` so becomes ``PATH.0.ctl``), TCP
   port ``P`` becomes ``P ... P+n-1``; size, mem_limit, backing size and the
-  watermarks are split; the backing file and final-stats paths get the same
-  ``.i`` suffix.  ``n == 1`` returns the settings unchanged (no suffix).
+  watermarks are split in pages; the backing file and final-stats paths get
+  the same ``.i`` suffix.  ``n == 1`` returns the settings unchanged.
 - ``discover(control_path)``: the control sockets of every running instance
   of a base path: the path itself if it exists, then ``BASE.i.ctl`` in index
   order.  The naming convention is the instance list; nothing else is
@@ -43,24 +45,16 @@ import queue
 import re
 import threading
 import time
+from typing import Any
 
-from .config import ConfigError, Settings
-from .options import MAX_INSTANCES
+from .options import BY_NAME, OPTIONS, Option
+from .settings import ConfigError, Settings
 from .units import PAGE_SIZE, format_size
-
-# Far more than the cores of any machine this runs on, few enough that a
-# typo (--instances 1000) is caught rather than starting 1000 interpreters.
 
 
 def parse_instances(text: str) -> int:
-    """The --instances value: a whole number 1..MAX_INSTANCES."""
-    try:
-        n = int(str(text).strip(), 10)
-    except ValueError:
-        raise ConfigError(f"instances must be a whole number, not {text!r}") from None
-    if not 1 <= n <= MAX_INSTANCES:
-        raise ConfigError(f"instances must be 1..{MAX_INSTANCES}, not {n}")
-    return n
+    """The --instances value: its option row's parser and check (1..MAX_INSTANCES)."""
+    return BY_NAME["instances"].from_text(text)
 
 
 def split_bytes(total: int, n: int) -> list[int]:
@@ -77,58 +71,58 @@ def suffixed(path: str | None, index: int) -> str | None:
     return None if path is None else f"{path}.{index}"
 
 
-def instance_settings(settings: Settings, n: int) -> list[Settings]:
-    """One Settings per instance (``settings`` must have its defaults filled
-    in and be valid).  Raises ConfigError when a size cannot be split."""
-    if n == 1:
-        return [settings]
-    s = settings
-    size_pages = s.size_bytes // PAGE_SIZE
-    if size_pages < n:
-        raise ConfigError(
-            f"size {format_size(s.size_bytes)} is too small for {n} instances "
-            f"(at least one {PAGE_SIZE}-byte page each)"
-        )
-    for label, value in (
-        ("mem_limit", s.mem_limit_bytes),
-        ("high watermark", s.high_watermark_bytes),
-        ("low watermark", s.low_watermark_bytes),
-        ("backing size", s.backing_size_bytes),
-    ):
+def split_count(value: int | None, n: int) -> list[int | None]:
+    """A page count shared out like sizes are (None stays None)."""
+    if value is None:
+        return [None] * n
+    base, extra = divmod(value, n)
+    return [base + (1 if i < extra else 0) for i in range(n)]
+
+
+def split_value(opt: Option, value: Any, n: int) -> list[Any]:
+    """The parts of one option's value over ``n`` instances, as its row's
+    ``split`` says (options.SPLITS); ConfigError when it cannot be split."""
+    if opt.split is None or n == 1:
+        return [value] * n
+    if opt.split == "pages":
         # 0 means "none" (or "the default"): a part of 0 would silently
         # mean no limit, so every part must hold a page at least.
         if value and value < n * PAGE_SIZE:
             raise ConfigError(
-                f"{label} {format_size(value)} is too small for {n} instances "
+                f"{opt.label} {format_size(value)} is too small for {n} instances "
                 f"(at least one {PAGE_SIZE}-byte page each)"
             )
-    if s.port is not None and s.port + n - 1 > 65535:
-        raise ConfigError(f"ports {s.port}..{s.port + n - 1} for {n} instances go past 65535")
-
-    def parts(value: int) -> list[int]:
         return split_bytes(value, n) if value else [0] * n
+    if opt.split == "count":
+        return split_count(value, n)
+    if opt.split == "suffix":
+        return [suffixed(value, i) for i in range(n)]
+    if opt.split == "control":
+        return [None if value is None else instance_control_path(value, i) for i in range(n)]
+    if opt.split == "port":
+        if value is None:
+            return [None] * n
+        if value + n - 1 > 65535:
+            raise ConfigError(f"ports {value}..{value + n - 1} for {n} instances go past 65535")
+        return [value + i for i in range(n)]
+    raise ValueError(f"no splitter for {opt.split!r}")  # options.SPLITS and this disagree
 
-    sizes, limits = split_bytes(s.size_bytes, n), parts(s.mem_limit_bytes)
-    highs, lows = parts(s.high_watermark_bytes), parts(s.low_watermark_bytes)
-    backing = parts(s.backing_size_bytes)
-    out = []
-    for i in range(n):
-        out.append(
-            dataclasses.replace(
-                s,
-                size_bytes=sizes[i],
-                mem_limit_bytes=limits[i],
-                high_watermark_bytes=highs[i],
-                low_watermark_bytes=lows[i],
-                backing_size_bytes=backing[i],
-                socket_path=suffixed(s.socket_path, i),
-                port=None if s.port is None else s.port + i,
-                control_path=instance_control_path(s.control_path, i),
-                backing_file=suffixed(s.backing_file, i),
-                final_stats_path=suffixed(s.final_stats_path, i),
-            )
-        )
-    return out
+
+def instance_settings(settings: Settings, n: int) -> list[Settings]:
+    """One Settings per instance (``settings`` must have its defaults filled
+    in and be valid), each field split as its option row says.  Raises
+    ConfigError when a value cannot be split."""
+    if n == 1:
+        return [settings]
+    parts = {
+        opt.field: split_value(opt, getattr(settings, opt.field), n)
+        for opt in OPTIONS
+        if opt.split is not None
+    }
+    return [
+        dataclasses.replace(settings, **{field: each[i] for field, each in parts.items()})
+        for i in range(n)
+    ]
 
 
 def instance_control_path(control_path: str, index: int) -> str:

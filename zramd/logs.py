@@ -373,7 +373,7 @@ _original_format_exception = traceback.format_exception
 
 def one_line(exc: BaseException) -> str | None:
     """The one line for an expected exception, or None for a bug."""
-    from .config import ConfigError
+    from .settings import ConfigError
 
     if isinstance(exc, ConfigError):
         return f"{exc}"

@@ -34,7 +34,7 @@ from typing import Any
 
 from . import scrape
 from .control import ControlError, call
-from .options import ConfigError, parse_metrics_address
+from .options import KNOBS, ConfigError, parse_metrics_address
 
 PREFIX = "zramd_"
 GAUGE, COUNTER = "gauge", "counter"
@@ -58,11 +58,6 @@ METRICS: dict[str, tuple[str, str, str]] = {
         GAUGE,
         "mm_stat mem_used_total: the page arena's blocks (free space included), their "
         "bookkeeping, the per-page table of stored pages and pending snapshots",
-    ),
-    "mem_limit": (
-        "mem_limit_bytes",
-        GAUGE,
-        "mm_stat mem_limit: most memory the stored pages may cost, 0 for no limit",
     ),
     "mem_used_max": (
         "mem_used_max_bytes",
@@ -227,22 +222,6 @@ METRICS: dict[str, tuple[str, str, str]] = {
         COUNTER,
         "pages a writeback could not write (kept in RAM)",
     ),
-    "writeback_limit": (
-        "writeback_limit_pages",
-        GAUGE,
-        "writeback_limit: pages writeback may still write, when enabled",
-    ),
-    "writeback_limit_enable": ("writeback_limit_enable", GAUGE, "1 if writeback_limit is enforced"),
-    "high_watermark": (
-        "high_watermark_bytes",
-        GAUGE,
-        "automatic writeback starts above this mem_used_total, 0 for off",
-    ),
-    "low_watermark": (
-        "low_watermark_bytes",
-        GAUGE,
-        "automatic writeback stops below this mem_used_total",
-    ),
     "policy_runs": ("policy_runs", COUNTER, "automatic writeback passes"),
     "throttled_writes": ("throttled_writes", COUNTER, "writes that waited for automatic writeback"),
     "throttle_skipped": (
@@ -278,6 +257,14 @@ METRICS: dict[str, tuple[str, str, str]] = {
         "plain backing blocks that did not match their check on read (EIO)",
     ),
 }
+
+# A knob's running value (options.Runtime.stat of a row of the option table):
+# a gauge named after the row's field, which carries its unit, with the row's
+# metric_help; declared in the row, not here.
+for _rows in KNOBS.values():
+    for _opt in _rows:
+        if _opt.runtime is not None and _opt.runtime.stat is not None:
+            METRICS[_opt.runtime.stat] = (_opt.field, GAUGE, _opt.runtime.metric_help or _opt.help)
 
 # Text stats: labels of zramd_device_info.
 INFO_LABELS = (

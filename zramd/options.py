@@ -1,23 +1,35 @@
-"""Every ``zramd serve`` option, declared once.
+"""Every ``zramd serve`` option and every knob of a running device, declared once.
 
-``OPTIONS`` is a table with one ``Option`` row per setting.  Everything else
-is derived from it:
+``ROWS`` is a table with one ``Option`` row per setting; ``OPTIONS`` is its
+rows that are ``zramd serve`` options (``serve=False``: a knob of the
+running device only, e.g. ``mem_used_max``).  Everything else is derived
+from it:
 
-- the ``Settings`` dataclass in config.py (one field per row, its default),
+- the ``Settings`` dataclass in settings.py (one field per serve row, its default),
 - the ``zramd serve`` arguments in cli.py (flags, aliases, help, defaults),
+- the key of ``zramd serve --config FILE`` (config_file.py: the long flag
+  with underscores),
 - the nbdkit plugin parameters (``plugin_key``): ``Settings.plugin_params``
-  writes them, ``config.from_plugin_params`` reads them back, and the
-  plugin's ``config_help`` lists them,
+  writes them, ``settings.from_plugin_params`` reads them back in the
+  plugin, and the plugin's ``config_help`` lists them,
+- how ``--instances N`` shares the value out (``split``, one of
+  ``SPLITS``: instances.instance_settings and ``zramd set``),
+- for a row with a ``runtime`` (``Runtime``): the ``zramd set KNOB`` choice
+  and usage (``KNOBS``: knob -> its rows), the control command ``set``
+  (commands.py), the running value's metric (metrics.METRICS) and the
+  ``while serving`` note in ``--help``,
 - reading values from any other source (a config file, the environment):
   ``Option.from_text`` for text and ``Option.from_value`` for typed values
-  (TOML gives ints and bools), both raising ``ConfigError`` with one line.
+  (TOML and JSON give ints and bools), both raising ``ConfigError`` with one line.
 
 A value is checked in two steps, whatever its source: the row's ``check``
-(this value alone, e.g. a range) and then ``config.Settings.validate``'s
-cross-field checks (e.g. a zstd level needs zstd).  Adding an option is one
-row here plus, if it depends on other options, one cross-field check in
-config.py; CONTRIBUTING.md walks through it.  tests/unit/test_options.py
-round-trips every row CLI -> plugin params -> Settings using its ``example``.
+(this value alone, e.g. a range) and then ``settings.Settings.validate``'s
+cross-field checks (e.g. a zstd level needs zstd; for a ``set``, on the
+settings the running device would have).  Adding an option is one row here
+plus, if it depends on other options, one cross-field check in settings.py;
+CONTRIBUTING.md walks through it, and through a runtime-settable one.
+tests/unit/test_options.py round-trips every serve row CLI -> plugin params
+-> Settings using its ``example``; tests/unit/test_knobs.py sets every knob.
 
 No state, no locking: the table is built at import and never changed.
 """
@@ -68,8 +80,36 @@ BOOL = ValueType("bool", bool, parse_bool, lambda v: "on" if v else "off")
 
 
 @dataclasses.dataclass(frozen=True)
+class Runtime:
+    """How a running device takes a new value of a row: ``zramd set KNOB``
+    and the control command ``set`` (zramd/commands.py).
+
+    Rows with the same ``knob`` are set together, in table order (zram's
+    ``watermarks HIGH [LOW]``); a row left out of a set takes its default.
+    ``apply(device, values)`` gets every row of the knob as ``{field:
+    value}`` once all values and the settings they make are valid, and goes
+    through the device's own locked setters."""
+
+    knob: str  # `zramd set KNOB`
+    apply: Callable[[Any, dict[str, Any]], None]
+    stat: str | None = None  # the stats key showing the running value, and so its metric
+    metric_help: str | None = None  # the metric's HELP (default: the row's help)
+    metavar: str | None = None  # `zramd set` usage, e.g. HIGH
+    optional: bool = False  # may be left out (a later value of a shared knob)
+    needs_backing: bool = False  # the device needs a backing file (its writeback)
+
+
+# How a value is shared out over N striped instances (zramd/instances.py):
+# "pages": a size split in whole 4 KiB pages (0, "none", stays 0 in each);
+# "count": a page count split as evenly; "suffix": a path that gets ".i";
+# "control": a control socket path, X.ctl -> X.i.ctl; "port": P -> P+i.
+SPLITS = ("pages", "count", "suffix", "control", "port")
+
+
+@dataclasses.dataclass(frozen=True)
 class Option:
-    """One setting: its field, type, default, CLI flags and plugin key."""
+    """One setting: its field, type, default, CLI flags, plugin key, and how
+    it splits over striped instances."""
 
     name: str  # the long flag without "--", e.g. "mem-limit"
     field: str  # the Settings attribute, e.g. "mem_limit_bytes"
@@ -77,7 +117,8 @@ class Option:
     default: Any
     help: str
     plugin_key: str | None = None  # nbdkit plugin parameter; None: the wrapper's own
-    runtime: str | None = None  # `zramd set` knob that changes it while serving
+    runtime: Runtime | None = None  # how a running device takes a new value
+    serve: bool = True  # False: a knob of the running device only, no serve option
     aliases: tuple[str, ...] = ()  # more CLI flags, e.g. ("--disksize",) or ("-U",)
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
@@ -86,6 +127,13 @@ class Option:
     default_help: str | None = None  # how --help shows the default, when not the value
     cli_flag: str | None = None  # CLI flag of a bool defaulting on, e.g. "--no-pin-..."
     example: str | None = None  # a valid non-default value (text), for the tests
+    # How `--instances N` (and `zramd set` on striped instances) shares the
+    # value out: one of SPLITS, or None for the same value in every instance.
+    split: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.split is not None and self.split not in SPLITS:
+            raise ValueError(f"option {self.name}: split {self.split!r} is not one of {SPLITS}")
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -116,6 +164,10 @@ class Option:
         if value is not None and (type(value) is not self.type.python):
             article = "an" if self.type.name[0] in "aeiou" else "a"
             raise ConfigError(f"{self.label} must be {article} {self.type.name}, not {value!r}")
+        if (
+            self.type.name == "size" and isinstance(value, int) and value < 0
+        ):  # only text is unsigned
+            raise ConfigError(f"{self.label} must not be negative")
         self.check_value(value)
         return value
 
@@ -143,7 +195,7 @@ class Option:
             shown = format_size(self.default) if self.type.name == "size" else str(self.default)
         text = f"{self.help} (default {shown})" if shown else self.help
         if self.runtime:
-            text += f"; while serving: zramd set {self.runtime}"
+            text += f"; while serving: zramd set {self.runtime.knob}"
         return text
 
 
@@ -247,11 +299,46 @@ DEFAULT_WORKERS = 1
 MAX_WORKERS = 64
 FAULTS = ("no-stable-writes",)
 DEFAULT_ADDRESS = "127.0.0.1"
+# Far more than the cores of any machine this runs on, few enough that a
+# typo (--instances 1000) is caught rather than starting 1000 interpreters.
 MAX_INSTANCES = 64
+# Page counts above this are refused: no device has 2**48 pages, and a bound
+# keeps arithmetic on them cheap (as the control commands' counts).
+MAX_PAGE_COUNT = 1 << 48
 TLS_MODES = ("off", "on", "require")
 
 
-OPTIONS: tuple[Option, ...] = (
+# -- what a running device does with a knob's values (Runtime.apply) ---------
+def _set_mem_limit(device: Any, v: dict[str, Any]) -> None:
+    device.store.set_mem_limit(v["mem_limit_bytes"])
+
+
+def _reset_mem_used_max(device: Any, v: dict[str, Any]) -> None:
+    device.store.reset_mem_used_max()
+
+
+def _set_watermarks(device: Any, v: dict[str, Any]) -> None:
+    high = v["high_watermark_bytes"]
+    device.writeback.set_watermarks(high, v["low_watermark_bytes"] or high * 3 // 4)
+
+
+def _set_writeback_limit(device: Any, v: dict[str, Any]) -> None:
+    device.writeback.set_limit(pages=v["writeback_limit_pages"])
+
+
+def _set_writeback_limit_enable(device: Any, v: dict[str, Any]) -> None:
+    device.writeback.set_limit(enable=v["writeback_limit_enable"])
+
+
+def only_zero(label: str, why: str) -> Callable[[int], None]:
+    def check(value: int) -> None:
+        if value != 0:
+            raise ConfigError(f"{label} {why}")
+
+    return check
+
+
+ROWS: tuple[Option, ...] = (
     # -- the device ------------------------------------------------------------
     Option(
         "size",
@@ -263,6 +350,7 @@ OPTIONS: tuple[Option, ...] = (
         aliases=("--disksize",),
         metavar="SIZE",
         example="64M",
+        split="pages",
     ),
     Option(
         "algorithm",
@@ -292,11 +380,17 @@ OPTIONS: tuple[Option, ...] = (
         0,
         "most memory the compressed data may use; writes past it fail with ENOSPC",
         plugin_key="mem_limit",
-        runtime="mem_limit",
+        runtime=Runtime(
+            "mem_limit",
+            _set_mem_limit,
+            stat="mem_limit",
+            metric_help="mm_stat mem_limit: most memory the stored pages may cost, 0 for no limit",
+        ),
         metavar="SIZE",
         check=at_most_ram("mem_limit"),
         default_help="no limit",
         example="32M",
+        split="pages",
     ),
     Option(
         "compress",
@@ -371,6 +465,7 @@ OPTIONS: tuple[Option, ...] = (
         plugin_key="backing_file",
         metavar="PATH",
         example="backing.img",
+        split="suffix",
     ),
     Option(
         "backing-size",
@@ -383,6 +478,7 @@ OPTIONS: tuple[Option, ...] = (
         check=whole_pages("backing size"),
         default_help="the device size",
         example="128M",
+        split="pages",
     ),
     Option(
         "backing-encrypt",
@@ -405,10 +501,18 @@ OPTIONS: tuple[Option, ...] = (
         "(needs --backing-file)",
         plugin_key="high_watermark",
         check=at_most_ram("high_watermark"),
-        runtime="watermarks",
+        runtime=Runtime(
+            "watermarks",
+            _set_watermarks,
+            stat="high_watermark",
+            metric_help="automatic writeback starts above this mem_used_total, 0 for off",
+            metavar="HIGH",
+            needs_backing=True,
+        ),
         metavar="SIZE",
         default_help="off",
         example="8M",
+        split="pages",
     ),
     Option(
         "low-watermark",
@@ -418,10 +522,19 @@ OPTIONS: tuple[Option, ...] = (
         "...until memory used is below this",
         plugin_key="low_watermark",
         check=at_most_ram("low_watermark"),
-        runtime="watermarks",
+        runtime=Runtime(
+            "watermarks",
+            _set_watermarks,
+            stat="low_watermark",
+            metric_help="automatic writeback stops below this mem_used_total",
+            metavar="LOW",
+            optional=True,
+            needs_backing=True,
+        ),
         metavar="SIZE",
         default_help="3/4 of the high watermark",
         example="4M",
+        split="pages",
     ),
     Option(
         "recomp-algorithm",
@@ -452,6 +565,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="PATH",
         default_help="the NBD socket path + .ctl",
         example="z.ctl",
+        split="control",
     ),
     Option(
         "pin-thread-state",
@@ -481,6 +595,7 @@ OPTIONS: tuple[Option, ...] = (
         plugin_key="final_stats",
         metavar="PATH",
         example="final.json",
+        split="suffix",
     ),
     Option(
         "log-file",
@@ -517,6 +632,7 @@ OPTIONS: tuple[Option, ...] = (
         group="endpoint",
         default_help="$XDG_RUNTIME_DIR/zramd.sock, else ./zramd.sock",
         example="z.sock",
+        split="suffix",
     ),
     Option(
         "port",
@@ -528,6 +644,7 @@ OPTIONS: tuple[Option, ...] = (
         group="endpoint",
         check=in_range("port", 1, 65535),
         example="10809",
+        split="port",
     ),
     Option(
         "address",
@@ -649,8 +766,72 @@ OPTIONS: tuple[Option, ...] = (
         aliases=("-v",),
         example="on",
     ),
+    # -- knobs of a running device only (zram's sysfs files), no serve option --
+    Option(
+        "mem-used-max",
+        "mem_used_max_bytes",
+        SIZE,
+        None,
+        "restart the peak of mem_used_total from now",
+        serve=False,
+        check=only_zero("mem_used_max", "can only be reset, with 0 (as in zram)"),
+        runtime=Runtime("mem_used_max", _reset_mem_used_max, metavar="0"),
+        example="0",
+    ),
+    Option(
+        "writeback-limit",
+        "writeback_limit_pages",
+        INT,
+        None,
+        "pages writeback may still write, when writeback_limit_enable is on",
+        serve=False,
+        check=in_range("writeback_limit", 0, MAX_PAGE_COUNT),
+        runtime=Runtime(
+            "writeback_limit",
+            _set_writeback_limit,
+            stat="writeback_limit",
+            metric_help="writeback_limit: pages writeback may still write, when enabled",
+            metavar="PAGES",
+            needs_backing=True,
+        ),
+        split="count",
+        example="1000",
+    ),
+    Option(
+        "writeback-limit-enable",
+        "writeback_limit_enable",
+        BOOL,
+        None,
+        "enforce writeback_limit",
+        serve=False,
+        runtime=Runtime(
+            "writeback_limit_enable",
+            _set_writeback_limit_enable,
+            stat="writeback_limit_enable",
+            metric_help="1 if writeback_limit is enforced",
+            metavar="on|off",
+            needs_backing=True,
+        ),
+        example="on",
+    ),
 )
 
+# The `zramd serve` options (the Settings fields, flags, config keys, plugin
+# parameters) are the rows that are not knobs alone.
+OPTIONS: tuple[Option, ...] = tuple(opt for opt in ROWS if opt.serve)
+
+
+def knobs(rows: tuple[Option, ...] = ROWS) -> dict[str, tuple[Option, ...]]:
+    """``{knob: its rows in table order}`` of every runtime-settable row."""
+    out: dict[str, list[Option]] = {}
+    for opt in rows:
+        if opt.runtime is not None:
+            out.setdefault(opt.runtime.knob, []).append(opt)
+    return {knob: tuple(each) for knob, each in out.items()}
+
+
+KNOBS = knobs()
+BY_LABEL = {opt.label: opt for opt in ROWS}
 BY_NAME = {opt.name: opt for opt in OPTIONS}
 BY_FIELD = {opt.field: opt for opt in OPTIONS}
 BY_PLUGIN_KEY = {opt.plugin_key: opt for opt in OPTIONS if opt.plugin_key}

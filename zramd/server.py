@@ -32,8 +32,8 @@ import tempfile
 import time
 
 from . import cgroup, sockets
-from .config import ConfigError, Settings
 from .control import ControlError, call
+from .settings import ConfigError, Settings
 from .tls import TLSError, check_certificates, nbd_uri, psk_username
 from .units import PAGE_SIZE, format_size
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import configparser
 import re
 
-from .config import ConfigError
 from .engine.codecs import CODECS
+from .settings import ConfigError
 
 DEFAULT_PATH = "/etc/systemd/zram-generator.conf"
 DEFAULT_SIZE = "min(ram / 2, 4096)"  # zram-generator's default zram-size

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from helpers import connect
-from zramd.config import Settings
+from zramd.settings import Settings
 from zramd.server import Server
 from zramd.units import parse_size
 

@@ -158,7 +158,7 @@ def test_the_servers_own_user_cannot_read_its_memory(open_dir):
     dump (the dumpable flag is clear), while /proc/PID/status, which
     monitoring reads, stays readable. Positive control: a process of that
     user that did not clear the flag (`sleep`) is readable."""
-    from zramd.config import Settings
+    from zramd.settings import Settings
     from zramd.server import Server
     from zramd.units import parse_size
 

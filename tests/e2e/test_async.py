@@ -208,7 +208,7 @@ def test_same_workload_with_stable_writes_is_clean(make_server):
 
 
 def test_fault_injection_is_refused_unless_unlocked(make_server):
-    from zramd.config import ConfigError
+    from zramd.settings import ConfigError
     with pytest.raises(ConfigError, match="refused unless explicitly unlocked"):
         make_server(compress_mode="async", fault_inject="no-stable-writes")
 

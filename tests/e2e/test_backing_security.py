@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from helpers import connect, nbd, stats
-from zramd.config import ConfigError
+from zramd.settings import ConfigError
 from zramd.control import call
 
 PAGE = 4096
@@ -76,7 +76,7 @@ def test_symlink_refused_by_the_plugin_itself(sockdir):
     link = os.path.join(sockdir, "link.img")
     os.symlink(target, link)
     from zramd.server import PLUGIN_PATH, Server
-    from zramd.config import Settings
+    from zramd.settings import Settings
     env = Server(Settings(socket_path=os.path.join(sockdir, "x.sock"))).environment()
     r = subprocess.run(["nbdkit", "-f", "-U", os.path.join(sockdir, "n.sock"), "python",
                         PLUGIN_PATH, "size=1M", f"backing_file={link}"],

@@ -12,7 +12,7 @@ import random
 import socket
 
 from helpers import connect, stats
-from zramd.commands import COMMANDS
+from zramd.commands import COMMANDS, KNOB_ROWS
 
 PAGE = 4096
 MESSAGES = 3000
@@ -29,11 +29,17 @@ BAD_BY_KEY = {
     "limit": BAD_ANYWHERE + [0], "pages": BAD_ANYWHERE, "age": BAD_ANYWHERE,
     "threshold": BAD_ANYWHERE + [5000], "type": BAD_ANYWHERE + [None, "bogus", "IDLE", "all "],
     "enable": BAD_ANYWHERE + [None, 2, "maybe"],
+    # the set command's keys: the knobs' labels (zramd/options.py)
+    "mem_limit": BAD_ANYWHERE + [None], "high_watermark": BAD_ANYWHERE + [None],
+    "low_watermark": BAD_ANYWHERE + [None], "writeback_limit": BAD_ANYWHERE + [None, True],
+    "writeback_limit_enable": BAD_ANYWHERE + [None, 2, "maybe"],
+    "mem_used_max": BAD_ANYWHERE + [None, 5, "1M"],
 }
 KEYS = {
     "mem_limit": ["size"], "writeback": ["type", "limit"], "idle": ["age"],
     "recompress": ["type", "threshold", "limit"], "writeback_limit": ["pages", "enable"],
     "watermarks": ["high", "low"], "reset_mem_used_max": [], "stats": [],
+    "set": sorted(KNOB_ROWS),
 }
 
 
@@ -58,7 +64,7 @@ def bad_command(rng: random.Random) -> dict:
             args[key] = rng.choice(["1M", "huge", 1, "on", "idle"])
     if keys and rng.random() < 0.7:
         key = rng.choice(keys)
-        args[key] = rng.choice(BAD_BY_KEY[key])
+        args[key] = rng.choice(BAD_BY_KEY.get(key, BAD_ANYWHERE + [None]))
     else:
         args["".join(rng.choice("abcxyz_") for _ in range(rng.randrange(1, 12)))] = 1
     return {"cmd": name, "args": args}

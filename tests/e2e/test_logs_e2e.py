@@ -108,7 +108,7 @@ def test_a_stalled_log_reader_never_blocks_requests(sockdir):
     import subprocess
     import time
 
-    from zramd.config import Settings
+    from zramd.settings import Settings
     from zramd.server import Server
     from zramd.units import parse_size
 

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from helpers import connect, stats
-from zramd.config import ConfigError
+from zramd.settings import ConfigError
 from zramd.control import ControlError, call
 
 PAGE = 4096
@@ -299,7 +299,7 @@ def test_cli_knobs_and_views(wb_server):
         assert bad.returncode == 2 and bad.stderr.strip() == \
             "zramd: error: mem_used_max can only be reset, with 0 (as in zram)"
         bad = zramd("set", "writeback_limit", "lots")
-        assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1  # checked before sending
         watch = zramd("stats", "--watch", "--count", "2", "--interval", "0.2").stdout.splitlines()
         assert len(watch) == 3 and watch[0].split()[:4] == ["time", "data", "compr", "ratio"]
         assert watch[2].split()[9] == "8"  # bd_count column

@@ -4,7 +4,7 @@ import os
 
 from zramd import cgroup
 from zramd.server import memory_advice
-from zramd.config import Settings
+from zramd.settings import Settings
 
 
 def write(root, rel, text):

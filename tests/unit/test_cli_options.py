@@ -33,3 +33,19 @@ def test_bad_options_exit_with_one_line(args, message, capsys):
     assert len(lines) == 1, err
     assert lines[0].startswith("zramd: error: ") and message in lines[0], lines[0]
     assert out == ""
+
+
+def test_given_fields_are_only_the_flags_given():
+    """What the command line sets (and so wins over a config file) is what
+    its flags name, not the table's defaults."""
+    assert cli.given_fields(["--size", "64M", "-U", "z.sock", "--swap"]) == {
+        "size_bytes", "socket_path", "swap"}
+    assert cli.given_fields(["--config", "f.toml"]) == set()
+
+
+def test_cli_uses_only_argparse_public_names():
+    """argparse's underscore names may change under us: the CLI keeps off them."""
+    import inspect
+    import re
+
+    assert not re.findall(r"argparse\._|\._actions\b", inspect.getsource(cli))

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from zramd import cli, configfile
+from zramd import cli, config_file
 from zramd.options import BY_NAME, OPTIONS, ConfigError
 
 G = 1 << 30
@@ -44,13 +44,13 @@ def test_every_option_round_trips_through_the_file(opt, tmp_path, monkeypatch):
     """The file and the command line give the same Settings, for the typed
     TOML value and for the same value as text."""
     monkeypatch.chdir(tmp_path)
-    key = configfile.key_of(opt)
+    key = config_file.key_of(opt)
     value = opt.from_text(opt.example)
     companion_argv = COMPANIONS.get(opt.name, [])
     companions = cli.settings_from_args(
         cli.build_parser().parse_args(["serve", *companion_argv])
     )
-    lines = configfile.render(
+    lines = config_file.render(
         {f: getattr(companions, f) for f in cli.given_fields(companion_argv)}
     ).splitlines()
     argv = companion_argv + (
@@ -84,8 +84,8 @@ def normalized(settings):
 
 def test_render_and_load_are_inverse(tmp_path):
     values = {opt.field: opt.from_text(opt.example) for opt in OPTIONS}
-    path = write(tmp_path, configfile.render(values))
-    loaded = configfile.load(path)
+    path = write(tmp_path, config_file.render(values))
+    loaded = config_file.load(path)
     for opt in OPTIONS:
         expected = values[opt.field]
         if isinstance(expected, str) and (opt.type.name == "path" or opt.metavar == "PATH"):
@@ -167,7 +167,7 @@ def test_errors_exit_2_with_one_line(tmp_path, capsys):
     ("2 * (ram + 1G) / 4", 2 * G, 3 * G // 2),
 ])
 def test_ram_relative_sizes(text, ram, expected):
-    got = configfile.eval_size(text, ram)
+    got = config_file.eval_size(text, ram)
     assert got % 4096 == 0
     if text == "ram / 3":
         assert got == (ram // 3) // 4096 * 4096
@@ -189,13 +189,13 @@ def test_ram_relative_sizes(text, ram, expected):
 ])
 def test_bad_size_expressions(text, message):
     with pytest.raises(ConfigError, match=message.replace("*", r"\*").replace("(", r"\(")):
-        configfile.eval_size(text, 8 * G)
+        config_file.eval_size(text, 8 * G)
 
 
 def test_ram_relative_size_in_the_file_with_injected_ram(tmp_path):
     path = write(tmp_path, 'size = "min(ram / 2, 4G)"\nmem_limit = "ram / 8"\n'
                            'high_watermark = "ram / 16"\nbacking_file = "b.img"\n')
-    values = configfile.load(path, ram_bytes=4 * G)
+    values = config_file.load(path, ram_bytes=4 * G)
     assert values["size_bytes"] == 2 * G
     assert values["mem_limit_bytes"] == 512 * M
     assert values["high_watermark_bytes"] == 256 * M
@@ -203,7 +203,7 @@ def test_ram_relative_size_in_the_file_with_injected_ram(tmp_path):
 
 
 def test_machine_ram_is_memtotal():
-    ram = configfile.machine_ram_bytes()
+    ram = config_file.machine_ram_bytes()
     assert ram > 64 * M and ram % 1024 == 0
 
 
@@ -213,11 +213,11 @@ def test_the_example_config_in_docs_is_valid(tmp_path):
     import re
     from pathlib import Path
 
-    from zramd.config import Settings
+    from zramd.settings import Settings
 
     example = Path(__file__).resolve().parents[2] / "docs" / "zramd.toml"
     text = example.read_text()
-    values = configfile.load(str(example), ram_bytes=8 * G)
+    values = config_file.load(str(example), ram_bytes=8 * G)
     assert values["size_bytes"] == 4 * G and values["mem_limit_bytes"] == 2 * G
     values["socket_path"] = str(tmp_path / "z.sock")
     Settings(**values).validate()
@@ -225,7 +225,7 @@ def test_the_example_config_in_docs_is_valid(tmp_path):
     assert len(commented) >= 8
     for line in commented:
         path = write(tmp_path, line + "\n")
-        configfile.load(path, ram_bytes=8 * G)
+        config_file.load(path, ram_bytes=8 * G)
 
 
 def test_config_examples_in_the_docs_load(tmp_path):
@@ -239,24 +239,24 @@ def test_config_examples_in_the_docs_load(tmp_path):
         blocks += re.findall(r"```toml\n(.*?)```", (root / doc).read_text(), re.S)
     assert len(blocks) >= 2
     for block in blocks:
-        configfile.load(write(tmp_path, block), ram_bytes=8 * G)
+        config_file.load(write(tmp_path, block), ram_bytes=8 * G)
 
 
 def test_a_file_others_can_change_is_refused(tmp_path):
     path = write(tmp_path, 'size = "64M"\n')
     os.chmod(path, 0o664)
     with pytest.raises(ConfigError, match=r"writable by others \(mode 664\): refused"):
-        configfile.load(path)
+        config_file.load(path)
     os.chmod(path, 0o644)
-    assert configfile.load(path)["size_bytes"] == 64 * M
+    assert config_file.load(path)["size_bytes"] == 64 * M
     if os.getuid() == 0:  # only root can give a file away
         os.chown(path, 65534, 65534)
         with pytest.raises(ConfigError, match=r"belongs to another user \(uid 65534\)"):
-            configfile.load(path)
+            config_file.load(path)
 
 
 def test_huge_expression_refused_in_one_line():
-    from zramd.configfile import ConfigError, eval_size
+    from zramd.config_file import ConfigError, eval_size
 
     with pytest.raises(ConfigError, match="NBD's limit"):
         eval_size("ram * 1000000000000", 1 << 30)

@@ -4,8 +4,9 @@ named and found again, and how their stats add up."""
 
 import pytest
 
-from zramd.config import ConfigError, Settings
-from zramd.instances import (MAX_INSTANCES, aggregate, discover, instance_control_path,
+from zramd.settings import ConfigError, Settings
+from zramd.options import MAX_INSTANCES
+from zramd.instances import (aggregate, discover, instance_control_path,
                              instance_settings, parse_instances, split_bytes)
 from zramd.units import PAGE_SIZE
 
@@ -120,3 +121,38 @@ def test_aggregate_sums_exactly():
     assert total["swap"] is False
     assert total["ratio_like"] == 2.0
     assert total["instances"] == 2
+
+
+def test_the_option_table_drives_the_split(monkeypatch):
+    """A row's ``split`` alone decides how a field is shared out: give the
+    log file a ``suffix`` split and its instances get ``.i`` logs."""
+    import dataclasses
+
+    from zramd import instances, options
+
+    rows = tuple(dataclasses.replace(o, split="suffix") if o.name == "log-file" else o
+                 for o in options.OPTIONS)
+    s = Settings(size_bytes=4 * PAGE_SIZE, socket_path="/r/z.sock",
+                 log_file="/r/z.log").with_defaults()
+    assert [p.log_file for p in instance_settings(s, 2)] == ["/r/z.log"] * 2
+    monkeypatch.setattr(instances, "OPTIONS", rows)
+    assert [p.log_file for p in instance_settings(s, 2)] == ["/r/z.log.0", "/r/z.log.1"]
+
+
+@pytest.mark.parametrize("kind", __import__("zramd.options").options.SPLITS)
+def test_every_split_kind_has_a_splitter(kind):
+    from zramd.instances import split_value
+    from zramd.options import BY_NAME
+    import dataclasses
+
+    value = {"pages": 9 * PAGE_SIZE, "count": 7, "port": 10809}.get(kind, "/r/x.ctl")
+    parts = split_value(dataclasses.replace(BY_NAME["size"], split=kind), value, 2)
+    assert len(parts) == 2 and parts[0] != parts[1]
+
+
+def test_an_unknown_split_kind_is_refused_when_the_row_is_made():
+    from zramd.options import BY_NAME
+    import dataclasses
+
+    with pytest.raises(ValueError, match="split"):
+        dataclasses.replace(BY_NAME["size"], split="halves")

@@ -10,7 +10,7 @@ import traceback
 import pytest
 
 from zramd import logs
-from zramd.config import ConfigError
+from zramd.settings import ConfigError
 
 
 class Clock:

@@ -8,7 +8,7 @@ import pytest
 from zramd import metrics
 from zramd.engine.backing import BackingFile
 from zramd.engine.codecs import make_codec
-from zramd.config import ConfigError, Settings
+from zramd.settings import ConfigError, Settings
 from zramd.engine.device import Device
 from zramd.engine.store import PageStore
 from zramd.engine.writeback import Writeback

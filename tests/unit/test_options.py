@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from zramd import cli
-from zramd.config import ConfigError, Settings, from_plugin_params, plugin_help
+from zramd.settings import ConfigError, Settings, from_plugin_params, plugin_help
 from zramd.options import BY_NAME, OPTIONS, PLUGIN_KEYS, Option
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def test_readme_flags_all_parse():
 
 def test_runtime_knobs_exist():
     """A row's ``runtime`` names the `zramd set` knob that changes it live."""
-    knobs = {opt.runtime for opt in OPTIONS if opt.runtime}
+    knobs = {opt.runtime.knob for opt in OPTIONS if opt.runtime}
     assert knobs and knobs <= set(cli.KNOBS)
     assert "zramd set mem_limit" in BY_NAME["mem-limit"].help_text()
 

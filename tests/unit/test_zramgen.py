@@ -3,8 +3,8 @@ and gives the size zram-generator would (its sizes are MiB expressions)."""
 
 import pytest
 
-from zramd import configfile, zramgen
-from zramd.config import ConfigError
+from zramd import config_file, zramgen
+from zramd.settings import ConfigError
 
 GiB = 1 << 30
 
@@ -12,7 +12,7 @@ GiB = 1 << 30
 def load(tmp_path, text, ram_bytes, device=None):
     path = tmp_path / "zramd.toml"
     path.write_text(zramgen.translate(text, device))
-    return configfile.load(str(path), ram_bytes=ram_bytes)
+    return config_file.load(str(path), ram_bytes=ram_bytes)
 
 
 @pytest.mark.parametrize(("ram_bytes", "size_bytes"), [(4 * GiB, 2 * GiB), (16 * GiB, 4 * GiB)])

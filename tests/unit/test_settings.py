@@ -1,6 +1,6 @@
 import pytest
 
-from zramd.config import ConfigError, Settings, from_plugin_params
+from zramd.settings import ConfigError, Settings, from_plugin_params
 
 
 def test_plugin_params_round_trip():
