@@ -27,7 +27,7 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.formats import outcome_lines, tenths, times, with_spread
-from bench.servers import ServerProcess, SkipSystem, server_command, zramd_serve_has
+from bench.servers import SkipSystem, server_command, server_process, zramd_serve_has
 from bench.stats import per_round_ratio, spread
 from bench.systems import Workload, by_name
 
@@ -90,7 +90,7 @@ class BackingEncryption:
         image = ctx.tmp / f"backing-{name}.img"
         extra = ("--backing-file", str(image), *SYSTEMS[name])
         cmd = server_command(by_name("zramd-lz4"), sock, ctx.region_bytes, ctx.zramd, extra)
-        server = ServerProcess(cmd, [sock], ctx.logs / f"backing-{name}.server.log")
+        server = server_process(cmd, [sock], ctx.logs / f"backing-{name}.server.log")
         try:
             server.start()
             measure.fill(ctx, server, log, f"backing-{name}-r{rnd}")

@@ -34,7 +34,7 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.formats import tenths, times, with_spread
-from bench.servers import ROOT, ServerProcess, server_command
+from bench.servers import ROOT, server_command, server_process
 from bench.stats import per_round_ratio, spread
 from bench.systems import by_name
 
@@ -95,7 +95,7 @@ class Baseline:
         sock = str(ctx.tmp / f"baseline-{which}.sock")
         # the same serve arguments as any zramd system, under this tree's CLI
         cmd = cli + server_command(system, sock, ctx.region_bytes, "zramd")[1:]
-        server = ServerProcess(cmd, [sock], ctx.logs / f"baseline-{which}.server.log")
+        server = server_process(cmd, [sock], ctx.logs / f"baseline-{which}.server.log")
         try:
             server.start()
             measure.fill(ctx, server, log, f"baseline-{which}-r{rnd}")

@@ -30,7 +30,7 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.formats import kilo, tenths, with_spread
-from bench.servers import ServerProcess, SkipSystem, server_command, zramd_serve_has
+from bench.servers import SkipSystem, server_command, server_process, zramd_serve_has
 from bench.stats import spread
 from bench.systems import by_name
 
@@ -98,7 +98,7 @@ class ServerCpu:
         except SkipSystem as e:
             data["left_out"][str(n)] = str(e)
             return
-        server = ServerProcess(cmd, sockets, ctx.logs / f"cpu-{n}.server.log")
+        server = server_process(cmd, sockets, ctx.logs / f"cpu-{n}.server.log")
         try:
             server.start()
             measure.fill(ctx, server, log, f"cpu-{n}-r{rnd}")

@@ -27,13 +27,14 @@ from bench.context import Context
 from bench.formats import kilo, num, times
 from bench.kernel_zram import ZramDevice
 from bench.servers import (
-    ServerProcess,
     SkipSystem,
     display_command,
     server_command,
+    server_process,
     zramd_stats_settled,
 )
 from bench.systems import FIO_DATA_OPTIONS, WORKLOADS, System, Workload, select
+from zramd.process import ServerProcess
 
 
 class Matrix:
@@ -160,7 +161,7 @@ class Matrix:
                 zram.setup()
                 target = fio.block_target(zram.dev)
             else:
-                server = ServerProcess(
+                server = server_process(
                     server_command(system, sock, a.region_bytes, ctx.zramd),
                     [sock],
                     ctx.logs / f"{name}.server.log",

@@ -17,8 +17,8 @@ from typing import IO
 
 from bench import fio
 from bench.context import Context
-from bench.servers import ServerProcess
 from bench.systems import FILL_WORKLOAD, Workload
+from zramd.process import ServerProcess
 
 
 def job(

@@ -52,7 +52,7 @@ from bench import corpus, fill
 from bench.context import Context
 from bench.formats import num
 from bench.kernel_zram import ZramDevice
-from bench.servers import ServerProcess, SkipSystem, server_command, zramd_stats
+from bench.servers import SkipSystem, server_command, server_process, zramd_stats
 from bench.stats import spread
 from bench.systems import by_name
 from zramd import process
@@ -238,8 +238,8 @@ class ZramdTarget:
         self.ctx = ctx
         self.sock = str(ctx.tmp / f"memory-{name}.sock")
         cmd = server_command(by_name(ZRAMD_SYSTEM), self.sock, disksize, ctx.zramd, extra)
-        self.server = ServerProcess(
-            cmd, [self.sock, self.sock + ".ctl"], ctx.logs / f"memory-{name}.server.log"
+        self.server = server_process(
+            cmd, [self.sock], ctx.logs / f"memory-{name}.server.log", control=True
         )
         self.pid = 0
         self.idle_rss = 0

@@ -34,7 +34,7 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.formats import met_cell, outcome_lines, tenths, times, with_spread
-from bench.servers import ServerProcess, SkipSystem, server_command
+from bench.servers import SkipSystem, server_command, server_process
 from bench.stats import per_round_ratio, spread
 from bench.systems import C_CEILING, LZ4_STORE_CEILING, PYTHON_CEILING, by_name, select
 
@@ -93,7 +93,7 @@ class ConnectionScaling:
                         data["skipped"][system.name] = str(e)
                         ctx.progress(f"scaling {system.name}: SKIPPED: {e}")
                         continue
-                    server = ServerProcess(
+                    server = server_process(
                         cmd, [sock], ctx.logs / f"scaling-{system.name}.server.log"
                     )
                     try:

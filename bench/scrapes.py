@@ -23,7 +23,7 @@ from pathlib import Path
 from bench import measure
 from bench.context import Context
 from bench.formats import outcome_lines, tenths, times, with_spread
-from bench.servers import ServerProcess, SkipSystem, server_command, zramd_serve_has
+from bench.servers import SkipSystem, server_command, server_process, zramd_serve_has
 from bench.stats import per_round_ratio, spread
 from bench.systems import Workload, by_name
 from zramd import process
@@ -102,7 +102,7 @@ class ScrapeCost:
         extra = ("--metrics-address", "127.0.0.1:0")
         cmd = server_command(by_name("zramd-lz4"), sock, ctx.region_bytes, ctx.zramd, extra)
         log_path = ctx.logs / f"scrapes-r{rnd}.server.log"  # its own: the banner names the port
-        server = ServerProcess(cmd, [sock], log_path)
+        server = server_process(cmd, [sock], log_path)
         runs = []
         try:
             server.start()
