@@ -43,9 +43,6 @@ class BackingEncryption:
     name = "backing"
     title = "Backing file encryption"
 
-    def estimate_s(self, ctx: Context) -> float:
-        return ctx.args.rounds * len(SYSTEMS) * (ctx.args.runtime_s + 6)
-
     def run(self, ctx: Context) -> dict:
         a = ctx.args
         names = list(SYSTEMS)

@@ -49,9 +49,6 @@ class Baseline:
     name = "baseline"
     title = "Against an earlier commit"
 
-    def estimate_s(self, ctx: Context) -> float:
-        return ctx.args.rounds * len(TREES) * (len(WORKLOADS) * (ctx.args.runtime_s + 0.5) + 3)
-
     def run(self, ctx: Context) -> dict:
         a = ctx.args
         rev = a.baseline or BASELINE_REV

@@ -45,9 +45,6 @@ class ServerCpu:
     name = "cpu"
     title = "Server CPU per request, and a projection"
 
-    def estimate_s(self, ctx: Context) -> float:
-        return ctx.args.rounds * len(INSTANCES) * (len(WORKLOADS) * (ctx.args.runtime_s + 0.5) + 3)
-
     def run(self, ctx: Context) -> dict:
         a = ctx.args
         system = by_name(SYSTEM_NAME)

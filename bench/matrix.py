@@ -55,13 +55,6 @@ class Matrix:
                 out.append(w)
         return out
 
-    def estimate_s(self, ctx: Context) -> float:
-        a = ctx.args
-        chosen = select(a.systems)
-        jobs = sum(1 for s in chosen for w in self.workloads(ctx, s) if not w.fill)
-        fills = sum(1 for s in chosen for w in self.workloads(ctx, s) if w.fill)
-        return jobs * (a.runtime_s + a.ramp_s + 0.3) + fills * (1 + a.region_bytes / 150e6) + 10
-
     def run(self, ctx: Context) -> dict:
         a = ctx.args
         chosen = select(a.systems)

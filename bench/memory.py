@@ -371,16 +371,6 @@ class MemoryExperiments:
     name = "memory"
     title = "Memory: zramd against kernel zram"
 
-    def estimate_s(self, ctx: Context) -> float:
-        s = settings(ctx)
-        per_churn = 8 + s["fill_bytes"] / (150 * MIB) + s["fill_bytes"] / PAGE_BYTES / 40_000
-        return (
-            2 * s["rounds"] * per_churn
-            + per_churn
-            + s["footprint_rounds"] * 4 * 4
-            + 2 * (len(s["compressibilities"]) + 1) * (2 + s["sweep_bytes"] / (200 * MIB))
-        )
-
     def run(self, ctx: Context) -> dict:
         s = settings(ctx)
         data: dict = {"settings": s, "skipped": {}, "errors": {}}

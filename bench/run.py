@@ -7,7 +7,7 @@ side on the same machine, the same data and the same client.
     .venv/bin/python bench/run.py --systems 'zramd-*,kernel-zram-lz4' --sections matrix --runtime 10
     .venv/bin/python bench/run.py --list
 
-What runs: the sections in bench/sections.py (how to add a system or a
+What runs: the sections in SECTIONS below (how to add a system or a
 section: bench/__init__.py). Outputs in --out (default
 bench/results/<timestamp>/, gitignored): results.json, results.md, PNG
 charts, logs/. A default run (no --quick, --out or selection) also
@@ -35,10 +35,38 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))  # run as a script: make the bench package importable
 
 from bench import machine, report  # noqa: E402
+from bench.backing import BackingEncryption  # noqa: E402
+from bench.baseline import Baseline  # noqa: E402
 from bench.context import Context, Progress  # noqa: E402
-from bench.sections import SECTIONS, by_names  # noqa: E402
+from bench.cpu import ServerCpu  # noqa: E402
+from bench.matrix import Matrix  # noqa: E402
+from bench.memory_report import Memory  # noqa: E402
+from bench.scaling import ConnectionScaling  # noqa: E402
+from bench.scrapes import ScrapeCost  # noqa: E402
 from bench.servers import find_zramd  # noqa: E402
 from bench.systems import FIO_DATA_OPTIONS, SYSTEMS, WORKLOADS  # noqa: E402
+
+# The sections, in the order a run measures and reports them: each has a
+# name (results.json key, --sections value) and a title, run(ctx) -> data,
+# and derive, markdown, plots and summary of that data (bench/__init__.py).
+SECTIONS = [
+    Matrix(),
+    ConnectionScaling(),
+    ServerCpu(),
+    Baseline(),
+    BackingEncryption(),
+    ScrapeCost(),
+    Memory(),
+]
+
+
+def by_names(names: list[str]) -> list:
+    """The sections named (all when none); SystemExit naming an unknown one."""
+    known = [s.name for s in SECTIONS]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    return [s for s in SECTIONS if not names or s.name in names]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,9 +195,7 @@ def measure(a: argparse.Namespace, sections: list, out: Path) -> dict:
         ctx = Context(
             args=a, out=out, logs=out / "logs", tmp=Path(tmp), zramd=zramd, progress=progress
         )
-        estimate = sum(s.estimate_s(ctx) for s in sections)
-        names = ", ".join(s.name for s in sections)
-        progress(f"zramd bench: sections {names}; estimated about {estimate:.0f} s; out {out}")
+        progress(f"zramd bench: sections {', '.join(s.name for s in sections)}; out {out}")
         for section in sections:
             progress(f"== {section.title}")
             try:
@@ -200,9 +226,7 @@ def render(rep: dict, sections: list, out: Path, publish: bool) -> None:
     title = report.title_line(rep["meta"])
     for section in sections:
         if section.name in rep["sections"]:
-            derive = getattr(section, "derive", None)  # optional: see bench/sections.py
-            if derive is not None:
-                derive(rep["sections"][section.name])
+            section.derive(rep["sections"][section.name])
             try:
                 rep["charts"][section.name] = section.plots(
                     rep["sections"][section.name], out, title
@@ -213,9 +237,7 @@ def render(rep: dict, sections: list, out: Path, publish: bool) -> None:
     print()
     print(md)
     if publish:
-        # a run of some sections is merged into what is published
-        partial = {x.name for x in sections} != {x.name for x in SECTIONS}
-        report.publish(rep, sections, out, all_sections=SECTIONS if partial else None)
+        report.publish(rep, out, SECTIONS)  # a run of some sections is merged in
         print(f"published: {report.DOCS_BENCH} and README.md's bench block", flush=True)
     print(f"results: {out}", flush=True)
 
@@ -233,7 +255,6 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as e:
             raise SystemExit(f"--render {out}: no readable results.json ({e})") from None
         sections = [s for s in SECTIONS if s.name in rep["sections"] or s.name in rep["errors"]]
-        rep["charts"] = {}
         render(rep, sections, out, publish=bool(a.publish_explicit))
         return 0
     sections = by_names(a.sections)

@@ -52,14 +52,6 @@ class ConnectionScaling:
     name = "scaling"
     title = "Connection scaling"
 
-    def estimate_s(self, ctx: Context) -> float:
-        n = len(select(ctx.args.systems, [by_name(s) for s in SYSTEM_NAMES]))
-        return (
-            ctx.args.rounds
-            * n
-            * (len(CONNECTIONS) * len(WORKLOADS) * (ctx.args.runtime_s + 0.5) + 3)
-        )
-
     def run(self, ctx: Context) -> dict:
         a = ctx.args
         systems = select(a.systems, [by_name(s) for s in SYSTEM_NAMES])

@@ -67,9 +67,6 @@ class ScrapeCost:
     name = "scrapes"
     title = "Metrics scrape flood"
 
-    def estimate_s(self, ctx: Context) -> float:
-        return ctx.args.rounds * (2 * ctx.args.runtime_s + 8)
-
     def run(self, ctx: Context) -> dict:
         a = ctx.args
         data: dict = {"rounds": a.rounds, "scrapers": SCRAPERS, "runs": [], "skipped": {}}

@@ -197,7 +197,7 @@ def test_publishing_one_section_keeps_the_others(tmp_path):
     import json
 
     from bench import report
-    from bench.sections import SECTIONS, by_names
+    from bench.run import SECTIONS, by_names
 
     out, docs = tmp_path / "out", tmp_path / "docs"
     out.mkdir()
@@ -245,9 +245,8 @@ def test_publishing_one_section_keeps_the_others(tmp_path):
         "charts": {"memory": ["memory.png"]},
         "errors": {},
     }
-    report.publish(
-        rep, by_names(["memory"]), out, docs_dir=docs, readme=readme, all_sections=SECTIONS
-    )
+    assert by_names(["memory"])[0].name == "memory"
+    report.publish(rep, out, SECTIONS, docs_dir=docs, readme=readme)
     merged = json.loads((docs / "results.json").read_text())
     assert merged["sections"]["other"] == {"x": 1} and merged["sections"]["memory"]["settings"]
     assert merged["meta"]["started"] == "2026-01-01T00:00:00"
