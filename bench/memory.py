@@ -39,7 +39,6 @@ the RSS sampler thread, which only appends to its own list.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -49,6 +48,7 @@ from pathlib import Path
 from typing import IO
 
 from bench import corpus, fill
+from bench import fio as bench_fio
 from bench.context import Context
 from bench.formats import num
 from bench.kernel_zram import ZramDevice
@@ -208,19 +208,8 @@ def fio(
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     log.write(f"$ {' '.join(cmd)}\n{out.stdout}{out.stderr}")
     log.flush()
-    try:
-        text = json_path.read_text()
-        job = json.loads(text[text.index("{") :])["jobs"][0]
-    except (OSError, ValueError, KeyError, IndexError) as e:
-        raise RuntimeError(
-            f"fio failed (rc {out.returncode}): {out.stderr.strip()[-400:]} {e}"
-        ) from e
+    job = bench_fio.first_job(cmd, out, tolerate_errors)
     errors = int(job.get("total_err") or 0)
-    if (out.returncode != 0 or job.get("error")) and not (tolerate_errors and errors):
-        raise RuntimeError(
-            f"fio failed (rc {out.returncode}, error {job.get('error')}): "
-            f"{out.stderr.strip()[-400:]}"
-        )
     iops = sum(job[d]["iops"] for d in ("read", "write", "trim") if d in job)
     return {"seconds": round(time.monotonic() - t0, 2), "errors": errors, "iops": round(iops)}
 
@@ -361,6 +350,80 @@ def record(target, phase: str, t_phase: float | None, extra: dict | None = None)
     return rec
 
 
+def _rewrite(size: int, compress: int) -> dict:
+    """Every byte of the filled region once more, in random 4 KiB writes."""
+    return dict(
+        rw="randwrite",
+        bs=PAGE_BYTES,
+        size=size,
+        io_size=size,
+        compress=compress,
+        extra=("--norandommap",),
+    )
+
+
+def churn_phases(fill_bytes: int, disk: int) -> list[tuple[str, dict | str | None]]:
+    """CHURN_PHASES with what each does: fio's arguments, "compact" or nothing."""
+    actions: list[dict | str | None] = [
+        None,
+        dict(rw="write", bs=128 << 10, size=fill_bytes, compress=50),
+        _rewrite(fill_bytes, 20),
+        dict(rw="randtrim", bs=PAGE_BYTES, size=fill_bytes, io_size=fill_bytes // 2),
+        "compact",
+        dict(rw="trim", bs=1 << 20, size=disk, iodepth=4),
+        "compact",
+    ]
+    return list(zip(CHURN_PHASES, actions, strict=True))
+
+
+def limit_phases(fill_bytes: int, disk: int) -> list[tuple[str, dict | str | None]]:
+    """LIMIT_PHASES with what each does."""
+    actions: list[dict | str | None] = [
+        None,
+        dict(rw="write", bs=128 << 10, size=fill_bytes, compress=50),
+        _rewrite(fill_bytes, 80),
+        _rewrite(fill_bytes, 20),
+        dict(rw="trim", bs=1 << 20, size=disk, iodepth=4),
+        "compact",
+    ]
+    return list(zip(LIMIT_PHASES, actions, strict=True))
+
+
+def run_phases(
+    ctx: Context, target, phases, log: IO[str], label: str, tag: str, tolerate_errors=False
+) -> list[dict]:
+    """Each phase's action, then its record (record()), with its start on
+    the sampler's clock and its duration."""
+    recs = []
+    for i, (name, action) in enumerate(phases):
+        t = target.sampler.now() if target.sampler else None
+        t0 = time.monotonic()
+        extra: dict = {}
+        if action == "compact":
+            why = target.compact()
+            extra = {"compact_error": why} if why else {}
+        elif action is not None:
+            json_path = ctx.logs / f"memory.{tag}.{i}.json"
+            extra["fio"] = fio(
+                target.fio_target, log, json_path, tolerate_errors=tolerate_errors, **action
+            )
+        rec = record(target, name, t, extra)
+        rec["seconds"] = round(time.monotonic() - t0, 2)
+        rec["t_start"] = None if t is None else round(t, 3)
+        recs.append(rec)
+        errs = rec.get("fio", {}).get("errors", 0)
+        peak = rec.get("peak_rss_above_idle")
+        ctx.progress(
+            f"{label}: {name:<20} compr {rec['compr_data_size'] / MIB:7.1f} MiB  "
+            f"mem_used_total {rec['mem_used_total'] / MIB:7.1f} MiB  "
+            f"{'RSS above idle' if target.kind == 'zramd' else 'memory'} "
+            f"{rec['memory'] / MIB:7.1f} MiB"
+            + ("" if peak is None else f"  peak {peak / MIB:7.1f} MiB")
+            + (f"  ENOSPC x {errs}" if errs else "")
+        )
+    return recs
+
+
 # --------------------------------------------------------------------------
 # The section
 
@@ -438,128 +501,28 @@ class MemoryExperiments:
     def _churn_once(self, ctx: Context, s: dict, kind: str, log: IO[str], label: str) -> list[dict]:
         fill_bytes, disk = s["fill_bytes"], s["disksize_bytes"]
         target = make_target(ctx, kind, "churn", disk)
-        recs = []
         try:
             target.start()
-            tag = f"{kind}.churn"
-
-            def phase(name: str, action) -> None:
-                t = target.sampler.now() if target.sampler else None
-                t0 = time.monotonic()
-                extra = action() or {}
-                rec = record(target, name, t, extra)
-                rec["seconds"] = round(time.monotonic() - t0, 2)
-                recs.append(rec)
-                mem = rec["memory"]
-                ctx.progress(
-                    f"{label}: {name:<20} compr {rec['compr_data_size'] / MIB:7.1f} MiB  "
-                    f"mem_used_total {rec['mem_used_total'] / MIB:7.1f} MiB  "
-                    f"{'RSS above idle' if kind == 'zramd' else 'memory'} {mem / MIB:7.1f} MiB"
-                )
-
-            def run_fio(name, **kw):
-                return lambda: {
-                    "fio": fio(target.fio_target, log, ctx.logs / f"memory.{tag}.{name}.json", **kw)
-                }
-
-            def compact():
-                why = target.compact()
-                return {"compact_error": why} if why else {}
-
-            phase("idle", lambda: None)
-            phase("filled", run_fio("fill", rw="write", bs=128 << 10, size=fill_bytes, compress=50))
-            phase(
-                "rewritten",
-                run_fio(
-                    "rewrite",
-                    rw="randwrite",
-                    bs=PAGE_BYTES,
-                    size=fill_bytes,
-                    io_size=fill_bytes,
-                    compress=20,
-                    extra=("--norandommap",),
-                ),
+            return run_phases(
+                ctx, target, churn_phases(fill_bytes, disk), log, label, f"{kind}.churn"
             )
-            phase(
-                "half trimmed",
-                run_fio(
-                    "halftrim",
-                    rw="randtrim",
-                    bs=PAGE_BYTES,
-                    size=fill_bytes,
-                    io_size=fill_bytes // 2,
-                ),
-            )
-            phase("compacted", compact)
-            phase("fully trimmed", run_fio("fulltrim", rw="trim", bs=1 << 20, size=disk, iodepth=4))
-            phase("trimmed + compacted", compact)
         finally:
             target.stop()
-        return recs
 
     # -- mem_limit ---------------------------------------------------------
     def _mem_limit(self, ctx: Context, s: dict, log: IO[str]) -> dict:
         limit, fill_bytes, disk = s["mem_limit_bytes"], s["fill_bytes"], s["disksize_bytes"]
         target = ZramdTarget(ctx, "limit", disk, ("--mem-limit", str(limit)))
-        recs = []
-        label = f"memory mem_limit {limit >> 20} MiB"
         try:
             target.start()
-
-            def phase(name, **kw):
-                t = target.sampler.now()
-                extra = {}
-                if kw:
-                    extra["fio"] = fio(
-                        target.fio_target,
-                        log,
-                        ctx.logs / f"memory.limit.{len(recs)}.json",
-                        tolerate_errors=True,
-                        **kw,
-                    )
-                elif name == "compacted":
-                    why = target.compact()
-                    if why:
-                        extra["compact_error"] = why
-                rec = record(target, name, t, extra)
-                rec["t_start"] = round(t, 3)
-                rec["peak_per_limit"] = (
-                    rec["peak_rss_above_idle"] / limit
-                    if rec.get("peak_rss_above_idle") is not None
-                    else None
-                )
-                recs.append(rec)
-                errs = rec.get("fio", {}).get("errors", 0)
-                enospc = f"  ENOSPC x {errs}" if errs else ""
-                ctx.progress(
-                    f"{label}: {name:<15} mem_used_total {rec['mem_used_total'] / MIB:7.1f} MiB  "
-                    f"peak RSS above idle {rec['peak_rss_above_idle'] / MIB:7.1f} MiB "
-                    f"({rec['peak_per_limit']:.2f}x the limit){enospc}"
-                )
-
-            phase("idle")
-            phase("filled 50%", rw="write", bs=128 << 10, size=fill_bytes, compress=50)
-            phase(
-                "rewritten 80%",
-                rw="randwrite",
-                bs=PAGE_BYTES,
-                size=fill_bytes,
-                io_size=fill_bytes,
-                compress=80,
-                extra=("--norandommap",),
-            )
-            phase(
-                "rewritten 20%",
-                rw="randwrite",
-                bs=PAGE_BYTES,
-                size=fill_bytes,
-                io_size=fill_bytes,
-                compress=20,
-                extra=("--norandommap",),
-            )
-            phase("fully trimmed", rw="trim", bs=1 << 20, size=disk, iodepth=4)
-            phase("compacted")
+            phases = limit_phases(fill_bytes, disk)
+            label = f"memory mem_limit {limit >> 20} MiB"
+            recs = run_phases(ctx, target, phases, log, label, "limit", tolerate_errors=True)
+            for rec in recs:
+                peak = rec.get("peak_rss_above_idle")
+                rec["peak_per_limit"] = None if peak is None else peak / limit
             hwm = process.status_bytes(target.pid)["VmHWM"]
+            assert target.sampler is not None
             samples = [
                 (round(t, 3), rss - target.idle_rss) for t, rss in target.sampler.samples[::5]
             ]
