@@ -717,80 +717,44 @@ def add_vs_zram(rows: dict) -> None:
 
 def metadata_bytes_per_page(data: dict) -> tuple[float | None, str]:
     """Memory per stored page that is neither payload nor block space, after
-    compaction: from the store's own accounting where it has an arena
-    (mem_used_total - arena_block_bytes: the per-page table entries and the
-    blocks' bookkeeping), else the per-page tables' idle cost per device page
-    plus what mem_used_total counts beyond payload and free space."""
+    compaction, from the store's own accounting: (mem_used_total -
+    arena_block_bytes) / stored pages, the per-page table entries and the
+    blocks' bookkeeping."""
     rounds = ((data.get("churn") or {}).get("rounds") or {}).get("zramd") or []
-    recs = [
-        r[CHURN_PHASES.index("compacted")]
-        for r in rounds
-        if len(r) > CHURN_PHASES.index("compacted")
-    ]
-    recs = [r for r in recs if r.get("orig_data_size")]
-    if not recs:
+    at = CHURN_PHASES.index("compacted")
+    recs = [r[at] for r in rounds if len(r) > at and r[at].get("orig_data_size")]
+    if not recs or not all("arena_block_bytes" in r["extra_stats"] for r in recs):
         return None, "not measured"
-    if all("arena_block_bytes" in r["extra_stats"] for r in recs):
-        v = statistics.median(
-            (r["mem_used_total"] - r["extra_stats"]["arena_block_bytes"])
-            / (r["orig_data_size"] // PAGE_BYTES)
-            for r in recs
-        )
-        return v, "(mem_used_total - arena_block_bytes) / stored pages"
-    table = (data.get("footprint") or {}).get("table_bytes_per_device_page")
-    if table is None:
-        return None, "not measured"
-    dyn = []
-    for rec in recs:
-        pages = (rec["orig_data_size"] // PAGE_BYTES) - (rec.get("same_pages") or 0)
-        free = next((v for k, v in rec["extra_stats"].items() if "free" in k and "bytes" in k), 0)
-        dyn.append((rec["mem_used_total"] - rec["compr_data_size"] - free) / max(1, pages))
-    d = statistics.median(dyn)
-    return (
-        table + d,
-        f"{table:.1f} B/page of tables + {d:.1f} B/page in mem_used_total beyond payload and free "
-        "space",
+    v = statistics.median(
+        (r["mem_used_total"] - r["extra_stats"]["arena_block_bytes"])
+        / (r["orig_data_size"] // PAGE_BYTES)
+        for r in recs
     )
+    return v, "(mem_used_total - arena_block_bytes) / stored pages"
 
 
-def _adder(out: list[dict]):
+def evaluate(data: dict) -> list[dict]:
+    """Every memory target, met or missed (None: not measured), in the order
+    the report lists them."""
+    out: list[dict] = []
+
     def add(target, want, measured, met):
         out.append({"target": target, "want": want, "measured": measured, "met": met})
 
-    return add
-
-
-def _compaction_targets(data: dict) -> list[dict]:
-    """RSS per compressed byte after compaction."""
-    out: list[dict] = []
-    add = _adder(out)
-    comp = phase_row(data, "zramd", "compacted")
+    # RSS per compressed byte after compaction
+    comp, zcomp = phase_row(data, "zramd", "compacted"), phase_row(data, "zram", "compacted")
     ratio = median_of(comp["memory_per_compr"]) if comp else None
-    zram_comp = phase_row(data, "zram", "compacted")
-    zratio = median_of(zram_comp["memory_per_compr"]) if zram_comp else None
+    zratio = median_of(zcomp["memory_per_compr"]) if zcomp else None
+    what, want = (
+        "after compaction, zramd RSS above idle / compr_data_size",
+        COMPACTED_RSS_PER_COMPR_MAX,
+    )
     if comp and comp.get("compact_error"):
-        add(
-            "after compaction, zramd RSS above idle / compr_data_size",
-            f"<= {COMPACTED_RSS_PER_COMPR_MAX}x",
-            f"no compaction: {comp['compact_error']}",
-            False,
-        )
+        add(what, f"<= {want}x", f"no compaction: {comp['compact_error']}", False)
     else:
-        add(
-            "after compaction, zramd RSS above idle / compr_data_size",
-            f"<= {COMPACTED_RSS_PER_COMPR_MAX}x",
-            None
-            if ratio is None
-            else f"{ratio:.3f}x (kernel zram mem_used_total/compr {num(zratio, '.3f')}x)",
-            None if ratio is None else ratio <= COMPACTED_RSS_PER_COMPR_MAX,
-        )
-    return out
-
-
-def _mem_limit_targets(data: dict) -> list[dict]:
-    """The peak RSS against --mem-limit."""
-    out: list[dict] = []
-    add = _adder(out)
+        shown = f"{ratio:.3f}x (kernel zram mem_used_total/compr {num(zratio, '.3f')}x)"
+        add(what, f"<= {want}x", *((None, None) if ratio is None else (shown, ratio <= want)))
+    # the peak RSS against --mem-limit
     lim = data.get("mem_limit")
     if lim:
         peak = max([lim["hwm_per_limit"]] + [p.get("peak_per_limit") or 0 for p in lim["phases"]])
@@ -800,23 +764,12 @@ def _mem_limit_targets(data: dict) -> list[dict]:
             f"{peak:.3f}x ({peak * lim['mem_limit_bytes'] / MIB:.0f} MiB)",
             peak <= MEM_LIMIT_OVERSHOOT_MAX,
         )
-    return out
-
-
-def _trimmed_targets(data: dict) -> list[dict]:
-    """RSS left after a full trim, and metadata per page."""
-    out: list[dict] = []
-    add = _adder(out)
-    lim = data.get("mem_limit")
+    # RSS left after a full trim, and metadata per page
     end = phase_row(data, "zramd", "trimmed + compacted")
     if end:
         v = median_of(end["rss_above_idle"])
         lim_end = lim["phases"][-1]["rss_above_idle"] if lim else None
-        worst = (
-            max(x for x in (v, lim_end) if x is not None)
-            if (v is not None or lim_end is not None)
-            else None
-        )
+        worst = max((x for x in (v, lim_end) if x is not None), default=None)
         add(
             "full trim + compact: RSS above idle",
             f"<= {TRIMMED_RSS_ABOVE_IDLE_MAX >> 20} MiB",
@@ -833,63 +786,34 @@ def _trimmed_targets(data: dict) -> list[dict]:
         None if meta is None else f"{meta:.1f} B, {how}",
         None if meta is None else meta <= METADATA_BYTES_PER_PAGE_MAX,
     )
-    return out
-
-
-def _footprint_targets(data: dict) -> list[dict]:
-    """Idle RSS, plain and with --swap."""
-    out: list[dict] = []
-    add = _adder(out)
+    # idle RSS, plain and with --swap
     fp = (data.get("footprint") or {}).get("rss") or {}
     for key, limit, label in (
         ("plain idle", IDLE_RSS_MAX, "idle RSS, 1 GiB device"),
         ("swap idle", SWAP_RSS_MAX, "idle RSS with --swap, 1 GiB device"),
         ("swap 2 clients", SWAP_RSS_MAX, "RSS with --swap, 2 clients connected"),
     ):
-        v = fp.get(key)
-        if v and v["median"] is not None:
-            add(label, f"<= {limit >> 20} MiB", f"{mib_spread(v)} MiB", v["max"] <= limit)
-    return out
-
-
-def _sweep_targets(data: dict) -> list[dict]:
-    """The compression ratio against kernel zram, every point."""
-    out: list[dict] = []
-    add = _adder(out)
-    sweep = data.get("sweep")
-    if sweep:
-        for key, label in (
-            ("ratio_compr_vs_zram", "orig/compr_data_size"),
-            ("ratio_mem_vs_zram", "orig/mem_used_total"),
-        ):
-            devs = {
-                p: sweep["rows"][p].get(key) for p in sweep["points"] if sweep["rows"][p].get(key)
-            }
-            if not devs:
-                continue
-            # Judged one-sided: zramd may not save less memory than zram by
-            # more than the tolerance; saving more is not a defect (python-lz4
-            # output is a little smaller than the kernel's, and zsmalloc puts a
-            # handle in front of each object). The best point is shown too.
-            worst_point = min(devs, key=lambda p: devs[p])
-            best_point = max(devs, key=lambda p: devs[p])
-            worst, best = devs[worst_point], devs[best_point]
+        sp = fp.get(key)
+        if sp and sp["median"] is not None:
+            add(label, f"<= {limit >> 20} MiB", f"{mib_spread(sp)} MiB", sp["max"] <= limit)
+    # the compression ratio against kernel zram, every point. Judged
+    # one-sided: zramd may not save less memory than zram by more than the
+    # tolerance; saving more is not a defect (python-lz4 output is a little
+    # smaller than the kernel's, and zsmalloc puts a handle in front of each
+    # object). The best point is shown too.
+    sweep = data.get("sweep") or {"points": []}
+    for key, label in (
+        ("ratio_compr_vs_zram", "orig/compr_data_size"),
+        ("ratio_mem_vs_zram", "orig/mem_used_total"),
+    ):
+        devs = {p: sweep["rows"][p][key] for p in sweep["points"] if sweep["rows"][p].get(key)}
+        if devs:
+            lo, hi = min(devs, key=devs.__getitem__), max(devs, key=devs.__getitem__)
             add(
                 f"compression ratio {label} vs kernel zram lz4, every point",
                 f"at most {RATIO_TOLERANCE:.0%} below",
-                f"lowest {(worst - 1) * 100:+.1f}% at {worst_point}, "
-                f"highest {(best - 1) * 100:+.1f}% at {best_point}",
-                worst >= 1 - RATIO_TOLERANCE,
+                f"lowest {(devs[lo] - 1) * 100:+.1f}% at {lo}, "
+                f"highest {(devs[hi] - 1) * 100:+.1f}% at {hi}",
+                devs[lo] >= 1 - RATIO_TOLERANCE,
             )
     return out
-
-
-def evaluate(data: dict) -> list[dict]:
-    """Every memory target, met or missed, in the order the report lists them."""
-    return (
-        _compaction_targets(data)
-        + _mem_limit_targets(data)
-        + _trimmed_targets(data)
-        + _footprint_targets(data)
-        + _sweep_targets(data)
-    )
