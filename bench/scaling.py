@@ -34,7 +34,7 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.formats import met_cell, outcome_lines, tenths, times, with_spread
-from bench.servers import SkipSystem, server_command, server_process
+from bench.servers import SkipSystem, server_command
 from bench.stats import per_round_ratio, spread
 from bench.systems import C_CEILING, LZ4_STORE_CEILING, PYTHON_CEILING, by_name, select
 
@@ -66,65 +66,46 @@ class ConnectionScaling:
             "jobs": [],
             "skipped": {},
         }
+        commands = {}
+        for system in systems:
+            sock = str(ctx.tmp / f"scaling-{system.name}.sock")
+            try:
+                commands[system.name] = (
+                    server_command(system, sock, a.region_bytes, ctx.zramd),
+                    sock,
+                )
+            except SkipSystem as e:
+                data["skipped"][system.name] = str(e)
+                ctx.progress(f"scaling {system.name}: SKIPPED: {e}")
         ctx.progress(
-            f"scaling: {len(systems)} systems x {len(CONNECTIONS)} connection counts x "
+            f"scaling: {len(commands)} systems x {len(CONNECTIONS)} connection counts x "
             f"{len(WORKLOADS)} workloads x {a.rounds} rounds of {a.runtime_s:.1f} s"
         )
         with open(ctx.logs / "scaling.fio.log", "a") as log:
-            for rnd in range(a.rounds):
-                order = (
-                    systems[rnd % len(systems) :] + systems[: rnd % len(systems)] if systems else []
-                )
-                for system in order:
-                    if system.name in data["skipped"]:
-                        continue
-                    sock = str(ctx.tmp / f"scaling-{system.name}.sock")
-                    try:
-                        cmd = server_command(system, sock, a.region_bytes, ctx.zramd)
-                    except SkipSystem as e:
-                        data["skipped"][system.name] = str(e)
-                        ctx.progress(f"scaling {system.name}: SKIPPED: {e}")
-                        continue
-                    server = server_process(
-                        cmd, [sock], ctx.logs / f"scaling-{system.name}.server.log"
-                    )
-                    try:
-                        server.start()
-                        if system.stores:
-                            measure.fill(ctx, server, log, f"scaling-{system.name}-r{rnd}")
-                        for w in WORKLOADS:
-                            for conns in CONNECTIONS:
-                                label = f"scaling-{system.name}-{w.name}-c{conns}-r{rnd}"
-                                res = measure.job(
-                                    ctx,
-                                    server,
-                                    w,
-                                    log,
-                                    label,
-                                    numjobs=conns,
-                                    iodepth=max(1, TOTAL_IODEPTH // conns),
-                                )
-                                data["jobs"].append(
-                                    {
-                                        "system": system.name,
-                                        "workload": w.name,
-                                        "round": rnd,
-                                        "connections": conns,
-                                        "iodepth_per_connection": max(1, TOTAL_IODEPTH // conns),
-                                        **res,
-                                    }
-                                )
-                                ctx.progress(
-                                    f"scaling round {rnd + 1}/{a.rounds} {system.name:<18} "
-                                    f"{w.name:<12} "
-                                    f"{conns} conn: {res['iops']:9.0f} IOPS, server "
-                                    f"{tenths(res['server_us_per_request'])} µs/request"
-                                )
-                    except (RuntimeError, OSError, ValueError) as e:
-                        ctx.progress(f"scaling {system.name} round {rnd + 1}: FAILED: {e}")
-                        data.setdefault("errors", []).append(f"{system.name} round {rnd + 1}: {e}")
-                    finally:
-                        server.stop()
+
+            def one(name: str, rnd: int) -> None:
+                cmd, sock = commands[name]
+                with measure.serving(ctx, cmd, [sock], f"scaling-{name}") as server:
+                    if by_name(name).stores:
+                        measure.fill(ctx, server, log, f"scaling-{name}-r{rnd}")
+                    for w in WORKLOADS:
+                        for conns in CONNECTIONS:
+                            depth = max(1, TOTAL_IODEPTH // conns)
+                            tags = {"system": name, "workload": w.name, "round": rnd}
+                            tags |= {"connections": conns, "iodepth_per_connection": depth}
+                            measure.recorded(
+                                ctx,
+                                data,
+                                "scaling",
+                                server,
+                                w,
+                                log,
+                                tags,
+                                numjobs=conns,
+                                iodepth=depth,
+                            )
+
+            measure.rounds(ctx, data, "scaling", list(commands), one)
         return data
 
     def derive(self, data: dict) -> None:
