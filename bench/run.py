@@ -71,69 +71,35 @@ def by_names(names: list[str]) -> list:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="zramd benchmark suite (see the module docstring)")
-    p.add_argument(
-        "--quick", action="store_true", help="tiny region and short jobs: proves the pipeline (CI)"
-    )
-    p.add_argument("--out", help="output directory (default bench/results/<timestamp>/)")
-    p.add_argument(
-        "--sections",
-        help=f"comma-separated sections (default all: {','.join(s.name for s in SECTIONS)})",
-    )
-    p.add_argument(
-        "--systems", help="comma-separated names or globs, e.g. 'zramd-*,kernel-zram-lz4'"
-    )
-    p.add_argument(
-        "--workloads", help="matrix workload globs, e.g. 'randread-*,corpus/*' (fills always run)"
-    )
-    p.add_argument(
-        "--datasets", default="fio,corpus", help="matrix datasets: fio,corpus (default both)"
-    )
-    p.add_argument("--size-mib", type=int, help="region written per system (default 256, quick 16)")
-    p.add_argument("--runtime", type=float, help="seconds per timed job (default 4, quick 0.5)")
-    p.add_argument(
-        "--ramp", type=float, help="matrix: ramp seconds before each timed job (default 1, quick 0)"
-    )
-    p.add_argument(
-        "--rounds", type=int, help="rounds of the interleaved sections (default 3, quick 1)"
-    )
-    p.add_argument(
-        "--corpus-dir",
-        default=str(BENCH_DIR / "corpus"),
-        help="where the corpus is kept (gitignored)",
-    )
-    p.add_argument("--regenerate-corpus", action="store_true")
-    p.add_argument(
-        "--zramd", help="path of the zramd CLI (default: next to this Python, or .venv/bin/zramd)"
-    )
-    p.add_argument(
-        "--baseline",
-        metavar="REV",
-        help="baseline section: the earlier commit to compare with (default: the store "
-        "before the page arena)",
-    )
-    p.add_argument(
+    add = p.add_argument
+    add("--quick", action="store_true", help="tiny region and short jobs: the pipeline (CI)")
+    add("--out", help="output directory (default bench/results/<timestamp>/)")
+    add("--sections", help=f"comma-separated (default all: {','.join(s.name for s in SECTIONS)})")
+    add("--systems", help="comma-separated names or globs, e.g. 'zramd-*,kernel-zram-lz4'")
+    add("--workloads", help="matrix workload globs, e.g. 'randread-*,corpus/*' (fills always run)")
+    add("--datasets", default="fio,corpus", help="matrix datasets: fio,corpus (default both)")
+    add("--size-mib", type=int, help="region written per system (default 256, quick 16)")
+    add("--runtime", type=float, help="seconds per timed job (default 4, quick 0.5)")
+    add("--ramp", type=float, help="matrix: ramp seconds before each job (default 1, quick 0)")
+    add("--rounds", type=int, help="rounds of the interleaved sections (default 3, quick 1)")
+    add("--corpus-dir", default=str(BENCH_DIR / "corpus"), help="where the corpus is kept")
+    add("--regenerate-corpus", action="store_true")
+    add("--zramd", help="the zramd CLI (default: next to this Python, or .venv/bin/zramd)")
+    add("--baseline", metavar="REV", help="baseline section: the commit to compare with")
+    add(
         "--zram-lock",
         default=os.environ.get("ZRAMD_BENCH_ZRAM_LOCK"),
-        help="hold flock(2) on this file while using a kernel zram device "
-        "(default $ZRAMD_BENCH_ZRAM_LOCK; for machines whose zram others use too)",
+        help="hold flock(2) on this file while using kernel zram (default "
+        "$ZRAMD_BENCH_ZRAM_LOCK; for machines whose zram others use too)",
     )
-    p.add_argument(
+    add(
         "--publish",
         action=argparse.BooleanOptionalAction,
-        default=None,
-        help="replace docs/bench/ and README's block with this run "
-        "(default: only for a full default run); with --sections, only those sections' "
-        "parts are replaced",
+        help="replace docs/bench/ and README's block with this run (default: only a full "
+        "default run); with --sections, only those sections' parts",
     )
-    p.add_argument(
-        "--render",
-        metavar="DIR",
-        help="re-render DIR/results.json of an earlier run (tables, charts; with --publish, "
-        "docs/bench and README) without measuring",
-    )
-    p.add_argument(
-        "--list", action="store_true", help="list sections, systems and workloads, then exit"
-    )
+    add("--render", metavar="DIR", help="re-render DIR/results.json without measuring")
+    add("--list", action="store_true", help="list sections, systems and workloads, then exit")
     return p
 
 
@@ -141,20 +107,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """The options, with the defaults that depend on --quick filled in."""
     p = build_parser()
     a = p.parse_args(argv)
-    selected = any(
-        (
-            a.systems,
-            a.workloads,
-            a.sections,
-            a.out,
-            a.size_mib,
-            a.runtime,
-            a.ramp,
-            a.rounds,
-            a.baseline,
-            a.datasets != "fio,corpus",
-        )
-    )
+    given = ("systems", "workloads", "sections", "out", "size_mib", "runtime", "ramp", "rounds")
+    selected = a.datasets != "fio,corpus" or any(getattr(a, k) for k in (*given, "baseline"))
     a.sections = [x for x in (a.sections or "").split(",") if x]
     a.systems = [x for x in (a.systems or "").split(",") if x]
     a.workloads = [x for x in (a.workloads or "").split(",") if x]
