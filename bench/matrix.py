@@ -64,8 +64,7 @@ class Matrix:
         fills = sum(1 for s in chosen for w in self.workloads(ctx, s) if w.fill)
         ctx.progress(
             f"matrix: {len(chosen)} systems, {jobs} timed jobs of {a.runtime_s:.1f}+{a.ramp_s:.1f} "
-            "s, "
-            f"{fills} fills of {a.region_bytes >> 20} MiB"
+            f"s, {fills} fills of {a.region_bytes >> 20} MiB"
         )
         data: dict = {
             "systems": [],
@@ -251,11 +250,9 @@ class Matrix:
         srec = storage.record(system, dataset, ctx.args.region_bytes, stats, rss_delta, rss_after)
         data["storage"].append(srec)
         ctx.progress(
-            f"{name:<18} {dataset:<6} stored {srec['orig_bytes'] / 2**20:.0f} MiB: "
-            f"ratio {num(srec['ratio'], '.2f')}, memory {num(srec['bytes_per_page'])} "
-            "B/page "
-            f"({srec['memory_source']}), overhead "
-            f"{num(srec['overhead_bytes_per_page'])} B/page"
+            f"{name:<18} {dataset:<6} stored {srec['orig_bytes'] / 2**20:.0f} MiB: ratio "
+            f"{num(srec['ratio'], '.2f')}, memory {num(srec['bytes_per_page'])} B/page "
+            f"({srec['memory_source']}), overhead {num(srec['overhead_bytes_per_page'])} B/page"
         )
 
     # ------------------------------------------------------------------
@@ -331,17 +328,13 @@ def _results_table(data: dict) -> list[str]:
     corpus_pages = f", {c['pages']} pages, {c['zero_pages']} zero" if c else ""
     lines = [
         "Datasets: **fio** = fio's compressible buffers "
-        f"(`{' '.join(data['fio_data_options'])}`); "
-        "**corpus** = swap-like corpus of real process memory (resident anonymous pages of "
-        "python3, sort and "
-        f"gcc started by the bench{corpus_pages}). "
-        "Each dataset starts on a fresh device whose whole region is written first (the fill "
-        "rows), "
-        "so reads always hit written data. NBD systems use fio `ioengine=nbd` over a Unix "
-        "socket; "
-        "kernel zram uses fio `libaio`, `direct=1`. Python plugins run with `nbdkit --threads "
-        "1`, "
-        "as zramd does. Numbers drift between runs; compare within one run.",
+        f"(`{' '.join(data['fio_data_options'])}`); **corpus** = swap-like corpus of real process "
+        "memory (resident anonymous pages of python3, sort and gcc started by the "
+        f"bench{corpus_pages}). Each dataset starts on a fresh device whose whole region is "
+        "written first (the fill rows), so reads always hit written data. NBD systems use fio "
+        "`ioengine=nbd` over a Unix socket; kernel zram uses fio `libaio`, `direct=1`. Python "
+        "plugins run with `nbdkit --threads 1`, as zramd does. Numbers drift between runs; "
+        "compare within one run.",
         "",
         "| system | data | workload | IOPS | MB/s | p50 µs | p99 µs | vs kernel zram | vs "
         "nbdkit zstd |",
@@ -361,43 +354,33 @@ def _storage_table(data: dict) -> list[str]:
     lines = [
         "",
         "Mixed rows show read/write latency. Ratio columns compare MB/s (= IOPS at equal block "
-        "size) "
-        "with the same data and workload. Fill rows: 128 KiB fio writes (fio data), "
-        "or the corpus written in 256 KiB requests one at a time (libnbd, or dd for kernel "
-        "zram).",
+        "size) with the same data and workload. Fill rows: 128 KiB fio writes (fio data), or the "
+        "corpus written in 256 KiB requests one at a time (libnbd, or dd for kernel zram).",
         "",
         "## Compression and memory",
         "",
         "| system | data | stored MiB | ratio | vs kernel zram | memory | memory source | "
-        "bytes/page "
-        "| overhead B/page | stats overhead B/page | same pages | huge pages |",
+        "bytes/page | overhead B/page | stats overhead B/page | same pages | huge pages |",
         "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for s in data["storage"]:
         memory = "-" if s["memory_bytes"] is None else f"{s['memory_bytes'] / 2**20:.1f} MiB"
         lines.append(
             f"| {s['system']} | {s['dataset']} | {s['orig_bytes'] / 2**20:.0f} | "
-            f"{num(s['ratio'], '.2f')} | "
-            f"{times(s.get('ratio_vs_kernel_zram'))} | {memory} | {s['memory_source'] or '-'} "
-            "| "
-            f"{num(s['bytes_per_page'])} | {num(s['overhead_bytes_per_page'])} | "
-            f"{num(s['stats_overhead_bytes_per_page'])} | {num(s.get('same_pages'))} | "
-            f"{num(s.get('huge_pages'))} |"
+            f"{num(s['ratio'], '.2f')} | {times(s.get('ratio_vs_kernel_zram'))} | {memory} | "
+            f"{s['memory_source'] or '-'} | {num(s['bytes_per_page'])} | "
+            f"{num(s['overhead_bytes_per_page'])} | {num(s['stats_overhead_bytes_per_page'])} | "
+            f"{num(s.get('same_pages'))} | {num(s.get('huge_pages'))} |"
         )
     lines += [
         "",
         "ratio = orig_data_size / compr_data_size (payload only; same-filled pages count as "
-        "free). "
-        "memory = what the data made the system use: RSS growth of the server process tree "
-        "between "
-        "start and the end of the fill for processes, mm_stat mem_used_total for kernel zram "
-        "(which "
-        "leaves out its per-slot table sized at disksize, as RSS deltas leave out what a "
-        "server "
-        "allocates at start). bytes/page = memory / stored pages; overhead = (memory - "
-        "payload) / pages; "
-        "stats overhead = (mem_used_total - compr_data_size) / pages from the system's own "
-        "stats.",
+        "free). memory = what the data made the system use: RSS growth of the server process tree "
+        "between start and the end of the fill for processes, mm_stat mem_used_total for kernel "
+        "zram (which leaves out its per-slot table sized at disksize, as RSS deltas leave out "
+        "what a server allocates at start). bytes/page = memory / stored pages; overhead = "
+        "(memory - payload) / pages; stats overhead = (mem_used_total - compr_data_size) / pages "
+        "from the system's own stats.",
     ]
     return lines
 

@@ -55,12 +55,11 @@ def markdown(report: dict, sections: list) -> str:
         f"# zramd benchmark{' (quick mode)' if m['quick'] else ''}",
         "",
         f"Run {m['started']}, {m['duration_s']:.0f} s. Machine: {m['cpu']}, {m['cores']} cores, "
-        f"{m['mem_bytes'] / 2**30:.0f} GiB RAM, {m['os']}, kernel {m['kernel']}; {_load(m)}"
-        f"{_busy(m)}. "
-        f"{m['fio']}, nbdkit "
-        f"{m['nbdkit'].replace('nbdkit ', '')} (embedded Python {m['nbdkit_python']}). Region "
-        f"{m['region_bytes'] >> 20} MiB per system; timed jobs {m['runtime_s']:.1f} s "
-        f"(after a {m['ramp_s']:.1f} s ramp in the matrix). Re-measure with `make bench`.",
+        f"{m['mem_bytes'] / 2**30:.0f} GiB RAM, {m['os']}, kernel {m['kernel']}; "
+        f"{_load(m)}{_busy(m)}. {m['fio']}, nbdkit {m['nbdkit'].replace('nbdkit ', '')} (embedded "
+        f"Python {m['nbdkit_python']}). Region {m['region_bytes'] >> 20} MiB per system; timed "
+        f"jobs {m['runtime_s']:.1f} s (after a {m['ramp_s']:.1f} s ramp in the matrix). "
+        "Re-measure with `make bench`.",
         "",
     ]
     section_meta = report.get("section_meta", {})
@@ -101,13 +100,12 @@ def readme_block(report: dict, sections: list) -> str:
     lines = [
         README_BEGIN,
         "",
-        f"Latest run ({m['started'][:10]}; {m['cpu']}, {m['cores']} cores shared by client "
-        f"and server, {m['mem_bytes'] / 2**30:.0f} GiB, {m['os']}, kernel {m['kernel']}; "
-        f"{m['fio']}, {m['nbdkit']}; {m['region_bytes'] >> 20} MiB region, "
-        f"{m['runtime_s']:.0f} s per job; {_load(m)}{_busy(m)}). 4 KiB random I/O at "
-        "iodepth 16 and 128 KiB sequential writes on fio data; compression ratio and memory "
-        "on the swap-like corpus. Every row, the targets and the charts: "
-        "[docs/bench/results.md](docs/bench/results.md).",
+        f"Latest run ({m['started'][:10]}; {m['cpu']}, {m['cores']} cores shared by client and "
+        f"server, {m['mem_bytes'] / 2**30:.0f} GiB, {m['os']}, kernel {m['kernel']}; {m['fio']}, "
+        f"{m['nbdkit']}; {m['region_bytes'] >> 20} MiB region, {m['runtime_s']:.0f} s per job; "
+        f"{_load(m)}{_busy(m)}). 4 KiB random I/O at iodepth 16 and 128 KiB sequential writes on "
+        "fio data; compression ratio and memory on the swap-like corpus. Every row, the targets "
+        "and the charts: [docs/bench/results.md](docs/bench/results.md).",
         "",
     ]
     for section in sections:

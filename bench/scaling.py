@@ -332,10 +332,9 @@ def targets_markdown(data: dict) -> list[str]:
     ]
     for r in rows:
         lines.append(
-            f"| {r['target']} | >= {r['want']:.2f}x | {with_spread(r['ratio'], times)} "
-            f"| {met_cell(r['met'])} "
-            f"| {with_spread(r.get('least_store_ratio', spread([])), times)} "
-            f"| {with_spread(r.get('vs_least_store', spread([])), times)} "
-            f"| {with_spread(r['server_us_beyond'], tenths)} |"
+            f"| {r['target']} | >= {r['want']:.2f}x | {with_spread(r['ratio'], times)} | "
+            f"{met_cell(r['met'])} | {with_spread(r.get('least_store_ratio', spread([])), times)} "
+            f"| {with_spread(r.get('vs_least_store', spread([])), times)} | "
+            f"{with_spread(r['server_us_beyond'], tenths)} |"
         )
     return lines
