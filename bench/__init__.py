@@ -27,6 +27,8 @@ Modules, one job each:
     servers.py      NBD server command lines (zramd/process.py runs them), zramd stats
     kernel_zram.py  the kernel zram peer (/dev/zramN), under an optional flock
     fio.py          fio command lines and their JSON results
+    measure.py      one timed job with CPU per request; the interleaved rounds
+                    (rounds, serving, recorded) the sections run jobs in
     fill.py         writing the corpus through NBD or onto a block device
     storage.py      compression ratio and memory per page from stats and RSS
     targets.py      ratios against peers and the targets they are judged by
@@ -57,8 +59,8 @@ Adding a section: a module with a class that has ``name``, ``title`` and
 
 then one line in ``run.SECTIONS``. ``--sections NAME`` runs only it, and
 ``--sections NAME --publish`` replaces only its part of docs/bench/.
-Interleave systems over rounds and report medians with the spread
-(``stats.spread``): a shared 2-core machine varies by 30-50% between minutes.
+Interleave systems over rounds (``measure.rounds``) and report medians with
+the spread (``stats.spread``): a shared 2-core machine varies by 30-50% between minutes.
 
 Numbers drift between runs and machines: compare within one run. Nothing in
 here asserts a timing; the only published numbers are the files a default

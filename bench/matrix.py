@@ -37,6 +37,19 @@ from bench.systems import FIO_DATA_OPTIONS, WORKLOADS, System, Workload, select
 from zramd.process import ServerProcess
 
 
+@dataclasses.dataclass
+class Target:
+    """Where one dataset of one system runs: a server on sock, or a kernel
+    zram device; fio: the fio options that point a job at it."""
+
+    system: System
+    dataset: str
+    sock: str
+    server: ServerProcess | None = None
+    zram: ZramDevice | None = None
+    fio: list[str] = dataclasses.field(default_factory=list)
+
+
 class Matrix:
     name = "matrix"
     title = "Systems and workloads"
@@ -122,7 +135,8 @@ class Matrix:
                 if not ws:
                     continue
                 try:
-                    self._run_dataset(ctx, system, dataset, ws, data, corpus_path, log)
+                    t = Target(system, dataset, str(ctx.tmp / f"{system.name}.sock"))
+                    self._run_dataset(ctx, t, ws, data, corpus_path, log)
                 except SkipSystem as e:
                     entry["skipped"] = str(e)
                     ctx.progress(f"{system.name:<18} SKIPPED: {e}")
@@ -132,49 +146,27 @@ class Matrix:
                     ctx.progress(f"{system.name:<18} FAILED ({dataset}): {e}")
 
     def _run_dataset(
-        self,
-        ctx: Context,
-        system: System,
-        dataset: str,
-        workloads: list[Workload],
-        data: dict,
-        corpus_path: str | None,
-        log: IO[str],
+        self, ctx: Context, t: Target, workloads: list[Workload], data: dict, corpus, log: IO[str]
     ) -> None:
         """Fresh target, fill, storage stats, then the timed workloads."""
-        a = ctx.args
-        name = system.name
-        server: ServerProcess | None = None
-        zram: ZramDevice | None = None
-        sock = str(ctx.tmp / f"{name}.sock")
+        a, name, system = ctx.args, t.system.name, t.system
         try:
             if system.kind == "zram":
-                zram = ZramDevice(system.args[0], a.region_bytes, a.zram_lock)
-                zram.setup()
-                target = fio.block_target(zram.dev)
+                t.zram = ZramDevice(system.args[0], a.region_bytes, a.zram_lock)
+                t.zram.setup()
+                t.fio = fio.block_target(t.zram.dev)
             else:
-                server = server_process(
-                    server_command(system, sock, a.region_bytes, ctx.zramd),
-                    [sock],
-                    ctx.logs / f"{name}.server.log",
-                )
-                server.start()
-                target = fio.nbd_target(server.uris[0])
+                cmd = server_command(system, t.sock, a.region_bytes, ctx.zramd)
+                t.server = server_process(cmd, [t.sock], ctx.logs / f"{name}.server.log").start()
+                t.fio = fio.nbd_target(t.server.uris[0])
             time.sleep(0.2)
-            rss_before = server.rss_bytes() if server else None
+            rss_before = t.server.rss_bytes() if t.server else None
             for w in workloads:
-                label = f"{name:<18} {dataset:<6} {w.name:<17}"
+                label = f"{name:<18} {t.dataset:<6} {w.name:<17}"
                 ctx.progress(f"{label} ...")
-                res = self._job(ctx, w, name, dataset, target, sock, zram, corpus_path, log)
-                rec = {
-                    "system": name,
-                    "dataset": dataset,
-                    "workload": w.name,
-                    "rw": w.rw,
-                    "bs_bytes": w.bs_bytes,
-                    "iodepth": w.iodepth,
-                    **res,
-                }
+                res = self._job(ctx, t, w, corpus, log)
+                rec = {"system": name, "dataset": t.dataset, "workload": w.name, "rw": w.rw}
+                rec |= {"bs_bytes": w.bs_bytes, "iodepth": w.iodepth, **res}
                 data["results"].append(rec)
                 lat = (
                     ""
@@ -183,33 +175,23 @@ class Matrix:
                 )
                 ctx.progress(f"{label} {rec['iops']:9.0f} IOPS {rec['mb_per_s']:8.1f} MB/s{lat}")
                 if w.fill and system.stores:
-                    self._storage(ctx, system, dataset, sock, server, zram, rss_before, data)
+                    self._storage(ctx, t, rss_before, data)
         finally:
-            if server:
-                server.stop()
-            if zram:
-                zram.teardown()
+            if t.server:
+                t.server.stop()
+            if t.zram:
+                t.zram.teardown()
 
     @staticmethod
-    def _job(
-        ctx: Context,
-        w: Workload,
-        name: str,
-        dataset: str,
-        target: str,
-        sock: str,
-        zram: ZramDevice | None,
-        corpus_path: str | None,
-        log: IO[str],
-    ) -> dict:
+    def _job(ctx: Context, t: Target, w: Workload, corpus: str | None, log: IO[str]) -> dict:
         """One workload on the target: a corpus fill, or a timed fio job."""
         a = ctx.args
         if w.rw == "corpus-fill":
-            assert corpus_path is not None
-            if zram:
-                nbytes, secs, method = fill.corpus_onto_device(zram.dev, corpus_path, w.bs_bytes)
+            assert corpus is not None
+            if t.zram:
+                nbytes, secs, method = fill.corpus_onto_device(t.zram.dev, corpus, w.bs_bytes)
             else:
-                nbytes, secs, method = fill.corpus_over_nbd(sock, corpus_path, w.bs_bytes)
+                nbytes, secs, method = fill.corpus_over_nbd(t.sock, corpus, w.bs_bytes)
             return {
                 "iops": nbytes / w.bs_bytes / secs,
                 "mb_per_s": nbytes / 1e6 / secs,
@@ -218,35 +200,22 @@ class Matrix:
                 "elapsed_s": round(secs, 2),
                 "method": method,
             }
-        json_path = ctx.logs / f"{name}.{dataset}.{w.name}.json"
-        cmd = fio.job_command([target], w, a.region_bytes, a.runtime_s, a.ramp_s, json_path)
+        json_path = ctx.logs / f"{t.system.name}.{t.dataset}.{w.name}.json"
+        cmd = fio.job_command([t.fio], w, a.region_bytes, a.runtime_s, a.ramp_s, json_path)
         return fio.run(cmd, log, timeout_s=ctx.fio_timeout_s())
 
     @staticmethod
-    def _storage(
-        ctx: Context,
-        system: System,
-        dataset: str,
-        sock: str,
-        server: ServerProcess | None,
-        zram: ZramDevice | None,
-        rss_before: int | None,
-        data: dict,
-    ) -> None:
+    def _storage(ctx: Context, t: Target, rss_before: int | None, data: dict) -> None:
         """After a fill: compression and memory per page, from stats and RSS."""
-        name = system.name
+        name, system, dataset = t.system.name, t.system, t.dataset
         stats = None
-        if zram:
-            stats = zram.mm_stat()
+        if t.zram:
+            stats = t.zram.mm_stat()
         elif system.kind == "zramd":
             assert ctx.zramd is not None
-            stats = zramd_stats_settled(ctx.zramd, sock)
-        rss_after = server.rss_bytes() if server else None
-        rss_delta = (
-            None
-            if server is None or rss_after is None or rss_before is None
-            else rss_after - rss_before
-        )
+            stats = zramd_stats_settled(ctx.zramd, t.sock)
+        rss_after = t.server.rss_bytes() if t.server else None
+        rss_delta = None if rss_after is None or rss_before is None else rss_after - rss_before
         srec = storage.record(system, dataset, ctx.args.region_bytes, stats, rss_delta, rss_after)
         data["storage"].append(srec)
         ctx.progress(
