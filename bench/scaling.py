@@ -34,6 +34,7 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.formats import met_cell, outcome_lines, tenths, times, with_spread
+from bench.formats import row as md_row
 from bench.servers import SkipSystem, server_command
 from bench.stats import per_round_ratio, spread
 from bench.systems import C_CEILING, LZ4_STORE_CEILING, PYTHON_CEILING, by_name, select
@@ -134,44 +135,32 @@ class ConnectionScaling:
             + ". Where other work loads the machine, IOPS measure how much CPU the client "
             "processes get as much as the server: CPU time per request is the steadier number.",
             "",
-            "| system | workload | "
-            + " | ".join(f"{c} conn IOPS" for c in conns)
-            + " | "
-            + " | ".join(f"{c} vs 1" for c in conns[1:])
-            + " |",
+            md_row(
+                ["system", "workload", *(f"{c} conn IOPS" for c in conns)]
+                + [f"{c} vs 1" for c in conns[1:]]
+            ),
             "|---|---|" + "---:|" * (2 * len(conns) - 1),
         ]
         for row in data["summary"]:
-            lines.append(
-                f"| {row['system']} | {row['workload']} | "
-                + " | ".join(with_spread(row["iops"][str(c)]) for c in conns)
-                + " | "
-                + " | ".join(with_spread(row["vs_one"][str(c)], times) for c in conns[1:])
-                + " |"
-            )
+            iops = [with_spread(row["iops"][str(c)]) for c in conns]
+            vs = [with_spread(row["vs_one"][str(c)], times) for c in conns[1:]]
+            lines.append(md_row([row["system"], row["workload"], *iops, *vs]))
         lines += [
             "",
             "CPU time per request, µs: server = utime+stime of the server's nbdkit process "
             "(/proc) over the job / requests; client = fio's own CPU time / requests.",
             "",
-            "| system | workload | "
-            + " | ".join(f"server, {c} conn" for c in conns)
-            + " | "
-            + " | ".join(f"client, {c} conn" for c in conns)
-            + " |",
+            md_row(
+                ["system", "workload", *(f"server, {c} conn" for c in conns)]
+                + [f"client, {c} conn" for c in conns]
+            ),
             "|---|---|" + "---:|" * (2 * len(conns)),
         ]
         for row in data["summary"]:
             client = row.get("client_us", {})
-            lines.append(
-                f"| {row['system']} | {row['workload']} | "
-                + " | ".join(with_spread(row["server_us"][str(c)], tenths) for c in conns)
-                + " | "
-                + " | ".join(
-                    with_spread(client[str(c)], tenths) if str(c) in client else "-" for c in conns
-                )
-                + " |"
-            )
+            server = [with_spread(row["server_us"][str(c)], tenths) for c in conns]
+            cl = [with_spread(client[str(c)], tenths) if str(c) in client else "-" for c in conns]
+            lines.append(md_row([row["system"], row["workload"], *server, *cl]))
         lines += ["", *targets_markdown(data)]
         return lines + outcome_lines(data)
 
@@ -219,21 +208,17 @@ class ConnectionScaling:
             + (f" (1-minute load average {with_spread(load, tenths)})" if load["n"] else "")
             + ". Server µs/request: CPU time of the server's nbdkit process per request.",
             "",
-            "| system | workload | "
-            + " | ".join(f"IOPS, {c} conn" for c in conns)
-            + " | "
-            + " | ".join(f"server µs/req, {c} conn" for c in conns)
-            + " |",
+            md_row(
+                ["system", "workload", *(f"IOPS, {c} conn" for c in conns)]
+                + [f"server µs/req, {c} conn" for c in conns]
+            ),
             "|---|---|" + "---:|" * (2 * len(conns)),
         ]
         for row in data["summary"]:
-            lines.append(
-                f"| {data['descriptions'].get(row['system'], row['system'])} | {row['workload']} | "
-                + " | ".join(with_spread(row["iops"][str(c)]) for c in conns)
-                + " | "
-                + " | ".join(with_spread(row["server_us"][str(c)], tenths) for c in conns)
-                + " |"
-            )
+            iops = [with_spread(row["iops"][str(c)]) for c in conns]
+            server = [with_spread(row["server_us"][str(c)], tenths) for c in conns]
+            name = data["descriptions"].get(row["system"], row["system"])
+            lines.append(md_row([name, row["workload"], *iops, *server]))
         targets = targets_markdown(data)
         return lines + ["", *targets] if targets else lines
 
