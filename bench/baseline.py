@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bench import measure, plots
 from bench.context import Context
-from bench.formats import tenths, times, with_spread
+from bench.formats import outcome_lines, tenths, times, with_spread
 from bench.servers import ROOT, server_command
 from bench.stats import per_round_ratio, spread
 from bench.systems import by_name
@@ -125,9 +125,7 @@ class Baseline:
                 f"{with_spread(row['server_us']['baseline'], tenths)} | "
                 f"{with_spread(row['server_us']['current'], tenths)} | >= {MIN_RATIO}x | {met} |"
             )
-        for err in data.get("errors", []):
-            lines.append(f"\n- failed: {err}")
-        return lines
+        return lines + outcome_lines(data)
 
     def plots(self, data: dict, out: Path, title: str) -> list[str]:
         if not data.get("summary"):

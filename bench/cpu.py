@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench import measure, plots
 from bench.context import Context
-from bench.formats import kilo, tenths, with_spread
+from bench.formats import kilo, outcome_lines, tenths, with_spread
 from bench.servers import server_command, zramd_serve_has
 from bench.stats import spread
 from bench.systems import by_name
@@ -112,9 +112,7 @@ class ServerCpu:
                 f"{with_spread(row['client_us'], tenths)} |"
             )
         lines += ["", *projection_markdown(data)]
-        for err in data.get("errors", []):
-            lines.append(f"\n- failed: {err}")
-        return lines
+        return lines + outcome_lines(data)
 
     def plots(self, data: dict, out: Path, title: str) -> list[str]:
         if not data.get("summary"):

@@ -604,52 +604,37 @@ class MemoryExperiments:
             try:
                 target.start(sample=False)
                 for point in points:
-                    if point == "corpus":
-                        target.fill_corpus(corpus_path)
-                    else:
-                        fio(
-                            target.fio_target,
-                            log,
-                            ctx.logs / f"memory.sweep.{kind}.{point[:-1]}.json",
-                            rw="write",
-                            bs=128 << 10,
-                            size=size,
-                            compress=int(point[:-1]),
-                        )
-                    st = target.stats()
-                    orig, compr, used = (
-                        st["orig_data_size"],
-                        st["compr_data_size"],
-                        st["mem_used_total"],
-                    )
-                    rows[point][kind] = {
-                        "orig_data_size": orig,
-                        "compr_data_size": compr,
-                        "mem_used_total": used,
-                        "ratio_compr": orig / compr if compr else None,
-                        "ratio_mem": orig / used if used else None,
-                        "huge_pages": st.get("huge_pages"),
-                        "same_pages": st.get("same_pages"),
-                    }
-                    r = rows[point][kind]
-                    ctx.progress(
-                        f"memory sweep {kind:<5} {point:>6}: orig/compr "
-                        f"{num(r['ratio_compr'], '.3f')}  "
-                        f"orig/mem_used {num(r['ratio_mem'], '.3f')}"
-                    )
-                    fio(
-                        target.fio_target,
-                        log,
-                        ctx.logs / f"memory.sweep.{kind}.trim.json",
-                        rw="trim",
-                        bs=1 << 20,
-                        size=size,
-                        iodepth=4,
-                    )
-                    target.compact()
+                    rows[point][kind] = _sweep_point(ctx, target, point, size, corpus_path, log)
             finally:
                 target.stop()
         return {"size_bytes": size, "points": points, "rows": rows, "corpus": corpus_info}
+
+
+def _sweep_point(ctx: Context, target, point: str, size: int, corpus_path, log: IO[str]) -> dict:
+    """One sweep point: write it, read the counters, then trim and compact
+    for the next one."""
+    name = f"memory.sweep.{target.kind}"
+    if point == "corpus":
+        target.fill_corpus(corpus_path)
+    else:
+        path, compress = ctx.logs / f"{name}.{point[:-1]}.json", int(point[:-1])
+        fio(target.fio_target, log, path, rw="write", bs=128 << 10, size=size, compress=compress)
+    st = target.stats()
+    orig, compr, used = (st[k] for k in ("orig_data_size", "compr_data_size", "mem_used_total"))
+    r = {"orig_data_size": orig, "compr_data_size": compr, "mem_used_total": used}
+    r |= {
+        "ratio_compr": orig / compr if compr else None,
+        "ratio_mem": orig / used if used else None,
+    }
+    r |= {"huge_pages": st.get("huge_pages"), "same_pages": st.get("same_pages")}
+    ctx.progress(
+        f"memory sweep {target.kind:<5} {point:>6}: orig/compr {num(r['ratio_compr'], '.3f')}  "
+        f"orig/mem_used {num(r['ratio_mem'], '.3f')}"
+    )
+    trim = ctx.logs / f"{name}.trim.json"
+    fio(target.fio_target, log, trim, rw="trim", bs=1 << 20, size=size, iodepth=4)
+    target.compact()
+    return r
 
 
 def _libnbd():
