@@ -21,13 +21,14 @@ and charts into one report:
 
 Modules, one job each:
 
-    run.py          command line, section selection, progress, outputs
+    run.py          command line, SECTIONS (the list of sections), progress, outputs
     context.py      Context (what every section gets) and Progress
-    sections.py     the Section protocol and SECTIONS, the registry
     systems.py      System and Workload tables, peers, selection
-    servers.py      NBD server processes (start, wait, CPU time, stop), zramd stats
+    servers.py      NBD server command lines (zramd/process.py runs them), zramd stats
     kernel_zram.py  the kernel zram peer (/dev/zramN), under an optional flock
     fio.py          fio command lines and their JSON results
+    measure.py      one timed job with CPU per request; the interleaved rounds
+                    (rounds, serving, recorded) the sections run jobs in
     fill.py         writing the corpus through NBD or onto a block device
     storage.py      compression ratio and memory per page from stats and RSS
     targets.py      ratios against peers and the targets they are judged by
@@ -51,14 +52,15 @@ section that runs a list of systems names them there.
 Adding a section: a module with a class that has ``name``, ``title`` and
 
     run(ctx: Context) -> dict                 measure; the dict goes to results.json
-    derive(data: dict) -> None                optional: medians, ratios (rerun by --render)
+    derive(data: dict) -> None                medians, ratios (rerun by --render)
     markdown(data: dict) -> list[str]         its part of results.md (## headings)
     plots(data: dict, out: Path, title: str) -> list[str]   PNG files written into out
     summary(data: dict) -> list[str]          lines for README's block ([] for none)
 
-then one line in ``sections.SECTIONS``. ``--sections NAME`` runs only it.
-Interleave systems over rounds and report medians with the spread
-(``stats.spread``): a shared 2-core machine varies by 30-50% between minutes.
+then one line in ``run.SECTIONS``. ``--sections NAME`` runs only it, and
+``--sections NAME --publish`` replaces only its part of docs/bench/.
+Interleave systems over rounds (``measure.rounds``) and report medians with
+the spread (``stats.spread``): a shared 2-core machine varies by 30-50% between minutes.
 
 Numbers drift between runs and machines: compare within one run. Nothing in
 here asserts a timing; the only published numbers are the files a default

@@ -27,7 +27,7 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.formats import outcome_lines, tenths, times, with_spread
-from bench.servers import ServerProcess, SkipSystem, server_command, zramd_serve_has
+from bench.servers import server_command, zramd_serve_has
 from bench.stats import per_round_ratio, spread
 from bench.systems import Workload, by_name
 
@@ -42,9 +42,6 @@ READ_QD1 = Workload("randread-4k-qd1", "fio", "randread", 4096, 1)
 class BackingEncryption:
     name = "backing"
     title = "Backing file encryption"
-
-    def estimate_s(self, ctx: Context) -> float:
-        return ctx.args.rounds * len(SYSTEMS) * (ctx.args.runtime_s + 6)
 
     def run(self, ctx: Context) -> dict:
         a = ctx.args
@@ -65,21 +62,17 @@ class BackingEncryption:
             f"{a.region_bytes >> 20} MiB, then {a.runtime_s:.1f} s of reads)"
         )
         with open(ctx.logs / "backing.fio.log", "a") as log:
-            for rnd in range(a.rounds):
-                order = names[rnd % len(names) :] + names[: rnd % len(names)]
-                for name in order:
-                    try:
-                        run = self._one(ctx, name, rnd, log)
-                    except (RuntimeError, OSError, ValueError, SkipSystem) as e:
-                        ctx.progress(f"backing {name} round {rnd + 1}: FAILED: {e}")
-                        data.setdefault("errors", []).append(f"{name} round {rnd + 1}: {e}")
-                        continue
-                    data["runs"].append(run)
-                    ctx.progress(
-                        f"backing round {rnd + 1}/{a.rounds} {name:<18} writeback "
-                        f"{run['writeback_mb_s']:7.1f} MB/s, read p50 {run['read_p50_us']:6.1f} "
-                        f"µs, {run['read_iops']:7.0f} IOPS"
-                    )
+
+            def one(name: str, rnd: int) -> None:
+                run = self._one(ctx, name, rnd, log)
+                data["runs"].append(run)
+                ctx.progress(
+                    f"backing round {rnd + 1}/{a.rounds} {name:<18} writeback "
+                    f"{run['writeback_mb_s']:7.1f} MB/s, read p50 {run['read_p50_us']:6.1f} "
+                    f"µs, {run['read_iops']:7.0f} IOPS"
+                )
+
+            measure.rounds(ctx, data, "backing", names, one)
         return data
 
     def derive(self, data: dict) -> None:
@@ -90,9 +83,7 @@ class BackingEncryption:
         image = ctx.tmp / f"backing-{name}.img"
         extra = ("--backing-file", str(image), *SYSTEMS[name])
         cmd = server_command(by_name("zramd-lz4"), sock, ctx.region_bytes, ctx.zramd, extra)
-        server = ServerProcess(cmd, [sock], ctx.logs / f"backing-{name}.server.log")
-        try:
-            server.start()
+        with measure.serving(ctx, cmd, [sock], f"backing-{name}") as server:
             measure.fill(ctx, server, log, f"backing-{name}-r{rnd}")
             self._cli(ctx, "idle", "all", "--socket", sock)
             out = self._cli(ctx, "writeback", "idle", "--json", "--socket", sock)
@@ -112,8 +103,6 @@ class BackingEncryption:
                 "read_p99_us": res["read"]["p99_us"],
                 "server_us_per_read": res["server_us_per_request"],
             }
-        finally:
-            server.stop()
 
     @staticmethod
     def _cli(ctx: Context, *args: str) -> str:

@@ -33,8 +33,8 @@ from pathlib import Path
 
 from bench import measure, plots
 from bench.context import Context
-from bench.formats import tenths, times, with_spread
-from bench.servers import ROOT, ServerProcess, server_command
+from bench.formats import outcome_lines, tenths, times, with_spread
+from bench.servers import ROOT, server_command
 from bench.stats import per_round_ratio, spread
 from bench.systems import by_name
 
@@ -48,9 +48,6 @@ MIN_RATIO = 0.95
 class Baseline:
     name = "baseline"
     title = "Against an earlier commit"
-
-    def estimate_s(self, ctx: Context) -> float:
-        return ctx.args.rounds * len(TREES) * (len(WORKLOADS) * (ctx.args.runtime_s + 0.5) + 3)
 
     def run(self, ctx: Context) -> dict:
         a = ctx.args
@@ -85,33 +82,19 @@ class Baseline:
             f"{a.rounds} rounds of {a.runtime_s:.1f} s"
         )
         with open(ctx.logs / "baseline.fio.log", "a") as log:
-            for rnd in range(a.rounds):
-                order = TREES if rnd % 2 == 0 else TREES[::-1]
-                for which in order:
-                    self._round(ctx, data, system, which, commands[which], rnd, log)
-        return data
 
-    def _round(self, ctx: Context, data: dict, system, which: str, cli: list, rnd: int, log):
-        sock = str(ctx.tmp / f"baseline-{which}.sock")
-        # the same serve arguments as any zramd system, under this tree's CLI
-        cmd = cli + server_command(system, sock, ctx.region_bytes, "zramd")[1:]
-        server = ServerProcess(cmd, [sock], ctx.logs / f"baseline-{which}.server.log")
-        try:
-            server.start()
-            measure.fill(ctx, server, log, f"baseline-{which}-r{rnd}")
-            for w in WORKLOADS:
-                res = measure.job(ctx, server, w, log, f"baseline-{which}-{w.name}-r{rnd}")
-                data["jobs"].append({"tree": which, "workload": w.name, "round": rnd, **res})
-                ctx.progress(
-                    f"baseline round {rnd + 1}/{data['rounds']} {which:<8} {w.name:<12} "
-                    f"{res['iops']:9.0f} IOPS, server {tenths(res['server_us_per_request'])} "
-                    "µs/request"
-                )
-        except (RuntimeError, OSError, ValueError) as e:
-            ctx.progress(f"baseline {which} round {rnd + 1}: FAILED: {e}")
-            data.setdefault("errors", []).append(f"{which} round {rnd + 1}: {e}")
-        finally:
-            server.stop()
+            def one(which: str, rnd: int) -> None:
+                sock = str(ctx.tmp / f"baseline-{which}.sock")
+                # the same serve arguments as any zramd system, under this tree's CLI
+                cmd = commands[which] + server_command(system, sock, ctx.region_bytes, "zramd")[1:]
+                with measure.serving(ctx, cmd, [sock], f"baseline-{which}") as server:
+                    measure.fill(ctx, server, log, f"baseline-{which}-r{rnd}")
+                    for w in WORKLOADS:
+                        tags = {"tree": which, "workload": w.name, "round": rnd}
+                        measure.recorded(ctx, data, "baseline", server, w, log, tags)
+
+            measure.rounds(ctx, data, "baseline", list(TREES), one)
+        return data
 
     def derive(self, data: dict) -> None:
         data["summary"] = summarize(data)
@@ -142,9 +125,7 @@ class Baseline:
                 f"{with_spread(row['server_us']['baseline'], tenths)} | "
                 f"{with_spread(row['server_us']['current'], tenths)} | >= {MIN_RATIO}x | {met} |"
             )
-        for err in data.get("errors", []):
-            lines.append(f"\n- failed: {err}")
-        return lines
+        return lines + outcome_lines(data)
 
     def plots(self, data: dict, out: Path, title: str) -> list[str]:
         if not data.get("summary"):

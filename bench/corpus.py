@@ -155,32 +155,10 @@ def _python_pages(scale):
 
 def _sort_pages(workdir, input_bytes):
     rng = random.Random(7)
-    words = [
-        "GET",
-        "POST",
-        "/api/v1/users",
-        "/static/app.js",
-        "/index.html",
-        "200",
-        "404",
-        "500",
-        "Mozilla/5.0",
-        "curl/7.88",
-        "kernel:",
-        "systemd[1]:",
-        "Started",
-        "session",
-        "error",
-        "warning",
-        "eth0",
-        "link",
-        "up",
-        "down",
-        "user",
-        "root",
-        "cron",
-        "sshd",
-    ]
+    words = (
+        "GET POST /api/v1/users /static/app.js /index.html 200 404 500 Mozilla/5.0 curl/7.88 "
+        "kernel: systemd[1]: Started session error warning eth0 link up down user root cron sshd"
+    ).split()
     chunks = []
     written = 0
     t = 1700000000
@@ -365,16 +343,3 @@ def ensure(directory, size_bytes, regenerate=False):
         except (OSError, ValueError):
             pass
     return path, generate(path, size_bytes)
-
-
-if __name__ == "__main__":
-    import argparse
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
-    )
-    p.add_argument("--size-mib", type=int, default=256)
-    p.add_argument("--regenerate", action="store_true")
-    a = p.parse_args()
-    print(json.dumps(ensure(a.dir, a.size_mib << 20, a.regenerate)[1], indent=2))

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from bench import measure, plots
 from bench.context import Context
-from bench.formats import kilo, tenths, with_spread
-from bench.servers import ServerProcess, SkipSystem, server_command, zramd_serve_has
+from bench.formats import kilo, outcome_lines, tenths, with_spread
+from bench.servers import server_command, zramd_serve_has
 from bench.stats import spread
 from bench.systems import by_name
 
@@ -44,9 +44,6 @@ WORKLOADS = (measure.RANDWRITE_4K, measure.RANDREAD_4K)
 class ServerCpu:
     name = "cpu"
     title = "Server CPU per request, and a projection"
-
-    def estimate_s(self, ctx: Context) -> float:
-        return ctx.args.rounds * len(INSTANCES) * (len(WORKLOADS) * (ctx.args.runtime_s + 0.5) + 3)
 
     def run(self, ctx: Context) -> dict:
         a = ctx.args
@@ -76,53 +73,14 @@ class ServerCpu:
             f"{len(WORKLOADS)} workloads x {a.rounds} rounds of {a.runtime_s:.1f} s"
         )
         with open(ctx.logs / "cpu.fio.log", "a") as log:
-            for rnd in range(a.rounds):
-                counts = data["instances"]
-                order = counts[rnd % len(counts) :] + counts[: rnd % len(counts)]
-                for n in order:
-                    self._round(ctx, data, system, n, rnd, log)
+            measure.rounds(
+                ctx, data, "cpu", data["instances"], lambda n, rnd: _round(ctx, data, n, rnd, log)
+            )
         return data
 
     def derive(self, data: dict) -> None:
         data["summary"] = summarize(data)
         data["projection"] = project(data["summary"])
-
-    def _round(self, ctx: Context, data: dict, system, n: int, rnd: int, log) -> None:
-        sock = str(ctx.tmp / f"cpu-{n}.sock")
-        extra = ("--instances", str(n)) if n > 1 else ()
-        sockets = [f"{sock}.{i}" for i in range(n)] if n > 1 else [sock]
-        try:
-            cmd = server_command(
-                system, sock, ctx.region_bytes * n if n > 1 else ctx.region_bytes, ctx.zramd, extra
-            )
-        except SkipSystem as e:
-            data["left_out"][str(n)] = str(e)
-            return
-        server = ServerProcess(cmd, sockets, ctx.logs / f"cpu-{n}.server.log")
-        try:
-            server.start()
-            measure.fill(ctx, server, log, f"cpu-{n}-r{rnd}")
-            for w in WORKLOADS:
-                res = measure.job(
-                    ctx,
-                    server,
-                    w,
-                    log,
-                    f"cpu-{w.name}-i{n}-r{rnd}",
-                    iodepth=max(1, TOTAL_IODEPTH // n),
-                )
-                data["jobs"].append({"instances": n, "workload": w.name, "round": rnd, **res})
-                ctx.progress(
-                    f"cpu round {rnd + 1}/{data['rounds']} {n} instance(s) {w.name:<12} "
-                    f"{res['iops']:9.0f} IOPS, server {tenths(res['server_us_per_request'])} "
-                    "µs/request, "
-                    f"client {tenths(res['client_us_per_request'])} µs/request"
-                )
-        except (RuntimeError, OSError, ValueError) as e:
-            ctx.progress(f"cpu {n} instance(s) round {rnd + 1}: FAILED: {e}")
-            data.setdefault("errors", []).append(f"{n} instance(s), round {rnd + 1}: {e}")
-        finally:
-            server.stop()
 
     def markdown(self, data: dict) -> list[str]:
         load = spread([j.get("loadavg_1m") for j in data["jobs"]])
@@ -154,9 +112,7 @@ class ServerCpu:
                 f"{with_spread(row['client_us'], tenths)} |"
             )
         lines += ["", *projection_markdown(data)]
-        for err in data.get("errors", []):
-            lines.append(f"\n- failed: {err}")
-        return lines
+        return lines + outcome_lines(data)
 
     def plots(self, data: dict, out: Path, title: str) -> list[str]:
         if not data.get("summary"):
@@ -180,6 +136,22 @@ class ServerCpu:
         if not data.get("projection"):
             return []
         return projection_markdown(data)
+
+
+def _round(ctx: Context, data: dict, n: int, rnd: int, log) -> None:
+    """n instances, fresh, filled; each workload at total iodepth TOTAL_IODEPTH."""
+    sock = str(ctx.tmp / f"cpu-{n}.sock")
+    extra = ("--instances", str(n)) if n > 1 else ()
+    sockets = [f"{sock}.{i}" for i in range(n)] if n > 1 else [sock]
+    system = by_name(SYSTEM_NAME)
+    cmd = server_command(system, sock, ctx.region_bytes * n, ctx.zramd, extra)
+    with measure.serving(ctx, cmd, sockets, f"cpu-{n}") as server:
+        measure.fill(ctx, server, log, f"cpu-{n}-r{rnd}")
+        for w in WORKLOADS:
+            tags = {"instances": n, "workload": w.name, "round": rnd}
+            measure.recorded(
+                ctx, data, "cpu", server, w, log, tags, iodepth=max(1, TOTAL_IODEPTH // n)
+            )
 
 
 def summarize(data: dict) -> list[dict]:

@@ -82,6 +82,26 @@ def _children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def first_job(cmd: list[str], out: subprocess.CompletedProcess, tolerate_errors=False) -> dict:
+    """The first job of fio's JSON output (--output=); RuntimeError with
+    fio's last words if it failed (with ``tolerate_errors``, failed I/Os
+    that fio went on after are not a failure)."""
+    json_path = next(a for a in cmd if a.startswith("--output=")).split("=", 1)[1]
+    try:
+        text = Path(json_path).read_text()
+        job = json.loads(text[text.index("{") :])["jobs"][0]  # nbd may print a line first
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        raise RuntimeError(
+            f"fio failed (rc {out.returncode}): {out.stderr.strip()[-400:]} {e}"
+        ) from e
+    if (out.returncode != 0 or job.get("error")) and not (tolerate_errors and job.get("total_err")):
+        raise RuntimeError(
+            f"fio failed (rc {out.returncode}, error {job.get('error')}): "
+            f"{out.stderr.strip()[-400:]}"
+        )
+    return job
+
+
 def run(cmd: list[str], log: IO[str], timeout_s: float) -> dict:
     """Runs fio; RuntimeError with fio's last words if it failed."""
     t0 = time.monotonic()
@@ -89,20 +109,7 @@ def run(cmd: list[str], log: IO[str], timeout_s: float) -> dict:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     client_cpu_s = _children_cpu_s() - cpu0
     log.write(f"$ {' '.join(cmd)}\n{out.stdout}{out.stderr}")
-    json_path = next(a for a in cmd if a.startswith("--output=")).split("=", 1)[1]
-    try:
-        text = Path(json_path).read_text()
-        data = json.loads(text[text.index("{") :])  # the nbd engine may print a line first
-    except (OSError, ValueError) as e:
-        raise RuntimeError(
-            f"fio failed (rc {out.returncode}): {out.stderr.strip()[-400:]} {e}"
-        ) from e
-    job = data["jobs"][0]
-    if out.returncode != 0 or job.get("error"):
-        raise RuntimeError(
-            f"fio failed (rc {out.returncode}, error {job.get('error')}): "
-            f"{out.stderr.strip()[-400:]}"
-        )
+    job = first_job(cmd, out)
     result: dict = {
         "elapsed_s": round(time.monotonic() - t0, 2),
         "usr_cpu": job.get("usr_cpu"),

@@ -6,6 +6,11 @@ of a section. Pure functions of their arguments; no state.
 from __future__ import annotations
 
 
+def row(cells) -> str:
+    """One markdown table row: | a | b |."""
+    return "| " + " | ".join(cells) + " |"
+
+
 def met_cell(met: bool | None) -> str:
     """A target table's "met" cell: yes, **no**, or n/a when not measured."""
     return "n/a" if met is None else ("yes" if met else "**no**")

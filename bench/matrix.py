@@ -27,13 +27,27 @@ from bench.context import Context
 from bench.formats import kilo, num, times
 from bench.kernel_zram import ZramDevice
 from bench.servers import (
-    ServerProcess,
     SkipSystem,
     display_command,
     server_command,
+    server_process,
     zramd_stats_settled,
 )
 from bench.systems import FIO_DATA_OPTIONS, WORKLOADS, System, Workload, select
+from zramd.process import ServerProcess
+
+
+@dataclasses.dataclass
+class Target:
+    """Where one dataset of one system runs: a server on sock, or a kernel
+    zram device; fio: the fio options that point a job at it."""
+
+    system: System
+    dataset: str
+    sock: str
+    server: ServerProcess | None = None
+    zram: ZramDevice | None = None
+    fio: list[str] = dataclasses.field(default_factory=list)
 
 
 class Matrix:
@@ -54,13 +68,6 @@ class Matrix:
                 out.append(w)
         return out
 
-    def estimate_s(self, ctx: Context) -> float:
-        a = ctx.args
-        chosen = select(a.systems)
-        jobs = sum(1 for s in chosen for w in self.workloads(ctx, s) if not w.fill)
-        fills = sum(1 for s in chosen for w in self.workloads(ctx, s) if w.fill)
-        return jobs * (a.runtime_s + a.ramp_s + 0.3) + fills * (1 + a.region_bytes / 150e6) + 10
-
     def run(self, ctx: Context) -> dict:
         a = ctx.args
         chosen = select(a.systems)
@@ -70,8 +77,7 @@ class Matrix:
         fills = sum(1 for s in chosen for w in self.workloads(ctx, s) if w.fill)
         ctx.progress(
             f"matrix: {len(chosen)} systems, {jobs} timed jobs of {a.runtime_s:.1f}+{a.ramp_s:.1f} "
-            "s, "
-            f"{fills} fills of {a.region_bytes >> 20} MiB"
+            f"s, {fills} fills of {a.region_bytes >> 20} MiB"
         )
         data: dict = {
             "systems": [],
@@ -129,7 +135,8 @@ class Matrix:
                 if not ws:
                     continue
                 try:
-                    self._run_dataset(ctx, system, dataset, ws, data, corpus_path, log)
+                    t = Target(system, dataset, str(ctx.tmp / f"{system.name}.sock"))
+                    self._run_dataset(ctx, t, ws, data, corpus_path, log)
                 except SkipSystem as e:
                     entry["skipped"] = str(e)
                     ctx.progress(f"{system.name:<18} SKIPPED: {e}")
@@ -139,49 +146,27 @@ class Matrix:
                     ctx.progress(f"{system.name:<18} FAILED ({dataset}): {e}")
 
     def _run_dataset(
-        self,
-        ctx: Context,
-        system: System,
-        dataset: str,
-        workloads: list[Workload],
-        data: dict,
-        corpus_path: str | None,
-        log: IO[str],
+        self, ctx: Context, t: Target, workloads: list[Workload], data: dict, corpus, log: IO[str]
     ) -> None:
         """Fresh target, fill, storage stats, then the timed workloads."""
-        a = ctx.args
-        name = system.name
-        server: ServerProcess | None = None
-        zram: ZramDevice | None = None
-        sock = str(ctx.tmp / f"{name}.sock")
+        a, name, system = ctx.args, t.system.name, t.system
         try:
             if system.kind == "zram":
-                zram = ZramDevice(system.args[0], a.region_bytes, a.zram_lock)
-                zram.setup()
-                target = fio.block_target(zram.dev)
+                t.zram = ZramDevice(system.args[0], a.region_bytes, a.zram_lock)
+                t.zram.setup()
+                t.fio = fio.block_target(t.zram.dev)
             else:
-                server = ServerProcess(
-                    server_command(system, sock, a.region_bytes, ctx.zramd),
-                    [sock],
-                    ctx.logs / f"{name}.server.log",
-                )
-                server.start()
-                target = fio.nbd_target(server.uris[0])
+                cmd = server_command(system, t.sock, a.region_bytes, ctx.zramd)
+                t.server = server_process(cmd, [t.sock], ctx.logs / f"{name}.server.log").start()
+                t.fio = fio.nbd_target(t.server.uris[0])
             time.sleep(0.2)
-            rss_before = server.rss_bytes() if server else None
+            rss_before = t.server.rss_bytes() if t.server else None
             for w in workloads:
-                label = f"{name:<18} {dataset:<6} {w.name:<17}"
+                label = f"{name:<18} {t.dataset:<6} {w.name:<17}"
                 ctx.progress(f"{label} ...")
-                res = self._job(ctx, w, name, dataset, target, sock, zram, corpus_path, log)
-                rec = {
-                    "system": name,
-                    "dataset": dataset,
-                    "workload": w.name,
-                    "rw": w.rw,
-                    "bs_bytes": w.bs_bytes,
-                    "iodepth": w.iodepth,
-                    **res,
-                }
+                res = self._job(ctx, t, w, corpus, log)
+                rec = {"system": name, "dataset": t.dataset, "workload": w.name, "rw": w.rw}
+                rec |= {"bs_bytes": w.bs_bytes, "iodepth": w.iodepth, **res}
                 data["results"].append(rec)
                 lat = (
                     ""
@@ -190,33 +175,23 @@ class Matrix:
                 )
                 ctx.progress(f"{label} {rec['iops']:9.0f} IOPS {rec['mb_per_s']:8.1f} MB/s{lat}")
                 if w.fill and system.stores:
-                    self._storage(ctx, system, dataset, sock, server, zram, rss_before, data)
+                    self._storage(ctx, t, rss_before, data)
         finally:
-            if server:
-                server.stop()
-            if zram:
-                zram.teardown()
+            if t.server:
+                t.server.stop()
+            if t.zram:
+                t.zram.teardown()
 
     @staticmethod
-    def _job(
-        ctx: Context,
-        w: Workload,
-        name: str,
-        dataset: str,
-        target: str,
-        sock: str,
-        zram: ZramDevice | None,
-        corpus_path: str | None,
-        log: IO[str],
-    ) -> dict:
+    def _job(ctx: Context, t: Target, w: Workload, corpus: str | None, log: IO[str]) -> dict:
         """One workload on the target: a corpus fill, or a timed fio job."""
         a = ctx.args
         if w.rw == "corpus-fill":
-            assert corpus_path is not None
-            if zram:
-                nbytes, secs, method = fill.corpus_onto_device(zram.dev, corpus_path, w.bs_bytes)
+            assert corpus is not None
+            if t.zram:
+                nbytes, secs, method = fill.corpus_onto_device(t.zram.dev, corpus, w.bs_bytes)
             else:
-                nbytes, secs, method = fill.corpus_over_nbd(sock, corpus_path, w.bs_bytes)
+                nbytes, secs, method = fill.corpus_over_nbd(t.sock, corpus, w.bs_bytes)
             return {
                 "iops": nbytes / w.bs_bytes / secs,
                 "mb_per_s": nbytes / 1e6 / secs,
@@ -225,43 +200,28 @@ class Matrix:
                 "elapsed_s": round(secs, 2),
                 "method": method,
             }
-        json_path = ctx.logs / f"{name}.{dataset}.{w.name}.json"
-        cmd = fio.job_command([target], w, a.region_bytes, a.runtime_s, a.ramp_s, json_path)
+        json_path = ctx.logs / f"{t.system.name}.{t.dataset}.{w.name}.json"
+        cmd = fio.job_command([t.fio], w, a.region_bytes, a.runtime_s, a.ramp_s, json_path)
         return fio.run(cmd, log, timeout_s=ctx.fio_timeout_s())
 
     @staticmethod
-    def _storage(
-        ctx: Context,
-        system: System,
-        dataset: str,
-        sock: str,
-        server: ServerProcess | None,
-        zram: ZramDevice | None,
-        rss_before: int | None,
-        data: dict,
-    ) -> None:
+    def _storage(ctx: Context, t: Target, rss_before: int | None, data: dict) -> None:
         """After a fill: compression and memory per page, from stats and RSS."""
-        name = system.name
+        name, system, dataset = t.system.name, t.system, t.dataset
         stats = None
-        if zram:
-            stats = zram.mm_stat()
+        if t.zram:
+            stats = t.zram.mm_stat()
         elif system.kind == "zramd":
             assert ctx.zramd is not None
-            stats = zramd_stats_settled(ctx.zramd, sock)
-        rss_after = server.rss_bytes() if server else None
-        rss_delta = (
-            None
-            if server is None or rss_after is None or rss_before is None
-            else rss_after - rss_before
-        )
+            stats = zramd_stats_settled(ctx.zramd, t.sock)
+        rss_after = t.server.rss_bytes() if t.server else None
+        rss_delta = None if rss_after is None or rss_before is None else rss_after - rss_before
         srec = storage.record(system, dataset, ctx.args.region_bytes, stats, rss_delta, rss_after)
         data["storage"].append(srec)
         ctx.progress(
-            f"{name:<18} {dataset:<6} stored {srec['orig_bytes'] / 2**20:.0f} MiB: "
-            f"ratio {num(srec['ratio'], '.2f')}, memory {num(srec['bytes_per_page'])} "
-            "B/page "
-            f"({srec['memory_source']}), overhead "
-            f"{num(srec['overhead_bytes_per_page'])} B/page"
+            f"{name:<18} {dataset:<6} stored {srec['orig_bytes'] / 2**20:.0f} MiB: ratio "
+            f"{num(srec['ratio'], '.2f')}, memory {num(srec['bytes_per_page'])} B/page "
+            f"({srec['memory_source']}), overhead {num(srec['overhead_bytes_per_page'])} B/page"
         )
 
     # ------------------------------------------------------------------
@@ -337,17 +297,13 @@ def _results_table(data: dict) -> list[str]:
     corpus_pages = f", {c['pages']} pages, {c['zero_pages']} zero" if c else ""
     lines = [
         "Datasets: **fio** = fio's compressible buffers "
-        f"(`{' '.join(data['fio_data_options'])}`); "
-        "**corpus** = swap-like corpus of real process memory (resident anonymous pages of "
-        "python3, sort and "
-        f"gcc started by the bench{corpus_pages}). "
-        "Each dataset starts on a fresh device whose whole region is written first (the fill "
-        "rows), "
-        "so reads always hit written data. NBD systems use fio `ioengine=nbd` over a Unix "
-        "socket; "
-        "kernel zram uses fio `libaio`, `direct=1`. Python plugins run with `nbdkit --threads "
-        "1`, "
-        "as zramd does. Numbers drift between runs; compare within one run.",
+        f"(`{' '.join(data['fio_data_options'])}`); **corpus** = swap-like corpus of real process "
+        "memory (resident anonymous pages of python3, sort and gcc started by the "
+        f"bench{corpus_pages}). Each dataset starts on a fresh device whose whole region is "
+        "written first (the fill rows), so reads always hit written data. NBD systems use fio "
+        "`ioengine=nbd` over a Unix socket; kernel zram uses fio `libaio`, `direct=1`. Python "
+        "plugins run with `nbdkit --threads 1`, as zramd does. Numbers drift between runs; "
+        "compare within one run.",
         "",
         "| system | data | workload | IOPS | MB/s | p50 µs | p99 µs | vs kernel zram | vs "
         "nbdkit zstd |",
@@ -367,43 +323,33 @@ def _storage_table(data: dict) -> list[str]:
     lines = [
         "",
         "Mixed rows show read/write latency. Ratio columns compare MB/s (= IOPS at equal block "
-        "size) "
-        "with the same data and workload. Fill rows: 128 KiB fio writes (fio data), "
-        "or the corpus written in 256 KiB requests one at a time (libnbd, or dd for kernel "
-        "zram).",
+        "size) with the same data and workload. Fill rows: 128 KiB fio writes (fio data), or the "
+        "corpus written in 256 KiB requests one at a time (libnbd, or dd for kernel zram).",
         "",
         "## Compression and memory",
         "",
         "| system | data | stored MiB | ratio | vs kernel zram | memory | memory source | "
-        "bytes/page "
-        "| overhead B/page | stats overhead B/page | same pages | huge pages |",
+        "bytes/page | overhead B/page | stats overhead B/page | same pages | huge pages |",
         "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for s in data["storage"]:
         memory = "-" if s["memory_bytes"] is None else f"{s['memory_bytes'] / 2**20:.1f} MiB"
         lines.append(
             f"| {s['system']} | {s['dataset']} | {s['orig_bytes'] / 2**20:.0f} | "
-            f"{num(s['ratio'], '.2f')} | "
-            f"{times(s.get('ratio_vs_kernel_zram'))} | {memory} | {s['memory_source'] or '-'} "
-            "| "
-            f"{num(s['bytes_per_page'])} | {num(s['overhead_bytes_per_page'])} | "
-            f"{num(s['stats_overhead_bytes_per_page'])} | {num(s.get('same_pages'))} | "
-            f"{num(s.get('huge_pages'))} |"
+            f"{num(s['ratio'], '.2f')} | {times(s.get('ratio_vs_kernel_zram'))} | {memory} | "
+            f"{s['memory_source'] or '-'} | {num(s['bytes_per_page'])} | "
+            f"{num(s['overhead_bytes_per_page'])} | {num(s['stats_overhead_bytes_per_page'])} | "
+            f"{num(s.get('same_pages'))} | {num(s.get('huge_pages'))} |"
         )
     lines += [
         "",
         "ratio = orig_data_size / compr_data_size (payload only; same-filled pages count as "
-        "free). "
-        "memory = what the data made the system use: RSS growth of the server process tree "
-        "between "
-        "start and the end of the fill for processes, mm_stat mem_used_total for kernel zram "
-        "(which "
-        "leaves out its per-slot table sized at disksize, as RSS deltas leave out what a "
-        "server "
-        "allocates at start). bytes/page = memory / stored pages; overhead = (memory - "
-        "payload) / pages; "
-        "stats overhead = (mem_used_total - compr_data_size) / pages from the system's own "
-        "stats.",
+        "free). memory = what the data made the system use: RSS growth of the server process tree "
+        "between start and the end of the fill for processes, mm_stat mem_used_total for kernel "
+        "zram (which leaves out its per-slot table sized at disksize, as RSS deltas leave out "
+        "what a server allocates at start). bytes/page = memory / stored pages; overhead = "
+        "(memory - payload) / pages; stats overhead = (mem_used_total - compr_data_size) / pages "
+        "from the system's own stats.",
     ]
     return lines
 

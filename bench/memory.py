@@ -39,7 +39,6 @@ the RSS sampler thread, which only appends to its own list.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -49,10 +48,11 @@ from pathlib import Path
 from typing import IO
 
 from bench import corpus, fill
+from bench import fio as bench_fio
 from bench.context import Context
 from bench.formats import num
 from bench.kernel_zram import ZramDevice
-from bench.servers import ServerProcess, SkipSystem, server_command, zramd_stats
+from bench.servers import SkipSystem, server_command, server_process, zramd_stats
 from bench.stats import spread
 from bench.systems import by_name
 from zramd import process
@@ -208,19 +208,8 @@ def fio(
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     log.write(f"$ {' '.join(cmd)}\n{out.stdout}{out.stderr}")
     log.flush()
-    try:
-        text = json_path.read_text()
-        job = json.loads(text[text.index("{") :])["jobs"][0]
-    except (OSError, ValueError, KeyError, IndexError) as e:
-        raise RuntimeError(
-            f"fio failed (rc {out.returncode}): {out.stderr.strip()[-400:]} {e}"
-        ) from e
+    job = bench_fio.first_job(cmd, out, tolerate_errors)
     errors = int(job.get("total_err") or 0)
-    if (out.returncode != 0 or job.get("error")) and not (tolerate_errors and errors):
-        raise RuntimeError(
-            f"fio failed (rc {out.returncode}, error {job.get('error')}): "
-            f"{out.stderr.strip()[-400:]}"
-        )
     iops = sum(job[d]["iops"] for d in ("read", "write", "trim") if d in job)
     return {"seconds": round(time.monotonic() - t0, 2), "errors": errors, "iops": round(iops)}
 
@@ -238,8 +227,8 @@ class ZramdTarget:
         self.ctx = ctx
         self.sock = str(ctx.tmp / f"memory-{name}.sock")
         cmd = server_command(by_name(ZRAMD_SYSTEM), self.sock, disksize, ctx.zramd, extra)
-        self.server = ServerProcess(
-            cmd, [self.sock, self.sock + ".ctl"], ctx.logs / f"memory-{name}.server.log"
+        self.server = server_process(
+            cmd, [self.sock], ctx.logs / f"memory-{name}.server.log", control=True
         )
         self.pid = 0
         self.idle_rss = 0
@@ -361,6 +350,80 @@ def record(target, phase: str, t_phase: float | None, extra: dict | None = None)
     return rec
 
 
+def _rewrite(size: int, compress: int) -> dict:
+    """Every byte of the filled region once more, in random 4 KiB writes."""
+    return dict(
+        rw="randwrite",
+        bs=PAGE_BYTES,
+        size=size,
+        io_size=size,
+        compress=compress,
+        extra=("--norandommap",),
+    )
+
+
+def churn_phases(fill_bytes: int, disk: int) -> list[tuple[str, dict | str | None]]:
+    """CHURN_PHASES with what each does: fio's arguments, "compact" or nothing."""
+    actions: list[dict | str | None] = [
+        None,
+        dict(rw="write", bs=128 << 10, size=fill_bytes, compress=50),
+        _rewrite(fill_bytes, 20),
+        dict(rw="randtrim", bs=PAGE_BYTES, size=fill_bytes, io_size=fill_bytes // 2),
+        "compact",
+        dict(rw="trim", bs=1 << 20, size=disk, iodepth=4),
+        "compact",
+    ]
+    return list(zip(CHURN_PHASES, actions, strict=True))
+
+
+def limit_phases(fill_bytes: int, disk: int) -> list[tuple[str, dict | str | None]]:
+    """LIMIT_PHASES with what each does."""
+    actions: list[dict | str | None] = [
+        None,
+        dict(rw="write", bs=128 << 10, size=fill_bytes, compress=50),
+        _rewrite(fill_bytes, 80),
+        _rewrite(fill_bytes, 20),
+        dict(rw="trim", bs=1 << 20, size=disk, iodepth=4),
+        "compact",
+    ]
+    return list(zip(LIMIT_PHASES, actions, strict=True))
+
+
+def run_phases(
+    ctx: Context, target, phases, log: IO[str], label: str, tag: str, tolerate_errors=False
+) -> list[dict]:
+    """Each phase's action, then its record (record()), with its start on
+    the sampler's clock and its duration."""
+    recs = []
+    for i, (name, action) in enumerate(phases):
+        t = target.sampler.now() if target.sampler else None
+        t0 = time.monotonic()
+        extra: dict = {}
+        if action == "compact":
+            why = target.compact()
+            extra = {"compact_error": why} if why else {}
+        elif action is not None:
+            json_path = ctx.logs / f"memory.{tag}.{i}.json"
+            extra["fio"] = fio(
+                target.fio_target, log, json_path, tolerate_errors=tolerate_errors, **action
+            )
+        rec = record(target, name, t, extra)
+        rec["seconds"] = round(time.monotonic() - t0, 2)
+        rec["t_start"] = None if t is None else round(t, 3)
+        recs.append(rec)
+        errs = rec.get("fio", {}).get("errors", 0)
+        peak = rec.get("peak_rss_above_idle")
+        ctx.progress(
+            f"{label}: {name:<20} compr {rec['compr_data_size'] / MIB:7.1f} MiB  "
+            f"mem_used_total {rec['mem_used_total'] / MIB:7.1f} MiB  "
+            f"{'RSS above idle' if target.kind == 'zramd' else 'memory'} "
+            f"{rec['memory'] / MIB:7.1f} MiB"
+            + ("" if peak is None else f"  peak {peak / MIB:7.1f} MiB")
+            + (f"  ENOSPC x {errs}" if errs else "")
+        )
+    return recs
+
+
 # --------------------------------------------------------------------------
 # The section
 
@@ -370,16 +433,6 @@ class MemoryExperiments:
 
     name = "memory"
     title = "Memory: zramd against kernel zram"
-
-    def estimate_s(self, ctx: Context) -> float:
-        s = settings(ctx)
-        per_churn = 8 + s["fill_bytes"] / (150 * MIB) + s["fill_bytes"] / PAGE_BYTES / 40_000
-        return (
-            2 * s["rounds"] * per_churn
-            + per_churn
-            + s["footprint_rounds"] * 4 * 4
-            + 2 * (len(s["compressibilities"]) + 1) * (2 + s["sweep_bytes"] / (200 * MIB))
-        )
 
     def run(self, ctx: Context) -> dict:
         s = settings(ctx)
@@ -448,128 +501,28 @@ class MemoryExperiments:
     def _churn_once(self, ctx: Context, s: dict, kind: str, log: IO[str], label: str) -> list[dict]:
         fill_bytes, disk = s["fill_bytes"], s["disksize_bytes"]
         target = make_target(ctx, kind, "churn", disk)
-        recs = []
         try:
             target.start()
-            tag = f"{kind}.churn"
-
-            def phase(name: str, action) -> None:
-                t = target.sampler.now() if target.sampler else None
-                t0 = time.monotonic()
-                extra = action() or {}
-                rec = record(target, name, t, extra)
-                rec["seconds"] = round(time.monotonic() - t0, 2)
-                recs.append(rec)
-                mem = rec["memory"]
-                ctx.progress(
-                    f"{label}: {name:<20} compr {rec['compr_data_size'] / MIB:7.1f} MiB  "
-                    f"mem_used_total {rec['mem_used_total'] / MIB:7.1f} MiB  "
-                    f"{'RSS above idle' if kind == 'zramd' else 'memory'} {mem / MIB:7.1f} MiB"
-                )
-
-            def run_fio(name, **kw):
-                return lambda: {
-                    "fio": fio(target.fio_target, log, ctx.logs / f"memory.{tag}.{name}.json", **kw)
-                }
-
-            def compact():
-                why = target.compact()
-                return {"compact_error": why} if why else {}
-
-            phase("idle", lambda: None)
-            phase("filled", run_fio("fill", rw="write", bs=128 << 10, size=fill_bytes, compress=50))
-            phase(
-                "rewritten",
-                run_fio(
-                    "rewrite",
-                    rw="randwrite",
-                    bs=PAGE_BYTES,
-                    size=fill_bytes,
-                    io_size=fill_bytes,
-                    compress=20,
-                    extra=("--norandommap",),
-                ),
+            return run_phases(
+                ctx, target, churn_phases(fill_bytes, disk), log, label, f"{kind}.churn"
             )
-            phase(
-                "half trimmed",
-                run_fio(
-                    "halftrim",
-                    rw="randtrim",
-                    bs=PAGE_BYTES,
-                    size=fill_bytes,
-                    io_size=fill_bytes // 2,
-                ),
-            )
-            phase("compacted", compact)
-            phase("fully trimmed", run_fio("fulltrim", rw="trim", bs=1 << 20, size=disk, iodepth=4))
-            phase("trimmed + compacted", compact)
         finally:
             target.stop()
-        return recs
 
     # -- mem_limit ---------------------------------------------------------
     def _mem_limit(self, ctx: Context, s: dict, log: IO[str]) -> dict:
         limit, fill_bytes, disk = s["mem_limit_bytes"], s["fill_bytes"], s["disksize_bytes"]
         target = ZramdTarget(ctx, "limit", disk, ("--mem-limit", str(limit)))
-        recs = []
-        label = f"memory mem_limit {limit >> 20} MiB"
         try:
             target.start()
-
-            def phase(name, **kw):
-                t = target.sampler.now()
-                extra = {}
-                if kw:
-                    extra["fio"] = fio(
-                        target.fio_target,
-                        log,
-                        ctx.logs / f"memory.limit.{len(recs)}.json",
-                        tolerate_errors=True,
-                        **kw,
-                    )
-                elif name == "compacted":
-                    why = target.compact()
-                    if why:
-                        extra["compact_error"] = why
-                rec = record(target, name, t, extra)
-                rec["t_start"] = round(t, 3)
-                rec["peak_per_limit"] = (
-                    rec["peak_rss_above_idle"] / limit
-                    if rec.get("peak_rss_above_idle") is not None
-                    else None
-                )
-                recs.append(rec)
-                errs = rec.get("fio", {}).get("errors", 0)
-                enospc = f"  ENOSPC x {errs}" if errs else ""
-                ctx.progress(
-                    f"{label}: {name:<15} mem_used_total {rec['mem_used_total'] / MIB:7.1f} MiB  "
-                    f"peak RSS above idle {rec['peak_rss_above_idle'] / MIB:7.1f} MiB "
-                    f"({rec['peak_per_limit']:.2f}x the limit){enospc}"
-                )
-
-            phase("idle")
-            phase("filled 50%", rw="write", bs=128 << 10, size=fill_bytes, compress=50)
-            phase(
-                "rewritten 80%",
-                rw="randwrite",
-                bs=PAGE_BYTES,
-                size=fill_bytes,
-                io_size=fill_bytes,
-                compress=80,
-                extra=("--norandommap",),
-            )
-            phase(
-                "rewritten 20%",
-                rw="randwrite",
-                bs=PAGE_BYTES,
-                size=fill_bytes,
-                io_size=fill_bytes,
-                compress=20,
-                extra=("--norandommap",),
-            )
-            phase("fully trimmed", rw="trim", bs=1 << 20, size=disk, iodepth=4)
-            phase("compacted")
+            phases = limit_phases(fill_bytes, disk)
+            label = f"memory mem_limit {limit >> 20} MiB"
+            recs = run_phases(ctx, target, phases, log, label, "limit", tolerate_errors=True)
+            for rec in recs:
+                peak = rec.get("peak_rss_above_idle")
+                rec["peak_per_limit"] = None if peak is None else peak / limit
             hwm = process.status_bytes(target.pid)["VmHWM"]
+            assert target.sampler is not None
             samples = [
                 (round(t, 3), rss - target.idle_rss) for t, rss in target.sampler.samples[::5]
             ]
@@ -651,52 +604,37 @@ class MemoryExperiments:
             try:
                 target.start(sample=False)
                 for point in points:
-                    if point == "corpus":
-                        target.fill_corpus(corpus_path)
-                    else:
-                        fio(
-                            target.fio_target,
-                            log,
-                            ctx.logs / f"memory.sweep.{kind}.{point[:-1]}.json",
-                            rw="write",
-                            bs=128 << 10,
-                            size=size,
-                            compress=int(point[:-1]),
-                        )
-                    st = target.stats()
-                    orig, compr, used = (
-                        st["orig_data_size"],
-                        st["compr_data_size"],
-                        st["mem_used_total"],
-                    )
-                    rows[point][kind] = {
-                        "orig_data_size": orig,
-                        "compr_data_size": compr,
-                        "mem_used_total": used,
-                        "ratio_compr": orig / compr if compr else None,
-                        "ratio_mem": orig / used if used else None,
-                        "huge_pages": st.get("huge_pages"),
-                        "same_pages": st.get("same_pages"),
-                    }
-                    r = rows[point][kind]
-                    ctx.progress(
-                        f"memory sweep {kind:<5} {point:>6}: orig/compr "
-                        f"{num(r['ratio_compr'], '.3f')}  "
-                        f"orig/mem_used {num(r['ratio_mem'], '.3f')}"
-                    )
-                    fio(
-                        target.fio_target,
-                        log,
-                        ctx.logs / f"memory.sweep.{kind}.trim.json",
-                        rw="trim",
-                        bs=1 << 20,
-                        size=size,
-                        iodepth=4,
-                    )
-                    target.compact()
+                    rows[point][kind] = _sweep_point(ctx, target, point, size, corpus_path, log)
             finally:
                 target.stop()
         return {"size_bytes": size, "points": points, "rows": rows, "corpus": corpus_info}
+
+
+def _sweep_point(ctx: Context, target, point: str, size: int, corpus_path, log: IO[str]) -> dict:
+    """One sweep point: write it, read the counters, then trim and compact
+    for the next one."""
+    name = f"memory.sweep.{target.kind}"
+    if point == "corpus":
+        target.fill_corpus(corpus_path)
+    else:
+        path, compress = ctx.logs / f"{name}.{point[:-1]}.json", int(point[:-1])
+        fio(target.fio_target, log, path, rw="write", bs=128 << 10, size=size, compress=compress)
+    st = target.stats()
+    orig, compr, used = (st[k] for k in ("orig_data_size", "compr_data_size", "mem_used_total"))
+    r = {"orig_data_size": orig, "compr_data_size": compr, "mem_used_total": used}
+    r |= {
+        "ratio_compr": orig / compr if compr else None,
+        "ratio_mem": orig / used if used else None,
+    }
+    r |= {"huge_pages": st.get("huge_pages"), "same_pages": st.get("same_pages")}
+    ctx.progress(
+        f"memory sweep {target.kind:<5} {point:>6}: orig/compr {num(r['ratio_compr'], '.3f')}  "
+        f"orig/mem_used {num(r['ratio_mem'], '.3f')}"
+    )
+    trim = ctx.logs / f"{name}.trim.json"
+    fio(target.fio_target, log, trim, rw="trim", bs=1 << 20, size=size, iodepth=4)
+    target.compact()
+    return r
 
 
 def _libnbd():
@@ -764,80 +702,44 @@ def add_vs_zram(rows: dict) -> None:
 
 def metadata_bytes_per_page(data: dict) -> tuple[float | None, str]:
     """Memory per stored page that is neither payload nor block space, after
-    compaction: from the store's own accounting where it has an arena
-    (mem_used_total - arena_block_bytes: the per-page table entries and the
-    blocks' bookkeeping), else the per-page tables' idle cost per device page
-    plus what mem_used_total counts beyond payload and free space."""
+    compaction, from the store's own accounting: (mem_used_total -
+    arena_block_bytes) / stored pages, the per-page table entries and the
+    blocks' bookkeeping."""
     rounds = ((data.get("churn") or {}).get("rounds") or {}).get("zramd") or []
-    recs = [
-        r[CHURN_PHASES.index("compacted")]
-        for r in rounds
-        if len(r) > CHURN_PHASES.index("compacted")
-    ]
-    recs = [r for r in recs if r.get("orig_data_size")]
-    if not recs:
+    at = CHURN_PHASES.index("compacted")
+    recs = [r[at] for r in rounds if len(r) > at and r[at].get("orig_data_size")]
+    if not recs or not all("arena_block_bytes" in r["extra_stats"] for r in recs):
         return None, "not measured"
-    if all("arena_block_bytes" in r["extra_stats"] for r in recs):
-        v = statistics.median(
-            (r["mem_used_total"] - r["extra_stats"]["arena_block_bytes"])
-            / (r["orig_data_size"] // PAGE_BYTES)
-            for r in recs
-        )
-        return v, "(mem_used_total - arena_block_bytes) / stored pages"
-    table = (data.get("footprint") or {}).get("table_bytes_per_device_page")
-    if table is None:
-        return None, "not measured"
-    dyn = []
-    for rec in recs:
-        pages = (rec["orig_data_size"] // PAGE_BYTES) - (rec.get("same_pages") or 0)
-        free = next((v for k, v in rec["extra_stats"].items() if "free" in k and "bytes" in k), 0)
-        dyn.append((rec["mem_used_total"] - rec["compr_data_size"] - free) / max(1, pages))
-    d = statistics.median(dyn)
-    return (
-        table + d,
-        f"{table:.1f} B/page of tables + {d:.1f} B/page in mem_used_total beyond payload and free "
-        "space",
+    v = statistics.median(
+        (r["mem_used_total"] - r["extra_stats"]["arena_block_bytes"])
+        / (r["orig_data_size"] // PAGE_BYTES)
+        for r in recs
     )
+    return v, "(mem_used_total - arena_block_bytes) / stored pages"
 
 
-def _adder(out: list[dict]):
+def evaluate(data: dict) -> list[dict]:
+    """Every memory target, met or missed (None: not measured), in the order
+    the report lists them."""
+    out: list[dict] = []
+
     def add(target, want, measured, met):
         out.append({"target": target, "want": want, "measured": measured, "met": met})
 
-    return add
-
-
-def _compaction_targets(data: dict) -> list[dict]:
-    """RSS per compressed byte after compaction."""
-    out: list[dict] = []
-    add = _adder(out)
-    comp = phase_row(data, "zramd", "compacted")
+    # RSS per compressed byte after compaction
+    comp, zcomp = phase_row(data, "zramd", "compacted"), phase_row(data, "zram", "compacted")
     ratio = median_of(comp["memory_per_compr"]) if comp else None
-    zram_comp = phase_row(data, "zram", "compacted")
-    zratio = median_of(zram_comp["memory_per_compr"]) if zram_comp else None
+    zratio = median_of(zcomp["memory_per_compr"]) if zcomp else None
+    what, want = (
+        "after compaction, zramd RSS above idle / compr_data_size",
+        COMPACTED_RSS_PER_COMPR_MAX,
+    )
     if comp and comp.get("compact_error"):
-        add(
-            "after compaction, zramd RSS above idle / compr_data_size",
-            f"<= {COMPACTED_RSS_PER_COMPR_MAX}x",
-            f"no compaction: {comp['compact_error']}",
-            False,
-        )
+        add(what, f"<= {want}x", f"no compaction: {comp['compact_error']}", False)
     else:
-        add(
-            "after compaction, zramd RSS above idle / compr_data_size",
-            f"<= {COMPACTED_RSS_PER_COMPR_MAX}x",
-            None
-            if ratio is None
-            else f"{ratio:.3f}x (kernel zram mem_used_total/compr {num(zratio, '.3f')}x)",
-            None if ratio is None else ratio <= COMPACTED_RSS_PER_COMPR_MAX,
-        )
-    return out
-
-
-def _mem_limit_targets(data: dict) -> list[dict]:
-    """The peak RSS against --mem-limit."""
-    out: list[dict] = []
-    add = _adder(out)
+        shown = f"{ratio:.3f}x (kernel zram mem_used_total/compr {num(zratio, '.3f')}x)"
+        add(what, f"<= {want}x", *((None, None) if ratio is None else (shown, ratio <= want)))
+    # the peak RSS against --mem-limit
     lim = data.get("mem_limit")
     if lim:
         peak = max([lim["hwm_per_limit"]] + [p.get("peak_per_limit") or 0 for p in lim["phases"]])
@@ -847,23 +749,12 @@ def _mem_limit_targets(data: dict) -> list[dict]:
             f"{peak:.3f}x ({peak * lim['mem_limit_bytes'] / MIB:.0f} MiB)",
             peak <= MEM_LIMIT_OVERSHOOT_MAX,
         )
-    return out
-
-
-def _trimmed_targets(data: dict) -> list[dict]:
-    """RSS left after a full trim, and metadata per page."""
-    out: list[dict] = []
-    add = _adder(out)
-    lim = data.get("mem_limit")
+    # RSS left after a full trim, and metadata per page
     end = phase_row(data, "zramd", "trimmed + compacted")
     if end:
         v = median_of(end["rss_above_idle"])
         lim_end = lim["phases"][-1]["rss_above_idle"] if lim else None
-        worst = (
-            max(x for x in (v, lim_end) if x is not None)
-            if (v is not None or lim_end is not None)
-            else None
-        )
+        worst = max((x for x in (v, lim_end) if x is not None), default=None)
         add(
             "full trim + compact: RSS above idle",
             f"<= {TRIMMED_RSS_ABOVE_IDLE_MAX >> 20} MiB",
@@ -880,63 +771,41 @@ def _trimmed_targets(data: dict) -> list[dict]:
         None if meta is None else f"{meta:.1f} B, {how}",
         None if meta is None else meta <= METADATA_BYTES_PER_PAGE_MAX,
     )
-    return out
-
-
-def _footprint_targets(data: dict) -> list[dict]:
-    """Idle RSS, plain and with --swap."""
-    out: list[dict] = []
-    add = _adder(out)
+    # idle RSS, plain and with --swap
     fp = (data.get("footprint") or {}).get("rss") or {}
     for key, limit, label in (
         ("plain idle", IDLE_RSS_MAX, "idle RSS, 1 GiB device"),
         ("swap idle", SWAP_RSS_MAX, "idle RSS with --swap, 1 GiB device"),
         ("swap 2 clients", SWAP_RSS_MAX, "RSS with --swap, 2 clients connected"),
     ):
-        v = fp.get(key)
-        if v and v["median"] is not None:
-            add(label, f"<= {limit >> 20} MiB", f"{mib_spread(v)} MiB", v["max"] <= limit)
-    return out
+        sp = fp.get(key)
+        if sp and sp["median"] is not None:
+            add(label, f"<= {limit >> 20} MiB", f"{mib_spread(sp)} MiB", sp["max"] <= limit)
+    return out + _sweep_targets(data)
 
 
 def _sweep_targets(data: dict) -> list[dict]:
-    """The compression ratio against kernel zram, every point."""
-    out: list[dict] = []
-    add = _adder(out)
-    sweep = data.get("sweep")
-    if sweep:
-        for key, label in (
-            ("ratio_compr_vs_zram", "orig/compr_data_size"),
-            ("ratio_mem_vs_zram", "orig/mem_used_total"),
-        ):
-            devs = {
-                p: sweep["rows"][p].get(key) for p in sweep["points"] if sweep["rows"][p].get(key)
-            }
-            if not devs:
-                continue
-            # Judged one-sided: zramd may not save less memory than zram by
-            # more than the tolerance; saving more is not a defect (python-lz4
-            # output is a little smaller than the kernel's, and zsmalloc puts a
-            # handle in front of each object). The best point is shown too.
-            worst_point = min(devs, key=lambda p: devs[p])
-            best_point = max(devs, key=lambda p: devs[p])
-            worst, best = devs[worst_point], devs[best_point]
-            add(
-                f"compression ratio {label} vs kernel zram lz4, every point",
-                f"at most {RATIO_TOLERANCE:.0%} below",
-                f"lowest {(worst - 1) * 100:+.1f}% at {worst_point}, "
-                f"highest {(best - 1) * 100:+.1f}% at {best_point}",
-                worst >= 1 - RATIO_TOLERANCE,
+    """The compression ratio against kernel zram, every point. Judged
+    one-sided: zramd may not save less memory than zram by more than the
+    tolerance; saving more is not a defect (python-lz4 output is a little
+    smaller than the kernel's, and zsmalloc puts a handle in front of each
+    object). The best point is shown too."""
+    out = []
+    sweep = data.get("sweep") or {"points": []}
+    for key, label in (
+        ("ratio_compr_vs_zram", "orig/compr_data_size"),
+        ("ratio_mem_vs_zram", "orig/mem_used_total"),
+    ):
+        devs = {p: sweep["rows"][p][key] for p in sweep["points"] if sweep["rows"][p].get(key)}
+        if devs:
+            lo, hi = min(devs, key=devs.__getitem__), max(devs, key=devs.__getitem__)
+            out.append(
+                {
+                    "target": f"compression ratio {label} vs kernel zram lz4, every point",
+                    "want": f"at most {RATIO_TOLERANCE:.0%} below",
+                    "measured": f"lowest {(devs[lo] - 1) * 100:+.1f}% at {lo}, "
+                    f"highest {(devs[hi] - 1) * 100:+.1f}% at {hi}",
+                    "met": devs[lo] >= 1 - RATIO_TOLERANCE,
+                }
             )
     return out
-
-
-def evaluate(data: dict) -> list[dict]:
-    """Every memory target, met or missed, in the order the report lists them."""
-    return (
-        _compaction_targets(data)
-        + _mem_limit_targets(data)
-        + _trimmed_targets(data)
-        + _footprint_targets(data)
-        + _sweep_targets(data)
-    )

@@ -48,8 +48,7 @@ def _churn_table(churn: dict) -> list[str]:
     lines: list[str] = []
     z, k = churn.get("zramd") or [], churn.get("zram") or []
     lines += [
-        "| phase | zramd compr | zramd mem_used_total | zramd RSS above idle | zramd "
-        "memory/compr "
+        "| phase | zramd compr | zramd mem_used_total | zramd RSS above idle | zramd memory/compr "
         "| zram compr | zram mem_used_total | zram memory/compr |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -58,8 +57,7 @@ def _churn_table(churn: dict) -> list[str]:
         kr = k[i] if i < len(k) else {}
         lines.append(
             f"| {phase} | {mib_spread(zr.get('compr_data_size'))} | "
-            f"{mib_spread(zr.get('mem_used_total'))} | "
-            f"{mib_spread(zr.get('rss_above_idle'))} | "
+            f"{mib_spread(zr.get('mem_used_total'))} | {mib_spread(zr.get('rss_above_idle'))} | "
             f"{_x(zr.get('memory_per_compr'))} | {mib_spread(kr.get('compr_data_size'))} | "
             f"{mib_spread(kr.get('mem_used_total'))} | {_x(kr.get('memory_per_compr'))} |"
         )
@@ -74,15 +72,12 @@ def _mem_limit_table(lim: dict) -> list[str]:
     lines = [
         f"### With --mem-limit {lim['mem_limit_bytes'] >> 20}M",
         "",
-        "zramd alone: fill at 50%, rewrite at 80% then 20% compressible (writes past the "
-        "limit fail "
-        "with ENOSPC and fio goes on), trim everything, compact. Peak = the highest VmRSS "
-        "sampled "
-        "every 20 ms during the phase, above idle.",
+        "zramd alone: fill at 50%, rewrite at 80% then 20% compressible (writes past the limit "
+        "fail with ENOSPC and fio goes on), trim everything, compact. Peak = the highest VmRSS "
+        "sampled every 20 ms during the phase, above idle.",
         "",
         "| phase | compr | mem_used_total | RSS above idle | peak RSS above idle | peak / "
-        "mem_limit "
-        "| ENOSPC writes |",
+        "mem_limit | ENOSPC writes |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for p in lim["phases"]:
@@ -136,16 +131,13 @@ def _sweep_table(sweep: dict) -> list[str]:
     lines = [
         "### Compression ratio against kernel zram",
         "",
-        f"{sweep['size_bytes'] >> 20} MiB written (fio, 128 KiB, `buffer_compress_percentage` "
-        "as given; "
-        "or the swap-like corpus) onto a device of that size, then trimmed and compacted "
-        "before the "
-        f"next point. ratio = orig_data_size / compr_data_size (payload) and orig_data_size / "
-        f"mem_used_total (memory); vs = zramd / kernel zram.",
+        f"{sweep['size_bytes'] >> 20} MiB written (fio, 128 KiB, `buffer_compress_percentage` as "
+        "given; or the swap-like corpus) onto a device of that size, then trimmed and compacted "
+        "before the next point. ratio = orig_data_size / compr_data_size (payload) and "
+        "orig_data_size / mem_used_total (memory); vs = zramd / kernel zram.",
         "",
         "| data | zramd orig/compr | zram orig/compr | vs | zramd orig/mem_used | zram "
-        "orig/mem_used | vs "
-        "| zramd huge pages | zram huge pages |",
+        "orig/mem_used | vs | zramd huge pages | zram huge pages |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in sweep["points"]:
@@ -153,12 +145,11 @@ def _sweep_table(sweep: dict) -> list[str]:
         z, k = row.get("zramd") or {}, row.get("zram") or {}
         vs_c, vs_m = row.get("ratio_compr_vs_zram"), row.get("ratio_mem_vs_zram")
         lines.append(
-            f"| {p} | {num(z.get('ratio_compr'), '.3f')} | {num(k.get('ratio_compr'), '.3f')} "
-            "| "
+            f"| {p} | {num(z.get('ratio_compr'), '.3f')} | {num(k.get('ratio_compr'), '.3f')} | "
             f"{'-' if vs_c is None else f'{(vs_c - 1) * 100:+.1f}%'} | "
             f"{num(z.get('ratio_mem'), '.3f')} | {num(k.get('ratio_mem'), '.3f')} | "
-            f"{'-' if vs_m is None else f'{(vs_m - 1) * 100:+.1f}%'} | "
-            f"{num(z.get('huge_pages'))} | {num(k.get('huge_pages'))} |"
+            f"{'-' if vs_m is None else f'{(vs_m - 1) * 100:+.1f}%'} | {num(z.get('huge_pages'))} "
+            f"| {num(k.get('huge_pages'))} |"
         )
     lines.append("")
     return lines
@@ -185,16 +176,13 @@ def markdown(data: dict) -> list[str]:
     churn = (data.get("churn") or {}).get("summary") or {}
     zramd_args = " ".join(by_name(ZRAMD_SYSTEM).args)
     lines += [
-        f"A {s['disksize_bytes'] >> 20} MiB device each (zramd `{zramd_args}`, inline; "
-        "kernel zram "
-        f"lz4); fill {s['fill_bytes'] >> 20} MiB at 50% compressible (fio, 128 KiB), rewrite as "
-        "many bytes "
-        "in random 4 KiB writes at 20%, trim a random half of the pages, compact, trim "
-        "everything, compact "
-        "again; the same fio data for both (fixed seeds). **memory** is what the data really "
-        "costs: "
-        f"zramd's VmRSS above its idle VmRSS (the nbdkit process), kernel zram's mem_used_total "
-        f"(zsmalloc's pages). MiB, median of {s['rounds']} round(s) (min-max where they differ).",
+        f"A {s['disksize_bytes'] >> 20} MiB device each (zramd `{zramd_args}`, inline; kernel "
+        f"zram lz4); fill {s['fill_bytes'] >> 20} MiB at 50% compressible (fio, 128 KiB), rewrite "
+        "as many bytes in random 4 KiB writes at 20%, trim a random half of the pages, compact, "
+        "trim everything, compact again; the same fio data for both (fixed seeds). **memory** is "
+        "what the data really costs: zramd's VmRSS above its idle VmRSS (the nbdkit process), "
+        f"kernel zram's mem_used_total (zsmalloc's pages). MiB, median of {s['rounds']} round(s) "
+        "(min-max where they differ).",
         "",
     ]
     if churn:

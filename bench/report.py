@@ -55,12 +55,11 @@ def markdown(report: dict, sections: list) -> str:
         f"# zramd benchmark{' (quick mode)' if m['quick'] else ''}",
         "",
         f"Run {m['started']}, {m['duration_s']:.0f} s. Machine: {m['cpu']}, {m['cores']} cores, "
-        f"{m['mem_bytes'] / 2**30:.0f} GiB RAM, {m['os']}, kernel {m['kernel']}; {_load(m)}"
-        f"{_busy(m)}. "
-        f"{m['fio']}, nbdkit "
-        f"{m['nbdkit'].replace('nbdkit ', '')} (embedded Python {m['nbdkit_python']}). Region "
-        f"{m['region_bytes'] >> 20} MiB per system; timed jobs {m['runtime_s']:.1f} s "
-        f"(after a {m['ramp_s']:.1f} s ramp in the matrix). Re-measure with `make bench`.",
+        f"{m['mem_bytes'] / 2**30:.0f} GiB RAM, {m['os']}, kernel {m['kernel']}; "
+        f"{_load(m)}{_busy(m)}. {m['fio']}, nbdkit {m['nbdkit'].replace('nbdkit ', '')} (embedded "
+        f"Python {m['nbdkit_python']}). Region {m['region_bytes'] >> 20} MiB per system; timed "
+        f"jobs {m['runtime_s']:.1f} s (after a {m['ramp_s']:.1f} s ramp in the matrix). "
+        "Re-measure with `make bench`.",
         "",
     ]
     section_meta = report.get("section_meta", {})
@@ -101,13 +100,12 @@ def readme_block(report: dict, sections: list) -> str:
     lines = [
         README_BEGIN,
         "",
-        f"Latest run ({m['started'][:10]}; {m['cpu']}, {m['cores']} cores shared by client "
-        f"and server, {m['mem_bytes'] / 2**30:.0f} GiB, {m['os']}, kernel {m['kernel']}; "
-        f"{m['fio']}, {m['nbdkit']}; {m['region_bytes'] >> 20} MiB region, "
-        f"{m['runtime_s']:.0f} s per job; {_load(m)}{_busy(m)}). 4 KiB random I/O at "
-        "iodepth 16 and 128 KiB sequential writes on fio data; compression ratio and memory "
-        "on the swap-like corpus. Every row, the targets and the charts: "
-        "[docs/bench/results.md](docs/bench/results.md).",
+        f"Latest run ({m['started'][:10]}; {m['cpu']}, {m['cores']} cores shared by client and "
+        f"server, {m['mem_bytes'] / 2**30:.0f} GiB, {m['os']}, kernel {m['kernel']}; {m['fio']}, "
+        f"{m['nbdkit']}; {m['region_bytes'] >> 20} MiB region, {m['runtime_s']:.0f} s per job; "
+        f"{_load(m)}{_busy(m)}). 4 KiB random I/O at iodepth 16 and 128 KiB sequential writes on "
+        "fio data; compression ratio and memory on the swap-like corpus. Every row, the targets "
+        "and the charts: [docs/bench/results.md](docs/bench/results.md).",
         "",
     ]
     for section in sections:
@@ -142,74 +140,57 @@ def write(report: dict, sections: list, out: Path) -> str:
     return md
 
 
-def merged_with_published(report: dict, sections: list, docs_dir: Path) -> tuple[dict, set[str]]:
-    """The published report with this run's sections in place of theirs (the
-    others keep their data and charts); each merged section's run settings in
-    "section_meta". Also the chart files that are no longer referenced."""
+def merged_with_published(report: dict, order: list, docs_dir: Path) -> dict:
+    """What to publish: the report itself when it has every section in
+    ``order``, else the published one with this report's sections in place
+    of theirs (the others keep their data and charts), each replaced
+    section's run settings in "section_meta" where they are not the
+    published run's. Merging docs/bench into itself changes nothing."""
+    ran = [n for n in (s.name for s in order) if n in report["sections"] or n in report["errors"]]
     try:
         old = json.loads((docs_dir / "results.json").read_text())
     except (OSError, ValueError):
-        return report, set()
-    if not isinstance(old.get("sections"), dict):
-        return report, set()
-    merged = {
-        "meta": old["meta"],
-        "sections": dict(old["sections"]),
-        "charts": dict(old.get("charts", {})),
-        "errors": dict(old.get("errors", {})),
-        "section_meta": dict(old.get("section_meta", {})),
+        return report
+    if len(ran) == len(order) or not isinstance(old.get("sections"), dict):
+        return report
+    merged = {"meta": old["meta"]} | {
+        k: dict(old.get(k, {})) for k in ("sections", "charts", "errors")
     }
-    stale: set[str] = set()
-    for section in sections:
-        stale.update(merged["charts"].get(section.name, []))
+    section_meta = dict(old.get("section_meta", {}))
+    own = report.get("section_meta", {})
+    for name in ran:
         for key in ("sections", "charts", "errors"):
-            merged[key].pop(section.name, None)
-            if section.name in report[key]:
-                merged[key][section.name] = report[key][section.name]
-        merged["section_meta"][section.name] = report["meta"]
-    kept = {c for cs in merged["charts"].values() for c in cs}
-    return merged, stale - kept
+            if name in report[key]:
+                merged[key][name] = report[key][name]
+            else:
+                merged[key].pop(name, None)
+        meta = own.get(name, report["meta"])
+        if meta != merged["meta"]:
+            section_meta[name] = meta
+        else:
+            section_meta.pop(name, None)
+    if section_meta:
+        merged["section_meta"] = section_meta
+    return merged
 
 
 def publish(
-    report: dict,
-    sections: list,
-    out: Path,
-    docs_dir: Path = DOCS_BENCH,
-    readme: Path = README,
-    all_sections: list | None = None,
+    report: dict, out: Path, order: list, docs_dir: Path = DOCS_BENCH, readme: Path = README
 ) -> None:
-    """Replaces docs/bench/ with this run's results and charts, and README's block.
-
-    With ``all_sections`` (a run of some sections, ``--sections``), the run is
-    merged into what is published instead: its sections replace theirs, the
-    others stay, and results.md and README's block are written for all of
-    them in ``all_sections`` order."""
+    """docs/bench/ gets this run's results and charts, and README's block is
+    rewritten from them. A run of some sections (``--sections``) is merged
+    into what is published (merged_with_published), results.md and README's
+    block list every section in ``order``; charts nothing refers to go."""
     docs_dir.mkdir(parents=True, exist_ok=True)
-    # `--render docs/bench --publish` renders in place: the files are there
-    # already, and clearing the directory first would delete them
-    in_place = out.resolve() == docs_dir.resolve()
-    if all_sections is not None:
-        merged, stale = merged_with_published(report, sections, docs_dir)
-        shown = [
-            s for s in all_sections if s.name in merged["sections"] or s.name in merged["errors"]
-        ]
-        for name in stale:
-            (docs_dir / name).unlink(missing_ok=True)
+    merged = merged_with_published(report, order, docs_dir)
+    charts = {c for cs in merged["charts"].values() for c in cs}
+    for old in docs_dir.iterdir():
+        if old.is_file() and old.suffix == ".png" and old.name not in charts:
+            old.unlink()
+    # `--render docs/bench --publish` renders in place: the charts are there
+    if out.resolve() != docs_dir.resolve():
         for c in (c for cs in report["charts"].values() for c in cs):
-            if not in_place:
-                shutil.copy(out / c, docs_dir / c)
-        write(merged, shown, docs_dir)
-        readme.write_text(replace_block(readme.read_text(), readme_block(merged, shown)))
-        return
-    if not in_place:
-        for old in docs_dir.iterdir():
-            if old.is_file() and old.suffix in (".md", ".json", ".png"):
-                old.unlink()
-        for f in [
-            "results.json",
-            "results.md",
-            *(c for cs in report["charts"].values() for c in cs),
-        ]:
-            shutil.copy(out / f, docs_dir / f)
-    readme.write_text(replace_block(readme.read_text(), readme_block(report, sections)))
+            shutil.copy(out / c, docs_dir / c)
+    shown = [s for s in order if s.name in merged["sections"] or s.name in merged["errors"]]
+    write(merged, shown, docs_dir)
+    readme.write_text(replace_block(readme.read_text(), readme_block(merged, shown)))

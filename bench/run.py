@@ -7,7 +7,7 @@ side on the same machine, the same data and the same client.
     .venv/bin/python bench/run.py --systems 'zramd-*,kernel-zram-lz4' --sections matrix --runtime 10
     .venv/bin/python bench/run.py --list
 
-What runs: the sections in bench/sections.py (how to add a system or a
+What runs: the sections in SECTIONS below (how to add a system or a
 section: bench/__init__.py). Outputs in --out (default
 bench/results/<timestamp>/, gitignored): results.json, results.md, PNG
 charts, logs/. A default run (no --quick, --out or selection) also
@@ -35,77 +35,71 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))  # run as a script: make the bench package importable
 
 from bench import machine, report  # noqa: E402
+from bench.backing import BackingEncryption  # noqa: E402
+from bench.baseline import Baseline  # noqa: E402
 from bench.context import Context, Progress  # noqa: E402
-from bench.sections import SECTIONS, by_names  # noqa: E402
+from bench.cpu import ServerCpu  # noqa: E402
+from bench.matrix import Matrix  # noqa: E402
+from bench.memory_report import Memory  # noqa: E402
+from bench.scaling import ConnectionScaling  # noqa: E402
+from bench.scrapes import ScrapeCost  # noqa: E402
 from bench.servers import find_zramd  # noqa: E402
 from bench.systems import FIO_DATA_OPTIONS, SYSTEMS, WORKLOADS  # noqa: E402
+
+# The sections, in the order a run measures and reports them: each has a
+# name (results.json key, --sections value) and a title, run(ctx) -> data,
+# and derive, markdown, plots and summary of that data (bench/__init__.py).
+SECTIONS = [
+    Matrix(),
+    ConnectionScaling(),
+    ServerCpu(),
+    Baseline(),
+    BackingEncryption(),
+    ScrapeCost(),
+    Memory(),
+]
+
+
+def by_names(names: list[str]) -> list:
+    """The sections named (all when none); SystemExit naming an unknown one."""
+    known = [s.name for s in SECTIONS]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    return [s for s in SECTIONS if not names or s.name in names]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="zramd benchmark suite (see the module docstring)")
-    p.add_argument(
-        "--quick", action="store_true", help="tiny region and short jobs: proves the pipeline (CI)"
-    )
-    p.add_argument("--out", help="output directory (default bench/results/<timestamp>/)")
-    p.add_argument(
-        "--sections",
-        help=f"comma-separated sections (default all: {','.join(s.name for s in SECTIONS)})",
-    )
-    p.add_argument(
-        "--systems", help="comma-separated names or globs, e.g. 'zramd-*,kernel-zram-lz4'"
-    )
-    p.add_argument(
-        "--workloads", help="matrix workload globs, e.g. 'randread-*,corpus/*' (fills always run)"
-    )
-    p.add_argument(
-        "--datasets", default="fio,corpus", help="matrix datasets: fio,corpus (default both)"
-    )
-    p.add_argument("--size-mib", type=int, help="region written per system (default 256, quick 16)")
-    p.add_argument("--runtime", type=float, help="seconds per timed job (default 4, quick 0.5)")
-    p.add_argument(
-        "--ramp", type=float, help="matrix: ramp seconds before each timed job (default 1, quick 0)"
-    )
-    p.add_argument(
-        "--rounds", type=int, help="rounds of the interleaved sections (default 3, quick 1)"
-    )
-    p.add_argument(
-        "--corpus-dir",
-        default=str(BENCH_DIR / "corpus"),
-        help="where the corpus is kept (gitignored)",
-    )
-    p.add_argument("--regenerate-corpus", action="store_true")
-    p.add_argument(
-        "--zramd", help="path of the zramd CLI (default: next to this Python, or .venv/bin/zramd)"
-    )
-    p.add_argument(
-        "--baseline",
-        metavar="REV",
-        help="baseline section: the earlier commit to compare with (default: the store "
-        "before the page arena)",
-    )
-    p.add_argument(
+    add = p.add_argument
+    add("--quick", action="store_true", help="tiny region and short jobs: the pipeline (CI)")
+    add("--out", help="output directory (default bench/results/<timestamp>/)")
+    add("--sections", help=f"comma-separated (default all: {','.join(s.name for s in SECTIONS)})")
+    add("--systems", help="comma-separated names or globs, e.g. 'zramd-*,kernel-zram-lz4'")
+    add("--workloads", help="matrix workload globs, e.g. 'randread-*,corpus/*' (fills always run)")
+    add("--datasets", default="fio,corpus", help="matrix datasets: fio,corpus (default both)")
+    add("--size-mib", type=int, help="region written per system (default 256, quick 16)")
+    add("--runtime", type=float, help="seconds per timed job (default 4, quick 0.5)")
+    add("--ramp", type=float, help="matrix: ramp seconds before each job (default 1, quick 0)")
+    add("--rounds", type=int, help="rounds of the interleaved sections (default 3, quick 1)")
+    add("--corpus-dir", default=str(BENCH_DIR / "corpus"), help="where the corpus is kept")
+    add("--regenerate-corpus", action="store_true")
+    add("--zramd", help="the zramd CLI (default: next to this Python, or .venv/bin/zramd)")
+    add("--baseline", metavar="REV", help="baseline section: the commit to compare with")
+    add(
         "--zram-lock",
         default=os.environ.get("ZRAMD_BENCH_ZRAM_LOCK"),
-        help="hold flock(2) on this file while using a kernel zram device "
-        "(default $ZRAMD_BENCH_ZRAM_LOCK; for machines whose zram others use too)",
+        help="hold flock(2) on this file while using kernel zram (default "
+        "$ZRAMD_BENCH_ZRAM_LOCK; for machines whose zram others use too)",
     )
-    p.add_argument(
+    add(
         "--publish",
         action=argparse.BooleanOptionalAction,
-        default=None,
-        help="replace docs/bench/ and README's block with this run "
-        "(default: only for a full default run); with --sections, only those sections' "
-        "parts are replaced",
+        help="replace docs/bench/ and README's block with this run (default: only a full "
+        "default run); with --sections, only those sections' parts",
     )
-    p.add_argument(
-        "--render",
-        metavar="DIR",
-        help="re-render DIR/results.json of an earlier run (tables, charts; with --publish, "
-        "docs/bench and README) without measuring",
-    )
-    p.add_argument(
-        "--list", action="store_true", help="list sections, systems and workloads, then exit"
-    )
+    add("--render", metavar="DIR", help="re-render DIR/results.json without measuring")
+    add("--list", action="store_true", help="list sections, systems and workloads, then exit")
     return p
 
 
@@ -113,20 +107,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """The options, with the defaults that depend on --quick filled in."""
     p = build_parser()
     a = p.parse_args(argv)
-    selected = any(
-        (
-            a.systems,
-            a.workloads,
-            a.sections,
-            a.out,
-            a.size_mib,
-            a.runtime,
-            a.ramp,
-            a.rounds,
-            a.baseline,
-            a.datasets != "fio,corpus",
-        )
-    )
+    given = ("systems", "workloads", "sections", "out", "size_mib", "runtime", "ramp", "rounds")
+    selected = a.datasets != "fio,corpus" or any(getattr(a, k) for k in (*given, "baseline"))
     a.sections = [x for x in (a.sections or "").split(",") if x]
     a.systems = [x for x in (a.systems or "").split(",") if x]
     a.workloads = [x for x in (a.workloads or "").split(",") if x]
@@ -167,9 +149,7 @@ def measure(a: argparse.Namespace, sections: list, out: Path) -> dict:
         ctx = Context(
             args=a, out=out, logs=out / "logs", tmp=Path(tmp), zramd=zramd, progress=progress
         )
-        estimate = sum(s.estimate_s(ctx) for s in sections)
-        names = ", ".join(s.name for s in sections)
-        progress(f"zramd bench: sections {names}; estimated about {estimate:.0f} s; out {out}")
+        progress(f"zramd bench: sections {', '.join(s.name for s in sections)}; out {out}")
         for section in sections:
             progress(f"== {section.title}")
             try:
@@ -200,9 +180,7 @@ def render(rep: dict, sections: list, out: Path, publish: bool) -> None:
     title = report.title_line(rep["meta"])
     for section in sections:
         if section.name in rep["sections"]:
-            derive = getattr(section, "derive", None)  # optional: see bench/sections.py
-            if derive is not None:
-                derive(rep["sections"][section.name])
+            section.derive(rep["sections"][section.name])
             try:
                 rep["charts"][section.name] = section.plots(
                     rep["sections"][section.name], out, title
@@ -213,9 +191,7 @@ def render(rep: dict, sections: list, out: Path, publish: bool) -> None:
     print()
     print(md)
     if publish:
-        # a run of some sections is merged into what is published
-        partial = {x.name for x in sections} != {x.name for x in SECTIONS}
-        report.publish(rep, sections, out, all_sections=SECTIONS if partial else None)
+        report.publish(rep, out, SECTIONS)  # a run of some sections is merged in
         print(f"published: {report.DOCS_BENCH} and README.md's bench block", flush=True)
     print(f"results: {out}", flush=True)
 
@@ -233,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as e:
             raise SystemExit(f"--render {out}: no readable results.json ({e})") from None
         sections = [s for s in SECTIONS if s.name in rep["sections"] or s.name in rep["errors"]]
-        rep["charts"] = {}
         render(rep, sections, out, publish=bool(a.publish_explicit))
         return 0
     sections = by_names(a.sections)

@@ -34,7 +34,8 @@ from pathlib import Path
 from bench import measure, plots
 from bench.context import Context
 from bench.formats import met_cell, outcome_lines, tenths, times, with_spread
-from bench.servers import ServerProcess, SkipSystem, server_command
+from bench.formats import row as md_row
+from bench.servers import SkipSystem, server_command
 from bench.stats import per_round_ratio, spread
 from bench.systems import C_CEILING, LZ4_STORE_CEILING, PYTHON_CEILING, by_name, select
 
@@ -52,14 +53,6 @@ class ConnectionScaling:
     name = "scaling"
     title = "Connection scaling"
 
-    def estimate_s(self, ctx: Context) -> float:
-        n = len(select(ctx.args.systems, [by_name(s) for s in SYSTEM_NAMES]))
-        return (
-            ctx.args.rounds
-            * n
-            * (len(CONNECTIONS) * len(WORKLOADS) * (ctx.args.runtime_s + 0.5) + 3)
-        )
-
     def run(self, ctx: Context) -> dict:
         a = ctx.args
         systems = select(a.systems, [by_name(s) for s in SYSTEM_NAMES])
@@ -74,65 +67,46 @@ class ConnectionScaling:
             "jobs": [],
             "skipped": {},
         }
+        commands = {}
+        for system in systems:
+            sock = str(ctx.tmp / f"scaling-{system.name}.sock")
+            try:
+                commands[system.name] = (
+                    server_command(system, sock, a.region_bytes, ctx.zramd),
+                    sock,
+                )
+            except SkipSystem as e:
+                data["skipped"][system.name] = str(e)
+                ctx.progress(f"scaling {system.name}: SKIPPED: {e}")
         ctx.progress(
-            f"scaling: {len(systems)} systems x {len(CONNECTIONS)} connection counts x "
+            f"scaling: {len(commands)} systems x {len(CONNECTIONS)} connection counts x "
             f"{len(WORKLOADS)} workloads x {a.rounds} rounds of {a.runtime_s:.1f} s"
         )
         with open(ctx.logs / "scaling.fio.log", "a") as log:
-            for rnd in range(a.rounds):
-                order = (
-                    systems[rnd % len(systems) :] + systems[: rnd % len(systems)] if systems else []
-                )
-                for system in order:
-                    if system.name in data["skipped"]:
-                        continue
-                    sock = str(ctx.tmp / f"scaling-{system.name}.sock")
-                    try:
-                        cmd = server_command(system, sock, a.region_bytes, ctx.zramd)
-                    except SkipSystem as e:
-                        data["skipped"][system.name] = str(e)
-                        ctx.progress(f"scaling {system.name}: SKIPPED: {e}")
-                        continue
-                    server = ServerProcess(
-                        cmd, [sock], ctx.logs / f"scaling-{system.name}.server.log"
-                    )
-                    try:
-                        server.start()
-                        if system.stores:
-                            measure.fill(ctx, server, log, f"scaling-{system.name}-r{rnd}")
-                        for w in WORKLOADS:
-                            for conns in CONNECTIONS:
-                                label = f"scaling-{system.name}-{w.name}-c{conns}-r{rnd}"
-                                res = measure.job(
-                                    ctx,
-                                    server,
-                                    w,
-                                    log,
-                                    label,
-                                    numjobs=conns,
-                                    iodepth=max(1, TOTAL_IODEPTH // conns),
-                                )
-                                data["jobs"].append(
-                                    {
-                                        "system": system.name,
-                                        "workload": w.name,
-                                        "round": rnd,
-                                        "connections": conns,
-                                        "iodepth_per_connection": max(1, TOTAL_IODEPTH // conns),
-                                        **res,
-                                    }
-                                )
-                                ctx.progress(
-                                    f"scaling round {rnd + 1}/{a.rounds} {system.name:<18} "
-                                    f"{w.name:<12} "
-                                    f"{conns} conn: {res['iops']:9.0f} IOPS, server "
-                                    f"{tenths(res['server_us_per_request'])} µs/request"
-                                )
-                    except (RuntimeError, OSError, ValueError) as e:
-                        ctx.progress(f"scaling {system.name} round {rnd + 1}: FAILED: {e}")
-                        data.setdefault("errors", []).append(f"{system.name} round {rnd + 1}: {e}")
-                    finally:
-                        server.stop()
+
+            def one(name: str, rnd: int) -> None:
+                cmd, sock = commands[name]
+                with measure.serving(ctx, cmd, [sock], f"scaling-{name}") as server:
+                    if by_name(name).stores:
+                        measure.fill(ctx, server, log, f"scaling-{name}-r{rnd}")
+                    for w in WORKLOADS:
+                        for conns in CONNECTIONS:
+                            depth = max(1, TOTAL_IODEPTH // conns)
+                            tags = {"system": name, "workload": w.name, "round": rnd}
+                            tags |= {"connections": conns, "iodepth_per_connection": depth}
+                            measure.recorded(
+                                ctx,
+                                data,
+                                "scaling",
+                                server,
+                                w,
+                                log,
+                                tags,
+                                numjobs=conns,
+                                iodepth=depth,
+                            )
+
+            measure.rounds(ctx, data, "scaling", list(commands), one)
         return data
 
     def derive(self, data: dict) -> None:
@@ -161,44 +135,32 @@ class ConnectionScaling:
             + ". Where other work loads the machine, IOPS measure how much CPU the client "
             "processes get as much as the server: CPU time per request is the steadier number.",
             "",
-            "| system | workload | "
-            + " | ".join(f"{c} conn IOPS" for c in conns)
-            + " | "
-            + " | ".join(f"{c} vs 1" for c in conns[1:])
-            + " |",
+            md_row(
+                ["system", "workload", *(f"{c} conn IOPS" for c in conns)]
+                + [f"{c} vs 1" for c in conns[1:]]
+            ),
             "|---|---|" + "---:|" * (2 * len(conns) - 1),
         ]
         for row in data["summary"]:
-            lines.append(
-                f"| {row['system']} | {row['workload']} | "
-                + " | ".join(with_spread(row["iops"][str(c)]) for c in conns)
-                + " | "
-                + " | ".join(with_spread(row["vs_one"][str(c)], times) for c in conns[1:])
-                + " |"
-            )
+            iops = [with_spread(row["iops"][str(c)]) for c in conns]
+            vs = [with_spread(row["vs_one"][str(c)], times) for c in conns[1:]]
+            lines.append(md_row([row["system"], row["workload"], *iops, *vs]))
         lines += [
             "",
             "CPU time per request, µs: server = utime+stime of the server's nbdkit process "
             "(/proc) over the job / requests; client = fio's own CPU time / requests.",
             "",
-            "| system | workload | "
-            + " | ".join(f"server, {c} conn" for c in conns)
-            + " | "
-            + " | ".join(f"client, {c} conn" for c in conns)
-            + " |",
+            md_row(
+                ["system", "workload", *(f"server, {c} conn" for c in conns)]
+                + [f"client, {c} conn" for c in conns]
+            ),
             "|---|---|" + "---:|" * (2 * len(conns)),
         ]
         for row in data["summary"]:
             client = row.get("client_us", {})
-            lines.append(
-                f"| {row['system']} | {row['workload']} | "
-                + " | ".join(with_spread(row["server_us"][str(c)], tenths) for c in conns)
-                + " | "
-                + " | ".join(
-                    with_spread(client[str(c)], tenths) if str(c) in client else "-" for c in conns
-                )
-                + " |"
-            )
+            server = [with_spread(row["server_us"][str(c)], tenths) for c in conns]
+            cl = [with_spread(client[str(c)], tenths) if str(c) in client else "-" for c in conns]
+            lines.append(md_row([row["system"], row["workload"], *server, *cl]))
         lines += ["", *targets_markdown(data)]
         return lines + outcome_lines(data)
 
@@ -246,21 +208,17 @@ class ConnectionScaling:
             + (f" (1-minute load average {with_spread(load, tenths)})" if load["n"] else "")
             + ". Server µs/request: CPU time of the server's nbdkit process per request.",
             "",
-            "| system | workload | "
-            + " | ".join(f"IOPS, {c} conn" for c in conns)
-            + " | "
-            + " | ".join(f"server µs/req, {c} conn" for c in conns)
-            + " |",
+            md_row(
+                ["system", "workload", *(f"IOPS, {c} conn" for c in conns)]
+                + [f"server µs/req, {c} conn" for c in conns]
+            ),
             "|---|---|" + "---:|" * (2 * len(conns)),
         ]
         for row in data["summary"]:
-            lines.append(
-                f"| {data['descriptions'].get(row['system'], row['system'])} | {row['workload']} | "
-                + " | ".join(with_spread(row["iops"][str(c)]) for c in conns)
-                + " | "
-                + " | ".join(with_spread(row["server_us"][str(c)], tenths) for c in conns)
-                + " |"
-            )
+            iops = [with_spread(row["iops"][str(c)]) for c in conns]
+            server = [with_spread(row["server_us"][str(c)], tenths) for c in conns]
+            name = data["descriptions"].get(row["system"], row["system"])
+            lines.append(md_row([name, row["workload"], *iops, *server]))
         targets = targets_markdown(data)
         return lines + ["", *targets] if targets else lines
 
@@ -359,10 +317,9 @@ def targets_markdown(data: dict) -> list[str]:
     ]
     for r in rows:
         lines.append(
-            f"| {r['target']} | >= {r['want']:.2f}x | {with_spread(r['ratio'], times)} "
-            f"| {met_cell(r['met'])} "
-            f"| {with_spread(r.get('least_store_ratio', spread([])), times)} "
-            f"| {with_spread(r.get('vs_least_store', spread([])), times)} "
-            f"| {with_spread(r['server_us_beyond'], tenths)} |"
+            f"| {r['target']} | >= {r['want']:.2f}x | {with_spread(r['ratio'], times)} | "
+            f"{met_cell(r['met'])} | {with_spread(r.get('least_store_ratio', spread([])), times)} "
+            f"| {with_spread(r.get('vs_least_store', spread([])), times)} | "
+            f"{with_spread(r['server_us_beyond'], tenths)} |"
         )
     return lines

@@ -23,7 +23,7 @@ from pathlib import Path
 from bench import measure
 from bench.context import Context
 from bench.formats import outcome_lines, tenths, times, with_spread
-from bench.servers import ServerProcess, SkipSystem, server_command, zramd_serve_has
+from bench.servers import server_command, zramd_serve_has
 from bench.stats import per_round_ratio, spread
 from bench.systems import Workload, by_name
 from zramd import process
@@ -67,9 +67,6 @@ class ScrapeCost:
     name = "scrapes"
     title = "Metrics scrape flood"
 
-    def estimate_s(self, ctx: Context) -> float:
-        return ctx.args.rounds * (2 * ctx.args.runtime_s + 8)
-
     def run(self, ctx: Context) -> dict:
         a = ctx.args
         data: dict = {"rounds": a.rounds, "scrapers": SCRAPERS, "runs": [], "skipped": {}}
@@ -80,12 +77,9 @@ class ScrapeCost:
             f"scrapes: {a.rounds} rounds, 4 KiB reads without and with {SCRAPERS} scrapers"
         )
         with open(ctx.logs / "scrapes.fio.log", "a") as log:
-            for rnd in range(a.rounds):
-                try:
-                    data["runs"] += self._round(ctx, rnd, log)
-                except (RuntimeError, OSError, ValueError, SkipSystem) as e:
-                    ctx.progress(f"scrapes round {rnd + 1}: FAILED: {e}")
-                    data.setdefault("errors", []).append(f"round {rnd + 1}: {e}")
+            measure.rounds(
+                ctx, data, "scrapes", ["zramd-lz4"], lambda _, rnd: self._round(ctx, data, rnd, log)
+            )
         return data
 
     def derive(self, data: dict) -> None:
@@ -97,16 +91,13 @@ class ScrapeCost:
             "wrapper_us_per_scrape": spread([r["wrapper_us_per_scrape"] for r in flooded]),
         }
 
-    def _round(self, ctx: Context, rnd: int, log) -> list[dict]:
+    def _round(self, ctx: Context, data: dict, rnd: int, log) -> None:
         sock = str(ctx.tmp / "scrapes.sock")
         extra = ("--metrics-address", "127.0.0.1:0")
         cmd = server_command(by_name("zramd-lz4"), sock, ctx.region_bytes, ctx.zramd, extra)
-        log_path = ctx.logs / f"scrapes-r{rnd}.server.log"  # its own: the banner names the port
-        server = ServerProcess(cmd, [sock], log_path)
-        runs = []
-        try:
-            server.start()
-            port = self._port(log_path)
+        # a log of its own each round: the banner names the port
+        with measure.serving(ctx, cmd, [sock], f"scrapes-r{rnd}") as server:
+            port = self._port(server.log_path)
             measure.fill(ctx, server, log, f"scrapes-r{rnd}")
             for mode in ("quiet", "flooded") if rnd % 2 == 0 else ("flooded", "quiet"):
                 assert server.proc is not None
@@ -118,7 +109,7 @@ class ScrapeCost:
                         res = measure.job(ctx, server, READ, log, f"scrapes-{mode}-r{rnd}")
                     answered = flood.answered
                 wrapper_s = process.cpu_seconds(server.proc.pid) - cpu0
-                runs.append(
+                data["runs"].append(
                     {
                         "mode": mode,
                         "round": rnd,
@@ -127,9 +118,6 @@ class ScrapeCost:
                         "wrapper_us_per_scrape": wrapper_s * 1e6 / answered if answered else None,
                     }
                 )
-        finally:
-            server.stop()
-        return runs
 
     @staticmethod
     def _port(log_path: Path) -> int:

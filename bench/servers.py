@@ -1,17 +1,13 @@
 """NBD server processes for the bench: zramd serve (which runs nbdkit itself)
 or nbdkit directly, each on Unix sockets in a private temporary directory.
 
-``ServerProcess`` owns one process group: start() returns once every socket
-it waits for exists (nbdkit listens right after bind()), stop() sends
-SIGTERM, then SIGKILL to every descendant after 10 s, and removes the
-sockets. Its log file collects stdout and stderr. Not thread-safe: one
-bench thread drives it.
-
-CPU time: ``cpu_seconds()`` sums utime+stime (zramd/process.py, which also
-finds the nbdkit processes and reads RSS for the CLI, vm/ and the tests) over
-the nbdkit processes of the tree (the whole tree where none is called nbdkit);
-a process's counters include its exited threads, so the difference over a
-job is the server's work for that job.
+Starting, waiting, RSS, CPU time and stopping are zramd/process.py's
+``ServerProcess`` (shared with the CLI, vm/ and the tests): start() returns
+once every socket exists (nbdkit listens right after bind()), stop() sends
+SIGTERM, then SIGKILL to every descendant after 10 s. ``cpu_seconds()`` sums
+utime+stime over the nbdkit processes of the tree; a process's counters
+include its exited threads, so the difference over a job is the server's
+work for that job. Here: the command lines, the zramd CLI, its stats.
 """
 
 from __future__ import annotations
@@ -23,7 +19,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
 
 from bench.systems import System, size_arg
 from zramd import process
@@ -85,82 +80,14 @@ def display_command(cmd: list[str]) -> str:
     return " ".join(shown)
 
 
-class ServerProcess:
-    """An NBD server process and the sockets it listens on."""
-
-    def __init__(self, cmd: list[str], sockets: list[str], log_path: Path):
-        self.cmd = cmd
-        self.sockets = sockets
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def uris(self) -> list[str]:
-        return [f"nbd+unix:///?socket={s}" for s in self.sockets]
-
-    def start(self, timeout_s: float = 30) -> None:
-        self._log = open(self.log_path, "ab")
-        self._log.write(f"$ {' '.join(map(str, self.cmd))}\n".encode())
-        self._log.flush()
-        self.proc = subprocess.Popen(
-            self.cmd,
-            env=plugin_environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_tail()}")
-            if all(os.path.exists(s) for s in self.sockets):
-                time.sleep(0.1)
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(
-            f"server did not listen on {' '.join(self.sockets)} within {timeout_s} s: "
-            f"{self.log_tail()}"
-        )
-
-    def log_tail(self, nbytes: int = 600) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, 2)
-                f.seek(max(0, f.tell() - nbytes))
-                return f.read().decode(errors="replace").strip().replace("\n", " | ")
-        except OSError:
-            return ""
-
-    def pids(self) -> list[int]:
-        if self.proc is None or self.proc.poll() is not None:
-            return []
-        return process.descendants(self.proc.pid)
-
-    def rss_bytes(self) -> int:
-        return process.rss_bytes(self.pids())
-
-    def cpu_seconds(self) -> float:
-        """utime+stime of the nbdkit processes (the whole tree if none is nbdkit)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return 0.0
-        chosen = process.nbdkit_pids(self.proc.pid) or self.pids()
-        return sum(process.cpu_seconds(pid) for pid in chosen)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        process.stop(self.proc, 10)
-        self.proc = None
-        if self._log:
-            self._log.close()
-        for s in self.sockets:
-            try:
-                os.unlink(s)
-            except FileNotFoundError:
-                pass
+def server_process(
+    cmd: list[str], sockets: list[str], log_path: Path, control: bool = False
+) -> process.ServerProcess:
+    """A server for the bench (zramd/process.py): ready once every socket
+    exists, and 0.1 s more (nbdkit listens right after bind())."""
+    return process.ServerProcess(
+        cmd, sockets, log_path, env=plugin_environment(), control=control, settle_seconds=0.1
+    )
 
 
 def zramd_stats(zramd: str, sock: str) -> dict:

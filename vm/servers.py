@@ -22,9 +22,8 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import IO
 
-from vm.guest import ROOT, tail
+from vm.guest import ROOT
 from zramd import process
 
 DEFAULT_DEVICE_SIZE = "1G"
@@ -72,8 +71,7 @@ class TargetServer:
         self.log_path = log_path
         self.size = size
         self.instances = instances
-        self.proc: subprocess.Popen | None = None
-        self._log: IO[bytes] | None = None
+        self.server: process.ServerProcess | None = None
 
     def command(self) -> list[str]:
         if self.kind == "zramd":
@@ -91,30 +89,16 @@ class TargetServer:
         raise ValueError(f"unknown server kind {self.kind}")
 
     def start(self, timeout_s: float = 60) -> None:
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            self.command(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=ROOT,
+        """Returns once every socket is there (zramd's control sockets too: its
+        stats come up just after the NBD socket); RuntimeError with the log's tail."""
+        self.server = process.ServerProcess(
+            self.command(), self.sockets(), self.log_path, control=self.kind == "zramd", cwd=ROOT
         )
-        deadline = time.monotonic() + timeout_s
-        # zramd's control socket (stats) comes up just after the NBD socket.
-        ctl = self.kind == "zramd"
-        ready = [p for s in self.sockets() for p in [s] + ([Path(f"{s}.ctl")] if ctl else [])]
-        while not all(p.exists() for p in ready):
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.kind} server exited with {self.proc.returncode} before its "
-                    f"socket appeared:\n{tail(self.log_path)}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{self.kind} server: no {' and '.join(map(str, ready))} "
-                    f"after {timeout_s} s:\n{tail(self.log_path)}"
-                )
-            time.sleep(0.05)
+        self.server.start(timeout_s)
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return None if self.server is None else self.server.proc
 
     def sockets(self) -> list[Path]:
         """The NBD sockets: SOCK, or SOCK.0 ... SOCK.N-1 for striped instances."""
@@ -123,7 +107,7 @@ class TargetServer:
         return [Path(f"{self.sock}.{i}") for i in range(self.instances)]
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.server is not None and self.server.alive()
 
     @property
     def returncode(self) -> int | None:
@@ -183,10 +167,7 @@ class TargetServer:
     def nbdkit_pids(self) -> list[int]:
         """The server's nbdkit processes: the process itself, or the
         children of ``zramd serve`` (one per instance)."""
-        if not self.alive():
-            return []
-        assert self.proc is not None
-        return process.nbdkit_pids(self.proc.pid)
+        return [] if self.server is None else self.server.nbdkit_pids()
 
     def thread_states(self) -> str:
         """One line per nbdkit thread: name, state, kernel wait channel and
@@ -221,12 +202,7 @@ class TargetServer:
         return len(pids)
 
     def stop(self, timeout_s: float = 20) -> int | None:
-        if self.proc is None:
-            return None
-        returncode = process.stop(self.proc, timeout_s)
-        if self._log:
-            self._log.close()
-        return returncode
+        return None if self.server is None else self.server.stop(timeout_s)
 
     def __enter__(self) -> TargetServer:
         self.start()

@@ -1,23 +1,29 @@
-"""Server processes as /proc shows them: the nbdkit process under a
-``zramd serve`` (or the process itself when it is nbdkit), its memory
-(VmRSS, VmHWM, VmLck) and CPU time (utime+stime), and stopping a server
-process (SIGTERM, then SIGKILL to its whole tree).
+"""Server processes: starting one (``launch``: a session of its own, stdin
+closed) and waiting until it is ready (``wait_paths``: its sockets exist),
+and, as /proc shows them, the nbdkit process under a ``zramd serve`` (or the
+process itself when it is nbdkit), its memory (VmRSS, VmHWM, VmLck) and CPU
+time (utime+stime), and stopping it (SIGTERM, then SIGKILL to its whole tree).
+``ServerProcess`` puts these together for one server with a log file.
 
-One helper for the CLI, the bench (bench/servers.py, bench/memory.py), the
+One helper for the CLI (zramd/server.py), the bench (bench/servers.py), the
 VM harness (vm/servers.py) and the tests (tests/e2e/servectl.py), so they all
-measure the same process the same way.
+start, wait for and measure the same process the same way.
 
-Data structure: none; every call reads /proc afresh, and a process that is
-gone reads as absent (empty list, None, 0), never an exception. No locking:
-nothing here holds state.
+Data structure: the functions hold no state; every call reads /proc afresh,
+and a process that is gone reads as absent (empty list, None, 0), never an
+exception. ``ServerProcess`` owns its Popen and log file; one thread drives
+it (no locking).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import time
+from pathlib import Path
+from typing import IO
 
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 NBDKIT_COMM = "nbdkit"
@@ -116,3 +122,113 @@ def stop(proc: subprocess.Popen, timeout_seconds: float) -> int:
                     pass
             proc.wait()
     return proc.returncode
+
+
+def launch(
+    cmd: list[str], log: IO | int | None, stdout: IO | int | None = None, **popen
+) -> subprocess.Popen:
+    """Starts cmd in a session of its own (a signal to its group reaches the
+    whole tree, a terminal's Ctrl-C none of it), stdin from /dev/null, stderr
+    to log and stdout there too unless given; ``popen``: env, cwd, text."""
+    return subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=log if stdout is None else stdout,
+        stderr=log,
+        start_new_session=True,
+        **popen,
+    )
+
+
+def wait_paths(
+    proc: subprocess.Popen, paths: list[str], timeout_seconds: float, poll_seconds: float = 0.05
+) -> str | None:
+    """Waits until every path exists (``zramd serve`` binds its NBD
+    socket(s), then its control socket; nbdkit writes its pidfile once it
+    listens). None then; else why not: the process exited, or the time ran out."""
+    deadline = time.monotonic() + timeout_seconds
+    while not all(os.path.exists(p) for p in paths):
+        if proc.poll() is not None:
+            return f"exited with status {proc.returncode}"
+        if time.monotonic() > deadline:
+            return f"no {' and '.join(map(str, paths))} within {timeout_seconds:.0f} s"
+        time.sleep(poll_seconds)
+    return None
+
+
+class ServerProcess:
+    """One NBD server process with its log (stdout and stderr, after a ``$
+    cmd`` line): start() returns once every socket exists (with ``control``,
+    each one's zramd control socket SOCK.ctl too, bound just after it),
+    stop() signals it and its tree and removes the sockets it left."""
+
+    def __init__(
+        self,
+        cmd: list[str],
+        sockets: list[str],
+        log_path: Path,
+        env: dict | None = None,
+        control: bool = False,
+        settle_seconds: float = 0.0,
+        **popen,
+    ):
+        self.cmd, self.sockets, self.log_path = cmd, [str(p) for p in sockets], log_path
+        self.ready = self.sockets + ([f"{s}.ctl" for s in self.sockets] if control else [])
+        self.env, self.popen, self.settle_seconds = env, popen, settle_seconds
+        self.proc: subprocess.Popen | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def uris(self) -> list[str]:
+        return [f"nbd+unix:///?socket={s}" for s in self.sockets]
+
+    def start(self, timeout_seconds: float = 30) -> ServerProcess:
+        self._log = open(self.log_path, "ab")
+        self._log.write(f"$ {' '.join(map(str, self.cmd))}\n".encode())
+        self._log.flush()
+        self.proc = launch(self.cmd, self._log, env=self.env, **self.popen)
+        why = wait_paths(self.proc, self.ready, timeout_seconds)
+        if why:
+            self.stop()
+            raise RuntimeError(f"server {why}: {self.log_tail()}")
+        time.sleep(self.settle_seconds)
+        return self
+
+    def log_tail(self, nbytes: int = 600) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - nbytes))
+                return f.read().decode(errors="replace").strip().replace("\n", " | ")
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def pids(self) -> list[int]:
+        return descendants(self.proc.pid) if self.proc is not None and self.alive() else []
+
+    def nbdkit_pids(self) -> list[int]:
+        return nbdkit_pids(self.proc.pid) if self.proc is not None and self.alive() else []
+
+    def rss_bytes(self) -> int:
+        return rss_bytes(self.pids())
+
+    def cpu_seconds(self) -> float:
+        """utime+stime of the nbdkit processes (the whole tree if none is nbdkit)."""
+        return sum(cpu_seconds(pid) for pid in self.nbdkit_pids() or self.pids())
+
+    def stop(self, timeout_seconds: float = 10) -> int | None:
+        if self.proc is None:
+            return None
+        returncode = stop(self.proc, timeout_seconds)
+        if self._log:
+            self._log.close()
+        for path in self.ready:  # what a killed server leaves behind
+            try:
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+        return returncode

@@ -29,9 +29,8 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 
-from . import cgroup, sockets
+from . import cgroup, process, sockets
 from .control import ControlError, call
 from .settings import ConfigError, Settings
 from .tls import TLSError, check_certificates, nbd_uri, psk_username
@@ -349,15 +348,14 @@ class Server:
 
     def wait_ready(self, timeout: float = START_TIMEOUT_SECONDS) -> Server:
         """Wait until the launched nbdkit serves (or raise why not)."""
-        deadline = time.monotonic() + timeout
-        while not self._ready():
-            if self._started().poll() is not None:
-                raise ServerError(self._failure_reason())
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServerError(f"nbdkit did not start listening within {timeout:.0f}s")
-            time.sleep(0.02)
-        return self
+        control = self.settings.control_path
+        paths = [self._pidfile] + ([control] if control else [])
+        if process.wait_paths(self._started(), paths, timeout, poll_seconds=0.02) is None:
+            return self
+        if self._started().poll() is not None:
+            raise ServerError(self._failure_reason())
+        self.stop()
+        raise ServerError(f"nbdkit did not start listening within {timeout:.0f}s")
 
     def _open_log(self) -> None:
         """The descriptor nbdkit's stderr gets (None: inherit ours)."""
@@ -375,12 +373,6 @@ class Server:
             self._log_offset = os.lseek(self._log_fd, 0, os.SEEK_END)
         except OSError:
             self._log_offset = None
-
-    def _ready(self) -> bool:
-        s = self.settings
-        return os.path.exists(self._pidfile) and (
-            not s.control_path or os.path.exists(s.control_path)
-        )
 
     def _tail(self) -> list[str]:
         """This run's lines of nbdkit's stderr, if they went to a file (read

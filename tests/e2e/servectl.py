@@ -26,9 +26,8 @@ class Serve:
     def __init__(self, workdir: str, *args: str, env: dict | None = None, name: str = "serve"):
         self.stderr_path = os.path.join(workdir, f"{name}.stderr")
         self._stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen(ZRAMD + ["serve", *args], stdout=subprocess.PIPE,
-                                     stderr=self._stderr, stdin=subprocess.DEVNULL, text=True,
-                                     env=env, start_new_session=True)
+        self.proc = process.launch(ZRAMD + ["serve", *args], self._stderr,
+                                   stdout=subprocess.PIPE, text=True, env=env)
         lines = []
         for line in self.proc.stdout:
             lines.append(line)

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from helpers import connect, nbd, stats
+from zramd import process
 from zramd.control import call
 
 PAGE = 4096
@@ -27,14 +28,6 @@ def page_data(rng: random.Random, compressible_percent: int, pages: int = 1) -> 
     bytes followed by zeros, the zeros being that share of the page."""
     keep = PAGE * (100 - compressible_percent) // 100
     return b"".join(rng.randbytes(keep) + bytes(PAGE - keep) for _ in range(pages))
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def fill(h, model, rng, start, length, percent, chunk=MiB):
@@ -149,10 +142,10 @@ def test_rss_follows_the_arena_and_compaction_gives_it_back(make_server):
     with make_server(size="256M") as server:
         h = connect(server)
         h.pread(PAGE, 0)
-        idle = rss_bytes(server.pid)
+        idle = process.status_bytes(server.pid)["VmRSS"]
         fill(h, model, rng, 0, size // 2, 50)
         s = stats(server)
-        filled = rss_bytes(server.pid)
+        filled = process.status_bytes(server.pid)["VmRSS"]
         payload = s["compr_data_size"]
         assert payload > 40 * MiB
         # RSS above idle is what mem_used_total says, within generous bounds
@@ -169,7 +162,7 @@ def test_rss_follows_the_arena_and_compaction_gives_it_back(make_server):
         call(server.control_path, "compact")
         empty = stats(server)
         assert empty["mem_used_total"] == 0 and empty["arena_blocks"] == 0
-        after = rss_bytes(server.pid)
+        after = process.status_bytes(server.pid)["VmRSS"]
         assert after < filled - payload // 2, (idle >> 20, filled >> 20, after >> 20)
         h.shutdown()
 
@@ -183,7 +176,7 @@ def test_enospc_at_mem_limit_holds_for_real_memory(make_server):
     with make_server(size="256M", mem_limit="48M") as server:
         h = connect(server)
         h.pread(PAGE, 0)
-        idle = rss_bytes(server.pid)
+        idle = process.status_bytes(server.pid)["VmRSS"]
         written = {}
         with pytest.raises(nbd.Error) as info:
             for off in range(0, 256 * MiB, 256 * 1024):
@@ -194,7 +187,7 @@ def test_enospc_at_mem_limit_holds_for_real_memory(make_server):
         s = stats(server)
         assert s["mem_used_total"] <= limit and s["failed_writes"] >= 1
         assert s["mem_used_total"] > limit * 0.85  # the limit was usable
-        rss = rss_bytes(server.pid)
+        rss = process.status_bytes(server.pid)["VmRSS"]
         assert rss - idle < limit * 1.25 + 8 * MiB, (rss - idle) >> 20
         for off, data in list(written.items())[::7]:
             assert h.pread(len(data), off) == data

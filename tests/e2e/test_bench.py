@@ -256,7 +256,7 @@ def test_least_lz4_store_reads_back_what_was_written(tmp_path):
         pytest.skip("nbdkit or libnbd's Python bindings missing")
     sock = str(tmp_path / "least.sock")
     system = systems.by_name(systems.LZ4_STORE_CEILING)
-    server = servers.ServerProcess(
+    server = servers.server_process(
         servers.server_command(system, sock, 1 << 20, None), [sock], tmp_path / "server.log"
     )
     server.start()

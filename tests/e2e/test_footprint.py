@@ -16,6 +16,7 @@ import os
 import pytest
 
 from helpers import connect
+from zramd import process
 
 IDLE_RSS_MAX_BYTES = 64 << 20
 SWAP_RSS_MAX_BYTES = 96 << 20
@@ -23,11 +24,9 @@ CONNECTIONS = 2  # nbd-client -C 2, as the README's swap example
 
 
 def status_bytes(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
+    found = process.status_bytes(pid, (field,))
+    assert field in found, f"no {field} in /proc/{pid}/status"
+    return found[field]
 
 
 def unlocked_anonymous_mappings(pid: int) -> list[str]:

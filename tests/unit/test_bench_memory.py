@@ -51,7 +51,10 @@ def _data(compacted_rss, end_rss, peak_per_limit, idle_rss, sweep_zramd_ratio):
         _rec("filled", 2 * c, 2 * c, 2 * c, 2 * c),
         _rec("rewritten", 3 * c, 3 * c, 3 * c, 3 * c),
         _rec("half trimmed", c, c, 3 * c, 3 * c),
-        _rec("compacted", c, c + MIB // 2, compacted_rss, compacted_rss),
+        _rec(
+            "compacted", c, c + MIB // 2, compacted_rss, compacted_rss,
+            extra_stats={"arena_block_bytes": c},
+        ),
         _rec("fully trimmed", 0, 0, end_rss, end_rss),
         _rec("trimmed + compacted", 0, 0, end_rss, end_rss),
     ]
@@ -136,7 +139,7 @@ def test_targets_missed():
         idle_rss=235 * MIB,
         sweep_zramd_ratio=1.6,
     )
-    data["footprint"]["table_bytes_per_device_page"] = 30.0
+    data["churn"]["rounds"]["zramd"][0][4]["extra_stats"]["arena_block_bytes"] = 0
     met = _met(data)
     assert not any(met.values()), met
 
@@ -154,7 +157,7 @@ def test_no_compaction_is_a_miss_that_says_why():
     assert target["met"] is False and "invalid choice" in target["measured"]
 
 
-def test_metadata_counts_tables_and_what_mem_used_adds_beyond_payload():
+def test_metadata_is_what_mem_used_counts_beyond_the_arena_blocks():
     data = _data(
         compacted_rss=105 * MIB,
         end_rss=0,
@@ -164,11 +167,10 @@ def test_metadata_counts_tables_and_what_mem_used_adds_beyond_payload():
     )
     rec = data["churn"]["rounds"]["zramd"][0][4]
     pages = rec["orig_data_size"] // 4096
-    per_page, how = memory.metadata_bytes_per_page(data)
-    assert per_page == 8.0 + (MIB // 2) / pages
-    rec["extra_stats"] = {"arena_free_bytes": MIB // 2}  # free space in blocks is not metadata
-    assert memory.metadata_bytes_per_page(data)[0] == 8.0
-    # a store with an arena says it itself: everything but the blocks
+    assert memory.metadata_bytes_per_page(data)[0] == (MIB // 2) / pages
+    rec["extra_stats"] = {}
+    assert memory.metadata_bytes_per_page(data) == (None, "not measured")  # no arena counters
+    # everything but the blocks
     rec["extra_stats"] = {"arena_block_bytes": rec["mem_used_total"] - 13 * pages}
     assert memory.metadata_bytes_per_page(data)[0] == 13.0
 
@@ -197,7 +199,7 @@ def test_publishing_one_section_keeps_the_others(tmp_path):
     import json
 
     from bench import report
-    from bench.sections import SECTIONS, by_names
+    from bench.run import SECTIONS, by_names
 
     out, docs = tmp_path / "out", tmp_path / "docs"
     out.mkdir()
@@ -245,9 +247,8 @@ def test_publishing_one_section_keeps_the_others(tmp_path):
         "charts": {"memory": ["memory.png"]},
         "errors": {},
     }
-    report.publish(
-        rep, by_names(["memory"]), out, docs_dir=docs, readme=readme, all_sections=SECTIONS
-    )
+    assert by_names(["memory"])[0].name == "memory"
+    report.publish(rep, out, SECTIONS, docs_dir=docs, readme=readme)
     merged = json.loads((docs / "results.json").read_text())
     assert merged["sections"]["other"] == {"x": 1} and merged["sections"]["memory"]["settings"]
     assert merged["meta"]["started"] == "2026-01-01T00:00:00"

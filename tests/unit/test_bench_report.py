@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from bench import cpu, formats, report, scaling, stats  # noqa: E402
-from bench.sections import SECTIONS, by_names  # noqa: E402
+from bench.run import SECTIONS, by_names  # noqa: E402
 
 
 def test_spread_ignores_missing_values():
@@ -168,7 +168,7 @@ def test_publish_replaces_docs_and_readme_block(tmp_path):
     (docs / "keep.txt").write_text("not ours")
     readme = _readme(tmp_path)
     rep, sections = _scaling_run(out)
-    report.publish(rep, sections, out, docs_dir=docs, readme=readme)
+    report.publish(rep, out, sections, docs_dir=docs, readme=readme)
     assert sorted(p.name for p in docs.iterdir()) == [
         "keep.txt",
         "results.json",
@@ -191,12 +191,12 @@ def test_publishing_a_run_rendered_in_place_keeps_its_files(tmp_path):
     readme = _readme(tmp_path)
     rep, sections = _scaling_run(docs)
     before = {p.name: p.read_bytes() for p in docs.iterdir()}
-    report.publish(rep, sections, docs, docs_dir=docs, readme=readme)
+    report.publish(rep, docs, sections, docs_dir=docs, readme=readme)
     assert {p.name: p.read_bytes() for p in docs.iterdir()} == before
     assert "| zramd | randread-4k | 1.0k | 2.0k | 4.0k |" in readme.read_text()
-    # a one-section run merged in place keeps its chart too
-    report.publish(rep, sections, docs, docs_dir=docs, readme=readme, all_sections=SECTIONS)
-    assert (docs / "scaling.png").read_bytes() == b"png"
+    # a one-section run merged in place keeps its chart, and changes nothing
+    report.publish(rep, docs, SECTIONS, docs_dir=docs, readme=readme)
+    assert {p.name: p.read_bytes() for p in docs.iterdir()} == before
     assert "| zramd-lz4 | randread-4k | 1.0k | 2.0k | 4.0k |" in (docs / "results.md").read_text()
 
 
