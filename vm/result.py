@@ -156,6 +156,12 @@ def check(res: Result, min_ratio: float = MIN_RATIO) -> None:
     for key in ("failed_reads", "failed_writes", "invalid_io"):
         if last.get(key):
             f.append(f"zramd {key}={last[key]}")
+    _check_discards(res, last)
+
+
+def _check_discards(res: Result, last: dict) -> None:
+    """zramd gave its memory back: after swapoff, and after the teardown."""
+    f = res.failures
     # The kernel's own discards (swapon --discard): slots freed while swap is
     # on (the hog exiting) are discarded, so by the end of swapoff zramd must
     # have freed pages and given back most of its peak. Slots still in use

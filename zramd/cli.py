@@ -71,7 +71,13 @@ def build_parser() -> Parser:
         "--version", action=VersionAction, nargs=0, help="show the versions and exit"
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _add_serve_parser(sub)
+    _add_view_parsers(sub)
+    _add_knob_parsers(sub)
+    return parser
 
+
+def _add_serve_parser(sub) -> None:
     serve = sub.add_parser("serve", help="serve a compressed RAM device over NBD (foreground)")
     add_serve_options(serve)
     serve.add_argument(
@@ -81,7 +87,32 @@ def build_parser() -> Parser:
         'with underscores, e.g. mem_limit = "min(ram / 4, 2G)"); '
         "options given here win over the file",
     )
+    stop = sub.add_parser(
+        "stop",
+        help="stop a running server (refused while clients are "
+        "connected and pages stored, unless --force)",
+    )
+    _add_target(stop)
+    stop.add_argument(
+        "--force", action="store_true", help="stop even while in use: stored pages are lost"
+    )
+    stop.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the server to go (default 30)",
+    )
+    zgen = sub.add_parser(
+        "from-zram-generator",
+        help="print a zramd config (TOML, for serve --config) translated from a "
+        "zram-generator config",
+    )
+    zgen.add_argument("file", nargs="?", default=zramgen.DEFAULT_PATH)
+    zgen.add_argument("--device", help="the [zramN] section (default: the first)")
 
+
+def _add_view_parsers(sub) -> None:
+    """The commands that only read: stats and status."""
     stats = sub.add_parser("stats", help="print a running device's zram statistics")
     _add_target(stats)
     stats.add_argument("--json", action="store_true", help="all counters as JSON (--format json)")
@@ -112,25 +143,12 @@ def build_parser() -> Parser:
         help="mm_stat, io_stat and/or bd_stat (default: all, labelled)",
     )
 
-    stop = sub.add_parser(
-        "stop",
-        help="stop a running server (refused while clients are "
-        "connected and pages stored, unless --force)",
-    )
-    _add_target(stop)
-    stop.add_argument(
-        "--force", action="store_true", help="stop even while in use: stored pages are lost"
-    )
-    stop.add_argument(
-        "--timeout",
-        type=float,
-        default=30.0,
-        help="seconds to wait for the server to go (default 30)",
-    )
-
     status = sub.add_parser("status", help="a zramctl-like table of the device")
     _add_target(status)
 
+
+def _add_knob_parsers(sub) -> None:
+    """The commands that act on the device, named after zram's knobs."""
     wb = sub.add_parser(
         "writeback", help="write pages back to the backing file (zram's writeback knob)"
     )
@@ -171,15 +189,6 @@ def build_parser() -> Parser:
     _add_target(knob)
     knob.add_argument("knob", choices=list(KNOBS), help="which knob (listed below)")
     knob.add_argument("values", nargs="+", help="its value(s), split over striped instances")
-
-    zgen = sub.add_parser(
-        "from-zram-generator",
-        help="print a zramd config (TOML, for serve --config) translated from a "
-        "zram-generator config",
-    )
-    zgen.add_argument("file", nargs="?", default=zramgen.DEFAULT_PATH)
-    zgen.add_argument("--device", help="the [zramN] section (default: the first)")
-    return parser
 
 
 def knob_usage(knob: str) -> str:
@@ -471,39 +480,13 @@ def cmd_serve(args) -> int:
                 STOP_CONFIRM_SECONDS,
             )
 
-    def on_death(index, status):
-        srv = stripe.servers[index]
-        what = (
-            "nbdkit"
-            if len(stripe.servers) == 1
-            else f"instance {index} ({srv.socket_path or srv.settings.port})"
-        )
-        left = sum(other.running() for other in stripe.servers)
-        more = (
-            f"; {left} other instance(s) still serving" if left and len(stripe.servers) > 1 else ""
-        )
-        oom = srv.oom_kill_reason()
-        if oom:
-            log.error("%s (pid %s) %s%s", what, srv.pid, oom, more)
-        else:
-            log.error("%s exited unexpectedly with status %s%s", what, status, more)
-
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
         stripe.start()
         if stripe.stopping:  # a signal came while the instances were starting
             stripe.request_stop()
-        if base.metrics_address:
-            host, port = metrics.parse_address(base.metrics_address, base.metrics_insecure_address)
-            exporter = metrics.MetricsServer(
-                host,
-                port,
-                [
-                    (metrics.device_name(srv.control_path), srv.control_path)
-                    for srv in stripe.servers
-                ],
-            )
+        exporter = _start_metrics(stripe, base)
         if base.port is not None and base.tls_mode() != "require":
             log.warning(
                 "--insecure-tcp: port %s serves the device without TLS to anyone who can reach it",
@@ -515,23 +498,8 @@ def cmd_serve(args) -> int:
             except PathError as exc:
                 raise ServerError(str(exc)) from None
             pid_written = True
-        banner = stripe_help(stripe.servers, base).split("\n")
-        if exporter is not None:  # before the last line, "Stop with Ctrl-C."
-            banner.insert(-1, f"  metrics     curl {exporter.url}")
-        print("\n".join(banner), flush=True)
-        # the banner is for a terminal; the log gets the start as one line
-        log.info(
-            "serving %s on %s%s",
-            describe(base),
-            ", ".join(srv.uri for srv in stripe.servers),
-            f", metrics {exporter.url}" if exporter is not None else "",
-        )
-        why_not = sd_notify(
-            f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {stripe.servers[0].uri}"
-        )
-        if why_not:
-            log.warning("cannot notify systemd: %s", why_not)
-        stripe.wait(on_death)
+        _announce(stripe, base, exporter)
+        stripe.wait(lambda index, status: _report_death(stripe, index, status))
     finally:
         if exporter is not None:
             exporter.stop()
@@ -543,6 +511,50 @@ def cmd_serve(args) -> int:
         return 1
     log.info("stopped")
     return 0
+
+
+def _start_metrics(stripe: Stripe, base: Settings):
+    """The Prometheus endpoint over every instance's control socket, or None."""
+    if not base.metrics_address:
+        return None
+    host, port = metrics.parse_address(base.metrics_address, base.metrics_insecure_address)
+    sources = [(metrics.device_name(srv.control_path), srv.control_path) for srv in stripe.servers]
+    return metrics.MetricsServer(host, port, sources)
+
+
+def _announce(stripe: Stripe, base: Settings, exporter) -> None:
+    """The banner for a terminal, one log line, and READY=1 for systemd."""
+    banner = stripe_help(stripe.servers, base).split("\n")
+    if exporter is not None:  # before the last line, "Stop with Ctrl-C."
+        banner.insert(-1, f"  metrics     curl {exporter.url}")
+    print("\n".join(banner), flush=True)
+    # the banner is for a terminal; the log gets the start as one line
+    log.info(
+        "serving %s on %s%s",
+        describe(base),
+        ", ".join(srv.uri for srv in stripe.servers),
+        f", metrics {exporter.url}" if exporter is not None else "",
+    )
+    why_not = sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {stripe.servers[0].uri}")
+    if why_not:
+        log.warning("cannot notify systemd: %s", why_not)
+
+
+def _report_death(stripe: Stripe, index: int, status) -> None:
+    """One error line for an instance that died, naming the OOM killer when it did it."""
+    srv = stripe.servers[index]
+    what = (
+        "nbdkit"
+        if len(stripe.servers) == 1
+        else f"instance {index} ({srv.socket_path or srv.settings.port})"
+    )
+    left = sum(other.running() for other in stripe.servers)
+    more = f"; {left} other instance(s) still serving" if left and len(stripe.servers) > 1 else ""
+    oom = srv.oom_kill_reason()
+    if oom:
+        log.error("%s (pid %s) %s%s", what, srv.pid, oom, more)
+    else:
+        log.error("%s exited unexpectedly with status %s%s", what, status, more)
 
 
 def with_memory_default(base: Settings, args) -> Settings:

@@ -93,9 +93,14 @@ def test_engine_imports_only_engine_and_leaves(name):
 HOT_PATH = {("store.py", "write")}  # PageStore.write: arena.py, "Fast-path interface"
 
 
-def test_engine_functions_fit_on_a_screen():
+def test_functions_fit_on_a_screen():
+    """zramd/, the plugin, the bench and the VM harness: no function over 80
+    lines but the one documented hot path."""
     long = []
-    for path in sorted((ROOT / "engine").glob("*.py")):
+    top = ROOT.parent
+    paths = [*ROOT.rglob("*.py"), *(top / "plugin").glob("*.py"), *(top / "bench").glob("*.py"),
+             *(top / "vm").glob("*.py")]
+    for path in sorted(paths):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1
