@@ -192,3 +192,27 @@ def test_a_bad_config_fails_the_start_with_one_line(machine):
     assert machine.run("systemctl", "start", "zramd@bad.service", timeout=120).returncode != 0
     assert machine.state("zramd@bad.service") == "failed"
     assert "Traceback" not in machine.journal("zramd@bad.service")
+
+
+def test_swap_units_pass_one_dollar_to_the_shell(machine):
+    # The swap units cannot start here (no nbd module), so their attach
+    # line runs in a unit of its own with nbd-client's exec replaced by
+    # echo: systemd must hand `$$swap` to sh as `$swap`, and sh must add
+    # -swap exactly when this nbd-client's --help lists it.
+    lists = "-swap" in machine.run("/sbin/nbd-client", "--help").stdout + \
+        machine.run("/sbin/nbd-client", "--help").stderr
+    for unit, dev in (("zramd-swap.service", "/dev/nbd0"), ("zramd-swap@.service", "/dev/nbd%i")):
+        text = (ROOT / "contrib" / "systemd" / unit).read_text()
+        [attach] = [line for line in text.splitlines()
+                    if line.startswith("ExecStart=") and "nbd-client" in line]
+        probe = attach.replace("exec /sbin/nbd-client", "exec echo /sbin/nbd-client")
+        name = "attach-probe@0.service"
+        machine.write(f"/etc/systemd/system/{name.replace('@0', '@')}",
+                      f"[Service]\nType=oneshot\n{probe}\n")
+        machine.ok("systemctl", "daemon-reload")
+        machine.ok("systemctl", "start", name)
+        said = [line for line in machine.journal(name).splitlines()
+                if line.startswith("/sbin/nbd-client")][-1]
+        want = f"/sbin/nbd-client -unix /run/zramd.sock{'.0' if '@' in unit else ''} " \
+               f"{dev.replace('%i', '0')}{' -swap' if lists else ''} -b 4096"
+        assert said == want, (unit, said)
