@@ -1,8 +1,10 @@
 """The page store against a model: a bytearray of the same size.
 
 Hypothesis drives random sequences of writes (whole pages, sub-page and
-unaligned, same-filled, compressible and incompressible data), trims and
-reads through the public API, and checks after every step that the store
+unaligned, same-filled, compressible and incompressible data; aligned
+requests of several pages, as a swapping kernel sends), trims and reads
+through the public API, with each codec, with checksums and under a tight
+mem_limit (a refused write must change nothing), and checks after every step that the store
 reads back exactly what the bytearray holds and that zram's counters match
 the pages the model says are stored.  Only the public API is used, so the
 test holds for any slot-table layout.
@@ -19,8 +21,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from zramd.engine import heap
 from zramd.engine.arena import BLOCK_META_BYTES, SPARE_ID_BYTES
+from zramd.engine.checksums import make_checksum
 from zramd.engine.codecs import make_codec
-from zramd.engine.store import PageStore
+from zramd.engine.store import PageStore, StoreError
 from zramd.units import PAGE_SIZE
 
 PAGES = 8
@@ -29,6 +32,7 @@ TEXT = (b"the quick brown zram page compresses well " * 100)[:PAGE_SIZE]
 RANDOM = os.urandom(PAGE_SIZE)
 
 offsets = st.integers(0, SIZE_BYTES - 1)
+page_offsets = st.integers(0, PAGES - 1).map(lambda i: i * PAGE_SIZE)
 
 
 @st.composite
@@ -60,9 +64,18 @@ def no_heap_trim(monkeypatch):
 
 
 class StoreModel(RuleBasedStateMachine):
+    CODEC = "lz4"
+    CHECKSUM: str | None = None
+    MEM_LIMIT_BYTES = 0
+
     def __init__(self):
         super().__init__()
-        self.store = PageStore(SIZE_BYTES, make_codec("lz4"))
+        self.store = PageStore(
+            SIZE_BYTES,
+            make_codec(self.CODEC),
+            mem_limit_bytes=self.MEM_LIMIT_BYTES,
+            checksum=make_checksum(self.CHECKSUM),
+        )
         self.model = bytearray(SIZE_BYTES)
         # pages the store counts as stored: True, False, or None for "may
         # be": a never-written page whose edge a trim zeroed may be kept as
@@ -71,8 +84,28 @@ class StoreModel(RuleBasedStateMachine):
 
     @rule(offset=offsets, data=st.data())
     def write(self, offset, data):
-        payload = data.draw(payloads(SIZE_BYTES - offset))
-        self.store.write(payload, offset)
+        self._write(data.draw(payloads(SIZE_BYTES - offset)), offset)
+
+    @rule(offset=page_offsets, data=st.data())
+    def write_pages(self, offset, data):
+        pages = data.draw(st.integers(1, (SIZE_BYTES - offset) // PAGE_SIZE))
+        payload = b"".join(data.draw(payloads(PAGE_SIZE)).ljust(PAGE_SIZE, b"\1") for _ in range(pages))
+        self._write(payload, offset)
+
+    def _write(self, payload, offset):
+        # a trim may pass the limit (it is never refused); a write may not
+        self.store.reset_mem_used_max()
+        within = self.store.stats()["mem_used_max"] <= self.MEM_LIMIT_BYTES
+        try:
+            self.store.write(payload, offset)
+        except StoreError as e:
+            assert self.MEM_LIMIT_BYTES and "mem_limit" in str(e), e
+            return  # refused whole: the model keeps what it had
+        if self.MEM_LIMIT_BYTES and within:
+            # the check counts the blocks a write maps, not their bookkeeping
+            # (per block and per stored page), as zram counts zsmalloc's pages
+            slack = self.MEM_LIMIT_BYTES // PAGE_SIZE * BLOCK_META_BYTES + PAGES * 21
+            assert self.store.stats()["mem_used_max"] <= self.MEM_LIMIT_BYTES + slack
         self.model[offset:offset + len(payload)] = payload
         for index in range(offset // PAGE_SIZE, (offset + len(payload) - 1) // PAGE_SIZE + 1):
             self.stored[index] = True
@@ -97,6 +130,13 @@ class StoreModel(RuleBasedStateMachine):
         buf = bytearray(length)
         self.store.read(memoryview(buf), offset)
         assert bytes(buf) == bytes(self.model[offset:offset + length])
+
+    @rule(offset=page_offsets, data=st.data())
+    def read_pages(self, offset, data):
+        length = data.draw(st.integers(1, (SIZE_BYTES - offset) // PAGE_SIZE)) * PAGE_SIZE
+        buf = bytearray(length)
+        self.store.read(buf, offset)
+        assert buf == self.model[offset:offset + length]
 
     @rule()
     def compact(self):
@@ -132,5 +172,28 @@ class StoreModel(RuleBasedStateMachine):
         assert s["same_pages"] + s["huge_pages"] <= s["orig_data_size"] // PAGE_SIZE
 
 
-StoreModel.TestCase.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
+class ZstdModel(StoreModel):
+    CODEC = "zstd"
+
+
+class NoneModel(StoreModel):
+    CODEC = "none"
+
+
+class ChecksumModel(StoreModel):
+    CHECKSUM = "xxh3"
+
+
+class LimitedModel(StoreModel):
+    # Room for a few blocks only: writes near the limit take the exact
+    # plan, far from it the allocate-first path, and some are refused.
+    MEM_LIMIT_BYTES = 96 * 1024
+
+
+for model in (StoreModel, ZstdModel, NoneModel, ChecksumModel, LimitedModel):
+    model.TestCase.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
 test_store_matches_a_bytearray = StoreModel.TestCase
+test_zstd_store_matches_a_bytearray = ZstdModel.TestCase
+test_uncompressed_store_matches_a_bytearray = NoneModel.TestCase
+test_checksummed_store_matches_a_bytearray = ChecksumModel.TestCase
+test_limited_store_matches_a_bytearray = LimitedModel.TestCase

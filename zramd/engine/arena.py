@@ -375,23 +375,40 @@ class Arena:
         """Copy ``data`` (1..4096 bytes) into a spot; return its handle.
         Lock held.  (PageStore.write inlines this: see "Fast-path
         interface" in the module docstring.)"""
-        n = len(data)
-        c = self.class_of[n]
-        b = c.cur
-        if b < 0:
-            b = self.next_block(c)
-        mm = self.maps[b]
-        fhead = self.fhead
-        s = fhead[b]
-        off = s * c.size
-        fhead[b] = (s + 1 + mm[off]) & 255  # the spot's link (module doc)
-        k = self.fcount[b] - 1
-        self.fcount[b] = k
-        if not k:
-            c.cur = -1
-        mm[off : off + n] = data
-        c.live += 1
-        return TAG_OBJ | flag | n << LEN_SHIFT | off << OFF_SHIFT | b << BLOCK_SHIFT
+        return self.alloc_all(((data, flag),))[0]
+
+    def alloc_all(self, items) -> list[int]:
+        """Copy each ``(data, flag)`` of ``items`` into a spot, in order;
+        return their handles: all of them, or none if mapping a block fails
+        (ENOMEM, no block id left): the spots taken so far are freed again
+        before the error propagates.  Lock held.  (One loop for a whole
+        request: docs/design.md#multi-page-requests.)"""
+        handles: list[int] = []
+        maps, fhead, fcount, class_of = self.maps, self.fhead, self.fcount, self.class_of
+        try:
+            for data, flag in items:
+                n = len(data)
+                c = class_of[n]
+                b = c.cur
+                if b < 0:
+                    b = self.next_block(c)
+                mm = maps[b]
+                s = fhead[b]
+                off = s * c.size
+                fhead[b] = (s + 1 + mm[off]) & 255  # the spot's link (module doc)
+                k = fcount[b] - 1
+                fcount[b] = k
+                if not k:
+                    c.cur = -1
+                mm[off : off + n] = data
+                c.live += 1
+                handles.append(
+                    TAG_OBJ | flag | n << LEN_SHIFT | off << OFF_SHIFT | b << BLOCK_SHIFT
+                )
+        except BaseException:
+            self.free_all(handles)
+            raise
+        return handles
 
     def next_block(self, c: SizeClass) -> int:
         """Make a block with a free spot ``c.cur`` and return it: the head of
@@ -434,28 +451,34 @@ class Arena:
     def free_obj(self, h: int) -> None:
         """Give the spot of handle ``h`` back.  Lock held.  (PageStore.write
         inlines this: see "Fast-path interface" in the module docstring.)"""
-        b = h >> BLOCK_SHIFT
-        c = self.owner[b]
-        off = (h >> OFF_SHIFT) & OFF_MASK
-        s = off // c.size
-        self.epoch += 1  # before the link overwrites the object's first byte
-        self.maps[b][off] = (self.fhead[b] - s - 1) & 255
-        self.fhead[b] = s
-        k = self.fcount[b] + 1
-        self.fcount[b] = k
-        c.live -= 1
-        if k == c.objs:
-            if b == c.cur:
-                pass
-            elif self.deferring:
-                self._deferred.append(b)
-            else:
-                self.release_block(b, c)
-        elif k == 1 and b != c.cur and b not in self.draining:
-            if c.cur < 0:  # no block being filled: this one is next
-                c.cur = b
-            else:
-                self.partial_add(b, c)
+        self.free_all((h,))
+
+    def free_all(self, handles) -> None:
+        """Give the spots of ``handles`` back, in order.  Lock held."""
+        owner, maps, fhead, fcount = self.owner, self.maps, self.fhead, self.fcount
+        for h in handles:
+            b = h >> BLOCK_SHIFT
+            c = owner[b]
+            off = (h >> OFF_SHIFT) & OFF_MASK
+            s = off // c.size
+            self.epoch += 1  # before the link overwrites the object's first byte
+            maps[b][off] = (fhead[b] - s - 1) & 255
+            fhead[b] = s
+            k = fcount[b] + 1
+            fcount[b] = k
+            c.live -= 1
+            if k == c.objs:
+                if b == c.cur:
+                    pass
+                elif self.deferring:
+                    self._deferred.append(b)
+                else:
+                    self.release_block(b, c)
+            elif k == 1 and b != c.cur and b not in self.draining:
+                if c.cur < 0:  # no block being filled: this one is next
+                    c.cur = b
+                else:
+                    self.partial_add(b, c)
 
     def release_block(self, b: int, c: SizeClass) -> None:
         """munmap an empty block (lock held; fast-path interface)."""

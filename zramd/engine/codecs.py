@@ -35,7 +35,7 @@ class Codec:
     def compress(self, page, max_len: int) -> bytes | None:
         raise NotImplementedError
 
-    def decompress(self, data: bytes) -> bytes:
+    def decompress(self, data) -> bytes:  # data: bytes-like
         raise NotImplementedError
 
     def describe(self) -> str:

@@ -102,6 +102,7 @@ from .arena import (
     FLAG_BIT,
     LEN_MASK,
     LEN_SHIFT,
+    MAX_BLOCK_PAGES,
     OFF_MASK,
     OFF_SHIFT,
     TAG_MASK,
@@ -132,6 +133,9 @@ OBJ_CODEC_MASK = TAG_MASK | FLAG_BIT  # TAG_OBJ: primary codec
 
 # A trim is installed this many pages at a time (32 MiB).
 DISCARD_CHUNK_PAGES = 8192
+# The most one new arena object can make a request map: one block of the
+# largest size (docs/design.md#multi-page-requests).
+MAX_NEW_BLOCK_BYTES = MAX_BLOCK_PAGES * PAGE_SIZE
 
 # A trim of at least this many pages (256 KiB) gives back the per-page
 # tables' pages it leaves empty (a 4 KiB page of handles covers 512 slots,
@@ -496,6 +500,8 @@ class PageStore:
                 flags = self._flags
                 if flags[index]:  # mostly 0: no store
                     flags[index] &= ~IDLE
+            elif not (offset | length) & PAGE_MASK and self._sums is None:
+                self._read_pages(buf, offset >> PAGE_SHIFT, length >> PAGE_SHIFT, now)
             else:
                 pos = 0
                 while pos < length:
@@ -517,6 +523,52 @@ class PageStore:
             # lock (+= on an attribute is not interrupted by a thread switch
             # in CPython 3.11, but that is an implementation detail).
             self.num_reads += 1
+
+    def _read_pages(self, buf, first: int, count: int, now: int) -> None:
+        """``read`` of ``count`` whole pages from page ``first``, no checksums
+        (docs/design.md#multi-page-requests).
+
+        An arena object is decompressed straight from its block through a
+        short-lived memoryview (no copy of the compressed bytes; it is
+        dropped before the next page, so a block is never closed under a
+        kept export: arena.py's ``release_block`` copes with the brief
+        one), then ``epoch`` is checked: if a spot was freed or moved
+        meanwhile, or decompression failed on bytes that moved, the page
+        goes through ``_load`` (retries, then the lock).
+        """
+        arena = self._arena
+        maps = arena.maps
+        handles = self._handles
+        decompress = self._decompress
+        atime = self._atime
+        flags = self._flags
+        out = memoryview(buf)
+        pos = 0
+        for index in range(first, first + count):
+            end = pos + PAGE_SIZE
+            epoch = arena.epoch
+            h = handles[index]
+            if h & OBJ_CODEC_MASK == TAG_OBJ:
+                n = (h >> LEN_SHIFT) & LEN_MASK
+                off = (h >> OFF_SHIFT) & OFF_MASK
+                try:  # the views are temporaries: gone when the line ends
+                    if n == PAGE_SIZE:
+                        out[pos:end] = memoryview(maps[h >> BLOCK_SHIFT])[off : off + n]
+                    else:
+                        out[pos:end] = decompress(memoryview(maps[h >> BLOCK_SHIFT])[off : off + n])
+                    ok = arena.epoch == epoch
+                except Exception:  # bytes that moved under us, or a real fault
+                    ok = False
+                if not ok:
+                    out[pos:end] = self._load(index)[1]
+            elif h == 0:
+                out[pos:end] = ZERO_PAGE
+            else:
+                out[pos:end] = self._load(index)[1]
+            atime[index] = now
+            if flags[index]:
+                flags[index] &= ~IDLE
+            pos = end
 
     def write(self, data, offset: int) -> None:
         """Store ``data`` (bytes-like) at ``offset``, compressing in this
@@ -706,10 +758,41 @@ class PageStore:
         self._write(data, offset, staged)
         return staged
 
+    def _encode_pages(self, data, first: int) -> list:
+        """``_install``'s changes for whole pages ``data`` (bytes-like,
+        a multiple of 4 KiB) from page ``first``: ``encode`` inlined over a
+        memoryview, so no page is copied before it is compressed
+        (docs/design.md#multi-page-requests)."""
+        src = memoryview(data)
+        compress = self._compress
+        summed = self._sums is not None
+        checksum = self.checksum
+        changes = []
+        index = first
+        new: int | bytes | None
+        for pos in range(0, len(src), PAGE_SIZE):
+            page = src[pos : pos + PAGE_SIZE]
+            if ZERO_PAGE.startswith(page):
+                new = 0
+            else:
+                new = compress(page, HUGE_THRESHOLD)
+                if new is None or len(new) <= SAME_CANDIDATE_MAX_BYTES:
+                    word = same_filled_word(page)
+                    if word is not None:
+                        new = word
+                    elif new is None:
+                        new = bytes(page)
+            changes.append((index, new, _ANY, checksum(page) if summed else 0))
+            index += 1
+        return changes
+
     def _write(self, data, offset: int, staged: list | None) -> None:
         length = len(data)
         self._check_range(offset, length)
         try:
+            if staged is None and not (offset | length) & PAGE_MASK:
+                self._install(self._encode_pages(data, offset >> PAGE_SHIFT), writes=1)
+                return
             full = []
             edges = []  # (index, start, data slice) of partial pages
             pos = 0
@@ -855,11 +938,12 @@ class PageStore:
         """
         arena = self._arena
         with self._lock:
-            if not self._reserve_locked(changes, writes):
+            allocated = self._alloc_first_locked(changes, writes)
+            if allocated is None and not self._reserve_locked(changes, writes):
                 return False
             arena.deferring = True
             try:
-                self._apply_locked(changes)
+                self._apply_locked(changes, allocated)
             finally:
                 arena.release_deferred()
             if zero_range is not None and zero_range[1] - zero_range[0] >= TABLE_RELEASE_MIN_PAGES:
@@ -873,6 +957,43 @@ class PageStore:
             if arena.epoch > self._compact_check_epoch:
                 self._kick_compactor()
         return True
+
+    def _alloc_first_locked(self, changes, writes: int) -> list[int] | None:
+        """``_install``'s first half when memory is plentiful (lock held;
+        docs/design.md#multi-page-requests): allocate every new arena
+        object before any slot changes (``Arena.alloc_all``: all or none),
+        and return their handles in order; None (nothing done) when the
+        exact plan of ``_reserve_locked`` is needed instead.
+
+        Needed when a slot may not hold its expected entry any more (a
+        read-modify-write), or when a write's worst case, one new block of
+        the largest size per new object (``MAX_NEW_BLOCK_BYTES``), could
+        pass ``mem_limit``: the plan counts the spots the request itself
+        frees, this path does not (it maps at most that much more, until
+        later writes fill those spots)."""
+        items = []
+        for _index, new, expected, _sum in changes:
+            if expected is not _ANY:
+                return None
+            t = type(new)
+            if t is bytes:
+                items.append((new, 0))
+            elif t is Recompressed:
+                items.append((new.data, FLAG_BIT))
+            elif t is Pending:
+                return None  # its PENDING_BYTES are the plan's to count
+        if (
+            writes
+            and self.mem_limit
+            and self.mem_used_total + len(items) * MAX_NEW_BLOCK_BYTES > self.mem_limit
+        ):
+            return None
+        arena = self._arena
+        blocks = arena.nr_blocks
+        allocated = arena.alloc_all(items)
+        if arena.nr_blocks != blocks:
+            self._update_mem_locked()  # the peak includes them
+        return allocated
 
     def _reserve_locked(self, changes, writes: int) -> bool:
         """``_install``'s first half (lock held): False if a slot no longer
@@ -910,24 +1031,28 @@ class PageStore:
             self._update_mem_locked()  # the peak includes them
         return True
 
-    def _apply_locked(self, changes) -> None:
+    def _apply_locked(self, changes, allocated: list[int] | None) -> None:
         """``_install``'s second half (lock held, the blocks mapped, the
         arena deferring releases): put each new entry in, take each old
-        one out, keep the counters."""
+        one out, keep the counters.  ``allocated`` holds the handles
+        ``_alloc_first_locked`` took for the arena objects, in order (None:
+        allocate here, in the blocks ``_reserve_locked`` mapped)."""
         handles = self._handles
         arena = self._arena
+        take = None if allocated is None else iter(allocated).__next__
         side = self._side
         now = self.now()
         flags = self._flags
         atime = self._atime
         sums = self._sums
+        freed: list[int] = []  # the old objects, freed after every slot changed
         for index, new, _, checksum in changes:
             old = handles[index]
             old_side = side.get(index) if old & TAG_MASK == TAG_SIDE else None
             t = type(new)
             if t is bytes:
                 n = len(new)
-                h = arena.alloc(new)
+                h = arena.alloc(new) if take is None else take()
                 self.compr_data_size += n
                 if n == PAGE_SIZE:
                     self.huge_pages += 1
@@ -942,7 +1067,7 @@ class PageStore:
                     side[index] = SameWord(new)
                 self.same_pages += 1
             elif t is Recompressed:
-                h = arena.alloc(new.data, FLAG_BIT)
+                h = arena.alloc(new.data, FLAG_BIT) if take is None else take()
                 self.compr_data_size += len(new.data)
                 self.recompressed_pages += 1
             else:  # Pending, Backed
@@ -956,7 +1081,10 @@ class PageStore:
             handles[index] = h
             # the old entry leaves
             if old & TAG_MASK == TAG_OBJ:
-                arena.free_obj(old)
+                if take is None:
+                    arena.free_obj(old)  # its spot may serve the next change
+                else:
+                    freed.append(old)
                 on = (old >> LEN_SHIFT) & LEN_MASK
                 self.compr_data_size -= on
                 if old & FLAG_BIT:
@@ -977,6 +1105,8 @@ class PageStore:
                 atime[index] = now
             if sums is not None and checksum is not None:
                 sums[index] = checksum
+        if freed:
+            arena.free_all(freed)
 
     # ------------------------------------------------------------------
     # block status
