@@ -48,6 +48,40 @@ def test_stage_installs_pending_then_worker_compresses():
     assert read(store, 0, 2 * PAGE_SIZE) == TEXT * 2
 
 
+def test_a_batch_installs_under_one_lock_and_skips_what_changed():
+    store = PageStore(64 * PAGE_SIZE, make_codec("lz4"))
+    staged = store.stage(memoryview(TEXT * 6), 0)
+    store.write(b"\x07" * PAGE_SIZE, 1 * PAGE_SIZE)          # rewritten before the worker
+    store.discard(3 * PAGE_SIZE, PAGE_SIZE)                 # trimmed
+    newer = TEXT[::-1]
+    store.stage(memoryview(newer), 4 * PAGE_SIZE)            # staged again (its own batch)
+    lock = store._lock
+    taken = []
+
+    class CountingLock:  # how often the batch takes the store lock
+        def __enter__(self):
+            taken.append(1)
+            return lock.__enter__()
+
+        def __exit__(self, *exc):
+            return lock.__exit__(*exc)
+
+    store._lock = CountingLock()
+    try:
+        assert store.complete_all(staged) == 3                # pages 0, 2 and 5
+    finally:
+        store._lock = lock
+    assert len(taken) == 1
+    s = store.stats()
+    assert s["pages_superseded"] == 3 and s["pending_pages"] == 1  # page 4's newer stage
+    assert s["pages_compressed_async"] == 3
+    assert [store.block_state(i) for i in range(6)] == [
+        "compressed", "same", "compressed", "empty", "pending", "compressed"]
+    assert read(store, 0, 6 * PAGE_SIZE) == (
+        TEXT + b"\x07" * PAGE_SIZE + TEXT + bytes(PAGE_SIZE) + newer + TEXT)
+    store.audit()
+
+
 def test_stale_result_never_overwrites_newer_data():
     store = PageStore(64 * PAGE_SIZE, make_codec("lz4"))
     (index, old_pending), = store.stage(memoryview(TEXT), 0)
@@ -117,14 +151,14 @@ def test_backpressure_compresses_inline_past_the_pending_limit():
     device = make_device("async", pages=2048, pending_limit_bytes=8 * PAGE_SIZE, start=False)
     blocker = threading.Lock()
     blocker.acquire()
-    original = device.store.complete
+    original = device.store.complete_all
 
-    def slow_complete(index, pending):  # hold the worker so the queue fills
+    def slow_complete_all(batch):  # hold the worker so the queue fills
         with blocker:
             pass
-        return original(index, pending)
+        return original(batch)
 
-    device.store.complete = slow_complete
+    device.store.complete_all = slow_complete_all
     device.start()
     try:
         for i in range(64):

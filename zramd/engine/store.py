@@ -786,12 +786,39 @@ class PageStore:
             index += 1
         return changes
 
+    def _stage_pages(self, data, first: int, staged: list) -> list:
+        """``_install``'s changes for whole pages of the snapshot ``data``
+        from page ``first``: same-filled pages as words, the others as
+        ``Pending`` views of the snapshot, each also appended to
+        ``staged`` as ``(index, pending)``."""
+        src = memoryview(data)
+        summed = self._sums is not None
+        checksum = self.checksum
+        changes: list = []
+        index = first
+        for pos in range(0, len(src), PAGE_SIZE):
+            page = src[pos : pos + PAGE_SIZE]
+            word = same_filled_word(page)
+            if word is not None:
+                changes.append((index, word, _ANY, 0))
+            else:
+                entry = Pending(page)
+                changes.append((index, entry, _ANY, checksum(page) if summed else 0))
+                staged.append((index, entry))
+            index += 1
+        return changes
+
     def _write(self, data, offset: int, staged: list | None) -> None:
         length = len(data)
         self._check_range(offset, length)
         try:
-            if staged is None and not (offset | length) & PAGE_MASK:
-                self._install(self._encode_pages(data, offset >> PAGE_SHIFT), writes=1)
+            if not (offset | length) & PAGE_MASK:
+                first = offset >> PAGE_SHIFT
+                if staged is None:
+                    changes = self._encode_pages(data, first)
+                else:
+                    changes = self._stage_pages(data, first, staged)
+                self._install(changes, writes=1, staged=len(staged or ()))
                 return
             full = []
             edges = []  # (index, start, data slice) of partial pages
@@ -834,6 +861,36 @@ class PageStore:
         with self._lock:
             self.pages_superseded += 1
         return False
+
+    def complete_all(self, batch: list) -> int:
+        """Worker side, a batch at a time (docs/design.md#the-asynchronous-path):
+        compress every staged page of ``batch`` (``[(index, Pending)]``)
+        that its slot still holds, outside the lock, then install under one
+        lock acquisition each one still held; return how many were
+        installed.  The others count in ``pages_superseded``."""
+        holds = self.holds
+        encode = self.encode
+        encoded = [(index, encode(p.data), p) for index, p in batch if holds(index, p)]
+        arena = self._arena
+        with self._lock:
+            matches = self._matches
+            changes = [(index, new, _ANY, None) for index, new, p in encoded if matches(index, p)]
+            self.pages_superseded += len(batch) - len(changes)
+            if not changes:
+                return 0
+            allocated = self._alloc_first_locked(changes, 0)
+            if allocated is None:
+                self._reserve_locked(changes, 0)
+            arena.deferring = True
+            try:
+                self._apply_locked(changes, allocated)
+            finally:
+                arena.release_deferred()
+            self.pages_compressed_async += len(changes)
+            self._update_mem_locked()
+            if arena.epoch > self._compact_check_epoch:
+                self._kick_compactor()
+        return len(changes)
 
     def discard(self, offset: int, length: int) -> None:
         """Trim / write-zeroes: free whole pages, zero the partial edges.
@@ -972,6 +1029,7 @@ class PageStore:
         frees, this path does not (it maps at most that much more, until
         later writes fill those spots)."""
         items = []
+        pending = 0  # snapshot bytes the request adds
         for _index, new, expected, _sum in changes:
             if expected is not _ANY:
                 return None
@@ -981,11 +1039,11 @@ class PageStore:
             elif t is Recompressed:
                 items.append((new.data, FLAG_BIT))
             elif t is Pending:
-                return None  # its PENDING_BYTES are the plan's to count
+                pending += PENDING_BYTES
         if (
             writes
             and self.mem_limit
-            and self.mem_used_total + len(items) * MAX_NEW_BLOCK_BYTES > self.mem_limit
+            and self.mem_used_total + len(items) * MAX_NEW_BLOCK_BYTES + pending > self.mem_limit
         ):
             return None
         arena = self._arena

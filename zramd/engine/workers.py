@@ -4,9 +4,11 @@ Data structure
 --------------
 ``_queue`` is a ``queue.SimpleQueue`` (C) of ``(seq, batch)`` items; a batch
 is a list of ``(index, Pending)`` pages that the store staged.  Workers take
-one item at a time, call ``store.complete`` for each page (which compresses
-and installs only if the page was not rewritten meanwhile) and mark the
-sequence number done.  ``None`` on the queue stops one worker.
+one item at a time, call ``store.complete_all`` for the batch (it
+compresses each page and installs, under one lock acquisition, those
+not rewritten meanwhile; if it raises, ``store.complete`` page by page
+finds the page at fault, which stays pending) and mark the sequence
+number done.  ``None`` on the queue stops one worker.
 
 Flush bookkeeping: ``_submitted`` is the last sequence number handed out;
 ``_watermark`` is the highest number such that every item up to it is done;
@@ -85,18 +87,21 @@ class CompressionWorkers:
         self._threads.clear()
 
     def _run(self) -> None:
-        complete = self.store.complete
+        complete, complete_all = self.store.complete, self.store.complete_all
         while True:
             item = self._queue.get()
             if item is None:
                 return
             seq, batch = item
-            for index, pending in batch:
-                try:
-                    complete(index, pending)
-                except Exception:  # the page stays pending: readable, not lost
-                    self.worker_errors += 1
-                    log.exception("compressing page %d failed", index)
+            try:
+                complete_all(batch)  # one lock for the batch
+            except Exception:  # page by page, to find the one that fails
+                for index, pending in batch:
+                    try:
+                        complete(index, pending)
+                    except Exception:  # the page stays pending: readable, not lost
+                        self.worker_errors += 1
+                        log.exception("compressing page %d failed", index)
             self._mark_done(seq)
 
     def _mark_done(self, seq: int) -> None:
