@@ -78,6 +78,10 @@ class Result:
     samples: list = dataclasses.field(default_factory=list)
     console_log: str = ""
     server_log: str = ""
+    # --request-mix: the sizes the guest sent (vm/mix.py path_mix) and, per
+    # operation, the requests the stats filter's histogram left out
+    request_mix: dict | None = None
+    request_coverage: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -48,7 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the vm package
 
-from vm import console  # noqa: E402
+from vm import console, mix  # noqa: E402
 from vm.guest import CACHE, LOGS, build_guest, kernel_append, qemu_binary, qemu_command, tail  # noqa: E402
 from vm.report import report  # noqa: E402
 from vm.result import (  # noqa: E402,F401  (re-exported for tests/vm/test_vm.py)
@@ -77,6 +77,8 @@ TARGETS = {
 # Targets served by `zramd serve --instances N` (docs/design.md#scaling-past-one-core).
 STRIPED = {"striped-virtio": 2, "striped-nbd": 2}
 ZRAMD_TARGETS = ["zramd-virtio", "zramd-nbd", *STRIPED]
+# --request-mix without targets: zramd on both NBD paths (docs/bench/swap-mix.md).
+MIX_TARGETS = ["zramd-virtio", "zramd-nbd"]
 
 # Defaults, chosen so that one target runs in about 20-45 s under TCG on two
 # shared cores: a 128 MiB guest (about 80 MiB of it usable after the kernel)
@@ -95,7 +97,13 @@ class GuestRun:
     start_server(), boot(), watch(), collect(), cleanup()."""
 
     def __init__(
-        self, target: str, res: Result, server_kind: str | None, device_size: str, quiet: bool
+        self,
+        target: str,
+        res: Result,
+        server_kind: str | None,
+        device_size: str,
+        quiet: bool,
+        request_mix: bool = False,
     ):
         self.target = target
         self.res = res
@@ -112,6 +120,12 @@ class GuestRun:
             else None
         )
         self.sampler: StatsSampler | None = None
+        # With request_mix: nbdkit's stats filter between the guest and the server.
+        self.proxy = (
+            mix.StatsProxy(self.server.sockets(), self.tmp, self.tmp / "proxy.log")
+            if request_mix and self.server
+            else None
+        )
         self.qemu: subprocess.Popen | None = None
         self.timed_out = False
 
@@ -127,12 +141,16 @@ class GuestRun:
         if self.server.kind == "zramd":
             self.sampler = StatsSampler(self.server, self.t0)
             self.sampler.start()
+        if self.proxy is not None:
+            self.stamp(f"starting {' '.join(self.proxy.command(0))}")
+            self.proxy.start()
 
     def boot(self, append: str) -> None:
         r = self.res
+        sockets = self.server.sockets() if self.server else None
         cmd = qemu_command(
             r.dev,
-            self.server.sockets() if self.server else None,
+            self.proxy.sockets if self.proxy else sockets,
             self.console,
             r.guest_ram_mib,
             append,
@@ -166,6 +184,10 @@ class GuestRun:
                     f"server exited with status {self.server.returncode} while the "
                     f"guest was running"
                 )
+                self._kill_qemu()
+                return
+            if self.proxy and not self.proxy.alive():
+                self.res.failures.append("the stats proxy exited while the guest was running")
                 self._kill_qemu()
                 return
             if time.monotonic() > deadline:
@@ -294,6 +316,20 @@ class GuestRun:
             elif self.server.kind != "zramd":
                 res.allocated_after_bytes = self.server.allocated_bytes()
 
+    def stop_proxy(self) -> None:
+        """Ends the stats proxy (the guest is gone): its stats become the
+        run's request mix."""
+        if self.proxy is None:
+            return
+        try:
+            stats = self.proxy.stop()
+        except RuntimeError as e:
+            self.res.failures.append(str(e))
+            return
+        self.res.request_mix = mix.path_mix(stats)
+        self.res.request_coverage = mix.coverage(stats)
+        self.stamp(f"request mix: {json.dumps(self.res.request_mix)}")
+
     def _kill_qemu(self) -> None:
         if self.qemu and self.qemu.poll() is None:
             self.qemu.kill()
@@ -305,6 +341,7 @@ class GuestRun:
         self._kill_qemu()
         if self.sampler is not None and self.sampler.is_alive():
             self.sampler.stop()
+        self.stop_proxy()
         if self.server:
             rc = self.server.stop()
             if rc not in (0, -signal.SIGTERM, None) and not res.failures:
@@ -313,6 +350,11 @@ class GuestRun:
             (self.console, "console"),
             (self.server_log, "server"),
             (self.qemu_log, "qemu"),
+            (self.tmp / "proxy.log", "proxy"),
+            *(
+                (f, f"proxy{i}.stats")
+                for i, f in enumerate(self.proxy.statsfiles if self.proxy else [])
+            ),
         ):
             if src.exists():
                 shutil.copy(src, LOGS / f"{self.target}.{name}.log")
@@ -333,6 +375,7 @@ def run_target(
     min_ratio: float = MIN_RATIO,
     zram_extra_mib: int | None = None,
     quiet: bool = False,
+    request_mix: bool = False,
 ) -> Result:
     """Boots the guest against one target and returns what it measured and
     which checks failed (Result.failures empty and Result.ok True when all
@@ -341,7 +384,10 @@ def run_target(
     guest-zram keeps its compressed store in the guest's own RAM, so with the
     same RAM it runs out of memory where an external device does not: it gets
     zram_extra_mib more (default hog_mib // 2); the other numbers (hog size,
-    the 2x-RAM check) stay those of mem_mib."""
+    the 2x-RAM check) stay those of mem_mib.
+
+    request_mix: the guest reaches the server through nbdkit's stats filter
+    (vm/mix.py), and Result.request_mix holds the sizes it sent."""
     server_kind, dev = TARGETS[target]
     if zram_extra_mib is None:
         zram_extra_mib = hog_mib // 2
@@ -357,7 +403,7 @@ def run_target(
         instances=STRIPED.get(target, 1),
     )
     LOGS.mkdir(parents=True, exist_ok=True)
-    run = GuestRun(target, res, server_kind, device_size, quiet)
+    run = GuestRun(target, res, server_kind, device_size, quiet, request_mix)
     try:
         run.start_server()
         run.boot(kernel_append(dev, hog_mib, passes, corrupt_page, res.instances))
@@ -387,6 +433,36 @@ def run_target(
     return res
 
 
+def mix_targets_unfit(targets: list[str]) -> str | None:
+    """Why these targets cannot make one request-mix file, or None: each
+    needs a server, and each path (qemu, nbd) comes from one target."""
+    names = [mix.PATH_NAMES.get(TARGETS[t][1]) for t in targets]
+    if None in names:
+        return f"--request-mix: {targets[names.index(None)]} has no NBD path"
+    if len(set(names)) != len(names):
+        return f"--request-mix: one target per path ({', '.join(mix.PATH_NAMES.values())})"
+    return None
+
+
+def write_request_mix(path: Path, results: list[Result]) -> bool:
+    """Writes the mix file from the runs' request mixes; False (and nothing
+    written) when a run failed or measured none."""
+    bad = [r.target for r in results if not r.ok or r.request_mix is None]
+    if bad:
+        log(f"request mix not written: {', '.join(bad)} failed")
+        return False
+    r0 = results[0]
+    servers = sorted({r.server or "" for r in results})
+    measured = mix.measured_sentence(r0.mem_mib, r0.hog_mib, r0.passes, " and ".join(servers))
+    paths = {mix.PATH_NAMES[r.dev]: r.request_mix or {} for r in results}
+    mix.write_mix(path, measured, paths)
+    log(f"request mix: {path}")
+    for r in results:
+        log(f"  {r.target} ({mix.PATH_NAMES[r.dev]}): {json.dumps(r.request_mix)}")
+        log(f"    requests the stats filter left unlisted: {json.dumps(r.request_coverage)}")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -411,11 +487,23 @@ def main(argv: list[str] | None = None) -> int:
         "--json", type=Path, default=CACHE / "results.json", help="where to write results"
     )
     ap.add_argument("--no-build", action="store_true", help="do not run build-guest.sh first")
+    ap.add_argument(
+        "--request-mix",
+        type=Path,
+        metavar="FILE",
+        help="put nbdkit's stats filter between guest and server and write the request "
+        "sizes per path to FILE (docs/bench/swap-mix.md; default targets: "
+        f"{' '.join(MIX_TARGETS)})",
+    )
     args = ap.parse_args(argv)
-    targets = args.targets or list(TARGETS)
+    targets = args.targets or (MIX_TARGETS if args.request_mix else list(TARGETS))
     unknown = [t for t in targets if t not in TARGETS]
     if unknown:
         ap.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+    if args.request_mix:
+        why = mix_targets_unfit(targets)
+        if why:
+            ap.error(why)
     if not args.no_build:
         build_guest()
     if not qemu_binary():
@@ -429,15 +517,17 @@ def main(argv: list[str] | None = None) -> int:
             passes=args.passes,
             timeout_s=args.timeout,
             corrupt_page=args.corrupt_page,
+            request_mix=args.request_mix is not None,
         )
         for t in targets
     ]
+    mix_failed = args.request_mix is not None and not write_request_mix(args.request_mix, results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
     log("")
     log(report(results))
     log(f"\nresults: {args.json}; guest consoles: {LOGS}/")
-    return 0 if all(r.ok for r in results) else 1
+    return 0 if all(r.ok for r in results) and not mix_failed else 1
 
 
 if __name__ == "__main__":
