@@ -444,9 +444,41 @@ def mix_targets_unfit(targets: list[str]) -> str | None:
     return None
 
 
-def write_request_mix(path: Path, results: list[Result]) -> bool:
-    """Writes the mix file from the runs' request mixes; False (and nothing
-    written) when a run failed or measured none."""
+def versions() -> str:
+    """The guest kernel, qemu and nbdkit, for the docs page."""
+    kernel = "?"
+    env = CACHE / "guest.env"
+    if env.exists():
+        for line in env.read_text().splitlines():
+            if line.startswith("KVER="):
+                kernel = line.split("=", 1)[1]
+    out = [f"guest kernel {kernel}"]
+    for cmd in ([qemu_binary() or "qemu-system-x86_64", "--version"], ["nbdkit", "--version"]):
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            out.append(p.stdout.splitlines()[0].strip())
+        except (OSError, subprocess.TimeoutExpired, IndexError):
+            out.append(f"{Path(cmd[0]).name} ?")
+    return ", ".join(out)
+
+
+def command_line(argv: list[str]) -> str:
+    """vm/run.py's command line, paths inside the checkout relative to it."""
+    root = Path(__file__).resolve().parent.parent
+    words = []
+    for word in argv:
+        try:
+            words.append(str(Path(word).resolve().relative_to(root)) if "/" in word else word)
+        except ValueError:
+            words.append(word)
+    return " ".join(["vm/run.py", *words])
+
+
+def write_request_mix(
+    path: Path, results: list[Result], page: Path | None = None, command: str = ""
+) -> bool:
+    """Writes the mix file (and the docs page) from the runs' request mixes;
+    False (and nothing written) when a run failed or measured none."""
     bad = [r.target for r in results if not r.ok or r.request_mix is None]
     if bad:
         log(f"request mix not written: {', '.join(bad)} failed")
@@ -455,8 +487,22 @@ def write_request_mix(path: Path, results: list[Result]) -> bool:
     servers = sorted({r.server or "" for r in results})
     measured = mix.measured_sentence(r0.mem_mib, r0.hog_mib, r0.passes, " and ".join(servers))
     paths = {mix.PATH_NAMES[r.dev]: r.request_mix or {} for r in results}
-    mix.write_mix(path, measured, paths)
+    doc = mix.write_mix(path, measured, paths)
     log(f"request mix: {path}")
+    if page is not None:
+        runs = {
+            mix.PATH_NAMES[r.dev]: {
+                "target": r.target,
+                "pages_out": r.pages_out,
+                "pages_in": r.pages_in,
+                "elapsed_s": r.elapsed_s,
+                "coverage": r.request_coverage,
+            }
+            for r in results
+        }
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(mix.render_markdown(doc, runs, command, versions()))
+        log(f"request mix page: {page}")
     for r in results:
         log(f"  {r.target} ({mix.PATH_NAMES[r.dev]}): {json.dumps(r.request_mix)}")
         log(f"    requests the stats filter left unlisted: {json.dumps(r.request_coverage)}")
@@ -495,6 +541,12 @@ def main(argv: list[str] | None = None) -> int:
         "sizes per path to FILE (docs/bench/swap-mix.md; default targets: "
         f"{' '.join(MIX_TARGETS)})",
     )
+    ap.add_argument(
+        "--request-mix-md",
+        type=Path,
+        metavar="PAGE",
+        help="with --request-mix: also write the Markdown page of the mix",
+    )
     args = ap.parse_args(argv)
     targets = args.targets or (MIX_TARGETS if args.request_mix else list(TARGETS))
     unknown = [t for t in targets if t not in TARGETS]
@@ -521,7 +573,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         for t in targets
     ]
-    mix_failed = args.request_mix is not None and not write_request_mix(args.request_mix, results)
+    mix_failed = args.request_mix is not None and not write_request_mix(
+        args.request_mix,
+        results,
+        args.request_mix_md,
+        command_line(sys.argv[1:] if argv is None else argv),
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
     log("")
