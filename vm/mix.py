@@ -18,7 +18,9 @@ bench's swap-mix file (docs/bench/swap-mix.md)::
                         "requests": {"read": N, "write": N}},
                "nbd": {...}}}
 
-Pure functions but for the proxy; plain data, no locking.
+``merge_stats`` sums statsfiles (instances, rounds); ``render_markdown``
+writes docs/bench/swap-mix.md. Pure functions but for the proxy; plain
+data, no locking.
 
 What the stats filter gives (nbdkit 1.32, seen in its output and source):
 per operation the request count, and a histogram of request sizes by
@@ -145,8 +147,9 @@ def parse_stats(text: str) -> dict[str, OpStats]:
 
 
 def merge_stats(parts: list[dict[str, OpStats]]) -> dict[str, OpStats]:
-    """Several proxies' stats (striped instances) as one: counts and bytes
-    summed per operation and per bucket."""
+    """Several statsfiles (striped instances, rounds) as one: counts and
+    bytes summed per operation and per bucket, each file's unlisted
+    requests first made the bucket they come back as."""
     out: dict[str, OpStats] = {}
     for part in parts:
         for name, op in part.items():
@@ -154,7 +157,7 @@ def merge_stats(parts: list[dict[str, OpStats]]) -> dict[str, OpStats]:
             into.requests += op.requests
             into.total_bytes += op.total_bytes
             into.other_requests += op.other_requests
-            for b in op.buckets:
+            for b in op.all_buckets():
                 same = [x for x in into.buckets if x.bits == b.bits]
                 if same:
                     same[0].requests += b.requests
@@ -213,37 +216,78 @@ def write_mix(path: Path, measured: str, paths: dict[str, dict]) -> dict:
     return doc
 
 
-def measured_sentence(mem_mib: int, hog_mib: int, passes: int, server: str = "zramd") -> str:
+def measured_sentence(
+    mem_mib: int, hog_mib: int, passes: int, server: str = "zramd", rounds: int = 1
+) -> str:
+    times = "once" if rounds == 1 else f"{rounds} times per path, summed"
     return (
         f"A qemu TCG guest with {mem_mib} MiB RAM swapping onto {server} while a "
-        f"{hog_mib} MiB hog ran {passes} passes (fill, rewrite, verify), each "
-        f"request counted by nbdkit's stats filter in an nbd-plugin proxy in "
+        f"{hog_mib} MiB hog ran {passes} passes (fill, rewrite, verify), {times}, "
+        f"each request counted by nbdkit's stats filter in an nbd-plugin proxy in "
         f"front of the server."
     )
 
 
-def _share(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}%"
+def _bucket_of(size_bytes: int) -> int:
+    return size_bytes.bit_length() - 1
 
 
-def mix_table(entry: dict) -> list[str]:
-    """One path's Markdown table: size, share of reads, share of writes."""
+def _bucket_share(shares: dict[str, float], bits: int) -> float:
+    """A round's share of one power-of-two bucket (its sizes summed)."""
+    return sum(v for k, v in shares.items() if _bucket_of(int(k)) == bits)
+
+
+def _cell(share: float | None, rounds: list[float]) -> str:
+    if share is None:
+        return "-"
+    cell = f"{100 * share:.2f}%"
+    if len(rounds) > 1:
+        cell += f" ({100 * min(rounds):.2f}-{100 * max(rounds):.2f})"
+    return cell
+
+
+def mix_table(entry: dict, rounds: list[dict] | None = None) -> list[str]:
+    """One path's Markdown table: size, share of reads, share of writes, and
+    with several rounds each round's share of that size's bucket, min-max."""
+    rounds = rounds or []
     sizes = sorted({int(k) for op in ("read", "write") for k in entry[op]})
     lines = [
         "| request size (bytes) | KiB | share of reads | share of writes |",
         "| ---: | ---: | ---: | ---: |",
     ]
     for size in sizes:
-        r, w = entry["read"].get(str(size)), entry["write"].get(str(size))
-        lines.append(f"| {size} | {size / 1024:g} | {_share(r)} | {_share(w)} |")
+        cells = []
+        for op in ("read", "write"):
+            per_round = [_bucket_share(r[op], _bucket_of(size)) for r in rounds]
+            cells.append(_cell(entry[op].get(str(size)), per_round))
+        lines.append(f"| {size} | {size / 1024:g} | {cells[0]} | {cells[1]} |")
     n = entry["requests"]
     lines.append(f"| requests | | {n['read']} | {n['write']} |")
     return lines
 
 
+def _run_lines(run: dict) -> list[str]:
+    """What the page says about one path's rounds."""
+    rounds = run.get("rounds", [])
+    out = []
+    for i, r in enumerate(rounds, 1):
+        cov = r.get("coverage") or {}
+        ops = ", ".join(
+            f"{op} {c['requests']}" + (f" ({c['unlisted']} unlisted)" if c["unlisted"] else "")
+            for op, c in cov.items()
+        )
+        out.append(
+            f"- round {i}: the guest swapped out {r.get('pages_out')} pages and in "
+            f"{r.get('pages_in')} during the hog, in {r.get('elapsed_s')} s (qemu start "
+            f"to exit); requests: {ops}"
+        )
+    return out + ([""] if out else [])
+
+
 def render_markdown(doc: dict, runs: dict[str, dict], command: str, versions: str) -> str:
-    """docs/bench/swap-mix.md from the mix file and, per path, its run
-    (target, guest pages swapped out and in, seconds, ``coverage()``)."""
+    """docs/bench/swap-mix.md from the mix file and, per path, its runs
+    (``{"target": T, "rounds": [{"mix": path_mix(), "pages_out": N,
+    "pages_in": N, "elapsed_s": S, "coverage": coverage()}, ...]}``)."""
     out = [
         "# Swap request mix",
         "",
@@ -251,26 +295,16 @@ def render_markdown(doc: dict, runs: dict[str, dict], command: str, versions: st
         "",
         "Which request sizes a real guest kernel sends to the NBD server while it",
         "swaps, on both NBD paths of the VM test; bench/swap_mix.json holds the",
-        "same numbers for the bench to replay.",
+        "same numbers for the bench to replay. A share is of all the rounds'",
+        "requests together; in brackets, the lowest and highest share of that",
+        "size's power-of-two bucket in one round.",
         "",
     ]
     for name, entry in doc["paths"].items():
         run = runs.get(name, {})
-        out += [f"## Path `{name}`: {run.get('target', '?')}", "", *mix_table(entry), ""]
-        if run:
-            out += [
-                f"The guest swapped out {run.get('pages_out')} pages and in "
-                f"{run.get('pages_in')} during the hog; the run took "
-                f"{run.get('elapsed_s')} s (qemu start to exit).",
-                "",
-            ]
-            cov = run.get("coverage") or {}
-            parts = [
-                f"{op} {c['requests']} ({c['unlisted']} in no printed bucket)"
-                for op, c in cov.items()
-            ]
-            if parts:
-                out += ["Requests per operation: " + ", ".join(parts) + ".", ""]
+        mixes = [r["mix"] for r in run.get("rounds", []) if r.get("mix")]
+        out += [f"## Path `{name}`: {run.get('target', '?')}", ""]
+        out += [*mix_table(entry, mixes), "", *_run_lines(run)]
     out += [
         "## How it was measured",
         "",
@@ -285,19 +319,20 @@ def render_markdown(doc: dict, runs: dict[str, dict], command: str, versions: st
         f"statsfile=FILE statsthreshold={STATS_THRESHOLD_PERCENT}`, sits between "
         "qemu (its NBD client, or the user-mode forwarding the guest's nbd "
         "driver goes through) and the zramd server; it stops after the guest, "
-        "and the stats filter writes the file that vm/mix.py reads.",
+        "and the stats filter writes the file that vm/mix.py reads. The "
+        "targets run in turn, round after round.",
         "",
         "- The stats filter counts requests in power-of-two buckets (2^n to "
         "2^(n+1)-1 bytes) with each bucket's total bytes; a size here is its "
         "bucket's mean request size, rounded to a whole page. A bucket of one "
-        "size (all the reads of 32 KiB) is that size exactly; a bucket that "
-        "mixes sizes (the large writes of qemu's path) shows as its mean.",
+        "size (the reads of 32 KiB) is that size exactly; a bucket that mixes "
+        "sizes (the large writes of qemu's path) shows as its mean.",
         "- nbdkit prints only one of two buckets with the same request count; "
-        "the requests no printed bucket holds, and the bytes the printed ones "
-        "leave, are one more bucket.",
+        "the requests no printed bucket holds (unlisted), and the bytes the "
+        "printed ones leave, are one more bucket.",
         f"- Shares are of an operation's requests; sizes under {100 * MIN_SHARE:g}% "
         "are dropped and the rest renormalised (4 places). The requests counts "
-        "are all of them.",
+        "are all of them, summed over the rounds.",
         "",
     ]
     return "\n".join(out)

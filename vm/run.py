@@ -30,6 +30,10 @@ vm/cache/results.json and each guest's console to vm/cache/logs/. A failed
 target prints the tail of its guest console and server log. The modules
 beside this one are described in vm/__init__.py.
 
+With --request-mix FILE (`make swap-mix`) the guest reaches the server
+through nbdkit's stats filter (vm/mix.py), and the request sizes it sent on
+each NBD path go to FILE (the bench replays them; docs/bench/swap-mix.md).
+
 Usage: vm/run.py [TARGET ...] [--hog-mib N] [--mem-mib N] [--passes N] ...
 Runs with the standard library only.
 """
@@ -326,6 +330,7 @@ class GuestRun:
         except RuntimeError as e:
             self.res.failures.append(str(e))
             return
+        self.res.request_stats = stats
         self.res.request_mix = mix.path_mix(stats)
         self.res.request_coverage = mix.coverage(stats)
         self.stamp(f"request mix: {json.dumps(self.res.request_mix)}")
@@ -477,39 +482,52 @@ def command_line(argv: list[str]) -> str:
 def write_request_mix(
     path: Path, results: list[Result], page: Path | None = None, command: str = ""
 ) -> bool:
-    """Writes the mix file (and the docs page) from the runs' request mixes;
-    False (and nothing written) when a run failed or measured none."""
-    bad = [r.target for r in results if not r.ok or r.request_mix is None]
+    """Writes the mix file (and the docs page) from the runs' request
+    stats, each path's rounds summed; False (and nothing written) when a
+    run failed or measured none."""
+    bad = [r.target for r in results if not r.ok or r.request_stats is None]
     if bad:
         log(f"request mix not written: {', '.join(bad)} failed")
         return False
+    by_path: dict[str, list[Result]] = {}
+    for r in results:
+        by_path.setdefault(mix.PATH_NAMES[r.dev], []).append(r)
     r0 = results[0]
-    servers = sorted({r.server or "" for r in results})
-    measured = mix.measured_sentence(r0.mem_mib, r0.hog_mib, r0.passes, " and ".join(servers))
-    paths = {mix.PATH_NAMES[r.dev]: r.request_mix or {} for r in results}
+    rounds = min(len(rs) for rs in by_path.values())
+    servers = " and ".join(sorted({r.server or "" for r in results}))
+    measured = mix.measured_sentence(r0.mem_mib, r0.hog_mib, r0.passes, servers, rounds)
+    paths = {
+        name: mix.path_mix(mix.merge_stats([r.request_stats or {} for r in rs]))
+        for name, rs in by_path.items()
+    }
     doc = mix.write_mix(path, measured, paths)
     log(f"request mix: {path}")
+    for name, entry in paths.items():
+        log(f"  {name}: {json.dumps(entry)}")
     if page is not None:
         runs = {
-            mix.PATH_NAMES[r.dev]: {
-                "target": r.target,
-                "pages_out": r.pages_out,
-                "pages_in": r.pages_in,
-                "elapsed_s": r.elapsed_s,
-                "coverage": r.request_coverage,
+            name: {
+                "target": rs[0].target,
+                "rounds": [
+                    {
+                        "mix": r.request_mix,
+                        "pages_out": r.pages_out,
+                        "pages_in": r.pages_in,
+                        "elapsed_s": r.elapsed_s,
+                        "coverage": r.request_coverage,
+                    }
+                    for r in rs
+                ],
             }
-            for r in results
+            for name, rs in by_path.items()
         }
         page.parent.mkdir(parents=True, exist_ok=True)
         page.write_text(mix.render_markdown(doc, runs, command, versions()))
         log(f"request mix page: {page}")
-    for r in results:
-        log(f"  {r.target} ({mix.PATH_NAMES[r.dev]}): {json.dumps(r.request_mix)}")
-        log(f"    requests the stats filter left unlisted: {json.dumps(r.request_coverage)}")
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -547,6 +565,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PAGE",
         help="with --request-mix: also write the Markdown page of the mix",
     )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the targets this many times, in turn (--request-mix sums the rounds)",
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     targets = args.targets or (MIX_TARGETS if args.request_mix else list(TARGETS))
     unknown = [t for t in targets if t not in TARGETS]
@@ -571,6 +600,7 @@ def main(argv: list[str] | None = None) -> int:
             corrupt_page=args.corrupt_page,
             request_mix=args.request_mix is not None,
         )
+        for _ in range(args.rounds)
         for t in targets
     ]
     mix_failed = args.request_mix is not None and not write_request_mix(

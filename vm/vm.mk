@@ -15,6 +15,8 @@
 #                                         docs/bench/swap-mix.md
 VM_TARGETS ?=
 VM_ARGS    ?=
+# swap-mix: rounds per path, the two paths in turn (docs/bench/swap-mix.md)
+MIX_ROUNDS ?= 3
 
 .PHONY: vm-test vm-guest vm-clean swap-mix
 
@@ -26,7 +28,7 @@ vm-test: setup vm-guest
 
 swap-mix: setup vm-guest
 	ZRAMD_CLI=$(abspath $(VENV))/bin/zramd nice $(PY) vm/run.py --no-build $(VM_ARGS) \
-	  --request-mix bench/swap_mix.json --request-mix-md docs/bench/swap-mix.md \
+	  --rounds $(MIX_ROUNDS) --request-mix bench/swap_mix.json --request-mix-md docs/bench/swap-mix.md \
 	  zramd-virtio zramd-nbd
 
 vm-clean:

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import nbd
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,9 +83,36 @@ def test_buckets_with_equal_counts_both_come_back(proxy):
     h.trim(64 * KIB, 1 << 20)
     h.shutdown()
     stats = proxy.stop()
-    assert stats["write"].requests == 4 and len(stats["write"].buckets) == 1
+    printed = mix.parse_stats(proxy.texts[0])["write"]
+    assert printed.requests == 4 and len(printed.buckets) == 1 and printed.unlisted == 2
     assert stats["trim"].requests == 1
     m = mix.path_mix(stats)
     assert m["write"] == {"4096": 0.5, "65536": 0.5}
     assert m["read"] == {"4096": 0.875, "8192": 0.125}
     assert m["requests"] == {"read": 8, "write": 4}
+
+
+def _export(h):
+    return {
+        "size": h.get_size(),
+        "flags": [
+            f()
+            for f in (h.can_trim, h.can_zero, h.can_fast_zero, h.can_flush, h.can_fua)
+            + (h.can_multi_conn, h.is_read_only, h.can_cache, h.can_df)
+        ],
+        "block_sizes": [
+            h.get_block_size(k) for k in (nbd.SIZE_MINIMUM, nbd.SIZE_PREFERRED, nbd.SIZE_MAXIMUM)
+        ],
+    }
+
+
+def test_the_guest_sees_the_same_export_through_the_proxy(proxy, server):
+    """What the client negotiates (size, flags, block sizes) is the server's
+    own, so the guest sizes its requests as it would without the proxy."""
+    through = client(proxy)
+    direct = nbd.NBD()
+    direct.connect_unix(server.socket_path)
+    assert _export(through) == _export(direct)
+    assert _export(direct)["block_sizes"][1] == 4096
+    through.shutdown()
+    direct.shutdown()

@@ -179,3 +179,53 @@ def test_run_accepts_one_target_per_path():
     )
     assert "no NBD path" in (vm_run.mix_targets_unfit(["guest-zram"]) or "")
     assert {mix.PATH_NAMES[vm_run.TARGETS[t][1]] for t in vm_run.MIX_TARGETS} == {"qemu", "nbd"}
+
+
+def _result(target, text):
+    server, dev = vm_run.TARGETS[target]
+    r = vm_run.Result(target=target, server=server, dev=dev, mem_mib=128, hog_mib=160, passes=2)
+    r.ok = True
+    r.request_stats = mix.parse_stats(text)
+    r.request_mix = mix.path_mix(r.request_stats)
+    r.request_coverage = mix.coverage(r.request_stats)
+    r.pages_out, r.pages_in, r.elapsed_s = 84144, 82000, 26.0
+    return r
+
+
+def test_rounds_are_summed_per_path_and_the_page_shows_them(tmp_path):
+    results = [
+        _result("zramd-virtio", QEMU),
+        _result("zramd-nbd", NBD),
+        _result("zramd-virtio", QEMU),
+        _result("zramd-nbd", KNOWN),
+    ]
+    out, page = tmp_path / "swap_mix.json", tmp_path / "swap-mix.md"
+    assert vm_run.write_request_mix(out, results, page, "vm/run.py --rounds 2")
+    doc = json.loads(out.read_text())
+    assert "2 times per path" in doc["measured"]
+    qemu, nbd_path = doc["paths"]["qemu"], doc["paths"]["nbd"]
+    # Two equal rounds: the same shares, twice the requests.
+    assert qemu["read"] == mix.op_mix(mix.parse_stats(QEMU)["read"])
+    assert qemu["requests"] == {"read": 2 * 11429, "write": 2 * 1215}
+    # Unequal rounds: pooled by requests, not averaged per round.
+    assert nbd_path["requests"] == {"read": 14090 + 3, "write": 5650 + 4}
+    assert nbd_path["read"]["32768"] == pytest.approx((8108 + 3) / (14090 + 3), abs=1.5e-4)
+    text = page.read_text()
+    assert "## Path `qemu`: zramd-virtio" in text and "## Path `nbd`: zramd-nbd" in text
+    assert "## How it was measured" in text and "vm/run.py --rounds 2" in text
+    # 32 KiB reads on the nbd path: 57.5% in one round, 100% in the other.
+    assert "| 32768 | 32 | 57.55% (57.55-100.00) |" in text
+    assert text.count("- round ") == 4
+
+
+def test_a_failed_round_writes_no_mix(tmp_path):
+    bad = _result("zramd-nbd", NBD)
+    bad.ok = False
+    out = tmp_path / "swap_mix.json"
+    assert not vm_run.write_request_mix(out, [_result("zramd-virtio", QEMU), bad])
+    assert not out.exists()
+
+
+def test_command_line_has_no_machine_paths():
+    line = vm_run.command_line(["--request-mix", str(ROOT / "bench" / "swap_mix.json"), "x"])
+    assert line == "vm/run.py --request-mix bench/swap_mix.json x"
