@@ -266,10 +266,25 @@ def mix_table(entry: dict, rounds: list[dict] | None = None) -> list[str]:
     return lines
 
 
+def _human(nbytes: float) -> str:
+    return f"{nbytes / 1024:.1f} KiB" if nbytes < 1 << 20 else f"{nbytes / (1 << 20):.1f} MiB"
+
+
+def _mean_line(pooled: dict) -> str:
+    """The mean request size per operation, all rounds together."""
+    parts = [
+        f"{op}s {_human(c['bytes'] / c['requests'])} ({c['requests']} requests)"
+        for op, c in pooled.items()
+        if c["requests"]
+    ]
+    return "Mean request size: " + ", ".join(parts) + "." if parts else ""
+
+
 def _run_lines(run: dict) -> list[str]:
     """What the page says about one path's rounds."""
     rounds = run.get("rounds", [])
-    out = []
+    mean = _mean_line(run.get("pooled") or {})
+    out = [mean, ""] if mean else []
     for i, r in enumerate(rounds, 1):
         cov = r.get("coverage") or {}
         ops = ", ".join(
@@ -320,7 +335,9 @@ def render_markdown(doc: dict, runs: dict[str, dict], command: str, versions: st
         "qemu (its NBD client, or the user-mode forwarding the guest's nbd "
         "driver goes through) and the zramd server; it stops after the guest, "
         "and the stats filter writes the file that vm/mix.py reads. The "
-        "targets run in turn, round after round.",
+        "targets run in turn, round after round. Through the proxy the guest "
+        "sees the server's own export: size, flags and block sizes "
+        "(tests/e2e/test_swap_mix.py).",
         "",
         "- The stats filter counts requests in power-of-two buckets (2^n to "
         "2^(n+1)-1 bytes) with each bucket's total bytes; a size here is its "

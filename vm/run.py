@@ -496,10 +496,10 @@ def write_request_mix(
     rounds = min(len(rs) for rs in by_path.values())
     servers = " and ".join(sorted({r.server or "" for r in results}))
     measured = mix.measured_sentence(r0.mem_mib, r0.hog_mib, r0.passes, servers, rounds)
-    paths = {
-        name: mix.path_mix(mix.merge_stats([r.request_stats or {} for r in rs]))
-        for name, rs in by_path.items()
+    pooled = {
+        name: mix.merge_stats([r.request_stats or {} for r in rs]) for name, rs in by_path.items()
     }
+    paths = {name: mix.path_mix(stats) for name, stats in pooled.items()}
     doc = mix.write_mix(path, measured, paths)
     log(f"request mix: {path}")
     for name, entry in paths.items():
@@ -508,6 +508,7 @@ def write_request_mix(
         runs = {
             name: {
                 "target": rs[0].target,
+                "pooled": mix.coverage(pooled[name]),
                 "rounds": [
                     {
                         "mix": r.request_mix,

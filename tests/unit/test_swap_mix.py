@@ -216,6 +216,7 @@ def test_rounds_are_summed_per_path_and_the_page_shows_them(tmp_path):
     # 32 KiB reads on the nbd path: 57.5% in one round, 100% in the other.
     assert "| 32768 | 32 | 57.55% (57.55-100.00) |" in text
     assert text.count("- round ") == 4
+    assert "Mean request size: reads 29.5 KiB (22858 requests), writes 277.0 KiB" in text
 
 
 def test_a_failed_round_writes_no_mix(tmp_path):
