@@ -9,6 +9,9 @@ same functions). Modules, one job each:
     servers.py  the server under test (zramd or nbdkit memory) and its
                 stats sampler thread
     result.py   what a run measured (Result) and the checks that judge it
+    mix.py      --request-mix: nbdkit's stats filter between guest and
+                server, its statsfile -> the request sizes per NBD path
+                (bench/swap_mix.json, docs/bench/swap-mix.md)
     report.py   the table printed at the end
 
 Adding a target: one entry in ``run.TARGETS`` (server kind, guest device

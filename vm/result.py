@@ -78,6 +78,12 @@ class Result:
     samples: list = dataclasses.field(default_factory=list)
     console_log: str = ""
     server_log: str = ""
+    # --request-mix: the sizes the guest sent (vm/mix.py path_mix), per
+    # operation the requests the stats filter's histogram left out, and the
+    # parsed statsfile the mix file sums over rounds
+    request_mix: dict | None = None
+    request_coverage: dict | None = None
+    request_stats: dict | None = None  # vm/mix.py parse_stats(), summed over instances
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

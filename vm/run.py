@@ -30,6 +30,10 @@ vm/cache/results.json and each guest's console to vm/cache/logs/. A failed
 target prints the tail of its guest console and server log. The modules
 beside this one are described in vm/__init__.py.
 
+With --request-mix FILE (`make swap-mix`) the guest reaches the server
+through nbdkit's stats filter (vm/mix.py), and the request sizes it sent on
+each NBD path go to FILE (the bench replays them; docs/bench/swap-mix.md).
+
 Usage: vm/run.py [TARGET ...] [--hog-mib N] [--mem-mib N] [--passes N] ...
 Runs with the standard library only.
 """
@@ -48,7 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the vm package
 
-from vm import console  # noqa: E402
+from vm import console, mix  # noqa: E402
 from vm.guest import CACHE, LOGS, build_guest, kernel_append, qemu_binary, qemu_command, tail  # noqa: E402
 from vm.report import report  # noqa: E402
 from vm.result import (  # noqa: E402,F401  (re-exported for tests/vm/test_vm.py)
@@ -77,6 +81,8 @@ TARGETS = {
 # Targets served by `zramd serve --instances N` (docs/design.md#scaling-past-one-core).
 STRIPED = {"striped-virtio": 2, "striped-nbd": 2}
 ZRAMD_TARGETS = ["zramd-virtio", "zramd-nbd", *STRIPED]
+# --request-mix without targets: zramd on both NBD paths (docs/bench/swap-mix.md).
+MIX_TARGETS = ["zramd-virtio", "zramd-nbd"]
 
 # Defaults, chosen so that one target runs in about 20-45 s under TCG on two
 # shared cores: a 128 MiB guest (about 80 MiB of it usable after the kernel)
@@ -95,7 +101,13 @@ class GuestRun:
     start_server(), boot(), watch(), collect(), cleanup()."""
 
     def __init__(
-        self, target: str, res: Result, server_kind: str | None, device_size: str, quiet: bool
+        self,
+        target: str,
+        res: Result,
+        server_kind: str | None,
+        device_size: str,
+        quiet: bool,
+        request_mix: bool = False,
     ):
         self.target = target
         self.res = res
@@ -112,6 +124,12 @@ class GuestRun:
             else None
         )
         self.sampler: StatsSampler | None = None
+        # With request_mix: nbdkit's stats filter between the guest and the server.
+        self.proxy = (
+            mix.StatsProxy(self.server.sockets(), self.tmp, self.tmp / "proxy.log")
+            if request_mix and self.server
+            else None
+        )
         self.qemu: subprocess.Popen | None = None
         self.timed_out = False
 
@@ -127,12 +145,16 @@ class GuestRun:
         if self.server.kind == "zramd":
             self.sampler = StatsSampler(self.server, self.t0)
             self.sampler.start()
+        if self.proxy is not None:
+            self.stamp(f"starting {' '.join(self.proxy.command(0))}")
+            self.proxy.start()
 
     def boot(self, append: str) -> None:
         r = self.res
+        sockets = self.server.sockets() if self.server else None
         cmd = qemu_command(
             r.dev,
-            self.server.sockets() if self.server else None,
+            self.proxy.sockets if self.proxy else sockets,
             self.console,
             r.guest_ram_mib,
             append,
@@ -166,6 +188,10 @@ class GuestRun:
                     f"server exited with status {self.server.returncode} while the "
                     f"guest was running"
                 )
+                self._kill_qemu()
+                return
+            if self.proxy and not self.proxy.alive():
+                self.res.failures.append("the stats proxy exited while the guest was running")
                 self._kill_qemu()
                 return
             if time.monotonic() > deadline:
@@ -294,6 +320,21 @@ class GuestRun:
             elif self.server.kind != "zramd":
                 res.allocated_after_bytes = self.server.allocated_bytes()
 
+    def stop_proxy(self) -> None:
+        """Ends the stats proxy (the guest is gone): its stats become the
+        run's request mix."""
+        if self.proxy is None:
+            return
+        try:
+            stats = self.proxy.stop()
+        except RuntimeError as e:
+            self.res.failures.append(str(e))
+            return
+        self.res.request_stats = stats
+        self.res.request_mix = mix.path_mix(stats)
+        self.res.request_coverage = mix.coverage(stats)
+        self.stamp(f"request mix: {json.dumps(self.res.request_mix)}")
+
     def _kill_qemu(self) -> None:
         if self.qemu and self.qemu.poll() is None:
             self.qemu.kill()
@@ -305,6 +346,7 @@ class GuestRun:
         self._kill_qemu()
         if self.sampler is not None and self.sampler.is_alive():
             self.sampler.stop()
+        self.stop_proxy()
         if self.server:
             rc = self.server.stop()
             if rc not in (0, -signal.SIGTERM, None) and not res.failures:
@@ -313,6 +355,11 @@ class GuestRun:
             (self.console, "console"),
             (self.server_log, "server"),
             (self.qemu_log, "qemu"),
+            (self.tmp / "proxy.log", "proxy"),
+            *(
+                (f, f"proxy{i}.stats")
+                for i, f in enumerate(self.proxy.statsfiles if self.proxy else [])
+            ),
         ):
             if src.exists():
                 shutil.copy(src, LOGS / f"{self.target}.{name}.log")
@@ -333,6 +380,7 @@ def run_target(
     min_ratio: float = MIN_RATIO,
     zram_extra_mib: int | None = None,
     quiet: bool = False,
+    request_mix: bool = False,
 ) -> Result:
     """Boots the guest against one target and returns what it measured and
     which checks failed (Result.failures empty and Result.ok True when all
@@ -341,7 +389,10 @@ def run_target(
     guest-zram keeps its compressed store in the guest's own RAM, so with the
     same RAM it runs out of memory where an external device does not: it gets
     zram_extra_mib more (default hog_mib // 2); the other numbers (hog size,
-    the 2x-RAM check) stay those of mem_mib."""
+    the 2x-RAM check) stay those of mem_mib.
+
+    request_mix: the guest reaches the server through nbdkit's stats filter
+    (vm/mix.py), and Result.request_mix holds the sizes it sent."""
     server_kind, dev = TARGETS[target]
     if zram_extra_mib is None:
         zram_extra_mib = hog_mib // 2
@@ -357,7 +408,7 @@ def run_target(
         instances=STRIPED.get(target, 1),
     )
     LOGS.mkdir(parents=True, exist_ok=True)
-    run = GuestRun(target, res, server_kind, device_size, quiet)
+    run = GuestRun(target, res, server_kind, device_size, quiet, request_mix)
     try:
         run.start_server()
         run.boot(kernel_append(dev, hog_mib, passes, corrupt_page, res.instances))
@@ -387,7 +438,97 @@ def run_target(
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
+def mix_targets_unfit(targets: list[str]) -> str | None:
+    """Why these targets cannot make one request-mix file, or None: each
+    needs a server, and each path (qemu, nbd) comes from one target."""
+    names = [mix.PATH_NAMES.get(TARGETS[t][1]) for t in targets]
+    if None in names:
+        return f"--request-mix: {targets[names.index(None)]} has no NBD path"
+    if len(set(names)) != len(names):
+        return f"--request-mix: one target per path ({', '.join(mix.PATH_NAMES.values())})"
+    return None
+
+
+def versions() -> str:
+    """The guest kernel, qemu and nbdkit, for the docs page."""
+    kernel = "?"
+    env = CACHE / "guest.env"
+    if env.exists():
+        for line in env.read_text().splitlines():
+            if line.startswith("KVER="):
+                kernel = line.split("=", 1)[1]
+    out = [f"guest kernel {kernel}"]
+    for cmd in ([qemu_binary() or "qemu-system-x86_64", "--version"], ["nbdkit", "--version"]):
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            out.append(p.stdout.splitlines()[0].strip())
+        except (OSError, subprocess.TimeoutExpired, IndexError):
+            out.append(f"{Path(cmd[0]).name} ?")
+    return ", ".join(out)
+
+
+def command_line(argv: list[str]) -> str:
+    """vm/run.py's command line, paths inside the checkout relative to it."""
+    root = Path(__file__).resolve().parent.parent
+    words = []
+    for word in argv:
+        try:
+            words.append(str(Path(word).resolve().relative_to(root)) if "/" in word else word)
+        except ValueError:
+            words.append(word)
+    return " ".join(["vm/run.py", *words])
+
+
+def write_request_mix(
+    path: Path, results: list[Result], page: Path | None = None, command: str = ""
+) -> bool:
+    """Writes the mix file (and the docs page) from the runs' request
+    stats, each path's rounds summed; False (and nothing written) when a
+    run failed or measured none."""
+    bad = [r.target for r in results if not r.ok or r.request_stats is None]
+    if bad:
+        log(f"request mix not written: {', '.join(bad)} failed")
+        return False
+    by_path: dict[str, list[Result]] = {}
+    for r in results:
+        by_path.setdefault(mix.PATH_NAMES[r.dev], []).append(r)
+    r0 = results[0]
+    rounds = min(len(rs) for rs in by_path.values())
+    servers = " and ".join(sorted({r.server or "" for r in results}))
+    measured = mix.measured_sentence(r0.mem_mib, r0.hog_mib, r0.passes, servers, rounds)
+    pooled = {
+        name: mix.merge_stats([r.request_stats or {} for r in rs]) for name, rs in by_path.items()
+    }
+    paths = {name: mix.path_mix(stats) for name, stats in pooled.items()}
+    doc = mix.write_mix(path, measured, paths)
+    log(f"request mix: {path}")
+    for name, entry in paths.items():
+        log(f"  {name}: {json.dumps(entry)}")
+    if page is not None:
+        runs = {
+            name: {
+                "target": rs[0].target,
+                "pooled": mix.coverage(pooled[name]),
+                "rounds": [
+                    {
+                        "mix": r.request_mix,
+                        "pages_out": r.pages_out,
+                        "pages_in": r.pages_in,
+                        "elapsed_s": r.elapsed_s,
+                        "coverage": r.request_coverage,
+                    }
+                    for r in rs
+                ],
+            }
+            for name, rs in by_path.items()
+        }
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(mix.render_markdown(doc, runs, command, versions()))
+        log(f"request mix page: {page}")
+    return True
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -411,11 +552,40 @@ def main(argv: list[str] | None = None) -> int:
         "--json", type=Path, default=CACHE / "results.json", help="where to write results"
     )
     ap.add_argument("--no-build", action="store_true", help="do not run build-guest.sh first")
+    ap.add_argument(
+        "--request-mix",
+        type=Path,
+        metavar="FILE",
+        help="put nbdkit's stats filter between guest and server and write the request "
+        "sizes per path to FILE (docs/bench/swap-mix.md; default targets: "
+        f"{' '.join(MIX_TARGETS)})",
+    )
+    ap.add_argument(
+        "--request-mix-md",
+        type=Path,
+        metavar="PAGE",
+        help="with --request-mix: also write the Markdown page of the mix",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the targets this many times, in turn (--request-mix sums the rounds)",
+    )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
-    targets = args.targets or list(TARGETS)
+    targets = args.targets or (MIX_TARGETS if args.request_mix else list(TARGETS))
     unknown = [t for t in targets if t not in TARGETS]
     if unknown:
         ap.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+    if args.request_mix:
+        why = mix_targets_unfit(targets)
+        if why:
+            ap.error(why)
     if not args.no_build:
         build_guest()
     if not qemu_binary():
@@ -429,15 +599,23 @@ def main(argv: list[str] | None = None) -> int:
             passes=args.passes,
             timeout_s=args.timeout,
             corrupt_page=args.corrupt_page,
+            request_mix=args.request_mix is not None,
         )
+        for _ in range(args.rounds)
         for t in targets
     ]
+    mix_failed = args.request_mix is not None and not write_request_mix(
+        args.request_mix,
+        results,
+        args.request_mix_md,
+        command_line(sys.argv[1:] if argv is None else argv),
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
     log("")
     log(report(results))
     log(f"\nresults: {args.json}; guest consoles: {LOGS}/")
-    return 0 if all(r.ok for r in results) else 1
+    return 0 if all(r.ok for r in results) and not mix_failed else 1
 
 
 if __name__ == "__main__":
