@@ -45,6 +45,7 @@ from bench.scaling import ConnectionScaling  # noqa: E402
 from bench.scrapes import ScrapeCost  # noqa: E402
 from bench.servers import find_zramd  # noqa: E402
 from bench.systems import FIO_DATA_OPTIONS, SYSTEMS, WORKLOADS  # noqa: E402
+from bench.vm_section import VmSwap  # noqa: E402
 
 # The sections, in the order a run measures and reports them: each has a
 # name (results.json key, --sections value) and a title, run(ctx) -> data,
@@ -57,6 +58,7 @@ SECTIONS = [
     BackingEncryption(),
     ScrapeCost(),
     Memory(),
+    VmSwap(),
 ]
 
 
