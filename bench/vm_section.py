@@ -79,6 +79,18 @@ def server_label(target: str) -> str:
     return "nbdkit memory" if kind == "nbdkit-memory" else "guest zram"
 
 
+def mode_mismatch(run: dict) -> str | None:
+    """Why a zramd run did not measure its target: its stats name another
+    compression mode than the target's arguments ask for; else None."""
+    label = server_label(run["target"])
+    if not label.startswith("zramd ") or run.get("compress_mode") is None:
+        return None
+    want = label.split(" ", 1)[1]
+    if run["compress_mode"] == want:
+        return None
+    return f"zramd served with compress_mode {run['compress_mode']}, the target wants {want}"
+
+
 def unavailable() -> str | None:
     """Why no guest can run here (qemu, TCG, the guest image), or None."""
     qemu = vm_guest.qemu_binary()
@@ -173,6 +185,10 @@ class VmSwap:
             load = os.getloadavg()[0]
             res = vm_run.run_target(target, quiet=True)
             run = run_record(res, rnd, load)
+            wrong = mode_mismatch(run)
+            if wrong:
+                res.failures.append(wrong)
+                run.update(ok=False, failures=list(res.failures))
             data["runs"].append(run)
             for src in (res.console_log, res.server_log):
                 if src and Path(src).exists():
@@ -180,9 +196,9 @@ class VmSwap:
             ctx.progress(
                 f"vm round {rnd + 1}/{a.rounds} {target:<19} hog {run['hog_s']} s, "
                 f"{run['pages_out']} pages out, {run['pages_in']} in, total {run['elapsed_s']} s"
-                + ("" if res.ok else f": FAILED: {'; '.join(res.failures)[:300]}")
+                + ("" if run["ok"] else f": FAILED: {'; '.join(res.failures)[:300]}")
             )
-            if not res.ok:
+            if not run["ok"]:
                 failed = "; ".join(res.failures)[:500]
                 data.setdefault("errors", []).append(f"{target} round {rnd + 1}: {failed}")
 

@@ -174,3 +174,13 @@ def test_default_targets_keep_their_command_line(tmp_path):
     assert "--compress" not in plain and plain[-2:] == ["--size", "1G"]
     with pytest.raises(ValueError):
         TargetServer("nbdkit-memory", tmp_path / "s", tmp_path / "l", serve_args=("--compress",))
+
+
+def test_a_zramd_run_in_the_wrong_mode_is_not_a_measurement():
+    run = _run("zramd-async-nbd", 0, 30.0)
+    assert vm_section.mode_mismatch({**run, "compress_mode": "async"}) is None
+    why = vm_section.mode_mismatch({**run, "compress_mode": "inline"})
+    assert why and "inline" in why and "async" in why
+    assert vm_section.mode_mismatch({**_run("zramd-nbd", 0, 1.0), "compress_mode": "async"})
+    # servers without zramd's stats have no mode to check
+    assert vm_section.mode_mismatch({**_run("memory-nbd", 0, 1.0), "compress_mode": None}) is None
