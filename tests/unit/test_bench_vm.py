@@ -184,3 +184,11 @@ def test_a_zramd_run_in_the_wrong_mode_is_not_a_measurement():
     assert vm_section.mode_mismatch({**_run("zramd-nbd", 0, 1.0), "compress_mode": "async"})
     # servers without zramd's stats have no mode to check
     assert vm_section.mode_mismatch({**_run("memory-nbd", 0, 1.0), "compress_mode": None}) is None
+
+
+def test_without_a_guest_image_the_section_says_how_to_build_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(vm_section.vm_guest, "CACHE", tmp_path)
+    why = vm_section.unavailable()
+    assert why is not None
+    if not why.startswith("qemu"):  # else: qemu (or its TCG) is what is missing
+        assert "make vm-guest" in why and "vmlinuz" in why
