@@ -67,9 +67,9 @@ SYSTEM_NAMES = [
     "nbdkit-memory",
     "kernel-zram-lz4",
 ]
-# Requests in flight, and the alignment of every offset: a swapping kernel
-# keeps a few requests in flight per device and swaps into page-sized slots
-# (docs/design.md#swap-mix).
+# Requests in flight (the mix counts sizes, not depth: a few in flight, the
+# same for every system), and the alignment of every offset (swap slots are
+# pages): docs/design.md#swap-mix.
 IODEPTH = 8
 ALIGN_BYTES = PAGE_BYTES
 # operation name, fio rw, the mix's key for it
@@ -402,12 +402,19 @@ def summarize(data: dict) -> list[dict]:
 
 def ratio_rows(data: dict, specs: tuple) -> list[dict]:
     """One row per (system, peer, operation, at least) and path: the per-round
-    MB/s ratio (median, min-max); met is None without a target or a measurement."""
+    MB/s ratio (median, min-max) and server CPU µs per request ratio; met
+    is None without a target or a measurement."""
     rows = []
     for path in data.get("paths", {}):
         for system, peer, op, want in specs:
-            ratio = per_round_ratio(
-                jobs_of(data, system, path, op), jobs_of(data, peer, path, op), key="mb_per_s"
+            mine, peers = jobs_of(data, system, path, op), jobs_of(data, peer, path, op)
+            ratio = per_round_ratio(mine, peers, key="mb_per_s")
+            # server CPU per request, the steadier number on a loaded machine
+            # (none for kernel zram, whose work is on fio's time)
+            cpu = per_round_ratio(
+                [j for j in mine if j.get("server_us_per_request") is not None],
+                [p for p in peers if p.get("server_us_per_request") is not None],
+                key="server_us_per_request",
             )
             met = None if want is None or ratio["median"] is None else ratio["median"] >= want
             rows.append(
@@ -419,6 +426,7 @@ def ratio_rows(data: dict, specs: tuple) -> list[dict]:
                     "operation": op,
                     "want": want,
                     "ratio": ratio,
+                    "server_us_ratio": cpu,
                     "met": met,
                 }
             )
@@ -486,7 +494,9 @@ def _tables(data: dict) -> list[str]:
     lines += [
         "",
         "Targets: MB/s of one system over another's, the ratio taken within each round, "
-        "median (min-max) over the rounds.",
+        "median (min-max) over the rounds; beside it, in the same rounds, the ratio of their "
+        "server CPU µs per request (below 1: the first spends less per request), the steadier "
+        "number where other work loads the machine.",
         "",
         *_ratio_table(data.get("targets", []), with_want=True),
         "",
@@ -498,15 +508,19 @@ def _tables(data: dict) -> list[str]:
 
 
 def _ratio_table(rows: list[dict], with_want: bool) -> list[str]:
+    cpu = "server µs/request, ratio"
     if with_want:
-        lines = ["| target | path | want | measured | met |", "|---|---|---|---:|---|"]
+        lines = [
+            f"| target | path | want | measured | met | {cpu} |",
+            "|---|---|---|---:|---|---:|",
+        ]
     else:
-        lines = ["| ratio | path | measured |", "|---|---|---:|"]
+        lines = [f"| ratio | path | measured | {cpu} |", "|---|---|---:|---:|"]
     for r in rows:
         cells = [r["target"], r["path"]]
         if with_want:
             cells += [f">= {r['want']:.2f}x", with_spread(r["ratio"], times), met_cell(r["met"])]
         else:
             cells += [with_spread(r["ratio"], times)]
-        lines.append(md_row(cells))
+        lines.append(md_row([*cells, with_spread(r.get("server_us_ratio", spread([])), times)]))
     return lines

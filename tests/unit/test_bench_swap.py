@@ -143,10 +143,18 @@ def test_targets_take_the_mb_per_s_ratio_within_each_round():
     assert out["met"] is True and out["want"] == 1.0 and out["path"] == "qemu"
     back = rows["zramd-lz4 vs python-lz4-list, swap-in"]
     assert back["ratio"]["median"] == pytest.approx(0.9) and back["met"] is False
+    # CPU per request, per round: 50/50 in every round
+    assert out["server_us_ratio"] == {"median": 1.0, "min": 1.0, "max": 1.0, "n": 3}
     # not measured: no verdict either way
     assert rows["zramd-zstd-async vs zramd-zstd, swap-out"]["met"] is None
-    info = swap.ratio_rows(_data(jobs), tuple((*r, None) for r in swap.INFORMATIONAL))
+    # kernel zram has no server CPU: its MB/s ratio stands, the CPU ratio is empty
+    zram = [_job("kernel-zram-lz4", "swap-out", rnd, 200.0) for rnd in range(3)]
+    for j in zram:
+        j["server_us_per_request"] = None
+    info = swap.ratio_rows(_data(jobs + zram), tuple((*r, None) for r in swap.INFORMATIONAL))
     assert {r["met"] for r in info} == {None}
+    vs_zram = next(r for r in info if r["target"] == "zramd-lz4 vs kernel-zram-lz4, swap-out")
+    assert vs_zram["ratio"]["median"] == pytest.approx(0.6) and vs_zram["server_us_ratio"]["n"] == 0
 
 
 def test_summary_and_markdown_show_every_row():
@@ -180,7 +188,7 @@ def test_summary_and_markdown_show_every_row():
     md = "\n".join(section.markdown(data))
     assert "| zramd-lz4 | qemu | swap-out | 101.0 (100.0-102.0) |" in md
     assert "`4k/10:64k/90`" in md
-    assert "| zramd-lz4 vs python-lz4-list, swap-in | qemu | >= 1.00x | 1.00x | yes |" in md
+    assert "| zramd-lz4 vs python-lz4-list, swap-in | qemu | >= 1.00x | 1.00x | yes | 1.00x |" in md
     assert "- kernel-zram-lz4: skipped: kernel has no zram" in md
     assert section.summary(data)
 
