@@ -18,6 +18,8 @@ and charts into one report:
               mem_used_total over fill, rewrite, trims and compaction; the
               --mem-limit overshoot; the fixed footprint; the compression
               ratio at fio compressibility 0-90% and on the corpus
+    swap      the request sizes a swapping guest sends (bench/swap_mix.json),
+              replayed as swap-out and swap-in, interleaved over rounds
 
 Modules, one job each:
 
@@ -32,7 +34,8 @@ Modules, one job each:
     fill.py         writing the corpus through NBD or onto a block device
     storage.py      compression ratio and memory per page from stats and RSS
     targets.py      ratios against peers and the targets they are judged by
-    matrix.py, scaling.py, cpu.py, baseline.py, backing.py, scrapes.py, memory.py
+    matrix.py, scaling.py, cpu.py, baseline.py, backing.py, scrapes.py, memory.py,
+                    swap.py
                     the sections
     memory_report.py  the memory section's tables, README lines and charts
     stats.py        medians and spreads over rounds

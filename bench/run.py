@@ -44,6 +44,7 @@ from bench.memory_report import Memory  # noqa: E402
 from bench.scaling import ConnectionScaling  # noqa: E402
 from bench.scrapes import ScrapeCost  # noqa: E402
 from bench.servers import find_zramd  # noqa: E402
+from bench.swap import SwapMix  # noqa: E402
 from bench.systems import FIO_DATA_OPTIONS, SYSTEMS, WORKLOADS  # noqa: E402
 from bench.vm_section import VmSwap  # noqa: E402
 
@@ -58,6 +59,7 @@ SECTIONS = [
     BackingEncryption(),
     ScrapeCost(),
     Memory(),
+    SwapMix(),
     VmSwap(),
 ]
 
@@ -87,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--corpus-dir", default=str(BENCH_DIR / "corpus"), help="where the corpus is kept")
     add("--regenerate-corpus", action="store_true")
     add("--zramd", help="the zramd CLI (default: next to this Python, or .venv/bin/zramd)")
+    add(
+        "--swap-mix",
+        metavar="FILE",
+        help="swap section: the request-size mix (default bench/swap_mix.json)",
+    )
     add("--baseline", metavar="REV", help="baseline section: the commit to compare with")
     add(
         "--zram-lock",

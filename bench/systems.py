@@ -52,6 +52,12 @@ SYSTEMS: list[System] = [
         "zramd, lz4, async compression (stable writes, 2 workers)",
     ),
     System(
+        "zramd-zstd-async",
+        "zramd",
+        ("--algorithm", "zstd", "--compress", "async"),
+        "zramd, zstd (default level), async compression (stable writes, default workers)",
+    ),
+    System(
         "zramd-lz4-hybrid",
         "zramd",
         ("--algorithm", "lz4", "--compress", "hybrid", "--workers", "1"),

@@ -178,10 +178,13 @@ def test_quick_run_against_the_baseline_commit(quick_run):
     out, report, _ = quick_run
     data = report["sections"]["baseline"]
     md = (out / "results.md").read_text()
-    has_rev = subprocess.run(
-        ["git", "-C", str(ROOT), "cat-file", "-e", f"{baseline.BASELINE_REV}^{{commit}}"],
-        capture_output=True,
-    ).returncode == 0
+    has_rev = (
+        subprocess.run(
+            ["git", "-C", str(ROOT), "cat-file", "-e", f"{baseline.BASELINE_REV}^{{commit}}"],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
     if not has_rev:
         assert "not in this checkout's git history" in data["left_out"]
         assert "Not measured:" in md
@@ -274,3 +277,85 @@ def test_least_lz4_store_reads_back_what_was_written(tmp_path):
         h.shutdown()
     finally:
         server.stop()
+
+
+# A made-up request mix for the swap section's pipeline (not a measurement).
+SWAP_FIXTURE_MIX = {
+    "measured": "test fixture, made-up sizes",
+    "paths": {
+        "qemu": {
+            "read": {"4096": 0.5, "131072": 0.5},
+            "write": {"65536": 1.0},
+            "requests": {"read": 10, "write": 10},
+        }
+    },
+}
+
+
+def _swap_run(tmp_path, mix_path, systems_arg):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--sections",
+            "swap",
+            "--rounds",
+            "1",
+            "--runtime",
+            "0.5",
+            "--size-mib",
+            "16",
+            "--systems",
+            systems_arg,
+            "--swap-mix",
+            str(mix_path),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(ROOT),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, json.loads((out / "results.json").read_text())["sections"]["swap"]
+
+
+@pytest.mark.timeout(600)
+def test_swap_section_replays_the_mix(tmp_path):
+    """Both systems run swap-out then swap-in with the mix's sizes; the
+    tables, targets and chart land in the report."""
+    pytest.importorskip("matplotlib")
+    for tool in ("fio", "nbdkit"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} not installed")
+    mix_path = tmp_path / "mix.json"
+    mix_path.write_text(json.dumps(SWAP_FIXTURE_MIX))
+    out, data = _swap_run(tmp_path, mix_path, "zramd-lz4,python-lz4-list")
+    assert not data.get("errors") and not data["skipped"], data
+    assert data["paths"]["qemu"]["bssplit"] == {"swap-out": "64k/100", "swap-in": "4k/50:128k/50"}
+    # mean request size from fio's own counts: the sizes asked for went out
+    expected_bytes = {"swap-out": 65536, "swap-in": (4096 + 131072) / 2}
+    for system in ("zramd-lz4", "python-lz4-list"):
+        for op, mean in expected_bytes.items():
+            (j,) = [x for x in data["jobs"] if (x["system"], x["operation"]) == (system, op)]
+            assert j["iops"] > 0 and j["server_us_per_request"] > 0, j
+            per_request = j["mb_per_s"] * 1e6 / j["iops"]
+            assert 0.7 * mean < per_request < 1.3 * mean, (system, op, per_request)
+    md = (out / "results.md").read_text()
+    assert "## Swap request mix" in md
+    assert "| system | path | operation | MB/s | IOPS | server µs/request |" in md
+    assert "| zramd-lz4 vs python-lz4-list, swap-in | qemu | >= 1.00x |" in md
+    assert str(tmp_path) not in md  # the mix file is named, not its machine path
+    assert (out / "swap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_swap_section_without_a_mix_says_so(tmp_path):
+    out, data = _swap_run(tmp_path, tmp_path / "absent.json", "zramd-lz4")
+    assert data["jobs"] == [] and "is missing" in data["skipped"]["all"]
+    md = (out / "results.md").read_text()
+    section = md[md.index("## Swap request mix") :].strip().splitlines()
+    assert [line for line in section[1:] if line] == [
+        "- all: skipped: no request mix: absent.json is missing (it comes from a VM measurement)"
+    ]

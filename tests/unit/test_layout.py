@@ -107,3 +107,13 @@ def test_functions_fit_on_a_screen():
                 if lines > 80 and (path.name, node.name) not in HOT_PATH:
                     long.append(f"{path.name}:{node.name} ({lines} lines)")
     assert not long, "functions over 80 lines: " + ", ".join(long)
+
+
+def test_test_module_names_are_unique():
+    # pytest imports test modules by basename (no packages under tests/):
+    # two files of one name make it refuse to collect the whole suite
+    tests = ROOT.parent / "tests"
+    seen: dict[str, Path] = {}
+    for path in sorted(tests.rglob("test_*.py")):
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a name"
+        seen[path.name] = path
