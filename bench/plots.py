@@ -183,3 +183,51 @@ def medians_by_group(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def vm_swap(path: Path, summary: list[dict], ratios: list[dict], title: str) -> None:
+    """The vm section: the hog's swap time per target (median, min-max
+    bars, colored by who stores the pages) beside the per-round ratios."""
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.5))
+    servers = list(dict.fromkeys(r["server"] for r in summary))
+    rows = [r for r in summary if r["hog_s"]["median"] is not None]
+    for i, r in enumerate(rows):
+        s = r["hog_s"]
+        ax1.bar(
+            i,
+            s["median"],
+            0.7,
+            yerr=[[s["median"] - s["min"]], [s["max"] - s["median"]]],
+            capsize=3,
+            color=f"C{servers.index(r['server'])}",
+            label=r["server"] if r["server"] not in [x["server"] for x in rows[:i]] else None,
+        )
+    ax1.set_xticks(range(len(rows)))
+    ax1.set_xticklabels([r["target"] for r in rows], rotation=25, ha="right", fontsize=8)
+    ax1.set_ylabel("hog swap time, s (median, bars: min-max)")
+    ax1.set_title("The hog's time through swap", fontsize=10)
+    ax1.grid(axis="y", alpha=0.3)
+    ax1.legend(fontsize=8)
+    measured = [r for r in ratios if r["ratio"]["median"] is not None]
+    for i, r in enumerate(measured):
+        s = r["ratio"]
+        ax2.barh(
+            i,
+            s["median"],
+            0.6,
+            xerr=[[s["median"] - s["min"]], [s["max"] - s["median"]]],
+            capsize=3,
+            color="C7",
+        )
+    ax2.axvline(1.0, color="black", lw=0.8, ls=":")
+    ax2.set_yticks(range(len(measured)))
+    ax2.set_yticklabels([f"{r['numerator']} / {r['denominator']}" for r in measured], fontsize=8)
+    ax2.invert_yaxis()
+    ax2.set_xlabel("hog-time ratio within a round (median, bars: min-max)")
+    ax2.set_title("Ratios (below 1: the first is faster)", fontsize=10)
+    ax2.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"Swap in a VM guest: {title}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

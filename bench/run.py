@@ -46,6 +46,7 @@ from bench.scrapes import ScrapeCost  # noqa: E402
 from bench.servers import find_zramd  # noqa: E402
 from bench.swap import SwapMix  # noqa: E402
 from bench.systems import FIO_DATA_OPTIONS, SYSTEMS, WORKLOADS  # noqa: E402
+from bench.vm_section import VmSwap  # noqa: E402
 
 # The sections, in the order a run measures and reports them: each has a
 # name (results.json key, --sections value) and a title, run(ctx) -> data,
@@ -59,6 +60,7 @@ SECTIONS = [
     ScrapeCost(),
     Memory(),
     SwapMix(),
+    VmSwap(),
 ]
 
 

@@ -14,6 +14,9 @@ Targets (name: server, how the guest reaches it):
   memory-virtio  reference: nbdkit's memory plugin (C, uncompressed), path 1
   memory-nbd     reference: nbdkit's memory plugin, path 2
   guest-zram     reference: the guest kernel's own zram (lz4), no NBD
+  zramd-async-virtio, zramd-async-nbd
+                 zramd --compress async (pages compressed on worker
+                 threads after the reply), on path 1 and path 2
   striped-virtio zramd --instances 2, two virtio disks (/dev/vda, /dev/vdb)
   striped-nbd    zramd --instances 2, the guest's nbd driver on two
                  forwarded ports (/dev/nbd0, /dev/nbd1)
@@ -77,10 +80,18 @@ TARGETS = {
     "guest-zram": (None, "zram"),
     "striped-virtio": ("zramd", "vda"),
     "striped-nbd": ("zramd", "nbd"),
+    "zramd-async-virtio": ("zramd", "vda"),
+    "zramd-async-nbd": ("zramd", "nbd"),
 }
 # Targets served by `zramd serve --instances N` (docs/design.md#scaling-past-one-core).
 STRIPED = {"striped-virtio": 2, "striped-nbd": 2}
 ZRAMD_TARGETS = ["zramd-virtio", "zramd-nbd", *STRIPED]
+# Extra `zramd serve` arguments per target (the bench's vm section runs
+# these beside the default; docs/design.md#the-asynchronous-path).
+SERVE_ARGS = {
+    "zramd-async-virtio": ("--compress", "async"),
+    "zramd-async-nbd": ("--compress", "async"),
+}
 # --request-mix without targets: zramd on both NBD paths (docs/bench/swap-mix.md).
 MIX_TARGETS = ["zramd-virtio", "zramd-nbd"]
 
@@ -108,6 +119,7 @@ class GuestRun:
         device_size: str,
         quiet: bool,
         request_mix: bool = False,
+        serve_args: tuple[str, ...] = (),
     ):
         self.target = target
         self.res = res
@@ -119,7 +131,9 @@ class GuestRun:
         self.qemu_log = self.tmp / "qemu.log"
         self.t0 = time.monotonic()
         self.server = (
-            TargetServer(server_kind, self.sock, self.server_log, device_size, res.instances)
+            TargetServer(
+                server_kind, self.sock, self.server_log, device_size, res.instances, serve_args
+            )
             if server_kind
             else None
         )
@@ -408,7 +422,9 @@ def run_target(
         instances=STRIPED.get(target, 1),
     )
     LOGS.mkdir(parents=True, exist_ok=True)
-    run = GuestRun(target, res, server_kind, device_size, quiet, request_mix)
+    run = GuestRun(
+        target, res, server_kind, device_size, quiet, request_mix, SERVE_ARGS.get(target, ())
+    )
     try:
         run.start_server()
         run.boot(kernel_append(dev, hog_mib, passes, corrupt_page, res.instances))

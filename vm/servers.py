@@ -2,7 +2,8 @@
 
 ``TargetServer`` runs one server process on a Unix socket: kind "zramd"
 (`zramd serve`, foreground, stops on SIGTERM; with ``instances`` > 1
-`--instances N` on SOCK.0 ... SOCK.N-1) or "nbdkit-memory" (`nbdkit -f -U
+`--instances N` on SOCK.0 ... SOCK.N-1; ``serve_args`` appended, e.g.
+`--compress async`) or "nbdkit-memory" (`nbdkit -f -U
 SOCK memory SIZE`). One thread (the run's) starts and stops it.
 
 ``StatsSampler`` is a daemon thread calling ``TargetServer.stats()`` every
@@ -65,12 +66,16 @@ class TargetServer:
         log_path: Path,
         size: str = DEFAULT_DEVICE_SIZE,
         instances: int = 1,
+        serve_args: tuple[str, ...] = (),
     ):
+        if serve_args and kind != "zramd":
+            raise ValueError(f"serve arguments {serve_args} are for zramd, not {kind}")
         self.kind = kind
         self.sock = sock
         self.log_path = log_path
         self.size = size
         self.instances = instances
+        self.serve_args = tuple(serve_args)
         self.server: process.ServerProcess | None = None
 
     def command(self) -> list[str]:
@@ -83,6 +88,7 @@ class TargetServer:
                 "--size",
                 self.size,
                 *striped,
+                *self.serve_args,
             ]
         if self.kind == "nbdkit-memory":
             return ["nbdkit", "-f", "-U", str(self.sock), "memory", self.size]
