@@ -1,12 +1,14 @@
 """The shipped server units started for real, under systemd as PID 1.
 
-A Debian 12 root (tools/systemd-root.sh, made once and cached in
-/var/cache/zramd-systemd) is booted with ``systemd-nspawn --boot`` on a
+A root of the host's Debian release (tools/systemd-root.sh, made once and
+cached in /var/cache/zramd-systemd: the venv bound in runs the host's
+Python) is booted with ``systemd-nspawn --boot`` on a
 throw-away overlay (``--volatile=overlay``: the cached root is never
 written). The checkout and its venv are bound in read-only at the same
 paths, ``make install`` puts the units and the ``zramd`` command in place
 inside, and every command runs in the container's namespaces (nsenter),
-talking to its systemd. Systemd 252 boots this way on a cgroup v1 host too.
+talking to its systemd. Systemd 252 (Debian 12) and 257 (Debian 13) boot
+this way on a cgroup v1 host too.
 
 Only the server units start here (zramd.service, zramd@NAME.service). The
 swap units (zramd-swap.service, zramd-swap@.service) need the kernel's nbd
