@@ -23,7 +23,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 if [ -z "${ZRAMD_DEBIAN13_NS:-}" ]; then
     exec unshare --mount --propagation private \
-        env ZRAMD_DEBIAN13_NS=1 "$0" "$root" "$cmd"
+        env ZRAMD_DEBIAN13_NS=1 "$BASH" "$0" "$root" "$cmd"
 fi
 if ! command -v debootstrap >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y debootstrap >/dev/null
