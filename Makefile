@@ -39,10 +39,15 @@ test-e2e: setup
 	$(PY) -m pytest -ra tests/e2e $(ARGS)
 
 # The suite once more in a Debian 13 root (README.md: tested systems).
+# DEBIAN13_CMD is one shell command line run in the copied checkout there,
+# e.g. DEBIAN13_CMD="CI=true make test ARGS=tests/e2e/test_cli.py". It
+# reaches the script whole and unexpanded by make (through the environment,
+# as $(value)), so &&, quotes and $ in it work.
 DEBIAN13_ROOT ?= /var/cache/zramd-debian13
 DEBIAN13_CMD  ?= CI=true bash .ci/run
+test-debian13: export ZRAMD_DEBIAN13_CMD := $(value DEBIAN13_CMD)
 test-debian13:
-	nice tools/debian13.sh $(DEBIAN13_ROOT) $(DEBIAN13_CMD)
+	nice tools/debian13.sh "$(DEBIAN13_ROOT)" "$$ZRAMD_DEBIAN13_CMD"
 
 # `make install`: a `zramd` command on PATH (a two-line script that runs
 # this checkout's venv) and the systemd units of contrib/systemd

@@ -3,7 +3,13 @@
 # `make test-debian13`. The root is made with debootstrap the first time and
 # kept in ROOT (default /var/cache/zramd-debian13) for later runs; a copy of
 # this checkout (tracked files and local changes, no .venv) goes to
-# ROOT/src each run (its .venv and vm/cache are kept). /proc, /sys and /dev are bound in, and unbound on exit.
+# ROOT/src each run (its .venv and vm/cache are kept).
+# The run has a mount namespace of its own (unshare --propagation private):
+# there ROOT is bound onto itself, so that inside the chroot / is a mount
+# point (systemd-nspawn, which tests/e2e/test_units_boot.py starts inside,
+# remounts / as a slave and fails with EINVAL on a plain directory), and
+# /proc, /sys and /dev are bound in. Every mount goes away with the
+# namespace when the run ends; nothing is mounted on the host.
 # Usage: tools/debian13.sh [ROOT] [command run in the checkout inside]
 set -euo pipefail
 root=${1:-/var/cache/zramd-debian13}
@@ -14,6 +20,10 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 if [ "$(id -u)" != 0 ]; then
     echo "debian13: needs root (debootstrap, chroot, bind mounts)" >&2
     exit 1
+fi
+if [ -z "${ZRAMD_DEBIAN13_NS:-}" ]; then
+    exec unshare --mount --propagation private \
+        env ZRAMD_DEBIAN13_NS=1 "$BASH" "$0" "$root" "$cmd"
 fi
 if ! command -v debootstrap >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y debootstrap >/dev/null
@@ -27,20 +37,11 @@ if [ ! -e "$root/.zramd-ready" ]; then
     touch "$root/.zramd-ready"
 fi
 
-mounted=()
-cleanup() {
-    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
-        umount -l "${mounted[i]}" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-for fs in proc sys dev dev/pts; do
+# / inside the chroot is a mount point: ROOT bound onto itself.
+mount --bind "$root" "$root"
+for fs in proc sys dev; do
     mkdir -p "$root/$fs"
-    if ! mountpoint -q "$root/$fs"; then
-        mount --rbind "/$fs" "$root/$fs"
-        mount --make-rslave "$root/$fs"
-        mounted+=("$root/$fs")
-    fi
+    mount --rbind "/$fs" "$root/$fs"
 done
 cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
 # Local certificate authorities (a TLS-inspecting proxy in front of the

@@ -1,12 +1,14 @@
 """The shipped server units started for real, under systemd as PID 1.
 
-A Debian 12 root (tools/systemd-root.sh, made once and cached in
-/var/cache/zramd-systemd) is booted with ``systemd-nspawn --boot`` on a
+A root of the host's Debian release (tools/systemd-root.sh, made once and
+cached in /var/cache/zramd-systemd: the venv bound in runs the host's
+Python) is booted with ``systemd-nspawn --boot`` on a
 throw-away overlay (``--volatile=overlay``: the cached root is never
 written). The checkout and its venv are bound in read-only at the same
 paths, ``make install`` puts the units and the ``zramd`` command in place
 inside, and every command runs in the container's namespaces (nsenter),
-talking to its systemd. Systemd 252 boots this way on a cgroup v1 host too.
+talking to its systemd. Systemd 252 (Debian 12) and 257 (Debian 13) boot
+this way on a cgroup v1 host too.
 
 Only the server units start here (zramd.service, zramd@NAME.service). The
 swap units (zramd-swap.service, zramd-swap@.service) need the kernel's nbd
@@ -44,8 +46,16 @@ class Machine:
     def __init__(self, leader_pid: int):
         self.leader_pid = leader_pid
 
+    def command(self, *argv: str) -> list[str]:
+        """argv run inside: all the container's namespaces, and its root and
+        working directory too (-r -w). Entering the mount namespace alone
+        leaves nsenter 2.41 (Debian 13) under systemd-nspawn 257 in the
+        image's on-disk root, not the container's overlay, where no systemd
+        answers on /run/systemd."""
+        return ["nsenter", "-t", str(self.leader_pid), "-a", "-r", "-w", "--", *argv]
+
     def run(self, *argv: str, stdin: str | None = None, timeout: float = 60):
-        return subprocess.run(["nsenter", "-t", str(self.leader_pid), "-a", "--", *argv],
+        return subprocess.run(self.command(*argv),
                               input=stdin, capture_output=True, text=True, timeout=timeout)
 
     def ok(self, *argv: str, stdin: str | None = None, timeout: float = 60) -> str:
@@ -138,14 +148,13 @@ def test_zramd_service_starts_serves_refuses_a_stop_in_use_then_stops(machine):
     # device keeps serving and keeps the pages (KillMode=mixed: SIGTERM
     # reaches only the zramd wrapper, which refuses; nbdkit is not signalled).
     holder = subprocess.Popen(
-        ["nsenter", "-t", str(machine.leader_pid), "-a", "--", "nbdsh", "-u",
-         uri("/run/zramd.sock"), "-c",
-         "import sys\n"
-         "h.pwrite(b'\\x5a' * 65536, 4096)\n"
-         "print('written', flush=True)\n"
-         "sys.stdin.readline()\n"
-         "assert h.pread(65536, 4096) == b'\\x5a' * 65536\n"
-         "print('intact', flush=True)\n"],
+        machine.command("nbdsh", "-u", uri("/run/zramd.sock"), "-c",
+                        "import sys\n"
+                        "h.pwrite(b'\\x5a' * 65536, 4096)\n"
+                        "print('written', flush=True)\n"
+                        "sys.stdin.readline()\n"
+                        "assert h.pread(65536, 4096) == b'\\x5a' * 65536\n"
+                        "print('intact', flush=True)\n"),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "written", holder.stderr
