@@ -23,6 +23,8 @@ README_BEGIN = (
     "edit bench/, not this block -->"
 )
 README_END = "<!-- bench:end -->"
+# What README's block leads with: the traffic users have (a swapping guest).
+LEAD_SECTIONS = ("swap", "vm")
 _BEGIN_PREFIX = "<!-- bench:begin"
 
 
@@ -103,19 +105,22 @@ def readme_block(report: dict, sections: list) -> str:
         f"Latest run ({m['started'][:10]}; {m['cpu']}, {m['cores']} cores shared by client and "
         f"server, {m['mem_bytes'] / 2**30:.0f} GiB, {m['os']}, kernel {m['kernel']}; {m['fio']}, "
         f"{m['nbdkit']}; {m['region_bytes'] >> 20} MiB region, {m['runtime_s']:.0f} s per job; "
-        f"{_load(m)}{_busy(m)}). 4 KiB random I/O at iodepth 16 and 128 KiB sequential writes on "
-        "fio data; compression ratio and memory on the swap-like corpus. Every row, the targets "
+        f"{_load(m)}{_busy(m)}). First the traffic a swapping guest kernel sends "
+        "([docs/bench/swap-mix.md](docs/bench/swap-mix.md)) and the guest's own swap time; "
+        "then 4 KiB random I/O at iodepth 16 and 128 KiB sequential writes on fio data, and "
+        "compression ratio and memory on the swap-like corpus. Every row, the targets "
         "and the charts: [docs/bench/results.md](docs/bench/results.md).",
         "",
     ]
-    for section in sections:
+    lead = [s for s in sections if s.name in LEAD_SECTIONS]
+    for section in lead + [s for s in sections if s.name not in LEAD_SECTIONS]:
         data = report["sections"].get(section.name)
         if data is None:
             continue
         summary = section.summary(data)
         if summary:
             lines += [*summary, ""]
-    for chart in ("iops.png", "scaling.png", "scaling-cpu.png"):
+    for chart in ("swap.png", "vm.png", "iops.png", "scaling.png", "scaling-cpu.png"):
         if any(chart in c for c in report["charts"].values()):
             lines.append(f"![{chart}](docs/bench/{chart})")
     lines += ["", README_END]

@@ -205,3 +205,20 @@ def test_sections_have_unique_names_and_unknown_ones_are_refused():
     assert len(names) == len(set(names))
     with pytest.raises(SystemExit, match="unknown section"):
         by_names(["nope"])
+
+
+def test_readme_block_leads_with_the_swap_traffic(tmp_path):
+    class Section:
+        def __init__(self, name):
+            self.name = name
+
+        def summary(self, data):
+            return [f"{self.name} summary"]
+
+    rep, _ = _scaling_run(tmp_path)
+    rep["sections"] = {"matrix": {}, "swap": {}, "vm": {}}
+    rep["charts"] = {"matrix": ["iops.png"], "swap": ["swap.png"]}
+    block = report.readme_block(rep, [Section("matrix"), Section("vm"), Section("swap")])
+    order = [block.index(f"{name} summary") for name in ("vm", "swap", "matrix")]
+    assert order == sorted(order)  # the leading sections in their own order, then the rest
+    assert block.index("swap.png") < block.index("iops.png")
