@@ -760,29 +760,18 @@ class PageStore:
 
     def _encode_pages(self, data, first: int) -> list:
         """``_install``'s changes for whole pages ``data`` (bytes-like,
-        a multiple of 4 KiB) from page ``first``: ``encode`` inlined over a
-        memoryview, so no page is copied before it is compressed
+        a multiple of 4 KiB) from page ``first``, each page ``encode``d
+        from a memoryview, so none is copied before it is compressed
         (docs/design.md#multi-page-requests)."""
         src = memoryview(data)
-        compress = self._compress
+        encode = self.encode
         summed = self._sums is not None
         checksum = self.checksum
         changes = []
         index = first
-        new: int | bytes | None
         for pos in range(0, len(src), PAGE_SIZE):
             page = src[pos : pos + PAGE_SIZE]
-            if ZERO_PAGE.startswith(page):
-                new = 0
-            else:
-                new = compress(page, HUGE_THRESHOLD)
-                if new is None or len(new) <= SAME_CANDIDATE_MAX_BYTES:
-                    word = same_filled_word(page)
-                    if word is not None:
-                        new = word
-                    elif new is None:
-                        new = bytes(page)
-            changes.append((index, new, _ANY, checksum(page) if summed else 0))
+            changes.append((index, encode(page), _ANY, checksum(page) if summed else 0))
             index += 1
         return changes
 
@@ -871,25 +860,13 @@ class PageStore:
         holds = self.holds
         encode = self.encode
         encoded = [(index, encode(p.data), p) for index, p in batch if holds(index, p)]
-        arena = self._arena
         with self._lock:
             matches = self._matches
             changes = [(index, new, _ANY, None) for index, new, p in encoded if matches(index, p)]
             self.pages_superseded += len(batch) - len(changes)
             if not changes:
                 return 0
-            allocated = self._alloc_first_locked(changes, 0)
-            if allocated is None:
-                self._reserve_locked(changes, 0)
-            arena.deferring = True
-            try:
-                self._apply_locked(changes, allocated)
-            finally:
-                arena.release_deferred()
-            self.pages_compressed_async += len(changes)
-            self._update_mem_locked()
-            if arena.epoch > self._compact_check_epoch:
-                self._kick_compactor()
+            self._install_locked(changes, compressed_async=len(changes))
         return len(changes)
 
     def discard(self, offset: int, length: int) -> None:
@@ -993,26 +970,41 @@ class PageStore:
         refused (a trim must not fail for lack of memory).  A checksum of
         None keeps the slot's own.
         """
-        arena = self._arena
         with self._lock:
-            allocated = self._alloc_first_locked(changes, writes)
-            if allocated is None and not self._reserve_locked(changes, writes):
-                return False
-            arena.deferring = True
-            try:
-                self._apply_locked(changes, allocated)
-            finally:
-                arena.release_deferred()
-            if zero_range is not None and zero_range[1] - zero_range[0] >= TABLE_RELEASE_MIN_PAGES:
-                self._release_table_pages(*zero_range)
-            self.pages_staged += staged
-            self.pages_compressed_async += compressed_async
-            self._update_mem_locked()  # once per request (the 4 KiB path inlines it)
-            self.num_writes += writes
-            self.num_discards += discards
-            self.notify_free += freed
-            if arena.epoch > self._compact_check_epoch:
-                self._kick_compactor()
+            return self._install_locked(
+                changes, writes, discards, freed, staged, compressed_async, zero_range
+            )
+
+    def _install_locked(
+        self,
+        changes,
+        writes=0,
+        discards=0,
+        freed=0,
+        staged=0,
+        compressed_async=0,
+        zero_range=None,
+    ) -> bool:
+        """``_install`` with the lock held."""
+        arena = self._arena
+        allocated = self._alloc_first_locked(changes, writes)
+        if allocated is None and not self._reserve_locked(changes, writes):
+            return False
+        arena.deferring = True
+        try:
+            self._apply_locked(changes, allocated)
+        finally:
+            arena.release_deferred()
+        if zero_range is not None and zero_range[1] - zero_range[0] >= TABLE_RELEASE_MIN_PAGES:
+            self._release_table_pages(*zero_range)
+        self.pages_staged += staged
+        self.pages_compressed_async += compressed_async
+        self._update_mem_locked()  # once per request (the 4 KiB path inlines it)
+        self.num_writes += writes
+        self.num_discards += discards
+        self.notify_free += freed
+        if arena.epoch > self._compact_check_epoch:
+            self._kick_compactor()
         return True
 
     def _alloc_first_locked(self, changes, writes: int) -> list[int] | None:
