@@ -20,6 +20,8 @@ and charts into one report:
               ratio at fio compressibility 0-90% and on the corpus
     swap      the request sizes a swapping guest sends (bench/swap_mix.json),
               replayed as swap-out and swap-in, interleaved over rounds
+    vm        the VM test's swap workload timed per target (zramd inline and
+              async, nbdkit memory, the guest's own zram) on both NBD paths
 
 Modules, one job each:
 
@@ -35,7 +37,7 @@ Modules, one job each:
     storage.py      compression ratio and memory per page from stats and RSS
     targets.py      ratios against peers and the targets they are judged by
     matrix.py, scaling.py, cpu.py, baseline.py, backing.py, scrapes.py, memory.py,
-                    swap.py
+                    swap.py, vm_section.py
                     the sections
     memory_report.py  the memory section's tables, README lines and charts
     stats.py        medians and spreads over rounds
