@@ -25,6 +25,7 @@ except ImportError:  # run from a checkout without PYTHONPATH
 
 from zramd import commands, failures, logs, nodump, pinning, shutdown, swap
 from zramd import settings as zsettings
+from zramd.sockets import peer_uid_allowed
 from zramd.control import ControlError, ControlServer
 from zramd.engine.backing import BackingFile
 from zramd.engine.checksums import make_checksum
@@ -57,6 +58,15 @@ _pin = False
 _connections = 0  # NBD clients connected now (open minus close)
 _connections_lock = threading.Lock()
 _log_filter = None
+# nbdkit 1.38 and later tell a Python plugin its client's credentials; where
+# they do, a Unix-socket client whose uid is neither ours nor root is refused
+# in open(), as the control socket refuses it (SO_PEERCRED), even where the
+# socket's mode was opened up.  Older nbdkit: the mode (0600) is the guard.
+# A TCP peer has no credentials (Linux reports pid 0 and the overflow uid),
+# nor has a Unix peer in another pid namespace (pid 0): for those the
+# check is skipped, and TLS or the mode guards them.
+_peer_uid = getattr(nbdkit, "peer_uid", None)
+_peer_pid = getattr(nbdkit, "peer_pid", None)
 
 
 def config(key, value):
@@ -216,8 +226,23 @@ def cleanup():
         _log_filter.uninstall()
 
 
+def _refuse_peer():
+    """Raise for a Unix-socket client of another user (see ``_peer_uid``)."""
+    try:
+        pid, uid = _peer_pid(), _peer_uid()
+    except Exception:  # no credentials (see _peer_uid)
+        return
+    if pid >= 1 and not peer_uid_allowed(uid):
+        nbdkit.set_error(errno.EACCES)
+        raise PermissionError(
+            errno.EACCES, f"refused a client of uid {uid}: only the owner and root may connect"
+        )
+
+
 def open(readonly):
     global _connections
+    if _peer_uid is not None and _peer_pid is not None:
+        _refuse_peer()
     if _pin:
         pinning.pin()
     with _connections_lock:

@@ -20,6 +20,15 @@ except ImportError:  # pragma: no cover - make setup installs it
     nbd = None
 
 
+def nbdkit_version() -> tuple[int, ...]:
+    """The installed nbdkit's version, e.g. (1, 32, 5): some features exist
+    only from a version on (nbdkit 1.38 tells Python plugins their peer's
+    credentials; 1.42 sends a failed open's message to the client)."""
+    out = subprocess.run(["nbdkit", "--version"], capture_output=True, text=True,
+                         check=True, timeout=30).stdout.split()
+    return tuple(int(part) for part in out[1].split("."))
+
+
 def connect(server: Server, meta_context: bool = False):
     """A libnbd handle connected to ``server``'s Unix socket."""
     if nbd is None:

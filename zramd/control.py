@@ -42,6 +42,8 @@ import struct
 import threading
 import time
 
+from .sockets import peer_uid_allowed
+
 log = logging.getLogger("zramd.control")
 
 MAX_LINE_BYTES = 64 * 1024
@@ -159,7 +161,7 @@ class ControlServer:
     def _peer_allowed(self, conn: socket.socket) -> bool:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         _pid, uid, _gid = struct.unpack("3i", creds)
-        return uid in (0, os.getuid())
+        return peer_uid_allowed(uid)
 
     def _serve_client(self, conn: socket.socket) -> None:
         try:

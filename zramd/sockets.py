@@ -31,6 +31,13 @@ class PathError(RuntimeError):
     """A path we must bind or create is taken; the message is one line."""
 
 
+def peer_uid_allowed(uid: int) -> bool:
+    """Whether a peer with this uid may use a zramd Unix socket (NBD or
+    control): our own uid and root.  The sockets' modes (0600) say so
+    already; this check holds where a mode was opened up by mistake."""
+    return uid in (0, os.getuid())
+
+
 def socket_state(path: str) -> str:
     """'absent', 'stale', 'live' or 'other' (not a socket, or not probeable)."""
     try:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import nbd
+from helpers import nbd, nbdkit_version
 from zramd.control import call
 
 from servectl import NOBODY, SYSTEM_ENV, Serve, free_port, write_psk
@@ -67,13 +67,22 @@ def test_other_user_cannot_use_the_unix_socket(unix_server):
     assert write.returncode != 0 and "Permission denied" in write.stderr, write
     info = as_nobody("nbdinfo", uri)
     assert info.returncode != 0 and "Permission denied" in info.stderr, info
-    # positive control: with the socket opened up, the same user gets in
     os.chmod(sock, 0o777)
     try:
         read = nbdsh_as_nobody(uri, "print(h.pread(21, 0).decode())")
-        assert read.returncode == 0 and "root's session token" in read.stdout, read
     finally:
         os.chmod(sock, mode)
+    if nbdkit_version() >= (1, 38):
+        # with the socket opened up, the server itself refuses the peer
+        # (nbdkit tells the plugin the peer's uid), and says why in one line
+        assert read.returncode != 0 and "root's session token" not in read.stdout, read
+        refusal = "EACCES: refused a client of uid 65534: only the owner and root may connect"
+        assert refusal in srv.stderr() and "Traceback" not in srv.stderr(), srv.stderr()
+        if nbdkit_version() >= (1, 42):  # a failed open's message reaches the client
+            assert "refused a client of uid 65534" in read.stderr, read
+    else:
+        # positive control: with the socket opened up, the same user gets in
+        assert read.returncode == 0 and "root's session token" in read.stdout, read
     h = nbd.NBD()
     h.connect_unix(sock)
     assert h.pread(4096, 0) == SECRET  # and nothing was changed
