@@ -2,7 +2,7 @@
 """zramd benchmark suite, the command line: zramd against its peers, side by
 side on the same machine, the same data and the same client.
 
-    .venv/bin/python bench/run.py            # default run, about 40 minutes (vm alone 10); publishes
+    .venv/bin/python bench/run.py            # default run, about 40 minutes; publishes
     .venv/bin/python bench/run.py --quick    # the whole pipeline in about two minutes
     .venv/bin/python bench/run.py --systems 'zramd-*,kernel-zram-lz4' --sections matrix --runtime 10
     .venv/bin/python bench/run.py --list

@@ -25,7 +25,6 @@ except ImportError:  # run from a checkout without PYTHONPATH
 
 from zramd import commands, failures, logs, nodump, pinning, shutdown, swap
 from zramd import settings as zsettings
-from zramd.sockets import peer_uid_allowed
 from zramd.control import ControlError, ControlServer
 from zramd.engine.backing import BackingFile
 from zramd.engine.checksums import make_checksum
@@ -33,6 +32,7 @@ from zramd.engine.codecs import make_codec
 from zramd.engine.device import Device
 from zramd.engine.store import PageStore
 from zramd.engine.writeback import Writeback
+from zramd.sockets import peer_uid_allowed
 from zramd.units import PAGE_SHIFT, PAGE_SIZE
 
 API_VERSION = 2

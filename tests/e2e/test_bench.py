@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from bench import backing, baseline, cpu, memory, scaling, servers, systems  # noqa: E402
+from bench import backing, baseline, cpu, memory, scaling, servers, swap, systems  # noqa: E402
 from bench.targets import lookup  # noqa: E402
 
 # Only systems the machine may lack are allowed to be skipped.
@@ -194,11 +194,23 @@ def test_quick_run_against_the_baseline_commit(quick_run):
         for w in baseline.WORKLOADS:
             jobs = [j for j in data["jobs"] if (j["tree"], j["workload"]) == (tree, w.name)]
             assert len(jobs) == data["rounds"] and all(j["iops"] > 0 for j in jobs), jobs
+    mix = [w.name for w, _ in baseline.mix_workloads(data_paths())]
+    assert "swap-out-qemu" in mix and "swap-in-nbd" in mix, mix
+    for tree in baseline.TREES:
+        for name in mix:  # the swap mix, replayed on both trees
+            jobs = [j for j in data["jobs"] if (j["tree"], j["workload"]) == (tree, name)]
+            assert len(jobs) == data["rounds"] and all(j["mb_per_s"] > 0 for j in jobs), jobs
+    assert [row["workload"] for row in data["summary"]] == [w.name for w in baseline.WORKLOADS] + mix
     for row in data["summary"]:
         assert row["ratio"]["median"] > 0, row
     log = (out / "logs" / "baseline-baseline.server.log").read_text()
     assert "PYTHONPATH=" in log and "baseline-tree" in log
-    assert "| randwrite-4k |" in md and (out / "baseline.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| randwrite-4k (IOPS) |" in md and "| swap-in-qemu (MB/s) |" in md
+    assert (out / "baseline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def data_paths() -> dict:
+    return swap.mix_plan(swap.load_mix(swap.DEFAULT_MIX))
 
 
 @pytest.mark.slow

@@ -45,43 +45,38 @@ def test_scaling_ratio_is_taken_within_each_round():
     assert rows[0]["iops"]["1"]["median"] == 150.0
 
 
-def test_ceiling_targets_take_the_ratio_within_each_round():
+def test_store_targets_take_the_ratio_within_each_round():
     def job(system, workload, rnd, iops, us, conns=1):
         return {**_job(system, workload, conns, rnd, iops), "server_us_per_request": us}
 
     jobs = [
         job("zramd-lz4", "randwrite-4k", 0, 70.0, 14.0),
-        job("python-null-pinned", "randwrite-4k", 0, 100.0, 6.0),
+        job("python-lz4-list", "randwrite-4k", 0, 80.0, 9.0),
         job("zramd-lz4", "randwrite-4k", 1, 40.0, 12.0),
-        job("python-null-pinned", "randwrite-4k", 1, 50.0, 7.0),
-        job("zramd-lz4", "randwrite-4k", 2, 90.0, 11.0),  # no peer in round 2: left out
+        job("python-lz4-list", "randwrite-4k", 1, 40.0, 9.0),
+        job("zramd-lz4", "randwrite-4k", 2, 90.0, 11.0),  # no least store in round 2: left out
         job("zramd-lz4", "randwrite-4k", 0, 10.0, 1.0, conns=2),  # not one connection
         job("zramd-lz4", "randread-4k", 0, 90.0, 10.0),
-        job("python-null-pinned", "randread-4k", 0, 100.0, 7.0),
-        job("python-lz4-list", "randwrite-4k", 0, 80.0, 9.0),
-        job("python-lz4-list", "randwrite-4k", 1, 25.0, 9.0),
+        job("python-lz4-list", "randread-4k", 0, 100.0, 7.0),
+        job("python-null-pinned", "randwrite-4k", 0, 100.0, 6.0),
+        job("python-null-pinned", "randwrite-4k", 1, 50.0, 7.0),
     ]
-    rows = {r["workload"]: r for r in scaling.ceiling_targets({"jobs": jobs})}
+    rows = {r["workload"]: r for r in scaling.store_targets({"jobs": jobs})}
     write, read = rows["randwrite-4k"], rows["randread-4k"]
-    assert write["target"] == "zramd-lz4 4 KiB randwrite QD16 vs python-null-pinned"
-    assert write["ratio"] == {"median": 0.75, "min": 0.7, "max": 0.8, "n": 2}
-    assert write["server_us_beyond"]["median"] == 6.5
-    assert write["met"] is True and write["want"] == 0.7
-    # the least lz4 store against the null plugin, and zramd against it, per round
-    assert write["least_store_ratio"] == {"median": 0.65, "min": 0.5, "max": 0.8, "n": 2}
-    assert write["vs_least_store"] == {"median": 1.2375, "min": 0.875, "max": 1.6, "n": 2}
-    assert read["ratio"]["median"] == 0.9 and read["met"] is True
-    assert read["least_store_ratio"]["n"] == 0  # no least-store job for reads: "-"
-    # a least-store job in a round the null plugin missed stays out of its columns
-    extra = job("python-lz4-list", "randwrite-4k", 2, 10.0, 9.0)
-    again = scaling.ceiling_targets({"jobs": [*jobs, extra]})[0]
-    assert again["least_store_ratio"] == write["least_store_ratio"]
-    assert again["vs_least_store"] == write["vs_least_store"]
+    assert write["target"] == "zramd-lz4 4 KiB randwrite QD16 vs python-lz4-list"
+    assert write["ratio"] == {"median": 0.9375, "min": 0.875, "max": 1.0, "n": 2}
+    assert write["server_us_beyond"]["median"] == 4.0
+    assert write["met"] is True and write["want"] == 0.9
+    # informational: zramd and the least store over the null plugin, per round
+    assert write["vs_null_plugin"] == {"median": 0.75, "min": 0.7, "max": 0.8, "n": 2}
+    assert write["least_store_ratio"] == {"median": 0.8, "min": 0.8, "max": 0.8, "n": 2}
+    assert read["ratio"]["median"] == 0.9 and read["met"] is False  # reads want 1.0x
+    assert read["vs_null_plugin"]["n"] == 0  # no null-plugin job for reads: "-"
     text = "\n".join(scaling.targets_markdown({"jobs": jobs, "total_iodepth": 16}))
-    assert "| zramd-lz4 4 KiB randread QD16 vs python-null-pinned | >= 0.85x | 0.90x | yes | - | - |" in text
-    assert "| >= 0.70x | 0.75x (0.70x-0.80x) | yes | 0.65x (0.50x-0.80x) | 1.24x (0.88x-1.60x) |" in text
-    jobs[0]["iops"] = 30.0  # round 0 now 0.3x: median 0.55x, below 0.7x
-    assert scaling.ceiling_targets({"jobs": jobs})[0]["met"] is False
+    assert "| zramd-lz4 4 KiB randread QD16 vs python-lz4-list | >= 1.00x | 0.90x | **no** | - | - |" in text
+    assert "| >= 0.90x | 0.94x (0.88x-1.00x) | yes | 0.75x (0.70x-0.80x) | 0.80x | 4.0 (3.0-5.0) |" in text
+    jobs[0]["iops"] = 30.0  # round 0 now 0.375x: median 0.69x, below 0.9x
+    assert scaling.store_targets({"jobs": jobs})[0]["met"] is False
 
 
 def test_projection_scales_one_instance_cost():
