@@ -101,6 +101,7 @@ are released; ``pages_compacted`` counts their 4 KiB pages.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 from array import array
 
@@ -375,16 +376,18 @@ class Arena:
         """Copy ``data`` (1..4096 bytes) into a spot; return its handle.
         Lock held.  (PageStore.write inlines this: see "Fast-path
         interface" in the module docstring.)"""
-        return self.alloc_all(((data, flag),))[0]
+        return self.alloc_all((data,), (flag,))[0]
 
-    def alloc_all(self, items) -> list[int]:
-        """Copy each ``(data, flag)`` of ``items`` into a spot, in order;
+    def alloc_all(self, datas, flags=None) -> list[int]:
+        """Copy each of ``datas`` (bytes-like, 1..4096 bytes) into a spot, in
+        order, with the flag at the same place in ``flags`` (None: all 0);
         return their handles: all of them, or none if mapping a block fails
         (ENOMEM, no block id left): the spots taken so far are freed again
         before the error propagates.  Lock held.  (One loop for a whole
         request: docs/design.md#multi-page-requests.)"""
         handles: list[int] = []
         maps, fhead, fcount, class_of = self.maps, self.fhead, self.fcount, self.class_of
+        items = zip(datas, itertools.repeat(0) if flags is None else flags, strict=False)
         try:
             for data, flag in items:
                 n = len(data)

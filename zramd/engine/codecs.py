@@ -8,6 +8,12 @@ compressor registry), each codec is a small class:
   ``max_len`` bytes ("not worth compressing" is an ordinary result: the store
   then keeps the page raw, as a huge page).
 - ``decompress(data)`` returns the 4 KiB page as ``bytes``.
+- ``compress_pages(pages)`` compresses each 4 KiB bytes-like page of the
+  list ``pages`` in one call and returns one output per page, not
+  filtered by size (``None``: not compressed): the caller keeps a page
+  raw whose output is not smaller than its threshold.  One call into the
+  library for the batch where it has one (zstd), one context for the
+  whole batch, no method call per page (docs/design.md#multi-page-requests).
 
 Codecs are shared by all threads.  lz4.block is stateless.  zstd contexts are
 not thread-safe, so ZstdCodec keeps a free list of contexts: a thread pops
@@ -38,6 +44,10 @@ class Codec:
     def decompress(self, data) -> bytes:  # data: bytes-like
         raise NotImplementedError
 
+    def compress_pages(self, pages) -> list:
+        compress = self.compress
+        return [compress(page, PAGE_SIZE + 1) for page in pages]
+
     def describe(self) -> str:
         return self.name if self.level is None else f"{self.name}:{self.level}"
 
@@ -49,6 +59,9 @@ class NoneCodec(Codec):
 
     def compress(self, page, max_len):
         return None
+
+    def compress_pages(self, pages):
+        return [None] * len(pages)
 
     def decompress(self, data):
         raise ValueError("the none codec stores no compressed pages")
@@ -68,6 +81,10 @@ class Lz4Codec(Codec):
 
     def decompress(self, data):
         return lz4.block.decompress(data, PAGE_SIZE)  # positional: no keyword parsing
+
+    def compress_pages(self, pages):
+        compress = lz4.block.compress
+        return [compress(page, store_size=False) for page in pages]
 
 
 class ZstdCodec(Codec):
@@ -109,6 +126,23 @@ class ZstdCodec(Codec):
         # python-zstandard's result keeps its worst-case allocation (nearly
         # twice a 4 KiB page, docs/design.md#tuning-constants): store a copy.
         return bytes(memoryview(out))
+
+    def compress_pages(self, pages):
+        pool = self._cctx_pool
+        cctx = (
+            pool.pop()
+            if pool
+            else self._zstandard.ZstdCompressor(
+                level=self.level, write_checksum=False, write_dict_id=False, write_content_size=True
+            )
+        )
+        try:
+            # one call for the batch, in this thread (threads=0: no thread
+            # started per call), the GIL released for all of it
+            done = cctx.multi_compress_to_buffer(pages, threads=0)
+        finally:
+            pool.append(cctx)
+        return [segment.tobytes() for segment in done]  # copies of their own size
 
     def decompress(self, data):
         pool = self._dctx_pool

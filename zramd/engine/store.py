@@ -88,6 +88,7 @@ the 4 KiB ``write`` uses the arena's fast-path interface (arena.py).
 
 from __future__ import annotations
 
+import array
 import errno
 import mmap
 import sys
@@ -528,46 +529,76 @@ class PageStore:
         """``read`` of ``count`` whole pages from page ``first``, no checksums
         (docs/design.md#multi-page-requests).
 
-        An arena object is decompressed straight from its block through a
-        short-lived memoryview (no copy of the compressed bytes; it is
-        dropped before the next page, so a block is never closed under a
-        kept export: arena.py's ``release_block`` copes with the brief
-        one), then ``epoch`` is checked: if a spot was freed or moved
-        meanwhile, or decompression failed on bytes that moved, the page
-        goes through ``_load`` (retries, then the lock).
+        One pass, one epoch check for the whole request: the handles are
+        copied out of the table in one slice, each arena object is sliced
+        out of its block (a bytes copy: cheaper here than a memoryview,
+        whose export and buffer parsing cost more than copying ~2 KiB,
+        docs/design.md#multi-page-requests) and decompressed, and only
+        then is ``epoch`` compared.  Unchanged, no spot was freed or moved
+        while any page was read, so every page is the one its handle named.
+        Changed (or decompression failed on bytes that moved), the request
+        is read again page by page (``_read_pages_carefully``), and what the
+        first pass wrote is overwritten.  The access times are set in one
+        slice; the idle flags are looked at only if one is set.
         """
         arena = self._arena
         maps = arena.maps
+        decompress = self._decompress
+        out = memoryview(buf)
+        end_index = first + count
+        epoch = arena.epoch
+        pos = 0
+        try:
+            for h in self._handles[first:end_index].tolist():
+                end = pos + PAGE_SIZE
+                if h & OBJ_CODEC_MASK == TAG_OBJ:
+                    n = (h >> LEN_SHIFT) & LEN_MASK
+                    off = (h >> OFF_SHIFT) & OFF_MASK
+                    if n == PAGE_SIZE:
+                        out[pos:end] = maps[h >> BLOCK_SHIFT][off : off + n]
+                    else:
+                        out[pos:end] = decompress(maps[h >> BLOCK_SHIFT][off : off + n])
+                elif h == 0:
+                    out[pos:end] = ZERO_PAGE
+                else:
+                    out[pos:end] = self._load(first + (pos >> PAGE_SHIFT))[1]
+                pos = end
+            ok = arena.epoch == epoch
+        except Exception:  # bytes that moved under us, or a real fault
+            ok = False
+        if not ok:
+            self._read_pages_carefully(out, first, count)
+        self._atime[first:end_index] = array.array("I", (now,)) * count
+        flags = self._flags
+        if flags[first:end_index].tobytes().count(0) != count:
+            for index in range(first, end_index):
+                if flags[index]:
+                    flags[index] &= ~IDLE
+
+    def _read_pages_carefully(self, out, first: int, count: int) -> None:
+        """``_read_pages``' second pass: an epoch check per page, and
+        ``_load`` (retries, then the lock) for a page whose spot moved."""
+        arena = self._arena
         handles = self._handles
         decompress = self._decompress
-        atime = self._atime
-        flags = self._flags
-        out = memoryview(buf)
         pos = 0
         for index in range(first, first + count):
             end = pos + PAGE_SIZE
             epoch = arena.epoch
             h = handles[index]
+            ok = False
             if h & OBJ_CODEC_MASK == TAG_OBJ:
                 n = (h >> LEN_SHIFT) & LEN_MASK
                 off = (h >> OFF_SHIFT) & OFF_MASK
-                try:  # the views are temporaries: gone when the line ends
-                    if n == PAGE_SIZE:
-                        out[pos:end] = memoryview(maps[h >> BLOCK_SHIFT])[off : off + n]
-                    else:
-                        out[pos:end] = decompress(memoryview(maps[h >> BLOCK_SHIFT])[off : off + n])
+                try:
+                    view = memoryview(arena.maps[h >> BLOCK_SHIFT])[off : off + n]
+                    out[pos:end] = view if n == PAGE_SIZE else decompress(view)
+                    del view
                     ok = arena.epoch == epoch
-                except Exception:  # bytes that moved under us, or a real fault
+                except Exception:
                     ok = False
-                if not ok:
-                    out[pos:end] = self._load(index)[1]
-            elif h == 0:
-                out[pos:end] = ZERO_PAGE
-            else:
-                out[pos:end] = self._load(index)[1]
-            atime[index] = now
-            if flags[index]:
-                flags[index] &= ~IDLE
+            if not ok:
+                out[pos:end] = ZERO_PAGE if h == 0 else self._load(index)[1]
             pos = end
 
     def write(self, data, offset: int) -> None:
@@ -758,22 +789,89 @@ class PageStore:
         self._write(data, offset, staged)
         return staged
 
-    def _encode_pages(self, data, first: int) -> list:
-        """``_install``'s changes for whole pages ``data`` (bytes-like,
-        a multiple of 4 KiB) from page ``first``, each page ``encode``d
-        from a memoryview, so none is copied before it is compressed
-        (docs/design.md#multi-page-requests)."""
-        src = memoryview(data)
-        encode = self.encode
-        summed = self._sums is not None
-        checksum = self.checksum
-        changes = []
-        index = first
-        for pos in range(0, len(src), PAGE_SIZE):
-            page = src[pos : pos + PAGE_SIZE]
-            changes.append((index, encode(page), _ANY, checksum(page) if summed else 0))
-            index += 1
-        return changes
+    def _encode_pages(self, pages: list, summed: bool = True) -> tuple[list, list | None]:
+        """``encode`` of each 4 KiB page (bytes-like) of ``pages``: the new
+        entries in order, and their checksums (None without checksums, or
+        when not ``summed``).
+        The compression of the whole batch is one codec call
+        (``compress_pages``), with no method call per page; a request's
+        pages are memoryviews of nbdkit's buffer, copied only if kept raw
+        (docs/design.md#multi-page-requests).  The zero-page memcmp that
+        ``encode`` starts with is left out: a zero page compresses to a
+        tiny output, and tiny outputs get the same-page test."""
+        news = self.codec.compress_pages(pages)
+        for i, out in enumerate(news):
+            if out is None or len(out) >= HUGE_THRESHOLD:
+                word = same_filled_word(pages[i])
+                news[i] = bytes(pages[i]) if word is None else word
+            elif len(out) <= SAME_CANDIDATE_MAX_BYTES:
+                word = same_filled_word(pages[i])
+                if word is not None:
+                    news[i] = word
+        if self._sums is None or not summed:
+            return news, None
+        return news, list(map(self.checksum, pages))
+
+    def _write_objects(self, first: int, news: list, sums: list | None) -> bool:
+        """The multi-page write's fast path (docs/design.md#multi-page-requests):
+        install ``news``, one arena object (bytes) per page from page
+        ``first``, under one lock acquisition, with the slot tables
+        changed a slice at a time.  False (nothing done) when the general
+        path is needed: a same-filled page among them, or a worst case
+        (``MAX_NEW_BLOCK_BYTES`` per object) that could pass mem_limit.
+
+        Order, all under the lock: every new object is copied into the
+        arena first (``Arena.alloc_all``: all or none, so a failed mmap
+        changes nothing), then the handles are swapped in one slice, the
+        flags and access times set in one slice each, and only then are
+        the old objects freed (``Arena.free_all``).  Counters come from
+        the lists with C-level ``sum``/``count``; the old entries that are
+        not arena objects (same pages, side entries) go through
+        ``_forget`` one by one, as in ``_apply_locked``."""
+        count = len(news)
+        for new in news:
+            if type(new) is not bytes:
+                return False
+        end = first + count
+        with self._lock:
+            if self.mem_limit and (
+                self.mem_used_total + count * MAX_NEW_BLOCK_BYTES > self.mem_limit
+            ):
+                return False
+            arena = self._arena
+            allocated = arena.alloc_all(news)
+            handles = self._handles
+            olds = handles[first:end].tolist()
+            handles[first:end] = array.array("Q", allocated)
+            self._flags[first:end] = bytes(count)
+            self._atime[first:end] = array.array("I", (self.now(),)) * count
+            table = self._sums
+            if sums is not None and table is not None:
+                table[first:end] = array.array("Q", sums)
+            objs = [h for h in olds if h & TAG_MASK == TAG_OBJ]
+            empty = olds.count(0)
+            if len(objs) + empty != count:  # same pages and side entries leave
+                side = self._side
+                for i, old in enumerate(olds):
+                    if old and old & TAG_MASK != TAG_OBJ:
+                        index = first + i
+                        self._forget(index, old, side.get(index))
+            lens = list(map(len, news))
+            old_lens = [(h >> LEN_SHIFT) & LEN_MASK for h in objs]
+            huge = lens.count(PAGE_SIZE)
+            self.huge_pages += huge - old_lens.count(PAGE_SIZE)
+            self.huge_pages_since += huge
+            if self.recompressed_pages:  # (recompressed objects are never 4096 bytes)
+                self.recompressed_pages -= sum(1 for h in objs if h & FLAG_BIT)
+            self.compr_data_size += sum(lens) - sum(old_lens)
+            self.pages_stored += empty
+            if objs:
+                arena.free_all(objs)
+            self._update_mem_locked()
+            self.num_writes += 1
+            if arena.epoch > self._compact_check_epoch:
+                self._kick_compactor()
+        return True
 
     def _stage_pages(self, data, first: int, staged: list) -> list:
         """``_install``'s changes for whole pages of the snapshot ``data``
@@ -804,7 +902,15 @@ class PageStore:
             if not (offset | length) & PAGE_MASK:
                 first = offset >> PAGE_SHIFT
                 if staged is None:
-                    changes = self._encode_pages(data, first)
+                    src = memoryview(data)
+                    pages = [src[pos : pos + PAGE_SIZE] for pos in range(0, length, PAGE_SIZE)]
+                    news, sums = self._encode_pages(pages)
+                    if self._write_objects(first, news, sums):
+                        return
+                    changes = [
+                        (first + i, new, _ANY, 0 if sums is None else sums[i])
+                        for i, new in enumerate(news)
+                    ]
                 else:
                     changes = self._stage_pages(data, first, staged)
                 self._install(changes, writes=1, staged=len(staged or ()))
@@ -858,8 +964,9 @@ class PageStore:
         lock acquisition each one still held; return how many were
         installed.  The others count in ``pages_superseded``."""
         holds = self.holds
-        encode = self.encode
-        encoded = [(index, encode(p.data), p) for index, p in batch if holds(index, p)]
+        live = [(index, p) for index, p in batch if holds(index, p)]
+        news, _ = self._encode_pages([p.data for _, p in live], summed=False)
+        encoded = [(index, new, p) for (index, p), new in zip(live, news, strict=True)]
         with self._lock:
             matches = self._matches
             changes = [(index, new, _ANY, None) for index, new, p in encoded if matches(index, p)]
@@ -1020,27 +1127,30 @@ class PageStore:
         pass ``mem_limit``: the plan counts the spots the request itself
         frees, this path does not (it maps at most that much more, until
         later writes fill those spots)."""
-        items = []
+        datas = []
+        flags = []
         pending = 0  # snapshot bytes the request adds
         for _index, new, expected, _sum in changes:
             if expected is not _ANY:
                 return None
             t = type(new)
             if t is bytes:
-                items.append((new, 0))
+                datas.append(new)
+                flags.append(0)
             elif t is Recompressed:
-                items.append((new.data, FLAG_BIT))
+                datas.append(new.data)
+                flags.append(FLAG_BIT)
             elif t is Pending:
                 pending += PENDING_BYTES
         if (
             writes
             and self.mem_limit
-            and self.mem_used_total + len(items) * MAX_NEW_BLOCK_BYTES + pending > self.mem_limit
+            and self.mem_used_total + len(datas) * MAX_NEW_BLOCK_BYTES + pending > self.mem_limit
         ):
             return None
         arena = self._arena
         blocks = arena.nr_blocks
-        allocated = arena.alloc_all(items)
+        allocated = arena.alloc_all(datas, flags)
         if arena.nr_blocks != blocks:
             self._update_mem_locked()  # the peak includes them
         return allocated
