@@ -530,10 +530,11 @@ class PageStore:
         (docs/design.md#multi-page-requests).
 
         One pass, one epoch check for the whole request: the handles are
-        copied out of the table in one slice, each arena object is sliced
-        out of its block (a bytes copy: cheaper here than a memoryview,
-        whose export and buffer parsing cost more than copying ~2 KiB,
-        docs/design.md#multi-page-requests) and decompressed, and only
+        copied out of the table in one slice, each arena object is
+        decompressed straight from its block through a short-lived
+        memoryview (no copy of the compressed bytes; it is dropped before
+        the next page, so a block is never closed under a kept export:
+        arena.py's ``release_block`` copes with the brief one), and only
         then is ``epoch`` compared.  Unchanged, no spot was freed or moved
         while any page was read, so every page is the one its handle named.
         Changed (or decompression failed on bytes that moved), the request
@@ -554,10 +555,11 @@ class PageStore:
                 if h & OBJ_CODEC_MASK == TAG_OBJ:
                     n = (h >> LEN_SHIFT) & LEN_MASK
                     off = (h >> OFF_SHIFT) & OFF_MASK
+                    # the views are temporaries: gone when the line ends
                     if n == PAGE_SIZE:
-                        out[pos:end] = maps[h >> BLOCK_SHIFT][off : off + n]
+                        out[pos:end] = memoryview(maps[h >> BLOCK_SHIFT])[off : off + n]
                     else:
-                        out[pos:end] = decompress(maps[h >> BLOCK_SHIFT][off : off + n])
+                        out[pos:end] = decompress(memoryview(maps[h >> BLOCK_SHIFT])[off : off + n])
                 elif h == 0:
                     out[pos:end] = ZERO_PAGE
                 else:
