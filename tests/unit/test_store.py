@@ -278,3 +278,38 @@ def test_stats_stay_exact_under_concurrency():
     assert s["orig_data_size"] == sum(k != "empty" for k in kinds) * PAGE_SIZE
     assert s["same_pages"] == kinds.count("same") == a["same_pages"]
     assert s["huge_pages"] == kinds.count("huge") == a["huge_pages"]
+
+
+def test_a_multi_page_read_never_returns_a_spot_reused_under_it():
+    """A write that frees and reuses an object's spot while a multi-page
+    read is under way (here: from inside the read's first decompression)
+    leaves the read's remaining handles stale; the read must notice
+    (the arena's epoch) and return every page as it is now, never the
+    data another page put in the reused spot."""
+    from zramd.engine.codecs import Lz4Codec
+
+    def page(tag):
+        return (tag * (PAGE_SIZE // len(tag) + 1))[:PAGE_SIZE]
+
+    class Meddling(Lz4Codec):
+        armed = False
+
+        def decompress(self, data):
+            out = super().decompress(data)
+            if self.armed:
+                self.armed = False
+                store.write(page(b"p03-v2;"), 3 * PAGE_SIZE)  # frees its old spot
+                store.write(page(b"p09-v2;"), 9 * PAGE_SIZE)  # reuses it (same size class and length)
+            return out
+
+    codec = Meddling()
+    store = PageStore(16 * PAGE_SIZE, codec, 0)
+    for i in range(8):
+        store.write(page(b"p%02d-v1;" % i), i * PAGE_SIZE)
+    store.write(page(b"p09-v1;"), 9 * PAGE_SIZE)
+    codec.armed = True
+    got = read(store, 0, 8 * PAGE_SIZE)
+    assert not codec.armed  # the write ran inside the read
+    for i in range(8):
+        want = page(b"p03-v2;") if i == 3 else page(b"p%02d-v1;" % i)
+        assert got[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] == want, i

@@ -529,18 +529,20 @@ class PageStore:
         """``read`` of ``count`` whole pages from page ``first``, no checksums
         (docs/design.md#multi-page-requests).
 
-        One pass, one epoch check for the whole request: the handles are
-        copied out of the table in one slice, each arena object is
-        decompressed straight from its block through a short-lived
-        memoryview (no copy of the compressed bytes; it is dropped before
-        the next page, so a block is never closed under a kept export:
-        arena.py's ``release_block`` copes with the brief one), and only
-        then is ``epoch`` compared.  Unchanged, no spot was freed or moved
-        while any page was read, so every page is the one its handle named.
-        Changed (or decompression failed on bytes that moved), the request
-        is read again page by page (``_read_pages_carefully``), and what the
-        first pass wrote is overwritten.  The access times are set in one
-        slice; the idle flags are looked at only if one is set.
+        The handles are copied out of the table in one slice, and each
+        arena object is decompressed straight from its block through a
+        short-lived memoryview (no copy of the compressed bytes; it is
+        dropped before the next page, so a block is never closed under a
+        kept export: arena.py's ``release_block`` copes with the brief
+        one).  After each page ``epoch`` is compared with its value from
+        before the slice: unchanged, no spot was freed or moved since the
+        handles were taken, so the page is the one its handle named.
+        Changed (or decompression failed on bytes that moved), the handles
+        taken are stale from there on: that page and the rest of the
+        request are read page by page (``_read_pages_carefully``), so a
+        concurrent writer costs the rest of one request, never a second
+        pass over all of it.  The access times are set in one slice; the
+        idle flags are looked at only if one is set.
         """
         arena = self._arena
         maps = arena.maps
@@ -549,27 +551,28 @@ class PageStore:
         end_index = first + count
         epoch = arena.epoch
         pos = 0
-        try:
-            for h in self._handles[first:end_index].tolist():
-                end = pos + PAGE_SIZE
-                if h & OBJ_CODEC_MASK == TAG_OBJ:
-                    n = (h >> LEN_SHIFT) & LEN_MASK
-                    off = (h >> OFF_SHIFT) & OFF_MASK
-                    # the views are temporaries: gone when the line ends
+        for h in self._handles[first:end_index].tolist():
+            end = pos + PAGE_SIZE
+            if h & OBJ_CODEC_MASK == TAG_OBJ:
+                n = (h >> LEN_SHIFT) & LEN_MASK
+                off = (h >> OFF_SHIFT) & OFF_MASK
+                try:  # the views are temporaries: gone when the line ends
                     if n == PAGE_SIZE:
                         out[pos:end] = memoryview(maps[h >> BLOCK_SHIFT])[off : off + n]
                     else:
                         out[pos:end] = decompress(memoryview(maps[h >> BLOCK_SHIFT])[off : off + n])
-                elif h == 0:
-                    out[pos:end] = ZERO_PAGE
-                else:
-                    out[pos:end] = self._load(first + (pos >> PAGE_SHIFT))[1]
-                pos = end
-            ok = arena.epoch == epoch
-        except Exception:  # bytes that moved under us, or a real fault
-            ok = False
-        if not ok:
-            self._read_pages_carefully(out, first, count)
+                    ok = arena.epoch == epoch
+                except Exception:  # bytes that moved under us, or a real fault
+                    ok = False
+                if not ok:
+                    done = pos >> PAGE_SHIFT
+                    self._read_pages_carefully(out[pos:], first + done, count - done)
+                    break
+            elif h == 0:
+                out[pos:end] = ZERO_PAGE
+            else:
+                out[pos:end] = self._load(first + (pos >> PAGE_SHIFT))[1]
+            pos = end
         self._atime[first:end_index] = array.array("I", (now,)) * count
         flags = self._flags
         if flags[first:end_index].tobytes().count(0) != count:
