@@ -53,6 +53,13 @@ SPEED_TARGETS = [
 ]
 OVERHEAD_MAX_BYTES_PER_PAGE = 64
 RATIO_WITHIN = 0.03
+# Asynchronous compression against its inline twin in the same run: 4 KiB
+# QD16 write IOPS at least ASYNC_MIN_IOPS_RATIO of inline's, the QD1 4 KiB
+# write p50 no worse, and memory beyond the payload (RSS, the queue
+# drained) at most ASYNC_MAX_EXTRA_BYTES_PER_PAGE above inline's.
+ASYNC_TWINS = {"zramd-lz4-async": "zramd-lz4", "zramd-zstd-async": "zramd-zstd"}
+ASYNC_MIN_IOPS_RATIO = 0.9
+ASYNC_MAX_EXTRA_BYTES_PER_PAGE = 8
 
 
 def evaluate(data: dict) -> list[dict]:
@@ -101,7 +108,65 @@ def evaluate(data: dict) -> list[dict]:
                         "met": None if v is None else abs(v - 1) <= RATIO_WITHIN,
                     }
                 )
+        if n in ASYNC_TWINS:
+            targets += async_targets(data, n, ASYNC_TWINS[n])
     return targets
+
+
+def _row(system: str, target: str, want: str, measured: str | None, met: bool | None) -> dict:
+    return {"system": system, "target": target, "want": want, "measured": measured, "met": met}
+
+
+def async_targets(data: dict, name: str, inline: str) -> list[dict]:
+    """``name`` (asynchronous compression) against ``inline``, its inline
+    twin, in the same run: the rows of ``ASYNC_TWINS``' targets."""
+    if not any(s["name"] == inline and not s["skipped"] for s in data["systems"]):
+        return []
+    res, rows = data["results"], []
+    a, b = (lookup(res, x, "fio", "randwrite-4k-qd16") for x in (name, inline))
+    v = a["mb_per_s"] / b["mb_per_s"] if a and b and b["mb_per_s"] else None
+    rows.append(
+        _row(
+            name,
+            f"4 KiB randwrite qd16 IOPS vs {inline}",
+            f">= {ASYNC_MIN_IOPS_RATIO:.1f}x",
+            None if v is None else f"{v:.2f}x",
+            None if v is None else v >= ASYNC_MIN_IOPS_RATIO,
+        )
+    )
+    a, b = (lookup(res, x, "fio", "randwrite-4k-qd1") for x in (name, inline))
+    v = a["p50_us"] / b["p50_us"] if a and b and a.get("p50_us") and b.get("p50_us") else None
+    rows.append(
+        _row(
+            name,
+            f"4 KiB randwrite qd1 p50 latency vs {inline}",
+            "<= 1.00x",
+            None if v is None else f"{v:.2f}x",
+            None if v is None else v <= 1.0,
+        )
+    )
+    for rec in (x for x in data["storage"] if x["system"] == name):
+        twin = next(
+            (
+                x
+                for x in data["storage"]
+                if x["system"] == inline and x["dataset"] == rec["dataset"]
+            ),
+            None,
+        )
+        mine = rec.get("overhead_bytes_per_page")
+        theirs = twin.get("overhead_bytes_per_page") if twin else None
+        extra = None if mine is None or theirs is None else mine - theirs
+        rows.append(
+            _row(
+                name,
+                f"memory beyond payload vs {inline}, {rec['dataset']} data (RSS, queue drained)",
+                f"<= +{ASYNC_MAX_EXTRA_BYTES_PER_PAGE} B/page",
+                None if extra is None else f"{extra:+.0f} B/page",
+                None if extra is None else extra <= ASYNC_MAX_EXTRA_BYTES_PER_PAGE,
+            )
+        )
+    return rows
 
 
 def markdown(targets: list[dict]) -> list[str]:

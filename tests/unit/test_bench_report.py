@@ -217,3 +217,40 @@ def test_readme_block_leads_with_the_swap_traffic(tmp_path):
     order = [block.index(f"{name} summary") for name in ("vm", "swap", "matrix")]
     assert order == sorted(order)  # the leading sections in their own order, then the rest
     assert block.index("swap.png") < block.index("iops.png")
+
+
+def test_async_targets_judge_async_against_its_inline_twin():
+    from bench import targets
+
+    def result(system, workload, mb_per_s, p50_us):
+        return {"system": system, "dataset": "fio", "workload": workload,
+                "mb_per_s": mb_per_s, "p50_us": p50_us}
+
+    def stored(system, overhead):
+        return {"system": system, "dataset": "fio", "overhead_bytes_per_page": overhead,
+                "ratio_vs_kernel_zram": 1.0}
+
+    data = {
+        "systems": [{"name": n, "kind": "zramd", "skipped": None}
+                    for n in ("zramd-lz4", "zramd-lz4-async")],
+        "results": [
+            result("zramd-lz4", "randwrite-4k-qd16", 100.0, 50.0),
+            result("zramd-lz4-async", "randwrite-4k-qd16", 92.0, 60.0),
+            result("zramd-lz4", "randwrite-4k-qd1", 20.0, 40.0),
+            result("zramd-lz4-async", "randwrite-4k-qd1", 19.0, 44.0),
+        ],
+        "storage": [stored("zramd-lz4", 50.0), stored("zramd-lz4-async", 57.0)],
+    }
+    rows = {t["target"]: t for t in targets.evaluate(data) if t["system"] == "zramd-lz4-async"}
+    iops = rows["4 KiB randwrite qd16 IOPS vs zramd-lz4"]
+    assert (iops["measured"], iops["met"]) == ("0.92x", True)
+    p50 = rows["4 KiB randwrite qd1 p50 latency vs zramd-lz4"]
+    assert (p50["measured"], p50["met"]) == ("1.10x", False)  # async's p50 is 10% worse
+    rss = rows["memory beyond payload vs zramd-lz4, fio data (RSS, queue drained)"]
+    assert (rss["measured"], rss["met"]) == ("+7 B/page", True)
+    data["storage"][1]["overhead_bytes_per_page"] = 59.0
+    rows = {t["target"]: t for t in targets.evaluate(data) if t["system"] == "zramd-lz4-async"}
+    assert rows["memory beyond payload vs zramd-lz4, fio data (RSS, queue drained)"]["met"] is False
+    # without its inline twin in the run, no async rows
+    data["systems"] = data["systems"][1:]
+    assert not [t for t in targets.evaluate(data) if "vs zramd-lz4" in t["target"]]
