@@ -88,9 +88,10 @@ class ColdController:
         self._last_promotions: int | None = None
 
     def set_limits(self, target_pct_min: float, floor_s: float) -> None:
+        """New settings: the age starts again from the floor."""
         self.target_pct_min = target_pct_min
         self.floor_s = floor_s
-        self.age_s = min(MAX_AGE_S, max(self.age_s, floor_s))
+        self.age_s = min(MAX_AGE_S, floor_s)
 
     def update(self, now_s: float, promotions: int, pages_stored: int) -> float | None:
         """One step at ``now_s`` with the store's promotion count (ever) and
