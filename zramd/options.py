@@ -147,6 +147,8 @@ class Option:
         except ValueError as exc:
             if self.type.parse is int:
                 raise ConfigError(f"{self.label} must be a whole number, not {text!r}") from None
+            if self.type.parse is float:
+                raise ConfigError(f"{self.label} must be a number, not {text!r}") from None
             message = str(exc)
             if message.startswith("must "):
                 message = f"{self.label} {message}"

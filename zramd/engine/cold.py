@@ -298,6 +298,8 @@ class ColdSweeper:
     def state(self) -> str:
         if not self.enabled:
             return "off"
+        if self.controller.target_pct_min <= 0:
+            return "impossible target"  # known before the first step
         c = self.controller.state
         if c != "tracking":
             return c
