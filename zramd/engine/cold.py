@@ -65,7 +65,7 @@ MAX_STEP = 2.0  # ... by at most this factor either way
 # With both tiers, pages are written back at this multiple of the cold age.
 WRITEBACK_AGE_FACTOR = 2.0
 # The sweep's shape (docs/design.md#cold-pages, "Cost").
-WINDOW_PAGES = 4096  # slots one scan.aged call looks at
+WINDOW_PAGES = 256  # slots one scan.aged call looks at (its loop holds the GIL)
 BATCH_PAGES = 64  # pages one scan.recompress call takes
 DUTY = 0.2  # the sweeper works at most this share of its wall time
 MIN_PAUSE_S = 0.001  # the least it sleeps between batches
@@ -220,11 +220,18 @@ class ColdSweeper:
             self._changed = False
             return not self._stopping
 
+    def _pause(self, seconds: float) -> None:
+        """Sleep between batches; a stop or a new setting ends it early."""
+        with self._cond:
+            if not self._stopping and not self._changed:
+                self._cond.wait(seconds)
+
     # -- the thread --------------------------------------------------------
     def _run(self) -> None:
         while True:
             with self._cond:
                 enabled = self.enabled
+                self._changed = False  # this loop acts on the settings as they are now
             if not enabled:
                 if not self._wait(None):
                     return
@@ -272,7 +279,9 @@ class ColdSweeper:
         if store.recomp_codecs:
             for start in range(0, store.nr_pages, WINDOW_PAGES):
                 if self._stopping or self._changed:
-                    break
+                    return found  # a new setting: start again (not a whole pass)
+                if start:  # a long pass steps the controller too
+                    age_s = self._control() or age_s
                 pairs = scan.aged(store, age_s, start, start + WINDOW_PAGES)
                 for first in range(0, len(pairs), BATCH_PAGES):
                     t0 = time.monotonic()
@@ -282,7 +291,7 @@ class ColdSweeper:
                         self.swept_pages += done["recompressed"] + done["incompressible"]
                         self.superseded += done["skipped"]
                     work = time.monotonic() - t0
-                    time.sleep(max(MIN_PAUSE_S, work * (1 - DUTY) / DUTY))
+                    self._pause(max(MIN_PAUSE_S, work * (1 - DUTY) / DUTY))
         if self.writeback is not None and not self._stopping:
             factor = WRITEBACK_AGE_FACTOR if store.recomp_codecs else 1.0
             if store.mark_idle(age_s * factor):
