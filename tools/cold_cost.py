@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """What the cold-page sweeper costs the 4 KiB read path: fio 4 KiB random
 reads (its nbd engine, iodepth 16, as tests/e2e does) over the last
-REGION_MIB of a device filled with compressible text, once with the policy
-off ("quiet") and once while the sweeper recompresses the rest of the
-device with zstd -19 ("sweep": it starts on the first pages, so it is
-still sweeping when fio ends; the script checks that it was), ROUNDS
-rounds interleaved; prints each run's p50/p99 read latency and the
+REGION_MIB of one device filled with compressible text, with the policy
+off ("quiet", `zramd set recompress_after 0`) and while the sweeper
+recompresses the rest of the device with zstd -19 ("sweep": it starts on
+the first pages, so it is still sweeping when fio ends; the script checks
+that it was), ROUNDS rounds, the order alternating; prints each run's p50/p99 read latency and the
 median and min-max of the sweep/quiet p99 ratio (docs/design.md#cold-pages).
 
 Usage: .venv/bin/python tools/cold_cost.py [ROUNDS]   (default 3)
@@ -31,7 +31,7 @@ from zramd.settings import Settings  # noqa: E402
 PAGE = 4096
 SIZE_MIB = 512
 REGION_MIB = 64  # fio reads here: the end of the device, which the sweep reaches last
-RUNTIME_S = 15
+RUNTIME_S = 10
 WORDS = b"cold pages flow to disk on their own while hot ones stay in memory".split()
 
 
@@ -51,9 +51,7 @@ def fill(server: Server) -> None:
     h.connect_unix(server.socket_path)
     chunk = 1024  # pages
     for first in range(0, SIZE_MIB * 256, chunk):
-        data = b"".join(
-            (b"%010d" % i + bases[i % 64])[:PAGE] for i in range(first, first + chunk)
-        )
+        data = b"".join((b"%010d" % i + bases[i % 64])[:PAGE] for i in range(first, first + chunk))
         h.pwrite(data, first * PAGE)
     h.shutdown()
 
@@ -72,49 +70,53 @@ def fio_p99(server: Server, workdir: str) -> tuple[float, float, float]:
     return pct["50.000000"] / 1000, pct["99.000000"] / 1000, job["iops"]
 
 
-def run(kind: str, workdir: str) -> dict:
-    settings = Settings(
-        size_bytes=SIZE_MIB << 20,
-        socket_path=os.path.join(workdir, f"{kind}.sock"),
-        recomp_algorithm="zstd:19",
-        recompress_after_s=0,
-        force_stop=True,
-    )
-    with open(os.path.join(workdir, f"{kind}.log"), "w") as log:
-        server = Server(settings, log_file=log)
-        server.start()
-        try:
-            fill(server)
-            if kind == "sweep":
-                time.sleep(1.1)  # every page is older than 1 s now
-                call(server.control_path, "set", recompress_after=1)
-                while call(server.control_path, "stats")["recompressed_pages"] == 0:
-                    time.sleep(0.05)
-            before = call(server.control_path, "stats")
-            p50, p99, iops = fio_p99(server, workdir)
-            after = call(server.control_path, "stats")
-        finally:
-            server.stop()
-    swept = after["cold_swept_pages"] - before["cold_swept_pages"]
+def measure(server: Server, kind: str, workdir: str) -> dict:
+    """One fio run with the policy off (quiet) or sweeping (sweep)."""
+    path = server.control_path
     if kind == "sweep":
-        # still sweeping at the end, and not yet in the region fio reads
+        call(path, "set", recompress_after=1)  # every page is older than 1 s
+        start = call(path, "stats")["cold_swept_pages"]
+        while call(path, "stats")["cold_swept_pages"] == start:
+            time.sleep(0.05)
+    else:
+        call(path, "set", recompress_after=0)
+    before = call(path, "stats")
+    p50, p99, iops = fio_p99(server, workdir)
+    after = call(path, "stats")
+    if kind == "sweep":  # still sweeping at the end, and not in fio's region
         assert after["cold_passes"] == 0, "the sweep ended during the run: make it longer"
-    return {"p50_us": p50, "p99_us": p99, "iops": iops, "swept_pages": swept,
-            "promotions": after["promoted_recompressed"]}  # fmt: skip
+        assert after["promoted_recompressed"] == 0
+    return {"p50_us": p50, "p99_us": p99, "iops": round(iops),
+            "swept_pages": after["cold_swept_pages"] - before["cold_swept_pages"]}  # fmt: skip
 
 
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     results: dict[str, list[dict]] = {"quiet": [], "sweep": []}
     with tempfile.TemporaryDirectory(prefix="coldcost-", dir="/tmp") as d:
-        for r in range(rounds):
-            order = ["quiet", "sweep"] if r % 2 == 0 else ["sweep", "quiet"]
-            for kind in order:
-                res = run(kind, d)
-                results[kind].append(res)
-                print(f"round {r} {kind}: {res}", flush=True)
-    ratios = [s["p99_us"] / q["p99_us"] for q, s in zip(results["quiet"], results["sweep"])]
-    iops = [s["iops"] / q["iops"] for q, s in zip(results["quiet"], results["sweep"])]
+        settings = Settings(
+            size_bytes=SIZE_MIB << 20,
+            socket_path=os.path.join(d, "z.sock"),
+            recomp_algorithm="zstd:19",
+            force_stop=True,
+        )
+        with open(os.path.join(d, "z.log"), "w") as log:
+            server = Server(settings, log_file=log)
+            server.start()
+            try:
+                fill(server)
+                time.sleep(1.1)
+                for r in range(rounds):
+                    order = ["quiet", "sweep"] if r % 2 == 0 else ["sweep", "quiet"]
+                    for kind in order:
+                        res = measure(server, kind, d)
+                        results[kind].append(res)
+                        print(f"round {r} {kind}: {res}", flush=True)
+            finally:
+                server.stop()
+    pairs = list(zip(results["quiet"], results["sweep"], strict=True))
+    ratios = [s["p99_us"] / q["p99_us"] for q, s in pairs]
+    iops = [s["iops"] / q["iops"] for q, s in pairs]
     for kind, runs in results.items():
         p99 = [x["p99_us"] for x in runs]
         print(f"{kind}: p99 median {statistics.median(p99):.0f} us (min {min(p99):.0f}, "

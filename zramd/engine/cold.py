@@ -284,6 +284,8 @@ class ColdSweeper:
                     age_s = self._control() or age_s
                 pairs = scan.aged(store, age_s, start, start + WINDOW_PAGES)
                 for first in range(0, len(pairs), BATCH_PAGES):
+                    if self._stopping or self._changed:
+                        return found
                     t0 = time.monotonic()
                     done = scan.recompress(store, batch=pairs[first : first + BATCH_PAGES])
                     found += done["recompressed"] + done["incompressible"]
