@@ -149,3 +149,19 @@ def test_writeback_is_the_second_tier(make_server, sockdir):
         assert stats(server)["promoted_backed"] == 16
         h.shutdown()
 
+
+
+def test_the_manual_recompress_takes_the_codec_list(make_server):
+    with make_server(size="16M", recomp_algorithm="lz4,zstd:19") as server:
+        h = connect(server)
+        data = b"".join(word_page(i) for i in range(16))
+        h.pwrite(data, 0)
+        h.pwrite(random.randbytes(2 * PAGE), 16 * PAGE)
+        r = subprocess.run([ZRAMD, "recompress", "--control", server.control_path],
+                           capture_output=True, text=True, check=True)
+        assert "16 pages recompressed" in r.stdout, r.stdout
+        s = stats(server)
+        assert s["recompressed_pages"] == 16 and s["incompressible_pages"] == 2
+        assert s["recomp_algorithm"] == "lz4,zstd:19"
+        assert h.pread(len(data), 0) == data
+        h.shutdown()
