@@ -28,7 +28,7 @@ from zramd import settings as zsettings
 from zramd.control import ControlError, ControlServer
 from zramd.engine.backing import BackingFile
 from zramd.engine.checksums import make_checksum
-from zramd.engine.codecs import make_codec
+from zramd.engine.codecs import make_codec, make_codecs
 from zramd.engine.device import Device
 from zramd.engine.store import PageStore
 from zramd.engine.writeback import Writeback
@@ -118,7 +118,7 @@ def get_ready():
         else None
     )
     recomp = (
-        make_codec(s.recomp_algorithm or "zstd", s.recomp_level)
+        make_codecs(s.recomp_algorithm or "zstd", s.recomp_level)
         if s.recomp_algorithm or s.recomp_level is not None
         else None
     )
@@ -140,6 +140,8 @@ def get_ready():
         s.pending_limit_bytes,
         stable_writes=s.fault_inject != "no-stable-writes",
         writeback=writeback,
+        recompress_after_s=s.recompress_after_s,
+        cold_target_pct=s.cold_target_pct,
     )
     _read = _device.read
     _direct_write = _device.direct_write

@@ -687,7 +687,7 @@ def cmd_stats(args) -> int:
 WATCH_HEADER = (
     f"{'time':>8} {'data':>8} {'compr':>8} {'ratio':>6} {'mem_used':>8} "
     f"{'limit':>7} {'read/s':>8} {'write/s':>8} {'pending':>7} {'bd_count':>8} "
-    f"{'bd_w/s':>7} {'bd_r/s':>7}"
+    f"{'bd_w/s':>7} {'bd_r/s':>7} {'cold_age':>8} {'promo%/m':>8} {'recomp':>8}"
 )
 
 
@@ -702,8 +702,16 @@ def watch_line(prev: dict, cur: dict, seconds: float) -> str:
         f"{human_size(cur['compr_data_size']):>8} {ratio:6.2f} "
         f"{human_size(cur['mem_used_total']):>8} {limit:>7} {rate('num_reads'):8.0f} "
         f"{rate('num_writes'):8.0f} {cur.get('pending_pages', 0):7d} "
-        f"{cur.get('bd_count', 0):8d} {rate('bd_writes'):7.0f} {rate('bd_reads'):7.0f}"
+        f"{cur.get('bd_count', 0):8d} {rate('bd_writes'):7.0f} {rate('bd_reads'):7.0f} "
+        f"{cold_age_text(cur):>8} {cur.get('promotion_rate_pct_min', 0):8.3f} "
+        f"{human_size(cur.get('cold_recompressed_bytes', 0)):>8}"
     )
+
+
+def cold_age_text(s: dict) -> str:
+    """The cold age (docs/design.md#cold-pages) for a table: - when off."""
+    age = s.get("cold_age_s") or 0
+    return f"{age:.0f}s" if age else "-"
 
 
 def watch(fetch, interval: float, count: int | None) -> int:
@@ -736,6 +744,9 @@ STATUS_HEADS = (
     "MEM-USED",
     "RATIO",
     "WRITEBACK",
+    "COLD-AGE",
+    "PROMO%/MIN",
+    "RECOMP",
 )
 
 
@@ -771,6 +782,9 @@ def cmd_status(args) -> int:
                     "WRITEBACK",
                     human_size(s["bd_count"] * PAGE_SIZE) if s.get("backing_file") else "-",
                 ),
+                ("COLD-AGE", cold_age_text(s)),
+                ("PROMO%/MIN", f"{s.get('promotion_rate_pct_min', 0):.3f}"),
+                ("RECOMP", human_size(s.get("cold_recompressed_bytes", 0))),
             ]
         )
     heads = list(STATUS_HEADS)

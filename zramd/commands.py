@@ -260,7 +260,10 @@ def would_be_settings(stats: dict, new: dict) -> Settings:
     """The Settings a running device would have with ``new`` ({field:
     value}): its backing file and its knobs' running values (each row's
     ``runtime.stat``) from ``stats``, ``new`` over them, the rest defaults."""
-    running: dict[str, object] = {"backing_file": stats.get("backing_file") or None}
+    running: dict[str, object] = {
+        "backing_file": stats.get("backing_file") or None,
+        "recomp_algorithm": stats.get("recomp_algorithm") or None,
+    }
     for rows in KNOBS.values():
         for opt in rows:
             stat = opt.runtime.stat if opt.runtime is not None else None

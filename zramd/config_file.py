@@ -251,7 +251,7 @@ def _value(opt: Option, raw, base: str, ram_bytes: int | None):
     if isinstance(raw, (dict, list)):
         found = "table" if isinstance(raw, dict) else "list"
         raise ConfigError(f"must be a {opt.type.name}, not a {found}")
-    if isinstance(raw, float):
+    if isinstance(raw, float) and opt.type.python is not float:
         raise ConfigError(f"must be a {opt.type.name}, not the number {raw!r}")
     if isinstance(raw, (int, bool)) and opt.type.python is str and not isinstance(raw, bool):
         raise ConfigError(f"must be a string (in quotes), not {raw!r}")

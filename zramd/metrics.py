@@ -160,6 +160,53 @@ METRICS: dict[str, tuple[str, str, str]] = {
         GAUGE,
         "pages stored compressed by the secondary algorithm",
     ),
+    "promoted_recompressed": (
+        "promoted_recompressed_pages",
+        COUNTER,
+        "promotions: reads of pages stored by a secondary algorithm",
+    ),
+    "promoted_backed": (
+        "promoted_backed_pages",
+        COUNTER,
+        "promotions: reads of written-back pages (rewrites not counted)",
+    ),
+    "promotion_rate_pct_min": (
+        "promotion_rate_pct_min",
+        GAUGE,
+        "cold-page promotions per minute in percent of the pages stored (averaged over 60 s)",
+    ),
+    "cold_age_s": (
+        "cold_age_s",
+        GAUGE,
+        "age in seconds past which a page is cold (recompressed; written back at twice it "
+        "with both tiers)",
+    ),
+    "cold_recompressed_bytes": (
+        "cold_recompressed_bytes",
+        GAUGE,
+        "cold tier 1: compressed bytes of the pages stored by a secondary algorithm",
+    ),
+    "cold_backed_bytes": (
+        "cold_backed_bytes",
+        GAUGE,
+        "cold tier 2: bytes of pages written back to the backing file",
+    ),
+    "cold_passes": ("cold_passes", COUNTER, "passes of the cold-page sweeper over the slots"),
+    "cold_swept_pages": (
+        "cold_swept_pages",
+        COUNTER,
+        "cold pages the sweeper tried to recompress (recompressed or found incompressible)",
+    ),
+    "cold_superseded": (
+        "cold_superseded_pages",
+        COUNTER,
+        "cold pages the sweeper skipped: rewritten or changed since its scan",
+    ),
+    "cold_writeback_runs": (
+        "cold_writeback_runs",
+        COUNTER,
+        "idle writeback runs the cold-page sweeper asked for",
+    ),
     "checksum_errors": (
         "checksum_errors",
         COUNTER,
@@ -279,6 +326,8 @@ NOT_EXPORTED = {
     "bd_last_error": "free text (the last backing-file error): in zramd stats --json",
     "instances": "a count added by zramd stats when it sums striped instances",
     "writeback_stall_reason": "free text (why writeback is stalled): see writeback_stalled",
+    "cold_state": "free text (what the cold-page sweeper does): see cold_age_s",
+    "cold_last_error": "free text (the sweeper's last error): in zramd stats --json",
 }
 
 

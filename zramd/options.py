@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .engine.checksums import CHECKSUMS
-from .engine.codecs import CODECS
+from .engine.codecs import CODECS, MAX_RECOMP_CODECS, make_codecs
 from .engine.device import DEFAULT_PENDING_LIMIT_BYTES, MODES
 from .units import PAGE_SIZE, format_size, parse_device_size, parse_size, physical_memory_bytes
 
@@ -77,6 +77,7 @@ INT = ValueType("int", int, int)
 STR = ValueType("str", str, str)
 PATH = ValueType("path", str, str, os.path.abspath)  # absolute for nbdkit
 BOOL = ValueType("bool", bool, parse_bool, lambda v: "on" if v else "off")
+FLOAT = ValueType("number", float, float, repr)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +147,8 @@ class Option:
         except ValueError as exc:
             if self.type.parse is int:
                 raise ConfigError(f"{self.label} must be a whole number, not {text!r}") from None
+            if self.type.parse is float:
+                raise ConfigError(f"{self.label} must be a number, not {text!r}") from None
             message = str(exc)
             if message.startswith("must "):
                 message = f"{self.label} {message}"
@@ -161,6 +164,8 @@ class Option:
         """A typed value (e.g. from TOML): text is parsed, other types must match."""
         if isinstance(value, str) and self.type.python is not str:
             return self.from_text(value)
+        if self.type.python is float and type(value) is int:
+            value = float(value)  # TOML's 1 for 1.0
         if value is not None and (type(value) is not self.type.python):
             article = "an" if self.type.name[0] in "aeiou" else "a"
             raise ConfigError(f"{self.label} must be {article} {self.type.name}, not {value!r}")
@@ -328,6 +333,30 @@ def _set_writeback_limit(device: Any, v: dict[str, Any]) -> None:
 
 def _set_writeback_limit_enable(device: Any, v: dict[str, Any]) -> None:
     device.writeback.set_limit(enable=v["writeback_limit_enable"])
+
+
+def _set_recompress_after(device: Any, v: dict[str, Any]) -> None:
+    device.cold.set_recompress_after(v["recompress_after_s"])
+
+
+def _set_cold_target(device: Any, v: dict[str, Any]) -> None:
+    device.cold.set_cold_target(v["cold_target_pct"])
+
+
+def _recomp_algorithms(value: str) -> None:
+    """``NAME[:LEVEL],...``, up to three (codecs.make_codecs)."""
+    try:
+        make_codecs(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def percent(label: str) -> Callable[[float], None]:
+    def check(value: float) -> None:
+        if not 0 <= value <= 100:  # nan and inf fail too
+            raise ConfigError(f"{label} must be a percentage 0..100, not {value}")
+
+    return check
 
 
 def only_zero(label: str, why: str) -> Callable[[int], None]:
@@ -541,19 +570,63 @@ ROWS: tuple[Option, ...] = (
         "recomp_algorithm",
         STR,
         None,
-        "secondary algorithm for `zramd recompress` (e.g. zstd)",
+        f"secondary algorithms for recompression, up to {MAX_RECOMP_CODECS} in priority "
+        f"order, NAME[:LEVEL],... (e.g. zstd or zstd:3,zstd:19; names: "
+        f"{', '.join(sorted(CODECS))})",
         plugin_key="recomp_algorithm",
-        choices=tuple(sorted(CODECS)),
-        example="zstd",
+        metavar="ALGS",
+        check=_recomp_algorithms,
+        example="zstd,zstd:19",
     ),
     Option(
         "recomp-level",
         "recomp_level",
         INT,
         None,
-        "level of the secondary algorithm",
+        "level of the secondary zstd algorithms that name none",
         plugin_key="recomp_level",
         example="19",
+    ),
+    Option(
+        "recompress-after",
+        "recompress_after_s",
+        INT,
+        0,
+        "recompress pages not accessed for this many seconds in the background, the "
+        "youngest cold age of --cold-target (needs --recomp-algorithm or --backing-file)",
+        plugin_key="recompress_after",
+        runtime=Runtime(
+            "recompress_after",
+            _set_recompress_after,
+            stat="recompress_after",
+            metric_help="youngest age of a cold page in seconds, 0 for the default",
+            metavar="SECONDS",
+        ),
+        metavar="SECONDS",
+        check=in_range("recompress_after", 0, 10**7),
+        default_help="off",
+        example="300",
+    ),
+    Option(
+        "cold-target",
+        "cold_target_pct",
+        FLOAT,
+        None,
+        "cold-page promotions (reads of recompressed or written-back pages) per minute, in "
+        "percent of the pages stored: the cold age adapts to hold it (0.2 when only "
+        "--recompress-after is given)",
+        plugin_key="cold_target",
+        runtime=Runtime(
+            "cold_target",
+            _set_cold_target,
+            stat="cold_target",
+            metric_help="target cold-page promotions per minute, percent of the pages stored",
+            metavar="PERCENT",
+        ),
+        metavar="PERCENT",
+        check=percent("cold_target"),
+        default_help="off",
+        example="0.5",
     ),
     Option(
         "control",

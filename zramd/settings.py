@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from .engine.codecs import make_codec
+from .engine.codecs import make_codec, make_codecs
 from .options import (
     BY_PLUGIN_KEY,
     DEFAULT_ADDRESS,
@@ -169,9 +169,20 @@ def _codecs(s: Settings) -> None:
         raise ConfigError(str(exc)) from None
     if s.recomp_algorithm is not None or s.recomp_level is not None:
         try:
-            make_codec(s.recomp_algorithm or "zstd", s.recomp_level)
+            make_codecs(s.recomp_algorithm or "zstd", s.recomp_level)
         except ValueError as exc:
             raise ConfigError(f"recompression: {exc}") from None
+
+
+@cross_check
+def _cold_pages(s: Settings) -> None:
+    # a target of 0 makes nothing cold (docs/design.md#cold-pages): it needs nothing
+    on = s.recompress_after_s > 0 or bool(s.cold_target_pct)
+    if on and not (s.recomp_algorithm or s.recomp_level is not None or s.backing_file):
+        raise ConfigError(
+            "recompress_after and cold_target need a secondary algorithm "
+            "(--recomp-algorithm) or a backing file (--backing-file)"
+        )
 
 
 @cross_check

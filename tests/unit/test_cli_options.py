@@ -23,6 +23,17 @@ from zramd import cli
     (["--address", "0.0.0.0"], "--address applies only with --port"),
     (["--threads", "0"], "threads must be"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--recompress-after", "-5", "--recomp-algorithm", "zstd"], "recompress_after must be 0.."),
+    (["--recompress-after", "soon"], "must be a whole number"),
+    (["--recompress-after", "60"], "need a secondary algorithm"),
+    (["--cold-target", "0.2"], "need a secondary algorithm"),
+    (["--cold-target", "lots", "--recomp-algorithm", "zstd"], "cold_target"),
+    (["--cold-target", "101", "--recomp-algorithm", "zstd"], "percentage 0..100"),
+    (["--cold-target", "nan", "--recomp-algorithm", "zstd"], "percentage 0..100"),
+    (["--recomp-algorithm", "zstd,zstd,zstd,zstd"], "1..3 algorithms"),
+    (["--recomp-algorithm", "brotli"], "unknown compression algorithm 'brotli'"),
+    (["--recomp-algorithm", "zstd:99"], "zstd level must be 1..22"),
+    (["--recomp-algorithm", "lz4", "--recomp-level", "3"], "applies only to zstd"),
 ])
 def test_bad_options_exit_with_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -34,8 +34,8 @@ def write(tmp_path, text: str) -> str:
 def toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
     return '"' + value + '"'
 
 

@@ -134,6 +134,10 @@ def test_set_command_sets_knobs_together(device_control):
     ({"mem_limit": "12M", "bogus": 1}, "does not take bogus"),
     ({"mem_limit": None}, "mem_limit needs a value"),
     ({"mem_limit": "1E"}, "at most"),
+    ({"mem_limit": "12M", "recompress_after": -1}, "recompress_after must be 0.."),
+    ({"mem_limit": "12M", "recompress_after": 1.5}, "recompress_after must be an int"),
+    ({"mem_limit": "12M", "cold_target": 101}, "percentage 0..100"),
+    ({"mem_limit": "12M", "cold_target": "often"}, "cold_target"),
 ])
 def test_a_bad_set_changes_nothing(device_control, args, message):
     device, path = device_control()
@@ -150,6 +154,16 @@ def test_writeback_knobs_need_a_backing_file(device_control):
         with pytest.raises(ControlError, match="no backing file"):
             call(path, "set", mem_limit="3M", **args)
         assert device.store.mem_limit == 0
+
+
+def test_cold_knobs_need_something_to_act_on(device_control):
+    device, path = device_control(backing=False)  # and no secondary algorithm
+    for args in ({"recompress_after": 60}, {"cold_target": 0.5}):
+        with pytest.raises(ControlError, match="need a secondary algorithm"):
+            call(path, "set", mem_limit="3M", **args)
+        assert device.store.mem_limit == 0 and device.cold.stats()["cold_state"] == "off"
+    call(path, "set", cold_target=0)  # nothing is ever cold: nothing needed
+    assert call(path, "stats")["cold_state"] == "impossible target"
 
 
 def test_every_knob_row_has_an_example_its_set_takes(device_control):

@@ -28,6 +28,8 @@ COMPANIONS = {
     "tls": ["--tls-psk", "keys.psk"],
     "tls-verify-peer": ["--tls-certificates", "pki"],
     "metrics-insecure-address": ["--metrics-address", "0.0.0.0:9711"],
+    "recompress-after": ["--recomp-algorithm", "zstd"],
+    "cold-target": ["--backing-file", "b.img"],
 }
 
 

@@ -4,7 +4,8 @@ Hypothesis drives random sequences of writes (whole pages, sub-page and
 unaligned, same-filled, compressible and incompressible data; aligned
 requests of several pages, as a swapping kernel sends), trims and reads
 through the public API, with each codec, with checksums and under a tight
-mem_limit (a refused write must change nothing), and checks after every step that the store
+mem_limit (a refused write must change nothing), with the cold-page
+sweeper recompressing all the time, and checks after every step that the store
 reads back exactly what the bytearray holds and that zram's counters match
 the pages the model says are stored.  Only the public API is used, so the
 test holds for any slot-table layout.
@@ -13,6 +14,7 @@ test holds for any slot-table layout.
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 from hypothesis import settings
@@ -22,7 +24,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from zramd.engine import heap
 from zramd.engine.arena import BLOCK_META_BYTES, SPARE_ID_BYTES
 from zramd.engine.checksums import make_checksum
-from zramd.engine.codecs import make_codec
+from zramd.engine.codecs import make_codec, make_codecs
+from zramd.engine.cold import ColdSweeper
 from zramd.engine.store import PageStore, StoreError
 from zramd.units import PAGE_SIZE
 
@@ -197,3 +200,45 @@ test_zstd_store_matches_a_bytearray = ZstdModel.TestCase
 test_uncompressed_store_matches_a_bytearray = NoneModel.TestCase
 test_checksummed_store_matches_a_bytearray = ChecksumModel.TestCase
 test_limited_store_matches_a_bytearray = LimitedModel.TestCase
+
+
+class SweptModel(StoreModel):
+    """The store with the cold-page sweeper (zramd/engine/cold.py) running
+    all the time at cold age 0, two secondary codecs: every step races a
+    recompression, and a sweep also runs between steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.store = PageStore(
+            SIZE_BYTES,
+            make_codec(self.CODEC),
+            recomp_codec=make_codecs("zstd:1,zstd:19"),
+        )
+        self.sweeper = ColdSweeper(self.store, recompress_after_s=0.0001)
+        self.running = True
+        self.thread = threading.Thread(target=self._sweep_forever, daemon=True)
+        self.thread.start()
+
+    def _sweep_forever(self):
+        while self.running:
+            self.sweeper.sweep(0.0)
+
+    @rule()
+    def sweep(self):
+        self.sweeper.sweep(0.0)
+
+    @rule()
+    def compact(self):
+        # the sweeper allocates and frees meanwhile: no exact block count here
+        # (audit, after every step, still recomputes everything)
+        self.store.compact()
+
+    def teardown(self):
+        self.running = False
+        self.thread.join()
+        assert self.sweeper.last_error is None
+
+
+for model in (StoreModel, ZstdModel, NoneModel, ChecksumModel, LimitedModel, SweptModel):
+    model.TestCase.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
+test_swept_store_matches_a_bytearray = SweptModel.TestCase

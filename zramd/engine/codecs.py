@@ -160,6 +160,43 @@ CODECS: dict[str, type[Codec]] = {
 }
 
 
+# zram's recomp_algorithm takes priorities 1..3 (ZRAM_MAX_COMPS - 1).
+MAX_RECOMP_CODECS = 3
+
+
+def make_codecs(spec: str, level: int | None = None) -> list[Codec]:
+    """The secondary codecs of ``--recomp-algorithm``, in priority order:
+    ``NAME[:LEVEL],...`` (at most ``MAX_RECOMP_CODECS``; e.g. ``zstd:3,zstd:19``);
+    ``level`` (``--recomp-level``) is the level of every zstd entry that
+    names none.  ValueError: one line naming what is wrong."""
+    names = [part.strip() for part in str(spec).split(",")]
+    if not 1 <= len(names) <= MAX_RECOMP_CODECS or not all(names):
+        raise ValueError(
+            f"recomp_algorithm must be 1..{MAX_RECOMP_CODECS} algorithms "
+            f"separated by commas, not {spec!r}"
+        )
+    if level is not None and not any(n.partition(":")[0] == "zstd" for n in names):
+        raise ValueError(f"a compression level applies only to zstd, not {spec}")
+    out = []
+    for part in names:
+        name, sep, level_text = part.partition(":")
+        own = level if name == "zstd" else None
+        if sep:
+            try:
+                own = int(level_text)
+            except ValueError:
+                raise ValueError(
+                    f"level of {name} must be a whole number, not {level_text!r}"
+                ) from None
+        out.append(make_codec(name, own))
+    return out
+
+
+def describe_codecs(codecs) -> str | None:
+    """``zstd:3,zstd:19``: a codec list as ``make_codecs`` reads it."""
+    return ",".join(c.describe() for c in codecs) or None
+
+
 def make_codec(name: str, level: int | None = None) -> Codec:
     """Build a codec by name; ValueError names what is wrong."""
     try:

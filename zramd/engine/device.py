@@ -28,7 +28,8 @@ buffer instead of a snapshot, which nbdkit reuses for the next request: the
 (see config).
 
 Automatic compaction (compaction.py) runs on its own thread, started and
-stopped with the device.
+stopped with the device; so does the cold-page sweeper (cold.py), whose
+thread exists only while its policy is on.
 
 With a backing file, ``writeback`` (see writeback.py) moves pages out of
 RAM; a write that finds memory above the high watermark first waits for it
@@ -44,6 +45,7 @@ approximate under concurrency (they are diagnostics, not zram's stats).
 from __future__ import annotations
 
 from ..units import PAGE_SHIFT, PAGE_SIZE
+from .cold import ColdSweeper
 from .compaction import AutoCompactor
 from .store import PageStore
 from .workers import CompressionWorkers
@@ -72,6 +74,8 @@ class Device:
         stable_writes: bool = True,
         writeback=None,
         auto_compact: bool = True,
+        recompress_after_s: float = 0,
+        cold_target_pct: float | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"unknown compression mode {mode!r} (choose from {', '.join(MODES)})")
@@ -91,6 +95,7 @@ class Device:
         self.extents = store.extents
         self.writeback = writeback
         self.compactor = AutoCompactor(store) if auto_compact else None
+        self.cold = ColdSweeper(store, writeback, recompress_after_s, cold_target_pct)
         self.backpressure_inline = 0
         self.fua_inline = 0
 
@@ -102,9 +107,12 @@ class Device:
             self.writeback.start()
         if self.compactor is not None:
             self.compactor.start()
+        self.cold.start()
 
     def stop(self) -> None:
-        """Drain pending work and end the workers and the writeback thread."""
+        """Drain pending work and end the workers and the writeback thread
+        (the cold sweeper first: it may be waiting for a writeback run)."""
+        self.cold.stop()
         if self.workers is not None:
             self.workers.stop()
         if self.writeback is not None:
@@ -179,4 +187,5 @@ class Device:
         )
         if self.writeback is not None:
             s.update(self.writeback.stats())
+        s.update(self.cold.stats())
         return s

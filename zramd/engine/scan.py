@@ -27,12 +27,15 @@ page may change between the bytes test and that read).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import sys
 
 from ..units import PAGE_SIZE
-from .arena import FLAG_BIT, LEN_MASK, LEN_SHIFT, OFF_SHIFT, TAG_MASK, TAG_OBJ
+from .arena import CLASS_TABLE, FLAG_BIT, LEN_MASK, LEN_SHIFT, OFF_SHIFT, TAG_MASK, TAG_OBJ
 from .slots import HUGE_THRESHOLD, IDLE, INCOMPRESSIBLE, Recompressed
+
+OBJ_CODEC_MASK = TAG_MASK | FLAG_BIT  # == TAG_OBJ: an object of the primary codec
 
 # what candidates() can select: zram's writeback types, and all pages in RAM
 # in page order (all) or oldest access first (cold)
@@ -67,16 +70,20 @@ def _and(a: bytes, b: bytes) -> bytes:
     return (int.from_bytes(a, "little") & int.from_bytes(b, "little")).to_bytes(len(a), "little")
 
 
-def select(store, flag: int = 0, huge: bool = False) -> list:
+def select(
+    store, flag: int = 0, huge: bool = False, start: int = 0, stop: int | None = None
+) -> list:
     """Indices of the slots that hold an arena object (compressed, huge or
     recompressed), in page order; with ``flag``, only those with that flag
-    set; with ``huge``, only huge pages.  A snapshot without the lock: the
-    caller reads each handle again."""
+    set; with ``huge``, only huge pages; only slots ``start``..``stop``
+    (default: all).  A snapshot without the lock: the caller reads each
+    handle again."""
     handles, flags, _ = store.slot_tables()
     raw = handles.cast("B")
     out: list = []
-    for first in range(0, store.nr_pages, SCAN_CHUNK_PAGES):
-        end = min(store.nr_pages, first + SCAN_CHUNK_PAGES)
+    stop = store.nr_pages if stop is None else min(stop, store.nr_pages)
+    for first in range(start, stop, SCAN_CHUNK_PAGES):
+        end = min(stop, first + SCAN_CHUNK_PAGES)
         byte0 = bytes(raw[first * 8 + _BYTE0 : end * 8 : 8])
         if huge:
             byte1 = bytes(raw[first * 8 + _BYTE1 : end * 8 : 8])
@@ -158,16 +165,59 @@ def candidates(store, scan_type: str, limit: int | None = None) -> list:
     return out
 
 
-def recompress(store, scan_type: str = "all", threshold: int = 0, limit: int | None = None) -> dict:
+def aged(store, older_than_s: float, start: int = 0, stop: int | None = None) -> list:
+    """``[(index, handle)]`` of slots ``start``..``stop`` that a recompression
+    would try: compressed or huge with the primary codec, not marked
+    incompressible, not accessed for ``older_than_s`` (the sweeper's window
+    of the table, cold.py)."""
+    handles, flags, atime = store.slot_tables()
+    cutoff = store.now() - int(older_than_s * 10)
+    out = []
+    for index in select(store, start=start, stop=stop):
+        h = handles[index]
+        if (
+            h & OBJ_CODEC_MASK == TAG_OBJ
+            and not flags[index] & INCOMPRESSIBLE
+            and atime[index] <= cutoff
+        ):
+            out.append((index, h))
+    return out
+
+
+def class_bytes(length: int) -> int:
+    """The size of the arena class an object of ``length`` bytes lands in
+    (arena.py's zsmalloc classes); a recompression counts only when it
+    lands in a smaller class (docs/design.md#cold-pages)."""
+    return _CLASS_BYTES[length]
+
+
+def _class_table() -> list:
+    sizes = [c.size for c in CLASS_TABLE]
+    return [sizes[bisect.bisect_left(sizes, n)] for n in range(PAGE_SIZE + 1)]
+
+
+_CLASS_BYTES = _class_table()
+
+
+def recompress(
+    store,
+    scan_type: str = "all",
+    threshold: int = 0,
+    limit: int | None = None,
+    batch: list | None = None,
+) -> dict:
     """zram's ``recompress``: compress selected pages again with the
-    secondary codec; only pages whose payload is at least ``threshold``
-    bytes.  A page that does not shrink is marked incompressible.
-    Returns counts."""
+    secondary codecs, in priority order; only pages whose payload is at
+    least ``threshold`` bytes.  The first result that lands in a smaller
+    size class than the page had (``class_bytes``) is installed; if the
+    last codec fails too, the page is marked incompressible, as in zram.
+    ``batch``: these ``(index, handle)`` pairs (from ``aged``) instead of a
+    scan of ``scan_type``.  Returns counts."""
     if store.recomp_codec is None:
         raise ValueError("no secondary compression algorithm is configured")
     done = {"recompressed": 0, "incompressible": 0, "skipped": 0, "saved_bytes": 0}
     flags = store.slot_tables()[1]
-    for index, h in candidates(store, scan_type):
+    for index, h in candidates(store, scan_type) if batch is None else batch:
         if limit is not None and done["recompressed"] + done["incompressible"] >= limit:
             break
         length = (h >> LEN_SHIFT) & LEN_MASK
@@ -178,13 +228,28 @@ def recompress(store, scan_type: str = "all", threshold: int = 0, limit: int | N
         if not store.holds(index, h) or type(entry) is not tuple or entry[0] != h:
             done["skipped"] += 1  # changed since the scan
             continue
-        page = store.decode(entry)
-        out = store.recomp_codec.compress(page, min(length, HUGE_THRESHOLD))
-        if out is None:
+        new = _smaller(store, store.decode(entry), length)
+        if new is None:
             if store.holds(index, h):
                 flags[index] |= INCOMPRESSIBLE
             done["incompressible"] += 1
-        elif store.commit(index, entry, Recompressed(out)):
+        elif store.commit(index, entry, Recompressed(new)):
             done["recompressed"] += 1
-            done["saved_bytes"] += length - len(out)
+            done["saved_bytes"] += length - len(new)
+        else:
+            done["skipped"] += 1  # rewritten meanwhile: the new data stays
     return done
+
+
+def _smaller(store, page, length: int) -> bytes | None:
+    """The recompressed object (byte 0: the codec's priority index, then
+    its output) from the first secondary codec whose result lands in a
+    smaller size class than ``length`` bytes does; None if none does."""
+    old_class = _CLASS_BYTES[length]
+    # the object (1 + output bytes) must stay below the huge class
+    max_len = min(length, HUGE_THRESHOLD - 1)
+    for priority, codec in enumerate(store.recomp_codecs):
+        out = codec.compress(page, max_len)
+        if out is not None and _CLASS_BYTES[len(out) + 1] < old_class:
+            return bytes((priority,)) + out
+    return None

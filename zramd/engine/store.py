@@ -18,7 +18,9 @@ handle                 meaning                                          zram nam
                        of 62 bits or more: ``SameWord`` in ``_side``)
 ``TAG_OBJ``            an object in the arena (arena.py: length, block,
                        offset); length 4096 = huge page, stored raw     ZRAM_HUGE
-``TAG_OBJ|FLAG_BIT``   compressed again with the secondary codec        ZRAM_COMP_PRIORITY
+``TAG_OBJ|FLAG_BIT``   compressed again with a secondary codec: byte 0  ZRAM_COMP_PRIORITY
+                       of the object is its index in ``recomp_codecs``
+                       (zram keeps the priority in the slot's flags)
 ``TAG_SIDE``           an object in ``_side[index]``: ``Pending``
                        (async snapshot), ``Backed`` (written back to    ZRAM_WB
                        the backing file) or ``SameWord``
@@ -42,7 +44,8 @@ Invariants (whenever ``_lock`` is free)
   * 4096`` (zram counts same pages too);
 - ``compr_data_size`` = the arena objects' lengths plus 4096 per pending
   page; ``same_pages``, ``huge_pages``, ``pending_pages``, ``bd_count``,
-  ``recompressed_pages`` count their handles;
+  ``recompressed_pages`` count their handles; ``recompressed_bytes`` is
+  the recompressed objects' lengths;
 - ``mem_used_total`` = the arena's blocks (free space included) + their
   bookkeeping (``Arena.meta_bytes``) + ``slot_meta_bytes`` per stored
   page + ``PENDING_BYTES`` per pending snapshot; ``mem_used_max`` is its
@@ -110,7 +113,7 @@ from .arena import (
     TAG_OBJ,
     Arena,
 )
-from .codecs import Codec
+from .codecs import Codec, describe_codecs
 from .slots import HUGE_THRESHOLD, IDLE, Recompressed
 
 PAGE_MASK = PAGE_SIZE - 1
@@ -252,8 +255,10 @@ class PageStore:
     """A compressed RAM disk of ``size_bytes`` (whole pages); see module doc.
 
     ``checksum`` is None or a function page -> int (see ``checksums``).
-    ``recomp_codec`` is the secondary codec for ``recompress``; ``backing``
-    a ``BackingFile`` for written-back pages (both optional).
+    ``recomp_codec`` is the secondary codec for ``recompress``, or a list
+    of up to three in priority order (``recomp_codecs``; ``recomp_codec``
+    is then the first); ``backing`` a ``BackingFile`` for written-back
+    pages (both optional).
     """
 
     def __init__(
@@ -262,7 +267,7 @@ class PageStore:
         codec: Codec,
         mem_limit_bytes: int = 0,
         checksum=None,
-        recomp_codec: Codec | None = None,
+        recomp_codec: Codec | list[Codec] | tuple[Codec, ...] | None = None,
         backing=None,
     ):
         if size_bytes <= 0 or size_bytes & PAGE_MASK:
@@ -286,7 +291,10 @@ class PageStore:
         self._class_of = self._arena.class_of
         self._compress = codec.compress  # bound once for the 4 KiB paths
         self._decompress = codec.decompress
-        self.recomp_codec = recomp_codec
+        if isinstance(recomp_codec, Codec):
+            recomp_codec = (recomp_codec,)
+        self.recomp_codecs: tuple[Codec, ...] = tuple(recomp_codec or ())
+        self.recomp_codec = self.recomp_codecs[0] if self.recomp_codecs else None
         self.backing = backing
         self.compactor = None  # set by compaction.AutoCompactor
         # mm_stat
@@ -319,6 +327,11 @@ class PageStore:
         self.bd_reads = 0
         self.bd_writes = 0
         self.recompressed_pages = 0
+        self.recompressed_bytes = 0
+        # promotions: reads of cold pages (recompressed, written back), not
+        # rewrites; bumped where a read already left the fast path (``_load``)
+        self.promoted_recompressed = 0
+        self.promoted_backed = 0
 
     def _table(self, count: int, fmt: str, itemsize: int) -> memoryview:
         """A zero-filled per-page array in an anonymous mmap (its pages cost
@@ -358,8 +371,8 @@ class PageStore:
         t = type(entry)
         if t is tuple:
             h, payload = entry
-            if h & FLAG_BIT:
-                return self.recomp_codec.decompress(payload)
+            if h & FLAG_BIT:  # byte 0: which secondary codec (module doc)
+                return self.recomp_codecs[payload[0]].decompress(memoryview(payload)[1:])
             return payload if len(payload) == PAGE_SIZE else self.codec.decompress(payload)
         if t is int:
             if entry == 0:
@@ -430,9 +443,11 @@ class PageStore:
             return h == entry
         return h & TAG_MASK == TAG_SIDE and self._side.get(index) is entry
 
-    def _load(self, index: int):
+    def _load(self, index: int, promote: bool = True):
         """(entry, page) of one slot; the page verified against its checksum,
-        and a written-back page re-checked against a concurrent rewrite."""
+        and a written-back page re-checked against a concurrent rewrite.
+        A read of a recompressed or written-back page counts a promotion
+        (``promote``: False for the read of a partial rewrite)."""
         while True:
             if self._sums is None:
                 entry = self.entry(index)
@@ -447,6 +462,11 @@ class PageStore:
                     continue  # rewritten while we read: the block may be reused
                 with self._lock:
                     self.bd_reads += 1
+                    if promote:
+                        self.promoted_backed += 1
+            elif t is tuple and promote and entry[0] & FLAG_BIT:
+                # without the lock, like num_reads: a rate, not a zram stat
+                self.promoted_recompressed += 1
             if (
                 self._sums is not None
                 and (t is tuple or t is Pending or t is Backed)
@@ -714,6 +734,7 @@ class PageStore:
                 self.compr_data_size += n - on
                 if old & FLAG_BIT:
                     self.recompressed_pages -= 1
+                    self.recompressed_bytes -= on
                 elif on == PAGE_SIZE:
                     self.huge_pages -= 1
                 if epoch > self._compact_check_epoch:
@@ -1054,7 +1075,7 @@ class PageStore:
         while True:
             changes = list(full)
             for index, start, part in edges:
-                old, page = self._load(index)
+                old, page = self._load(index, False)  # a rewrite, not a promotion
                 page = bytearray(page)
                 page[start : start + len(part)] = part
                 changes.append((index, self.encode(page), old, self._sum(page)))
@@ -1235,6 +1256,7 @@ class PageStore:
                 h = arena.alloc(new.data, FLAG_BIT) if take is None else take()
                 self.compr_data_size += len(new.data)
                 self.recompressed_pages += 1
+                self.recompressed_bytes += len(new.data)
             else:  # Pending, Backed
                 h = TAG_SIDE
                 side[index] = new
@@ -1254,6 +1276,7 @@ class PageStore:
                 self.compr_data_size -= on
                 if old & FLAG_BIT:
                     self.recompressed_pages -= 1
+                    self.recompressed_bytes -= on
                 elif on == PAGE_SIZE:
                     self.huge_pages -= 1
             elif old != 0:
@@ -1395,6 +1418,7 @@ class PageStore:
                 "pending_pages": 0,
                 "bd_count": 0,
                 "recompressed_pages": 0,
+                "recompressed_bytes": 0,
             }
             compr = a["compr_bytes"]
             side_seen = 0
@@ -1408,6 +1432,7 @@ class PageStore:
                 elif tag == TAG_OBJ:
                     if h & FLAG_BIT:
                         counts["recompressed_pages"] += 1
+                        counts["recompressed_bytes"] += (h >> LEN_SHIFT) & LEN_MASK
                     elif (h >> LEN_SHIFT) & LEN_MASK == PAGE_SIZE:
                         counts["huge_pages"] += 1
                 else:
@@ -1479,7 +1504,9 @@ class PageStore:
                 "bd_reads": self.bd_reads,
                 "bd_writes": self.bd_writes,
                 "recompressed_pages": self.recompressed_pages,
-                "recomp_algorithm": self.recomp_codec.describe() if self.recomp_codec else None,
+                "recomp_algorithm": describe_codecs(self.recomp_codecs),
+                "promoted_recompressed": self.promoted_recompressed,
+                "promoted_backed": self.promoted_backed,
                 "disksize": self.size_bytes,
                 "comp_algorithm": self.codec.describe(),
                 # the arena (docs/design.md#page-arena-and-memory-accounting)
