@@ -22,6 +22,9 @@ and charts into one report:
               replayed as swap-out and swap-in, interleaved over rounds
     vm        the VM test's swap workload timed per target (zramd inline and
               async, nbdkit memory, the guest's own zram) on both NBD paths
+    cold      the cold-page policy on real program memory under a Zipf read
+              trace: memory against kernel zram, the promotion rate against
+              its target, hot-path IOPS against no policy, packed writeback
 
 Modules, one job each:
 
@@ -37,7 +40,7 @@ Modules, one job each:
     storage.py      compression ratio and memory per page from stats and RSS
     targets.py      ratios against peers and the targets they are judged by
     matrix.py, scaling.py, cpu.py, baseline.py, backing.py, scrapes.py, memory.py,
-                    swap.py, vm_section.py
+                    swap.py, vm_section.py, cold.py
                     the sections
     memory_report.py  the memory section's tables, README lines and charts
     stats.py        medians and spreads over rounds

@@ -231,3 +231,42 @@ def vm_swap(path: Path, summary: list[dict], ratios: list[dict], title: str) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def cold_series(path: Path, data: dict, title: str) -> None:
+    """The cold section: the policy server's memory over the run (beside
+    kernel zram's and the no-policy server's), and its promotion rate
+    against the target, with the cold age the controller chose."""
+    plt = _pyplot()
+    samples = data["samples"]
+    ts = [s["t_s"] for s in samples]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    ax1.plot(ts, [s["memory_bytes"] / 2**20 for s in samples], "o-", label="zramd, cold policy")
+    zram = (data.get("zram") or {}).get("mem_used_total")
+    if zram:
+        ax1.axhline(zram / 2**20, color="C3", ls="--", label="kernel zram lz4")
+    plain = (data.get("plain_end") or {}).get("memory_bytes")
+    if plain:
+        ax1.axhline(plain / 2**20, color="C2", ls=":", label="zramd, no policy (end)")
+    ax1.set_xlabel("s since the trace began")
+    ax1.set_ylabel("memory, MiB (RSS above idle; zram: mem_used_total)")
+    ax1.set_ylim(bottom=0)
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    ax1.set_title("Memory", fontsize=10)
+    ax2.plot(ts, [s["promotion_rate_pct_min"] for s in samples], "o-", color="C1", label="rate")
+    ax2.axhline(data["settings"]["target_pct_min"], color="black", ls="--", label="target")
+    ax2.set_xlabel("s since the trace began")
+    ax2.set_ylabel("promotions, % of stored pages per minute")
+    ax2.grid(alpha=0.3)
+    age = ax2.twinx()
+    age.plot(ts, [s["cold_age_s"] for s in samples], "s:", color="C4", label="cold age")
+    age.set_ylabel("cold age, s")
+    lines = ax2.get_legend_handles_labels()
+    more = age.get_legend_handles_labels()
+    ax2.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8)
+    ax2.set_title("Promotion rate and cold age", fontsize=10)
+    fig.suptitle(f"Cold pages: {title}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

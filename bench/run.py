@@ -37,6 +37,7 @@ sys.path.insert(0, str(BENCH_DIR.parent))  # run as a script: make the bench pac
 from bench import machine, report  # noqa: E402
 from bench.backing import BackingEncryption  # noqa: E402
 from bench.baseline import Baseline  # noqa: E402
+from bench.cold import ColdPages  # noqa: E402
 from bench.context import Context, Progress  # noqa: E402
 from bench.cpu import ServerCpu  # noqa: E402
 from bench.matrix import Matrix  # noqa: E402
@@ -61,6 +62,7 @@ SECTIONS = [
     Memory(),
     SwapMix(),
     VmSwap(),
+    ColdPages(),
 ]
 
 
