@@ -157,11 +157,20 @@ def test_reads_promote_rewrites_do_not_and_a_rewrite_is_primary_again():
     assert read(store, 0) == word_page(0)
     assert read(store, 0) == word_page(0)  # a read does not undo the recompression
     assert store.block_state(0) == "recompressed"
+    # a promotion is the first read since the page went cold: the page is
+    # warm again, and more reads of it are not promotions
+    assert store.stats()["promoted_recompressed"] == 1
+    assert read(store, 3) == word_page(3)
     assert store.stats()["promoted_recompressed"] == 2
+    assert not scan.aged(store, 1.0)  # read just now: not cold
+    store.now = lambda: PageStore.now(store) + 20  # two seconds later
+    assert scan.aged(store, 1.0) == []  # nothing more to recompress, but page 0 cools
+    assert read(store, 0) == word_page(0)  # cold again: this read counts
+    assert store.stats()["promoted_recompressed"] == 3
     store.write(word_page(9), 1 * PAGE_SIZE)  # a full rewrite
     store.write(b"x" * 100, 2 * PAGE_SIZE + 10)  # a partial one (reads the old page)
     s = store.stats()
-    assert s["promoted_recompressed"] == 2 and s["promoted_backed"] == 0
+    assert s["promoted_recompressed"] == 3 and s["promoted_backed"] == 0
     assert store.block_state(1) == store.block_state(2) == "compressed"
     assert read(store, 1) == word_page(9)
     store.audit()

@@ -33,7 +33,7 @@ import sys
 
 from ..units import PAGE_SIZE
 from .arena import CLASS_TABLE, FLAG_BIT, LEN_MASK, LEN_SHIFT, OFF_SHIFT, TAG_MASK, TAG_OBJ
-from .slots import HUGE_THRESHOLD, IDLE, INCOMPRESSIBLE, Recompressed
+from .slots import COLD, HUGE_THRESHOLD, IDLE, INCOMPRESSIBLE, Recompressed
 
 OBJ_CODEC_MASK = TAG_MASK | FLAG_BIT  # == TAG_OBJ: an object of the primary codec
 
@@ -124,13 +124,11 @@ def mark_idle(store, older_than_s: float | None = None) -> int:
 
 
 def idle_pages(store) -> int:
-    flags = bytes(store.slot_tables()[1])
-    return flags.count(IDLE) + flags.count(IDLE | INCOMPRESSIBLE)
+    return bytes(store.slot_tables()[1]).translate(_HAS_FLAG[IDLE]).count(1)
 
 
 def incompressible_pages(store) -> int:
-    flags = bytes(store.slot_tables()[1])
-    return flags.count(INCOMPRESSIBLE) + flags.count(IDLE | INCOMPRESSIBLE)
+    return bytes(store.slot_tables()[1]).translate(_HAS_FLAG[INCOMPRESSIBLE]).count(1)
 
 
 def candidates(store, scan_type: str, limit: int | None = None) -> list:
@@ -169,18 +167,22 @@ def aged(store, older_than_s: float, start: int = 0, stop: int | None = None) ->
     """``[(index, handle)]`` of slots ``start``..``stop`` that a recompression
     would try: compressed or huge with the primary codec, not marked
     incompressible, not accessed for ``older_than_s`` (the sweeper's window
-    of the table, cold.py)."""
+    of the table, cold.py).  A recompressed page not accessed for that long
+    whose ``COLD`` mark a read took off gets it back."""
     handles, flags, atime = store.slot_tables()
     cutoff = store.now() - int(older_than_s * 10)
     out = []
     for index in select(store, start=start, stop=stop):
+        if atime[index] > cutoff:
+            continue
         h = handles[index]
-        if (
-            h & OBJ_CODEC_MASK == TAG_OBJ
-            and not flags[index] & INCOMPRESSIBLE
-            and atime[index] <= cutoff
-        ):
-            out.append((index, h))
+        if h & OBJ_CODEC_MASK == TAG_OBJ:
+            if not flags[index] & INCOMPRESSIBLE:
+                out.append((index, h))
+        elif h & FLAG_BIT and not flags[index] & COLD:
+            # recompressed, warmed by a read since, and cold again: its next
+            # read is a promotion again (no lock, as every flag update here)
+            flags[index] |= COLD
     return out
 
 

@@ -20,6 +20,9 @@ HUGE_THRESHOLD = MAX_COMPRESSED_BYTES + 1
 # page flags (zram's names)
 IDLE = 1
 INCOMPRESSIBLE = 2
+# Stored cold (recompressed or written back) and not read since: the next
+# read is a promotion, and clears it (docs/design.md#cold-pages).
+COLD = 4
 
 
 class Recompressed:

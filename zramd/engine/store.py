@@ -114,7 +114,7 @@ from .arena import (
     Arena,
 )
 from .codecs import Codec, describe_codecs
-from .slots import HUGE_THRESHOLD, IDLE, Recompressed
+from .slots import COLD, HUGE_THRESHOLD, IDLE, Recompressed
 
 PAGE_MASK = PAGE_SIZE - 1
 ZERO_PAGE = bytes(PAGE_SIZE)
@@ -446,8 +446,9 @@ class PageStore:
     def _load(self, index: int, promote: bool = True):
         """(entry, page) of one slot; the page verified against its checksum,
         and a written-back page re-checked against a concurrent rewrite.
-        A read of a recompressed or written-back page counts a promotion
-        (``promote``: False for the read of a partial rewrite)."""
+        The first read of a recompressed or written-back page since it went
+        cold counts a promotion (``COLD``; ``promote``: False for the read
+        of a partial rewrite)."""
         while True:
             if self._sums is None:
                 entry = self.entry(index)
@@ -462,10 +463,13 @@ class PageStore:
                     continue  # rewritten while we read: the block may be reused
                 with self._lock:
                     self.bd_reads += 1
-                    if promote:
+                    if promote and self._flags[index] & COLD:
+                        self._flags[index] &= ~COLD
                         self.promoted_backed += 1
-            elif t is tuple and promote and entry[0] & FLAG_BIT:
+            elif t is tuple and promote and entry[0] & FLAG_BIT and self._flags[index] & COLD:
                 # without the lock, like num_reads: a rate, not a zram stat
+                # (two readers at once may both count it)
+                self._flags[index] &= ~COLD
                 self.promoted_recompressed += 1
             if (
                 self._sums is not None
@@ -888,7 +892,9 @@ class PageStore:
             self.huge_pages += huge - old_lens.count(PAGE_SIZE)
             self.huge_pages_since += huge
             if self.recompressed_pages:  # (recompressed objects are never 4096 bytes)
-                self.recompressed_pages -= sum(1 for h in objs if h & FLAG_BIT)
+                cold = [(h >> LEN_SHIFT) & LEN_MASK for h in objs if h & FLAG_BIT]
+                self.recompressed_pages -= len(cold)
+                self.recompressed_bytes -= sum(cold)
             self.compr_data_size += sum(lens) - sum(old_lens)
             self.pages_stored += empty
             if objs:
@@ -1287,8 +1293,10 @@ class PageStore:
             elif old == 0:
                 self.pages_stored += 1
             if t is Backed:  # as zram: written-back pages are not idle
-                flags[index] &= ~IDLE
-            elif t is not Recompressed:  # new data
+                flags[index] = (flags[index] & ~IDLE) | COLD
+            elif t is Recompressed:
+                flags[index] |= COLD
+            else:  # new data
                 flags[index] = 0
                 atime[index] = now
             if sums is not None and checksum is not None:
