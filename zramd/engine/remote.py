@@ -86,7 +86,7 @@ DEFAULT_CIPHER = "aes-256-gcm"
 REMOTE_HANDLES = 4
 # Longest a read of a remote page waits (--backing-timeout's default):
 # docs/design.md#remote-tier
-DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_TIMEOUT_S = 30
 # Reconnect backoff after a lost connection: docs/design.md#remote-tier
 RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 5.0
@@ -129,7 +129,8 @@ def public_uri(uri: str) -> str:
         user, host = netloc.rsplit("@", 1)
         netloc = f"{user.split(':', 1)[0]}@{host}"
     query = [
-        (k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        (k, v)
+        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
         if k in PUBLIC_QUERY
     ]
     kept = urllib.parse.urlencode(query, safe="/")
@@ -151,6 +152,35 @@ def _nbd():
             errno.EINVAL, "a remote backing tier needs libnbd's Python bindings (python3-libnbd)"
         ) from None
     return nbd
+
+
+def probe(uri: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
+    """Connect once and check the export as ``RemoteBacking`` does, writing
+    nothing (for the wrapper: a bad remote is one line before nbdkit
+    starts); the export's size in bytes, or BackingError."""
+    check_uri(uri)
+    nbd = _nbd()
+    h = nbd.NBD()
+    shown = public_uri(uri)
+    try:
+        h.set_uri_allow_local_file(True)
+        h.aio_connect_uri(uri)
+        deadline = time.monotonic() + timeout_s
+        while h.aio_is_connecting():
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise BackingError(errno.ETIMEDOUT, f"backing URI {shown}: connect timed out")
+            h.poll(max(1, int(left_s * 1000)))
+        if not h.aio_is_ready():
+            raise BackingError(errno.ECONNREFUSED, f"backing URI {shown}: connection failed")
+        if h.is_read_only():
+            raise BackingError(errno.EROFS, f"backing URI {shown} is a read-only export")
+        size_bytes = h.get_size()
+    except nbd.Error as exc:
+        raise BackingError(exc.errno or errno.EIO, f"backing URI {shown}: {exc.string}") from None
+    if size_bytes < PAGE_SIZE:
+        raise BackingError(errno.EINVAL, f"backing URI {shown} holds no whole 4 KiB block")
+    return size_bytes
 
 
 class RemoteBacking:
