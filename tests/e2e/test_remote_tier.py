@@ -262,3 +262,54 @@ def test_remote_killed_mid_writeback_then_restarted_empty(make_server, sockdir):
         assert ctl(server, "writeback", type="huge")["written"] >= 4
         assert h.pread(4 * PAGE, n * PAGE) == b"".join(fresh)
         h.shutdown()
+
+
+@pytest.fixture
+def netns_link():
+    """A network namespace joined to ours by a veth pair, with 2 ms of
+    ``tc netem`` delay each way where the kernel has netem (sch_netem);
+    yields (namespace, the address inside it, whether netem delays it)."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    tag = f"zrt{os.getpid() % 100000}"
+    ns, outer, inner = f"{tag}ns", f"{tag}a", f"{tag}b"
+    net = f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}"
+
+    def ip(*args, check=True):
+        return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+    try:
+        ip("netns", "add", ns)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot make a network namespace here: {getattr(exc, 'stderr', exc)}")
+    try:
+        ip("link", "add", outer, "type", "veth", "peer", "name", inner)
+        ip("link", "set", inner, "netns", ns)
+        ip("addr", "add", f"{net}.1/24", "dev", outer)
+        ip("link", "set", outer, "up")
+        ip("-n", ns, "addr", "add", f"{net}.2/24", "dev", inner)
+        ip("-n", ns, "link", "set", inner, "up")
+        ip("-n", ns, "link", "set", "lo", "up")
+        netem = True
+        for args, dev in ((["tc"], outer), (["ip", "netns", "exec", ns, "tc"], inner)):
+            add = subprocess.run([*args, "qdisc", "add", "dev", dev, "root", "netem", "delay",
+                                  "2ms"], capture_output=True, text=True)
+            netem = netem and add.returncode == 0
+        yield ns, f"{net}.2", netem
+    finally:
+        ip("link", "del", outer, check=False)
+        ip("netns", "del", ns, check=False)
+
+
+def test_across_network_namespaces_with_delay(make_server, sockdir, netns_link):
+    """TLS-PSK over a veth pair into another network namespace, 2 ms each
+    way: pages round-trip and every read takes at least the delayed round
+    trip.  A kernel without netem gets the same 4 ms round trip from
+    nbdkit's delay filter in the namespace (the namespaces and the veth
+    link are still real)."""
+    ns, address, netem = netns_link
+    filters = [] if netem else [("delay", {"delay-read": "4ms", "delay-write": "4ms"})]
+    with Remote(sockdir, tls=True, netns=ns, address=address, filters=filters) as remote:
+        s = round_trip(make_server, remote, n=32)
+        assert s["remote_read_latency_p50_seconds"] >= 0.004
+        assert s["remote_write_latency_p50_seconds"] >= 0.004
