@@ -53,8 +53,11 @@ def _remote(workdir: str, target: str):
                 os.close(fd)
             cmd += ["--tls=require", f"--tls-psk={psk}"]
             uri = f"nbds://bench@127.0.0.1:{port}/?tls-psk-file={psk}"
-    proc = subprocess.Popen([*cmd, "memory", size], stderr=subprocess.DEVNULL)
     pid_file = cmd[3]
+    for stale in (pid_file, os.path.join(workdir, "remote.sock")):
+        if os.path.exists(stale):
+            os.unlink(stale)  # the last round's: not a sign this one is ready
+    proc = subprocess.Popen([*cmd, "memory", size], stderr=subprocess.DEVNULL)
     while not os.path.exists(pid_file):
         time.sleep(0.01)
     return proc, uri
