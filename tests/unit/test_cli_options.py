@@ -23,6 +23,10 @@ from zramd import cli
     (["--address", "0.0.0.0"], "--address applies only with --port"),
     (["--threads", "0"], "threads must be"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--backing-uri", "http://example.com/disk"], "scheme must be one of"),
+    (["--backing-uri", "nbd://h/", "--backing-file", "b.img"], "not both"),
+    (["--backing-uri", "nbd://h/", "--instances", "2"], "striped instances would share it"),
+    (["--backing-timeout", "0"], "backing timeout must be 1..3600"),
 ])
 def test_bad_options_exit_with_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -228,6 +228,8 @@ class RemoteBacking:
         self.freed_total = 0
         self._read_lat: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self._write_lat: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.export_bytes = 0  # learnt at the first connection
+        self.nr_blocks = 0
         try:
             h = self._connect(time.monotonic() + timeout_s)
         except OSError as exc:
@@ -270,7 +272,7 @@ class RemoteBacking:
             self.connected = True
             self._backoff_s = 0.0
             size = h.get_size()
-        if hasattr(self, "export_bytes") and size < self.nr_blocks * PAGE_SIZE:
+        if size < self.nr_blocks * PAGE_SIZE:  # a reconnection to a smaller export
             log.error(
                 "remote tier %s came back with %d bytes: blocks beyond read as I/O errors",
                 self.path,
