@@ -313,3 +313,21 @@ def test_across_network_namespaces_with_delay(make_server, sockdir, netns_link):
         s = round_trip(make_server, remote, n=32)
         assert s["remote_read_latency_p50_seconds"] >= 0.004
         assert s["remote_write_latency_p50_seconds"] >= 0.004
+
+
+def test_watermark_policy_writes_back_to_the_remote(make_server, sockdir):
+    """The automatic policy runs unchanged on the remote tier, and the
+    watermarks knob is set on a running remote-tier device."""
+    with Remote(sockdir) as remote, \
+            make_server(size="32M", backing_uri=remote.uri, high_watermark_bytes=1 << 20,
+                        low_watermark_bytes=512 << 10) as server:
+        h = connect(server)
+        data = pages(1024)  # 4 MiB of incompressible pages past a 1 MiB high mark
+        write_all(h, data)
+        s = stats(server)
+        assert s["bd_count"] > 512 and s["policy_runs"] >= 1
+        assert s["remote_held_bytes"] == s["backing_used_blocks"] * PAGE
+        ctl(server, "set", high_watermark="8M", low_watermark="6M")
+        assert stats(server)["high_watermark"] == 8 << 20
+        assert h.pread(len(data) * PAGE, 0) == b"".join(data)
+        h.shutdown()
