@@ -280,6 +280,11 @@ METRICS: dict[str, tuple[str, str, str]] = {
     ),
     "remote_disconnects": ("remote_disconnects", COUNTER, "connections to the remote lost"),
     "remote_reconnects": ("remote_reconnects", COUNTER, "connections to the remote regained"),
+    "remote_quarantined_blocks": (
+        "remote_quarantined_blocks",
+        GAUGE,
+        "remote blocks never reused: a write or trim there timed out and may still land",
+    ),
     "remote_read_latency_p50_seconds": (
         "remote_read_latency_p50_seconds",
         GAUGE,

@@ -331,3 +331,21 @@ def test_watermark_policy_writes_back_to_the_remote(make_server, sockdir):
         assert stats(server)["high_watermark"] == 8 << 20
         assert h.pread(len(data) * PAGE, 0) == b"".join(data)
         h.shutdown()
+
+
+def test_a_timed_out_write_quarantines_its_block(make_server, sockdir):
+    """--filter=delay on writes past the timeout: the write fails (the page
+    stays in RAM) and its block is never reused, since the slow server may
+    still write it after a newer page went there."""
+    filt = ("delay", {"delay-write": "3"})
+    with Remote(sockdir, filters=[filt]) as remote, \
+            make_server(size="16M", backing_uri=remote.uri, backing_timeout_s=1) as server:
+        h = connect(server)
+        data = pages(4)
+        write_all(h, data)
+        r = ctl(server, "writeback", type="huge")
+        assert r["written"] == 0 and "no answer" in r["error"]
+        s = stats(server)
+        assert s["remote_quarantined_blocks"] == 1 and s["backing_used_blocks"] == 0
+        assert h.pread(4 * PAGE, 0) == b"".join(data)
+        h.shutdown()

@@ -45,7 +45,11 @@ out read is an EIO for that request alone (``remote_read_errors``); pages
 in RAM are served as ever.  A discard that fails is counted and its
 blocks are reused anyway: what they hold is ciphertext under a key only
 this process has, and a counter that no longer matches.  Discard is NBD
-trim, or write-zeroes where the export cannot trim.
+trim, or write-zeroes where the export cannot trim.  A write or discard
+that *timed out* is different: the server may only be slow and carry it
+out later, after a newer page went to the same block on another
+connection, so its blocks go to ``_quarantined`` and are never reused
+(``remote_quarantined_blocks``; capacity lost, never a page).
 
 Locking
 -------
@@ -218,6 +222,7 @@ class RemoteBacking:
         self._wctr = 0
         self._ctrs = array.array("Q")
         self._tags = bytearray()
+        self._quarantined: set[int] = set()  # blocks never reused (_quarantine_blocks)
         self.write_errors = 0
         self.read_errors = 0
         self.read_timeouts = 0
@@ -244,8 +249,10 @@ class RemoteBacking:
         if not self.nr_blocks:
             raise BackingError(errno.EINVAL, f"backing URI {self.path} holds no whole 4 KiB block")
         self._idle.append(h)
-        # old contents are meaningless to us (and never authenticate): trim once, best effort
-        self._discard(0, self.nr_blocks, deadline=time.monotonic() + timeout_s)
+        # old contents are meaningless to us (and never authenticate): trim once,
+        # best effort; but not one that may still land on pages written later
+        if not self._discard(0, self.nr_blocks, deadline=time.monotonic() + timeout_s):
+            raise BackingError(errno.ETIMEDOUT, f"backing URI {self.path}: no answer to a trim")
 
     # -- connections ---------------------------------------------------------
     def _connect(self, deadline: float):
@@ -380,7 +387,8 @@ class RemoteBacking:
 
     def _release(self, block: int, freed: int) -> None:
         with self._lock:
-            self._dirty.append(block)
+            if block not in self._quarantined:
+                self._dirty.append(block)
             self._used -= 1
             self.freed_total += freed
             self._ctrs[block] = 0  # a racing reader sees the change
@@ -402,19 +410,22 @@ class RemoteBacking:
             if block is not None and block == prev + 1:
                 prev = block
                 continue
-            self._discard(start, prev - start + 1, deadline)
+            if not self._discard(start, prev - start + 1, deadline):
+                self._quarantine_blocks(range(start, prev + 1))
             if block is not None:
                 start = prev = block
         with self._lock:
-            self._free.extend(reversed(blocks))
-            self.discarded_blocks += len(blocks)
+            reusable = [b for b in blocks if b not in self._quarantined]
+            self._free.extend(reversed(reusable))
+            self.discarded_blocks += len(reusable)
 
-    def _discard(self, first: int, count: int, deadline: float) -> None:
+    def _discard(self, first: int, count: int, deadline: float) -> bool:
         """NBD trim (or write-zeroes) of blocks ``first .. first+count-1``;
-        an error is counted, not raised."""
+        an error is counted, not raised.  False if it timed out: the server
+        may still carry it out later (see ``_quarantine_blocks``)."""
         offset, length = first * PAGE_SIZE, count * PAGE_SIZE
         if not length or not (self._can_trim or self._can_zero):
-            return
+            return True
         if self._can_trim:
 
             def start(h):
@@ -430,6 +441,16 @@ class RemoteBacking:
             with self._lock:
                 self.discard_errors += 1
                 self.last_error = f"discard: {exc.strerror or exc}"
+            return exc.errno != errno.ETIMEDOUT
+        return True
+
+    def _quarantine_blocks(self, blocks) -> None:
+        """Never reuse these blocks: a command on them timed out, and a
+        server that was only slow may still carry it out after a newer
+        page is written there (on another connection, in any order), which
+        would lose that page (an EIO, never stale data: module docstring)."""
+        with self._lock:
+            self._quarantined.update(blocks)
 
     # -- data ------------------------------------------------------------------
     def write(self, block: int, page) -> None:
@@ -446,6 +467,8 @@ class RemoteBacking:
                 lambda h: h.aio_pwrite(buf, offset), time.monotonic() + self.timeout_s
             )
         except OSError as exc:
+            if exc.errno == errno.ETIMEDOUT:  # it may still land: never reuse the block
+                self._quarantine_blocks((block,))
             with self._lock:
                 self.write_errors += 1
                 self.last_error = f"{exc.strerror or exc}"
@@ -521,6 +544,7 @@ class RemoteBacking:
                 "remote_read_timeouts": self.read_timeouts,
                 "remote_disconnects": self.disconnects,
                 "remote_reconnects": self.reconnects,
+                "remote_quarantined_blocks": len(self._quarantined),
                 "remote_read_latency_p50_seconds": _percentile(reads, 0.50),
                 "remote_read_latency_p99_seconds": _percentile(reads, 0.99),
                 "remote_write_latency_p50_seconds": _percentile(writes, 0.50),
