@@ -280,6 +280,21 @@ METRICS: dict[str, tuple[str, str, str]] = {
     ),
     "remote_disconnects": ("remote_disconnects", COUNTER, "connections to the remote lost"),
     "remote_reconnects": ("remote_reconnects", COUNTER, "connections to the remote regained"),
+    "remote_write_pending_pages": (
+        "remote_write_pending_pages",
+        GAUGE,
+        "written-back pages sent to the remote and not yet acknowledged (kept sealed in RAM)",
+    ),
+    "remote_write_failures": (
+        "remote_write_failures",
+        COUNTER,
+        "remote writes refused or lost with their connection (sent again, never dropped)",
+    ),
+    "remote_write_timeouts": (
+        "remote_write_timeouts",
+        COUNTER,
+        "remote writes not acknowledged within --backing-timeout",
+    ),
     "remote_quarantined_blocks": (
         "remote_quarantined_blocks",
         GAUGE,

@@ -28,7 +28,7 @@ from zramd.engine.store import PageStore
 from zramd.engine.writeback import Writeback
 
 PAGE = 4096
-PAGES = 12
+PAGES = 24  # more than the write window: writes wait for acknowledgements
 SIZE_BYTES = PAGES * PAGE
 TEXT = (b"the quick brown zram page compresses well " * 100)[:PAGE]
 ERROR_RATE = "20%"
@@ -77,7 +77,7 @@ class RemoteStoreModel(RuleBasedStateMachine):
 
     def teardown(self):
         self.TOTALS["eio"] += self.eio
-        self.TOTALS["write_errors"] += self.backing.write_errors
+        self.TOTALS["write_errors"] += self.backing.write_failures
         self.writeback.stop()  # closes the backing too
 
     def _states(self, first: int, last: int) -> list[str]:

@@ -17,10 +17,12 @@ import pytest
 from helpers import connect, stats
 from remotes import Pause, Remote
 from zramd.control import call
+from zramd.engine.remote import WRITE_WINDOW_PAGES
 from zramd.server import ServerError
 from zramd.settings import ConfigError
 
 PAGE = 4096
+WINDOW = WRITE_WINDOW_PAGES
 nbd = pytest.importorskip("nbd", reason="libnbd Python bindings missing (python3-libnbd)")
 
 
@@ -135,59 +137,67 @@ def test_bad_uris_are_one_line(make_server, sockdir):
 
 
 def test_error_filter_write_errors_stall_and_read_errors_are_eio(make_server, sockdir):
-    """Write errors leave pages in RAM (nothing lost); read errors are EIO
-    for that request alone, counted; pages in RAM are served throughout."""
+    """Refused writes stall writeback once the window of writes in flight
+    is full: nothing is lost (pages not acknowledged stay sealed in RAM and
+    are sent again); read errors are EIO for that request alone, counted;
+    pages in RAM are served throughout."""
     wfail, rfail = os.path.join(sockdir, "wfail"), os.path.join(sockdir, "rfail")
     filt = ("error", {"error-pwrite-rate": "100%", "error-pwrite-file": wfail,
                       "error-pread-rate": "100%", "error-pread-file": rfail})
     with Remote(sockdir, filters=[filt]) as remote, \
             make_server(size="16M", backing_uri=remote.uri) as server:
         h = connect(server)
-        data = pages(16)
+        n = 2 * WINDOW
+        data = pages(n)
         write_all(h, data)
         open(wfail, "w").close()
         r = ctl(server, "writeback", type="huge")
-        assert r["written"] == 0 and r["error"]
+        assert r["written"] == WINDOW and r["error"]
         s = stats(server)
-        assert s["bd_write_errors"] >= 1 and s["bd_count"] == 0 and s["remote_connected"] == 1
-        for i, page in enumerate(data):
-            assert h.pread(PAGE, i * PAGE) == page  # still in RAM
+        assert s["bd_write_errors"] >= 1 and s["remote_write_pending_pages"] == WINDOW
+        assert s["remote_connected"] == 1
+        assert h.pread(n * PAGE, 0) == b"".join(data)  # nothing lost
         os.unlink(wfail)
-        assert ctl(server, "writeback", type="huge", limit=8)["written"] == 8
+        assert ctl(server, "writeback", type="huge")["written"] == WINDOW
+        assert stats(server)["remote_write_pending_pages"] <= WINDOW  # the first ones landed
+        fresh = pages(4)
+        write_all(h, fresh, first=n)
         open(rfail, "w").close()
         with pytest.raises(nbd.Error) as err:
             h.pread(PAGE, 0)
         assert err.value.errno == "EIO"
-        assert h.pread(8 * PAGE, 8 * PAGE) == b"".join(data[8:])  # RAM pages: fine
+        assert h.pread(4 * PAGE, n * PAGE) == b"".join(fresh)  # RAM pages: fine
         assert stats(server)["remote_read_errors"] == 1
         os.unlink(rfail)
-        assert h.pread(8 * PAGE, 0) == b"".join(data[:8])
+        assert h.pread(n * PAGE, 0) == b"".join(data)
         h.shutdown()
 
 
 def test_a_slow_remote_read_fails_after_the_timeout(make_server, sockdir):
     """--filter=delay longer than --backing-timeout: the read fails EIO,
-    counted as a timeout; the next read reconnects and succeeds once the
-    delay is under the timeout (the delay filter delays every read, so
-    here the timeout is what differs between the two servers)."""
+    counted as a timeout; pages in RAM are served; with a timeout above the
+    delay the same read succeeds (the delay filter delays every read, so
+    the timeout is what differs between the two servers).  Writeback goes
+    past the write window so that page 0 is acknowledged: on the remote only."""
     filt = ("delay", {"delay-read": "3"})
+    n = WINDOW + 4
     with Remote(sockdir, filters=[filt]) as remote:
-        data = pages(4)
+        data = pages(n)
         with make_server(size="16M", backing_uri=remote.uri, backing_timeout_s=1) as server:
             h = connect(server)
             write_all(h, data)
-            assert ctl(server, "writeback", type="huge", limit=2)["written"] == 2
+            assert ctl(server, "writeback", type="huge", limit=n - 2)["written"] == n - 2
             with pytest.raises(nbd.Error) as err:
                 h.pread(PAGE, 0)
             assert err.value.errno == "EIO"
-            assert h.pread(2 * PAGE, 2 * PAGE) == b"".join(data[2:])
+            assert h.pread(2 * PAGE, (n - 2) * PAGE) == b"".join(data[n - 2:])
             s = stats(server)
             assert s["remote_read_timeouts"] == 1 and s["remote_read_errors"] == 1
             h.shutdown()
         with make_server(size="16M", backing_uri=remote.uri, backing_timeout_s=10) as server:
             h = connect(server)
             write_all(h, data)
-            assert ctl(server, "writeback", type="huge", limit=1)["written"] == 1
+            assert ctl(server, "writeback", type="huge", limit=n - 2)["written"] == n - 2
             assert h.pread(PAGE, 0) == data[0]
             assert stats(server)["remote_read_latency_p50_seconds"] >= 3
             h.shutdown()
@@ -201,23 +211,27 @@ def test_a_paused_remote(make_server, sockdir):
     with Remote(sockdir, filters=[pause.filter]) as remote, \
             make_server(size="16M", backing_uri=remote.uri, backing_timeout_s=1) as server:
         h = connect(server)
-        data = pages(8)
+        n = 3 * WINDOW
+        data = pages(n)
         write_all(h, data)
-        assert ctl(server, "writeback", type="huge", limit=4)["written"] == 4
+        # past the write window: the first pages are acknowledged, on the remote only
+        assert ctl(server, "writeback", type="huge", limit=WINDOW + 4)["written"] == WINDOW + 4
         pause.pause()
         with pytest.raises(nbd.Error):
             h.pread(PAGE, 0)
-        assert h.pread(4 * PAGE, 4 * PAGE) == b"".join(data[4:])
-        r = ctl(server, "writeback", type="huge")
-        assert r["written"] == 0 and r["error"]
+        tail = (WINDOW + 4) * PAGE
+        assert h.pread(n * PAGE - tail, tail) == b"".join(data[WINDOW + 4:])  # in RAM
+        r = ctl(server, "writeback", type="huge")  # fills the window, then times out
+        assert r["error"] and r["written"] < n - WINDOW - 4
         s = stats(server)
         assert s["remote_connected"] == 0 and s["remote_read_timeouts"] >= 1
+        assert s["remote_write_timeouts"] >= 1
         pause.resume()
-        assert h.pread(8 * PAGE, 0) == b"".join(data)
-        assert ctl(server, "writeback", type="huge")["written"] == 4
+        assert h.pread(n * PAGE, 0) == b"".join(data)
+        ctl(server, "writeback", type="huge")
         s = stats(server)
-        assert s["remote_connected"] == 1 and s["remote_reconnects"] >= 1
-        assert h.pread(8 * PAGE, 0) == b"".join(data)
+        assert s["bd_count"] == n and s["remote_connected"] == 1 and s["remote_reconnects"] >= 1
+        assert h.pread(n * PAGE, 0) == b"".join(data)
         h.shutdown()
 
 
@@ -241,6 +255,7 @@ def test_remote_killed_mid_writeback_then_restarted_empty(make_server, sockdir):
         remote.start()  # empty
         s = stats(server)
         written = s["bd_count"]
+        unacknowledged = s["remote_write_pending_pages"]  # still sealed in RAM: not lost
         assert written >= 32 and done.get("error")  # the run ended at the first failed write
         lost = ok = 0
         for i, page in enumerate(data):
@@ -253,7 +268,7 @@ def test_remote_killed_mid_writeback_then_restarted_empty(make_server, sockdir):
             assert got == page  # never stale or other data
             ok += 1
         s = stats(server)
-        assert lost == written and ok == n - written
+        assert lost == written - unacknowledged and ok == n - lost
         assert s["bd_auth_errors"] == lost and s["remote_read_errors"] == 0
         assert s["remote_disconnects"] >= 1 and s["remote_reconnects"] >= 1
         # writeback goes on to the fresh export
@@ -334,18 +349,21 @@ def test_watermark_policy_writes_back_to_the_remote(make_server, sockdir):
 
 
 def test_a_timed_out_write_quarantines_its_block(make_server, sockdir):
-    """--filter=delay on writes past the timeout: the write fails (the page
-    stays in RAM) and its block is never reused, since the slow server may
-    still write it after a newer page went there."""
+    """--filter=delay on writes past the timeout: the window of writes in
+    flight fills, the oldest times out, writeback stops with the page that
+    did not fit still in RAM; the blocks of the writes sent are never
+    reused, since the slow server may still write them after a newer page
+    went there; their pages stay readable (sealed in RAM until acknowledged)."""
     filt = ("delay", {"delay-write": "3"})
     with Remote(sockdir, filters=[filt]) as remote, \
             make_server(size="16M", backing_uri=remote.uri, backing_timeout_s=1) as server:
         h = connect(server)
-        data = pages(4)
+        data = pages(WINDOW + 4)
         write_all(h, data)
         r = ctl(server, "writeback", type="huge")
-        assert r["written"] == 0 and "no answer" in r["error"]
+        assert r["written"] == WINDOW and "no answer" in r["error"]
         s = stats(server)
-        assert s["remote_quarantined_blocks"] == 1 and s["backing_used_blocks"] == 0
-        assert h.pread(4 * PAGE, 0) == b"".join(data)
+        assert s["remote_quarantined_blocks"] == WINDOW and s["remote_write_timeouts"] == 1
+        assert s["remote_write_pending_pages"] == WINDOW
+        assert h.pread(len(data) * PAGE, 0) == b"".join(data)
         h.shutdown()

@@ -94,6 +94,9 @@ DEFAULT_TIMEOUT_S = 30
 # Reconnect backoff after a lost connection: docs/design.md#remote-tier
 RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 5.0
+# Pages written back and not yet acknowledged, at most: writes in flight on
+# the writer connection (docs/design.md#remote-tier)
+WRITE_WINDOW_PAGES = 16
 # Recent command latencies kept for the p50/p99 in stats: docs/design.md#remote-tier
 LATENCY_SAMPLES = 1024
 # A clean stop trims what we wrote, waiting at most this long for it.
@@ -107,6 +110,18 @@ log = logging.getLogger("zramd.remote")
 
 class _Timeout(Exception):
     """A command passed its deadline."""
+
+
+class _Pending:
+    """A sealed page sent and not yet acknowledged (``RemoteBacking._pending``)."""
+
+    __slots__ = ("block", "ctr", "sealed", "buf", "cookie", "sent_at")
+
+    def __init__(self, block: int, ctr: int, sealed: bytes):
+        self.block, self.ctr, self.sealed = block, ctr, sealed
+        self.buf = None
+        self.cookie = 0  # 0: to be (re)sent
+        self.sent_at = 0.0
 
 
 def check_uri(uri: str) -> None:
@@ -223,6 +238,12 @@ class RemoteBacking:
         self._ctrs = array.array("Q")
         self._tags = bytearray()
         self._quarantined: set[int] = set()  # blocks never reused (_quarantine_blocks)
+        self._pending: dict[int, _Pending] = {}  # block -> its write in flight
+        self._release_after: set[int] = set()  # freed while in flight
+        self._writer = None  # the writer connection (write, _pump)
+        self._writer_lock = threading.Lock()
+        self.write_timeouts = 0
+        self.write_failures = 0  # writes the remote refused or lost (sent again)
         self.write_errors = 0
         self.read_errors = 0
         self.read_timeouts = 0
@@ -387,7 +408,9 @@ class RemoteBacking:
 
     def _release(self, block: int, freed: int) -> None:
         with self._lock:
-            if block not in self._quarantined:
+            if block in self._pending:  # reusable once its write is acknowledged
+                self._release_after.add(block)
+            elif block not in self._quarantined:
                 self._dirty.append(block)
             self._used -= 1
             self.freed_total += freed
@@ -454,36 +477,143 @@ class RemoteBacking:
 
     # -- data ------------------------------------------------------------------
     def write(self, block: int, page) -> None:
-        """Write one sealed page; an error is counted and raised (the caller
-        keeps the page in RAM and gives the block back)."""
+        """Seal one page and send it; return once it is in flight (at most
+        ``WRITE_WINDOW_PAGES`` are: the oldest is waited for).  Until the
+        remote acknowledges it, the sealed page stays in ``_pending`` and is
+        read from there, and resent after a failure: nothing is lost.  An
+        error (the window cannot drain) is counted and raised: the caller
+        keeps its page in RAM and gives the block back."""
         with self._lock:
             self._wctr += 1
             ctr = self._wctr
         sealed = seal(self._aead, ctr, block, page)
-        buf = self._nbd.Buffer.from_buffer(sealed[:PAGE_SIZE])
-        offset = block * PAGE_SIZE
-        try:
-            took_s = self._command(
-                lambda h: h.aio_pwrite(buf, offset), time.monotonic() + self.timeout_s
-            )
-        except OSError as exc:
-            if exc.errno == errno.ETIMEDOUT:  # it may still land: never reuse the block
-                self._quarantine_blocks((block,))
+        with self._writer_lock:  # one writer at a time (the writeback thread)
+            try:
+                self._pump(WRITE_WINDOW_PAGES - 1)
+            except OSError as exc:
+                with self._lock:
+                    self.write_errors += 1
+                    self.last_error = f"{exc.strerror or exc}"
+                raise
             with self._lock:
-                self.write_errors += 1
-                self.last_error = f"{exc.strerror or exc}"
-            raise
+                self._ctrs[block] = ctr
+                self._tags[block * TAG_BYTES : (block + 1) * TAG_BYTES] = sealed[PAGE_SIZE:]
+                self._pending[block] = _Pending(block, ctr, sealed)
+            try:
+                self._send(self._pending[block])
+            except OSError:
+                pass  # resent by the next _pump; the page is safe in _pending
+
+    def _send(self, p: _Pending) -> None:
+        """Issue the write of a pending page on the writer connection."""
+        h = self._writer
+        if h is None:
+            raise OSError(errno.ENOTCONN, "no writer connection")
+        p.buf = self._nbd.Buffer.from_buffer(p.sealed[:PAGE_SIZE])
+        p.sent_at = time.monotonic()
+        try:
+            p.cookie = h.aio_pwrite(p.buf, p.block * PAGE_SIZE)
+        except self._nbd.Error as exc:
+            p.cookie = 0
+            self._writer_lost()
+            raise OSError(exc.errno or errno.EIO, exc.string or "remote write failed") from None
+
+    def _pump(self, keep: int) -> None:
+        """Retire acknowledged writes, resend failed ones, and wait until at
+        most ``keep`` pages are pending (each waits at most ``timeout_s``).
+        OSError when that cannot be done (the remote is down)."""
+        nbd = self._nbd
+        while True:
+            if self._writer is None:
+                self._writer = self._connect_writer()
+            with self._lock:
+                pending = list(self._pending.values())
+            failed = None
+            for p in pending:
+                h = self._writer
+                if h is None:
+                    raise OSError(errno.ENOTCONN, f"remote {self.path} is disconnected")
+                if not p.cookie:
+                    self._send(p)
+                    continue
+                try:
+                    done = h.aio_command_completed(p.cookie)
+                except nbd.Error as exc:
+                    self._write_failed(p, exc)
+                    failed = failed or exc
+                    continue
+                if done:
+                    self._retire(p)
+                elif time.monotonic() - p.sent_at > self.timeout_s:
+                    # any write sent on that connection may still land: resent
+                    # identical, and their blocks never reused once freed
+                    self._quarantine_blocks([q.block for q in pending])
+                    self._writer_lost()
+                    with self._lock:
+                        self.write_timeouts += 1
+                    raise OSError(errno.ETIMEDOUT, f"no answer in {self.timeout_s:g} s")
+            if failed is not None:  # each failed page is sent again next time
+                raise OSError(failed.errno or errno.EIO, failed.string or "remote write failed")
+            with self._lock:
+                left = len(self._pending)
+            if left <= keep:
+                return
+            h = self._writer
+            if h is None:
+                continue
+            try:
+                h.poll(max(1, int(self.timeout_s * 1000)))
+            except nbd.Error:
+                self._writer_lost()
+
+    def _write_failed(self, p: _Pending, exc) -> None:
+        """The server refused a write, or its connection died: it is sent
+        again (same bytes) by the next ``_pump``, in the next write or
+        writeback run; the caller raises (writeback stalls)."""
+        p.cookie = 0
         with self._lock:
-            self._ctrs[block] = ctr
-            self._tags[block * TAG_BYTES : (block + 1) * TAG_BYTES] = sealed[PAGE_SIZE:]
-            self._write_lat.append(took_s)
+            self.write_failures += 1
+            self.last_error = f"write: {exc.string or exc}"
+        if self._writer is not None and not self._writer.aio_is_ready():
+            self._writer_lost()
+
+    def _retire(self, p: _Pending) -> None:
+        with self._lock:
+            self._write_lat.append(time.monotonic() - p.sent_at)
+            if self._pending.get(p.block) is p:
+                del self._pending[p.block]
+            if p.block in self._release_after:  # freed while in flight: reusable now
+                self._release_after.discard(p.block)
+                if p.block not in self._quarantined:
+                    self._dirty.append(p.block)
+
+    def _connect_writer(self):
+        with self._lock:
+            retry_at = self._retry_at
+        if time.monotonic() < retry_at:
+            raise OSError(errno.ENOTCONN, f"remote {self.path} is disconnected")
+        try:
+            return self._connect(time.monotonic() + self.timeout_s)
+        except OSError:
+            self._lost(None)
+            raise
+
+    def _writer_lost(self) -> None:
+        with self._lock:
+            for p in self._pending.values():
+                p.cookie = 0
+        self._writer = None
+        self._lost(None)
 
     def read(self, block: int) -> bytes:
         with self._lock:
             ctr = self._ctrs[block] if block < len(self._ctrs) else 0
             tag = bytes(self._tags[block * TAG_BYTES : (block + 1) * TAG_BYTES])
+            pending = self._pending.get(block)
         if not ctr:
             return ZERO_PAGE  # freed meanwhile: the store loads the slot again
+        if pending is not None and pending.ctr == ctr:  # not acknowledged yet: ours
+            return unseal(self._aead, ctr, block, pending.sealed[:PAGE_SIZE], tag)
         buf = self._nbd.Buffer(PAGE_SIZE)
         offset = block * PAGE_SIZE
         try:
@@ -515,8 +645,22 @@ class RemoteBacking:
             ) from None
 
     def check_size(self) -> None:
-        """Nothing to look at without a command: a shrunk export is logged
-        when a connection comes back (``_connect``)."""
+        """At the start of each writeback run: retire the writes the remote
+        acknowledged since the last run (without waiting).  A shrunk export
+        is logged when a connection comes back (``_connect``)."""
+        if not self._writer_lock.acquire(blocking=False):
+            return
+        try:
+            h = self._writer
+            if h is not None and self._pending:
+                try:
+                    while h.poll(0) == 1:
+                        pass
+                    self._pump(len(self._pending))
+                except (OSError, self._nbd.Error):
+                    pass  # the next write sees it again
+        finally:
+            self._writer_lock.release()
 
     # -- accounting --------------------------------------------------------------
     def used_blocks(self) -> int:
@@ -545,6 +689,9 @@ class RemoteBacking:
                 "remote_disconnects": self.disconnects,
                 "remote_reconnects": self.reconnects,
                 "remote_quarantined_blocks": len(self._quarantined),
+                "remote_write_pending_pages": len(self._pending),
+                "remote_write_timeouts": self.write_timeouts,
+                "remote_write_failures": self.write_failures,
                 "remote_read_latency_p50_seconds": _percentile(reads, 0.50),
                 "remote_read_latency_p99_seconds": _percentile(reads, 0.99),
                 "remote_write_latency_p50_seconds": _percentile(writes, 0.50),
@@ -553,6 +700,8 @@ class RemoteBacking:
 
     def close(self) -> None:
         """Clean stop: trim what we wrote (best effort), close the handles."""
+        with self._writer_lock:
+            self._writer = None  # nothing needs its writes any more
         with self._lock:
             touched = self._next
             closed = not self._idle and not self.connected
