@@ -43,12 +43,14 @@ class Remote:
 
     def __init__(self, workdir: str, name: str = "remote", kind: str = "memory",
                  size: str = "64M", filters=(), tls: bool = False,
-                 netns: str | None = None, address: str = "127.0.0.1"):
+                 netns: str | None = None, address: str = "127.0.0.1",
+                 threads: int | None = None):
         tool = "nbdkit" if kind == "memory" else "qemu-storage-daemon"
         if not shutil.which(tool):
             pytest.skip(f"{tool} not installed")
         self.workdir, self.name, self.kind, self.size = workdir, name, kind, size
         self.filters, self.tls, self.netns, self.address = list(filters), tls, netns, address
+        self.threads = threads
         self.socket_path = os.path.join(workdir, f"{name}.sock")
         self.pid_file = os.path.join(workdir, f"{name}.pid")
         self.log_path = os.path.join(workdir, f"{name}.log")
@@ -82,6 +84,8 @@ class Remote:
                     "--export", "type=nbd,id=exp,node-name=disk,name=exp,writable=on",
                     "--pidfile", self.pid_file]
         cmd = ["nbdkit", "-f", "-P", self.pid_file]
+        if self.threads is not None:
+            cmd += ["--threads", str(self.threads)]
         if self.port is not None:
             cmd += ["-i", self.address, "-p", str(self.port)]
         else:

@@ -37,7 +37,8 @@ closed and the command fails (ETIMEDOUT, counted).  A connection that
 dies drops every idle handle and arms a reconnect backoff (``_retry_at``,
 doubling from ``RECONNECT_MIN_S`` to ``RECONNECT_MAX_S``).  While it runs,
 writes and discards fail at once (writeback stalls, pages stay in RAM); a
-read waits for the next attempt only if it comes before its deadline.
+read ignores it and tries to connect within its own deadline (a swap-in
+is worth a connection attempt; a refused one fails at once).
 
 Failure rules: a failed write raises OSError (writeback gives the block
 back, keeps the page in RAM and stalls, writeback.py); a failed or timed
@@ -298,7 +299,7 @@ class RemoteBacking:
                 self.reconnects += 1
                 log.warning("remote tier %s reconnected", self.path)
             self.connected = True
-            self._backoff_s = 0.0
+            self._backoff_s = self._retry_at = 0.0  # it answers again: no more waiting
             size = h.get_size()
         if size < self.nr_blocks * PAGE_SIZE:  # a reconnection to a smaller export
             log.error(
@@ -314,12 +315,9 @@ class RemoteBacking:
             if self._idle:
                 return self._idle.pop()
             retry_at = self._retry_at
-        now = time.monotonic()
-        if now < retry_at:
-            if not wait or retry_at >= deadline:
-                raise OSError(errno.ENOTCONN, f"remote {self.path} is disconnected")
-            time.sleep(retry_at - now)
-        try:
+        if not wait and time.monotonic() < retry_at:
+            raise OSError(errno.ENOTCONN, f"remote {self.path} is disconnected")
+        try:  # a read tries at once, within its own deadline
             return self._connect(deadline)
         except OSError:
             self._lost(None)
