@@ -40,6 +40,19 @@ writes and discards fail at once (writeback stalls, pages stay in RAM); a
 read ignores it and tries to connect within its own deadline (a swap-in
 is worth a connection attempt; a refused one fails at once).
 
+Write-behind: ``write`` runs on the writeback thread only (``_writer_lock``)
+and uses its own connection (``_writer``): it sends the sealed page with
+``aio_pwrite`` and returns, keeping up to ``WRITE_WINDOW_PAGES`` writes in
+flight (``_pending``: block -> ``_Pending``, the sealed bytes, its counter
+and cookie).  The store installs the page as written back at once; until
+the remote acknowledges it, ``read`` opens it from ``_pending`` (RAM), and
+a refused write or a lost connection only sends the same bytes again by
+the next ``_pump`` (the next write, or ``check_size`` at the start of the
+next writeback run): nothing is lost, and at most the window stays in RAM
+while the remote is away.  A block freed while its write is in flight is
+reusable only once it is acknowledged (``_release_after``): two writes of
+one block are never in flight at once.
+
 Failure rules: a failed write raises OSError (writeback gives the block
 back, keeps the page in RAM and stalls, writeback.py); a failed or timed
 out read is an EIO for that request alone (``remote_read_errors``); pages
@@ -54,8 +67,10 @@ connection, so its blocks go to ``_quarantined`` and are never reused
 
 Locking
 -------
-``_lock`` guards the blocks, the sidecar, the pool lists, the backoff and
-the counters; no libnbd call runs under it.  ``free`` is called with the
+``_lock`` guards the blocks, the sidecar, ``_pending``, the pool lists, the
+backoff and the counters; no libnbd call runs under it.  ``_writer_lock``
+(taken before ``_lock``, never inside it) makes the writer connection and
+``_pump`` one thread's.  ``free`` is called with the
 store's lock held (store lock, then ours); it only moves the block to
 ``_dirty``.  A reader racing with a free sees the block's counter change
 and returns zeros, and the store loads the slot again (store.py), as
