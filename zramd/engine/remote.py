@@ -257,6 +257,7 @@ class RemoteBacking:
         self._pending: dict[int, _Pending] = {}  # block -> its write in flight
         self._release_after: set[int] = set()  # freed while in flight
         self._writer = None  # the writer connection (write, _pump)
+        self._by_cookie: dict[int, _Pending] = {}  # writes in flight on it
         self._writer_lock = threading.Lock()
         self.write_timeouts = 0
         self.write_failures = 0  # writes the remote refused or lost (sent again)
@@ -526,6 +527,7 @@ class RemoteBacking:
         p.sent_at = time.monotonic()
         try:
             p.cookie = h.aio_pwrite(p.buf, p.block * PAGE_SIZE)
+            self._by_cookie[p.cookie] = p
         except self._nbd.Error as exc:
             p.cookie = 0
             self._writer_lost()
@@ -541,36 +543,25 @@ class RemoteBacking:
                 self._writer = self._connect_writer()
             with self._lock:
                 pending = list(self._pending.values())
-            failed = None
             for p in pending:
-                h = self._writer
-                if h is None:
-                    raise OSError(errno.ENOTCONN, f"remote {self.path} is disconnected")
                 if not p.cookie:
-                    self._send(p)
-                    continue
-                try:
-                    done = h.aio_command_completed(p.cookie)
-                except nbd.Error as exc:
-                    self._write_failed(p, exc)
-                    failed = failed or exc
-                    continue
-                if done:
-                    self._retire(p)
-                elif time.monotonic() - p.sent_at > self.timeout_s:
-                    # any write sent on that connection may still land: resent
-                    # identical, and their blocks never reused once freed
-                    self._quarantine_blocks([q.block for q in pending])
-                    self._writer_lost()
-                    with self._lock:
-                        self.write_timeouts += 1
-                    raise OSError(errno.ETIMEDOUT, f"no answer in {self.timeout_s:g} s")
+                    self._send(p)  # raises if the connection is gone
+            failed = self._retire_completed()
             if failed is not None:  # each failed page is sent again next time
                 raise OSError(failed.errno or errno.EIO, failed.string or "remote write failed")
             with self._lock:
-                left = len(self._pending)
-            if left <= keep:
+                pending = list(self._pending.values())
+            if len(pending) <= keep:
                 return
+            now = time.monotonic()
+            if any(p.cookie and now - p.sent_at > self.timeout_s for p in pending):
+                # any write sent on that connection may still land: resent
+                # identical, and their blocks never reused once freed
+                self._quarantine_blocks([p.block for p in pending])
+                self._writer_lost()
+                with self._lock:
+                    self.write_timeouts += 1
+                raise OSError(errno.ETIMEDOUT, f"no answer in {self.timeout_s:g} s")
             h = self._writer
             if h is None:
                 continue
@@ -578,6 +569,31 @@ class RemoteBacking:
                 h.poll(max(1, int(self.timeout_s * 1000)))
             except nbd.Error:
                 self._writer_lost()
+
+    def _retire_completed(self):
+        """Retire every write the writer connection completed; the first
+        error (its page is marked to be sent again), or None."""
+        nbd = self._nbd
+        failed = None
+        while self._writer is not None:
+            h = self._writer
+            try:
+                cookie = h.aio_peek_command_completed()
+            except nbd.Error:
+                return failed  # nothing in flight
+            if cookie <= 0:
+                return failed
+            p = self._by_cookie.pop(cookie, None)
+            try:
+                h.aio_command_completed(cookie)
+            except nbd.Error as exc:
+                if p is not None and p.cookie == cookie:
+                    self._write_failed(p, exc)
+                    failed = failed or exc
+                continue
+            if p is not None and p.cookie == cookie:
+                self._retire(p)
+        return failed
 
     def _write_failed(self, p: _Pending, exc) -> None:
         """The server refused a write, or its connection died: it is sent
@@ -615,6 +631,7 @@ class RemoteBacking:
         with self._lock:
             for p in self._pending.values():
                 p.cookie = 0
+        self._by_cookie.clear()
         self._writer = None
         self._lost(None)
 
