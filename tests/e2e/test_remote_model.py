@@ -10,7 +10,8 @@ read returns exactly what the model holds), and every EIO is a read that
 touched a written-back page and whose remote read failed
 (``remote_read_errors`` moved by exactly that read); a page never fails
 authentication (``bd_auth_errors`` stays 0: the remote never lost or
-changed a page)."""
+changed a page).  ``REMOTE_MODEL_EXAMPLES=300`` searches harder (30 by
+default)."""
 
 from __future__ import annotations
 
@@ -156,7 +157,8 @@ def test_remote_store_matches_a_bytearray_with_a_failing_remote(flaky_remote):
     RemoteStoreModel.URI = flaky_remote.uri
     run_state_machine_as_test(
         RemoteStoreModel,
-        settings=settings(max_examples=30, stateful_step_count=30, deadline=None),
+        settings=settings(max_examples=int(os.environ.get("REMOTE_MODEL_EXAMPLES", "30")),
+                          stateful_step_count=30, deadline=None),
     )
     totals = RemoteStoreModel.TOTALS
     assert totals["written"] and totals["eio"] and totals["write_errors"], totals
