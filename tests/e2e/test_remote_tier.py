@@ -50,11 +50,12 @@ def remote_contents(remote: Remote, nbytes: int) -> bytes:
         h.shutdown()
 
 
-def round_trip(make_server, remote: Remote, n: int = 64) -> dict:
+def round_trip(make_server, remote: Remote, n: int = 64, **kwargs) -> dict:
     """Write n pages, write them all back, read them back from the remote
     tier; the export holds only ciphertext.  The final stats."""
     data = pages(n)
-    with make_server(size="16M", backing_uri=remote.uri) as server:
+    assert n > WRITE_WINDOW_PAGES  # some pages acknowledged: read from the remote
+    with make_server(size="16M", backing_uri=remote.uri, **kwargs) as server:
         h = connect(server)
         write_all(h, data)
         r = ctl(server, "writeback", type="huge")
@@ -84,6 +85,14 @@ def test_nbdkit_memory_over_unix(make_server, sockdir):
     with Remote(sockdir) as remote:
         s = round_trip(make_server, remote)
         assert s["backing_file"] == remote.uri  # nothing secret in a Unix URI
+
+
+def test_the_cipher_is_chosen_never_off(make_server, sockdir):
+    with Remote(sockdir) as remote:
+        s = round_trip(make_server, remote, n=2 * WINDOW, backing_encrypt="chacha20-poly1305")
+        assert s["backing_encryption"] == "chacha20-poly1305"
+        s = round_trip(make_server, remote, n=2 * WINDOW)
+        assert s["backing_encryption"] == "aes-256-gcm"  # the default: always encrypted
 
 
 def test_qcow2_through_qemu_storage_daemon(make_server, sockdir):
