@@ -11,13 +11,14 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 from helpers import connect, stats
 from remotes import Pause, Remote
 from zramd.control import call
-from zramd.engine.remote import WRITE_WINDOW_PAGES
+from zramd.engine.remote import RECONNECT_MAX_S, WRITE_WINDOW_PAGES
 from zramd.server import ServerError
 from zramd.settings import ConfigError
 
@@ -378,4 +379,40 @@ def test_a_timed_out_write_quarantines_its_block(make_server, sockdir):
         assert s["remote_quarantined_blocks"] == WINDOW and s["remote_write_timeouts"] == 1
         assert s["remote_write_pending_pages"] == WINDOW
         assert h.pread(len(data) * PAGE, 0) == b"".join(data)
+        h.shutdown()
+
+
+def test_an_outage_stalls_writeback_and_writers_go_on(make_server, sockdir):
+    """The remote gone under the watermark policy: writeback stalls by the
+    file tier's rules (writers stop waiting for it), every page written
+    during the outage is kept and reads back; once the remote is back,
+    writeback goes on."""
+    with Remote(sockdir) as remote, \
+            make_server(size="32M", backing_uri=remote.uri, backing_timeout_s=2,
+                        high_watermark_bytes=1 << 20, low_watermark_bytes=512 << 10) as server:
+        h = connect(server)
+        write_all(h, pages(512))
+        assert stats(server)["bd_count"] > 0
+        remote.kill()
+        during = pages(1024)
+        write_all(h, during, first=512)  # none fails, none waits for a dead remote for good
+        s = stats(server)
+        assert s["writeback_stalled"] == 1 and s["writeback_stall_reason"]
+        assert s["throttle_skipped"] > 0 and s["remote_connected"] == 0
+        assert h.pread(len(during) * PAGE, 512 * PAGE) == b"".join(during)
+        remote.start()
+        before = stats(server)["bd_count"]
+        more = pages(64)
+        write_all(h, more, first=1536)
+        written = 0
+        for _ in range(3 * int(RECONNECT_MAX_S) + 3):  # writes wait out the reconnect backoff
+            written = ctl(server, "writeback", type="huge")["written"]
+            if written:
+                break
+            time.sleep(0.5)
+        assert written > 0
+        s = stats(server)
+        assert s["bd_count"] > before and s["remote_connected"] == 1
+        assert h.pread(len(during) * PAGE, 512 * PAGE) == b"".join(during)
+        assert h.pread(len(more) * PAGE, 1536 * PAGE) == b"".join(more)
         h.shutdown()
