@@ -59,7 +59,11 @@ out read is an EIO for that request alone (``remote_read_errors``); pages
 in RAM are served as ever.  A discard that fails is counted and its
 blocks are reused anyway: what they hold is ciphertext under a key only
 this process has, and a counter that no longer matches.  Discard is NBD
-trim, or write-zeroes where the export cannot trim.  A write or discard
+trim, or write-zeroes where the export cannot trim, done by the
+``zramd-remote-trim`` thread (started at the first free): ``discard_freed``
+only hands it the freed blocks, so no NBD request of a client (a trim, a
+rewrite of a written-back page) waits for the remote; ``alloc`` waits for
+it (at most ``timeout_s``) only when freed blocks are all that is left.  A write or discard
 that *timed out* is different: the server may only be slow and carry it
 out later, after a newer page went to the same block on another
 connection, so its blocks go to ``_quarantined`` and are never reused
@@ -68,7 +72,9 @@ connection, so its blocks go to ``_quarantined`` and are never reused
 Locking
 -------
 ``_lock`` guards the blocks, the sidecar, ``_pending``, the pool lists, the
-backoff and the counters; no libnbd call runs under it.  ``_writer_lock``
+backoff and the counters; no libnbd call runs under it.  ``_trim_cond``
+(on ``_lock``) hands ``_dirty`` to the trimmer and wakes ``alloc`` when
+blocks come back.  ``_writer_lock``
 (taken before ``_lock``, never inside it) makes the writer connection and
 ``_pump`` one thread's.  ``free`` is called with the
 store's lock held (store lock, then ours); it only moves the block to
@@ -259,6 +265,10 @@ class RemoteBacking:
         self._writer = None  # the writer connection (write, _pump)
         self._by_cookie: dict[int, _Pending] = {}  # writes in flight on it
         self._writer_lock = threading.Lock()
+        self._trim_cond = threading.Condition(self._lock)  # the trimmer's work and its end
+        self._trimmer: threading.Thread | None = None  # started at the first free
+        self._trimming = 0  # blocks the trimmer holds now
+        self._closing = False
         self.write_timeouts = 0
         self.write_failures = 0  # writes the remote refused or lost (sent again)
         self.write_errors = 0
@@ -388,28 +398,32 @@ class RemoteBacking:
 
     # -- blocks --------------------------------------------------------------
     def alloc(self) -> int:
-        for attempt in (0, 1):
-            with self._lock:
+        """A block for writeback; when only freed blocks are left, wait (at
+        most ``timeout_s``) for the trimmer to make them reusable."""
+        with self._trim_cond:
+            deadline = 0.0
+            while True:
                 if self._free:
                     block = self._free.pop()
-                elif self._next < self.nr_blocks:
+                    break
+                if self._next < self.nr_blocks:
                     block = self._next
                     self._next += 1
                     if len(self._ctrs) < self._next:
                         grow = min(SIDECAR_STEP_BLOCKS, self.nr_blocks - len(self._ctrs))
                         self._ctrs.extend([0] * grow)
                         self._tags.extend(bytes(TAG_BYTES * grow))
-                elif self._dirty and not attempt:
-                    block = None
-                else:
+                    break
+                now = time.monotonic()
+                deadline = deadline or now + self.timeout_s
+                if not (self._dirty or self._trimming) or now >= deadline:
                     raise BackingFull(
                         errno.ENOSPC, f"remote tier {self.path} is full ({self.nr_blocks} blocks)"
                     )
-                if block is not None:
-                    self._used += 1
-                    return block
-            self.discard_freed()
-        raise AssertionError("unreachable")
+                self._wake_trimmer_locked()
+                self._trim_cond.wait(deadline - now)
+            self._used += 1
+            return block
 
     def free(self, block: int) -> None:
         """Give back the block of a written-back page (store lock held)."""
@@ -434,12 +448,38 @@ class RemoteBacking:
         return bool(self._dirty)
 
     def discard_freed(self) -> None:
-        """Trim every freed block, then make it reusable (outside the store's
-        lock; fails fast while disconnected, see the module docstring)."""
-        with self._lock:
-            blocks, self._dirty = self._dirty, []
-        if not blocks:
-            return
+        """Hand every freed block to the trimmer thread and return: no
+        request waits for the remote to trim (the module docstring)."""
+        with self._trim_cond:
+            if self._dirty:
+                self._wake_trimmer_locked()
+
+    def _wake_trimmer_locked(self) -> None:
+        if self._trimmer is None and not self._closing:
+            self._trimmer = threading.Thread(
+                target=self._trim_loop, name="zramd-remote-trim", daemon=True
+            )
+            self._trimmer.start()
+        self._trim_cond.notify_all()
+
+    def _trim_loop(self) -> None:
+        while True:
+            with self._trim_cond:
+                self._trim_cond.wait_for(lambda: self._dirty or self._closing)
+                if not self._dirty:
+                    return  # closing
+                blocks, self._dirty = self._dirty, []
+                self._trimming = len(blocks)
+            try:
+                self._trim(blocks)
+            finally:
+                with self._trim_cond:
+                    self._trimming = 0
+                    self._trim_cond.notify_all()
+
+    def _trim(self, blocks: list[int]) -> None:
+        """Trim ``blocks`` (in runs), then make them reusable, or quarantine
+        the runs whose trim timed out."""
         blocks.sort()
         deadline = time.monotonic() + self.timeout_s
         start = prev = blocks[0]
@@ -730,6 +770,12 @@ class RemoteBacking:
 
     def close(self) -> None:
         """Clean stop: trim what we wrote (best effort), close the handles."""
+        with self._trim_cond:
+            self._closing = True
+            self._trim_cond.notify_all()
+            trimmer = self._trimmer
+        if trimmer is not None:
+            trimmer.join()
         with self._writer_lock:
             self._writer = None  # nothing needs its writes any more
         with self._lock:
