@@ -425,3 +425,27 @@ def test_an_outage_stalls_writeback_and_writers_go_on(make_server, sockdir):
         assert h.pread(len(during) * PAGE, 512 * PAGE) == b"".join(during)
         assert h.pread(len(more) * PAGE, 1536 * PAGE) == b"".join(more)
         h.shutdown()
+
+
+def test_the_export_bounds_the_tier_and_freed_blocks_come_back(make_server, sockdir):
+    """A 256 KiB export under a 16 MiB device holds 64 blocks: writeback
+    stops there as with a full backing file (nothing lost); trimmed pages
+    give their blocks back (trimmed on the remote by the tier's thread)
+    and the next writeback reuses them."""
+    with Remote(sockdir, size="256K") as remote, \
+            make_server(size="16M", backing_uri=remote.uri) as server:
+        h = connect(server)
+        data = pages(96)
+        write_all(h, data)
+        r = ctl(server, "writeback", type="huge")
+        assert r["written"] == 64 and "full" in r["error"]
+        s = stats(server)
+        assert s["backing_blocks"] == 64 and s["bd_full_events"] == 1
+        assert h.pread(96 * PAGE, 0) == b"".join(data)
+        h.trim(32 * PAGE, 0)  # frees the blocks of the written-back pages among them
+        r = ctl(server, "writeback", type="huge")
+        assert r["written"] > 0
+        s = stats(server)
+        assert s["backing_touched_blocks"] == 64  # reused, none new
+        assert h.pread(64 * PAGE, 32 * PAGE) == b"".join(data[32:])
+        h.shutdown()
