@@ -30,6 +30,7 @@ from zramd.engine.backing import BackingFile
 from zramd.engine.checksums import make_checksum
 from zramd.engine.codecs import make_codec, make_codecs
 from zramd.engine.device import Device
+from zramd.engine.remote import RemoteBacking
 from zramd.engine.store import PageStore
 from zramd.engine.writeback import Writeback
 from zramd.sockets import peer_uid_allowed
@@ -117,6 +118,13 @@ def get_ready():
         if s.backing_file
         else None
     )
+    if s.backing_uri:  # the remote tier: always encrypted (engine/remote.py)
+        backing = RemoteBacking(
+            s.backing_uri,
+            s.backing_size_bytes or s.size_bytes,
+            s.backing_encrypt,
+            s.backing_timeout_s,
+        )
     recomp = (
         make_codecs(s.recomp_algorithm or "zstd", s.recomp_level)
         if s.recomp_algorithm or s.recomp_level is not None

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from . import __version__, cgroup, config_file, logs, metrics, zramgen
-from .commands import RECOMPRESS_TYPES
+from .commands import RECOMPRESS_TYPES, remote_line
 from .control import TIMEOUT_SECONDS, ControlError, call
 from .engine.store import BD_STAT_FIELDS, IO_STAT_FIELDS, MM_STAT_FIELDS
 from .engine.writeback import WRITEBACK_TYPES
@@ -757,6 +757,7 @@ def cmd_status(args) -> int:
     status is 1; the others are still listed."""
     rows = []
     unreachable = []
+    remotes = []
     for name, path in _instances(args):
         try:
             s = call(path, "stats")
@@ -764,6 +765,9 @@ def cmd_status(args) -> int:
             unreachable.append(f"zramd: error: {name}: {exc}")
             rows.append([("NAME", name)] + [(h, "-") for h in STATUS_HEADS[1:]])
             continue
+        remote = remote_line(s)
+        if remote:
+            remotes.append(f"{name}: {remote}")
         ratio = s["orig_data_size"] / s["compr_data_size"] if s["compr_data_size"] else 0.0
         rows.append(
             [
@@ -799,6 +803,8 @@ def cmd_status(args) -> int:
     print(line(heads))
     for r in rows:
         print(line([v for _, v in r]))
+    for remote in remotes:
+        print(remote)
     for message in unreachable:
         print(message, file=sys.stderr)
     return 1 if unreachable else 0

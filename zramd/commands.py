@@ -256,12 +256,31 @@ def _set(device, args):
     return device.stats()
 
 
+def remote_line(stats: dict) -> str | None:
+    """``zramd status``'s line for a remote tier (engine/remote.py): its URI
+    without secrets, connected or not, bytes held, errors, read latency."""
+    if stats.get("backing_tier") != "remote":
+        return None
+    state = "connected" if stats.get("remote_connected") else "DISCONNECTED"
+    held_mib = stats.get("remote_held_bytes", 0) / (1 << 20)
+    p50_ms = stats.get("remote_read_latency_p50_seconds", 0.0) * 1000
+    p99_ms = stats.get("remote_read_latency_p99_seconds", 0.0) * 1000
+    return (
+        f"remote {stats.get('backing_file')} {state}, {held_mib:.1f} MiB held, "
+        f"{stats.get('remote_read_errors', 0)} read errors "
+        f"({stats.get('remote_read_timeouts', 0)} timeouts), "
+        f"{stats.get('bd_write_errors', 0)} write errors, {stats.get('bd_auth_errors', 0)} lost, "
+        f"read p50 {p50_ms:.2f} ms p99 {p99_ms:.2f} ms"
+    )
+
+
 def would_be_settings(stats: dict, new: dict) -> Settings:
     """The Settings a running device would have with ``new`` ({field:
     value}): its backing file and its knobs' running values (each row's
     ``runtime.stat``) from ``stats``, ``new`` over them, the rest defaults."""
+    tier = "backing_uri" if stats.get("backing_tier") == "remote" else "backing_file"
     running: dict[str, object] = {
-        "backing_file": stats.get("backing_file") or None,
+        tier: stats.get("backing_file") or None,
         "recomp_algorithm": stats.get("recomp_algorithm") or None,
     }
     for rows in KNOBS.values():

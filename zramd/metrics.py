@@ -303,6 +303,70 @@ METRICS: dict[str, tuple[str, str, str]] = {
         COUNTER,
         "plain backing blocks that did not match their check on read (EIO)",
     ),
+    # the remote tier (engine/remote.py), only with --backing-uri
+    "remote_connected": (
+        "remote_connected",
+        GAUGE,
+        "1 while the remote tier's export answers, 0 while disconnected (writeback stalls)",
+    ),
+    "remote_held_bytes": (
+        "remote_held_bytes",
+        GAUGE,
+        "written-back pages held on the remote export",
+    ),
+    "remote_export_bytes": ("remote_export_bytes", GAUGE, "size of the remote export"),
+    "remote_read_errors": (
+        "remote_read_errors",
+        COUNTER,
+        "reads of remote pages that failed or timed out (EIO for that request)",
+    ),
+    "remote_read_timeouts": (
+        "remote_read_timeouts",
+        COUNTER,
+        "reads of remote pages that waited --backing-timeout and failed",
+    ),
+    "remote_disconnects": ("remote_disconnects", COUNTER, "connections to the remote lost"),
+    "remote_reconnects": ("remote_reconnects", COUNTER, "connections to the remote regained"),
+    "remote_write_pending_pages": (
+        "remote_write_pending_pages",
+        GAUGE,
+        "written-back pages sent to the remote and not yet acknowledged (kept sealed in RAM)",
+    ),
+    "remote_write_failures": (
+        "remote_write_failures",
+        COUNTER,
+        "remote writes refused or lost with their connection (sent again, never dropped)",
+    ),
+    "remote_write_timeouts": (
+        "remote_write_timeouts",
+        COUNTER,
+        "remote writes not acknowledged within --backing-timeout",
+    ),
+    "remote_quarantined_blocks": (
+        "remote_quarantined_blocks",
+        GAUGE,
+        "remote blocks never reused: a write or trim there timed out and may still land",
+    ),
+    "remote_read_latency_p50_seconds": (
+        "remote_read_latency_p50_seconds",
+        GAUGE,
+        "median latency of the last 1024 remote page reads",
+    ),
+    "remote_read_latency_p99_seconds": (
+        "remote_read_latency_p99_seconds",
+        GAUGE,
+        "99th percentile latency of the last 1024 remote page reads",
+    ),
+    "remote_write_latency_p50_seconds": (
+        "remote_write_latency_p50_seconds",
+        GAUGE,
+        "median latency of the last 1024 remote page writes",
+    ),
+    "remote_write_latency_p99_seconds": (
+        "remote_write_latency_p99_seconds",
+        GAUGE,
+        "99th percentile latency of the last 1024 remote page writes",
+    ),
 }
 
 # A knob's running value (options.Runtime.stat of a row of the option table):
@@ -320,6 +384,7 @@ INFO_LABELS = (
     "recomp_algorithm",
     "backing_file",
     "backing_encryption",
+    "backing_tier",
 )
 # Stats deliberately not exported, and why.
 NOT_EXPORTED = {

@@ -45,6 +45,7 @@ from typing import Any
 from .engine.checksums import CHECKSUMS
 from .engine.codecs import CODECS, MAX_RECOMP_CODECS, make_codecs
 from .engine.device import DEFAULT_PENDING_LIMIT_BYTES, MODES
+from .engine.remote import DEFAULT_TIMEOUT_S
 from .units import PAGE_SIZE, format_size, parse_device_size, parse_size, physical_memory_bytes
 
 
@@ -495,6 +496,28 @@ ROWS: tuple[Option, ...] = (
         metavar="PATH",
         example="backing.img",
         split="suffix",
+    ),
+    Option(
+        "backing-uri",
+        "backing_uri",
+        STR,
+        None,
+        "NBD export for written-back pages instead of a file (nbd://, nbds://, nbd+unix://, "
+        "nbds+unix://; TLS with ?tls-psk-file=FILE); always encrypted",
+        plugin_key="backing_uri",
+        metavar="URI",
+        example="nbd+unix:///?socket=/run/cold.sock",
+    ),
+    Option(
+        "backing-timeout",
+        "backing_timeout_s",
+        INT,
+        DEFAULT_TIMEOUT_S,
+        "longest a read of a remote page waits before it fails with EIO (--backing-uri)",
+        plugin_key="backing_timeout",
+        metavar="SECONDS",
+        check=in_range("backing timeout", 1, 3600),
+        example="5",
     ),
     Option(
         "backing-size",

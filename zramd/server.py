@@ -146,10 +146,28 @@ def check_tls(settings: Settings) -> None:
 
 
 def check_backing_file(settings: Settings) -> None:
-    """Refuse an unwritable backing file, or one another zramd holds."""
+    """Refuse an unwritable backing file, or one another zramd holds; for a
+    remote tier, a PSK file others can read (its connection is made by the
+    plugin, engine/remote.py)."""
+    from .engine.backing import BackingError
+
+    if settings.backing_uri:
+        from urllib.parse import parse_qs, urlsplit
+
+        for psk_file in parse_qs(urlsplit(settings.backing_uri).query).get("tls-psk-file", []):
+            try:
+                psk_username(psk_file)
+            except TLSError as exc:
+                raise ConfigError(f"backing URI: {exc}") from None
+        from .engine.remote import probe
+
+        try:
+            probe(settings.backing_uri, settings.backing_timeout_s)
+        except BackingError as exc:
+            raise ConfigError(exc.strerror) from None
     if not settings.backing_file:
         return
-    from .engine.backing import BackingError, check_backing
+    from .engine.backing import check_backing
 
     try:
         check_backing(settings.backing_file, settings.backing_size_bytes or settings.size_bytes)

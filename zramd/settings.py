@@ -17,7 +17,9 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from .engine.backing import BackingError
 from .engine.codecs import make_codec, make_codecs
+from .engine.remote import check_uri
 from .options import (
     BY_PLUGIN_KEY,
     DEFAULT_ADDRESS,
@@ -198,16 +200,33 @@ def _device_size(s: Settings) -> None:
 @cross_check
 def _watermarks(s: Settings) -> None:
     if s.high_watermark_bytes or s.low_watermark_bytes:
-        if not s.backing_file:
-            raise ConfigError("watermarks need a backing file (--backing-file)")
+        if not (s.backing_file or s.backing_uri):
+            raise ConfigError("watermarks need a backing file (--backing-file or --backing-uri)")
         if s.low_watermark_bytes > s.high_watermark_bytes:
             raise ConfigError("the low watermark must not be above the high watermark")
 
 
 @cross_check
 def _backing_encrypt(s: Settings) -> None:
-    if s.backing_encrypt and not s.backing_file:
-        raise ConfigError("backing file encryption needs a backing file (--backing-file)")
+    if s.backing_encrypt and not (s.backing_file or s.backing_uri):
+        raise ConfigError(
+            "backing file encryption needs a backing file (--backing-file or --backing-uri)"
+        )
+
+
+@cross_check
+def _backing_uri(s: Settings) -> None:
+    """A remote tier (engine/remote.py) instead of a backing file, never both."""
+    if not s.backing_uri:
+        return
+    if s.backing_file:
+        raise ConfigError("give either --backing-file or --backing-uri, not both")
+    if s.instances > 1:
+        raise ConfigError("--backing-uri serves one instance: striped instances would share it")
+    try:
+        check_uri(s.backing_uri)
+    except BackingError as exc:
+        raise ConfigError(exc.strerror) from None
 
 
 @cross_check

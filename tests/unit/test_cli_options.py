@@ -34,6 +34,10 @@ from zramd import cli
     (["--recomp-algorithm", "brotli"], "unknown compression algorithm 'brotli'"),
     (["--recomp-algorithm", "zstd:99"], "zstd level must be 1..22"),
     (["--recomp-algorithm", "lz4", "--recomp-level", "3"], "applies only to zstd"),
+    (["--backing-uri", "http://example.com/disk"], "scheme must be one of"),
+    (["--backing-uri", "nbd://h/", "--backing-file", "b.img"], "not both"),
+    (["--backing-uri", "nbd://h/", "--instances", "2"], "striped instances would share it"),
+    (["--backing-timeout", "0"], "backing timeout must be 1..3600"),
 ])
 def test_bad_options_exit_with_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:

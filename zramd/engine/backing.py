@@ -152,6 +152,21 @@ def make_aead(cipher: str):
     )
 
 
+def seal(aead, ctr: int, block: int, page) -> bytes:
+    """Encrypt one page for ``block`` under write counter ``ctr`` (module
+    docstring: nonce and associated data): the 4096 ciphertext bytes, then
+    the 16-byte tag.  Shared with the remote tier (remote.py)."""
+    nonce = ctr.to_bytes(8, "little") + (block & 0xFFFFFFFF).to_bytes(4, "little")
+    return aead.encrypt(nonce, bytes(page), block.to_bytes(8, "little"))
+
+
+def unseal(aead, ctr: int, block: int, data: bytes, tag: bytes) -> bytes:
+    """The page ``seal`` sealed; raises (cryptography's InvalidTag) when the
+    ciphertext, the tag, the counter or the block do not match."""
+    nonce = ctr.to_bytes(8, "little") + (block & 0xFFFFFFFF).to_bytes(4, "little")
+    return aead.decrypt(nonce, data + tag, block.to_bytes(8, "little"))
+
+
 def _walk_to_parent(path: str) -> tuple[int, str]:
     """safeopen.walk_to_parent, its errors as BackingError."""
     try:
@@ -455,8 +470,7 @@ class BackingFile:
                 with self._lock:
                     self._wctr += 1
                     ctr = self._wctr
-                nonce = ctr.to_bytes(8, "little") + (block & 0xFFFFFFFF).to_bytes(4, "little")
-                sealed = aead.encrypt(nonce, bytes(page), block.to_bytes(8, "little"))
+                sealed = seal(aead, ctr, block, page)
                 page = memoryview(sealed)[:PAGE_SIZE]
             n = os.pwrite(self.fd, page, block * PAGE_SIZE)
             if n != PAGE_SIZE:
@@ -501,9 +515,8 @@ class BackingFile:
             raise OSError(
                 errno.EIO, f"backing block {block} does not match its check (changed outside zramd)"
             )
-        nonce = ctr.to_bytes(8, "little") + (block & 0xFFFFFFFF).to_bytes(4, "little")
         try:
-            return aead.decrypt(nonce, data + tag, block.to_bytes(8, "little"))
+            return unseal(aead, ctr, block, data, tag)
         except Exception:  # cryptography's InvalidTag
             with self._lock:
                 if self._ctrs[block] != ctr:
