@@ -48,6 +48,7 @@ held while calling into the store or the writeback engine.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 
@@ -69,6 +70,9 @@ WINDOW_PAGES = 256  # slots one scan.aged call looks at (its loop holds the GIL)
 BATCH_PAGES = 64  # pages one scan.recompress call takes
 DUTY = 0.2  # the sweeper works at most this share of its wall time
 MIN_PAUSE_S = 0.001  # the least it sleeps between batches
+# The thread's nice value: on a busy machine the request threads get the
+# CPU first (docs/design.md#cold-pages, "Cost").
+SWEEPER_NICE = 19
 MIN_PERIOD_S = 0.5  # pass period bounds: half the cold age, within these
 MAX_PERIOD_S = 30.0
 WRITEBACK_TIMEOUT_S = 600.0
@@ -228,6 +232,10 @@ class ColdSweeper:
 
     # -- the thread --------------------------------------------------------
     def _run(self) -> None:
+        try:  # this thread only (Linux: a thread id is a process id here)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SWEEPER_NICE)
+        except (OSError, AttributeError):
+            pass  # not Linux, or not allowed: the duty cycle still bounds it
         while True:
             with self._cond:
                 enabled = self.enabled
