@@ -134,8 +134,8 @@ class ColdController:
 
 
 class ColdSweeper:
-    """The background thread; see the module docstring.  ``clock`` (seconds)
-    and ``sleep`` are injectable for tests."""
+    """The background thread; see the module docstring.  ``clock`` (seconds,
+    monotonic) is injectable for tests; ``sweep`` may be called directly."""
 
     def __init__(
         self,
