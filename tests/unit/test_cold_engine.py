@@ -333,3 +333,14 @@ def test_stop_wakes_a_sleeping_sweeper():
     assert "zramd-cold" in [t.name for t in threading.enumerate()]
     sweeper.stop()  # joins: the thread was woken from its 30 s wait
     assert "zramd-cold" not in [t.name for t in threading.enumerate()]
+
+
+def test_mark_idle_takes_a_window():
+    store = make_store("zstd", pages=16)
+    for i in range(16):
+        store.write(word_page(i), i * PAGE_SIZE)
+    flags = store.slot_tables()[1]
+    assert scan.mark_idle(store, None, 4, 8) == 4
+    assert [i for i in range(16) if flags[i]] == [4, 5, 6, 7]
+    assert scan.mark_idle(store, 3600, 0, 16) == 4  # all were just written
+    assert scan.mark_idle(store) == 16
