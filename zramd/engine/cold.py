@@ -22,8 +22,9 @@ primary-codec pages older than the cold age, ``scan.recompress`` (batch
 form) compresses them again ``BATCH_PAGES`` at a time, then the thread
 sleeps so that it works at most ``DUTY`` of the time.  With a backing file
 a pass ends by marking pages older than the writeback age idle
-(``store.mark_idle``) and asking the writeback thread for an ``idle`` run
-(``Writeback.request``).  Between passes it sleeps ``pass_period_s``.
+(``scan.mark_idle``, ``MARK_WINDOW_PAGES`` slots at a time) and asking
+the writeback thread for an ``idle`` run (``Writeback.request``).  Between
+passes it sleeps half the cold age (``_period``).
 
 Invariants
 ----------
@@ -48,6 +49,7 @@ held while calling into the store or the writeback engine.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 
@@ -66,9 +68,13 @@ MAX_STEP = 2.0  # ... by at most this factor either way
 WRITEBACK_AGE_FACTOR = 2.0
 # The sweep's shape (docs/design.md#cold-pages, "Cost").
 WINDOW_PAGES = 256  # slots one scan.aged call looks at (its loop holds the GIL)
+MARK_WINDOW_PAGES = 4096  # slots one scan.mark_idle call walks (about 0.4 ms)
 BATCH_PAGES = 64  # pages one scan.recompress call takes
 DUTY = 0.2  # the sweeper works at most this share of its wall time
 MIN_PAUSE_S = 0.001  # the least it sleeps between batches
+# The thread's nice value: on a busy machine the request threads get the
+# CPU first (docs/design.md#cold-pages, "Cost").
+SWEEPER_NICE = 19
 MIN_PERIOD_S = 0.5  # pass period bounds: half the cold age, within these
 MAX_PERIOD_S = 30.0
 WRITEBACK_TIMEOUT_S = 600.0
@@ -130,8 +136,8 @@ class ColdController:
 
 
 class ColdSweeper:
-    """The background thread; see the module docstring.  ``clock`` (seconds)
-    and ``sleep`` are injectable for tests."""
+    """The background thread; see the module docstring.  ``clock`` (seconds,
+    monotonic) is injectable for tests; ``sweep`` may be called directly."""
 
     def __init__(
         self,
@@ -228,6 +234,10 @@ class ColdSweeper:
 
     # -- the thread --------------------------------------------------------
     def _run(self) -> None:
+        try:  # this thread only (Linux: a thread id is a process id here)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SWEEPER_NICE)
+        except (OSError, AttributeError):
+            pass  # not Linux, or not allowed: the duty cycle still bounds it
         while True:
             with self._cond:
                 enabled = self.enabled
@@ -296,7 +306,14 @@ class ColdSweeper:
                     self._pause(max(MIN_PAUSE_S, work * (1 - DUTY) / DUTY))
         if self.writeback is not None and not self._stopping:
             factor = WRITEBACK_AGE_FACTOR if store.recomp_codecs else 1.0
-            if store.mark_idle(age_s * factor):
+            idle = 0
+            for start in range(0, store.nr_pages, MARK_WINDOW_PAGES):
+                if self._stopping or self._changed:
+                    return found
+                # a window at a time: a whole-table walk holds the GIL 23 ms a GiB
+                idle = scan.mark_idle(store, age_s * factor, start, start + MARK_WINDOW_PAGES)
+                self._pause(MIN_PAUSE_S)
+            if idle:
                 done = self.writeback.request("idle", timeout=WRITEBACK_TIMEOUT_S)
                 found += done.get("written", 0)
                 with self._cond:

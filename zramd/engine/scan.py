@@ -105,17 +105,23 @@ def _is_huge(h: int) -> bool:
     return h & 0xFFFF == _HUGE_LOW16
 
 
-def mark_idle(store, older_than_s: float | None = None) -> int:
+def mark_idle(
+    store, older_than_s: float | None = None, start: int = 0, stop: int | None = None
+) -> int:
     """zram's ``echo all > idle`` (None) or ``echo SECONDS > idle``: mark
     pages that hold a payload in RAM idle (all, or those not accessed for
-    that long); an access clears the mark.  Returns how many are idle now.
-    As in zram, same, pending and written-back pages are never idle."""
+    that long); an access clears the mark.  Only slots ``start``..``stop``
+    (default: all; the cold sweeper marks a window at a time).  Returns how
+    many are idle now.  As in zram, same, pending and written-back pages
+    are never idle."""
     handles, flags, atime = store.slot_tables()
     cutoff = None if older_than_s is None else store.now() - int(older_than_s * 10)
+    stop = store.nr_pages if stop is None else min(stop, store.nr_pages)
     # Every stored page is touched here, so a plain walk beats select() and a
     # check per page (23 against 30 ms per GiB: docs/design.md, "Cost" under
     # "Writeback and recompression").
-    for index, h in enumerate(handles):
+    for index in range(start, stop):
+        h = handles[index]
         if h & TAG_MASK != TAG_OBJ:
             continue
         if cutoff is None or atime[index] <= cutoff:
