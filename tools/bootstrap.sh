@@ -14,7 +14,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 debs=(nbdkit nbdkit-plugin-python python3-libnbd libnbd-bin fio qemu-utils python3-venv
       python3-dev procps iproute2 util-linux curl systemd openssl git tar
       kmod nbd-client   # contrib/systemd units (systemd-analyze verify)
-      systemd-container debootstrap)  # the units booted under systemd (tests/e2e/test_units_boot.py)
+      systemd-container debootstrap  # the units booted under systemd (tests/e2e/test_units_boot.py)
+      qemu-system-common)  # qemu-storage-daemon, a remote tier's NBD server in the tests
 missing=()
 for p in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
