@@ -200,6 +200,12 @@ def _backing_encrypt(s: Settings) -> None:
 
 
 @cross_check
+def _writeback_compressed(s: Settings) -> None:
+    if s.writeback_compressed and not s.backing_file:
+        raise ConfigError("compressed writeback needs a backing file (--backing-file)")
+
+
+@cross_check
 def _fault_injection(s: Settings) -> None:
     if s.fault_inject is None:
         return

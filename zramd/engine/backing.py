@@ -105,6 +105,8 @@ ZERO_PAGE = bytes(PAGE_SIZE)
 # the sidecar (counters and tags, or checks) grows this many blocks at a time:
 # docs/design.md#a-page-never-reads-back-as-other-data
 SIDECAR_STEP_BLOCKS = 4096
+# Most pages in one pwritev: well below IOV_MAX (1024) on Linux.
+IOV_MAX_PAGES = 256
 
 log = logging.getLogger("zramd.backing")
 
@@ -448,44 +450,86 @@ class BackingFile:
     def write(self, block: int, page) -> None:
         """Write one page; an error is counted and raised (the caller keeps
         the page in RAM and frees the block)."""
-        aead = self._aead
-        check = 0 if aead is not None else page_check(page)
+        self.write_many([block], [page])
+
+    def write_many(self, blocks: list[int], pages: list) -> None:
+        """Write ``pages[i]`` (4 KiB each) to ``blocks[i]``: one ``pwritev``
+        per run of contiguous blocks (docs/design.md#packed-writeback).  An
+        error is counted and raised; then none of the blocks is marked in
+        use (their holder gives them back)."""
+        sealed = [self._seal(block, page) for block, page in zip(blocks, pages, strict=True)]
         try:
-            if aead is not None:
-                with self._lock:
-                    self._wctr += 1
-                    ctr = self._wctr
-                nonce = ctr.to_bytes(8, "little") + (block & 0xFFFFFFFF).to_bytes(4, "little")
-                sealed = aead.encrypt(nonce, bytes(page), block.to_bytes(8, "little"))
-                page = memoryview(sealed)[:PAGE_SIZE]
-            n = os.pwrite(self.fd, page, block * PAGE_SIZE)
-            if n != PAGE_SIZE:
-                raise OSError(errno.ENOSPC, f"short write ({n} of {PAGE_SIZE} bytes)")
+            order = sorted(range(len(blocks)), key=blocks.__getitem__)
+            run: list[int] = []
+            for i in order + [-1]:
+                if run and (i < 0 or blocks[i] != blocks[run[-1]] + 1 or len(run) >= IOV_MAX_PAGES):
+                    self._pwritev(blocks[run[0]], [sealed[j][0] for j in run])
+                    run = []
+                if i >= 0:
+                    run.append(i)
         except OSError as exc:
             with self._lock:
                 self.write_errors += 1
                 self.last_error = f"{exc.strerror or exc}"
             raise
-        if aead is None:
-            self._checks[block] = check  # one item, no lock (module docstring)
+        if self._aead is None:
+            checks = self._checks
+            for block, (_, mark, _) in zip(blocks, sealed, strict=True):
+                checks[block] = mark  # one item, no lock (module docstring)
         else:
             with self._lock:
-                self._ctrs[block] = ctr
-                self._tags[block * TAG_BYTES : (block + 1) * TAG_BYTES] = sealed[PAGE_SIZE:]
+                for block, (_, mark, tag) in zip(blocks, sealed, strict=True):
+                    self._ctrs[block] = mark
+                    self._tags[block * TAG_BYTES : (block + 1) * TAG_BYTES] = tag
+
+    def _seal(self, block: int, page) -> tuple:
+        """(bytes to write, the block's mark, its tag): the page itself and
+        its check, or its ciphertext, counter and tag."""
+        aead = self._aead
+        if aead is None:
+            return page, page_check(page), b""
+        with self._lock:
+            self._wctr += 1
+            ctr = self._wctr
+        nonce = ctr.to_bytes(8, "little") + (block & 0xFFFFFFFF).to_bytes(4, "little")
+        sealed = aead.encrypt(nonce, bytes(page), block.to_bytes(8, "little"))
+        return memoryview(sealed)[:PAGE_SIZE], ctr, sealed[PAGE_SIZE:]
+
+    def _pwritev(self, first: int, bufs: list) -> None:
+        want = len(bufs) * PAGE_SIZE
+        n = os.pwritev(self.fd, bufs, first * PAGE_SIZE)
+        if n != want:
+            raise OSError(errno.ENOSPC, f"short write ({n} of {want} bytes)")
 
     def read(self, block: int) -> bytes:
+        """The page in ``block``; zeros if it was freed or rewritten during
+        the read (the store then loads the slot again)."""
+        data = self.read_block(block)
+        return ZERO_PAGE if data is None else data
+
+    def read_backed(self, entry) -> bytes:
+        """The page of a store's ``Backed`` entry (a raw page)."""
+        return self.read(entry.block)
+
+    def free_backed(self, entry) -> None:
+        """The store let go of a ``Backed`` entry (a raw page)."""
+        self.free(entry.block)
+
+    def read_block(self, block: int) -> bytes | None:
+        """The 4 KiB in ``block``, verified; None if the block was not in use
+        or was freed or rewritten during the read."""
         aead = self._aead
         if aead is None:
             checks = self._checks
             check = checks[block] if block < len(checks) else 0  # one load: no lock
             if not check:
-                return ZERO_PAGE  # freed meanwhile: the store loads the slot again
+                return None
         else:
             with self._lock:
                 ctr = self._ctrs[block] if block < len(self._ctrs) else 0
                 tag = bytes(self._tags[block * TAG_BYTES : (block + 1) * TAG_BYTES])
             if not ctr:
-                return ZERO_PAGE  # freed meanwhile: the store loads the slot again
+                return None
         data = os.pread(self.fd, PAGE_SIZE, block * PAGE_SIZE)
         if len(data) != PAGE_SIZE:
             self.check_size()
@@ -495,7 +539,7 @@ class BackingFile:
                 return data
             with self._lock:
                 if self._checks[block] != check:
-                    return ZERO_PAGE  # freed or rewritten during our read: reload
+                    return None  # freed or rewritten during our read
                 self.checksum_errors += 1
             self.check_size()
             raise OSError(
@@ -507,7 +551,7 @@ class BackingFile:
         except Exception:  # cryptography's InvalidTag
             with self._lock:
                 if self._ctrs[block] != ctr:
-                    return ZERO_PAGE  # freed or rewritten during our read: reload
+                    return None  # freed or rewritten during our read
                 self.auth_errors += 1
             raise OSError(
                 errno.EIO, f"backing block {block} failed authentication (changed outside zramd)"

@@ -200,12 +200,15 @@ class Pending:
 
 
 class Backed:
-    """A page written back to the backing file, at ``block`` (4 KiB units)."""
+    """A page written back to the backing file, at ``block`` (4 KiB units):
+    the raw page (``length`` 0), or, packed (packlog.py), ``length`` bytes
+    of its compressed form at ``offset`` in the block, compressed with the
+    primary (``codec`` 0) or the secondary codec (1)."""
 
-    __slots__ = ("block",)
+    __slots__ = ("block", "offset", "length", "codec")
 
-    def __init__(self, block: int):
-        self.block = block
+    def __init__(self, block: int, offset: int = 0, length: int = 0, codec: int = 0):
+        self.block, self.offset, self.length, self.codec = block, offset, length, codec
 
 
 class SameWord:
@@ -368,7 +371,7 @@ class PageStore:
         if t is Pending:
             return entry.data
         if t is Backed:
-            return self.backing.read(entry.block)
+            return self.backing.read_backed(entry)
         if t is SameWord:
             return entry.word.to_bytes(WORD_SIZE, "little") * WORDS_PER_PAGE
         raise TypeError(f"not a store entry: {entry!r}")
@@ -742,7 +745,7 @@ class PageStore:
             self.compr_data_size -= PAGE_SIZE
         elif t is Backed:
             self.bd_count -= 1
-            self.backing.free(e.block)
+            self.backing.free_backed(e)
         elif t is SameWord:
             self.same_pages -= 1
 

@@ -1,0 +1,291 @@
+"""Packed compressed writeback: written-back pages keep their compressed
+form, several to a 4 KiB block of the backing store (zram 7.0's
+compressed_writeback, packed).  Why 4 KiB blocks and not a log of larger
+segments: docs/design.md#packed-writeback.
+
+Layering
+--------
+The packer sits above the block layer: it builds whole 4 KiB blocks in
+memory and writes them with ``backing.write_many(blocks, pages)``, reads
+them with ``backing.read_block(block)``, takes blocks with ``alloc`` and
+gives them back with ``free`` / ``give_back`` (then ``discard_freed``
+punches them out).  Any object with that interface (``BackingFile``, or a
+remote NBD tier) can hold packed pages: encryption at rest, the xxh3 check
+of plain blocks and the discard of freed blocks stay in the block layer,
+per block, exactly as for raw pages.
+
+Data structure
+--------------
+A packed page is the store's ``Backed(block, offset, length, codec)``: its
+compressed bytes (``codec`` 0: the primary codec, 1: the secondary one;
+``length`` 4096: a huge page, raw) lie at ``offset`` in ``block``.  Objects
+never cross a block, so a read is one block read and one decompression.
+Nothing about the objects is written to the block: where they are lives in
+RAM, in the store's entries and here:
+
+- ``_objs``: block -> {offset: (page index, its ``Backed`` entry)}, the live
+  objects of every block in use by the packer;
+- ``_live``: block -> live bytes in it;
+- ``_dead``: blocks that hold freed objects beside live ones.  They are
+  *repacked* (below): their live objects rewritten into new blocks, then
+  the old block freed and discarded, so freed data does not stay on disk
+  and mostly-empty blocks give their space back.
+
+Placement (``_layout``): a batch of objects is sorted largest first and put
+into the first block of the batch that has room (first-fit decreasing), so
+a batch's blocks are full but for its last few.
+
+Invariants (whenever ``_lock`` is free)
+---------------------------------------
+- a block is in ``_objs`` iff the packer holds it from the block layer (it
+  has at least one live object, or is being installed);
+- ``_live[b]`` = the sum of the lengths in ``_objs[b]``; objects of one block
+  never overlap and end at most at 4096;
+- every ``Backed`` entry the store holds for a packed page is in ``_objs``
+  under its block and offset (it is registered before ``store.commit``,
+  and removed only by ``free_backed``, which the store calls when the slot
+  lets go of it, or by ``_drop`` when the commit failed);
+- ``bd_blocks`` (``blocks_in_use``) = ``len(_objs)``.
+
+Repacking (``repack``), on the writeback thread, at most ``max_blocks``
+blocks a run, emptiest first: the live objects of each chosen block are
+copied out of one verified block read and stored again like written-back
+pages (new blocks, then ``store.commit(index, old_entry, new_entry)``); a
+page rewritten meanwhile keeps its new data (its commit fails, its new
+copy is dropped).  The old block empties as its entries are replaced and
+is freed by ``free_backed``.
+
+Locking
+-------
+``_lock`` guards ``_objs``, ``_live``, ``_dead`` and the counters.
+``free_backed`` is called with the store's lock held (store lock, then
+ours, then the block layer's: never the other way) and makes no system
+call.  Readers take no lock: ``read_backed`` reads the block, then, if
+the data does not decode, checks (one dict lookup under the GIL) whether
+its entry is still live: if not, the block was freed and perhaps reused
+during the read, and it returns zeros so that the store loads the slot
+again (store.py ``_load``); if so, the block is corrupt: EIO.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from typing import Any
+
+from ..units import PAGE_SIZE
+from .backing import BackingFull
+from .store import Backed
+
+ZERO_PAGE = bytes(PAGE_SIZE)
+PRIMARY, SECONDARY = 0, 1  # Backed.codec
+
+
+class PackLog:
+    def __init__(self, backing, codec, recomp_codec=None):
+        self.backing = backing
+        self.codec = codec
+        self.recomp_codec = recomp_codec
+        self._lock = threading.Lock()
+        self._objs: dict[int, dict[int, tuple[int, Backed]]] = {}
+        self._live: dict[int, int] = {}
+        self._dead: set[int] = set()
+        self.repack_runs = 0
+        self.repacked_blocks = 0
+        self.repacked_objects = 0
+
+    # -- the store's side (read and free) --------------------------------
+    def read_backed(self, entry) -> bytes:
+        """The 4 KiB page of a packed entry (see Locking)."""
+        data = self.backing.read_block(entry.block)
+        if data is None:
+            return ZERO_PAGE  # freed meanwhile: the store loads the slot again
+        obj = data[entry.offset : entry.offset + entry.length]
+        try:
+            page = self._decode(obj, entry.codec)
+            if len(page) == PAGE_SIZE:
+                return page
+            problem = f"decodes to {len(page)} bytes"
+        except Exception as exc:  # any codec's error on bytes that are not its own
+            problem = f"does not decode ({exc})"
+        if not self._is_live(entry):
+            return ZERO_PAGE  # the block was freed or reused during our read
+        raise OSError(errno.EIO, f"packed object in backing block {entry.block} {problem}")
+
+    def _decode(self, obj: bytes, codec: int):
+        if codec == SECONDARY:
+            return self.recomp_codec.decompress(obj)
+        if len(obj) == PAGE_SIZE:
+            return obj  # a huge page, raw
+        return self.codec.decompress(obj)
+
+    def _is_live(self, entry) -> bool:
+        found = self._objs.get(entry.block, {}).get(entry.offset)
+        return found is not None and found[1] is entry
+
+    def free_backed(self, entry) -> None:
+        """The store let go of a packed entry (store's lock held; no system
+        call): an emptied block goes back to the block layer (to be
+        discarded), a block with live objects left is marked for repacking."""
+        with self._lock:
+            self._remove(entry, freed=True)
+
+    def _remove(self, entry: Backed, freed: bool) -> None:
+        """Forget one object (lock held)."""
+        block, offset = entry.block, entry.offset
+        objs = self._objs.get(block)
+        if objs is None or offset not in objs or objs[offset][1] is not entry:
+            return
+        del objs[offset]
+        if objs:
+            self._live[block] -= entry.length
+            self._dead.add(block)
+            return
+        del self._objs[block], self._live[block]
+        self._dead.discard(block)
+        if freed:
+            self.backing.free(block)
+        else:
+            self.backing.give_back(block)
+
+    # -- storing objects (the writeback thread) -----------------------------
+    def store_objects(self, store, items: list) -> dict:
+        """Store ``[(index, entry, payload, codec)]`` (``entry`` what the slot
+        held when ``payload`` was taken from it) packed, and install each
+        as ``Backed`` through ``store.commit``.  Returns ``{"written",
+        "superseded", "full", "failed", "error"}``: a full backing store
+        stores what fits; a failed write stores nothing of that batch (the
+        pages stay in RAM, the blocks go back)."""
+        out: dict[str, Any] = {
+            "written": 0,
+            "superseded": 0,
+            "full": 0,
+            "failed": 0,
+            "error": None,
+        }
+        if not items:
+            return out
+        bins = self._layout(items)
+        blocks: list[int] = []
+        for _ in bins:
+            try:
+                blocks.append(self.backing.alloc())
+            except BackingFull as exc:
+                out["full"], out["error"] = 1, str(exc)
+                break
+        bins = bins[: len(blocks)]
+        if not blocks:
+            return out
+        contents = [self._content(items, placed) for placed in bins]
+        try:
+            self.backing.write_many(blocks, contents)
+        except OSError as exc:
+            for block in blocks:
+                self.backing.give_back(block)  # never held data of ours: no space came back
+            self.backing.discard_freed()
+            out["failed"] = 1
+            out["error"] = f"backing file write failed: {exc.strerror or exc}"
+            return out
+        entries = self._register(items, bins, blocks)
+        for (index, old, _, _), new in entries:
+            if store.commit(index, old, new):
+                out["written"] += 1
+            else:  # rewritten while under writeback: the new data wins
+                with self._lock:
+                    self._remove(new, freed=False)
+                out["superseded"] += 1
+        if self.backing.has_freed():
+            self.backing.discard_freed()  # blocks of superseded pages only: out with them
+        return out
+
+    @staticmethod
+    def _layout(items: list) -> list[list[tuple[int, int]]]:
+        """First-fit decreasing: per block, ``[(item number, offset)]``."""
+        order = sorted(range(len(items)), key=lambda i: -len(items[i][2]))
+        bins: list[list[tuple[int, int]]] = []
+        room: list[int] = []  # bytes used per bin
+        for i in order:
+            length = len(items[i][2])
+            for b, used in enumerate(room):
+                if used + length <= PAGE_SIZE:
+                    bins[b].append((i, used))
+                    room[b] = used + length
+                    break
+            else:
+                bins.append([(i, 0)])
+                room.append(length)
+        return bins
+
+    @staticmethod
+    def _content(items: list, placed: list[tuple[int, int]]) -> bytearray:
+        block = bytearray(PAGE_SIZE)
+        for i, offset in placed:
+            payload = items[i][2]
+            block[offset : offset + len(payload)] = payload
+        return block
+
+    def _register(self, items, bins, blocks) -> list:
+        """Make the new objects live before the store can see them."""
+        entries = []
+        with self._lock:
+            for placed, block in zip(bins, blocks, strict=True):
+                objs = self._objs[block] = {}
+                live = 0
+                for i, offset in placed:
+                    index, _, payload, codec = items[i]
+                    new = Backed(block, offset, len(payload), codec)
+                    objs[offset] = (index, new)
+                    live += len(payload)
+                    entries.append((items[i], new))
+                self._live[block] = live
+        return entries
+
+    # -- repacking --------------------------------------------------------
+    def has_dead(self) -> bool:
+        return bool(self._dead)
+
+    def repack(self, store, max_blocks: int) -> dict:
+        """Rewrite the live objects of at most ``max_blocks`` blocks that
+        hold freed objects, emptiest first, into new blocks; the old ones
+        are freed as their pages move (module docstring)."""
+        with self._lock:
+            chosen = sorted(self._dead, key=self._live.__getitem__)[:max_blocks]
+            self.repack_runs += 1
+        items: list = []
+        for block in chosen:
+            with self._lock:
+                objs = list(self._objs.get(block, {}).values())
+            if not objs:
+                continue
+            data = self.backing.read_block(block)
+            if data is None:
+                continue  # freed meanwhile
+            for index, entry in objs:
+                payload = bytes(data[entry.offset : entry.offset + entry.length])
+                items.append((index, entry, payload, entry.codec))
+        out = self.store_objects(store, items)
+        with self._lock:
+            self.repacked_blocks += len(chosen)
+            self.repacked_objects += out["written"]
+        out["blocks"] = len(chosen)
+        return out
+
+    # -- accounting ------------------------------------------------------------
+    def blocks_in_use(self) -> int:
+        with self._lock:
+            return len(self._objs)
+
+    def stats(self) -> dict:
+        with self._lock:
+            live = sum(self._live.values())
+            blocks = len(self._objs)
+            return {
+                "bd_packed_bytes": live,
+                "bd_dead_blocks": len(self._dead),
+                "bd_repack_runs": self.repack_runs,
+                "bd_repacked_blocks": self.repacked_blocks,
+                "bd_repacked_pages": self.repacked_objects,
+                "bd_pack_fill_percent": round(100 * live / (blocks * PAGE_SIZE), 1)
+                if blocks
+                else 0.0,
+            }
