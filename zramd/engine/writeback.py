@@ -88,10 +88,10 @@ STALL_RETRY_S = 1.0
 
 
 class Job:
-    def __init__(self, wb_type: str, limit: int | None, indexes: list[int] | None = None):
+    def __init__(self, wb_type: str, limit: int | None, pages: list | None = None):
         self.wb_type = wb_type
         self.limit = limit
-        self.indexes = indexes
+        self.pages = pages  # [(first, last)] page indexes, or None
         self.result: dict | None = None
         self.done = threading.Event()
 
@@ -151,22 +151,24 @@ class Writeback:
         wb_type: str,
         limit: int | None = None,
         timeout: float | None = None,
-        indexes: list[int] | None = None,
+        pages: list[tuple[int, int]] | None = None,
     ) -> dict:
-        """Run a writeback of ``wb_type`` pages (or of the pages ``indexes``
-        names, wb_type ``"page_index"``) on the writeback thread; wait."""
-        if indexes is not None:
-            bad = [i for i in indexes if not 0 <= i < self.store.nr_pages]
-            if bad:
-                raise ValueError(
-                    f"page index {bad[0]} is beyond the device ({self.store.nr_pages} pages)"
-                )
+        """Run a writeback of ``wb_type`` pages on the writeback thread; wait.
+        With ``pages`` (``[(first, last)]`` page indexes, both included:
+        zram's ``page_index=`` / ``page_indexes=``), of those pages instead."""
+        if pages is not None:
+            for first, last in pages:
+                if not 0 <= first <= last < self.store.nr_pages:
+                    raise ValueError(
+                        f"page range {first}-{last} is not inside the device "
+                        f"(pages 0-{self.store.nr_pages - 1})"
+                    )
             wb_type = "page_index"
         elif wb_type not in WRITEBACK_TYPES:
             raise ValueError(
                 f"unknown writeback type {wb_type!r} (choose from {', '.join(WRITEBACK_TYPES)})"
             )
-        job = Job(wb_type, limit, indexes)
+        job = Job(wb_type, limit, pages)
         self._queue.put(("writeback", job))
         if not job.done.wait(timeout) or job.result is None:
             raise TimeoutError("writeback did not finish in time")
@@ -304,10 +306,17 @@ class Writeback:
                     self._cond.notify_all()
 
     def _candidates(self, job: Job) -> list:
-        if job.indexes is None:
+        if job.pages is None:
             return self.store.candidates(job.wb_type)
         handles = self.store.slot_tables()[0]
-        return [(i, handles[i]) for i in job.indexes if handles[i] & TAG_MASK == TAG_OBJ]
+        seen: set[int] = set()
+        out = []
+        for first, last in job.pages:
+            for i in range(first, last + 1):
+                if handles[i] & TAG_MASK == TAG_OBJ and i not in seen:
+                    seen.add(i)
+                    out.append((i, handles[i]))
+        return out
 
     def _repack(self) -> None:
         """Repack blocks with dead objects, a bounded run at a time, until
