@@ -122,6 +122,15 @@ class BackingFull(BackingError):
     """No free block is left."""
 
 
+class PartialWrite(OSError):
+    """A write of several blocks failed; ``written`` holds the blocks that
+    were written whole before it (they are in use, as after a success)."""
+
+    def __init__(self, err: int, message: str, written: set[int]):
+        super().__init__(err, message)
+        self.written = written
+
+
 def punch_hole(fd: int, offset: int, length: int) -> None:
     """fallocate(PUNCH_HOLE | KEEP_SIZE): the range reads as zeros and its
     disk blocks go back to the filesystem."""
@@ -455,32 +464,42 @@ class BackingFile:
     def write_many(self, blocks: list[int], pages: list) -> None:
         """Write ``pages[i]`` (4 KiB each) to ``blocks[i]``: one ``pwritev``
         per run of contiguous blocks (docs/design.md#packed-writeback).  An
-        error is counted and raised; then none of the blocks is marked in
-        use (their holder gives them back)."""
+        error is counted and raised as ``PartialWrite``: its ``written``
+        holds the blocks written whole before it (marked in use, as after a
+        success); the others are not in use (their holder gives them back)."""
         sealed = [self._seal(block, page) for block, page in zip(blocks, pages, strict=True)]
+        done: list[int] = []  # item numbers written whole
         try:
             order = sorted(range(len(blocks)), key=blocks.__getitem__)
             run: list[int] = []
             for i in order + [-1]:
                 if run and (i < 0 or blocks[i] != blocks[run[-1]] + 1 or len(run) >= IOV_MAX_PAGES):
-                    self._pwritev(blocks[run[0]], [sealed[j][0] for j in run])
+                    self._pwritev(blocks[run[0]], [sealed[j][0] for j in run], run, done)
                     run = []
                 if i >= 0:
                     run.append(i)
         except OSError as exc:
+            self._mark(done, blocks, sealed)
             with self._lock:
                 self.write_errors += 1
                 self.last_error = f"{exc.strerror or exc}"
-            raise
+            raise PartialWrite(
+                exc.errno or errno.EIO, exc.strerror or str(exc), {blocks[i] for i in done}
+            ) from None
+        self._mark(range(len(blocks)), blocks, sealed)
+
+    def _mark(self, done, blocks: list[int], sealed: list) -> None:
+        """Mark the written items ``done`` in use: checks, or counters and tags."""
         if self._aead is None:
             checks = self._checks
-            for block, (_, mark, _) in zip(blocks, sealed, strict=True):
-                checks[block] = mark  # one item, no lock (module docstring)
+            for i in done:
+                checks[blocks[i]] = sealed[i][1]  # one item, no lock (module docstring)
         else:
             with self._lock:
-                for block, (_, mark, tag) in zip(blocks, sealed, strict=True):
-                    self._ctrs[block] = mark
-                    self._tags[block * TAG_BYTES : (block + 1) * TAG_BYTES] = tag
+                for i in done:
+                    block = blocks[i]
+                    self._ctrs[block] = sealed[i][1]
+                    self._tags[block * TAG_BYTES : (block + 1) * TAG_BYTES] = sealed[i][2]
 
     def _seal(self, block: int, page) -> tuple:
         """(bytes to write, the block's mark, its tag): the page itself and
@@ -495,11 +514,17 @@ class BackingFile:
         sealed = aead.encrypt(nonce, bytes(page), block.to_bytes(8, "little"))
         return memoryview(sealed)[:PAGE_SIZE], ctr, sealed[PAGE_SIZE:]
 
-    def _pwritev(self, first: int, bufs: list) -> None:
-        want = len(bufs) * PAGE_SIZE
-        n = os.pwritev(self.fd, bufs, first * PAGE_SIZE)
-        if n != want:
-            raise OSError(errno.ENOSPC, f"short write ({n} of {want} bytes)")
+    def _pwritev(self, first: int, bufs: list, items: list[int], done: list[int]) -> None:
+        """Write ``bufs`` from block ``first`` on, adding to ``done`` the
+        ``items`` written whole; a short write is tried again from where it
+        stopped, so that a full disk ends in its own error."""
+        whole = 0
+        while whole < len(bufs):
+            n = os.pwritev(self.fd, bufs[whole:], (first + whole) * PAGE_SIZE)
+            if n < PAGE_SIZE:
+                raise OSError(errno.ENOSPC, f"short write ({n} of {PAGE_SIZE} bytes)")
+            done += items[whole : whole + n // PAGE_SIZE]
+            whole += n // PAGE_SIZE  # a block written in part is written again
 
     def read(self, block: int) -> bytes:
         """The page in ``block``; zeros if it was freed or rewritten during

@@ -155,7 +155,8 @@ class PackLog:
         as ``Backed`` through ``store.commit``.  Returns ``{"written",
         "superseded", "full", "failed", "error"}``: a full backing store
         stores what fits; a failed write stores nothing of that batch (the
-        pages stay in RAM, the blocks go back)."""
+        pages stay in RAM, the blocks go back), but for the blocks written
+        whole before the error."""
         out: dict[str, Any] = {
             "written": 0,
             "superseded": 0,
@@ -180,12 +181,15 @@ class PackLog:
         try:
             self.backing.write_many(blocks, contents)
         except OSError as exc:
+            written: set[int] = getattr(exc, "written", set())  # whole before the error
             for block in blocks:
-                self.backing.give_back(block)  # never held data of ours: no space came back
+                if block not in written:
+                    self.backing.give_back(block)  # never held our data: no space came back
             self.backing.discard_freed()
-            out["failed"] = 1
+            kept = [(placed, b) for placed, b in zip(bins, blocks, strict=True) if b in written]
+            bins, blocks = [placed for placed, _ in kept], [b for _, b in kept]
+            out["failed"], out["full"] = 1, 0
             out["error"] = f"backing file write failed: {exc.strerror or exc}"
-            return out
         entries = self._register(items, bins, blocks)
         for (index, old, _, _), new in entries:
             if store.commit(index, old, new):

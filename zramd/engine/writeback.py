@@ -415,12 +415,15 @@ class Writeback:
         try:
             backing.write_many(blocks, [store.decode(entry) for _, entry in items])
         except OSError as exc:
+            written: set[int] = getattr(exc, "written", set())  # whole before the error
             for block in blocks:
-                backing.give_back(block)  # not space that came back: the stall holds
+                if block not in written:
+                    backing.give_back(block)  # not space that came back: the stall holds
             backing.discard_freed()
+            kept = [(item, b) for item, b in zip(items, blocks, strict=True) if b in written]
+            items, blocks = [item for item, _ in kept], [b for _, b in kept]
             out["failed"], out["full"] = 1, 0
             out["error"] = f"backing file write failed: {exc.strerror or exc}"
-            return out
         for (index, entry), block in zip(items, blocks, strict=True):
             if store.commit(index, entry, Backed(block)):
                 out["written"] += 1
