@@ -31,9 +31,10 @@ RAM, in the store's entries and here:
   the old block freed and discarded, so freed data does not stay on disk
   and mostly-empty blocks give their space back.
 
-Placement (``_layout``): a batch of objects is sorted largest first and put
-into the first block of the batch that has room (first-fit decreasing), so
-a batch's blocks are full but for its last few.
+Placement (``_layout``): a window of objects is sorted largest first and
+each is put into the block of the window with the least room that holds
+it (best-fit decreasing); the wider the window, the fuller the blocks
+(docs/design.md#packed-writeback).
 
 Invariants (whenever ``_lock`` is free)
 ---------------------------------------
@@ -69,6 +70,7 @@ again (store.py ``_load``); if so, the block is corrupt: EIO.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import threading
 from typing import Any
@@ -79,6 +81,9 @@ from .store import Backed
 
 ZERO_PAGE = bytes(PAGE_SIZE)
 PRIMARY, SECONDARY = 0, 1  # Backed.codec
+# Room below this is not worth keeping open: no compressed page is smaller
+# (lz4's smallest output for a 4 KiB page that is not same-filled).
+MIN_OBJECT_BYTES = 16
 
 
 class PackLog:
@@ -149,14 +154,15 @@ class PackLog:
             self.backing.give_back(block)
 
     # -- storing objects (the writeback thread) -----------------------------
-    def store_objects(self, store, items: list) -> dict:
+    def store_objects(self, store, items: list, io_batch_blocks: int = 64) -> dict:
         """Store ``[(index, entry, payload, codec)]`` (``entry`` what the slot
         held when ``payload`` was taken from it) packed, and install each
-        as ``Backed`` through ``store.commit``.  Returns ``{"written",
+        as ``Backed`` through ``store.commit``; the blocks are written
+        ``io_batch_blocks`` to a ``write_many``.  Returns ``{"written",
         "superseded", "full", "failed", "error"}``: a full backing store
-        stores what fits; a failed write stores nothing of that batch (the
-        pages stay in RAM, the blocks go back), but for the blocks written
-        whole before the error."""
+        stores what fits; after a failed write only the blocks written
+        whole before it are installed (the other pages stay in RAM, their
+        blocks go back)."""
         out: dict[str, Any] = {
             "written": 0,
             "superseded": 0,
@@ -175,21 +181,25 @@ class PackLog:
                 out["full"], out["error"] = 1, str(exc)
                 break
         bins = bins[: len(blocks)]
-        if not blocks:
-            return out
         contents = [self._content(items, placed) for placed in bins]
-        try:
-            self.backing.write_many(blocks, contents)
-        except OSError as exc:
-            written: set[int] = getattr(exc, "written", set())  # whole before the error
-            for block in blocks:
-                if block not in written:
-                    self.backing.give_back(block)  # never held our data: no space came back
-            self.backing.discard_freed()
-            kept = [(placed, b) for placed, b in zip(bins, blocks, strict=True) if b in written]
-            bins, blocks = [placed for placed, _ in kept], [b for _, b in kept]
-            out["failed"], out["full"] = 1, 0
-            out["error"] = f"backing file write failed: {exc.strerror or exc}"
+        for first in range(0, len(blocks), io_batch_blocks):
+            try:
+                self.backing.write_many(
+                    blocks[first : first + io_batch_blocks],
+                    contents[first : first + io_batch_blocks],
+                )
+            except OSError as exc:
+                written: set[int] = set(blocks[:first])
+                written |= getattr(exc, "written", set())  # whole before the error
+                for block in blocks:
+                    if block not in written:
+                        self.backing.give_back(block)  # never held our data: no space back
+                self.backing.discard_freed()
+                kept = [(placed, b) for placed, b in zip(bins, blocks, strict=True) if b in written]
+                bins, blocks = [placed for placed, _ in kept], [b for _, b in kept]
+                out["failed"], out["full"] = 1, 0
+                out["error"] = f"backing file write failed: {exc.strerror or exc}"
+                break
         entries = self._register(items, bins, blocks)
         for (index, old, _, _), new in entries:
             if store.commit(index, old, new):
@@ -204,20 +214,31 @@ class PackLog:
 
     @staticmethod
     def _layout(items: list) -> list[list[tuple[int, int]]]:
-        """First-fit decreasing: per block, ``[(item number, offset)]``."""
+        """Best-fit decreasing: objects largest first, each into the block
+        of the window with the least room that still holds it (a bisect
+        over the rooms, kept sorted).  Per block, ``[(item number, offset)]``."""
         order = sorted(range(len(items)), key=lambda i: -len(items[i][2]))
         bins: list[list[tuple[int, int]]] = []
-        room: list[int] = []  # bytes used per bin
+        used: list[int] = []  # bytes used per bin
+        rooms: list[int] = []  # free bytes of the bins that have some, sorted
+        room_bins: list[int] = []  # the bin of each entry of rooms
         for i in order:
             length = len(items[i][2])
-            for b, used in enumerate(room):
-                if used + length <= PAGE_SIZE:
-                    bins[b].append((i, used))
-                    room[b] = used + length
-                    break
+            at = bisect.bisect_left(rooms, length)
+            if at < len(rooms):
+                b = room_bins[at]
+                del rooms[at], room_bins[at]
+                bins[b].append((i, used[b]))
             else:
+                b = len(bins)
                 bins.append([(i, 0)])
-                room.append(length)
+                used.append(0)
+            used[b] += length
+            left = PAGE_SIZE - used[b]
+            if left >= MIN_OBJECT_BYTES:
+                at = bisect.bisect_left(rooms, left)
+                rooms.insert(at, left)
+                room_bins.insert(at, b)
         return bins
 
     @staticmethod

@@ -75,6 +75,9 @@ WRITEBACK_TYPES = ("idle", "huge", "huge_idle", "incompressible")  # zram's writ
 # 256 KiB of file writes (docs/design.md#packed-writeback).
 WRITEBACK_BATCH_PAGES = 64
 MAX_WRITEBACK_BATCH_PAGES = 4096
+# Pages laid out together when packed: 64 fill the blocks to 81% on the
+# real-program corpus, 256 to 90%, 1024 to 92% (docs/design.md#packed-writeback).
+PACK_WINDOW_PAGES = 1024
 # Blocks one repack run rewrites at most: about a batch of pages' worth
 # of I/O, so the thread gets back to policy runs soon
 # (docs/design.md#packed-writeback).
@@ -355,8 +358,11 @@ class Writeback:
             self.wb_runs += 1
         self.backing.check_size()  # a file cut outside zramd: say so once
         pos = 0
+        # packed, a window of pages is laid out together (fuller blocks) and
+        # written batch_pages blocks at a time
+        window = max(self.batch_pages, PACK_WINDOW_PAGES) if self.pack else self.batch_pages
         while pos < len(candidates):
-            want = self.batch_pages
+            want = window
             if budget is not None:
                 want = min(want, budget - result["written"])
                 if want <= 0:
@@ -391,7 +397,7 @@ class Writeback:
                 (index, entry, entry[1], SECONDARY if entry[0] & FLAG_BIT else PRIMARY)
                 for index, entry in items
             ]
-            return self.pack.store_objects(self.store, packed)
+            return self.pack.store_objects(self.store, packed, self.batch_pages)
         return self._write_raw(items)
 
     def _write_raw(self, items: list) -> dict:
