@@ -43,7 +43,7 @@ Invariants (whenever ``_lock`` is free)
 - ``_live[b]`` = the sum of the lengths in ``_objs[b]``; objects of one block
   never overlap and end at most at 4096;
 - every ``Backed`` entry the store holds for a packed page is in ``_objs``
-  under its block and offset (it is registered before ``store.commit``,
+  under its block and offset (it is registered before ``store.commit_many``,
   and removed only by ``free_backed``, which the store calls when the slot
   lets go of it, or by ``_drop`` when the commit failed);
 - ``bd_blocks`` (``blocks_in_use``) = ``len(_objs)``.
@@ -51,7 +51,7 @@ Invariants (whenever ``_lock`` is free)
 Repacking (``repack``), on the writeback thread, at most ``max_blocks``
 blocks a run, emptiest first: the live objects of each chosen block are
 copied out of one verified block read and stored again like written-back
-pages (new blocks, then ``store.commit(index, old_entry, new_entry)``); a
+pages (new blocks, then ``store.commit_many``); a
 page rewritten meanwhile keeps its new data (its commit fails, its new
 copy is dropped).  The old block empties as its entries are replaced and
 is freed by ``free_backed``.
@@ -157,7 +157,7 @@ class PackLog:
     def store_objects(self, store, items: list, io_batch_blocks: int = 64) -> dict:
         """Store ``[(index, entry, payload, codec)]`` (``entry`` what the slot
         held when ``payload`` was taken from it) packed, and install each
-        as ``Backed`` through ``store.commit``; the blocks are written
+        as ``Backed`` through ``store.commit_many``; the blocks are written
         ``io_batch_blocks`` to a ``write_many``.  Returns ``{"written",
         "superseded", "full", "failed", "error"}``: a full backing store
         stores what fits; after a failed write only the blocks written
@@ -201,8 +201,9 @@ class PackLog:
                 out["error"] = f"backing file write failed: {exc.strerror or exc}"
                 break
         entries = self._register(items, bins, blocks)
-        for (index, old, _, _), new in entries:
-            if store.commit(index, old, new):
+        done = store.commit_many([(item[0], item[1], new) for item, new in entries])
+        for (_, new), ok in zip(entries, done, strict=True):
+            if ok:
                 out["written"] += 1
             else:  # rewritten while under writeback: the new data wins
                 with self._lock:

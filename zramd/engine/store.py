@@ -1234,6 +1234,23 @@ class PageStore:
                 self.bd_writes += 1
         return ok
 
+    def commit_many(self, items: list) -> list[bool]:
+        """``commit`` of ``[(index, expected, new)]`` (distinct slots) under
+        one hold of the lock, as one install: which ones were installed
+        (the others no longer held their expected data).  For writeback's
+        batches: one install per batch, not per page."""
+        with self._lock:
+            ok = [self._matches(index, expected) for index, expected, _ in items]
+            changes = [
+                (index, new, expected, None)
+                for (index, expected, new), good in zip(items, ok, strict=True)
+                if good
+            ]
+            if changes:
+                self._install_locked(changes)  # every slot matches; not a write: no refusal
+            self.bd_writes += sum(1 for change in changes if type(change[1]) is Backed)
+        return ok
+
     def block_state(self, index: int) -> str:
         """What slot ``index`` holds (zram's debugfs ``block_state``): empty,
         same, compressed, huge, recompressed, pending or backed."""

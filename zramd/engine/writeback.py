@@ -41,7 +41,7 @@ ones: after a free, a ``("repack", None)`` job (queued once until it
 runs) rewrites at most ``REPACK_MAX_BLOCKS`` such blocks a run, until none
 is left (packlog.py ``repack``).
 Candidates come from ``store.candidates`` (scan.py) as ``(index, handle)``;
-``store.holds`` says whether a slot still holds one, and ``store.commit``
+``store.holds`` says whether a slot still holds one, and ``store.commit_many``
 checks the content again under the store's lock.
 A failed write (disk full, I/O error) frees the block, leaves the page in
 RAM, is counted and ends that run; serving goes on.
@@ -430,8 +430,14 @@ class Writeback:
             items, blocks = [item for item, _ in kept], [b for _, b in kept]
             out["failed"], out["full"] = 1, 0
             out["error"] = f"backing file write failed: {exc.strerror or exc}"
-        for (index, entry), block in zip(items, blocks, strict=True):
-            if store.commit(index, entry, Backed(block)):
+        done = store.commit_many(
+            [
+                (index, entry, Backed(block))
+                for (index, entry), block in zip(items, blocks, strict=True)
+            ]
+        )
+        for block, ok in zip(blocks, done, strict=True):
+            if ok:
                 out["written"] += 1
             else:  # rewritten while under writeback: the new data wins
                 backing.give_back(block)
