@@ -218,13 +218,15 @@ class PackLog:
         """Best-fit decreasing: objects largest first, each into the block
         of the window with the least room that still holds it (a bisect
         over the rooms, kept sorted).  Per block, ``[(item number, offset)]``."""
-        order = sorted(range(len(items)), key=lambda i: -len(items[i][2]))
+        lengths = [len(item[2]) for item in items]
+        # largest first; reverse=True keeps equal lengths in candidate order
+        order = sorted(range(len(items)), key=lengths.__getitem__, reverse=True)
         bins: list[list[tuple[int, int]]] = []
         used: list[int] = []  # bytes used per bin
         rooms: list[int] = []  # free bytes of the bins that have some, sorted
         room_bins: list[int] = []  # the bin of each entry of rooms
         for i in order:
-            length = len(items[i][2])
+            length = lengths[i]
             at = bisect.bisect_left(rooms, length)
             if at < len(rooms):
                 b = room_bins[at]

@@ -1241,9 +1241,9 @@ class PageStore:
         batches: one install per batch, not per page."""
         with self._lock:
             ok = [self._matches(index, expected) for index, expected, _ in items]
-            changes = [
-                (index, new, expected, None)
-                for (index, expected, new), good in zip(items, ok, strict=True)
+            changes = [  # checked just now, under this hold of the lock
+                (index, new, _ANY, None)
+                for (index, _, new), good in zip(items, ok, strict=True)
                 if good
             ]
             if changes:
