@@ -38,8 +38,8 @@ A job may name its pages (zram's ``page_index=`` / ``page_indexes=``):
 then every named page that holds a payload in RAM is a candidate.
 Packed, freed objects leave dead bytes in blocks that still hold live
 ones: after a free, a ``("repack", None)`` job (queued once until it
-runs) rewrites at most ``REPACK_MAX_BLOCKS`` such blocks a run, until none
-is left (packlog.py ``repack``).
+runs) rewrites at most ``REPACK_MAX_BLOCKS`` such blocks, and queues the
+next run behind the waiting jobs while any is left (packlog.py ``repack``).
 Candidates come from ``store.candidates`` (scan.py) as ``(index, handle)``;
 ``store.holds`` says whether a slot still holds one, and ``store.commit_many``
 checks the content again under the store's lock.
@@ -322,17 +322,16 @@ class Writeback:
         return out
 
     def _repack(self) -> None:
-        """Repack blocks with dead objects, a bounded run at a time, until
-        none is left or a run makes no progress."""
+        """One bounded repack run; if dead blocks remain, queue the next run
+        behind whatever jobs wait (a policy run is never starved by it)."""
         with self._cond:
             self._repack_queued = False
-        pack = self.pack
-        while pack.has_dead():
-            out = pack.repack(self.store, REPACK_MAX_BLOCKS)
-            if out["error"] or not out["blocks"]:
-                return  # a full or failing backing store: the next free tries again
-            with self._cond:
-                self._cond.notify_all()
+        out = self.pack.repack(self.store, REPACK_MAX_BLOCKS)
+        with self._cond:
+            self._cond.notify_all()
+        if out["error"] or not out["blocks"]:
+            return  # a full or failing backing store: the next free tries again
+        self.discard_freed()  # queues the next run if blocks with dead objects remain
 
     def _budget(self, want: int | None) -> int | None:
         with self._cond:
