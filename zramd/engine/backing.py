@@ -8,8 +8,14 @@ block device, cut into 4 KiB blocks.  Blocks are handed out from ``_free``
 recently freed blocks are reused first) and then from ``_next`` upward;
 ``_used`` counts blocks in use.  A freed block first goes to ``_dirty``: it
 still holds a page's data, and it is reused only after it was discarded
-(``discard_freed``).  Pages are stored raw (uncompressed), as zram does, or
-encrypted (below).
+(``discard_freed``).  A block holds a raw page, as zram stores it, or,
+with ``--writeback-compressed``, a block the packer (packlog.py) built of
+several compressed pages; either way this layer sees whole 4 KiB blocks,
+plain or encrypted (below).  ``write_many`` writes a batch of blocks, one
+``pwritev`` per run of contiguous blocks; if it fails part way it raises
+``PartialWrite`` naming the blocks written whole (those are in use, the
+others are not).  ``read_block`` returns None for a block not in use or
+freed or rewritten during the read; ``read`` makes that zeros.
 
 Security (docs/design.md#security)
 ----------------------------------
