@@ -4,6 +4,7 @@ bd_count against bd_blocks, freed packed space punched out of the file,
 repacking, encryption, a full or failing backing store, rewrites racing a
 writeback, writeback by page index, and bad values refused in one line."""
 
+import errno
 import json
 import os
 import random
@@ -299,3 +300,59 @@ def test_watermark_policy_with_packed_writeback_under_fio(packed_server):
         assert s["policy_runs"] > 0 and s["failed_reads"] == 0
         assert s["bd_count"] > (30 << 20) // PAGE
         assert s["bd_blocks"] < s["bd_count"] * 3 // 4  # packed: fewer blocks than pages
+
+
+def nbd_eio(h, length, offset) -> bool:
+    import nbd
+
+    try:
+        h.pread(length, offset)
+    except nbd.Error as exc:
+        assert exc.errnum == errno.EIO
+        return True
+    return False
+
+
+def test_packed_cut_then_regrown_file_is_an_eio_never_zeros(packed_server):
+    """The block-level check holds for packed blocks: a file cut below them
+    and grown again reads EIO for the cut pages, never zeros or other data."""
+    with packed_server() as server:
+        path = server.settings.backing_file
+        h = connect(server)
+        pages = [text_page(i) for i in range(2048)]
+        h.pwrite(b"".join(pages), 0)
+        ctl(server, "idle")
+        assert ctl(server, "writeback", type="idle")["written"] == 2048
+        blocks = stats(server)["bd_blocks"]
+        os.truncate(path, blocks // 2 * PAGE)  # the second half of the blocks is cut
+        more = b"".join(text_page(i + 50_000) for i in range(64))
+        h.pwrite(more, 4096 * PAGE)
+        assert ctl(server, "writeback", page_indexes="4096-4159")["written"] == 64  # regrows
+        assert os.stat(path).st_size > blocks // 2 * PAGE
+        bad = [i for i in range(0, 2048, 7) if nbd_eio(h, PAGE, i * PAGE)]
+        assert bad and stats(server)["bd_checksum_errors"] >= len(bad)
+        for i in set(range(0, 2048, 7)) - set(bad):
+            assert h.pread(PAGE, i * PAGE) == pages[i]
+        assert h.pread(len(more), 4096 * PAGE) == more
+        h.shutdown()
+
+
+def test_packed_tampered_encrypted_block_is_an_eio(packed_server):
+    with packed_server(backing_encrypt="chacha20-poly1305") as server:
+        path = server.settings.backing_file
+        h = connect(server)
+        pages = [text_page(i) for i in range(64)]
+        h.pwrite(b"".join(pages), 0)
+        ctl(server, "idle")
+        assert ctl(server, "writeback", type="idle")["written"] == 64
+        with open(path, "r+b") as f:  # flip a bit in block 0
+            f.seek(100)
+            byte = f.read(1)
+            f.seek(100)
+            f.write(bytes([byte[0] ^ 1]))
+        bad = [i for i in range(64) if nbd_eio(h, PAGE, i * PAGE)]
+        assert 1 <= len(bad) < 64  # the pages packed in block 0, and only those
+        assert stats(server)["bd_auth_errors"] >= len(bad)
+        for i in set(range(64)) - set(bad):
+            assert h.pread(PAGE, i * PAGE) == pages[i]
+        h.shutdown()
