@@ -30,6 +30,7 @@ from zramd.engine.backing import BackingFile
 from zramd.engine.checksums import make_checksum
 from zramd.engine.codecs import make_codec, make_codecs
 from zramd.engine.device import Device
+from zramd.engine.packlog import PackLog
 from zramd.engine.remote import RemoteBacking
 from zramd.engine.store import PageStore
 from zramd.engine.writeback import Writeback
@@ -130,16 +131,28 @@ def get_ready():
         if s.recomp_algorithm or s.recomp_level is not None
         else None
     )
+    codec = make_codec(s.algorithm, s.level)
+    # packed, the store reads and frees written-back pages through the packer
+    pack = PackLog(backing, codec, recomp) if backing and s.writeback_compressed else None
     store = PageStore(
         s.size_bytes,
-        make_codec(s.algorithm, s.level),
+        codec,
         s.mem_limit_bytes,
         make_checksum(s.checksum),
         recomp_codec=recomp,
-        backing=backing,
+        backing=pack or backing,
     )
     writeback = (
-        Writeback(store, backing, s.high_watermark_bytes, s.low_watermark()) if backing else None
+        Writeback(
+            store,
+            backing,
+            s.high_watermark_bytes,
+            s.low_watermark(),
+            pack=pack,
+            batch_pages=s.writeback_batch_pages,
+        )
+        if backing
+        else None
     )
     _device = Device(
         store,

@@ -153,7 +153,19 @@ def _add_knob_parsers(sub) -> None:
         "writeback", help="write pages back to the backing file (zram's writeback knob)"
     )
     _add_target(wb)
-    wb.add_argument("type", choices=WRITEBACK_TYPES)
+    wb.add_argument("type", nargs="?", choices=WRITEBACK_TYPES)
+    wb.add_argument(
+        "--page-index",
+        action="append",
+        metavar="N",
+        help="write back page N instead of a type (zram's page_index=); repeatable",
+    )
+    wb.add_argument(
+        "--page-indexes",
+        action="append",
+        metavar="A-B",
+        help="write back pages A to B, both included (zram's page_indexes=); repeatable",
+    )
     wb.add_argument("--limit", type=int, help="at most this many pages")
     wb.add_argument("--json", action="store_true", help="the result as JSON (one line each)")
 
@@ -820,15 +832,24 @@ def _each(args):
 
 
 def cmd_writeback(args) -> int:
+    indexes = (args.page_index or []) + (args.page_indexes or [])
+    if bool(indexes) == bool(args.type):
+        raise ControlError("writeback takes a type or --page-index/--page-indexes, one of the two")
     targets = _each(args)
+    if indexes and len(targets) > 1:
+        raise ControlError(
+            "page indexes name one device's pages: give --control of one striped instance"
+        )
+    what = args.type or f"pages {','.join(indexes)}"
+    extra = {"page_indexes": ",".join(indexes)} if indexes else {"type": args.type}
     failed = False
     for (label, path), limit in zip(targets, split_count(args.limit, len(targets)), strict=True):
-        result = call(path, "writeback", timeout=3600, type=args.type, limit=limit)
+        result = call(path, "writeback", timeout=3600, limit=limit, **extra)
         if args.json:
             print(json.dumps(result, sort_keys=True))
         else:
             print(
-                f"{label}writeback {args.type}: {result['written']} pages written, "
+                f"{label}writeback {what}: {result['written']} pages written, "
                 f"{result['superseded']} rewritten meanwhile, of {result['candidates']} "
                 f"candidates"
             )

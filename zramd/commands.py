@@ -130,19 +130,58 @@ def _writeback_of(device):
     return device.writeback
 
 
+# Most ranges one writeback by page index takes (a bound on the request's
+# size, not a measurement: zram takes one range per write).
+MAX_PAGE_RANGES = 1024
+
+
+def parse_page_indexes(text: object, nr_pages: int) -> list[tuple[int, int]]:
+    """``"N"``, ``"A-B"`` (both included, as zram's ``page_indexes=``) or
+    several of them, comma-separated, as ``[(first, last)]``: every page
+    inside the device, or ControlError (one line)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ControlError("page_indexes must be N, A-B or a comma-separated list of them")
+    parts = text.split(",")
+    if len(parts) > MAX_PAGE_RANGES:
+        raise ControlError(f"page_indexes takes at most {MAX_PAGE_RANGES} ranges")
+    out = []
+    for part in parts:
+        first_text, dash, last_text = part.strip().partition("-")
+        try:
+            first = int(first_text)
+            last = int(last_text) if dash else first
+        except ValueError:
+            raise ControlError(f"page_indexes: {part.strip()!r} is not N or A-B") from None
+        if first < 0 or last < first:
+            raise ControlError(f"page_indexes: {part.strip()!r} is not a range A-B with A <= B")
+        if last >= nr_pages:
+            raise ControlError(
+                f"page_indexes: page {last} is beyond the device (pages 0-{nr_pages - 1})"
+            )
+        out.append((first, last))
+    return out
+
+
 @command("writeback")
 def _writeback(device, args):
-    """zram's ``echo TYPE > writeback``, with an optional page budget."""
+    """zram's ``echo TYPE > writeback``, with an optional page budget, or
+    ``echo page_indexes=A-B > writeback`` (``page_indexes``: N, A-B, or a
+    comma-separated list of them)."""
     from .engine.writeback import WRITEBACK_TYPES
 
-    _check_args(args, "writeback", {"type", "limit"})
+    _check_args(args, "writeback", {"type", "limit", "page_indexes"})
     wb_type = args.get("type")
-    if wb_type not in WRITEBACK_TYPES:
+    pages = None
+    if "page_indexes" in args:
+        if wb_type is not None:
+            raise ControlError("writeback takes a type or page_indexes, not both")
+        pages = parse_page_indexes(args["page_indexes"], device.store.nr_pages)
+    elif wb_type not in WRITEBACK_TYPES:
         raise ControlError(
             f"writeback type must be one of {', '.join(WRITEBACK_TYPES)}, not {wb_type!r}"
         )
     limit = _int_arg(args, "limit", minimum=1)
-    return _writeback_of(device).request(wb_type, limit)
+    return _writeback_of(device).request(wb_type, limit, pages=pages)
 
 
 @command("idle")

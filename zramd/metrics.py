@@ -283,6 +283,38 @@ METRICS: dict[str, tuple[str, str, str]] = {
         "used up, write errors)",
     ),
     "writeback_stalls": ("writeback_stalls", COUNTER, "times automatic writeback stalled"),
+    "bd_blocks": (
+        "bd_blocks",
+        GAUGE,
+        "backing blocks the written-back pages occupy (fewer than bd_count when packed)",
+    ),
+    "writeback_compressed": (
+        "writeback_compressed",
+        GAUGE,
+        "1 if written-back pages keep their compressed form, packed",
+    ),
+    "bd_packed_bytes": ("bd_packed_bytes", GAUGE, "compressed bytes of packed written-back pages"),
+    "bd_pack_fill_percent": (
+        "bd_pack_fill_percent",
+        GAUGE,
+        "live bytes of packed backing blocks, percent of their size",
+    ),
+    "bd_dead_blocks": (
+        "bd_dead_blocks",
+        GAUGE,
+        "packed backing blocks holding freed objects beside live ones (to repack)",
+    ),
+    "bd_repack_runs": ("bd_repack_runs", COUNTER, "repack runs of packed backing blocks"),
+    "bd_repacked_blocks": (
+        "bd_repacked_blocks",
+        COUNTER,
+        "packed backing blocks rewritten to drop freed objects",
+    ),
+    "bd_repacked_pages": (
+        "bd_repacked_pages",
+        COUNTER,
+        "packed pages moved to new backing blocks by repacking",
+    ),
     "backing_discarded_blocks": (
         "backing_discarded_blocks",
         COUNTER,

@@ -46,6 +46,7 @@ from .engine.checksums import CHECKSUMS
 from .engine.codecs import CODECS, MAX_RECOMP_CODECS, make_codecs
 from .engine.device import DEFAULT_PENDING_LIMIT_BYTES, MODES
 from .engine.remote import DEFAULT_TIMEOUT_S
+from .engine.writeback import MAX_WRITEBACK_BATCH_PAGES, WRITEBACK_BATCH_PAGES
 from .units import PAGE_SIZE, format_size, parse_device_size, parse_size, physical_memory_bytes
 
 
@@ -328,6 +329,10 @@ def _set_watermarks(device: Any, v: dict[str, Any]) -> None:
     device.writeback.set_watermarks(high, v["low_watermark_bytes"] or high * 3 // 4)
 
 
+def _set_writeback_batch_size(device: Any, v: dict[str, Any]) -> None:
+    device.writeback.set_batch_size(v["writeback_batch_pages"])
+
+
 def _set_writeback_limit(device: Any, v: dict[str, Any]) -> None:
     device.writeback.set_limit(pages=v["writeback_limit_pages"])
 
@@ -543,6 +548,35 @@ ROWS: tuple[Option, ...] = (
         choices=("aes-256-gcm", "chacha20-poly1305"),
         default_help="off",
         example="aes-256-gcm",
+    ),
+    Option(
+        "writeback-compressed",
+        "writeback_compressed",
+        BOOL,
+        False,
+        "written-back pages keep their compressed form, packed several to a 4 KiB block "
+        "(needs --backing-file)",
+        plugin_key="writeback_compressed",
+        example="on",
+    ),
+    Option(
+        "writeback-batch-size",
+        "writeback_batch_pages",
+        INT,
+        WRITEBACK_BATCH_PAGES,
+        "pages writeback writes together (zram's writeback_batch_size)",
+        plugin_key="writeback_batch_size",
+        check=in_range("writeback_batch_size", 1, MAX_WRITEBACK_BATCH_PAGES),
+        runtime=Runtime(
+            "writeback_batch_size",
+            _set_writeback_batch_size,
+            stat="writeback_batch_pages",
+            metric_help="pages writeback writes together",
+            metavar="PAGES",
+            needs_backing=True,
+        ),
+        metavar="PAGES",
+        example="16",
     ),
     Option(
         "high-watermark",

@@ -230,6 +230,14 @@ def _backing_uri(s: Settings) -> None:
 
 
 @cross_check
+def _writeback_compressed(s: Settings) -> None:
+    if s.writeback_compressed and not (s.backing_file or s.backing_uri):
+        raise ConfigError(
+            "compressed writeback needs a backing store (--backing-file or --backing-uri)"
+        )
+
+
+@cross_check
 def _fault_injection(s: Settings) -> None:
     if s.fault_inject is None:
         return

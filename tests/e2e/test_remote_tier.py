@@ -449,3 +449,28 @@ def test_the_export_bounds_the_tier_and_freed_blocks_come_back(make_server, sock
         assert s["backing_touched_blocks"] == 64  # reused, none new
         assert h.pread(64 * PAGE, 32 * PAGE) == b"".join(data[32:])
         h.shutdown()
+
+
+def test_packed_writeback_to_the_remote(make_server, sockdir):
+    """--writeback-compressed over a remote tier: compressed pages packed
+    several to a block cut the traffic as well as the space; they read back
+    whole, and the remote holds only ciphertext."""
+    text = [(b"page %4d of a remote packed tier; " % i) * 120 for i in range(96)]
+    data = [t[:PAGE] for t in text]  # compressible, each page different
+    with Remote(sockdir) as remote, make_server(
+        size="16M", backing_uri=remote.uri, writeback_compressed=True
+    ) as server:
+        h = connect(server)
+        write_all(h, data)
+        assert call(server.control_path, "idle")["idle_pages"] == len(data)
+        r = ctl(server, "writeback", type="idle")
+        assert r["written"] == len(data) and r["error"] is None, r
+        s = stats(server)
+        assert s["bd_count"] == len(data) and 0 < s["bd_blocks"] <= len(data) // 4, s
+        assert s["remote_held_bytes"] == s["bd_blocks"] * PAGE  # blocks, not pages, travel
+        held = remote_contents(remote, (s["bd_blocks"] + 8) * PAGE)
+        assert b"of a remote packed tier" not in held  # encrypted at rest
+        for i, page in enumerate(data):
+            assert h.pread(PAGE, i * PAGE) == page
+        assert stats(server)["remote_read_errors"] == 0
+        h.shutdown()

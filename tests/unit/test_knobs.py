@@ -138,6 +138,8 @@ def test_set_command_sets_knobs_together(device_control):
     ({"mem_limit": "12M", "recompress_after": 1.5}, "recompress_after must be an int"),
     ({"mem_limit": "12M", "cold_target": 101}, "percentage 0..100"),
     ({"mem_limit": "12M", "cold_target": "often"}, "cold_target"),
+    ({"mem_limit": "12M", "writeback_batch_size": 0}, "writeback_batch_size must be 1..4096"),
+    ({"writeback_batch_size": "many"}, "writeback_batch_size must be a whole number"),
 ])
 def test_a_bad_set_changes_nothing(device_control, args, message):
     device, path = device_control()
@@ -150,7 +152,8 @@ def test_a_bad_set_changes_nothing(device_control, args, message):
 
 def test_writeback_knobs_need_a_backing_file(device_control):
     device, path = device_control(backing=False)
-    for args in ({"high_watermark": 0}, {"writeback_limit": 1}, {"writeback_limit_enable": "on"}):
+    for args in ({"high_watermark": 0}, {"writeback_limit": 1}, {"writeback_limit_enable": "on"},
+                 {"writeback_batch_size": 8}):
         with pytest.raises(ControlError, match="no backing file"):
             call(path, "set", mem_limit="3M", **args)
         assert device.store.mem_limit == 0

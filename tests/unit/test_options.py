@@ -21,6 +21,7 @@ COMPANIONS = {
     "fault-inject": ["--unlock-fault-injection", "--compress", "async"],
     "high-watermark": ["--backing-file", "b.img"],
     "backing-encrypt": ["--backing-file", "b.img"],
+    "writeback-compressed": ["--backing-file", "b.img"],
     "low-watermark": ["--backing-file", "b.img", "--high-watermark", "8M"],
     "address": ["--port", "10809", "--insecure-tcp"],
     "port": ["--insecure-tcp"],

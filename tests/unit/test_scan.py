@@ -33,8 +33,8 @@ def reference_candidates(store, scan_type, limit=None):
         }.get(scan_type, True)
         if ok:
             out.append((index, h))
-    if scan_type == "cold":
-        out.sort(key=lambda item: atime[item[0]])
+    if scan_type == "cold":  # oldest first; among equals the largest object first
+        out.sort(key=lambda item: (atime[item[0]], -((item[1] >> LEN_SHIFT) & LEN_MASK)))
     return out if limit is None else out[:limit]
 
 

@@ -8,8 +8,14 @@ block device, cut into 4 KiB blocks.  Blocks are handed out from ``_free``
 recently freed blocks are reused first) and then from ``_next`` upward;
 ``_used`` counts blocks in use.  A freed block first goes to ``_dirty``: it
 still holds a page's data, and it is reused only after it was discarded
-(``discard_freed``).  Pages are stored raw (uncompressed), as zram does, or
-encrypted (below).
+(``discard_freed``).  A block holds a raw page, as zram stores it, or,
+with ``--writeback-compressed``, a block the packer (packlog.py) built of
+several compressed pages; either way this layer sees whole 4 KiB blocks,
+plain or encrypted (below).  ``write_many`` writes a batch of blocks, one
+``pwritev`` per run of contiguous blocks; if it fails part way it raises
+``PartialWrite`` naming the blocks written whole (those are in use, the
+others are not).  ``read_block`` returns None for a block not in use or
+freed or rewritten during the read; ``read`` makes that zeros.
 
 Security (docs/design.md#security)
 ----------------------------------
@@ -105,6 +111,8 @@ ZERO_PAGE = bytes(PAGE_SIZE)
 # the sidecar (counters and tags, or checks) grows this many blocks at a time:
 # docs/design.md#a-page-never-reads-back-as-other-data
 SIDECAR_STEP_BLOCKS = 4096
+# Most pages in one pwritev: well below IOV_MAX (1024) on Linux.
+IOV_MAX_PAGES = 256
 
 log = logging.getLogger("zramd.backing")
 
@@ -118,6 +126,15 @@ class BackingError(OSError):
 
 class BackingFull(BackingError):
     """No free block is left."""
+
+
+class PartialWrite(OSError):
+    """A write of several blocks failed; ``written`` holds the blocks that
+    were written whole before it (they are in use, as after a success)."""
+
+    def __init__(self, err: int, message: str, written: set[int]):
+        super().__init__(err, message)
+        self.written = written
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
@@ -463,43 +480,101 @@ class BackingFile:
     def write(self, block: int, page) -> None:
         """Write one page; an error is counted and raised (the caller keeps
         the page in RAM and frees the block)."""
-        aead = self._aead
-        check = 0 if aead is not None else page_check(page)
+        self.write_many([block], [page])
+
+    def write_many(self, blocks: list[int], pages: list) -> None:
+        """Write ``pages[i]`` (4 KiB each) to ``blocks[i]``: one ``pwritev``
+        per run of contiguous blocks (docs/design.md#packed-writeback).  An
+        error is counted and raised as ``PartialWrite``: its ``written``
+        holds the blocks written whole before it (marked in use, as after a
+        success); the others are not in use (their holder gives them back)."""
+        sealed = [self._seal(block, page) for block, page in zip(blocks, pages, strict=True)]
+        done: list[int] = []  # item numbers written whole
         try:
-            if aead is not None:
-                with self._lock:
-                    self._wctr += 1
-                    ctr = self._wctr
-                sealed = seal(aead, ctr, block, page)
-                page = memoryview(sealed)[:PAGE_SIZE]
-            n = os.pwrite(self.fd, page, block * PAGE_SIZE)
-            if n != PAGE_SIZE:
-                raise OSError(errno.ENOSPC, f"short write ({n} of {PAGE_SIZE} bytes)")
+            order = sorted(range(len(blocks)), key=blocks.__getitem__)
+            run: list[int] = []
+            for i in order + [-1]:
+                if run and (i < 0 or blocks[i] != blocks[run[-1]] + 1 or len(run) >= IOV_MAX_PAGES):
+                    self._pwritev(blocks[run[0]], [sealed[j][0] for j in run], run, done)
+                    run = []
+                if i >= 0:
+                    run.append(i)
         except OSError as exc:
+            self._mark(done, blocks, sealed)
             with self._lock:
                 self.write_errors += 1
                 self.last_error = f"{exc.strerror or exc}"
-            raise
-        if aead is None:
-            self._checks[block] = check  # one item, no lock (module docstring)
+            raise PartialWrite(
+                exc.errno or errno.EIO, exc.strerror or str(exc), {blocks[i] for i in done}
+            ) from None
+        self._mark(range(len(blocks)), blocks, sealed)
+
+    def _mark(self, done, blocks: list[int], sealed: list) -> None:
+        """Mark the written items ``done`` in use: checks, or counters and tags."""
+        if self._aead is None:
+            checks = self._checks
+            for i in done:
+                checks[blocks[i]] = sealed[i][1]  # one item, no lock (module docstring)
         else:
             with self._lock:
-                self._ctrs[block] = ctr
-                self._tags[block * TAG_BYTES : (block + 1) * TAG_BYTES] = sealed[PAGE_SIZE:]
+                for i in done:
+                    block = blocks[i]
+                    self._ctrs[block] = sealed[i][1]
+                    self._tags[block * TAG_BYTES : (block + 1) * TAG_BYTES] = sealed[i][2]
+
+    def _seal(self, block: int, page) -> tuple:
+        """(bytes to write, the block's mark, its tag): the page itself and
+        its check, or its ciphertext, counter and tag."""
+        aead = self._aead
+        if aead is None:
+            return page, page_check(page), b""
+        with self._lock:
+            self._wctr += 1
+            ctr = self._wctr
+        sealed = seal(aead, ctr, block, page)
+        return memoryview(sealed)[:PAGE_SIZE], ctr, sealed[PAGE_SIZE:]
+
+    def _pwritev(self, first: int, bufs: list, items: list[int], done: list[int]) -> None:
+        """Write ``bufs`` from block ``first`` on, adding to ``done`` the
+        ``items`` written whole; a short write is tried again from where it
+        stopped, so that a full disk ends in its own error."""
+        whole = 0
+        while whole < len(bufs):
+            n = os.pwritev(self.fd, bufs[whole:], (first + whole) * PAGE_SIZE)
+            if n < PAGE_SIZE:
+                raise OSError(errno.ENOSPC, f"short write ({n} of {PAGE_SIZE} bytes)")
+            done += items[whole : whole + n // PAGE_SIZE]
+            whole += n // PAGE_SIZE  # a block written in part is written again
 
     def read(self, block: int) -> bytes:
+        """The page in ``block``; zeros if it was freed or rewritten during
+        the read (the store then loads the slot again)."""
+        data = self.read_block(block)
+        return ZERO_PAGE if data is None else data
+
+    def read_backed(self, entry) -> bytes:
+        """The page of a store's ``Backed`` entry (a raw page)."""
+        return self.read(entry.block)
+
+    def free_backed(self, entry) -> None:
+        """The store let go of a ``Backed`` entry (a raw page)."""
+        self.free(entry.block)
+
+    def read_block(self, block: int) -> bytes | None:
+        """The 4 KiB in ``block``, verified; None if the block was not in use
+        or was freed or rewritten during the read."""
         aead = self._aead
         if aead is None:
             checks = self._checks
             check = checks[block] if block < len(checks) else 0  # one load: no lock
             if not check:
-                return ZERO_PAGE  # freed meanwhile: the store loads the slot again
+                return None
         else:
             with self._lock:
                 ctr = self._ctrs[block] if block < len(self._ctrs) else 0
                 tag = bytes(self._tags[block * TAG_BYTES : (block + 1) * TAG_BYTES])
             if not ctr:
-                return ZERO_PAGE  # freed meanwhile: the store loads the slot again
+                return None
         data = os.pread(self.fd, PAGE_SIZE, block * PAGE_SIZE)
         if len(data) != PAGE_SIZE:
             self.check_size()
@@ -509,7 +584,7 @@ class BackingFile:
                 return data
             with self._lock:
                 if self._checks[block] != check:
-                    return ZERO_PAGE  # freed or rewritten during our read: reload
+                    return None  # freed or rewritten during our read
                 self.checksum_errors += 1
             self.check_size()
             raise OSError(
@@ -520,7 +595,7 @@ class BackingFile:
         except Exception:  # cryptography's InvalidTag
             with self._lock:
                 if self._ctrs[block] != ctr:
-                    return ZERO_PAGE  # freed or rewritten during our read: reload
+                    return None  # freed or rewritten during our read
                 self.auth_errors += 1
             raise OSError(
                 errno.EIO, f"backing block {block} failed authentication (changed outside zramd)"

@@ -136,8 +136,8 @@ class Device:
         try:
             self._write(buf, offset, fua)
         finally:
-            if wb.backing.has_freed():  # a rewritten written-back page
-                wb.backing.discard_freed()
+            if wb.has_freed():  # a rewritten written-back page
+                wb.discard_freed()
 
     def discard_with_backing(self, offset: int, length: int) -> None:
         """Trim / write-zeroes with a backing file: the blocks of the
@@ -146,9 +146,9 @@ class Device:
         try:
             self.store.discard(offset, length)
         finally:
-            backing = self.writeback.backing
-            if backing.has_freed():
-                backing.discard_freed()
+            wb = self.writeback
+            if wb.has_freed():
+                wb.discard_freed()
 
     def _write(self, buf, offset: int, fua: bool) -> None:
         store = self.store

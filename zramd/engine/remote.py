@@ -1,12 +1,13 @@
 """The remote tier: written-back pages on any NBD export, through libnbd.
 
 The same block interface as ``BackingFile`` (backing.py) offers to the
-store and to writeback.py (``alloc``/``free``/``give_back``/``write``/
-``read``/``has_freed``/``discard_freed``/``check_size``/``used_blocks``/
-``touched_blocks``/``stats``/``close``, and ``path``, ``nr_blocks``,
-``write_errors``, ``last_error``, ``freed_total``), so writeback runs
-unchanged; the export is cut into 4 KiB blocks, block ``n`` at byte
-``n * 4096``.  ``--backing-uri`` takes libnbd's URIs: ``nbd://``,
+store, to writeback.py and to the packer of compressed writeback
+(packlog.py): ``alloc``/``free``/``give_back``/``write``/``write_many``/
+``read``/``read_block``/``read_backed``/``free_backed``/``has_freed``/
+``discard_freed``/``check_size``/``used_blocks``/``touched_blocks``/
+``stats``/``close``, and ``path``, ``nr_blocks``, ``write_errors``,
+``last_error``, ``freed_total``, so writeback runs unchanged; the export
+is cut into 4 KiB blocks, block ``n`` at byte ``n * 4096``.  ``--backing-uri`` takes libnbd's URIs: ``nbd://``,
 ``nbds://``, ``nbd+unix://``, ``nbds+unix://`` (TLS by PSK with the
 ``tls-psk-file=`` query, or X.509 with ``tls-certificates=``); any other
 scheme is refused with one line.  docs/design.md#remote-tier.
@@ -100,6 +101,7 @@ from .backing import (
     ZERO_PAGE,
     BackingError,
     BackingFull,
+    PartialWrite,
     make_aead,
     seal,
     unseal,
@@ -674,6 +676,37 @@ class RemoteBacking:
         self._by_cookie.clear()
         self._writer = None
         self._lost(None)
+
+    def write_many(self, blocks: list[int], pages: list) -> None:
+        """``write`` of each page to its block, in order, through the write
+        window; an error raises ``PartialWrite`` naming the blocks sent
+        before it (they are in use, as after a success)."""
+        written: set[int] = set()
+        for block, page in zip(blocks, pages, strict=True):
+            try:
+                self.write(block, page)
+            except OSError as exc:
+                raise PartialWrite(
+                    exc.errno or errno.EIO, exc.strerror or str(exc), written
+                ) from None
+            written.add(block)
+
+    def read_block(self, block: int) -> bytes | None:
+        """The 4 KiB in ``block``, authenticated; None if the block is not
+        in use (or was freed or rewritten during the read)."""
+        with self._lock:
+            if not (self._ctrs[block] if block < len(self._ctrs) else 0):
+                return None
+        page = self.read(block)
+        return None if page is ZERO_PAGE else page
+
+    def read_backed(self, entry) -> bytes:
+        """The page of a store's ``Backed`` entry (a raw page)."""
+        return self.read(entry.block)
+
+    def free_backed(self, entry) -> None:
+        """The store let go of a ``Backed`` entry (a raw page)."""
+        self.free(entry.block)
 
     def read(self, block: int) -> bytes:
         with self._lock:

@@ -204,12 +204,15 @@ class Pending:
 
 
 class Backed:
-    """A page written back to the backing file, at ``block`` (4 KiB units)."""
+    """A page written back to the backing file, at ``block`` (4 KiB units):
+    the raw page (``length`` 0), or, packed (packlog.py), ``length`` bytes
+    of its compressed form at ``offset`` in the block, compressed with the
+    primary (``codec`` 0) or the secondary codec (1)."""
 
-    __slots__ = ("block",)
+    __slots__ = ("block", "offset", "length", "codec")
 
-    def __init__(self, block: int):
-        self.block = block
+    def __init__(self, block: int, offset: int = 0, length: int = 0, codec: int = 0):
+        self.block, self.offset, self.length, self.codec = block, offset, length, codec
 
 
 class SameWord:
@@ -382,7 +385,7 @@ class PageStore:
         if t is Pending:
             return entry.data
         if t is Backed:
-            return self.backing.read(entry.block)
+            return self.backing.read_backed(entry)
         if t is SameWord:
             return entry.word.to_bytes(WORD_SIZE, "little") * WORDS_PER_PAGE
         raise TypeError(f"not a store entry: {entry!r}")
@@ -803,7 +806,7 @@ class PageStore:
             self.compr_data_size -= PAGE_SIZE
         elif t is Backed:
             self.bd_count -= 1
-            self.backing.free(e.block)
+            self.backing.free_backed(e)
         elif t is SameWord:
             self.same_pages -= 1
 
@@ -1375,6 +1378,23 @@ class PageStore:
         if ok and type(new) is Backed:
             with self._lock:
                 self.bd_writes += 1
+        return ok
+
+    def commit_many(self, items: list) -> list[bool]:
+        """``commit`` of ``[(index, expected, new)]`` (distinct slots) under
+        one hold of the lock, as one install: which ones were installed
+        (the others no longer held their expected data).  For writeback's
+        batches: one install per batch, not per page."""
+        with self._lock:
+            ok = [self._matches(index, expected) for index, expected, _ in items]
+            changes = [  # checked just now, under this hold of the lock
+                (index, new, _ANY, None)
+                for (index, _, new), good in zip(items, ok, strict=True)
+                if good
+            ]
+            if changes:
+                self._install_locked(changes)  # every slot matches; not a write: no refusal
+            self.bd_writes += sum(1 for change in changes if type(change[1]) is Backed)
         return ok
 
     def block_state(self, index: int) -> str:

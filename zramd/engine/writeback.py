@@ -27,18 +27,28 @@ writer also retries one policy run (without waiting) every
 ``STALL_RETRY_S``, for causes we cannot observe (space freed on the
 filesystem).
 
-Each page is written raw to a freshly allocated block, then installed as
-``Backed`` only if its slot still holds the entry that was written (a page
-rewritten while under writeback keeps the new data; its block is freed).
+Each page is written raw to a freshly allocated block (or, with
+``pack``, its compressed form packed with others: packlog.py), then
+installed as ``Backed`` only if its slot still holds the entry that was
+written (a page rewritten while under writeback keeps the new data; its
+block is freed).  Pages go out ``batch_pages`` at a time (zram's
+writeback_batch_size): the batch's blocks are written together, one
+``pwritev`` per run of contiguous blocks (docs/design.md#packed-writeback).
+A job may name its pages (zram's ``page_index=`` / ``page_indexes=``):
+then every named page that holds a payload in RAM is a candidate.
+Packed, freed objects leave dead bytes in blocks that still hold live
+ones: after a free, a ``("repack", None)`` job (queued once until it
+runs) rewrites at most ``REPACK_MAX_BLOCKS`` such blocks, and queues the
+next run behind the waiting jobs while any is left (packlog.py ``repack``).
 Candidates come from ``store.candidates`` (scan.py) as ``(index, handle)``;
-``store.holds`` says whether a slot still holds one, and ``store.commit``
+``store.holds`` says whether a slot still holds one, and ``store.commit_many``
 checks the content again under the store's lock.
 A failed write (disk full, I/O error) frees the block, leaves the page in
 RAM, is counted and ends that run; serving goes on.
 
 Data structure: one thread, ``zramd-writeback``, takes jobs from a
 ``SimpleQueue`` (blocking in C; never spinning): ``("writeback", Job)``,
-``("policy", None)`` and ``None`` to stop.  ``_cond`` guards the counters,
+``("policy", None)``, ``("repack", None)`` and ``None`` to stop.  ``_cond`` guards the counters,
 the limits and the watermarks, and wakes throttled writers.  Lock order:
 the store's lock and the backing file's are never taken while ``_cond``
 is held.
@@ -52,15 +62,26 @@ import threading
 import time
 from typing import Any
 
+from .arena import FLAG_BIT, TAG_MASK, TAG_OBJ
 from .backing import BackingFull
+from .packlog import PRIMARY, SECONDARY
 from .store import Backed
 
 log = logging.getLogger("zramd.writeback")
 
 WRITEBACK_TYPES = ("idle", "huge", "huge_idle", "incompressible")  # zram's writeback types
-# Pages per batch between checks of the watermark and the throttled
-# writers: 64 pages = 256 KiB of file writes (about 0.5 ms here).
+# Pages per batch (zram's writeback_batch_size): written together, and
+# between checks of the watermark and the throttled writers: 64 pages =
+# 256 KiB of file writes (docs/design.md#packed-writeback).
 WRITEBACK_BATCH_PAGES = 64
+MAX_WRITEBACK_BATCH_PAGES = 4096
+# Pages laid out together when packed: 64 fill the blocks to 81% on the
+# real-program corpus, 256 to 90%, 1024 to 92% (docs/design.md#packed-writeback).
+PACK_WINDOW_PAGES = 1024
+# Blocks one repack run rewrites at most: about a batch of pages' worth
+# of I/O, so the thread gets back to policy runs soon
+# (docs/design.md#packed-writeback).
+REPACK_MAX_BLOCKS = 64
 # Longest a writer waits above the high watermark before going on anyway
 # (when nothing can be written back: backing file full or failing).
 THROTTLE_MAX_S = 2.0
@@ -70,17 +91,29 @@ STALL_RETRY_S = 1.0
 
 
 class Job:
-    def __init__(self, wb_type: str, limit: int | None):
+    def __init__(self, wb_type: str, limit: int | None, pages: list | None = None):
         self.wb_type = wb_type
         self.limit = limit
+        self.pages = pages  # [(first, last)] page indexes, or None
         self.result: dict | None = None
         self.done = threading.Event()
 
 
 class Writeback:
-    def __init__(self, store, backing, high_watermark: int = 0, low_watermark: int = 0):
+    def __init__(
+        self,
+        store,
+        backing,
+        high_watermark: int = 0,
+        low_watermark: int = 0,
+        pack=None,
+        batch_pages: int = WRITEBACK_BATCH_PAGES,
+    ):
         self.store = store
         self.backing = backing
+        self.pack = pack  # a packlog.PackLog: --writeback-compressed
+        self.batch_pages = batch_pages
+        self._repack_queued = False
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -116,13 +149,29 @@ class Writeback:
         self.backing.close()
 
     # -- requests ----------------------------------------------------------
-    def request(self, wb_type: str, limit: int | None = None, timeout: float | None = None) -> dict:
-        """Run a writeback of ``wb_type`` pages on the writeback thread; wait."""
-        if wb_type not in WRITEBACK_TYPES:
+    def request(
+        self,
+        wb_type: str,
+        limit: int | None = None,
+        timeout: float | None = None,
+        pages: list[tuple[int, int]] | None = None,
+    ) -> dict:
+        """Run a writeback of ``wb_type`` pages on the writeback thread; wait.
+        With ``pages`` (``[(first, last)]`` page indexes, both included:
+        zram's ``page_index=`` / ``page_indexes=``), of those pages instead."""
+        if pages is not None:
+            for first, last in pages:
+                if not 0 <= first <= last < self.store.nr_pages:
+                    raise ValueError(
+                        f"page range {first}-{last} is not inside the device "
+                        f"(pages 0-{self.store.nr_pages - 1})"
+                    )
+            wb_type = "page_index"
+        elif wb_type not in WRITEBACK_TYPES:
             raise ValueError(
                 f"unknown writeback type {wb_type!r} (choose from {', '.join(WRITEBACK_TYPES)})"
             )
-        job = Job(wb_type, limit)
+        job = Job(wb_type, limit, pages)
         self._queue.put(("writeback", job))
         if not job.done.wait(timeout) or job.result is None:
             raise TimeoutError("writeback did not finish in time")
@@ -146,6 +195,30 @@ class Writeback:
                 self.writeback_limit = pages
             self._unstall()
         self.kick()
+
+    def set_batch_size(self, pages: int) -> None:
+        """zram's writeback_batch_size: pages written together."""
+        if not 1 <= pages <= MAX_WRITEBACK_BATCH_PAGES:
+            raise ValueError(f"writeback_batch_size must be 1 to {MAX_WRITEBACK_BATCH_PAGES}")
+        self.batch_pages = pages
+
+    def has_freed(self) -> bool:
+        """Whether a free left work: blocks to discard, or packed blocks
+        with dead bytes to repack."""
+        return self.backing.has_freed() or (self.pack is not None and self.pack.has_dead())
+
+    def discard_freed(self) -> None:
+        """After a request freed written-back pages: discard the emptied
+        blocks now (before the reply: docs/design.md#security) and queue a
+        repack for blocks that hold dead objects beside live ones."""
+        if self.backing.has_freed():
+            self.backing.discard_freed()
+        if self.pack is not None and self.pack.has_dead():
+            with self._cond:
+                if self._repack_queued:
+                    return
+                self._repack_queued = True
+            self._queue.put(("repack", None))
 
     def kick(self) -> None:
         """Ask for a policy run if memory is above the high watermark."""
@@ -216,9 +289,11 @@ class Writeback:
             try:
                 if what == "writeback":
                     started = time.monotonic()
-                    result = self._writeback(self.store.candidates(job.wb_type), job.limit)
+                    result = self._writeback(self._candidates(job), job.limit)
                     result["elapsed_s"] = round(time.monotonic() - started, 6)
                     job.result = result
+                elif what == "repack":
+                    self._repack()
                 else:
                     with self._cond:
                         self._policy_queued = False
@@ -233,6 +308,31 @@ class Writeback:
                 with self._cond:
                     self._cond.notify_all()
 
+    def _candidates(self, job: Job) -> list:
+        if job.pages is None:
+            return self.store.candidates(job.wb_type)
+        handles = self.store.slot_tables()[0]
+        seen: set[int] = set()
+        out = []
+        for first, last in job.pages:
+            for i in range(first, last + 1):
+                if handles[i] & TAG_MASK == TAG_OBJ and i not in seen:
+                    seen.add(i)
+                    out.append((i, handles[i]))
+        return out
+
+    def _repack(self) -> None:
+        """One bounded repack run; if dead blocks remain, queue the next run
+        behind whatever jobs wait (a policy run is never starved by it)."""
+        with self._cond:
+            self._repack_queued = False
+        out = self.pack.repack(self.store, REPACK_MAX_BLOCKS)
+        with self._cond:
+            self._cond.notify_all()
+        if out["error"] or not out["blocks"]:
+            return  # a full or failing backing store: the next free tries again
+        self.discard_freed()  # queues the next run if blocks with dead objects remain
+
     def _budget(self, want: int | None) -> int | None:
         with self._cond:
             if self.writeback_limit_enable:
@@ -242,10 +342,10 @@ class Writeback:
     def _writeback(
         self, candidates: list, limit: int | None, until_bytes: int | None = None
     ) -> dict:
-        """Write back ``candidates`` in order; stop at ``limit`` pages, at the
-        writeback_limit budget, when memory is at most ``until_bytes``, or at
-        the first backing-file error."""
-        store, backing = self.store, self.backing
+        """Write back ``candidates`` in order, ``batch_pages`` at a time; stop
+        at ``limit`` pages, at the writeback_limit budget, when memory is at
+        most ``until_bytes``, or at the first backing-file error."""
+        store = self.store
         budget = self._budget(limit)
         result: dict[str, Any] = {
             "written": 0,
@@ -255,42 +355,95 @@ class Writeback:
         }
         with self._cond:
             self.wb_runs += 1
-        backing.check_size()  # a file cut outside zramd: say so once
-        for start in range(0, len(candidates), WRITEBACK_BATCH_PAGES):
-            for index, handle in candidates[start : start + WRITEBACK_BATCH_PAGES]:
-                if budget is not None and result["written"] >= budget:
-                    return self._finish(result)
+        self.backing.check_size()  # a file cut outside zramd: say so once
+        pos = 0
+        # packed, a window of pages is laid out together (fuller blocks) and
+        # written batch_pages blocks at a time
+        window = max(self.batch_pages, PACK_WINDOW_PAGES) if self.pack else self.batch_pages
+        while pos < len(candidates):
+            want = window
+            if budget is not None:
+                want = min(want, budget - result["written"])
+                if want <= 0:
+                    break
+            items: list[tuple[int, Any]] = []
+            while pos < len(candidates) and len(items) < want:
+                index, handle = candidates[pos]
+                pos += 1
                 entry = store.entry(index) if store.holds(index, handle) else None
-                if entry is None or not store.holds(index, handle):
+                if type(entry) is not tuple or not store.holds(index, handle):
                     result["superseded"] += 1
                     continue
-                try:
-                    block = backing.alloc()
-                except BackingFull as exc:
-                    with self._cond:
-                        self.wb_backing_full += 1
-                    result["error"] = str(exc)
-                    return self._finish(result)
-                try:
-                    backing.write(block, store.decode(entry))
-                except OSError as exc:
-                    backing.give_back(block)  # not space that came back: the stall holds
-                    backing.discard_freed()
-                    with self._cond:
-                        self.wb_failed += 1
-                    result["error"] = f"backing file write failed: {exc.strerror or exc}"
-                    return self._finish(result)
-                if store.commit(index, entry, Backed(block)):
-                    result["written"] += 1
-                else:  # rewritten while under writeback: the new data wins
-                    backing.give_back(block)
-                    backing.discard_freed()  # it holds the old page: out with it
-                    result["superseded"] += 1
+                items.append((index, entry))
+            out = self._write_batch(items)
+            result["written"] += out["written"]
+            result["superseded"] += out["superseded"]
             with self._cond:
+                self.wb_backing_full += out["full"]
+                self.wb_failed += out["failed"]
                 self._cond.notify_all()  # wake throttled writers between batches
+            if out["error"]:
+                result["error"] = out["error"]
+                break
             if until_bytes is not None and store.mem_used_total <= until_bytes:
                 break
         return self._finish(result)
+
+    def _write_batch(self, items: list) -> dict:
+        """Store ``[(index, entry)]`` on the backing store (packed or raw)."""
+        if self.pack is not None:
+            packed = [
+                (index, entry, entry[1], SECONDARY if entry[0] & FLAG_BIT else PRIMARY)
+                for index, entry in items
+            ]
+            return self.pack.store_objects(self.store, packed, self.batch_pages)
+        return self._write_raw(items)
+
+    def _write_raw(self, items: list) -> dict:
+        """Each page raw in a block of its own, the batch's writes together."""
+        store, backing = self.store, self.backing
+        out: dict[str, Any] = {
+            "written": 0,
+            "superseded": 0,
+            "full": 0,
+            "failed": 0,
+            "error": None,
+        }
+        blocks: list[int] = []
+        for _ in items:
+            try:
+                blocks.append(backing.alloc())
+            except BackingFull as exc:
+                out["full"], out["error"] = 1, str(exc)
+                break
+        items = items[: len(blocks)]
+        try:
+            backing.write_many(blocks, [store.decode(entry) for _, entry in items])
+        except OSError as exc:
+            written: set[int] = getattr(exc, "written", set())  # whole before the error
+            for block in blocks:
+                if block not in written:
+                    backing.give_back(block)  # not space that came back: the stall holds
+            backing.discard_freed()
+            kept = [(item, b) for item, b in zip(items, blocks, strict=True) if b in written]
+            items, blocks = [item for item, _ in kept], [b for _, b in kept]
+            out["failed"], out["full"] = 1, 0
+            out["error"] = f"backing file write failed: {exc.strerror or exc}"
+        done = store.commit_many(
+            [
+                (index, entry, Backed(block))
+                for (index, entry), block in zip(items, blocks, strict=True)
+            ]
+        )
+        for block, ok in zip(blocks, done, strict=True):
+            if ok:
+                out["written"] += 1
+            else:  # rewritten while under writeback: the new data wins
+                backing.give_back(block)
+                out["superseded"] += 1
+        if backing.has_freed():
+            backing.discard_freed()  # they hold old pages: out with them
+        return out
 
     def _finish(self, result: dict) -> dict:
         if self.backing.has_freed():
@@ -328,8 +481,13 @@ class Writeback:
     def stats(self) -> dict:
         used, touched = self.backing.used_blocks(), self.backing.touched_blocks()
         backing_stats = self.backing.stats()
+        if self.pack is not None:
+            backing_stats |= self.pack.stats()
         with self._cond:
             return backing_stats | {
+                "bd_blocks": used,
+                "writeback_compressed": self.pack is not None,
+                "writeback_batch_pages": self.batch_pages,
                 "backing_file": self.backing.path,
                 "backing_blocks": self.backing.nr_blocks,
                 "backing_used_blocks": used,
