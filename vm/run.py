@@ -56,7 +56,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the vm package
 
 from vm import console, mix  # noqa: E402
-from vm.guest import CACHE, LOGS, build_guest, kernel_append, qemu_binary, qemu_command, tail  # noqa: E402
+from vm.guest import (  # noqa: E402
+    CACHE,
+    DISCARD_POLICIES,
+    LOGS,
+    build_guest,
+    kernel_append,
+    qemu_binary,
+    qemu_command,
+    size_mib,
+    tail,
+)
 from vm.report import report  # noqa: E402
 from vm.result import (  # noqa: E402,F401  (re-exported for tests/vm/test_vm.py)
     AFTER_SWAPOFF_MAX_FRACTION,
@@ -261,6 +271,8 @@ class GuestRun:
                 else:
                     res.allocated_after_swapoff_bytes = self.server.allocated_bytes()
                 self.stamp("sampled the server after swapoff")
+        elif isinstance(event, console.SwapSample):
+            res.swap_samples.append(dict(event.values, t_s=round(time.monotonic() - self.t0, 2)))
         elif isinstance(event, console.GuestResult):
             res.guest.update(event.values)
         elif isinstance(event, console.Progress):
@@ -395,6 +407,7 @@ def run_target(
     zram_extra_mib: int | None = None,
     quiet: bool = False,
     request_mix: bool = False,
+    discard: str = "both",
 ) -> Result:
     """Boots the guest against one target and returns what it measured and
     which checks failed (Result.failures empty and Result.ok True when all
@@ -406,7 +419,11 @@ def run_target(
     the 2x-RAM check) stay those of mem_mib.
 
     request_mix: the guest reaches the server through nbdkit's stats filter
-    (vm/mix.py), and Result.request_mix holds the sizes it sent."""
+    (vm/mix.py), and Result.request_mix holds the sizes it sent.
+
+    discard: the guest's swapon discard policy (both, once, pages, none:
+    vm/swapon-prio.c); device_size: the server's --size, and guest-zram's
+    disksize when it is not the default (guest-init.sh's 512M otherwise)."""
     server_kind, dev = TARGETS[target]
     if zram_extra_mib is None:
         zram_extra_mib = hog_mib // 2
@@ -420,14 +437,19 @@ def run_target(
         passes=passes,
         guest_ram_mib=guest_ram_mib,
         instances=STRIPED.get(target, 1),
+        discard=discard,
+        device_size=device_size,
     )
+    zram_mib = size_mib(device_size) if device_size != DEFAULT_DEVICE_SIZE else None
     LOGS.mkdir(parents=True, exist_ok=True)
     run = GuestRun(
         target, res, server_kind, device_size, quiet, request_mix, SERVE_ARGS.get(target, ())
     )
     try:
         run.start_server()
-        run.boot(kernel_append(dev, hog_mib, passes, corrupt_page, res.instances))
+        run.boot(
+            kernel_append(dev, hog_mib, passes, corrupt_page, res.instances, discard, zram_mib)
+        )
         run.watch(timeout_s)
         run.collect()
     except Exception as e:
@@ -569,6 +591,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--no-build", action="store_true", help="do not run build-guest.sh first")
     ap.add_argument(
+        "--discard",
+        choices=DISCARD_POLICIES,
+        default="both",
+        help="the guest's swapon discard policy (swapon --discard=POLICY; none: no discard)",
+    )
+    ap.add_argument(
+        "--device-size",
+        default=DEFAULT_DEVICE_SIZE,
+        help="the swap device's size: the server's --size, guest-zram's disksize",
+    )
+    ap.add_argument(
         "--request-mix",
         type=Path,
         metavar="FILE",
@@ -616,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
             timeout_s=args.timeout,
             corrupt_page=args.corrupt_page,
             request_mix=args.request_mix is not None,
+            discard=args.discard,
+            device_size=args.device_size,
         )
         for _ in range(args.rounds)
         for t in targets
