@@ -67,6 +67,7 @@ from vm.guest import (  # noqa: E402
     size_mib,
     tail,
 )
+from vm.held import MIN_STORED_OVER_SWAP_USED  # noqa: E402,F401  (for tests/vm/test_vm.py)
 from vm.report import report  # noqa: E402
 from vm.result import (  # noqa: E402,F401  (re-exported for tests/vm/test_vm.py)
     AFTER_SWAPOFF_MAX_FRACTION,
