@@ -145,6 +145,7 @@ def run_record(res: vm_run.Result, rnd: int, loadavg_1m: float) -> dict:
         "loadavg_1m": loadavg_1m,
         "mem_used_max_bytes": res.peak_memory.get("mem_used_max_bytes"),
         "rss_max_bytes": res.peak_memory.get("rss_max_bytes"),
+        "bytes_per_swap_page": res.peak_memory.get("bytes_per_swap_page"),
         "peak_held_ratio": (res.held or {}).get("peak_held_ratio"),
         "max_held_ratio": (res.held or {}).get("max_held_ratio"),
         "peak_swap_used_pages": (res.held or {}).get("peak_swap_used_pages"),
@@ -275,6 +276,7 @@ HELD_KEYS = (
     "peak_swap_cached_pages",
     "mem_used_max_bytes",
     "rss_max_bytes",
+    "bytes_per_swap_page",
 )
 
 
@@ -395,7 +397,8 @@ def memory_table(data: dict) -> list[str]:
         "mem_used_max), taken within each round. The guest zram's guest has more RAM (room "
         "for its store), so it swaps fewer pages: compare too the stored pages over the "
         "guest's swap in use (SwapTotal - SwapFree) at the peak (above 1: pages held for "
-        "slots the guest freed; vm/held.py) and the swap-cached pages then.",
+        "slots the guest freed; vm/held.py), the swap-cached pages then, and the "
+        "peak memory per page of the guest's largest swap in use.",
         "",
         md_row(
             [
@@ -407,9 +410,10 @@ def memory_table(data: dict) -> list[str]:
                 "stored / swap in use at peak",
                 "max",
                 "swap-cached pages at peak",
+                "bytes per page of swap in use",
             ]
         ),
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     rows = [(r["numerator"], r["ratio"]) for r in data.get("memory_ratios", [])]
     rows.append(("guest-zram", None))
@@ -428,6 +432,7 @@ def memory_table(data: dict) -> list[str]:
                     with_spread(t["peak_held_ratio"], _ratio3),
                     with_spread(t["max_held_ratio"], _ratio3),
                     with_spread(t["peak_swap_cached_pages"]),
+                    with_spread(t["bytes_per_swap_page"], lambda v: f"{v:.0f}"),
                 ]
             )
         )

@@ -16,6 +16,10 @@ def _fmt(v: object, unit: str = "") -> str:
     return "-" if v is None else f"{v}{unit}"
 
 
+def _whole(v: float | None) -> int | None:
+    return None if v is None else round(v)
+
+
 def _mib(nbytes: int | None) -> str:
     return "-" if nbytes is None else f"{nbytes / (1 << 20):.1f}"
 
@@ -58,6 +62,7 @@ def report(results: list[Result]) -> str:
         "mem_used_max MiB",
         "RSS max MiB",
         "mem vs guest zram",
+        "B per swap page",
     ]
     rows = []
     for i, r in enumerate(results):
@@ -89,6 +94,7 @@ def report(results: list[Result]) -> str:
                 _mib(r.peak_memory.get("mem_used_max_bytes")),
                 _mib(r.peak_memory.get("rss_max_bytes")),
                 _fmt(memory_vs_guest_zram(results, i)),
+                _fmt(_whole(r.peak_memory.get("bytes_per_swap_page"))),
             ]
         )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]

@@ -83,7 +83,8 @@ class Result:
     swap_samples: list = dataclasses.field(default_factory=list)  # ZRAMD-SWAP lines, host t_s
     held: dict | None = None  # vm/held.py held_summary: stored pages vs the guest's swap in use
     # peak memory: mem_used_max_bytes (zramd's, or the guest zram's mm_stat),
-    # rss_max_bytes (zramd's processes, sampled)
+    # rss_max_bytes (zramd's processes, sampled), bytes_per_swap_page
+    # (mem_used_max over the guest's largest swap in use)
     peak_memory: dict = dataclasses.field(default_factory=dict)
     console_log: str = ""
     server_log: str = ""
@@ -137,6 +138,12 @@ def _measure_held(res: Result) -> None:
         during = [s for s in res.samples if s.get("label") in ("periodic", "pass-end")]
         res.held = held_slots.held_summary(during, res.swap_samples)
         res.peak_memory = held_slots.zramd_peak_memory(res.samples, res.final)
+    if res.held and res.peak_memory.get("mem_used_max_bytes"):
+        # the guest zram's guest has more RAM and swaps fewer pages: per page
+        # of swap in use the two stores compare like for like
+        res.peak_memory["bytes_per_swap_page"] = held_slots.ratio(
+            res.peak_memory["mem_used_max_bytes"], res.held["max_swap_used_pages"]
+        )
 
 
 def check(res: Result, min_ratio: float = MIN_RATIO) -> None:

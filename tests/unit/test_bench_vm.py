@@ -140,6 +140,7 @@ def _with_memory(run, mem_mib, held_ratio):
         peak_held_ratio=held_ratio,
         max_held_ratio=held_ratio + 0.1,
         peak_swap_cached_pages=9000,
+        bytes_per_swap_page=1300.0,
     )
 
 
@@ -162,7 +163,7 @@ def test_peak_memory_vs_guest_zram_is_a_per_round_ratio_row():
     assert "peak memory vs guest zram" in md
     assert (
         "| zramd-virtio (zramd inline) | 2.50x (2.00x-3.00x) | 2 | 55.0 (50.0-60.0) | "
-        "95.0 (90.0-100.0) | 1.100 (1.000-1.200) | 1.200 (1.100-1.300) | 9.0k |"
+        "95.0 (90.0-100.0) | 1.100 (1.000-1.200) | 1.200 (1.100-1.300) | 9.0k | 1300 |"
     ) in md
     assert "| guest-zram (guest zram) | 1x | - | 22.5 (20.0-25.0) |" in md
     # runs without the memory fields (older results) render no memory table

@@ -104,6 +104,7 @@ def test_measure_and_check_judge_the_held_pages():
     measure(r)
     assert r.held["peak_stored_pages"] == 500
     assert r.peak_memory["mem_used_max_bytes"] == 99
+    assert r.peak_memory["bytes_per_swap_page"] == 0.099  # 99 bytes over 1000 pages
     check(r)
     assert any("less than 90%" in f for f in r.failures), r.failures
 
