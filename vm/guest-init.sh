@@ -15,6 +15,8 @@
 #   zramd.nbd_port=P        the first forwarded port (dev=nbd; default 10809)
 #   zramd.discard=POLICY    swapon's discard policy (vm/swapon-prio.c): both
 #                           (default, `swapon --discard`), once, pages, none
+#   zramd.page_cluster=N    vm.page-cluster (swap readahead of 2^N pages;
+#                           unset: the kernel's default, 3)
 # It prints machine-readable lines on the console:
 #   ZRAMD-PHASE name                       progress
 #   ZRAMD-RESULT key=value ...             measurements
@@ -76,6 +78,8 @@ nbd_conns=$(param nbd_conns 1)
 ndev=$(param ndev 1)
 nbd_port=$(param nbd_port 10809)
 discard=$(param discard both)
+page_cluster=$(param page_cluster "")
+[ -n "$page_cluster" ] && { echo "$page_cluster" > /proc/sys/vm/page-cluster || fail "page-cluster $page_cluster"; }
 # Every swap device gets this priority: equal priorities make the kernel
 # use them round-robin (striping), as one zram device per CPU once did.
 swap_prio=10
@@ -156,7 +160,7 @@ for dev in $devs; do
     swapon-prio $swap_prio $dev $discard || fail "swapon-prio $swap_prio $dev $discard"
 done
 # /proc/swaps: name type size used priority; one key per device, e.g. swap_prio_vda=10
-result "swapon_s=$(uptime_s) discard=$discard $(vmstat | sed 's/=/_before=/g') $(awk 'NR > 1 { n = $1; sub(".*/", "", n); printf "swap_prio_%s=%s ", n, $5 }' /proc/swaps)"
+result "swapon_s=$(uptime_s) discard=$discard page_cluster=$(cat /proc/sys/vm/page-cluster) $(vmstat | sed 's/=/_before=/g') $(awk 'NR > 1 { n = $1; sub(".*/", "", n); printf "swap_prio_%s=%s ", n, $5 }' /proc/swaps)"
 
 phase hog
 statfile=""

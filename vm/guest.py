@@ -48,10 +48,12 @@ def kernel_append(
     ndev: int = 1,
     discard: str = "both",
     zram_mib: int | None = None,
+    page_cluster: int | None = None,
 ) -> str:
     """The kernel command line: console, and the scenario for guest-init.sh
     (``discard``: the swapon discard policy; ``zram_mib``: dev=zram's
-    disksize, guest-init.sh's default when None)."""
+    disksize, guest-init.sh's default when None; ``page_cluster``:
+    vm.page-cluster, the kernel's default when None)."""
     if discard not in DISCARD_POLICIES:
         raise ValueError(f"discard policy {discard!r}: one of {', '.join(DISCARD_POLICIES)}")
     return (
@@ -59,6 +61,7 @@ def kernel_append(
         f"zramd.dev={dev} zramd.hog_mib={hog_mib} zramd.passes={passes} "
         f"zramd.corrupt={corrupt_page} zramd.ndev={ndev} zramd.discard={discard}"
         + (f" zramd.zram_mib={zram_mib}" if zram_mib is not None else "")
+        + (f" zramd.page_cluster={page_cluster}" if page_cluster is not None else "")
     )
 
 

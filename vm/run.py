@@ -409,6 +409,7 @@ def run_target(
     quiet: bool = False,
     request_mix: bool = False,
     discard: str = "both",
+    page_cluster: int | None = None,
 ) -> Result:
     """Boots the guest against one target and returns what it measured and
     which checks failed (Result.failures empty and Result.ok True when all
@@ -424,7 +425,8 @@ def run_target(
 
     discard: the guest's swapon discard policy (both, once, pages, none:
     vm/swapon-prio.c); device_size: the server's --size, and guest-zram's
-    disksize when it is not the default (guest-init.sh's 512M otherwise)."""
+    disksize when it is not the default (guest-init.sh's 512M otherwise);
+    page_cluster: the guest's vm.page-cluster (None: the kernel's 3)."""
     server_kind, dev = TARGETS[target]
     if zram_extra_mib is None:
         zram_extra_mib = hog_mib // 2
@@ -449,7 +451,9 @@ def run_target(
     try:
         run.start_server()
         run.boot(
-            kernel_append(dev, hog_mib, passes, corrupt_page, res.instances, discard, zram_mib)
+            kernel_append(
+                dev, hog_mib, passes, corrupt_page, res.instances, discard, zram_mib, page_cluster
+            )
         )
         run.watch(timeout_s)
         run.collect()
@@ -603,6 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the swap device's size: the server's --size, guest-zram's disksize",
     )
     ap.add_argument(
+        "--page-cluster",
+        type=int,
+        help="the guest's vm.page-cluster (swap readahead of 2^N pages; default: the kernel's)",
+    )
+    ap.add_argument(
         "--request-mix",
         type=Path,
         metavar="FILE",
@@ -652,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
             request_mix=args.request_mix is not None,
             discard=args.discard,
             device_size=args.device_size,
+            page_cluster=args.page_cluster,
         )
         for _ in range(args.rounds)
         for t in targets

@@ -133,6 +133,8 @@ def test_kernel_append_discard_and_zram_size():
     line = kernel_append("vda", 160, 2, -1, 1, "pages", 256)
     assert "zramd.discard=pages" in line and "zramd.zram_mib=256" in line
     assert "zram_mib" not in kernel_append("vda", 160, 2, -1)
+    assert "zramd.page_cluster=0" in kernel_append("vda", 160, 2, -1, page_cluster=0)
+    assert "page_cluster" not in kernel_append("vda", 160, 2, -1)
     with pytest.raises(ValueError):
         kernel_append("vda", 160, 2, -1, 1, "sometimes")
     assert size_mib("1G") == 1024 and size_mib("256M") == 256 and size_mib("1048576") == 1
