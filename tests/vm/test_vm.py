@@ -5,7 +5,8 @@ under TCG, a busybox initramfs) and lets vm/run.py drive one scenario:
 mkswap, `swapon --discard`, a hog that pushes more than twice the guest's
 RAM through swap and verifies every byte on the way back, swapoff, a
 blkdiscard teardown. vm/run.py then checks zramd's side: pages stored and
-read, the compression ratio, and memory given back by the discards.
+read, the compression ratio, memory given back by the discards, and its
+stored pages against the guest's swap in use at the peak (vm/held.py).
 
 Two ways in, one test each:
   zramd-virtio  qemu's own NBD client, a virtio disk in the guest
