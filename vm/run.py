@@ -395,6 +395,23 @@ class GuestRun:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _log_failure(target: str, res: Result, stalled: bool) -> None:
+    """A failed run's failures, and the tails of its guest console and
+    server log (longer after a timeout)."""
+    # A timeout brings the guest's blocked-task stacks and the server's
+    # Python stacks: show enough of both logs to read them.
+    log(f"---- {target} FAILED:\n  " + "\n  ".join(res.failures))
+    log(
+        f"---- {target}: guest console tail ({res.console_log}):\n"
+        f"{tail(Path(res.console_log), 200 if stalled else 40)}"
+    )
+    if res.server_log:
+        log(
+            f"---- {target}: server log tail "
+            f"({res.server_log}):\n{tail(Path(res.server_log), 200 if stalled else 20)}"
+        )
+
+
 def run_target(
     target: str,
     *,
@@ -465,19 +482,7 @@ def run_target(
     check(res, min_ratio)
     res.ok = not res.failures
     if not res.ok and not quiet:
-        # A timeout brings the guest's blocked-task stacks and the server's
-        # Python stacks: show enough of both logs to read them.
-        stalled = run.timed_out
-        log(f"---- {target} FAILED:\n  " + "\n  ".join(res.failures))
-        log(
-            f"---- {target}: guest console tail ({res.console_log}):\n"
-            f"{tail(Path(res.console_log), 200 if stalled else 40)}"
-        )
-        if res.server_log:
-            log(
-                f"---- {target}: server log tail "
-                f"({res.server_log}):\n{tail(Path(res.server_log), 200 if stalled else 20)}"
-            )
+        _log_failure(target, res, run.timed_out)
     return res
 
 
