@@ -66,6 +66,8 @@ RATIOS = [
     ("zramd-virtio", "guest-zram"),
     ("zramd-nbd", "guest-zram"),
 ]
+# (numerator, denominator): peak memory (mem_used_max) of one over the other's, same round.
+MEMORY_RATIOS = [(t, "guest-zram") for t in TARGETS if vm_run.TARGETS[t][0] == "zramd"]
 GUEST_FILES = ("vmlinuz", "initramfs.cpio.gz")
 
 
@@ -141,6 +143,13 @@ def run_record(res: vm_run.Result, rnd: int, loadavg_1m: float) -> dict:
         "ratio": res.ratio,
         "compress_mode": stats.get("compress_mode"),
         "loadavg_1m": loadavg_1m,
+        "mem_used_max_bytes": res.peak_memory.get("mem_used_max_bytes"),
+        "rss_max_bytes": res.peak_memory.get("rss_max_bytes"),
+        "bytes_per_swap_page": res.peak_memory.get("bytes_per_swap_page"),
+        "peak_held_ratio": (res.held or {}).get("peak_held_ratio"),
+        "max_held_ratio": (res.held or {}).get("max_held_ratio"),
+        "peak_swap_used_pages": (res.held or {}).get("peak_swap_used_pages"),
+        "peak_swap_cached_pages": (res.held or {}).get("peak_swap_cached_pages"),
     }
 
 
@@ -209,11 +218,14 @@ class VmSwap:
     def derive(self, data: dict) -> None:
         data["summary"] = summarize(data)
         data["ratios"] = ratio_rows(data)
+        data["memory_ratios"] = memory_ratio_rows(data)
 
     def markdown(self, data: dict) -> list[str]:
         lines = [f"## {self.title}", ""]
         if data.get("summary"):
             lines += [describe(data), "", *times_table(data), "", *ratios_table(data)]
+            if any(r["ratio"]["n"] for r in data.get("memory_ratios", [])):
+                lines += ["", *memory_table(data)]
         return lines + outcome_lines(data)
 
     def plots(self, data: dict, out: Path, title: str) -> list[str]:
@@ -252,6 +264,37 @@ def summarize(data: dict) -> list[dict]:
                 "ok_runs": len(good),
                 **{k: spread([r[k] for r in good]) for k in ("hog_s", "elapsed_s")},
                 **{k: spread([r[k] for r in good]) for k in ("pages_out", "pages_in")},
+                **{k: spread([r.get(k) for r in good]) for k in HELD_KEYS},
+            }
+        )
+    return rows
+
+
+HELD_KEYS = (
+    "peak_held_ratio",
+    "max_held_ratio",
+    "peak_swap_cached_pages",
+    "mem_used_max_bytes",
+    "rss_max_bytes",
+    "bytes_per_swap_page",
+)
+
+
+def memory_ratio_rows(data: dict) -> list[dict]:
+    """Per ``MEMORY_RATIOS`` pair whose targets both ran: "peak memory vs
+    guest zram", the per-round ratio of their mem_used_max."""
+    good = [r for r in data["runs"] if r["ok"] and r.get("mem_used_max_bytes")]
+    rows = []
+    for num, den in MEMORY_RATIOS:
+        if num not in data["targets"] or den not in data["targets"]:
+            continue
+        a = [r for r in good if r["target"] == num]
+        b = [r for r in good if r["target"] == den]
+        rows.append(
+            {
+                "numerator": num,
+                "denominator": den,
+                "ratio": per_round_ratio(a, b, key="mem_used_max_bytes"),
             }
         )
     return rows
@@ -331,6 +374,65 @@ def ratios_table(data: dict) -> list[str]:
                     f"{r['denominator']} ({data['servers'][r['denominator']]})",
                     with_spread(r["ratio"], times),
                     str(r["ratio"]["n"]),
+                ]
+            )
+        )
+    return lines
+
+
+def _mib(v: float | None) -> str:
+    return "-" if v is None else f"{v / (1 << 20):.1f}"
+
+
+def _ratio3(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def memory_table(data: dict) -> list[str]:
+    """Peak memory vs guest zram (per round), and per target what the
+    server held against the guest's swap in use at its peak."""
+    by_target = {r["target"]: r for r in data.get("summary", [])}
+    lines = [
+        "Peak memory vs guest zram: zramd's mem_used_max over the guest zram's (mm_stat "
+        "mem_used_max), taken within each round. The guest zram's guest has more RAM (room "
+        "for its store), so it swaps fewer pages: compare too the stored pages over the "
+        "guest's swap in use (SwapTotal - SwapFree) at the peak (above 1: pages held for "
+        "slots the guest freed; vm/held.py), the swap-cached pages then, and the "
+        "peak memory per page of the guest's largest swap in use.",
+        "",
+        md_row(
+            [
+                "target",
+                "peak memory vs guest zram",
+                "rounds",
+                "mem_used_max MiB",
+                "RSS max MiB",
+                "stored / swap in use at peak",
+                "max",
+                "swap-cached pages at peak",
+                "bytes per page of swap in use",
+            ]
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = [(r["numerator"], r["ratio"]) for r in data.get("memory_ratios", [])]
+    rows.append(("guest-zram", None))
+    for target, ratio in rows:
+        t = by_target.get(target)
+        if t is None:
+            continue
+        lines.append(
+            md_row(
+                [
+                    f"{target} ({data['servers'][target]})",
+                    "1x" if ratio is None else with_spread(ratio, times),
+                    str(ratio["n"]) if ratio else "-",
+                    with_spread(t["mem_used_max_bytes"], _mib),
+                    with_spread(t["rss_max_bytes"], _mib),
+                    with_spread(t["peak_held_ratio"], _ratio3),
+                    with_spread(t["max_held_ratio"], _ratio3),
+                    with_spread(t["peak_swap_cached_pages"]),
+                    with_spread(t["bytes_per_swap_page"], lambda v: f"{v:.0f}"),
                 ]
             )
         )

@@ -9,6 +9,9 @@ same functions). Modules, one job each:
     servers.py  the server under test (zramd or nbdkit memory) and its
                 stats sampler thread
     result.py   what a run measured (Result) and the checks that judge it
+    held.py     stored pages against the guest's swap in use (slots freed
+                but not yet discarded) and peak memory against the guest's
+                zram: pure functions over a run's samples
     mix.py      --request-mix: nbdkit's stats filter between guest and
                 server, its statsfile -> the request sizes per NBD path
                 (bench/swap_mix.json, docs/bench/swap-mix.md)

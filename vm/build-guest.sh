@@ -15,7 +15,11 @@
 #   vm/cache/guest.env            what was built (kernel version, ...)
 #
 # Installs the Debian packages it needs with apt-get when they are missing.
-# Usage: vm/build-guest.sh [--force]
+# VM_KERNEL_DEB=FILE: boot the kernel of this linux-image-*.deb instead (e.g.
+# Debian 13's 6.12, linux-image-6.12.*+deb13-amd64_*.deb: `apt-get download`
+# it on a trixie system, or take the one a `make test-debian13` root's
+# vm/cache/debs holds); busybox and nbd-client stay the host's release's.
+# Usage: [VM_KERNEL_DEB=FILE] vm/build-guest.sh [--force]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=$here/cache
@@ -45,7 +49,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # 2. Is the cache up to date? Inputs: this script, the guest init, the C helpers.
-inputs_sum=$(cat "$here/build-guest.sh" "$here/guest-init.sh" "$here/hog.c" "$here/swapon-prio.c" | sha256sum | cut -c1-16)
+kernel_deb=${VM_KERNEL_DEB:-}
+inputs_sum=$( (cat "$here/build-guest.sh" "$here/guest-init.sh" "$here/hog.c" "$here/swapon-prio.c"; basename "$kernel_deb") | sha256sum | cut -c1-16)
 if [ "$force" != --force ] && [ -f "$cache/guest.env" ] && [ -f "$cache/vmlinuz" ] \
         && [ -f "$cache/initramfs.cpio.gz" ] && grep -qx "INPUTS=$inputs_sum" "$cache/guest.env"; then
     log "up to date ($(grep '^KVER=' "$cache/guest.env"))"
@@ -55,7 +60,16 @@ mkdir -p "$cache/debs"
 
 # 3. Which kernel: the one linux-image-amd64 depends on. A kernel package
 #    already downloaded is reused without asking apt (works offline).
-kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -1)
+kpkg=
+if [ -n "$kernel_deb" ]; then
+    [ -f "$kernel_deb" ] || { log "VM_KERNEL_DEB=$kernel_deb: no such file"; exit 1; }
+    kpkg=$(dpkg-deb -f "$kernel_deb" Package)
+    case $kpkg in linux-image-[0-9]*) ;; *) log "$kernel_deb is $kpkg, not a linux-image-VERSION package"; exit 1 ;; esac
+    deb_abs=$(cd "$(dirname "$kernel_deb")" && pwd)/$(basename "$kernel_deb")
+    [ "$deb_abs" = "$cache/debs/$(basename "$kernel_deb")" ] || ln -sf "$deb_abs" "$cache/debs/"
+else
+    kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -1)
+fi
 if [ -z "$kpkg" ]; then
     apt_update
     kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -1)

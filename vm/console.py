@@ -8,6 +8,7 @@ Lines (one per event, ``key=value`` words after the tag):
     ZRAMD-RESULT k=v ...         guest measurements (vmstat counters, timings)
     ZRAMD-FAIL <why>             the guest's scenario failed
     ZRAMD-DONE ok=0|1            the scenario finished
+    ZRAMD-SWAP t=S used_kib=N .. the guest's swap in use, every second of the hog
     HOG-PASS pass=N action=A ... one pass of the hog finished
     HOG-STAT pass=N file=F ...   a stats file the hog sampled after a pass;
                                  for the guest's own zram, the mm_stat numbers
@@ -61,6 +62,14 @@ class Progress:
 
 
 @dataclasses.dataclass(frozen=True)
+class SwapSample:
+    """The guest's swap in use (SwapTotal - SwapFree, KiB), SwapCached, and
+    with dev=zram its zram0's orig_data_size and mem_used_total (bytes)."""
+
+    values: dict
+
+
+@dataclasses.dataclass(frozen=True)
 class GuestFail:
     line: str
 
@@ -93,7 +102,18 @@ class HogResult:
     values: dict
 
 
-Event = Phase | GuestResult | GuestFail | Done | HogPass | GuestZramStat | HogMismatch | HogResult
+Event = (
+    Phase
+    | GuestResult
+    | Progress
+    | SwapSample
+    | GuestFail
+    | Done
+    | HogPass
+    | GuestZramStat
+    | HogMismatch
+    | HogResult
+)
 
 
 def parse_line(line: str) -> Event | None:
@@ -105,6 +125,9 @@ def parse_line(line: str) -> Event | None:
         return GuestResult(kv(rest))
     if tag == "ZRAMD-PROGRESS":
         return Progress(kv(rest))
+    if tag == "ZRAMD-SWAP":
+        values = kv(rest)
+        return SwapSample(values) if isinstance(values.get("used_kib"), int) else None
     if tag == "ZRAMD-FAIL":
         return GuestFail(line)
     if tag == "ZRAMD-DONE":

@@ -13,11 +13,19 @@
 #                           priority, one per zramd instance (vda vdb ...;
 #                           or nbd0 nbd1 ... on forwarded ports P, P+1, ...)
 #   zramd.nbd_port=P        the first forwarded port (dev=nbd; default 10809)
+#   zramd.discard=POLICY    swapon's discard policy (vm/swapon-prio.c): both
+#                           (default, `swapon --discard`), once, pages, none
+#   zramd.page_cluster=N    vm.page-cluster (swap readahead of 2^N pages;
+#                           unset: the kernel's default, 3)
 # It prints machine-readable lines on the console:
 #   ZRAMD-PHASE name                       progress
 #   ZRAMD-RESULT key=value ...             measurements
 #   HOG-...                                the hog's own lines (vm/hog.c)
 #   ZRAMD-PROGRESS t=S pswpin=.. ...       every 10 s while the hog runs
+#   ZRAMD-SWAP t=S used_kib=N cached_kib=N ... every second while the hog runs:
+#                                          swap in use (SwapTotal - SwapFree),
+#                                          SwapCached; dev=zram: zram0's
+#                                          orig_data_size and mem_used_total
 #   ZRAMD-FAIL reason                      a step failed
 #   ZRAMD-DONE ok=0|1                      last line before power-off
 /bin/busybox mkdir -p /usr/bin /usr/sbin
@@ -69,6 +77,9 @@ zram_mib=$(param zram_mib 512)
 nbd_conns=$(param nbd_conns 1)
 ndev=$(param ndev 1)
 nbd_port=$(param nbd_port 10809)
+discard=$(param discard both)
+page_cluster=$(param page_cluster "")
+[ -n "$page_cluster" ] && { echo "$page_cluster" > /proc/sys/vm/page-cluster || fail "page-cluster $page_cluster"; }
 # Every swap device gets this priority: equal priorities make the kernel
 # use them round-robin (striping), as one zram device per CPU once did.
 swap_prio=10
@@ -146,10 +157,10 @@ for dev in $devs; do
 done
 phase swapon
 for dev in $devs; do
-    swapon-prio $swap_prio $dev || fail "swapon-prio $swap_prio $dev"
+    swapon-prio $swap_prio $dev $discard || fail "swapon-prio $swap_prio $dev $discard"
 done
 # /proc/swaps: name type size used priority; one key per device, e.g. swap_prio_vda=10
-result "swapon_s=$(uptime_s) $(vmstat | sed 's/=/_before=/g') $(awk 'NR > 1 { n = $1; sub(".*/", "", n); printf "swap_prio_%s=%s ", n, $5 }' /proc/swaps)"
+result "swapon_s=$(uptime_s) discard=$discard page_cluster=$(cat /proc/sys/vm/page-cluster) $(vmstat | sed 's/=/_before=/g') $(awk 'NR > 1 { n = $1; sub(".*/", "", n); printf "swap_prio_%s=%s ", n, $5 }' /proc/swaps)"
 
 phase hog
 statfile=""
@@ -170,9 +181,22 @@ t0=$(uptime_s)
     done
 ) &
 watchdog=$!
+# The swap the guest uses, every second, beside the server's stats the host
+# samples: stored pages beyond it are slots the kernel freed but has not
+# discarded (a whole swap cluster must be free first).
+swap_sample() {
+    z=""
+    [ "$dev_kind" = zram ] && z=$(awk '{ printf " zram_orig_bytes=%s zram_mem_bytes=%s", $1, $3 }' /sys/block/zram0/mm_stat)
+    echo "ZRAMD-SWAP t=$(uptime_s) $(awk '$1 == "SwapTotal:" { t = $2 } $1 == "SwapFree:" { f = $2 } $1 == "SwapCached:" { c = $2 } END { printf "used_kib=%d cached_kib=%d", t - f, c }' /proc/meminfo)$z"
+}
+(
+    while sleep 1; do swap_sample; done
+) &
+sampler=$!
 hog -p "$passes" -x "$corrupt" $statfile "$hog_mib"
 hog_rc=$?
-kill $watchdog 2>/dev/null
+kill $watchdog $sampler 2>/dev/null
+swap_sample
 t1=$(uptime_s)
 result "hog_rc=$hog_rc hog_start_s=$t0 hog_end_s=$t1 $(vmstat | sed 's/=/_after=/g')"
 [ "$dev_kind" = zram ] && result "zram_mm_stat_after_hog=$(tr -s ' ' , < /sys/block/zram0/mm_stat | sed 's/^,//')"

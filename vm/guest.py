@@ -37,13 +37,41 @@ def build_guest(force: bool = False) -> None:
     subprocess.run(cmd, check=True)
 
 
-def kernel_append(dev: str, hog_mib: int, passes: int, corrupt_page: int, ndev: int = 1) -> str:
-    """The kernel command line: console, and the scenario for guest-init.sh."""
+DISCARD_POLICIES = ("both", "once", "pages", "none")  # vm/swapon-prio.c
+
+
+def kernel_append(
+    dev: str,
+    hog_mib: int,
+    passes: int,
+    corrupt_page: int,
+    ndev: int = 1,
+    discard: str = "both",
+    zram_mib: int | None = None,
+    page_cluster: int | None = None,
+) -> str:
+    """The kernel command line: console, and the scenario for guest-init.sh
+    (``discard``: the swapon discard policy; ``zram_mib``: dev=zram's
+    disksize, guest-init.sh's default when None; ``page_cluster``:
+    vm.page-cluster, the kernel's default when None)."""
+    if discard not in DISCARD_POLICIES:
+        raise ValueError(f"discard policy {discard!r}: one of {', '.join(DISCARD_POLICIES)}")
     return (
         f"console=ttyS0 loglevel=4 panic=-1 mitigations=off "
         f"zramd.dev={dev} zramd.hog_mib={hog_mib} zramd.passes={passes} "
-        f"zramd.corrupt={corrupt_page} zramd.ndev={ndev}"
+        f"zramd.corrupt={corrupt_page} zramd.ndev={ndev} zramd.discard={discard}"
+        + (f" zramd.zram_mib={zram_mib}" if zram_mib is not None else "")
+        + (f" zramd.page_cluster={page_cluster}" if page_cluster is not None else "")
     )
+
+
+def size_mib(size: str) -> int:
+    """A device size as zramd's --size takes it ("1G", "256M", "512K" or
+    bytes) in MiB, rounded down."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = size.strip().upper().removesuffix("B").removesuffix("I")
+    scale = units.get(text[-1:], 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale) >> 20
 
 
 def qemu_command(

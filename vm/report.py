@@ -1,9 +1,14 @@
 """The table `make vm-test` prints at the end: one row per target, the
 swap traffic, timings, compression ratio and the memory the server held at
-its peak, after swapoff and after the guest's blkdiscard."""
+its peak, after swapoff and after the guest's blkdiscard; then how many
+pages it held for swap slots the guest had freed (stored pages over the
+guest's swap in use, at the peak of stored pages and at most: vm/held.py)
+and its peak memory against the guest zram's mem_used_max in the same run
+(the guest-zram result nearest in the list: the one of the same round)."""
 
 from __future__ import annotations
 
+from vm import held
 from vm.result import Result
 
 
@@ -11,8 +16,31 @@ def _fmt(v: object, unit: str = "") -> str:
     return "-" if v is None else f"{v}{unit}"
 
 
+def _whole(v: float | None) -> int | None:
+    return None if v is None else round(v)
+
+
 def _mib(nbytes: int | None) -> str:
     return "-" if nbytes is None else f"{nbytes / (1 << 20):.1f}"
+
+
+def memory_vs_guest_zram(results: list[Result], i: int) -> float | None:
+    """results[i]'s peak mem_used_max over that of the passing guest-zram
+    run nearest to it in the list (rounds run every target in turn), or
+    None (no such run, or results[i] is not zramd)."""
+    if results[i].server != "zramd":
+        return None
+    zram = [
+        (abs(j - i), r)
+        for j, r in enumerate(results)
+        if r.server is None and r.ok and r.peak_memory.get("mem_used_max_bytes")
+    ]
+    if not zram:
+        return None
+    ref = min(zram, key=lambda x: x[0])[1]
+    return held.ratio(
+        results[i].peak_memory.get("mem_used_max_bytes"), ref.peak_memory["mem_used_max_bytes"]
+    )
 
 
 def report(results: list[Result]) -> str:
@@ -29,9 +57,15 @@ def report(results: list[Result]) -> str:
         "used after swapoff MiB",
         "after blkdiscard MiB",
         "pages per instance",
+        "stored/swap used at peak",
+        "max",
+        "mem_used_max MiB",
+        "RSS max MiB",
+        "mem vs guest zram",
+        "B per swap page",
     ]
     rows = []
-    for r in results:
+    for i, r in enumerate(results):
         peak = r.peak.get("mem_used_total") if r.peak else None
         if r.server == "zramd":
             swapoff = (r.after_swapoff or {}).get("mem_used_total")
@@ -55,6 +89,12 @@ def report(results: list[Result]) -> str:
                 _mib(swapoff),
                 _mib(final),
                 "/".join(map(str, r.instance_pages)) if r.instance_pages else "-",
+                _fmt((r.held or {}).get("peak_held_ratio")),
+                _fmt((r.held or {}).get("max_held_ratio")),
+                _mib(r.peak_memory.get("mem_used_max_bytes")),
+                _mib(r.peak_memory.get("rss_max_bytes")),
+                _fmt(memory_vs_guest_zram(results, i)),
+                _fmt(_whole(r.peak_memory.get("bytes_per_swap_page"))),
             ]
         )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from vm import held as held_slots
+
 PAGE_BYTES = 4096
 # zramd-side acceptance: the hog's pages compress to about a third (lz4) and
 # one in 16 is same-filled, so anything under 1.5 means compression is off.
@@ -76,6 +78,14 @@ class Result:
     guest: dict = dataclasses.field(default_factory=dict)  # ZRAMD-RESULT keys
     hog: dict = dataclasses.field(default_factory=dict)  # HOG-RESULT keys
     samples: list = dataclasses.field(default_factory=list)
+    discard: str = "both"  # the guest's swapon discard policy (vm/swapon-prio.c)
+    device_size: str = ""  # the swap device's size (zramd/nbdkit --size, zram disksize)
+    swap_samples: list = dataclasses.field(default_factory=list)  # ZRAMD-SWAP lines, host t_s
+    held: dict | None = None  # vm/held.py held_summary: stored pages vs the guest's swap in use
+    # peak memory: mem_used_max_bytes (zramd's, or the guest zram's mm_stat),
+    # rss_max_bytes (zramd's processes, sampled), bytes_per_swap_page
+    # (mem_used_max over the guest's largest swap in use)
+    peak_memory: dict = dataclasses.field(default_factory=dict)
     console_log: str = ""
     server_log: str = ""
     # --request-mix: the sizes the guest sent (vm/mix.py path_mix), per
@@ -110,6 +120,30 @@ def measure(res: Result) -> None:
             res.instance_pages = [
                 s["orig_data_size"] // PAGE_BYTES for s in res.peak["per_instance"]
             ]
+    _measure_held(res)
+
+
+def _measure_held(res: Result) -> None:
+    """Stored pages against the guest's swap in use, and peak memory."""
+    if res.server is None:  # the guest's own zram, sampled by the guest
+        res.held = held_slots.held_summary(
+            held_slots.zram_server_samples(res.swap_samples), res.swap_samples
+        )
+        res.peak_memory = {
+            "mem_used_max_bytes": held_slots.guest_zram_mem_used_max(res.guest),
+            "rss_max_bytes": None,
+        }
+    elif res.server == "zramd":
+        # the samples taken while the hog ran (not those after swapoff)
+        during = [s for s in res.samples if s.get("label") in ("periodic", "pass-end")]
+        res.held = held_slots.held_summary(during, res.swap_samples)
+        res.peak_memory = held_slots.zramd_peak_memory(res.samples, res.final)
+    if res.held and res.peak_memory.get("mem_used_max_bytes"):
+        # the guest zram's guest has more RAM and swaps fewer pages: per page
+        # of swap in use the two stores compare like for like
+        res.peak_memory["bytes_per_swap_page"] = held_slots.ratio(
+            res.peak_memory["mem_used_max_bytes"], res.held["max_swap_used_pages"]
+        )
 
 
 def check(res: Result, min_ratio: float = MIN_RATIO) -> None:
@@ -140,6 +174,9 @@ def check(res: Result, min_ratio: float = MIN_RATIO) -> None:
         return
     if res.instances > 1:
         _check_striping(res)
+    why = held_slots.held_failure(res.held)
+    if why:
+        f.append(why)
     # zramd's side.
     if res.peak is None:
         f.append("zramd never reported orig_data_size > 0 while the guest swapped")

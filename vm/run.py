@@ -56,7 +56,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the vm package
 
 from vm import console, mix  # noqa: E402
-from vm.guest import CACHE, LOGS, build_guest, kernel_append, qemu_binary, qemu_command, tail  # noqa: E402
+from vm.guest import (  # noqa: E402
+    CACHE,
+    DISCARD_POLICIES,
+    LOGS,
+    build_guest,
+    kernel_append,
+    qemu_binary,
+    qemu_command,
+    size_mib,
+    tail,
+)
+from vm.held import MIN_STORED_OVER_SWAP_USED  # noqa: E402,F401  (for tests/vm/test_vm.py)
 from vm.report import report  # noqa: E402
 from vm.result import (  # noqa: E402,F401  (re-exported for tests/vm/test_vm.py)
     AFTER_SWAPOFF_MAX_FRACTION,
@@ -261,6 +272,8 @@ class GuestRun:
                 else:
                     res.allocated_after_swapoff_bytes = self.server.allocated_bytes()
                 self.stamp("sampled the server after swapoff")
+        elif isinstance(event, console.SwapSample):
+            res.swap_samples.append(dict(event.values, t_s=round(time.monotonic() - self.t0, 2)))
         elif isinstance(event, console.GuestResult):
             res.guest.update(event.values)
         elif isinstance(event, console.Progress):
@@ -382,6 +395,23 @@ class GuestRun:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _log_failure(target: str, res: Result, stalled: bool) -> None:
+    """A failed run's failures, and the tails of its guest console and
+    server log (longer after a timeout)."""
+    # A timeout brings the guest's blocked-task stacks and the server's
+    # Python stacks: show enough of both logs to read them.
+    log(f"---- {target} FAILED:\n  " + "\n  ".join(res.failures))
+    log(
+        f"---- {target}: guest console tail ({res.console_log}):\n"
+        f"{tail(Path(res.console_log), 200 if stalled else 40)}"
+    )
+    if res.server_log:
+        log(
+            f"---- {target}: server log tail "
+            f"({res.server_log}):\n{tail(Path(res.server_log), 200 if stalled else 20)}"
+        )
+
+
 def run_target(
     target: str,
     *,
@@ -395,6 +425,8 @@ def run_target(
     zram_extra_mib: int | None = None,
     quiet: bool = False,
     request_mix: bool = False,
+    discard: str = "both",
+    page_cluster: int | None = None,
 ) -> Result:
     """Boots the guest against one target and returns what it measured and
     which checks failed (Result.failures empty and Result.ok True when all
@@ -406,7 +438,12 @@ def run_target(
     the 2x-RAM check) stay those of mem_mib.
 
     request_mix: the guest reaches the server through nbdkit's stats filter
-    (vm/mix.py), and Result.request_mix holds the sizes it sent."""
+    (vm/mix.py), and Result.request_mix holds the sizes it sent.
+
+    discard: the guest's swapon discard policy (both, once, pages, none:
+    vm/swapon-prio.c); device_size: the server's --size, and guest-zram's
+    disksize when it is not the default (guest-init.sh's 512M otherwise);
+    page_cluster: the guest's vm.page-cluster (None: the kernel's 3)."""
     server_kind, dev = TARGETS[target]
     if zram_extra_mib is None:
         zram_extra_mib = hog_mib // 2
@@ -420,14 +457,21 @@ def run_target(
         passes=passes,
         guest_ram_mib=guest_ram_mib,
         instances=STRIPED.get(target, 1),
+        discard=discard,
+        device_size=device_size,
     )
+    zram_mib = size_mib(device_size) if device_size != DEFAULT_DEVICE_SIZE else None
     LOGS.mkdir(parents=True, exist_ok=True)
     run = GuestRun(
         target, res, server_kind, device_size, quiet, request_mix, SERVE_ARGS.get(target, ())
     )
     try:
         run.start_server()
-        run.boot(kernel_append(dev, hog_mib, passes, corrupt_page, res.instances))
+        run.boot(
+            kernel_append(
+                dev, hog_mib, passes, corrupt_page, res.instances, discard, zram_mib, page_cluster
+            )
+        )
         run.watch(timeout_s)
         run.collect()
     except Exception as e:
@@ -438,19 +482,7 @@ def run_target(
     check(res, min_ratio)
     res.ok = not res.failures
     if not res.ok and not quiet:
-        # A timeout brings the guest's blocked-task stacks and the server's
-        # Python stacks: show enough of both logs to read them.
-        stalled = run.timed_out
-        log(f"---- {target} FAILED:\n  " + "\n  ".join(res.failures))
-        log(
-            f"---- {target}: guest console tail ({res.console_log}):\n"
-            f"{tail(Path(res.console_log), 200 if stalled else 40)}"
-        )
-        if res.server_log:
-            log(
-                f"---- {target}: server log tail "
-                f"({res.server_log}):\n{tail(Path(res.server_log), 200 if stalled else 20)}"
-            )
+        _log_failure(target, res, run.timed_out)
     return res
 
 
@@ -569,6 +601,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--no-build", action="store_true", help="do not run build-guest.sh first")
     ap.add_argument(
+        "--discard",
+        choices=DISCARD_POLICIES,
+        default="both",
+        help="the guest's swapon discard policy (swapon --discard=POLICY; none: no discard)",
+    )
+    ap.add_argument(
+        "--device-size",
+        default=DEFAULT_DEVICE_SIZE,
+        help="the swap device's size: the server's --size, guest-zram's disksize",
+    )
+    ap.add_argument(
+        "--page-cluster",
+        type=int,
+        help="the guest's vm.page-cluster (swap readahead of 2^N pages; default: the kernel's)",
+    )
+    ap.add_argument(
         "--request-mix",
         type=Path,
         metavar="FILE",
@@ -616,6 +664,9 @@ def main(argv: list[str] | None = None) -> int:
             timeout_s=args.timeout,
             corrupt_page=args.corrupt_page,
             request_mix=args.request_mix is not None,
+            discard=args.discard,
+            device_size=args.device_size,
+            page_cluster=args.page_cluster,
         )
         for _ in range(args.rounds)
         for t in targets

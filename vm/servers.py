@@ -6,11 +6,12 @@
 `--compress async`) or "nbdkit-memory" (`nbdkit -f -U
 SOCK memory SIZE`). One thread (the run's) starts and stops it.
 
-``StatsSampler`` is a daemon thread calling ``TargetServer.stats()`` every
-interval and when poked (a hog pass ended); the run's thread also samples
-directly at fixed moments. Locking: ``samples`` and ``errors`` are only
-appended to (list.append is atomic under the GIL) and read after stop()
-has joined the thread, except the direct sample() calls, which append too.
+``StatsSampler`` is a daemon thread calling ``TargetServer.stats()`` (and
+reading the server's RSS) every interval and when poked (a hog pass ended);
+the run's thread also samples directly at fixed moments. Locking:
+``samples`` and ``errors`` are only appended to (list.append is atomic
+under the GIL) and read after stop() has joined the thread, except the
+direct sample() calls, which append too.
 """
 
 from __future__ import annotations
@@ -170,6 +171,17 @@ class TargetServer:
         # type bit 0 = hole; anything without it holds data.
         return sum(r["size"] for r in rows if not (r.get("type", 0) & 1))
 
+    def rss_bytes(self) -> dict[str, int]:
+        """VmRSS now: of the whole process tree (``zramd serve`` and its
+        nbdkit processes), and of the nbdkit processes alone (where the
+        pages live)."""
+        if self.server is None:
+            return {}
+        return {
+            "rss_bytes": self.server.rss_bytes(),
+            "nbdkit_rss_bytes": process.rss_bytes(self.server.nbdkit_pids()),
+        }
+
     def nbdkit_pids(self) -> list[int]:
         """The server's nbdkit processes: the process itself, or the
         children of ``zramd serve`` (one per instance)."""
@@ -233,13 +245,17 @@ class StatsSampler(threading.Thread):
         self._poke.set()
 
     def sample(self, label: str = "") -> dict | None:
+        """The server's stats and RSS, stamped (``t_s``) with the middle of
+        the `zramd stats` call that read them (seconds since ``t0``)."""
+        start = time.monotonic()
         try:
             s = self.server.stats()
         except Exception as e:  # recorded, judged by the checks
             self.errors.append(str(e))
             return None
         if s is not None:
-            s = dict(s, t_s=round(time.monotonic() - self.t0, 2), label=label)
+            t_s = (start + time.monotonic()) / 2 - self.t0
+            s = dict(s, **self.server.rss_bytes(), t_s=round(t_s, 2), label=label)
             self.samples.append(s)
         return s
 

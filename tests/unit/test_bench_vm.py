@@ -132,6 +132,46 @@ def test_tables_render_medians_spreads_and_ratios():
     assert "1.30x (1.20x-1.40x)" in summary
 
 
+def _with_memory(run, mem_mib, held_ratio):
+    return dict(
+        run,
+        mem_used_max_bytes=mem_mib << 20,
+        rss_max_bytes=(mem_mib + 40) << 20,
+        peak_held_ratio=held_ratio,
+        max_held_ratio=held_ratio + 0.1,
+        peak_swap_cached_pages=9000,
+        bytes_per_swap_page=1300.0,
+    )
+
+
+def test_peak_memory_vs_guest_zram_is_a_per_round_ratio_row():
+    runs = [
+        _with_memory(RUNS[0], 50, 1.0),
+        _with_memory(RUNS[3], 25, 1.0),  # guest-zram, round 0: 2x
+        _with_memory(RUNS[4], 60, 1.2),
+        _with_memory(RUNS[7], 20, 1.0),  # round 1: 3x
+        _with_memory(RUNS[6], 90, 1.0),  # async, failed: no ratio
+    ]
+    section = vm_section.VmSwap()
+    data = _data(runs)
+    section.derive(data)
+    rows = {r["numerator"]: r["ratio"] for r in data["memory_ratios"]}
+    assert rows["zramd-virtio"] == {"median": 2.5, "min": 2.0, "max": 3.0, "n": 2}
+    assert rows["zramd-async-virtio"]["n"] == 0
+    assert "guest-zram" not in rows and "memory-virtio" not in rows
+    md = "\n".join(section.markdown(data))
+    assert "peak memory vs guest zram" in md
+    assert (
+        "| zramd-virtio (zramd inline) | 2.50x (2.00x-3.00x) | 2 | 55.0 (50.0-60.0) | "
+        "95.0 (90.0-100.0) | 1.100 (1.000-1.200) | 1.200 (1.100-1.300) | 9.0k | 1300 |"
+    ) in md
+    assert "| guest-zram (guest zram) | 1x | - | 22.5 (20.0-25.0) |" in md
+    # runs without the memory fields (older results) render no memory table
+    plain = _data(RUNS)
+    section.derive(plain)
+    assert "peak memory vs guest zram" not in "\n".join(section.markdown(plain))
+
+
 def test_a_skipped_section_renders_one_line():
     section = vm_section.VmSwap()
     data = _data([])

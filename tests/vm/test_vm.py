@@ -5,7 +5,8 @@ under TCG, a busybox initramfs) and lets vm/run.py drive one scenario:
 mkswap, `swapon --discard`, a hog that pushes more than twice the guest's
 RAM through swap and verifies every byte on the way back, swapoff, a
 blkdiscard teardown. vm/run.py then checks zramd's side: pages stored and
-read, the compression ratio, and memory given back by the discards.
+read, the compression ratio, memory given back by the discards, and its
+stored pages against the guest's swap in use at the peak (vm/held.py).
 
 Two ways in, one test each:
   zramd-virtio  qemu's own NBD client, a virtio disk in the guest
@@ -108,6 +109,18 @@ def test_kernel_swaps_on_zramd(guest, target):
     most = vm.max_mem_left_after_teardown_bytes(res.final.get("mem_used_max", 0)) * max(
         1, res.instances)
     assert res.final["mem_used_total"] <= most
+    # Stored pages against the guest's swap in use (vm/held.py), sampled
+    # while the hog ran: zramd holds every slot the guest uses (bar a few
+    # writes in flight), and its peak memory and RSS were read.
+    h = res.held
+    assert h is not None and h["pairs"] >= 3, res.held
+    assert h["peak_swap_used_pages"] >= (res.hog_mib - res.mem_mib) * 2**20 // vm.PAGE_BYTES, h
+    assert h["peak_stored_pages"] >= vm.MIN_STORED_OVER_SWAP_USED * h["peak_swap_used_pages"], h
+    assert h["peak_stored_pages"] <= res.peak["orig_data_size"] // vm.PAGE_BYTES
+    assert h["max_held_ratio"] is not None and h["max_held_ratio"] >= h["peak_held_ratio"] * 0.5
+    mem = res.peak_memory
+    assert mem["mem_used_max_bytes"] >= res.peak["mem_used_total"]
+    assert mem["rss_max_bytes"] >= res.peak["compr_data_size"], mem
     if res.instances > 1:
         # Striped: one swap device per instance, all at one priority, and the
         # kernel's round-robin gave every instance a fair share of the pages.
