@@ -11,10 +11,13 @@ What runs (docs/design.md#cold-pages):
    floor of ``FLOOR_S`` and a promotion-rate target of ``TARGET_PCT_MIN``
    percent of the stored pages per minute), one without.
 3. An access trace is replayed on both, in ``SLICE_S`` slices that
-   alternate between them (the order flips every slice): fio 4 KiB random
-   reads with a Zipf distribution (``ZIPF``): a hot set read again and
-   again and a long tail read now and then, so the tail goes cold and its
-   reads are promotions. After each slice the policy server's memory (RSS
+   alternate between them (the order flips every slice), as two fio jobs
+   at once on one connection each: the *hot set*, the first
+   ``HOT_FRACTION`` of the device, read at random as fast as it goes (its
+   IOPS are the hot-path number), and the *cold tail*, the rest, read at
+   ``TAIL_IOPS`` with a Zipf distribution (``ZIPF``): a few tail pages come
+   back often, most seldom, so the tail goes cold and its reads are the
+   promotions. After each slice the policy server's memory (RSS
    above its idle RSS), promotion rate, cold age and recompressed bytes
    are sampled: the time series of the chart.
 4. Writeback: two more servers with a backing file, one writing pages back
@@ -68,8 +71,12 @@ SYSTEMS = {
     "policy": System("zramd-lz4-cold", "zramd", POLICY_ARGS, "zramd, lz4, cold policy (zstd)"),
     "plain": System("zramd-lz4", "zramd", ("--algorithm", "lz4"), "zramd, lz4, no policy"),
 }
-ZIPF = "zipf:1.1"
-TRACE = Workload("zipf-randread-4k", "fio", "randread", 4096, 16)
+# The trace's shape: a hot fifth at full speed, the rest a trickle with
+# Zipf-like reuse (a swap device's pages are mostly a cold tail).
+HOT_FRACTION = 0.2
+TAIL_IOPS = 200
+ZIPF = "zipf:1.2"
+TRACE = Workload("hot-randread-4k", "fio", "randread", 4096, 16)
 SLICE_S = 10.0
 PHASE_S = 300.0
 QUICK_SLICE_S, QUICK_PHASE_S = 1.0, 4.0  # --quick: the pipeline only
@@ -92,6 +99,8 @@ class ColdPages:
                 "floor_s": FLOOR_S,
                 "target_pct_min": TARGET_PCT_MIN,
                 "zipf": ZIPF,
+                "hot_fraction": HOT_FRACTION,
+                "tail_iops": TAIL_IOPS,
                 "slice_s": slice_s,
                 "phase_s": phase_s,
                 "region_bytes": ctx.region_bytes,
@@ -115,7 +124,8 @@ class ColdPages:
         except SkipSystem as e:
             data["skipped"]["kernel-zram-lz4"] = str(e)
         ctx.progress(
-            f"cold: policy and no policy, {phase_s:.0f} s of {ZIPF} reads in {slice_s:.0f} s slices"
+            f"cold: policy and no policy, {phase_s:.0f} s of hot-set and {ZIPF} tail reads "
+            f"in {slice_s:.0f} s slices"
         )
         self._trace(ctx, data, path, phase_s)
         ctx.progress("cold: writeback of the corpus, raw and packed")
@@ -166,11 +176,15 @@ class ColdPages:
         lines += [
             f"The cold-page policy (`{s['policy_args']}`) on the swap-like corpus of real "
             f"program memory ({s['region_bytes'] >> 20} MiB), against the same zramd with no "
-            f"policy and kernel zram lz4 holding the same data. The trace: fio 4 KiB random "
-            f"reads, iodepth {TRACE.iodepth}, `random_distribution={s['zipf']}` (a hot set and a "
-            f"cold tail), {s['phase_s']:.0f} s in {s['slice_s']:.0f} s slices alternating "
+            f"policy and kernel zram lz4 holding the same data. The trace, two fio jobs at once: "
+            f"the hot set, the first {s.get('hot_fraction', HOT_FRACTION):.0%} of the device, "
+            f"4 KiB random reads at iodepth {TRACE.iodepth} as fast as they go (the hot-path "
+            f"IOPS), and the cold tail, the rest, 4 KiB reads at "
+            f"{s.get('tail_iops', TAIL_IOPS)} IOPS with `random_distribution={s['zipf']}`; "
+            f"{s['phase_s']:.0f} s in {s['slice_s']:.0f} s slices alternating "
             "between the two servers. Memory: RSS above the server's idle RSS (kernel zram: "
-            "`mem_used_total`). A promotion is a read of a recompressed or written-back page; "
+            "`mem_used_total`). A promotion is the first read of a page since it went cold "
+            "(recompressed or written back); "
             "the rate is in percent of the stored pages per minute (60 s window). Medians "
             "(min-max) over the slices.",
             "",
@@ -187,7 +201,7 @@ class ColdPages:
                 "",
                 "| | policy | no policy |",
                 "|---|---:|---:|",
-                f"| 4 KiB Zipf read IOPS per slice | {with_spread(summary['iops']['policy'])} "
+                f"| hot-set 4 KiB read IOPS per slice | {with_spread(summary['iops']['policy'])} "
                 f"| {with_spread(summary['iops']['plain'])} |",
                 f"| memory at the end, MiB | {_mib(summary['memory_end']['policy'])} "
                 f"| {_mib(summary['memory_end']['plain'])} |",
@@ -235,9 +249,22 @@ def _zram_memory(ctx: Context, path: str) -> dict:
 
 
 def _slice(ctx: Context, server, log, label: str, slice_s: float) -> dict:
+    """One slice of the trace: the hot job (the first job: its result) and
+    the tail job beside it, each on its own connection."""
     json_path = ctx.logs / f"{label}.json"
-    target = [*fio.nbd_target(server.uris[0]), f"--random_distribution={ZIPF}"]
-    cmd = fio.job_command([target], TRACE, ctx.region_bytes, slice_s, 0, json_path)
+    hot_bytes = int(ctx.region_bytes * HOT_FRACTION) // 4096 * 4096
+    uri = fio.nbd_target(server.uris[0])
+    hot = [*uri, "--offset=0", f"--size={hot_bytes}"]
+    cmd = fio.job_command([hot], TRACE, ctx.region_bytes, slice_s, 0, json_path)
+    cmd += [
+        "--name=tail",
+        *uri,
+        f"--offset={hot_bytes}",
+        f"--size={ctx.region_bytes - hot_bytes}",
+        f"--random_distribution={ZIPF}",
+        f"--rate_iops={TAIL_IOPS}",
+        "--iodepth=1",
+    ]
     res = fio.run(cmd, log, timeout_s=ctx.fio_timeout_s())
     return {k: res.get(k) for k in ("iops", "p50_us", "p99_us", "ios")}
 
