@@ -108,15 +108,19 @@ class ZstdCodec(Codec):
         self._cctx_pool: list = []
         self._dctx_pool: list = []
 
+    def _cctx(self):
+        """A compression context of the pool's (see the module docstring),
+        or a new one; the caller gives it back with ``_cctx_pool.append``."""
+        pool = self._cctx_pool
+        if pool:
+            return pool.pop()
+        return self._zstandard.ZstdCompressor(
+            level=self.level, write_checksum=False, write_dict_id=False, write_content_size=True
+        )
+
     def compress(self, page, max_len):
         pool = self._cctx_pool
-        cctx = (
-            pool.pop()
-            if pool
-            else self._zstandard.ZstdCompressor(
-                level=self.level, write_checksum=False, write_dict_id=False, write_content_size=True
-            )
-        )
+        cctx = self._cctx()
         try:
             out = cctx.compress(page)
         finally:
@@ -129,13 +133,7 @@ class ZstdCodec(Codec):
 
     def compress_pages(self, pages):
         pool = self._cctx_pool
-        cctx = (
-            pool.pop()
-            if pool
-            else self._zstandard.ZstdCompressor(
-                level=self.level, write_checksum=False, write_dict_id=False, write_content_size=True
-            )
-        )
+        cctx = self._cctx()
         try:
             # one call for the batch, in this thread (threads=0: no thread
             # started per call), the GIL released for all of it
