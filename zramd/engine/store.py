@@ -860,7 +860,9 @@ class PageStore:
         the old objects freed (``Arena.free_all``).  Counters come from
         the lists with C-level ``sum``/``count``; the old entries that are
         not arena objects (same pages, side entries) go through
-        ``_forget`` one by one, as in ``_apply_locked``."""
+        ``_forget`` one by one, as in ``_apply_locked``, whose counters this
+        keeps for the whole request at once; ``audit`` recomputes each of
+        them from the tables, and the store model runs it after every step."""
         count = len(news)
         for new in news:
             if type(new) is not bytes:
