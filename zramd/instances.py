@@ -24,7 +24,12 @@ Data structures:
   order.  The naming convention is the instance list; nothing else is
   written (a file could go stale, a socket that is gone cannot).
 - ``aggregate(stats_list)``: counters summed exactly, equal strings kept,
-  differing ones listed.
+  differing ones listed.  Not summed: a knob that is not split over the
+  instances (its option row has no ``split``: ``recompress_after``,
+  ``cold_target``, ``writeback_batch_pages``, ...) is kept where the
+  instances agree and listed where they differ, like a string; a rate or a
+  share (``WEIGHTED_MEANS``) is the instances' mean weighted by what it is
+  a share of; an age or a latency percentile (``LARGEST``) is the largest.
 
 ``Stripe`` supervises the N ``Server`` objects: start all (in parallel,
 stopping those started if one fails), wait until every one has stopped,
@@ -158,16 +163,59 @@ def _name(control_path: str) -> str:
     return control_path[:-4] if control_path.endswith(".ctl") else control_path
 
 
+# Stats that are a share of something: the device's value is the
+# instances' mean weighted by that something (another stats key).
+WEIGHTED_MEANS = {
+    "promotion_rate_pct_min": "orig_data_size",  # percent of the pages stored, per minute
+    "bd_pack_fill_percent": "bd_blocks",  # percent of the packed blocks' bytes in use
+}
+# Stats where the device's value is the largest instance's: the cold age
+# the slowest controller waits, and latency percentiles (the whole
+# device's percentile is at most the largest of its instances').
+LARGEST = frozenset(
+    {
+        "cold_age_s",
+        "remote_read_latency_p50_seconds",
+        "remote_read_latency_p99_seconds",
+        "remote_write_latency_p50_seconds",
+        "remote_write_latency_p99_seconds",
+    }
+)
+# Knobs every instance holds whole (no split in their option row): kept
+# when the instances agree, listed when they differ, never summed.
+UNSPLIT_KNOBS = frozenset(
+    opt.runtime.stat
+    for opt in OPTIONS
+    if opt.runtime is not None and opt.runtime.stat is not None and opt.split is None
+)
+
+
+def _weighted_mean(stats_list: list[dict], key: str, weight: str) -> float:
+    weights = [s.get(weight) or 0 for s in stats_list]
+    values = [s.get(key) or 0 for s in stats_list]
+    if not sum(weights):
+        return max(values)
+    return sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights)
+
+
 def aggregate(stats_list: list[dict]) -> dict:
     """The instances' stats as one device's: numbers summed exactly (also
     ``mem_limit``, ``disksize`` and ``mem_used_max``, which then is the sum
-    of each instance's peak); a text field the instances agree on is kept,
-    one they differ on becomes the list of their values."""
+    of each instance's peak), except the knobs, shares, ages and latencies
+    above; a text field the instances agree on is kept, one they differ on
+    becomes the list of their values."""
     out: dict = {}
     keys = list(dict.fromkeys(k for s in stats_list for k in s))
     for key in keys:
         values = [s.get(key) for s in stats_list]
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numbers and key in WEIGHTED_MEANS:
+            out[key] = _weighted_mean(stats_list, key, WEIGHTED_MEANS[key])
+        elif numbers and key in LARGEST:
+            out[key] = max(v for v in values if v is not None)
+        elif key in UNSPLIT_KNOBS:
+            out[key] = values[0] if all(v == values[0] for v in values) else values
+        elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             out[key] = sum(values)
         elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             out[key] = sum(values)

@@ -123,6 +123,30 @@ def test_aggregate_sums_exactly():
     assert total["instances"] == 2
 
 
+def test_aggregate_keeps_knobs_and_weighs_shares():
+    """Striped stats are one device's: a knob held whole by every instance
+    is not summed, a rate is weighted by what it is a share of, an age and a
+    latency percentile are the largest instance's."""
+    a = {"orig_data_size": 3 * PAGE_SIZE, "recompress_after": 60, "cold_target": 0.2,
+         "promotion_rate_pct_min": 2.0, "cold_age_s": 90.0, "bd_blocks": 0,
+         "bd_pack_fill_percent": 0, "remote_read_latency_p99_seconds": 0.004,
+         "high_watermark": 4096}
+    b = {"orig_data_size": PAGE_SIZE, "recompress_after": 60, "cold_target": 0.2,
+         "promotion_rate_pct_min": 6.0, "cold_age_s": 120.0, "bd_blocks": 10,
+         "bd_pack_fill_percent": 80, "remote_read_latency_p99_seconds": 0.009,
+         "high_watermark": 4096}
+    total = aggregate([a, b])
+    assert total["recompress_after"] == 60 and total["cold_target"] == 0.2
+    assert total["promotion_rate_pct_min"] == 3.0  # (2*3 + 6*1) / 4 pages
+    assert total["cold_age_s"] == 120.0
+    assert total["bd_pack_fill_percent"] == 80
+    assert total["remote_read_latency_p99_seconds"] == 0.009
+    assert total["high_watermark"] == 8192  # split in pages over the instances: summed
+    assert aggregate([a, {**b, "recompress_after": 30}])["recompress_after"] == [60, 30]
+    idle = aggregate([{**a, "orig_data_size": 0}, {**b, "orig_data_size": 0}])
+    assert idle["promotion_rate_pct_min"] == 6.0  # no pages stored: the largest
+
+
 def test_the_option_table_drives_the_split(monkeypatch):
     """A row's ``split`` alone decides how a field is shared out: give the
     log file a ``suffix`` split and its instances get ``.i`` logs."""
