@@ -80,7 +80,8 @@ def cmdline(pid):
 def test_two_instances_data_stats_status(sockdir):
     # 17 MiB + 1 page does not split evenly: instance 0 gets the odd page.
     proc, sock, banner = start(sockdir, "--instances", "2", "--size", str(17 * MiB + 4096),
-                               "--mem-limit", "8M")
+                               "--mem-limit", "8M", "--recomp-algorithm", "zstd",
+                               "--recompress-after", "600")
     try:
         paths = [f"{sock}.0", f"{sock}.1"]
         for i, p in enumerate(paths):
@@ -116,6 +117,10 @@ def test_two_instances_data_stats_status(sockdir):
             assert total[key] == each[0][key] + each[1][key], key
         assert total["disksize"] == 17 * MiB + 4096
         assert total["comp_algorithm"] == "lz4"
+        # A knob each instance holds whole reads as one device's, not a sum.
+        assert [s["recompress_after"] for s in each] == [600, 600]
+        assert total["recompress_after"] == 600
+        assert total["cold_age_s"] == max(s["cold_age_s"] for s in each)
 
         mm = run("stats", "--socket", sock, "mm_stat").stdout.split()
         assert int(mm[0]) == 4 * 4096 and int(mm[3]) == 8 * MiB and int(mm[5]) == 2
@@ -137,6 +142,9 @@ def test_two_instances_data_stats_status(sockdir):
         assert run("set", "--socket", sock, "mem_limit", "6M").returncode == 0
         each = [json.loads(run("stats", "--socket", p, "--json").stdout) for p in paths]
         assert [s["mem_limit"] for s in each] == [3 * MiB, 3 * MiB]
+        assert run("set", "--socket", sock, "recompress_after", "300").returncode == 0
+        total = json.loads(run("stats", "--socket", sock, "--json").stdout)
+        assert total["recompress_after"] == 300
         idle = run("idle", "--socket", sock).stdout.splitlines()
         assert [x.split(": ")[0] for x in idle] == paths    # one line per instance
         assert idle[0] == f"{paths[0]}: 1 pages idle"
