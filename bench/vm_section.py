@@ -49,6 +49,8 @@ TARGETS = [
     "zramd-nbd",
     "zramd-async-virtio",
     "zramd-async-nbd",
+    "zramd-cold-virtio",
+    "zramd-cold-nbd",
     "memory-virtio",
     "memory-nbd",
     "guest-zram",
@@ -63,6 +65,8 @@ RATIOS = [
     ("zramd-async-nbd", "memory-nbd"),
     ("zramd-async-virtio", "zramd-virtio"),
     ("zramd-async-nbd", "zramd-nbd"),
+    ("zramd-cold-virtio", "zramd-virtio"),
+    ("zramd-cold-nbd", "zramd-nbd"),
     ("zramd-virtio", "guest-zram"),
     ("zramd-nbd", "guest-zram"),
 ]
@@ -72,12 +76,13 @@ GUEST_FILES = ("vmlinuz", "initramfs.cpio.gz")
 
 
 def server_label(target: str) -> str:
-    """Who stores the pages: "zramd inline", "zramd async", "nbdkit memory", "guest zram"."""
+    """Who stores the pages: "zramd inline", "zramd async", "zramd inline,
+    cold policy", "nbdkit memory", "guest zram"."""
     kind = vm_run.TARGETS[target][0]
     if kind == "zramd":
         args = vm_run.SERVE_ARGS.get(target, ())
         mode = args[args.index("--compress") + 1] if "--compress" in args else "inline"
-        return f"zramd {mode}"
+        return f"zramd {mode}" + (", cold policy" if "--backing-file" in args else "")
     return "nbdkit memory" if kind == "nbdkit-memory" else "guest zram"
 
 
@@ -87,7 +92,7 @@ def mode_mismatch(run: dict) -> str | None:
     label = server_label(run["target"])
     if not label.startswith("zramd ") or run.get("compress_mode") is None:
         return None
-    want = label.split(" ", 1)[1]
+    want = label.split(" ")[1].rstrip(",")
     if run["compress_mode"] == want:
         return None
     return f"zramd served with compress_mode {run['compress_mode']}, the target wants {want}"
@@ -145,6 +150,7 @@ def run_record(res: vm_run.Result, rnd: int, loadavg_1m: float) -> dict:
         "loadavg_1m": loadavg_1m,
         "mem_used_max_bytes": res.peak_memory.get("mem_used_max_bytes"),
         "rss_max_bytes": res.peak_memory.get("rss_max_bytes"),
+        "rss_growth_max_bytes": res.peak_memory.get("rss_growth_max_bytes"),
         "bytes_per_swap_page": res.peak_memory.get("bytes_per_swap_page"),
         "peak_held_ratio": (res.held or {}).get("peak_held_ratio"),
         "max_held_ratio": (res.held or {}).get("max_held_ratio"),
@@ -276,13 +282,17 @@ HELD_KEYS = (
     "peak_swap_cached_pages",
     "mem_used_max_bytes",
     "rss_max_bytes",
+    "rss_growth_max_bytes",
     "bytes_per_swap_page",
 )
 
 
 def memory_ratio_rows(data: dict) -> list[dict]:
     """Per ``MEMORY_RATIOS`` pair whose targets both ran: "peak memory vs
-    guest zram", the per-round ratio of their mem_used_max."""
+    guest zram", the per-round ratio of their mem_used_max, and
+    ``rss_ratio``: zramd's RSS growth (its largest RSS less its idle RSS)
+    over the same guest zram mem_used_max (the guest's store has no RSS of
+    its own to read)."""
     good = [r for r in data["runs"] if r["ok"] and r.get("mem_used_max_bytes")]
     rows = []
     for num, den in MEMORY_RATIOS:
@@ -295,6 +305,15 @@ def memory_ratio_rows(data: dict) -> list[dict]:
                 "numerator": num,
                 "denominator": den,
                 "ratio": per_round_ratio(a, b, key="mem_used_max_bytes"),
+                "rss_ratio": per_round_ratio(
+                    [
+                        {**r, "peak_bytes": r["rss_growth_max_bytes"]}
+                        for r in a
+                        if r.get("rss_growth_max_bytes")
+                    ],
+                    [{**r, "peak_bytes": r["mem_used_max_bytes"]} for r in b],
+                    key="peak_bytes",
+                ),
             }
         )
     return rows
@@ -398,26 +417,30 @@ def memory_table(data: dict) -> list[str]:
         "for its store), so it swaps fewer pages: compare too the stored pages over the "
         "guest's swap in use (SwapTotal - SwapFree) at the peak (above 1: pages held for "
         "slots the guest freed; vm/held.py), the swap-cached pages then, and the "
-        "peak memory per page of the guest's largest swap in use.",
+        "peak memory per page of the guest's largest swap in use. RSS growth: zramd's "
+        "largest RSS (zramd and nbdkit processes) less its RSS before the guest booted, "
+        "the real memory its store cost, over the same guest zram mem_used_max.",
         "",
         md_row(
             [
                 "target",
                 "peak memory vs guest zram",
+                "RSS growth vs guest zram",
                 "rounds",
                 "mem_used_max MiB",
                 "RSS max MiB",
+                "RSS growth MiB",
                 "stored / swap in use at peak",
                 "max",
                 "swap-cached pages at peak",
                 "bytes per page of swap in use",
             ]
         ),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    rows = [(r["numerator"], r["ratio"]) for r in data.get("memory_ratios", [])]
-    rows.append(("guest-zram", None))
-    for target, ratio in rows:
+    rows = [(r["numerator"], r["ratio"], r.get("rss_ratio")) for r in data.get("memory_ratios", [])]
+    rows.append(("guest-zram", None, None))
+    for target, ratio, rss_ratio in rows:
         t = by_target.get(target)
         if t is None:
             continue
@@ -426,9 +449,11 @@ def memory_table(data: dict) -> list[str]:
                 [
                     f"{target} ({data['servers'][target]})",
                     "1x" if ratio is None else with_spread(ratio, times),
+                    "-" if not rss_ratio or not rss_ratio["n"] else with_spread(rss_ratio, times),
                     str(ratio["n"]) if ratio else "-",
                     with_spread(t["mem_used_max_bytes"], _mib),
                     with_spread(t["rss_max_bytes"], _mib),
+                    with_spread(t.get("rss_growth_max_bytes"), _mib),
                     with_spread(t["peak_held_ratio"], _ratio3),
                     with_spread(t["max_held_ratio"], _ratio3),
                     with_spread(t["peak_swap_cached_pages"]),

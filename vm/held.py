@@ -133,12 +133,18 @@ def held_failure(held: dict | None) -> str | None:
 
 def zramd_peak_memory(samples: list[dict], final: dict | None) -> dict:
     """zramd's peak: mem_used_max as it counts it (its peak of
-    mem_used_total; the sampled maximum where the last stats lack it) and
-    the largest sampled RSS of its processes."""
+    mem_used_total; the sampled maximum where the last stats lack it), the
+    largest sampled RSS of its processes, and that RSS less the first
+    sample's (``rss_growth_max_bytes``: what storing the guest's pages cost
+    in real memory, the interpreter and libraries left out)."""
     used = [s["mem_used_total"] for s in samples if isinstance(s.get("mem_used_total"), int)]
     rss = [s["rss_bytes"] for s in samples if s.get("rss_bytes")]
     mem_used_max = (final or {}).get("mem_used_max") or max(used, default=None)
-    return {"mem_used_max_bytes": mem_used_max, "rss_max_bytes": max(rss, default=None)}
+    return {
+        "mem_used_max_bytes": mem_used_max,
+        "rss_max_bytes": max(rss, default=None),
+        "rss_growth_max_bytes": max(rss) - rss[0] if rss else None,
+    }
 
 
 def guest_zram_mem_used_max(guest: dict) -> int | None:

@@ -93,19 +93,12 @@ TARGETS = {
     "striped-nbd": ("zramd", "nbd"),
     "zramd-async-virtio": ("zramd", "vda"),
     "zramd-async-nbd": ("zramd", "nbd"),
+    "zramd-cold-virtio": ("zramd", "vda"),
+    "zramd-cold-nbd": ("zramd", "nbd"),
 }
 # Targets served by `zramd serve --instances N` (docs/design.md#scaling-past-one-core).
 STRIPED = {"striped-virtio": 2, "striped-nbd": 2}
 ZRAMD_TARGETS = ["zramd-virtio", "zramd-nbd", *STRIPED]
-# Extra `zramd serve` arguments per target (the bench's vm section runs
-# these beside the default; docs/design.md#the-asynchronous-path).
-SERVE_ARGS = {
-    "zramd-async-virtio": ("--compress", "async"),
-    "zramd-async-nbd": ("--compress", "async"),
-}
-# --request-mix without targets: zramd on both NBD paths (docs/bench/swap-mix.md).
-MIX_TARGETS = ["zramd-virtio", "zramd-nbd"]
-
 # Defaults, chosen so that one target runs in about 20-45 s under TCG on two
 # shared cores: a 128 MiB guest (about 80 MiB of it usable after the kernel)
 # and a 160 MiB hog with 2 passes (fill, rewrite, verify) push about 84k
@@ -115,6 +108,36 @@ DEFAULT_HOG_MIB = 160
 DEFAULT_PASSES = 2
 DEFAULT_TIMEOUT_S = 300
 POLL_INTERVAL_S = 0.2
+
+# The cold policy as the VM test runs it (docs/swap.md#a-memory-bound-with-the-cold-policy):
+# recompression by age and a promotion-rate target, on the test's time scale
+# (its hog runs about 10 s, so the youngest cold age is 2 s, not the 120 s a
+# long-lived host would use), and writeback of the coldest pages to a backing
+# file in the run's directory once memory used passes a quarter of the
+# default guest's RAM. Raw writeback, not packed: packed held more RSS here
+# (docs/swap.md says how much).
+COLD_POLICY_ARGS = (
+    "--recomp-algorithm",
+    "zstd",
+    "--recompress-after",
+    "2",
+    "--cold-target",
+    "2",
+    "--backing-file",
+    "{tmp}/backing",
+    "--high-watermark",
+    f"{DEFAULT_MEM_MIB // 4}M",
+)
+# Extra `zramd serve` arguments per target (the bench's vm section runs
+# these beside the default; docs/design.md#the-asynchronous-path).
+SERVE_ARGS = {
+    "zramd-async-virtio": ("--compress", "async"),
+    "zramd-async-nbd": ("--compress", "async"),
+    "zramd-cold-virtio": COLD_POLICY_ARGS,
+    "zramd-cold-nbd": COLD_POLICY_ARGS,
+}
+# --request-mix without targets: zramd on both NBD paths (docs/bench/swap-mix.md).
+MIX_TARGETS = ["zramd-virtio", "zramd-nbd"]
 
 
 class GuestRun:
@@ -141,6 +164,8 @@ class GuestRun:
         self.server_log = self.tmp / "server.log"
         self.qemu_log = self.tmp / "qemu.log"
         self.t0 = time.monotonic()
+        # "{tmp}" in a serve argument is this run's private directory (a backing file's home).
+        serve_args = tuple(a.replace("{tmp}", str(self.tmp)) for a in serve_args)
         self.server = (
             TargetServer(
                 server_kind, self.sock, self.server_log, device_size, res.instances, serve_args
@@ -427,6 +452,7 @@ def run_target(
     request_mix: bool = False,
     discard: str = "both",
     page_cluster: int | None = None,
+    serve_args: tuple[str, ...] | None = None,
 ) -> Result:
     """Boots the guest against one target and returns what it measured and
     which checks failed (Result.failures empty and Result.ok True when all
@@ -443,7 +469,8 @@ def run_target(
     discard: the guest's swapon discard policy (both, once, pages, none:
     vm/swapon-prio.c); device_size: the server's --size, and guest-zram's
     disksize when it is not the default (guest-init.sh's 512M otherwise);
-    page_cluster: the guest's vm.page-cluster (None: the kernel's 3)."""
+    page_cluster: the guest's vm.page-cluster (None: the kernel's 3);
+    serve_args: zramd's extra arguments (None: the target's SERVE_ARGS)."""
     server_kind, dev = TARGETS[target]
     if zram_extra_mib is None:
         zram_extra_mib = hog_mib // 2
@@ -463,7 +490,13 @@ def run_target(
     zram_mib = size_mib(device_size) if device_size != DEFAULT_DEVICE_SIZE else None
     LOGS.mkdir(parents=True, exist_ok=True)
     run = GuestRun(
-        target, res, server_kind, device_size, quiet, request_mix, SERVE_ARGS.get(target, ())
+        target,
+        res,
+        server_kind,
+        device_size,
+        quiet,
+        request_mix,
+        SERVE_ARGS.get(target, ()) if serve_args is None or server_kind != "zramd" else serve_args,
     )
     try:
         run.start_server()
@@ -631,6 +664,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --request-mix: also write the Markdown page of the mix",
     )
     ap.add_argument(
+        "--serve-arg",
+        action="append",
+        metavar="ARG",
+        help="an extra `zramd serve` argument for zramd targets, in place of the target's "
+        "own (repeat it; {tmp} is the run's private directory, e.g. --serve-arg=--backing-file "
+        "--serve-arg={tmp}/backing)",
+    )
+    ap.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -667,6 +708,7 @@ def main(argv: list[str] | None = None) -> int:
             discard=args.discard,
             device_size=args.device_size,
             page_cluster=args.page_cluster,
+            serve_args=tuple(args.serve_arg) if args.serve_arg else None,
         )
         for _ in range(args.rounds)
         for t in targets

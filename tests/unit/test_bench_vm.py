@@ -68,6 +68,8 @@ def test_every_section_target_is_a_vm_target():
         "zramd inline",
         "zramd async",
         "zramd async",
+        "zramd inline, cold policy",
+        "zramd inline, cold policy",
         "nbdkit memory",
         "nbdkit memory",
         "guest zram",
@@ -162,10 +164,10 @@ def test_peak_memory_vs_guest_zram_is_a_per_round_ratio_row():
     md = "\n".join(section.markdown(data))
     assert "peak memory vs guest zram" in md
     assert (
-        "| zramd-virtio (zramd inline) | 2.50x (2.00x-3.00x) | 2 | 55.0 (50.0-60.0) | "
-        "95.0 (90.0-100.0) | 1.100 (1.000-1.200) | 1.200 (1.100-1.300) | 9.0k | 1300 |"
+        "| zramd-virtio (zramd inline) | 2.50x (2.00x-3.00x) | - | 2 | 55.0 (50.0-60.0) | "
+        "95.0 (90.0-100.0) | - | 1.100 (1.000-1.200) | 1.200 (1.100-1.300) | 9.0k | 1300 |"
     ) in md
-    assert "| guest-zram (guest zram) | 1x | - | 22.5 (20.0-25.0) |" in md
+    assert "| guest-zram (guest zram) | 1x | - | - | 22.5 (20.0-25.0) |" in md
     # runs without the memory fields (older results) render no memory table
     plain = _data(RUNS)
     section.derive(plain)
@@ -195,7 +197,7 @@ def test_chart_is_a_png(tmp_path):
     assert (tmp_path / "vm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("target", sorted(vm_run.SERVE_ARGS))
+@pytest.mark.parametrize("target", sorted(t for t in vm_run.SERVE_ARGS if "-async-" in t))
 def test_async_targets_serve_zramd_with_async_compression(tmp_path, target):
     kind, dev = vm_run.TARGETS[target]
     assert kind == "zramd" and dev in ("vda", "nbd")
@@ -214,6 +216,22 @@ def test_default_targets_keep_their_command_line(tmp_path):
     assert "--compress" not in plain and plain[-2:] == ["--size", "1G"]
     with pytest.raises(ValueError):
         TargetServer("nbdkit-memory", tmp_path / "s", tmp_path / "l", serve_args=("--compress",))
+
+
+@pytest.mark.parametrize("target", ["zramd-cold-virtio", "zramd-cold-nbd"])
+def test_cold_targets_serve_zramd_with_the_cold_policy_in_the_runs_directory(tmp_path, target):
+    kind, _ = vm_run.TARGETS[target]
+    args = vm_run.SERVE_ARGS[target]
+    assert kind == "zramd" and "{tmp}/backing" in args
+    run_dir = tmp_path / "run"
+    serve = [a.replace("{tmp}", str(run_dir)) for a in args]
+    cmd = TargetServer(kind, tmp_path / "s.sock", tmp_path / "log", serve_args=serve).command()
+    parsed = build_parser().parse_args(cmd[cmd.index("serve") :])
+    assert parsed.backing_file == str(run_dir / "backing")
+    assert parsed.high_watermark_bytes > 0 and parsed.recompress_after_s > 0
+    assert vm_section.server_label(target) == "zramd inline, cold policy"
+    assert vm_section.mode_mismatch({**_run(target, 0, 1.0), "compress_mode": "inline"}) is None
+    assert vm_section.mode_mismatch({**_run(target, 0, 1.0), "compress_mode": "async"})
 
 
 def test_a_zramd_run_in_the_wrong_mode_is_not_a_measurement():

@@ -85,7 +85,11 @@ def test_peak_memory():
     assert held.zramd_peak_memory(samples, {"mem_used_max": 40}) == {
         "mem_used_max_bytes": 40,
         "rss_max_bytes": 7,
+        "rss_growth_max_bytes": 0,
     }
+    # the growth is the largest RSS less the first sample's (before the guest booted)
+    grown = [*samples, stats(3, 1, mem_used_total=5, rss_bytes=19), stats(4, 1, rss_bytes=11)]
+    assert held.zramd_peak_memory(grown, None)["rss_growth_max_bytes"] == 12
     assert held.zramd_peak_memory(samples, None)["mem_used_max_bytes"] == 30
     guest = {"zram_mm_stat_after_swapoff": "0,0,4096,0,27295744,0,0,0,0"}
     assert held.guest_zram_mem_used_max(guest) == 27295744
