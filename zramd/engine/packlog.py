@@ -45,7 +45,7 @@ its objects and a zero tail (``_build``).
 Batching (``store_pages``): a window is taken as parallel lists, its
 blocks allocated in one call (``alloc_many``), built, written
 ``io_batch_blocks`` to a ``write_many``, registered under one hold of
-``_lock`` per window and installed with one ``store.commit_many``: the
+``_lock`` per window and installed with one ``store.commit_backed``: the
 per-page Python work is what bounds packed writeback's pages per second
 (docs/design.md#packed-writeback).
 
@@ -57,7 +57,7 @@ Invariants (whenever ``_lock`` is free)
   never overlap and end at most at 4096;
 - ``_slots[b]`` has the same offsets as ``_objs[b]``;
 - every ``Backed`` entry the store holds for a packed page is in ``_objs``
-  under its block and offset (it is registered before ``store.commit_many``,
+  under its block and offset (it is registered before ``store.commit_backed``,
   and removed only by ``free_backed``, which the store calls when the slot
   lets go of it, or by ``_remove`` when the commit failed);
 - ``bd_blocks`` (``blocks_in_use``) = ``len(_objs)``.
@@ -183,7 +183,7 @@ class PackLog:
     ) -> dict:
         """Store page ``indexes[i]`` (whose slot held ``expected[i]`` when
         ``payloads[i]``, of codec ``codecs[i]``, was taken from it) packed,
-        and install each as ``Backed`` through ``store.commit_many``; the
+        and install each as ``Backed`` through ``store.commit_backed``; the
         blocks are written ``io_batch_blocks`` to a ``write_many``.  Parallel
         lists, not a tuple per page: the per-page work is the floor of
         packed writeback (docs/design.md#packed-writeback).  Returns
@@ -220,14 +220,18 @@ class PackLog:
                 objs_of[block] = objs
                 self._slots[block] = slots
                 live_of[block] = live
-        chosen = [i for members in bins for i in members]
-        done = store.commit_many([(indexes[i], expected[i], news[i]) for i in chosen])
-        superseded = [news[i] for i, ok in zip(chosen, done, strict=True) if not ok]
+        if sum(map(len, bins)) < len(indexes):  # some were not stored: those stay in RAM
+            chosen = [i for members in bins for i in members]
+            indexes = [indexes[i] for i in chosen]
+            expected = [expected[i] for i in chosen]
+            news = [news[i] for i in chosen]
+        done = store.commit_backed(indexes, expected, news)
+        superseded = [new for new, ok in zip(news, done, strict=True) if not ok]
         if superseded:  # rewritten while under writeback: the new data wins
             with self._lock:
                 for new in superseded:
                     self._remove(new, freed=False)
-        out["written"] = len(chosen) - len(superseded)
+        out["written"] = len(news) - len(superseded)
         out["superseded"] = len(superseded)
         if self.backing.has_freed():
             self.backing.discard_freed()  # blocks of superseded pages only: out with them

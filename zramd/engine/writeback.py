@@ -41,7 +41,7 @@ ones: after a free, a ``("repack", None)`` job (queued once until it
 runs) rewrites at most ``REPACK_MAX_BLOCKS`` such blocks, and queues the
 next run behind the waiting jobs while any is left (packlog.py ``repack``).
 Candidates come from ``store.candidates`` (scan.py) as ``(index, handle)``;
-``store.holds`` says whether a slot still holds one, and ``store.commit_many``
+a candidate whose slot holds another handle is skipped, and ``store.commit_backed``
 checks the content again under the store's lock.
 A failed write (disk full, I/O error) frees the block, leaves the page in
 RAM, is counted and ends that run; serving goes on.
@@ -435,12 +435,7 @@ class Writeback:
             blocks = [blocks[i] for i in keep]
             out["failed"], out["full"] = 1, 0
             out["error"] = f"backing file write failed: {exc.strerror or exc}"
-        done = store.commit_many(
-            [
-                (index, entry, Backed(block))
-                for index, entry, block in zip(indexes, entries, blocks, strict=True)
-            ]
-        )
+        done = store.commit_backed(indexes, entries, [Backed(block) for block in blocks])
         for block, ok in zip(blocks, done, strict=True):
             if ok:
                 out["written"] += 1
