@@ -226,7 +226,10 @@ class ColdPages:
                 f"{wb['packed'].get('bd_blocks', '-')} blocks; pages written back per second "
                 f"{_rate(wb['raw'])} raw, {_rate(wb['packed'])} packed"
                 + (
-                    f" ({_rounds(len(wb['runs']) // 2)}, the writeback request's own time)."
+                    f" ({_rounds(len(wb['runs']) // 2)}, the writeback request's own time); "
+                    f"packed/raw per round {with_spread(writeback_speed(wb), times)}, per CPU "
+                    f"second of the writeback thread "
+                    f"{with_spread(writeback_speed(wb, 'pages_per_cpu_s'), times)}."
                     if wb.get("runs")
                     else "."
                 ),
@@ -345,6 +348,11 @@ def _writeback_once(ctx: Context, path: str, fmt: str, extra: tuple) -> dict:
         "seconds": round(elapsed_s, 4),
         "wall_s": round(wall_s, 3),
         "pages_per_s": (reply.get("written") or 0) / elapsed_s if elapsed_s > 0 else 0.0,
+        # the writeback thread's CPU time: the steadier figure on a shared machine
+        "cpu_s": reply.get("cpu_s"),
+        "pages_per_cpu_s": (reply.get("written") or 0) / reply["cpu_s"]
+        if reply.get("cpu_s")
+        else None,
     }
 
 
@@ -454,13 +462,18 @@ def targets(data: dict) -> list[dict]:
     return rows
 
 
-def writeback_speed(wb: dict) -> dict:
-    """spread() of packed's pages per second over raw's, round by round
-    (one pair when the data has no rounds)."""
+def writeback_speed(wb: dict, key: str = "pages_per_s") -> dict:
+    """spread() of packed's pages per second (``key``) over raw's, round by
+    round (one pair when the data has no rounds)."""
     runs = wb.get("runs")
     if runs:
-        by = {fmt: [r for r in runs if r["format"] == fmt] for fmt, _ in WRITEBACK_FORMATS}
-        return per_round_ratio(by["packed"], by["raw"], "pages_per_s")
+        by = {
+            fmt: [r for r in runs if r["format"] == fmt and r.get(key)]
+            for fmt, _ in WRITEBACK_FORMATS
+        }
+        return per_round_ratio(by["packed"], by["raw"], key)
+    if key != "pages_per_s":
+        return spread([])
     if wb.get("raw", {}).get("pages_per_s") and wb.get("packed", {}).get("pages_per_s"):
         return spread([wb["packed"]["pages_per_s"] / wb["raw"]["pages_per_s"]])
     return spread([])

@@ -288,9 +288,12 @@ class Writeback:
             what, job = item
             try:
                 if what == "writeback":
-                    started = time.monotonic()
+                    started, cpu_started = time.monotonic(), time.thread_time()
                     result = self._writeback(self._candidates(job), job.limit)
                     result["elapsed_s"] = round(time.monotonic() - started, 6)
+                    # this thread's CPU time (user and system): steadier than
+                    # elapsed_s on a shared machine (tools/packed_writeback_bench.py)
+                    result["cpu_s"] = round(time.thread_time() - cpu_started, 6)
                     job.result = result
                 elif what == "repack":
                     self._repack()
