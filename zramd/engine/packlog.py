@@ -65,8 +65,9 @@ Invariants (whenever ``_lock`` is free)
 Repacking (``repack``), on the writeback thread, at most ``max_blocks``
 blocks a run, emptiest first: the live objects of each chosen block are
 copied out of one verified block read and stored again like written-back
-pages (new blocks, then ``store.commit_many``); a
-page rewritten meanwhile keeps its new data (its commit fails, its new
+pages (``store_pages``: new blocks, then ``store.commit_backed``, which
+hands entries that are not arena objects to ``commit_many``); a page
+rewritten meanwhile keeps its new data (its commit fails, its new
 copy is dropped).  The old block empties as its entries are replaced and
 is freed by ``free_backed``.
 
