@@ -22,14 +22,18 @@ What runs (docs/design.md#cold-pages):
    are sampled: the time series of the chart.
 4. Writeback: two more servers with a backing file, one writing pages back
    raw and one packed (``--writeback-compressed``), filled with the corpus,
-   every page marked idle and written back; the backing files' allocated
-   bytes (``st_blocks``) are compared.
+   every page marked idle and written back, in ``--rounds`` interleaved
+   rounds; the backing files' allocated bytes (``st_blocks``)
+   and the pages written back per second (the writeback request's own
+   ``elapsed_s``) are compared.
 
 Targets (reported, never asserted): memory at the end against kernel zram
 (<= ``MEMORY_GOAL``); the promotion rate of the last third of the samples
 against the target (within ``PROMOTION_WITHIN``); hot-path IOPS, per slice,
 against the no-policy server's slice next to it (>= ``HOT_IOPS_MIN``);
-packed writeback's allocated bytes against raw writeback's.
+packed writeback's allocated bytes against raw writeback's (<=
+``WRITEBACK_GOAL``) and its pages per second, per round (>=
+``WRITEBACK_SPEED_GOAL``).
 
 Data (results.json "sections"/"cold"): settings, zram, slices (one per
 slice and system), samples (the policy server's), writeback, skipped,
@@ -39,6 +43,7 @@ errors; ``derive`` adds the summary and the targets.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import time
@@ -84,6 +89,8 @@ MEMORY_GOAL = 0.72
 PROMOTION_WITHIN = 0.25
 HOT_IOPS_MIN = 0.95
 WRITEBACK_GOAL = 0.55
+WRITEBACK_SPEED_GOAL = 1.5  # packed pages/s against raw's, per round
+WRITEBACK_FORMATS = (("raw", ()), ("packed", ("--writeback-compressed",)))
 
 
 class ColdPages:
@@ -217,7 +224,15 @@ class ColdPages:
                 f"of backing file; packed (`--writeback-compressed`), {wb['packed']['bd_count']} "
                 f"pages in {_mib(wb['packed']['allocated_bytes'])} MiB, "
                 f"{wb['packed'].get('bd_blocks', '-')} blocks; pages written back per second "
-                f"{wb['raw']['pages_per_s']:.0f} raw, {wb['packed']['pages_per_s']:.0f} packed.",
+                f"{_rate(wb['raw'])} raw, {_rate(wb['packed'])} packed"
+                + (
+                    f" ({_rounds(len(wb['runs']) // 2)}, the writeback request's own time); "
+                    f"packed/raw per round {with_spread(writeback_speed(wb), times)}, per CPU "
+                    f"second of the writeback thread "
+                    f"{with_spread(writeback_speed(wb, 'pages_per_cpu_s'), times)}."
+                    if wb.get("runs")
+                    else "."
+                ),
             ]
         elif wb.get("error"):
             lines += ["", f"Writeback not measured: {wb['error']}."]
@@ -283,40 +298,79 @@ def _sample(ctx: Context, server, sock: str, idle_rss: int, t_s: float) -> dict:
 
 
 def _writeback(ctx: Context, path: str) -> dict:
-    """Both writeback formats on the whole corpus; {"error": why} if the
-    build has no packed format."""
-    out: dict = {}
-    for fmt, extra in (("raw", ()), ("packed", ("--writeback-compressed",))):
-        backing = ctx.tmp / f"cold-{fmt}.backing"
-        sock = str(ctx.tmp / f"cold-wb-{fmt}.sock")
-        system = System(f"zramd-lz4-wb-{fmt}", "zramd", ("--algorithm", "lz4"), fmt)
-        cmd = server_command(system, sock, ctx.region_bytes, ctx.zramd)
-        cmd += ["--backing-file", str(backing), *extra]
-        try:
-            with measure.serving(ctx, cmd, [sock], f"cold-wb-{fmt}"):
-                fill.corpus_over_nbd(sock, path, 256 << 10)
-                _zramd(ctx, "idle", "--socket", sock)
-                t0 = time.monotonic()
-                _zramd(ctx, "writeback", "idle", "--socket", sock)
-                secs = time.monotonic() - t0
-                stats = zramd_stats(ctx.zramd or "zramd", sock)
-                allocated = os.stat(backing).st_blocks * 512
-        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
-            return {"error": f"{fmt}: {str(e).splitlines()[-1] if str(e) else type(e).__name__}"}
-        out[fmt] = {
-            "bd_count": stats.get("bd_count"),
-            "bd_blocks": stats.get("bd_blocks"),
-            "allocated_bytes": allocated,
-            "seconds": round(secs, 2),
-            "pages_per_s": (stats.get("bd_count") or 0) / secs if secs > 0 else 0.0,
-        }
+    """Both writeback formats on the whole corpus, ``--rounds`` interleaved
+    rounds (the order flips every round); {"error": why} if
+    the build has no packed format.  "raw" and "packed" hold the first
+    round's figures with the median pages per second; "runs" every round."""
+    runs: list[dict] = []
+    for rnd in range(ctx.args.rounds):
+        order = WRITEBACK_FORMATS if rnd % 2 == 0 else WRITEBACK_FORMATS[::-1]
+        for fmt, extra in order:
+            try:
+                run = _writeback_once(ctx, path, fmt, extra)
+            except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as e:
+                why = str(e).splitlines()[-1] if str(e) else type(e).__name__
+                return {"error": f"{fmt}: {why}"}
+            runs.append(run | {"round": rnd})
+    out: dict = {"runs": runs}
+    for fmt, _ in WRITEBACK_FORMATS:
+        mine = [r for r in runs if r["format"] == fmt]
+        rates = spread([r["pages_per_s"] for r in mine])
+        out[fmt] = mine[0] | {"pages_per_s": rates["median"], "pages_per_s_spread": rates}
     return out
 
 
-def _zramd(ctx: Context, *args: str) -> None:
+def _writeback_once(ctx: Context, path: str, fmt: str, extra: tuple) -> dict:
+    """One server of format ``fmt``: filled, every page marked idle and
+    written back.  Pages per second are the writeback request's own
+    (``elapsed_s`` of its reply: the writeback thread's time, not the CLI's
+    start-up); ``wall_s`` is the command's time around it."""
+    backing = ctx.tmp / f"cold-{fmt}.backing"
+    sock = str(ctx.tmp / f"cold-wb-{fmt}.sock")
+    system = System(f"zramd-lz4-wb-{fmt}", "zramd", ("--algorithm", "lz4"), fmt)
+    cmd = server_command(system, sock, ctx.region_bytes, ctx.zramd)
+    cmd += ["--backing-file", str(backing), *extra]
+    with measure.serving(ctx, cmd, [sock], f"cold-wb-{fmt}"):
+        fill.corpus_over_nbd(sock, path, 256 << 10)
+        _zramd(ctx, "idle", "--socket", sock)
+        t0 = time.monotonic()
+        reply = json.loads(_zramd(ctx, "writeback", "idle", "--socket", sock, "--json"))
+        wall_s = time.monotonic() - t0
+        stats = zramd_stats(ctx.zramd or "zramd", sock)
+        allocated = os.stat(backing).st_blocks * 512
+    elapsed_s = reply.get("elapsed_s") or 0.0
+    return {
+        "format": fmt,
+        "bd_count": stats.get("bd_count"),
+        "bd_blocks": stats.get("bd_blocks"),
+        "allocated_bytes": allocated,
+        "written": reply.get("written"),
+        "seconds": round(elapsed_s, 4),
+        "wall_s": round(wall_s, 3),
+        "pages_per_s": (reply.get("written") or 0) / elapsed_s if elapsed_s > 0 else 0.0,
+        # the writeback thread's CPU time: the steadier figure on a shared machine
+        "cpu_s": reply.get("cpu_s"),
+        "pages_per_cpu_s": (reply.get("written") or 0) / reply["cpu_s"]
+        if reply.get("cpu_s")
+        else None,
+    }
+
+
+def _zramd(ctx: Context, *args: str) -> str:
     p = subprocess.run([ctx.zramd or "zramd", *args], capture_output=True, text=True, timeout=600)
     if p.returncode != 0:
         raise RuntimeError(f"zramd {args[0]}: {(p.stderr or p.stdout).strip()}")
+    return p.stdout
+
+
+def _rounds(n: int) -> str:
+    return "one round" if n == 1 else f"{n} interleaved rounds, median (min-max)"
+
+
+def _rate(fmt: dict) -> str:
+    """Pages per second of one format: median (min-max) over the rounds."""
+    rates = fmt.get("pages_per_s_spread")
+    return with_spread(rates, lambda v: f"{v:.0f}") if rates else f"{fmt['pages_per_s']:.0f}"
 
 
 def _mib(n) -> str:
@@ -395,4 +449,31 @@ def targets(data: dict) -> list[dict]:
                 v <= WRITEBACK_GOAL,
             )
         )
+    speed = writeback_speed(wb)
+    if speed["median"] is not None:
+        rows.append(
+            _row(
+                "packed writeback's pages per second vs raw writeback's, per round",
+                f">= {WRITEBACK_SPEED_GOAL:.2f}x",
+                with_spread(speed, times),
+                speed["median"] >= WRITEBACK_SPEED_GOAL,
+            )
+        )
     return rows
+
+
+def writeback_speed(wb: dict, key: str = "pages_per_s") -> dict:
+    """spread() of packed's pages per second (``key``) over raw's, round by
+    round (one pair when the data has no rounds)."""
+    runs = wb.get("runs")
+    if runs:
+        by = {
+            fmt: [r for r in runs if r["format"] == fmt and r.get(key)]
+            for fmt, _ in WRITEBACK_FORMATS
+        }
+        return per_round_ratio(by["packed"], by["raw"], key)
+    if key != "pages_per_s":
+        return spread([])
+    if wb.get("raw", {}).get("pages_per_s") and wb.get("packed", {}).get("pages_per_s"):
+        return spread([wb["packed"]["pages_per_s"] / wb["raw"]["pages_per_s"]])
+    return spread([])

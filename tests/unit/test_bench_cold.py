@@ -46,3 +46,21 @@ def test_no_zram_leaves_the_memory_target_unmeasured():
     data = _data([100], [100], [2.0], memory_end=1, zram_bytes=None)
     row = next(t for t in data["targets"] if t["target"].startswith("memory"))
     assert row["measured"] is None and row["met"] is None
+
+
+def test_writeback_speed_is_a_per_round_ratio_with_its_goal():
+    runs = [{"format": f, "round": r, "pages_per_s": v, "allocated_bytes": 1}
+            for r, (raw, packed) in enumerate([(100, 160), (120, 150), (90, 170)])
+            for f, v in (("raw", raw), ("packed", packed))]
+    wb = {"runs": runs, "raw": {"allocated_bytes": 1000, "pages_per_s": 100, "bd_count": 9},
+          "packed": {"allocated_bytes": 480, "pages_per_s": 160, "bd_count": 9}}
+    data = _data([100], [100], [2.0], memory_end=1, zram_bytes=None, wb=wb)
+    row = next(t for t in data["targets"] if t["target"].startswith("packed writeback's pages"))
+    assert row["want"] == ">= 1.50x"
+    assert row["measured"] == "1.60x (1.25x-1.89x)" and row["met"] is True
+    runs[1]["pages_per_s"] = 100  # round 0 at 1.00x: the median falls to 1.25x
+    data = _data([100], [100], [2.0], memory_end=1, zram_bytes=None, wb=wb)
+    row = next(t for t in data["targets"] if t["target"].startswith("packed writeback's pages"))
+    assert row["measured"].startswith("1.25x") and row["met"] is False
+    text = "\n".join(cold.ColdPages().markdown(data))
+    assert "| packed writeback's pages per second vs raw writeback's, per round | >= 1.50x" in text

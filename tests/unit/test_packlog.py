@@ -146,3 +146,87 @@ def test_batch_size_is_checked():
         wb.set_batch_size(0)
     with pytest.raises(ValueError):
         wb.set_batch_size(MAX_WRITEBACK_BATCH_PAGES + 1)
+
+
+def test_alloc_many_hands_out_what_alloc_would(tmp_path):
+    """The batch allocation writeback uses: the same blocks, in the same
+    order, as one ``alloc`` per block (recently freed first, once
+    discarded), the same ``used_blocks``, and fewer only when full."""
+    one = BackingFile(str(tmp_path / "one.img"), 16 * PAGE)
+    many = BackingFile(str(tmp_path / "many.img"), 16 * PAGE)
+    for backing in (one, many):
+        for block in (3, 7, 1):
+            if block >= backing.touched_blocks():
+                while backing.touched_blocks() <= block:
+                    backing.alloc()
+        for block in (3, 7, 1):
+            backing.free(block)
+        # 3, 7 and 1 wait to be discarded: neither path may reuse them yet
+    by_one = [one.alloc() for _ in range(8)]
+    assert many.alloc_many(8) == by_one
+    assert many.used_blocks() == one.used_blocks()
+    # 13 of 16 in use, 3 freed ones wait for their discard: alloc_many
+    # discards them and hands them out, then stops at the end of the file
+    got = many.alloc_many(10)
+    assert len(got) == 3 and set(got) == {1, 3, 7}
+    assert many.used_blocks() == 16 and many.alloc_many(1) == []
+    assert "full" in many.full_message()
+    one.close()
+    many.close()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_batch_commit_keeps_the_counters_of_the_general_install(tmp_path, packed):
+    """``commit_backed`` (writeback's batch install) against the store's own
+    audit: huge, recompressed and compressed pages written back, one of
+    them rewritten meanwhile (it keeps its new data and stays in RAM)."""
+    codec, rc = make_codec("lz4"), make_codec("zstd")
+    backing = BackingFile(str(tmp_path / "b.img"), 64 * PAGE)
+    pack = PackLog(backing, codec, rc) if packed else None
+    store = PageStore(64 * PAGE, codec, recomp_codec=rc, backing=pack or backing)
+    wb = Writeback(store, backing, pack=pack)
+    rng = random.Random(5)
+    data = b"".join(page_of(i) for i in range(16)) + rng.randbytes(4 * PAGE)  # 4 huge
+    store.write(data, 0)
+    store.recompress("all")  # some text pages go to zstd
+    assert store.stats()["recompressed_pages"] > 0 and store.stats()["huge_pages"] == 4
+    candidates = store.candidates("all")
+    store.write(page_of(99), 2 * PAGE)  # rewritten after selection
+    result = wb._writeback(candidates, None)
+    assert result["written"] == 19 and result["superseded"] == 1
+    counts = store.audit()
+    assert counts["bd_count"] == 19 and counts["huge_pages"] == 0
+    assert counts["recompressed_pages"] == 0 and counts["pages_stored"] == 20
+    assert store.stats()["bd_writes"] == 19
+    expect = data[: 2 * PAGE] + page_of(99) + data[3 * PAGE :]
+    assert read_all(store)[: 20 * PAGE] == expect
+    store.audit()
+    backing.close()
+
+
+def test_failed_write_part_way_installs_only_the_blocks_written_whole(tmp_path):
+    """A window whose second write_many fails: the blocks of the first are
+    installed, every other page stays in RAM, nothing leaks."""
+    store, backing, pack, wb = make(tmp_path, pages=256)
+    data = b"".join(page_of(i) for i in range(256))
+    store.write(data, 0)
+    calls = []
+    real = backing.write_many
+    file_fd = backing.fd
+
+    def then_fail(blocks, pages):  # the real write; after the first, a read-only fd
+        calls.append(len(blocks))
+        real(blocks, pages)
+        backing.fd = os.open(os.devnull, os.O_RDONLY)  # every later write fails (EBADF)
+
+    backing.write_many = then_fail
+    result = wb._writeback(store.candidates("all"), None)
+    assert result["error"] and "write failed" in result["error"]
+    assert len(calls) == 2 and 0 < result["written"] < 256
+    assert store.bd_count == result["written"]
+    assert backing.used_blocks() == pack.blocks_in_use() == calls[0]
+    os.close(backing.fd)
+    backing.fd = file_fd  # reads of the written blocks
+    assert read_all(store) == data
+    store.audit()
+    backing.close()

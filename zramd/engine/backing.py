@@ -151,6 +151,23 @@ def page_check(page) -> int:
     return xxhash.xxh3_64_intdigest(page) | 1
 
 
+def alloc_blocks(layer, count: int) -> tuple[list[int], str | None]:
+    """Up to ``count`` blocks of a block layer (this file's ``BackingFile``
+    or any object with ``alloc``: the remote tier), and why fewer (None if
+    all came): in one call where the layer has ``alloc_many``."""
+    alloc_many = getattr(layer, "alloc_many", None)
+    if alloc_many is not None:
+        blocks = alloc_many(count)
+        return blocks, None if len(blocks) == count else layer.full_message()
+    blocks = []
+    for _ in range(count):
+        try:
+            blocks.append(layer.alloc())
+        except BackingFull as exc:
+            return blocks, str(exc)
+    return blocks, None
+
+
 def make_aead(cipher: str):
     """An AEAD object with a fresh random key that lives only in it."""
     try:
@@ -364,14 +381,42 @@ class BackingFile:
                 elif self._dirty and not attempt:
                     block = None
                 else:
-                    raise BackingFull(
-                        errno.ENOSPC, f"backing file {self.path} is full ({self.nr_blocks} blocks)"
-                    )
+                    raise BackingFull(errno.ENOSPC, self.full_message())
                 if block is not None:
                     self._used += 1
                     return block
             self.discard_freed()  # freed blocks wait to be discarded: do it now
         raise AssertionError("unreachable")
+
+    def alloc_many(self, count: int) -> list[int]:
+        """Up to ``count`` blocks, as ``count`` calls of ``alloc`` would hand
+        them out but under one hold of the lock (writeback's batches); fewer
+        only when the file is full (``full_message`` says so)."""
+        blocks: list[int] = []
+        counted = 0  # of blocks, those in _used already
+        for attempt in (0, 1):
+            with self._lock:
+                free = self._free
+                take = min(count - len(blocks), len(free))
+                if take:
+                    blocks += reversed(free[-take:])  # the order of pops
+                    del free[-take:]
+                take = min(count - len(blocks), self.nr_blocks - self._next)
+                if take:
+                    first = self._next
+                    self._next += take
+                    while len(self._marks()) < self._next:
+                        self._grow_sidecar()
+                    blocks += range(first, first + take)
+                self._used += len(blocks) - counted
+                counted = len(blocks)
+                if counted == count or attempt or not self._dirty:
+                    return blocks
+            self.discard_freed()  # freed blocks wait to be discarded: do it now
+        return blocks
+
+    def full_message(self) -> str:
+        return f"backing file {self.path} is full ({self.nr_blocks} blocks)"
 
     def free(self, block: int) -> None:
         """Give back the block of a written-back page (trimmed, rewritten;

@@ -24,8 +24,11 @@ never cross a block, so a read is one block read and one decompression.
 Nothing about the objects is written to the block: where they are lives in
 RAM, in the store's entries and here:
 
-- ``_objs``: block -> {offset: (page index, its ``Backed`` entry)}, the live
-  objects of every block in use by the packer;
+- ``_objs``: block -> {offset: its ``Backed`` entry}, the live objects of
+  every block in use by the packer;
+- ``_slots``: block -> {offset: the page index of that object} (kept apart
+  from ``_objs`` so that no tuple per packed page lives on: a dict of ints
+  is not tracked by the garbage collector, docs/design.md#packed-writeback);
 - ``_live``: block -> live bytes in it;
 - ``_dead``: blocks that hold freed objects beside live ones.  They are
   *repacked* (below): their live objects rewritten into new blocks, then
@@ -35,6 +38,15 @@ RAM, in the store's entries and here:
 Placement (``_layout``): a window of objects is sorted largest first and
 each is put into the block of the window with the least room that holds
 it (best-fit decreasing); the wider the window, the fuller the blocks
+(docs/design.md#packed-writeback).  Each object goes at the end of the
+ones placed before it in its block, so a block's bytes are one join of
+its objects and a zero tail (``_build``).
+
+Batching (``store_pages``): a window is taken as parallel lists, its
+blocks allocated in one call (``alloc_many``), built, written
+``io_batch_blocks`` to a ``write_many``, registered under one hold of
+``_lock`` per window and installed with one ``store.commit_backed``: the
+per-page Python work is what bounds packed writeback's pages per second
 (docs/design.md#packed-writeback).
 
 Invariants (whenever ``_lock`` is free)
@@ -43,23 +55,25 @@ Invariants (whenever ``_lock`` is free)
   has at least one live object, or is being installed);
 - ``_live[b]`` = the sum of the lengths in ``_objs[b]``; objects of one block
   never overlap and end at most at 4096;
+- ``_slots[b]`` has the same offsets as ``_objs[b]``;
 - every ``Backed`` entry the store holds for a packed page is in ``_objs``
-  under its block and offset (it is registered before ``store.commit_many``,
+  under its block and offset (it is registered before ``store.commit_backed``,
   and removed only by ``free_backed``, which the store calls when the slot
-  lets go of it, or by ``_drop`` when the commit failed);
+  lets go of it, or by ``_remove`` when the commit failed);
 - ``bd_blocks`` (``blocks_in_use``) = ``len(_objs)``.
 
 Repacking (``repack``), on the writeback thread, at most ``max_blocks``
 blocks a run, emptiest first: the live objects of each chosen block are
 copied out of one verified block read and stored again like written-back
-pages (new blocks, then ``store.commit_many``); a
-page rewritten meanwhile keeps its new data (its commit fails, its new
+pages (``store_pages``: new blocks, then ``store.commit_backed``, which
+hands entries that are not arena objects to ``commit_many``); a page
+rewritten meanwhile keeps its new data (its commit fails, its new
 copy is dropped).  The old block empties as its entries are replaced and
 is freed by ``free_backed``.
 
 Locking
 -------
-``_lock`` guards ``_objs``, ``_live``, ``_dead`` and the counters.
+``_lock`` guards ``_objs``, ``_slots``, ``_live``, ``_dead`` and the counters.
 ``free_backed`` is called with the store's lock held (store lock, then
 ours, then the block layer's: never the other way) and makes no system
 call.  Readers take no lock: ``read_backed`` reads the block, then, if
@@ -77,7 +91,7 @@ import threading
 from typing import Any
 
 from ..units import PAGE_SIZE
-from .backing import BackingFull
+from .backing import alloc_blocks
 from .codecs import Codec
 from .store import Backed
 
@@ -97,7 +111,8 @@ class PackLog:
             (recomp_codecs,) if isinstance(recomp_codecs, Codec) else tuple(recomp_codecs or ())
         )
         self._lock = threading.Lock()
-        self._objs: dict[int, dict[int, tuple[int, Backed]]] = {}
+        self._objs: dict[int, dict[int, Backed]] = {}
+        self._slots: dict[int, dict[int, int]] = {}
         self._live: dict[int, int] = {}
         self._dead: set[int] = set()
         self.repack_runs = 0
@@ -130,8 +145,7 @@ class PackLog:
         return self.codec.decompress(obj)
 
     def _is_live(self, entry) -> bool:
-        found = self._objs.get(entry.block, {}).get(entry.offset)
-        return found is not None and found[1] is entry
+        return self._objs.get(entry.block, {}).get(entry.offset) is entry
 
     def free_backed(self, entry) -> None:
         """The store let go of a packed entry (store's lock held; no system
@@ -144,14 +158,14 @@ class PackLog:
         """Forget one object (lock held)."""
         block, offset = entry.block, entry.offset
         objs = self._objs.get(block)
-        if objs is None or offset not in objs or objs[offset][1] is not entry:
+        if objs is None or objs.get(offset) is not entry:
             return
-        del objs[offset]
+        del objs[offset], self._slots[block][offset]
         if objs:
             self._live[block] -= entry.length
             self._dead.add(block)
             return
-        del self._objs[block], self._live[block]
+        del self._objs[block], self._slots[block], self._live[block]
         self._dead.discard(block)
         if freed:
             self.backing.free(block)
@@ -159,15 +173,25 @@ class PackLog:
             self.backing.give_back(block)
 
     # -- storing objects (the writeback thread) -----------------------------
-    def store_objects(self, store, items: list, io_batch_blocks: int = 64) -> dict:
-        """Store ``[(index, entry, payload, codec)]`` (``entry`` what the slot
-        held when ``payload`` was taken from it) packed, and install each
-        as ``Backed`` through ``store.commit_many``; the blocks are written
-        ``io_batch_blocks`` to a ``write_many``.  Returns ``{"written",
-        "superseded", "full", "failed", "error"}``: a full backing store
-        stores what fits; after a failed write only the blocks written
-        whole before it are installed (the other pages stay in RAM, their
-        blocks go back)."""
+    def store_pages(
+        self,
+        store,
+        indexes: list[int],
+        expected: list,
+        payloads: list,
+        codecs: list[int],
+        io_batch_blocks: int = 64,
+    ) -> dict:
+        """Store page ``indexes[i]`` (whose slot held ``expected[i]`` when
+        ``payloads[i]``, of codec ``codecs[i]``, was taken from it) packed,
+        and install each as ``Backed`` through ``store.commit_backed``; the
+        blocks are written ``io_batch_blocks`` to a ``write_many``.  Parallel
+        lists, not a tuple per page: the per-page work is the floor of
+        packed writeback (docs/design.md#packed-writeback).  Returns
+        ``{"written", "superseded", "full", "failed", "error"}``: a full
+        backing store stores what fits; after a failed write only the blocks
+        written whole before it are installed (the other pages stay in RAM,
+        their blocks go back)."""
         out: dict[str, Any] = {
             "written": 0,
             "superseded": 0,
@@ -175,18 +199,48 @@ class PackLog:
             "failed": 0,
             "error": None,
         }
-        if not items:
+        if not indexes:
             return out
-        bins = self._layout(items)
-        blocks: list[int] = []
-        for _ in bins:
-            try:
-                blocks.append(self.backing.alloc())
-            except BackingFull as exc:
-                out["full"], out["error"] = 1, str(exc)
-                break
-        bins = bins[: len(blocks)]
-        contents = [self._content(items, placed) for placed in bins]
+        lengths = [len(p) for p in payloads]
+        bins = self._layout(lengths)
+        blocks, full = alloc_blocks(self.backing, len(bins))
+        if full:
+            out["full"], out["error"] = 1, full
+        del bins[len(blocks) :]
+        news: list = [None] * len(indexes)
+        contents, placed = self._build(blocks, bins, indexes, payloads, lengths, codecs, news)
+        written = self._write(blocks, contents, io_batch_blocks, out)
+        if written is not None:  # a failed write: keep the blocks written whole
+            keep = [b for b, block in enumerate(blocks) if block in written]
+            blocks = [blocks[b] for b in keep]
+            bins = [bins[b] for b in keep]
+            placed = [placed[b] for b in keep]
+        with self._lock:  # live before the store can see them (module docstring)
+            objs_of, live_of = self._objs, self._live
+            for block, (objs, slots, live) in zip(blocks, placed, strict=True):
+                objs_of[block] = objs
+                self._slots[block] = slots
+                live_of[block] = live
+        if sum(map(len, bins)) < len(indexes):  # some were not stored: those stay in RAM
+            chosen = [i for members in bins for i in members]
+            indexes = [indexes[i] for i in chosen]
+            expected = [expected[i] for i in chosen]
+            news = [news[i] for i in chosen]
+        done = store.commit_backed(indexes, expected, news)
+        superseded = [new for new, ok in zip(news, done, strict=True) if not ok]
+        if superseded:  # rewritten while under writeback: the new data wins
+            with self._lock:
+                for new in superseded:
+                    self._remove(new, freed=False)
+        out["written"] = len(news) - len(superseded)
+        out["superseded"] = len(superseded)
+        if self.backing.has_freed():
+            self.backing.discard_freed()  # blocks of superseded pages only: out with them
+        return out
+
+    def _write(self, blocks, contents, io_batch_blocks: int, out: dict) -> set[int] | None:
+        """Write the blocks, ``io_batch_blocks`` to a ``write_many``; None
+        if all went, else the blocks written whole (the others went back)."""
         for first in range(0, len(blocks), io_batch_blocks):
             try:
                 self.backing.write_many(
@@ -200,78 +254,63 @@ class PackLog:
                     if block not in written:
                         self.backing.give_back(block)  # never held our data: no space back
                 self.backing.discard_freed()
-                kept = [(placed, b) for placed, b in zip(bins, blocks, strict=True) if b in written]
-                bins, blocks = [placed for placed, _ in kept], [b for _, b in kept]
                 out["failed"], out["full"] = 1, 0
                 out["error"] = f"backing file write failed: {exc.strerror or exc}"
-                break
-        entries = self._register(items, bins, blocks)
-        done = store.commit_many([(item[0], item[1], new) for item, new in entries])
-        for (_, new), ok in zip(entries, done, strict=True):
-            if ok:
-                out["written"] += 1
-            else:  # rewritten while under writeback: the new data wins
-                with self._lock:
-                    self._remove(new, freed=False)
-                out["superseded"] += 1
-        if self.backing.has_freed():
-            self.backing.discard_freed()  # blocks of superseded pages only: out with them
-        return out
+                return written
+        return None
 
     @staticmethod
-    def _layout(items: list) -> list[list[tuple[int, int]]]:
+    def _layout(lengths: list[int]) -> list[list[int]]:
         """Best-fit decreasing: objects largest first, each into the block
         of the window with the least room that still holds it (a bisect
-        over the rooms, kept sorted).  Per block, ``[(item number, offset)]``."""
-        lengths = [len(item[2]) for item in items]
+        over the rooms, kept sorted).  Per block, its item numbers in the
+        order they were placed: each at the end of the ones before it."""
         # largest first; reverse=True keeps equal lengths in candidate order
-        order = sorted(range(len(items)), key=lengths.__getitem__, reverse=True)
-        bins: list[list[tuple[int, int]]] = []
+        order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
+        bins: list[list[int]] = []
         used: list[int] = []  # bytes used per bin
         rooms: list[int] = []  # free bytes of the bins that have some, sorted
         room_bins: list[int] = []  # the bin of each entry of rooms
+        bisect_left = bisect.bisect_left
         for i in order:
             length = lengths[i]
-            at = bisect.bisect_left(rooms, length)
+            at = bisect_left(rooms, length)
             if at < len(rooms):
                 b = room_bins[at]
                 del rooms[at], room_bins[at]
-                bins[b].append((i, used[b]))
+                bins[b].append(i)
+                left = used[b] = used[b] + length
             else:
                 b = len(bins)
-                bins.append([(i, 0)])
-                used.append(0)
-            used[b] += length
-            left = PAGE_SIZE - used[b]
+                bins.append([i])
+                used.append(length)
+                left = length
+            left = PAGE_SIZE - left
             if left >= MIN_OBJECT_BYTES:
-                at = bisect.bisect_left(rooms, left)
+                at = bisect_left(rooms, left)
                 rooms.insert(at, left)
                 room_bins.insert(at, b)
         return bins
 
     @staticmethod
-    def _content(items: list, placed: list[tuple[int, int]]) -> bytearray:
-        block = bytearray(PAGE_SIZE)
-        for i, offset in placed:
-            payload = items[i][2]
-            block[offset : offset + len(payload)] = payload
-        return block
-
-    def _register(self, items, bins, blocks) -> list:
-        """Make the new objects live before the store can see them."""
-        entries = []
-        with self._lock:
-            for placed, block in zip(bins, blocks, strict=True):
-                objs = self._objs[block] = {}
-                live = 0
-                for i, offset in placed:
-                    index, _, payload, codec = items[i]
-                    new = Backed(block, offset, len(payload), codec)
-                    objs[offset] = (index, new)
-                    live += len(payload)
-                    entries.append((items[i], new))
-                self._live[block] = live
-        return entries
+    def _build(blocks, bins, indexes, payloads, lengths, codecs, news) -> tuple[list, list]:
+        """Each block's 4096 bytes (one C-level join of its objects and the
+        zero tail) and, per block, ``(objs, slots, live)`` as ``_objs``,
+        ``_slots`` and ``_live`` keep them; ``news[i]``: item i's ``Backed``."""
+        contents = []
+        placed = []
+        tail = memoryview(ZERO_PAGE)
+        for block, members in zip(blocks, bins, strict=True):
+            objs: dict[int, Backed] = {}
+            slots: dict[int, int] = {}
+            offset = 0
+            for i in members:
+                objs[offset] = news[i] = Backed(block, offset, lengths[i], codecs[i])
+                slots[offset] = indexes[i]
+                offset += lengths[i]
+            contents.append(b"".join([payloads[i] for i in members] + [tail[offset:]]))
+            placed.append((objs, slots, offset))
+        return contents, placed
 
     # -- repacking --------------------------------------------------------
     def has_dead(self) -> bool:
@@ -284,19 +323,24 @@ class PackLog:
         with self._lock:
             chosen = sorted(self._dead, key=self._live.__getitem__)[:max_blocks]
             self.repack_runs += 1
-        items: list = []
+        indexes: list[int] = []
+        expected: list = []
+        payloads: list = []
         for block in chosen:
             with self._lock:
                 objs = list(self._objs.get(block, {}).values())
+                slots = dict(self._slots.get(block, {}))
             if not objs:
                 continue
             data = self.backing.read_block(block)
             if data is None:
                 continue  # freed meanwhile
-            for index, entry in objs:
-                payload = bytes(data[entry.offset : entry.offset + entry.length])
-                items.append((index, entry, payload, entry.codec))
-        out = self.store_objects(store, items)
+            for entry in objs:
+                indexes.append(slots[entry.offset])
+                expected.append(entry)
+                payloads.append(data[entry.offset : entry.offset + entry.length])
+        codecs = [entry.codec for entry in expected]
+        out = self.store_pages(store, indexes, expected, payloads, codecs)
         with self._lock:
             self.repacked_blocks += len(chosen)
             self.repacked_objects += out["written"]

@@ -1399,6 +1399,57 @@ class PageStore:
             self.bd_writes += sum(1 for change in changes if type(change[1]) is Backed)
         return ok
 
+    def commit_backed(self, indexes: list[int], expected: list, news: list) -> list[bool]:
+        """``commit_many`` for writeback's batches (parallel lists): each
+        ``news[i]`` a ``Backed`` replacing the arena object ``expected[i]``
+        (``(handle, payload)``, as ``entry`` gives) of slot ``indexes[i]``.
+        One lean pass under the lock, the same checks and counters as the
+        general install (docs/design.md#packed-writeback); any other
+        expected entry takes ``commit_many``."""
+        if any(type(e) is not tuple for e in expected):
+            return self.commit_many(list(zip(indexes, expected, news, strict=True)))
+        with self._lock:
+            handles, side, flags, arena = self._handles, self._side, self._flags, self._arena
+            read = arena.read
+            ok = [
+                handles[i] == e[0] and read(e[0]) == e[1]  # by content (see _matches)
+                for i, e in zip(indexes, expected, strict=True)
+            ]
+            freed: list[int] = []  # the old objects, freed after every slot changed
+            gone = recompressed = recompressed_bytes = huge = 0
+            for index, new, good in zip(indexes, news, ok, strict=True):
+                if not good:
+                    continue
+                old = handles[index]
+                handles[index] = TAG_SIDE
+                side[index] = new
+                freed.append(old)
+                on = (old >> LEN_SHIFT) & LEN_MASK
+                gone += on
+                if old & FLAG_BIT:
+                    recompressed += 1
+                    recompressed_bytes += on
+                elif on == PAGE_SIZE:
+                    huge += 1
+                flags[index] = (flags[index] & ~IDLE) | COLD  # as zram: not idle
+            if not freed:
+                return ok
+            self.bd_count += len(freed)
+            self.bd_writes += len(freed)
+            self.compr_data_size -= gone
+            self.recompressed_pages -= recompressed
+            self.recompressed_bytes -= recompressed_bytes
+            self.huge_pages -= huge
+            arena.deferring = True
+            try:
+                arena.free_all(freed)
+            finally:
+                arena.release_deferred()
+            self._update_mem_locked()
+            if arena.epoch > self._compact_check_epoch:
+                self._kick_compactor()
+        return ok
+
     def block_state(self, index: int) -> str:
         """What slot ``index`` holds (zram's debugfs ``block_state``): empty,
         same, compressed, huge, recompressed, pending or backed."""

@@ -41,7 +41,7 @@ ones: after a free, a ``("repack", None)`` job (queued once until it
 runs) rewrites at most ``REPACK_MAX_BLOCKS`` such blocks, and queues the
 next run behind the waiting jobs while any is left (packlog.py ``repack``).
 Candidates come from ``store.candidates`` (scan.py) as ``(index, handle)``;
-``store.holds`` says whether a slot still holds one, and ``store.commit_many``
+a candidate whose slot holds another handle is skipped, and ``store.commit_backed``
 checks the content again under the store's lock.
 A failed write (disk full, I/O error) frees the block, leaves the page in
 RAM, is counted and ends that run; serving goes on.
@@ -63,7 +63,7 @@ import time
 from typing import Any
 
 from .arena import FLAG_BIT, TAG_MASK, TAG_OBJ
-from .backing import BackingFull
+from .backing import alloc_blocks
 from .packlog import PRIMARY, SECONDARY
 from .store import Backed
 
@@ -288,9 +288,12 @@ class Writeback:
             what, job = item
             try:
                 if what == "writeback":
-                    started = time.monotonic()
+                    started, cpu_started = time.monotonic(), time.thread_time()
                     result = self._writeback(self._candidates(job), job.limit)
                     result["elapsed_s"] = round(time.monotonic() - started, 6)
+                    # this thread's CPU time (user and system): steadier than
+                    # elapsed_s on a shared machine (tools/packed_writeback_bench.py)
+                    result["cpu_s"] = round(time.thread_time() - cpu_started, 6)
                     job.result = result
                 elif what == "repack":
                     self._repack()
@@ -360,22 +363,26 @@ class Writeback:
         # packed, a window of pages is laid out together (fuller blocks) and
         # written batch_pages blocks at a time
         window = max(self.batch_pages, PACK_WINDOW_PAGES) if self.pack else self.batch_pages
+        handles = store.slot_tables()[0]
         while pos < len(candidates):
             want = window
             if budget is not None:
                 want = min(want, budget - result["written"])
                 if want <= 0:
                     break
-            items: list[tuple[int, Any]] = []
-            while pos < len(candidates) and len(items) < want:
+            indexes: list[int] = []
+            entries: list = []  # each (handle, payload): store.entry's tuple
+            while pos < len(candidates) and len(indexes) < want:
                 index, handle = candidates[pos]
                 pos += 1
-                entry = store.entry(index) if store.holds(index, handle) else None
-                if type(entry) is not tuple or not store.holds(index, handle):
+                # the slot still holds the candidate, and the entry read is of that handle
+                entry = store.entry(index) if handles[index] == handle else None
+                if type(entry) is not tuple or entry[0] != handle:
                     result["superseded"] += 1
                     continue
-                items.append((index, entry))
-            out = self._write_batch(items)
+                indexes.append(index)
+                entries.append(entry)
+            out = self._write_batch(indexes, entries)
             result["written"] += out["written"]
             result["superseded"] += out["superseded"]
             with self._cond:
@@ -389,17 +396,21 @@ class Writeback:
                 break
         return self._finish(result)
 
-    def _write_batch(self, items: list) -> dict:
-        """Store ``[(index, entry)]`` on the backing store (packed or raw)."""
+    def _write_batch(self, indexes: list[int], entries: list) -> dict:
+        """Store pages ``indexes`` (``entries``: what each slot held, as
+        ``(handle, payload)``) on the backing store, packed or raw."""
         if self.pack is not None:
-            packed = [
-                (index, entry, entry[1], SECONDARY if entry[0] & FLAG_BIT else PRIMARY)
-                for index, entry in items
-            ]
-            return self.pack.store_objects(self.store, packed, self.batch_pages)
-        return self._write_raw(items)
+            return self.pack.store_pages(
+                self.store,
+                indexes,
+                entries,
+                [entry[1] for entry in entries],
+                [SECONDARY if entry[0] & FLAG_BIT else PRIMARY for entry in entries],
+                self.batch_pages,
+            )
+        return self._write_raw(indexes, entries)
 
-    def _write_raw(self, items: list) -> dict:
+    def _write_raw(self, indexes: list[int], entries: list) -> dict:
         """Each page raw in a block of its own, the batch's writes together."""
         store, backing = self.store, self.backing
         out: dict[str, Any] = {
@@ -409,32 +420,25 @@ class Writeback:
             "failed": 0,
             "error": None,
         }
-        blocks: list[int] = []
-        for _ in items:
-            try:
-                blocks.append(backing.alloc())
-            except BackingFull as exc:
-                out["full"], out["error"] = 1, str(exc)
-                break
-        items = items[: len(blocks)]
+        blocks, full = alloc_blocks(backing, len(indexes))
+        if full:
+            out["full"], out["error"] = 1, full
+            del indexes[len(blocks) :], entries[len(blocks) :]
         try:
-            backing.write_many(blocks, [store.decode(entry) for _, entry in items])
+            backing.write_many(blocks, [store.decode(entry) for entry in entries])
         except OSError as exc:
             written: set[int] = getattr(exc, "written", set())  # whole before the error
             for block in blocks:
                 if block not in written:
                     backing.give_back(block)  # not space that came back: the stall holds
             backing.discard_freed()
-            kept = [(item, b) for item, b in zip(items, blocks, strict=True) if b in written]
-            items, blocks = [item for item, _ in kept], [b for _, b in kept]
+            keep = [i for i, block in enumerate(blocks) if block in written]
+            indexes = [indexes[i] for i in keep]
+            entries = [entries[i] for i in keep]
+            blocks = [blocks[i] for i in keep]
             out["failed"], out["full"] = 1, 0
             out["error"] = f"backing file write failed: {exc.strerror or exc}"
-        done = store.commit_many(
-            [
-                (index, entry, Backed(block))
-                for (index, entry), block in zip(items, blocks, strict=True)
-            ]
-        )
+        done = store.commit_backed(indexes, entries, [Backed(block) for block in blocks])
         for block, ok in zip(blocks, done, strict=True):
             if ok:
                 out["written"] += 1
