@@ -36,6 +36,7 @@ processes this section starts and stops.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import socket
@@ -48,14 +49,16 @@ from bench import fio, measure, plots
 from bench import swap as swap_section
 from bench.context import Context
 from bench.formats import outcome_lines, row, tenths, times, with_spread
-from bench.servers import SkipSystem, server_command
+from bench.servers import SkipSystem, server_command, zramd_stats
 from bench.stats import per_round_ratio, spread
 from bench.systems import PAGE_BYTES, System
 
 TARGETS = ("file", "file-aes", "unix", "unix-packed", "tcp", "tls", "delayed")
 BASE = "file-aes"
 SWAP_KINDS = ("none", "file-aes", "unix", "tcp", "tls")
-# One round trip each way of a nearby machine: docs/design.md#remote-tier.
+# The settings (docs/design.md#remote-tier, "Measured"): a delay of about a
+# nearby machine's round trip; pages a quarter random, so that lz4 and packed
+# writeback have something to pack; a few minutes for the default run.
 DELAY_MS = 1
 PAGE_RANDOM_BYTES = 1024
 PAGES, QUICK_PAGES = 4096, 512
@@ -200,7 +203,8 @@ def write_back_all(ctx: Context, sock: str) -> dict:
 # Measuring
 
 
-def page_data(i: int) -> bytes:
+def page_data() -> bytes:
+    """One page as the section writes it: PAGE_RANDOM_BYTES random, then zeros."""
     return os.urandom(PAGE_RANDOM_BYTES) + bytes(PAGE_BYTES - PAGE_RANDOM_BYTES)
 
 
@@ -208,7 +212,8 @@ def quantile(sorted_values: list[float], q: float) -> float | None:
     """The q-quantile (nearest rank) of sorted values; None for none."""
     if not sorted_values:
         return None
-    k = min(len(sorted_values) - 1, max(0, int(round(q * len(sorted_values) + 0.5)) - 1))
+    rank = math.ceil(round(q * len(sorted_values), 9))  # round: 0.99 * 100 is 99.00...01
+    k = min(len(sorted_values) - 1, max(0, rank - 1))
     return sorted_values[k]
 
 
@@ -223,7 +228,7 @@ def one_run(ctx: Context, kind: str, pages: int, rnd: int) -> dict:
         try:
             for first in range(0, pages, CHUNK_PAGES):
                 n = min(CHUNK_PAGES, pages - first)
-                h.pwrite(b"".join(page_data(first + k) for k in range(n)), first * PAGE_BYTES)
+                h.pwrite(b"".join(page_data() for _ in range(n)), first * PAGE_BYTES)
             wb = write_back_all(ctx, sock)
             latencies_s = []
             t0 = time.perf_counter()
@@ -262,17 +267,19 @@ def swap_round(ctx: Context, data: dict, kind: str, rnd: int) -> None:
             for op, rw, _ in reversed(swap_section.OPERATIONS):  # swap-in first: all written back
                 if op not in plan["bssplit"]:
                     continue
-                written = write_back_all(ctx, sock)["written"] if kind != "none" else 0
+                if kind != "none":
+                    write_back_all(ctx, sock)
+                backed = zramd_stats(ctx.zramd or "zramd", sock).get("bd_count") or 0
                 w = swap_section.workload(path, op, rw, plan["max_bytes"][op])
                 label = f"remote-swap-{kind}-{path}-{op}-r{rnd}"
                 opts = fio.nbd_target(server.uris[0])
                 res = swap_section.job(sub, opts, server, w, plan["bssplit"][op], label)
                 keep = ("mb_per_s", "iops", "server_us_per_request")
                 job = {"kind": kind, "path": path, "operation": op, "round": rnd}
-                data["swap_jobs"].append({**job, "written_back": written, **_pick(res, keep)})
+                data["swap_jobs"].append({**job, "bd_count": backed, **_pick(res, keep)})
                 ctx.progress(
                     f"remote swap round {rnd + 1} {kind} {path} {op}: {res['mb_per_s']:.1f} MB/s "
-                    f"({written} pages written back before)"
+                    f"({backed} pages in the tier at its start)"
                 )
 
 
