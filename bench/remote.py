@@ -35,6 +35,7 @@ processes this section starts and stops.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
@@ -55,14 +56,15 @@ from bench.systems import PAGE_BYTES, System
 
 TARGETS = ("file", "file-aes", "unix", "unix-packed", "tcp", "tls", "delayed")
 BASE = "file-aes"
-SWAP_KINDS = ("none", "file-aes", "unix", "tcp", "tls")
+SWAP_KINDS = ("none", "file-aes", "unix", "tcp", "tls", "delayed")
 # The settings (docs/design.md#remote-tier, "Measured"): a delay of about a
 # nearby machine's round trip; pages a quarter random, so that lz4 and packed
 # writeback have something to pack; a few minutes for the default run.
 DELAY_MS = 1
 PAGE_RANDOM_BYTES = 1024
 PAGES, QUICK_PAGES = 4096, 512
-SWAP_REGION_BYTES, QUICK_SWAP_REGION_BYTES = 64 << 20, 8 << 20
+SWAP_REGION_BYTES, QUICK_SWAP_REGION_BYTES = 32 << 20, 8 << 20
+SWAP_RUNTIME_MAX_S = 2.0
 CHUNK_PAGES = 64
 START_TIMEOUT_S = 20.0
 ZRAMD = System("zramd-lz4", "zramd", ("--algorithm", "lz4"), "zramd, lz4")
@@ -283,11 +285,18 @@ def swap_round(ctx: Context, data: dict, kind: str, rnd: int) -> None:
                 )
 
 
+def swap_runtime_s(ctx: Context) -> float:
+    """Seconds per swap job: --runtime, at most SWAP_RUNTIME_MAX_S."""
+    return min(ctx.args.runtime_s, SWAP_RUNTIME_MAX_S)
+
+
 class _SwapContext:
-    """ctx with the swap jobs' smaller region (swap.job reads ctx.region_bytes)."""
+    """ctx with the swap jobs' region and runtime (swap.job reads ctx.region_bytes
+    and ctx.args.runtime_s)."""
 
     def __init__(self, ctx: Context, region_bytes: int) -> None:
-        self.args, self.logs, self.region_bytes = ctx.args, ctx.logs, region_bytes
+        self.args = argparse.Namespace(**{**vars(ctx.args), "runtime_s": swap_runtime_s(ctx)})
+        self.logs, self.region_bytes = ctx.logs, region_bytes
         self.fio_timeout_s = ctx.fio_timeout_s
 
 
@@ -314,7 +323,7 @@ class RemoteTier:
                 "delay_by": "tc netem" if reason is None else "nbdkit --filter=delay",
                 "netem_reason": reason,
                 "swap_region_bytes": QUICK_SWAP_REGION_BYTES if quick else SWAP_REGION_BYTES,
-                "runtime_s": ctx.args.runtime_s,
+                "runtime_s": swap_runtime_s(ctx),
                 "rounds": ctx.args.rounds,
             },
             "runs": [],
