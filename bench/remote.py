@@ -56,7 +56,10 @@ from bench.systems import PAGE_BYTES, System
 
 TARGETS = ("file", "file-aes", "unix", "unix-packed", "tcp", "tls", "delayed")
 BASE = "file-aes"
-SWAP_KINDS = ("none", "file-aes", "unix", "tcp", "tls", "delayed")
+SWAP_KINDS = ("none", "file-aes", "unix", "tcp", "tls", "delayed", "delayed-t4")
+# "-t4": the same tier, zramd serve --threads 4: one connection's requests
+# wait for the remote four at a time, not one (docs/design.md#remote-tier)
+THREADS_SUFFIX, THREADS = "-t4", 4
 # The settings (docs/design.md#remote-tier, "Measured"): a delay of about a
 # nearby machine's round trip; pages a quarter random, so that lz4 and packed
 # writeback have something to pack; a few minutes for the default run.
@@ -164,6 +167,8 @@ def remote(ctx: Context, kind: str, size_bytes: int) -> Iterator[str]:
 
 def tier_args(kind: str, ctx: Context, uri: str | None) -> list[str]:
     """zramd serve's options for a tier of ``kind`` (none: no tier)."""
+    if kind.endswith(THREADS_SUFFIX):
+        return ["--threads", str(THREADS), *tier_args(kind.removesuffix(THREADS_SUFFIX), ctx, uri)]
     if kind == "none":
         return []
     if kind.startswith("file"):
@@ -179,7 +184,7 @@ def zramd_on(ctx: Context, kind: str, size_bytes: int, label: str) -> Iterator:
     with contextlib.ExitStack() as stack:
         uri = None
         if kind not in ("none", "file", "file-aes"):
-            uri = stack.enter_context(remote(ctx, kind, size_bytes))
+            uri = stack.enter_context(remote(ctx, kind.removesuffix(THREADS_SUFFIX), size_bytes))
         sock = str(ctx.tmp / "remote-zramd.sock")
         cmd = server_command(ZRAMD, sock, size_bytes, ctx.zramd, tuple(tier_args(kind, ctx, uri)))
         yield stack.enter_context(measure.serving(ctx, cmd, [sock], label)), sock
@@ -493,7 +498,11 @@ def swap_lines(data: dict) -> list[str]:
         f"tier active: a zramd whose {s['swap_region_bytes'] >> 20} MiB were filled and then "
         "written back entirely (`zramd idle`, `zramd writeback idle`) right before each job, "
         "swap-in first; so swap-in reads written-back pages and swap-out overwrites them. "
-        "MB/s over the same zramd with no tier (pages in RAM), within each round:",
+        "zramd runs nbdkit with one request thread per connection (`--threads 1`, the "
+        "default), so one connection's swap-in waits for the remote one request at a time; "
+        f"`delayed{THREADS_SUFFIX}` is the delayed remote with `zramd serve --threads "
+        f"{THREADS}`. MB/s over the same zramd with no tier (pages in RAM, `--threads 1`), "
+        "within each round:",
         "",
         "| tier | path | operation | MB/s | ratio to no tier |",
         "|---|---|---|---:|---:|",

@@ -101,3 +101,13 @@ def test_page_data_is_a_quarter_random():
 
 def test_listed_as_a_section():
     assert "remote" in [s.name for s in SECTIONS]
+
+
+def test_threads_kind_is_the_same_tier_with_more_request_threads(tmp_path):
+    class Ctx:
+        tmp = tmp_path
+
+    args = remote.tier_args("delayed" + remote.THREADS_SUFFIX, Ctx, "nbd://127.0.0.1:1/")
+    assert args == ["--threads", str(remote.THREADS), "--backing-uri", "nbd://127.0.0.1:1/"]
+    assert remote.tier_args("none", Ctx, None) == []
+    assert "--backing-encrypt" in remote.tier_args("file-aes", Ctx, None)
