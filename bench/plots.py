@@ -318,10 +318,11 @@ def remote_tier(path: Path, summary: list[dict], swap_ratios: list[dict], title:
             color="C2" if r["operation"] == "swap-in" else "C1",
         )
     ax.axvline(1.0, color="black", lw=0.8, ls=":")
+    ax.set_xscale("log")  # swap-in from a remote is a few % of no tier, swap-out near 1
     ax.set_yticks(range(len(measured)))
     ax.set_yticklabels([f"{r['kind']} {r['path']} {r['operation']}" for r in measured], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("MB/s, tier active / no tier, within a round")
+    ax.set_xlabel("MB/s, tier active / no tier, within a round (log scale)")
     ax.set_title("Swap mix with the tier active", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.suptitle(f"Remote cold tier: {title}", fontsize=10)
