@@ -458,8 +458,9 @@ def describe(data: dict) -> list[str]:
         f"`file` is the plain file, for information; ratios are to `{BASE}`, the encrypted "
         f"file, taken within each round. Per round and target a fresh zramd (lz4) and remote: "
         f"{s['pages']} pages written (synthetic: {s['page_random_bytes']} random bytes, then "
-        f"zeros), `zramd idle` and `zramd writeback idle` write them all back (MB/s from its "
-        f"elapsed time), then every page read back once in order, one 4 KiB read in flight: "
+        f"zeros), `zramd idle` and `zramd writeback idle` write them all back (MB/s of 4 KiB "
+        f"pages over its own elapsed time; packed writes fewer bytes for them), then every "
+        f"page read back once in order, one 4 KiB read in flight: "
         f"read-back MB/s and p50/p99 of one read of a written-back page (client side). All "
         f"on one machine: remote, zramd and client share its cores. Medians (min-max) over "
         f"{s['rounds']} interleaved rounds.",
