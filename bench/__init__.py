@@ -25,6 +25,9 @@ and charts into one report:
     cold      the cold-page policy on real program memory under a Zipf read
               trace: memory against kernel zram, the promotion rate against
               its target, hot-path IOPS against no policy, packed writeback
+    remote    the cold tier on a local file against a remote NBD export over
+              Unix, TCP, TLS and a delay: writeback, read-back, read latency,
+              and the swap mix with the tier active
 
 Modules, one job each:
 
@@ -40,7 +43,7 @@ Modules, one job each:
     storage.py      compression ratio and memory per page from stats and RSS
     targets.py      ratios against peers and the targets they are judged by
     matrix.py, scaling.py, cpu.py, baseline.py, backing.py, scrapes.py, memory.py,
-                    swap.py, vm_section.py, cold.py
+                    swap.py, vm_section.py, cold.py, remote.py
                     the sections
     memory_report.py  the memory section's tables, README lines and charts
     stats.py        medians and spreads over rounds

@@ -270,3 +270,62 @@ def cold_series(path: Path, data: dict, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def remote_tier(path: Path, summary: list[dict], swap_ratios: list[dict], title: str) -> None:
+    """The remote section: writeback and read-back MB/s per target, the
+    p50/p99 of a read of a written-back page (log scale), and the swap
+    mix's MB/s with the tier active over no tier (medians, bars: min-max)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.5))
+    names = [r["target"] for r in summary]
+
+    def bars(ax, keys: list[tuple[str, str]]) -> None:
+        width = 0.8 / len(keys)
+        for i, (key, label) in enumerate(keys):
+            xs, ys, lo, hi = [], [], [], []
+            for g, r in enumerate(summary):
+                s = r[key]
+                if s["median"] is None:
+                    continue
+                xs.append(g - 0.4 + width * (i + 0.5))
+                ys.append(s["median"])
+                lo.append(s["median"] - s["min"])
+                hi.append(s["max"] - s["median"])
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=label, color=f"C{i}")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=25, ha="right", fontsize=8)
+        ax.grid(axis="y", alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+
+    bars(axes[0], [("writeback_mb_s", "writeback"), ("read_mb_s", "read-back, QD1")])
+    axes[0].set_ylabel("MB/s")
+    axes[0].set_title("Writeback and read-back", fontsize=10)
+    bars(axes[1], [("read_p50_ms", "p50"), ("read_p99_ms", "p99")])
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("ms per 4 KiB read of a written-back page (log scale)")
+    axes[1].set_title("Read latency, client side", fontsize=10)
+    ax = axes[2]
+    measured = [r for r in swap_ratios if r["ratio"]["median"] is not None]
+    for i, r in enumerate(measured):
+        s = r["ratio"]
+        ax.barh(
+            i,
+            s["median"],
+            0.6,
+            xerr=[[s["median"] - s["min"]], [s["max"] - s["median"]]],
+            capsize=3,
+            color="C2" if r["operation"] == "swap-in" else "C1",
+        )
+    ax.axvline(1.0, color="black", lw=0.8, ls=":")
+    ax.set_xscale("log")  # swap-in from a remote is a few % of no tier, swap-out near 1
+    ax.set_yticks(range(len(measured)))
+    ax.set_yticklabels([f"{r['kind']} {r['path']} {r['operation']}" for r in measured], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("MB/s, tier active / no tier, within a round (log scale)")
+    ax.set_title("Swap mix with the tier active", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"Remote cold tier: {title}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -42,6 +42,7 @@ from bench.context import Context, Progress  # noqa: E402
 from bench.cpu import ServerCpu  # noqa: E402
 from bench.matrix import Matrix  # noqa: E402
 from bench.memory_report import Memory  # noqa: E402
+from bench.remote import RemoteTier  # noqa: E402
 from bench.scaling import ConnectionScaling  # noqa: E402
 from bench.scrapes import ScrapeCost  # noqa: E402
 from bench.servers import find_zramd  # noqa: E402
@@ -63,6 +64,7 @@ SECTIONS = [
     SwapMix(),
     VmSwap(),
     ColdPages(),
+    RemoteTier(),
 ]
 
 
