@@ -209,28 +209,42 @@ def vm_swap(path: Path, summary: list[dict], ratios: list[dict], title: str) -> 
     ax1.set_title("The hog's time through swap", fontsize=10)
     ax1.grid(axis="y", alpha=0.3)
     ax1.legend(fontsize=8)
-    measured = [r for r in ratios if r["ratio"]["median"] is not None]
-    for i, r in enumerate(measured):
+    _ratio_bars(
+        ax2,
+        [r for r in ratios if r["ratio"]["median"] is not None],
+        lambda r: f"{r['numerator']} / {r['denominator']}",
+        lambda r: "C7",
+        "hog-time ratio within a round (median, bars: min-max)",
+        "Ratios (below 1: the first is faster)",
+    )
+    fig.suptitle(f"Swap in a VM guest: {title}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _ratio_bars(ax, rows: list[dict], label, color, xlabel: str, title: str, log: bool = False):
+    """Horizontal bars of per-round ratios (``row["ratio"]``: median, min,
+    max), a dotted line at 1, one labelled row each, first at the top."""
+    for i, r in enumerate(rows):
         s = r["ratio"]
-        ax2.barh(
+        ax.barh(
             i,
             s["median"],
             0.6,
             xerr=[[s["median"] - s["min"]], [s["max"] - s["median"]]],
             capsize=3,
-            color="C7",
+            color=color(r),
         )
-    ax2.axvline(1.0, color="black", lw=0.8, ls=":")
-    ax2.set_yticks(range(len(measured)))
-    ax2.set_yticklabels([f"{r['numerator']} / {r['denominator']}" for r in measured], fontsize=8)
-    ax2.invert_yaxis()
-    ax2.set_xlabel("hog-time ratio within a round (median, bars: min-max)")
-    ax2.set_title("Ratios (below 1: the first is faster)", fontsize=10)
-    ax2.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"Swap in a VM guest: {title}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ax.axvline(1.0, color="black", lw=0.8, ls=":")
+    if log:
+        ax.set_xscale("log")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([label(r) for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
 
 
 def cold_series(path: Path, data: dict, title: str) -> None:
@@ -305,26 +319,15 @@ def remote_tier(path: Path, summary: list[dict], swap_ratios: list[dict], title:
     axes[1].set_yscale("log")
     axes[1].set_ylabel("ms per 4 KiB read of a written-back page (log scale)")
     axes[1].set_title("Read latency, client side", fontsize=10)
-    ax = axes[2]
-    measured = [r for r in swap_ratios if r["ratio"]["median"] is not None]
-    for i, r in enumerate(measured):
-        s = r["ratio"]
-        ax.barh(
-            i,
-            s["median"],
-            0.6,
-            xerr=[[s["median"] - s["min"]], [s["max"] - s["median"]]],
-            capsize=3,
-            color="C2" if r["operation"] == "swap-in" else "C1",
-        )
-    ax.axvline(1.0, color="black", lw=0.8, ls=":")
-    ax.set_xscale("log")  # swap-in from a remote is a few % of no tier, swap-out near 1
-    ax.set_yticks(range(len(measured)))
-    ax.set_yticklabels([f"{r['kind']} {r['path']} {r['operation']}" for r in measured], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("MB/s, tier active / no tier, within a round (log scale)")
-    ax.set_title("Swap mix with the tier active", fontsize=10)
-    ax.grid(axis="x", alpha=0.3)
+    _ratio_bars(
+        axes[2],
+        [r for r in swap_ratios if r["ratio"]["median"] is not None],
+        lambda r: f"{r['kind']} {r['path']} {r['operation']}",
+        lambda r: "C2" if r["operation"] == "swap-in" else "C1",
+        "MB/s, tier active / no tier, within a round (log scale)",
+        "Swap mix with the tier active",
+        log=True,  # swap-in from a remote is a few % of no tier, swap-out near 1
+    )
     fig.suptitle(f"Remote cold tier: {title}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
