@@ -246,6 +246,11 @@ METRICS: dict[str, tuple[str, str, str]] = {
         "write batches submitted to workers and not done",
     ),
     "worker_errors": ("worker_errors", COUNTER, "batches a compression worker failed on"),
+    "worker_trims": (
+        "worker_trims",
+        COUNTER,
+        "heap trims by the compression workers once a burst was compressed",
+    ),
     "backpressure_inline": (
         "backpressure_inline",
         COUNTER,

@@ -181,6 +181,7 @@ class Device:
                 "pending_limit": self.pending_limit_bytes if self.workers else 0,
                 "worker_backlog": self.workers.backlog() if self.workers else 0,
                 "worker_errors": self.workers.worker_errors if self.workers else 0,
+                "worker_trims": self.workers.trims if self.workers else 0,
                 "backpressure_inline": self.backpressure_inline,
                 "fua_inline": self.fua_inline,
             }

@@ -21,10 +21,13 @@ import gc
 from ..libc import LIBC
 
 
-def trim() -> bool:
-    """Collect garbage and return free malloc pages; False where the C
-    library has no malloc_trim (not glibc)."""
-    gc.collect()
+def trim(collect: bool = True) -> bool:
+    """Collect garbage (unless ``collect`` is False: a full collection
+    holds the GIL for as long as it walks every object) and return free
+    malloc pages; False where the C library has no malloc_trim (not
+    glibc).  ctypes releases the GIL for the call."""
+    if collect:
+        gc.collect()
     try:
         malloc_trim = LIBC.malloc_trim
     except AttributeError:

@@ -17,6 +17,14 @@ order).  ``wait()`` blocks until ``_watermark`` reaches the last number
 handed out when it was called: a flush waits for exactly the work
 acknowledged before it, not for later writes.
 
+Memory after a burst: the request thread's snapshots (``bytes`` of a
+whole request, 256 KiB for a swap-out write) come from glibc's malloc
+arenas, which keep freed memory for the next burst; so once a worker has
+found the queue empty for ``TRIM_IDLE_S`` after doing work, it gives the
+free malloc pages back (``heap.trim`` without a collection, counted in
+``trims``).  Under steady load the queue is never idle that long and no
+trim runs (docs/design.md#compression-modes, "Memory after a burst").
+
 Locking
 -------
 ``_cond`` (a Condition) guards ``_submitted``, ``_watermark`` and ``_done``.
@@ -32,7 +40,13 @@ import logging
 import queue
 import threading
 
+from . import heap
+
 log = logging.getLogger("zramd.workers")
+
+# How long the queue stays empty before a worker that did work trims the
+# heap (docs/design.md#compression-modes, "Memory after a burst").
+TRIM_IDLE_S = 0.2
 
 
 class CompressionWorkers:
@@ -49,6 +63,7 @@ class CompressionWorkers:
         self._done: set[int] = set()
         self._threads: list[threading.Thread] = []
         self.worker_errors = 0
+        self.trims = 0  # heap trims after a burst (module doc)
 
     def start(self) -> None:
         for i in range(self.nworkers):
@@ -88,10 +103,22 @@ class CompressionWorkers:
 
     def _run(self) -> None:
         complete, complete_all = self.store.complete, self.store.complete_all
+        owed = False  # work done since this worker last trimmed the heap
         while True:
-            item = self._queue.get()
+            if owed:
+                try:
+                    item = self._queue.get(timeout=TRIM_IDLE_S)
+                except queue.Empty:
+                    owed = False
+                    if self.backlog() == 0:
+                        heap.trim(collect=False)
+                        self.trims += 1
+                    continue
+            else:
+                item = self._queue.get()
             if item is None:
                 return
+            owed = True
             seq, batch = item
             try:
                 complete_all(batch)  # one lock for the batch
