@@ -47,6 +47,9 @@ log = logging.getLogger("zramd.workers")
 # How long the queue stays empty before a worker that did work trims the
 # heap (docs/design.md#compression-modes, "Memory after a burst").
 TRIM_IDLE_S = 0.2
+# Batches a worker takes off the queue at once when they queued up while it
+# compressed (docs/design.md#compression-modes).
+DRAIN_MAX_BATCHES = 8
 
 
 class CompressionWorkers:
@@ -119,9 +122,20 @@ class CompressionWorkers:
             if item is None:
                 return
             owed = True
-            seq, batch = item
+            seqs, batch = [item[0]], list(item[1])
+            stop = False
+            while len(seqs) < DRAIN_MAX_BATCHES:  # what queued up meanwhile, in one go
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                seqs.append(more[0])
+                batch += more[1]
             try:
-                complete_all(batch)  # one lock for the batch
+                complete_all(batch)  # one codec call and one lock for all of it
             except Exception:  # page by page, to find the one that fails
                 for index, pending in batch:
                     try:
@@ -129,7 +143,10 @@ class CompressionWorkers:
                     except Exception:  # the page stays pending: readable, not lost
                         self.worker_errors += 1
                         log.exception("compressing page %d failed", index)
-            self._mark_done(seq)
+            for seq in seqs:
+                self._mark_done(seq)
+            if stop:
+                return
 
     def _mark_done(self, seq: int) -> None:
         with self._cond:
