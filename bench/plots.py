@@ -163,17 +163,7 @@ def medians_by_group(
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(groups) + 4), 5.5))
-    width = 0.8 / max(1, len(series))
-    for i, (label, spreads) in enumerate(series.items()):
-        xs, ys, lo, hi = [], [], [], []
-        for g, s in enumerate(spreads):
-            if s is None or s["median"] is None:
-                continue
-            xs.append(g - 0.4 + width * (i + 0.5))
-            ys.append(s["median"])
-            lo.append(s["median"] - s["min"])
-            hi.append(s["max"] - s["median"])
-        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=label, color=f"C{i}")
+    _grouped_spread_bars(ax, list(series.items()))
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
@@ -221,6 +211,22 @@ def vm_swap(path: Path, summary: list[dict], ratios: list[dict], title: str) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _grouped_spread_bars(ax, series: list) -> None:
+    """Bars in groups: ``series`` is ``[(label, [spread or None per group])]``,
+    one colour per label, each bar its median with a min-max error bar."""
+    width = 0.8 / max(1, len(series))
+    for i, (label, spreads) in enumerate(series):
+        xs, ys, lo, hi = [], [], [], []
+        for g, s in enumerate(spreads):
+            if s is None or s["median"] is None:
+                continue
+            xs.append(g - 0.4 + width * (i + 0.5))
+            ys.append(s["median"])
+            lo.append(s["median"] - s["min"])
+            hi.append(s["max"] - s["median"])
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=label, color=f"C{i}")
 
 
 def _ratio_bars(ax, rows: list[dict], label, color, xlabel: str, title: str, log: bool = False):
@@ -295,18 +301,7 @@ def remote_tier(path: Path, summary: list[dict], swap_ratios: list[dict], title:
     names = [r["target"] for r in summary]
 
     def bars(ax, keys: list[tuple[str, str]]) -> None:
-        width = 0.8 / len(keys)
-        for i, (key, label) in enumerate(keys):
-            xs, ys, lo, hi = [], [], [], []
-            for g, r in enumerate(summary):
-                s = r[key]
-                if s["median"] is None:
-                    continue
-                xs.append(g - 0.4 + width * (i + 0.5))
-                ys.append(s["median"])
-                lo.append(s["median"] - s["min"])
-                hi.append(s["max"] - s["median"])
-            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=label, color=f"C{i}")
+        _grouped_spread_bars(ax, [(label, [r[key] for r in summary]) for key, label in keys])
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=25, ha="right", fontsize=8)
         ax.grid(axis="y", alpha=0.3, which="both")
